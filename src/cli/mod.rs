@@ -1,0 +1,54 @@
+//! The `modelgate` command line. One module per command group; each returns
+//! a process exit code and prints errors a person can act on.
+
+mod config_cmd;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::load::{default_config_path, load_file};
+use crate::config::{Config, ConfigError, Snapshot};
+
+#[derive(Parser, Debug)]
+#[command(name = "modelgate", version, about = "An LLM gateway for Claude Code and the Anthropic Messages API", long_about = None)]
+pub struct Cli {
+    /// Config file. Default: ./modelgate.yaml, then conf/modelgate.yaml.
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    #[command(visible_alias = "gateway")]
+    Serve(serve::ServeArgs),
+    /// Create, check and inspect the config file.
+    Config {
+        #[command(subcommand)]
+        command: config_cmd::ConfigCommand,
+    },
+}
+
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(cli.config, args),
+        Command::Config { command } => config_cmd::run(cli.config, command),
+    }
+}
+
+pub(crate) fn config_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(default_config_path)
+}
+
+/// Load and compile a config with the process environment, applying `tweak`
+/// (command-line overrides) between parsing and validation.
+pub(crate) fn load_snapshot(path: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Result<Snapshot, ConfigError> {
+    let mut config = load_file(path)?;
+    tweak(&mut config);
+    Snapshot::build(config, &|name| std::env::var(name).ok())
+}

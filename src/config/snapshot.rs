@@ -1,0 +1,663 @@
+//! The runtime form of a config: everything a request needs, resolved and
+//! compiled once per load so the request path does no parsing, no env
+//! lookups and no glob compilation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
+use http::header::{HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+
+use super::schema::{Config, FallbackConfig, KeyConfig, ProviderConfig};
+use super::ConfigError;
+use crate::secret::Secret;
+
+/// Provider types this build can talk to. Types named in `spec/config.md` but
+/// not listed here are rejected by validation with a message saying so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub const SUPPORTED: &'static [&'static str] = &["anthropic"];
+    const PLANNED: &'static [&'static str] =
+        &["openai", "azure", "openrouter", "ollama", "gemini", "vertex", "bedrock"];
+
+    fn parse(key: &str, kind: &str) -> Result<Self, ConfigError> {
+        match kind {
+            "anthropic" => Ok(ProviderKind::Anthropic),
+            k if Self::PLANNED.contains(&k) => Err(ConfigError::invalid(
+                key,
+                format!(
+                    "provider type `{k}` is not available in this build yet (available: {})",
+                    Self::SUPPORTED.join(", ")
+                ),
+            )),
+            k => Err(ConfigError::invalid(
+                key,
+                format!(
+                    "unknown provider type `{k}` (available: {})",
+                    Self::SUPPORTED.join(", ")
+                ),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
+    fn default_base(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+        }
+    }
+}
+
+/// Where an upstream lives, split the way a connection needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamBase {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (`""` for a bare host).
+    pub path_prefix: String,
+    /// The `Host` header value: host, plus the port when it is not the scheme's default.
+    pub authority: String,
+}
+
+impl UpstreamBase {
+    fn parse(key: &str, raw: &str) -> Result<Self, ConfigError> {
+        let url = url::Url::parse(raw).map_err(|e| ConfigError::invalid(key, format!("`{raw}` is not a URL: {e}")))?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            s => {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("scheme `{s}` is not supported; use http or https"),
+                ))
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(ConfigError::invalid(key, format!("`{raw}` has no host"))),
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::invalid(key, "api_base must not carry a query or fragment"));
+        }
+        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
+            None => url.host_str().unwrap_or(&host).to_string(),
+        };
+        Ok(UpstreamBase {
+            tls,
+            host,
+            port,
+            path_prefix: url.path().trim_end_matches('/').to_string(),
+            authority,
+        })
+    }
+
+    /// The upstream path for a client path such as `/v1/messages`. A base that
+    /// already ends in `/v1` is not doubled (`https://host/v1` + `/v1/messages`).
+    pub fn join(&self, client_path: &str) -> String {
+        let prefix = if client_path.starts_with("/v1/") {
+            self.path_prefix.strip_suffix("/v1").unwrap_or(&self.path_prefix)
+        } else {
+            &self.path_prefix
+        };
+        let mut out = String::with_capacity(prefix.len() + client_path.len());
+        out.push_str(prefix);
+        out.push_str(client_path);
+        out
+    }
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base: UpstreamBase,
+    /// The provider credential. `None` means none is configured (or its env
+    /// var is unset), in which case an Anthropic-type upstream receives the
+    /// client's own credential (passthrough-auth).
+    pub credential: Option<Secret>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub enabled: bool,
+    pub priority: i32,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Route {
+    glob: Option<GlobMatcher>,
+    glob_text: Option<String>,
+    header: Option<(HeaderName, String)>,
+    provider: Arc<Provider>,
+    model: Option<String>,
+    fallbacks: Vec<(Arc<Provider>, Option<String>)>,
+}
+
+/// One upstream the request may be sent to.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub provider: Arc<Provider>,
+    /// The model id to send upstream when it differs from the requested one.
+    pub rename: Option<String>,
+}
+
+/// The ordered candidates for one request and why they were chosen.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub candidates: Vec<Candidate>,
+    pub reason: String,
+}
+
+/// A gateway key as the request path sees it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub name: String,
+    pub team: Option<String>,
+    pub enabled: bool,
+    models: Option<GlobSet>,
+    hash: [u8; 32],
+}
+
+impl KeyEntry {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|set| set.is_match(model))
+    }
+}
+
+pub struct Snapshot {
+    pub config: Config,
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub default_provider: Option<Arc<Provider>>,
+    routes: Vec<Route>,
+    /// `None` = passthrough-auth mode (no `keys:` section).
+    keys: Option<HashMap<[u8; 32], Arc<KeyEntry>>>,
+    admin_keys: Vec<[u8; 32]>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_request_size: u64,
+    pub loaded_at: SystemTime,
+    /// Hex sha256 of the config's canonical JSON form: changes iff the config does.
+    pub version: String,
+    /// Non-fatal findings (e.g. a provider key env var that is unset).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("listen", &self.listen)
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn parse_hex32(key: &str, hex_str: &str) -> Result<[u8; 32], ConfigError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_str.trim(), &mut out)
+        .map_err(|_| ConfigError::invalid(key, "must be 64 hex characters (a sha256 digest)"))?;
+    Ok(out)
+}
+
+fn parse_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    raw.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{raw}` is not an address like 127.0.0.1:8080")))
+}
+
+fn compile_glob(key: &str, pattern: &str) -> Result<Glob, ConfigError> {
+    Glob::new(pattern).map_err(|e| ConfigError::invalid(key, format!("bad glob `{pattern}`: {e}")))
+}
+
+impl Snapshot {
+    /// Validate and compile `config`. `env` resolves provider and key env vars.
+    pub fn build(config: Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Snapshot, ConfigError> {
+        let mut warnings = Vec::new();
+        let listen = parse_addr("listen", &config.listen)?;
+        let admin_listen = config
+            .admin_listen
+            .as_deref()
+            .map(|a| parse_addr("admin_listen", a))
+            .transpose()?;
+        if admin_listen == Some(listen) {
+            return Err(ConfigError::invalid("admin_listen", "must differ from `listen`"));
+        }
+        if config.max_request_size == 0 {
+            return Err(ConfigError::invalid("max_request_size", "must be greater than 0"));
+        }
+        if config.threads == Some(0) {
+            return Err(ConfigError::invalid("threads", "must be at least 1"));
+        }
+        if config.timeout.0.is_zero() {
+            return Err(ConfigError::invalid("timeout", "must be greater than 0"));
+        }
+        if config.connect_timeout.0.is_zero() {
+            return Err(ConfigError::invalid("connect_timeout", "must be greater than 0"));
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in &config.providers {
+            let provider = build_provider(name, p, env, &mut warnings)?;
+            providers.insert(name.clone(), Arc::new(provider));
+        }
+        let lookup = |key: &str, name: &str| -> Result<Arc<Provider>, ConfigError> {
+            providers.get(name).cloned().ok_or_else(|| {
+                ConfigError::invalid(
+                    key,
+                    format!(
+                        "no provider named `{name}` (configured: {})",
+                        providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })
+        };
+        let default_provider = config
+            .default_provider
+            .as_deref()
+            .map(|n| lookup("default_provider", n))
+            .transpose()?;
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let glob = r
+                .model_glob
+                .as_deref()
+                .map(|g| compile_glob(&format!("{key}.match"), g).map(|g| g.compile_matcher()))
+                .transpose()?;
+            let header = r
+                .header
+                .as_ref()
+                .map(|h| {
+                    HeaderName::from_bytes(h.name.as_bytes())
+                        .map(|n| (n, h.value.clone()))
+                        .map_err(|_| {
+                            ConfigError::invalid(
+                                format!("{key}.header.name"),
+                                format!("`{}` is not a header name", h.name),
+                            )
+                        })
+                })
+                .transpose()?;
+            let fallbacks = r
+                .fallbacks
+                .iter()
+                .enumerate()
+                .map(|(j, f): (usize, &FallbackConfig)| {
+                    lookup(&format!("{key}.fallbacks[{j}]"), f.provider()).map(|p| (p, f.model().map(str::to_string)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            routes.push(Route {
+                glob,
+                glob_text: r.model_glob.clone(),
+                header,
+                provider: lookup(&format!("{key}.provider"), &r.provider)?,
+                model: r.model.clone(),
+                fallbacks,
+            });
+        }
+
+        let keys = match &config.keys {
+            None => None,
+            Some(list) => Some(build_keys(list, env)?),
+        };
+        let admin_keys = config
+            .admin_keys_sha256
+            .iter()
+            .enumerate()
+            .map(|(i, h)| parse_hex32(&format!("admin_keys_sha256[{i}]"), h))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (team, _) in config.teams.iter() {
+            if team.is_empty() {
+                return Err(ConfigError::invalid("teams", "team names must not be empty"));
+            }
+        }
+        if let Some(list) = &config.keys {
+            for k in list {
+                if let Some(t) = &k.team {
+                    if !config.teams.is_empty() && !config.teams.contains_key(t) {
+                        warnings.push(format!(
+                            "key `{}` names team `{t}`, which has no entry under `teams`",
+                            k.name
+                        ));
+                    }
+                }
+            }
+        }
+        if default_provider.is_none()
+            && !routes
+                .iter()
+                .any(|r| r.glob_text.as_deref() == Some("*") && r.header.is_none())
+        {
+            warnings.push("no `default_provider` and no catch-all route: unmatched models get 404".into());
+        }
+
+        let canonical = serde_json::to_vec(&config).unwrap_or_default();
+        let version = hex::encode(&sha256(&canonical)[..8]);
+        Ok(Snapshot {
+            listen,
+            admin_listen,
+            providers,
+            default_provider,
+            routes,
+            keys,
+            admin_keys,
+            timeout: config.timeout.0,
+            connect_timeout: config.connect_timeout.0,
+            max_request_size: config.max_request_size,
+            loaded_at: SystemTime::now(),
+            version,
+            warnings,
+            config,
+        })
+    }
+
+    /// Route a request: the first rule whose model glob and header both match
+    /// wins; with none, `default_provider`. Disabled providers are skipped.
+    pub fn resolve(&self, model: &str, header: &dyn Fn(&HeaderName) -> Option<String>) -> Option<Plan> {
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(g) = &r.glob {
+                if !g.is_match(model) {
+                    continue;
+                }
+            }
+            if let Some((name, want)) = &r.header {
+                if header(name).as_deref() != Some(want.as_str()) {
+                    continue;
+                }
+            }
+            let mut candidates = Vec::with_capacity(1 + r.fallbacks.len());
+            let primary = std::iter::once((&r.provider, &r.model));
+            for (p, m) in primary.chain(r.fallbacks.iter().map(|(p, m)| (p, m))) {
+                if p.enabled {
+                    candidates.push(Candidate {
+                        provider: p.clone(),
+                        rename: m.clone(),
+                    });
+                }
+            }
+            let reason = match (&r.glob_text, &r.header) {
+                (Some(g), None) => format!("routes[{i}] (match `{g}`)"),
+                (None, Some((n, v))) => format!("routes[{i}] (header {n}: {v})"),
+                (Some(g), Some((n, v))) => format!("routes[{i}] (match `{g}`, header {n}: {v})"),
+                (None, None) => format!("routes[{i}] (matches everything)"),
+            };
+            return Some(Plan { candidates, reason });
+        }
+        let p = self.default_provider.as_ref()?;
+        Some(Plan {
+            candidates: if p.enabled {
+                vec![Candidate {
+                    provider: p.clone(),
+                    rename: None,
+                }]
+            } else {
+                Vec::new()
+            },
+            reason: "default_provider".into(),
+        })
+    }
+
+    /// `true` when gateway keys are configured (otherwise passthrough-auth).
+    pub fn keys_enabled(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Find the key whose sha256 equals `presented_hash`. The lookup is keyed by
+    /// the digest, never the secret, and the final comparison is constant-time,
+    /// so timing reveals nothing about any configured key.
+    pub fn find_key(&self, presented_hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
+        use subtle::ConstantTimeEq;
+        let entry = self.keys.as_ref()?.get(presented_hash)?;
+        bool::from(entry.hash.ct_eq(presented_hash)).then_some(entry)
+    }
+
+    pub fn has_admin_keys(&self) -> bool {
+        !self.admin_keys.is_empty()
+    }
+
+    pub fn is_admin_key(&self, presented_hash: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.admin_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, k| acc | k.ct_eq(presented_hash))
+            .into()
+    }
+}
+
+fn build_provider(
+    name: &str,
+    p: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Provider, ConfigError> {
+    let key = format!("providers.{name}");
+    let kind = ProviderKind::parse(&format!("{key}.type"), &p.kind)?;
+    let base_raw = p.api_base.as_deref().unwrap_or(kind.default_base());
+    let base = UpstreamBase::parse(&format!("{key}.api_base"), base_raw)?;
+
+    let credential = if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(Secret::new(k))
+    } else if let Some(var) = &p.api_key_env_var {
+        match env(var).filter(|v| !v.is_empty()) {
+            Some(v) => Some(Secret::new(&v)),
+            None => {
+                warnings.push(format!(
+                    "{key}.api_key_env_var: `{var}` is not set; clients' own credentials will be forwarded to `{name}`"
+                ));
+                None
+            }
+        }
+    } else if let Some(first) = p.keys.first() {
+        // Several accounts are balanced by the routing issue's account layer;
+        // until then the first usable one serves.
+        let mut found = None;
+        for (i, k) in p.keys.iter().enumerate() {
+            let v = match (&k.env, &k.api_key) {
+                (Some(var), None) => env(var).filter(|v| !v.is_empty()),
+                (None, Some(lit)) => Some(lit.clone()),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.keys[{i}]"),
+                        "give exactly one of `env` or `api_key`",
+                    ))
+                }
+            };
+            if found.is_none() {
+                found = v.map(|v| Secret::new(&v));
+            }
+        }
+        if found.is_none() {
+            warnings.push(format!(
+                "{key}.keys: none of the listed credentials is set (first: {:?})",
+                first.env
+            ));
+        }
+        found
+    } else {
+        None
+    };
+
+    let mut headers = Vec::with_capacity(p.headers.len());
+    for (h, v) in &p.headers {
+        let n = HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| ConfigError::invalid(format!("{key}.headers"), format!("`{h}` is not a header name")))?;
+        let v = HeaderValue::from_str(v)
+            .map_err(|_| ConfigError::invalid(format!("{key}.headers.{h}"), "value is not a valid header value"))?;
+        headers.push((n, v));
+    }
+    Ok(Provider {
+        name: name.to_string(),
+        kind,
+        base,
+        credential,
+        headers,
+        enabled: p.enabled,
+        priority: p.priority,
+        models: p.models.clone(),
+    })
+}
+
+fn build_keys(
+    list: &[KeyConfig],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<HashMap<[u8; 32], Arc<KeyEntry>>, ConfigError> {
+    let mut out = HashMap::with_capacity(list.len());
+    let mut names = std::collections::HashSet::new();
+    for (i, k) in list.iter().enumerate() {
+        let key = format!("keys[{i}]");
+        if k.name.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.name"), "must not be empty"));
+        }
+        if !names.insert(k.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("duplicate key name `{}`", k.name),
+            ));
+        }
+        let hash = match (&k.key_sha256, &k.key_env) {
+            (Some(h), None) => parse_hex32(&format!("{key}.key_sha256"), h)?,
+            (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
+                Some(v) => sha256(v.as_bytes()),
+                None => {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.key_env"),
+                        format!("environment variable `{var}` (key `{}`) is not set", k.name),
+                    ))
+                }
+            },
+            _ => {
+                return Err(ConfigError::invalid(
+                    &key,
+                    format!("key `{}`: give exactly one of `key_sha256` or `key_env`", k.name),
+                ))
+            }
+        };
+        let models = if k.models.is_empty() {
+            None
+        } else {
+            let mut b = GlobSetBuilder::new();
+            for (j, m) in k.models.iter().enumerate() {
+                b.add(compile_glob(&format!("{key}.models[{j}]"), m)?);
+            }
+            Some(
+                b.build()
+                    .map_err(|e| ConfigError::invalid(format!("{key}.models"), e.to_string()))?,
+            )
+        };
+        let entry = Arc::new(KeyEntry {
+            name: k.name.clone(),
+            team: k.team.clone(),
+            enabled: k.enabled,
+            models,
+            hash,
+        });
+        if out.insert(hash, entry).is_some() {
+            return Err(ConfigError::invalid(
+                key,
+                format!("key `{}` has the same secret as another key", k.name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::parse_str;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "ANTHROPIC_API_KEY").then(|| "sk-test".to_string())
+    }
+
+    fn snap(yaml: &str) -> Result<Snapshot, ConfigError> {
+        Snapshot::build(parse_str(yaml, &env)?, &env)
+    }
+
+    const BASE: &str = "default_provider: a\nproviders:\n  a: {type: anthropic, api_key_env_var: ANTHROPIC_API_KEY}\n  b: {type: anthropic, api_base: 'http://127.0.0.1:9/v1'}\n";
+
+    #[test]
+    fn first_matching_route_wins_then_default() {
+        let s = snap(&format!(
+            "{BASE}routes:\n  - {{match: 'claude-haiku-*', provider: b, model: small, fallbacks: [a, {{provider: a, model: x}}]}}\n  - {{header: {{name: x-org-route, value: cheap}}, provider: b}}\n"
+        ))
+        .unwrap();
+        let none = |_: &HeaderName| None;
+        let plan = s.resolve("claude-haiku-4-5", &none).unwrap();
+        assert_eq!(plan.candidates.len(), 3);
+        assert_eq!(plan.candidates[0].provider.name, "b");
+        assert_eq!(plan.candidates[0].rename.as_deref(), Some("small"));
+        assert_eq!(plan.candidates[2].rename.as_deref(), Some("x"));
+        let plan = s.resolve("claude-opus-4-8", &none).unwrap();
+        assert_eq!(plan.candidates[0].provider.name, "a");
+        assert_eq!(plan.reason, "default_provider");
+        let cheap = |n: &HeaderName| (n.as_str() == "x-org-route").then(|| "cheap".to_string());
+        assert_eq!(
+            s.resolve("claude-opus-4-8", &cheap).unwrap().candidates[0]
+                .provider
+                .name,
+            "b"
+        );
+    }
+
+    #[test]
+    fn base_joins_without_doubling_v1() {
+        let s = snap(BASE).unwrap();
+        let b = &s.providers["b"].base;
+        assert_eq!(b.join("/v1/messages"), "/v1/messages");
+        assert_eq!(b.authority, "127.0.0.1:9");
+        let a = &s.providers["a"].base;
+        assert!(a.tls && a.port == 443 && a.authority == "api.anthropic.com");
+        assert!(s.providers["a"].credential.is_some());
+        assert!(s.providers["b"].credential.is_none());
+    }
+
+    #[test]
+    fn rejects_planned_and_unknown_types_and_dangling_names() {
+        let e = snap("providers:\n  o: {type: openai}\n").unwrap_err().to_string();
+        assert!(e.contains("providers.o.type") && e.contains("not available"), "{e}");
+        let e = snap("providers:\n  o: {type: foo}\n").unwrap_err().to_string();
+        assert!(e.contains("unknown provider type"), "{e}");
+        let e = snap(&format!("{BASE}routes:\n  - {{match: '*', provider: zz}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[0].provider") && e.contains("zz"), "{e}");
+    }
+
+    #[test]
+    fn keys_hash_lookup_and_allowlist() {
+        let h = hex::encode(sha256(b"mg-alice"));
+        let s = snap(&format!(
+            "{BASE}keys:\n  - {{name: alice, team: t, key_sha256: {h}, models: ['claude-*']}}\n"
+        ))
+        .unwrap();
+        let k = s.find_key(&sha256(b"mg-alice")).unwrap();
+        assert_eq!(k.name, "alice");
+        assert!(k.allows_model("claude-opus-4-8") && !k.allows_model("gpt-4o"));
+        assert!(s.find_key(&sha256(b"mg-bob")).is_none());
+        let e = snap(&format!("{BASE}keys:\n  - {{name: a, key_sha256: zz}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keys[0].key_sha256"), "{e}");
+    }
+}

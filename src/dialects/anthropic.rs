@@ -1,0 +1,251 @@
+//! The Anthropic Messages dialect: the gateway's own inbound format, and the
+//! passthrough upstream format.
+//!
+//! Inbound, it extracts only what routing needs (`model`, `stream`) from the
+//! raw body in one validating pass and remembers where the `model` string's
+//! bytes are, so a rename splices those bytes instead of re-serialising the
+//! body. Outbound to an Anthropic-type upstream the body is the client's,
+//! byte for byte, and headers follow [`forward_request_headers`].
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("request body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    #[error("model: Field required")]
+    MissingModel,
+    #[error("model: Input should be a valid string")]
+    ModelNotString,
+    #[error("model: String should have at least 1 character")]
+    EmptyModel,
+}
+
+/// A Messages (or count_tokens) request: the raw body plus the fields routing reads.
+#[derive(Debug, Clone)]
+pub struct MessagesRequest {
+    pub body: Bytes,
+    pub model: String,
+    pub stream: bool,
+    /// Byte range of the `model` value (including its quotes) within `body`.
+    model_span: Range<usize>,
+}
+
+#[derive(Deserialize)]
+struct View<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+impl MessagesRequest {
+    /// Validate the whole body as JSON and pick out `model` and `stream`.
+    /// Unknown fields are skipped (validated, not allocated).
+    pub fn parse(body: Bytes) -> Result<Self, ParseError> {
+        let text = std::str::from_utf8(&body).map_err(|e| ParseError::Malformed(e.to_string()))?;
+        let trimmed = text.trim_start();
+        if !trimmed.starts_with('{') {
+            return Err(if trimmed.is_empty() {
+                ParseError::Malformed("the body is empty".into())
+            } else {
+                ParseError::NotAnObject
+            });
+        }
+        let view: View = serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
+        let raw = view.model.ok_or(ParseError::MissingModel)?;
+        let model: String = serde_json::from_str(raw.get()).map_err(|_| ParseError::ModelNotString)?;
+        if model.is_empty() {
+            return Err(ParseError::EmptyModel);
+        }
+        // `raw` borrows from `text`, so its offset in the body is pointer arithmetic.
+        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        let model_span = start..start + raw.get().len();
+        Ok(MessagesRequest {
+            model,
+            stream: view.stream.unwrap_or(false),
+            model_span,
+            body,
+        })
+    }
+
+    /// The body to send upstream: the client's bytes, with only the model
+    /// string replaced when `rename` differs from the requested model.
+    pub fn body_with_model(&self, rename: Option<&str>) -> Bytes {
+        match rename {
+            Some(new) if new != self.model => {
+                let quoted = serde_json::to_string(new).unwrap_or_default();
+                let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
+                out.extend_from_slice(&self.body[..self.model_span.start]);
+                out.extend_from_slice(quoted.as_bytes());
+                out.extend_from_slice(&self.body[self.model_span.end..]);
+                out.freeze()
+            }
+            _ => self.body.clone(),
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True for hop-by-hop headers, including any the `Connection` header names.
+pub fn is_hop_by_hop(name: &HeaderName, connection: Option<&HeaderValue>) -> bool {
+    if HOP_BY_HOP.contains(&name.as_str()) {
+        return true;
+    }
+    connection
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(name.as_str())))
+}
+
+/// Which credential the upstream request carries.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamAuth<'a> {
+    /// The provider's own key, sent as `x-api-key`. The client's credential is dropped.
+    ProviderKey(&'a str),
+    /// Passthrough-auth: forward the client's `x-api-key` / `Authorization` unchanged.
+    ClientCredential,
+    /// The client's credential was a gateway key and there is no provider key:
+    /// send no credential at all.
+    None,
+}
+
+/// The headers an Anthropic-type upstream receives: every client header
+/// except hop-by-hop ones, `host`, `content-length` (the caller frames the
+/// body), `accept-encoding` (replaced by `identity` so the gateway can read
+/// the stream) and, unless passthrough-auth applies, the client's credential.
+/// `anthropic-*`, `x-claude-code-*` and unknown headers go through verbatim.
+pub fn forward_request_headers(
+    client: &HeaderMap,
+    auth: UpstreamAuth<'_>,
+    extra: &[(HeaderName, HeaderValue)],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let connection = client.get(header::CONNECTION);
+    let keep_client_credential = matches!(auth, UpstreamAuth::ClientCredential);
+    let mut out = Vec::with_capacity(client.len() + extra.len() + 2);
+    for (name, value) in client {
+        if is_hop_by_hop(name, connection)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::ACCEPT_ENCODING
+            || (!keep_client_credential && is_credential(name))
+        {
+            continue;
+        }
+        out.push((name.clone(), value.clone()));
+    }
+    out.push((header::ACCEPT_ENCODING, HeaderValue::from_static("identity")));
+    if let UpstreamAuth::ProviderKey(key) = auth {
+        if let Ok(mut v) = HeaderValue::from_str(key) {
+            v.set_sensitive(true);
+            out.push((HeaderName::from_static("x-api-key"), v));
+        }
+    }
+    for (n, v) in extra {
+        out.retain(|(existing, _)| existing != n);
+        out.push((n.clone(), v.clone()));
+    }
+    out
+}
+
+/// Client credential headers (a gateway key, or a token bound for Anthropic).
+pub fn is_credential(name: &HeaderName) -> bool {
+    name == header::AUTHORIZATION || name.as_str() == "x-api-key"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_model_and_stream_without_touching_bytes() {
+        let body = Bytes::from_static(br#"{"max_tokens":5, "model" : "claude-x\u00e9" ,"stream":true,"messages":[]}"#);
+        let r = MessagesRequest::parse(body.clone()).unwrap();
+        assert_eq!(r.model, "claude-xé");
+        assert!(r.stream);
+        assert_eq!(r.body_with_model(None), body);
+        assert_eq!(r.body_with_model(Some("claude-xé")), body);
+        assert_eq!(
+            &r.body_with_model(Some("gpt-\"4o\""))[..],
+            &br#"{"max_tokens":5, "model" : "gpt-\"4o\"" ,"stream":true,"messages":[]}"#[..]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_bodies_with_reasons() {
+        let p = |s: &'static str| MessagesRequest::parse(Bytes::from_static(s.as_bytes())).unwrap_err();
+        assert_eq!(p(r#"{"messages":[]}"#), ParseError::MissingModel);
+        assert_eq!(p(r#"{"model":5}"#), ParseError::ModelNotString);
+        assert_eq!(p(r#"{"model":""}"#), ParseError::EmptyModel);
+        assert_eq!(p("[1]"), ParseError::NotAnObject);
+        assert!(matches!(p(r#"{"model":"a","#), ParseError::Malformed(_)));
+        assert!(matches!(p(r#"{"model":"a","model":"b"}"#), ParseError::Malformed(_)));
+        assert!(matches!(p(r#"{"model":"a","stream":"yes"}"#), ParseError::Malformed(_)));
+        assert!(matches!(p(""), ParseError::Malformed(_)));
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn forwards_all_but_hop_by_hop_host_encoding_and_credentials() {
+        let client = headers(&[
+            ("host", "gw"),
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("content-length", "10"),
+            ("accept-encoding", "gzip, br"),
+            ("x-api-key", "mg-gateway-key"),
+            ("authorization", "Bearer mg-gateway-key"),
+            ("anthropic-beta", "a-1,b-2"),
+            ("anthropic-version", "2023-06-01"),
+            ("x-claude-code-session-id", "s"),
+            ("x-unknown", "u"),
+        ]);
+        let out = forward_request_headers(&client, UpstreamAuth::ProviderKey("sk-provider"), &[]);
+        let names: Vec<_> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "anthropic-beta",
+                "anthropic-version",
+                "x-claude-code-session-id",
+                "x-unknown",
+                "accept-encoding",
+                "x-api-key"
+            ]
+        );
+        assert_eq!(out[4].1, "identity");
+        assert_eq!(out[5].1, "sk-provider");
+
+        let pass = forward_request_headers(&client, UpstreamAuth::ClientCredential, &[]);
+        assert!(pass
+            .iter()
+            .any(|(n, v)| n == "authorization" && v == "Bearer mg-gateway-key"));
+        let none = forward_request_headers(&client, UpstreamAuth::None, &[]);
+        assert!(!none.iter().any(|(n, _)| is_credential(n)));
+    }
+}

@@ -1,0 +1,141 @@
+//! Every failure the gateway itself produces, and the one place that turns it
+//! into an Anthropic error response.
+//!
+//! Stages return [`GatewayError`]; `gateway::respond` writes it with
+//! [`GatewayError::status`] and [`GatewayError::body`]. Upstream error
+//! responses from an Anthropic-type provider are *not* wrapped here: they are
+//! relayed verbatim, because Claude Code's recovery matches on their wording.
+
+use std::time::Duration;
+
+/// The Anthropic `error.type` values (`protocol.md` §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Authentication,
+    Billing,
+    Permission,
+    NotFound,
+    RequestTooLarge,
+    RateLimit,
+    Api,
+    Timeout,
+    Overloaded,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::Billing => "billing_error",
+            ErrorKind::Permission => "permission_error",
+            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::RateLimit => "rate_limit_error",
+            ErrorKind::Api => "api_error",
+            ErrorKind::Timeout => "timeout_error",
+            ErrorKind::Overloaded => "overloaded_error",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Authentication(String),
+    #[error("{0}")]
+    Permission(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body is larger than the gateway's limit of {limit} bytes")]
+    RequestTooLarge { limit: u64 },
+    #[error("the gateway could not reach upstream provider `{provider}`: {detail}")]
+    UpstreamUnreachable { provider: String, detail: String },
+    #[error("upstream provider `{provider}` did not answer within {}", humantime::format_duration(*.after))]
+    UpstreamTimeout { provider: String, after: Duration },
+    #[error("upstream provider `{provider}` failed mid-response: {detail}")]
+    UpstreamBroken { provider: String, detail: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GatewayError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            GatewayError::Authentication(_) => ErrorKind::Authentication,
+            GatewayError::Permission(_) => ErrorKind::Permission,
+            GatewayError::NotFound(_) => ErrorKind::NotFound,
+            GatewayError::RequestTooLarge { .. } => ErrorKind::RequestTooLarge,
+            GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamBroken { .. }
+            | GatewayError::Internal(_) => ErrorKind::Api,
+            GatewayError::UpstreamTimeout { .. } => ErrorKind::Timeout,
+            GatewayError::Unavailable(_) => ErrorKind::Overloaded,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidRequest(_) => 400,
+            GatewayError::Authentication(_) => 401,
+            GatewayError::Permission(_) => 403,
+            GatewayError::NotFound(_) => 404,
+            GatewayError::RequestTooLarge { .. } => 413,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamBroken { .. } => 502,
+            GatewayError::UpstreamTimeout { .. } => 504,
+            GatewayError::Unavailable(_) => 529,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// The Anthropic error object: `{"type":"error","error":{"type","message"},"request_id"}`.
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        error_body(self.kind(), &self.to_string(), request_id)
+    }
+
+    /// The same error as one SSE frame, for failures after a stream has begun.
+    pub fn sse_frame(&self, request_id: &str) -> Vec<u8> {
+        let mut out = b"event: error\ndata: ".to_vec();
+        out.extend_from_slice(&self.body(request_id));
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+}
+
+pub fn error_body(kind: ErrorKind, message: &str, request_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "error",
+        "error": {"type": kind.as_str(), "message": message},
+        "request_id": request_id,
+    }))
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_shape_and_status_pairs() {
+        let e = GatewayError::RequestTooLarge { limit: 10 };
+        assert_eq!(e.status(), 413);
+        let v: serde_json::Value = serde_json::from_slice(&e.body("req_1")).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "request_too_large");
+        assert_eq!(v["request_id"], "req_1");
+        let t = GatewayError::UpstreamTimeout {
+            provider: "a".into(),
+            after: Duration::from_secs(3),
+        };
+        assert_eq!((t.status(), t.kind().as_str()), (504, "timeout_error"));
+        assert!(String::from_utf8(t.sse_frame("r"))
+            .unwrap()
+            .starts_with("event: error\ndata: {"));
+    }
+}

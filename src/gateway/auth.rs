@@ -1,0 +1,155 @@
+//! Stage: who is calling.
+//!
+//! Reads the gateway key from `x-api-key` or `Authorization: Bearer` and
+//! resolves it to a [`KeyEntry`] (the principal later stages meter and limit).
+//! With no `keys:` section the gateway runs in passthrough-auth mode and the
+//! caller is anonymous. This stage never forwards or logs the presented
+//! secret; only its sha256 is ever compared.
+
+use std::sync::Arc;
+
+use http::header::{HeaderMap, AUTHORIZATION};
+
+use crate::config::snapshot::{sha256, KeyEntry};
+use crate::config::Snapshot;
+use crate::error::GatewayError;
+
+pub enum Caller {
+    /// A configured gateway key.
+    Key(Arc<KeyEntry>),
+    /// Passthrough-auth mode: no gateway keys; the client's own credential
+    /// (if any) is for the upstream.
+    Passthrough,
+}
+
+/// Every credential the client presented, `x-api-key` first. Claude Code's
+/// `apiKeyHelper` sends the same value in both headers.
+fn presented(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    let api_key = headers.get("x-api-key").map(|v| v.as_bytes());
+    let bearer = headers.get(AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| trim(&v[7..]))
+    });
+    api_key.into_iter().chain(bearer).filter(|k| !k.is_empty())
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    if !snap.keys_enabled() {
+        return Ok(Caller::Passthrough);
+    }
+    let mut any = false;
+    for key in presented(headers) {
+        any = true;
+        if let Some(entry) = snap.find_key(&sha256(key)) {
+            if !entry.enabled {
+                return Err(GatewayError::Permission(format!(
+                    "gateway key `{}` is disabled",
+                    entry.name
+                )));
+            }
+            return Ok(Caller::Key(entry.clone()));
+        }
+    }
+    Err(GatewayError::Authentication(if any {
+        "invalid gateway key".into()
+    } else {
+        "missing gateway key: send it as `x-api-key` or `Authorization: Bearer`".into()
+    }))
+}
+
+/// Admin endpoints on the main listener (`/status`, `/metrics`, `/admin/*`).
+/// They are open only while the gateway has no credentials at all (a local,
+/// passthrough-auth setup); otherwise they need a key from `admin_keys_sha256`.
+pub fn authorize_admin(snap: &Snapshot, headers: &HeaderMap) -> Result<(), GatewayError> {
+    if !snap.has_admin_keys() && !snap.keys_enabled() {
+        return Ok(());
+    }
+    let mut any = false;
+    for key in presented(headers) {
+        any = true;
+        if snap.is_admin_key(&sha256(key)) {
+            return Ok(());
+        }
+    }
+    if !snap.has_admin_keys() {
+        return Err(GatewayError::Permission(
+            "admin endpoints need `admin_keys_sha256` or a separate `admin_listen`".into(),
+        ));
+    }
+    Err(if any {
+        GatewayError::Permission("this key is not an admin key".into())
+    } else {
+        GatewayError::Authentication("missing admin key".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::parse_str;
+    use http::HeaderValue;
+
+    fn snap(extra: &str) -> Snapshot {
+        let env = |_: &str| None;
+        let yaml = format!("providers:\n  a: {{type: anthropic}}\ndefault_provider: a\n{extra}");
+        Snapshot::build(parse_str(&yaml, &env).unwrap(), &env).unwrap()
+    }
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.insert(*n, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn accepts_either_header_and_rejects_others() {
+        let hash = hex::encode(sha256(b"mg-alice"));
+        let off = hex::encode(sha256(b"mg-off"));
+        let s = snap(&format!(
+            "keys:\n  - {{name: alice, key_sha256: {hash}}}\n  - {{name: off, key_sha256: {off}, enabled: false}}\n"
+        ));
+        assert!(matches!(authenticate(&s, &h(&[("x-api-key", "mg-alice")])), Ok(Caller::Key(k)) if k.name == "alice"));
+        assert!(matches!(
+            authenticate(&s, &h(&[("authorization", "Bearer  mg-alice ")])),
+            Ok(Caller::Key(_))
+        ));
+        assert!(authenticate(&s, &h(&[("x-api-key", "nope"), ("authorization", "bearer mg-alice")])).is_ok());
+        assert!(matches!(authenticate(&s, &h(&[])), Err(GatewayError::Authentication(m)) if m.contains("missing")));
+        assert!(matches!(
+            authenticate(&s, &h(&[("x-api-key", "nope")])),
+            Err(GatewayError::Authentication(_))
+        ));
+        assert!(matches!(
+            authenticate(&s, &h(&[("x-api-key", "mg-off")])),
+            Err(GatewayError::Permission(_))
+        ));
+        assert!(matches!(authenticate(&snap(""), &h(&[])), Ok(Caller::Passthrough)));
+    }
+
+    #[test]
+    fn admin_is_open_only_without_any_credentials() {
+        assert!(authorize_admin(&snap(""), &h(&[])).is_ok());
+        let admin = hex::encode(sha256(b"mg-admin"));
+        let s = snap(&format!("admin_keys_sha256: [{admin}]\n"));
+        assert!(authorize_admin(&s, &h(&[("x-api-key", "mg-admin")])).is_ok());
+        assert!(matches!(
+            authorize_admin(&s, &h(&[])),
+            Err(GatewayError::Authentication(_))
+        ));
+        assert!(matches!(
+            authorize_admin(&s, &h(&[("x-api-key", "x")])),
+            Err(GatewayError::Permission(_))
+        ));
+    }
+}

@@ -1,0 +1,74 @@
+//! Stage: read the request body — whole, once, and never more than
+//! `max_request_size` bytes.
+//!
+//! A declared `Content-Length` above the cap is refused before reading a
+//! byte; a chunked body is counted as it arrives. The result is one `Bytes`
+//! that every later stage (and every retry) shares without copying.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::Session;
+
+use crate::error::GatewayError;
+
+/// How long the client may pause while sending its body.
+const BODY_READ_IDLE: Duration = Duration::from_secs(60);
+
+pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, GatewayError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::RequestTooLarge { limit });
+    }
+    session.set_read_timeout(Some(BODY_READ_IDLE));
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total: u64 = 0;
+    loop {
+        let chunk = session.read_request_body().await.map_err(|e| {
+            GatewayError::InvalidRequest(format!("could not read the request body: {}", e.etype().as_str()))
+        })?;
+        let Some(chunk) = chunk else { break };
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(GatewayError::RequestTooLarge { limit });
+        }
+        // The common case is one chunk: keep it as is, copy only when a second arrives.
+        if let Some(b) = buf.as_mut() {
+            b.extend_from_slice(&chunk);
+        } else if let Some(f) = first.take() {
+            let cap = declared.unwrap_or(total).min(limit) as usize;
+            let mut b = BytesMut::with_capacity(cap.max(f.len() + chunk.len()));
+            b.extend_from_slice(&f);
+            b.extend_from_slice(&chunk);
+            buf = Some(b);
+        } else {
+            first = Some(chunk);
+        }
+    }
+    Ok(match (first, buf) {
+        (_, Some(b)) => b.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// True when the request declares a body the gateway does not want to drain
+/// (answering early, e.g. 401): larger than the cap, or chunked of unknown size.
+pub fn not_worth_draining(session: &Session, limit: u64) -> bool {
+    let h = &session.req_header().headers;
+    let chunked = h
+        .get(http::header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let large = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > limit);
+    chunked || large
+}

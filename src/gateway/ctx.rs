@@ -1,0 +1,64 @@
+//! Per-request state carried through the stages and read by the access log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::snapshot::KeyEntry;
+use crate::config::Snapshot;
+use crate::error::ErrorKind;
+
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    /// The config this request was admitted under; held to the end, so a
+    /// reload mid-request changes nothing for it.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub principal: Option<Arc<KeyEntry>>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    pub bytes_out: u64,
+    pub error: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    /// The client disconnected before the response was complete.
+    pub client_gone: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            snapshot: None,
+            principal: None,
+            model: None,
+            provider: None,
+            stream: false,
+            status: 0,
+            bytes_out: 0,
+            error: None,
+            error_message: None,
+            client_gone: false,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `req_` + 24 base62 characters (~143 bits), the shape Anthropic uses.
+pub fn new_request_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    let mut id = String::with_capacity(28);
+    id.push_str("req_");
+    for _ in 0..24 {
+        id.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    id
+}

@@ -1,0 +1,375 @@
+//! The request path: Pingora's `ProxyHttp` implementation and the stages it
+//! runs, in order.
+//!
+//! ```text
+//! request_filter
+//!   → dispatch on method + path (local endpoints answer here)
+//!   → auth      (auth.rs)      gateway key → principal, or passthrough-auth
+//!   → read      (body.rs)      the whole body, capped, once
+//!   → parse     (dialects)     model + stream, raw bytes kept
+//!   → route     (config)       snapshot rules → ordered candidate plan
+//!   → attempt   (attempt.rs)   build the upstream request, send it
+//!   → relay     (relay.rs)     stream the answer back as it arrives
+//! logging                      one access-log line
+//! ```
+//!
+//! Every request is answered from `request_filter` (Pingora's "pattern C",
+//! `spec/pingora.md` §1.3): routing needs the body's `model`, and Pingora's
+//! own retry buffer would silently truncate Claude Code's 100 KB bodies. So
+//! `upstream_peer` is never reached; Pingora still owns the listeners, the
+//! connection pools and graceful upgrade.
+
+pub mod attempt;
+pub mod auth;
+pub mod body;
+pub mod ctx;
+pub mod local;
+pub mod relay;
+pub mod respond;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::config::{ConfigStore, ProviderKind, Snapshot};
+use crate::dialects::anthropic::MessagesRequest;
+use crate::error::GatewayError;
+use crate::upstream::Upstreams;
+use ctx::RequestCtx;
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The Anthropic API listener (`listen`); admin endpoints need an admin key.
+    Main,
+    /// `admin_listen`: admin endpoints only, no key needed.
+    Admin,
+}
+
+/// Process-wide state shared by every request on every listener.
+pub struct Shared {
+    pub config: Arc<ConfigStore>,
+    pub upstreams: Upstreams,
+    pub started: Instant,
+    pub counters: local::Counters,
+}
+
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    pub role: Role,
+}
+
+/// The endpoints, decided once from method and path.
+enum Endpoint<'a> {
+    Health,
+    Probe,
+    Status,
+    Models,
+    Model(&'a str),
+    Messages,
+    CountTokens,
+    Passthrough,
+    NotFound,
+    MethodNotAllowed(&'static str),
+}
+
+fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a> {
+    use http::Method as M;
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    match (role, path) {
+        (_, "/health") => match *method {
+            M::GET | M::HEAD => Endpoint::Health,
+            _ => Endpoint::MethodNotAllowed("GET, HEAD"),
+        },
+        (_, "/status") => match *method {
+            M::GET => Endpoint::Status,
+            _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (Role::Admin, _) => Endpoint::NotFound,
+        (Role::Main, "/") => match *method {
+            M::GET | M::HEAD => Endpoint::Probe,
+            _ => Endpoint::NotFound,
+        },
+        (Role::Main, "/v1/messages") => match *method {
+            M::POST => Endpoint::Messages,
+            _ => Endpoint::MethodNotAllowed("POST"),
+        },
+        (Role::Main, "/v1/messages/count_tokens") => match *method {
+            M::POST => Endpoint::CountTokens,
+            _ => Endpoint::MethodNotAllowed("POST"),
+        },
+        (Role::Main, "/v1/models") => match *method {
+            M::GET => Endpoint::Models,
+            _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (Role::Main, p) if p.starts_with("/v1/models/") && *method == M::GET => {
+            Endpoint::Model(&p["/v1/models/".len()..])
+        }
+        (Role::Main, p) if p.starts_with("/v1/") => Endpoint::Passthrough,
+        _ => Endpoint::NotFound,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = self.shared.config.snapshot();
+        ctx.snapshot = Some(snap.clone());
+        self.shared.counters.requests.fetch_add(1, Relaxed);
+        self.shared.counters.in_flight.fetch_add(1, Relaxed);
+        if let Err(e) = self.handle(session, ctx, &snap).await {
+            if matches!(
+                e,
+                GatewayError::Authentication(_) | GatewayError::Permission(_) | GatewayError::NotFound(_)
+            ) && body::not_worth_draining(session, snap.max_request_size)
+            {
+                session.set_keepalive(None);
+            }
+            respond::error(session, ctx, &e).await;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // `request_filter` answers every request, so Pingora never asks for a peer.
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "upstream_peer reached: every request is answered in request_filter",
+        ))
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        self.shared.counters.in_flight.fetch_sub(1, Relaxed);
+        if ctx.status >= 400 || ctx.error.is_some() {
+            self.shared.counters.errors.fetch_add(1, Relaxed);
+        }
+        access_log(session, ctx);
+    }
+}
+
+impl Gateway {
+    async fn handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Arc<Snapshot>,
+    ) -> Result<(), GatewayError> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        match endpoint(&req.method, &path, self.role) {
+            Endpoint::Health => respond::json(session, ctx, 200, local::health(), &[]).await,
+            Endpoint::Probe => respond::json(session, ctx, 200, Vec::new(), &[]).await,
+            Endpoint::Status => {
+                if self.role == Role::Main {
+                    auth::authorize_admin(snap, &session.req_header().headers)?;
+                }
+                let body = local::status(snap, self.shared.started, &self.shared.counters);
+                respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::Models => {
+                self.caller(session, ctx, snap)?;
+                let body = local::list_models(snap, session.req_header().uri.query())?;
+                respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::Model(id) => {
+                self.caller(session, ctx, snap)?;
+                let body = local::get_model(snap, id)?;
+                respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::Messages | Endpoint::CountTokens => self.messages(session, ctx, snap).await?,
+            Endpoint::Passthrough if snap.config.passthrough_mode => self.passthrough(session, ctx, snap).await?,
+            Endpoint::Passthrough | Endpoint::NotFound => {
+                return Err(GatewayError::NotFound(format!("no endpoint at {path}")));
+            }
+            Endpoint::MethodNotAllowed(allowed) => {
+                let err = GatewayError::InvalidRequest(format!(
+                    "{} is not allowed on {path}; use {allowed}",
+                    session.req_header().method
+                ));
+                ctx.error = Some(err.kind());
+                respond::json(
+                    session,
+                    ctx,
+                    405,
+                    err.body(&ctx.request_id),
+                    &[("allow", allowed.to_string())],
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn caller(&self, session: &Session, ctx: &mut RequestCtx, snap: &Snapshot) -> Result<auth::Caller, GatewayError> {
+        let caller = auth::authenticate(snap, &session.req_header().headers)?;
+        if let auth::Caller::Key(k) = &caller {
+            ctx.principal = Some(k.clone());
+        }
+        Ok(caller)
+    }
+
+    /// `/v1/messages` and `/v1/messages/count_tokens`: auth → read → parse → route → attempt → relay.
+    async fn messages(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Arc<Snapshot>,
+    ) -> Result<(), GatewayError> {
+        let caller = self.caller(session, ctx, snap)?;
+        let body = body::read(session, snap.max_request_size).await?;
+        let request = MessagesRequest::parse(body).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        ctx.model = Some(request.model.clone());
+        ctx.stream = request.stream;
+        if let auth::Caller::Key(k) = &caller {
+            if !k.allows_model(&request.model) {
+                return Err(GatewayError::Permission(format!(
+                    "gateway key `{}` may not use model `{}`",
+                    k.name, request.model
+                )));
+            }
+        }
+        let headers = &session.req_header().headers;
+        let plan = snap
+            .resolve(&request.model, &|name| {
+                headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            })
+            .ok_or_else(|| GatewayError::NotFound(format!("model: no route serves `{}`", request.model)))?;
+        let candidate = plan.candidates.first().ok_or_else(|| {
+            GatewayError::Unavailable(format!(
+                "every provider for `{}` is disabled ({})",
+                request.model, plan.reason
+            ))
+        })?;
+        ctx.provider = Some(candidate.provider.name.clone());
+        let req = session.req_header();
+        let out = attempt::Outbound {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            body: request.body_with_model(candidate.rename.as_deref()),
+        };
+        let exchange = attempt::send(&self.shared.upstreams, snap, &caller, candidate, &out).await?;
+        relay::relay(session, ctx, exchange, &candidate.provider.name).await;
+        Ok(())
+    }
+
+    /// `passthrough_mode`: any other `/v1/*` request goes, unparsed, to the
+    /// default provider when that provider speaks Anthropic.
+    async fn passthrough(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Arc<Snapshot>,
+    ) -> Result<(), GatewayError> {
+        let caller = self.caller(session, ctx, snap)?;
+        let provider = snap
+            .default_provider
+            .as_ref()
+            .filter(|p| p.kind == ProviderKind::Anthropic && p.enabled)
+            .ok_or_else(|| {
+                GatewayError::NotFound("passthrough_mode needs an enabled Anthropic-type default_provider".into())
+            })?;
+        let body = body::read(session, snap.max_request_size).await?;
+        ctx.provider = Some(provider.name.clone());
+        let candidate = crate::config::snapshot::Candidate {
+            provider: provider.clone(),
+            rename: None,
+        };
+        let req = session.req_header();
+        let out = attempt::Outbound {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            body,
+        };
+        let exchange = attempt::send(&self.shared.upstreams, snap, &caller, &candidate, &out).await?;
+        relay::relay(session, ctx, exchange, &provider.name).await;
+        Ok(())
+    }
+}
+
+/// One line per request. Names, never secrets: the key's configured name,
+/// not the key.
+fn access_log(session: &Session, ctx: &RequestCtx) {
+    let req = session.req_header();
+    let status = if ctx.status == 0 { 499 } else { ctx.status };
+    let elapsed = ctx.started.elapsed();
+    let key = ctx.principal.as_ref().map(|k| k.name.as_str()).unwrap_or("-");
+    let outcome = if ctx.client_gone {
+        "client_gone"
+    } else {
+        ctx.error.map(|e| e.as_str()).unwrap_or("ok")
+    };
+    log::info!(
+        target: "access",
+        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} key={} outcome={}",
+        ctx.request_id,
+        req.method,
+        req.uri.path(),
+        status,
+        ctx.model.as_deref().unwrap_or("-"),
+        ctx.provider.as_deref().unwrap_or("-"),
+        ctx.stream,
+        elapsed.as_secs_f64() * 1000.0,
+        ctx.bytes_out,
+        key,
+        outcome,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_by_method_and_path() {
+        let post = http::Method::POST;
+        let get = http::Method::GET;
+        assert!(matches!(
+            endpoint(&post, "/v1/messages", Role::Main),
+            Endpoint::Messages
+        ));
+        assert!(matches!(
+            endpoint(&post, "/v1/messages/", Role::Main),
+            Endpoint::Messages
+        ));
+        assert!(matches!(
+            endpoint(&post, "/v1/messages/count_tokens", Role::Main),
+            Endpoint::CountTokens
+        ));
+        assert!(matches!(
+            endpoint(&get, "/v1/messages", Role::Main),
+            Endpoint::MethodNotAllowed(_)
+        ));
+        assert!(matches!(
+            endpoint(&get, "/v1/models/claude-x", Role::Main),
+            Endpoint::Model("claude-x")
+        ));
+        assert!(matches!(endpoint(&get, "/v1/files", Role::Main), Endpoint::Passthrough));
+        assert!(matches!(
+            endpoint(&post, "/v1/messages", Role::Admin),
+            Endpoint::NotFound
+        ));
+        assert!(matches!(endpoint(&get, "/status", Role::Admin), Endpoint::Status));
+        assert!(matches!(
+            endpoint(&http::Method::HEAD, "/", Role::Main),
+            Endpoint::Probe
+        ));
+    }
+}

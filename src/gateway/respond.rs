@@ -1,0 +1,62 @@
+//! Writing locally made responses: JSON bodies and the Anthropic-shaped error
+//! for every [`GatewayError`]. All gateway-made responses leave through here,
+//! so each carries `request-id` and a correct `content-length`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::error::GatewayError;
+
+/// Write a complete JSON response. Errors writing to a departed client are
+/// not the request's problem: they are logged at debug and dropped.
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: Vec<u8>,
+    extra: &[(&'static str, String)],
+) {
+    let mut head = match ResponseHeader::build(status, Some(4 + extra.len())) {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("cannot build a {status} response header: {e}");
+            return;
+        }
+    };
+    let len = body.len();
+    let _ = head.insert_header("content-type", "application/json");
+    let _ = head.insert_header("content-length", len.to_string());
+    let _ = head.insert_header("request-id", ctx.request_id.as_str());
+    for (name, value) in extra {
+        let _ = head.insert_header(*name, value.as_str());
+    }
+    ctx.status = status;
+    if let Err(e) = session.write_response_header(Box::new(head), len == 0).await {
+        log::debug!("{}: client gone before the response header: {e}", ctx.request_id);
+        return;
+    }
+    if len > 0 {
+        match session.write_response_body(Some(Bytes::from(body)), true).await {
+            Ok(()) => ctx.bytes_out += len as u64,
+            Err(e) => log::debug!("{}: client gone during the response body: {e}", ctx.request_id),
+        }
+    }
+}
+
+/// The single mapping from a gateway failure to what the client sees.
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) {
+    ctx.error = Some(err.kind());
+    ctx.error_message = Some(err.to_string());
+    if matches!(err, GatewayError::RequestTooLarge { .. }) {
+        // The rest of an oversized body is not worth reading: close instead.
+        session.set_keepalive(None);
+    }
+    if session.response_written().is_some() {
+        // Too late for a status: the stream relay reports mid-stream errors itself.
+        return;
+    }
+    let body = err.body(&ctx.request_id);
+    json(session, ctx, err.status(), body, &[]).await;
+}

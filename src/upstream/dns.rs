@@ -1,0 +1,64 @@
+//! Asynchronous upstream name resolution with TTL-honouring caching.
+//!
+//! Pingora's `HttpPeer::new(host)` resolves with blocking `getaddrinfo` and
+//! panics on failure, so the request path never calls it with a name. IP
+//! literals short-circuit; names go through hickory's async resolver (system
+//! `resolv.conf` and `/etc/hosts`), whose cache keeps each answer for its TTL.
+//! The resolver is built on first use, so a gateway whose upstreams are all
+//! IP addresses never reads resolver config at all.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+
+use hickory_resolver::TokioResolver;
+
+#[derive(Default)]
+pub struct Dns {
+    resolver: OnceLock<Result<TokioResolver, String>>,
+}
+
+impl Dns {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn resolver(&self) -> Result<&TokioResolver, String> {
+        self.resolver
+            .get_or_init(|| {
+                TokioResolver::builder_tokio()
+                    .and_then(|b| b.build())
+                    .map_err(|e| format!("cannot read the system resolver configuration: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Resolve `host:port` to one address (the first the resolver prefers).
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let lookup = self
+            .resolver()?
+            .lookup_ip(host)
+            .await
+            .map_err(|e| format!("DNS lookup of `{host}` failed: {e}"))?;
+        lookup
+            .iter()
+            .next()
+            .map(|ip| SocketAddr::new(ip, port))
+            .ok_or_else(|| format!("DNS lookup of `{host}` returned no addresses"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn ip_literals_skip_the_resolver() {
+        let dns = super::Dns::new();
+        assert_eq!(dns.resolve("127.0.0.1", 9).await.unwrap().to_string(), "127.0.0.1:9");
+        assert_eq!(dns.resolve("::1", 9).await.unwrap().to_string(), "[::1]:9");
+        assert!(dns.resolver.get().is_none());
+    }
+}

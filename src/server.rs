@@ -38,12 +38,17 @@ pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
         ..ServerConf::default()
     };
-    if let Some(sock) = &c.upgrade_sock {
-        conf.upgrade_sock = sock.clone();
-    }
-    if let Some(pid) = &c.pid_file {
-        conf.pid_file = pid.clone();
-    }
+    // Defaults are per listening port, so several gateways on one host
+    // never hand their sockets to each other by accident.
+    let port = snap.listen.port();
+    conf.upgrade_sock = c
+        .upgrade_sock
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/modelgate-{port}.upgrade.sock"));
+    conf.pid_file = c
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/modelgate-{port}.pid"));
     conf
 }
 

@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Builder: Rust plus cmake (Pingora's zlib-ng) and a C compiler (ring, zstd).
+FROM rust:1-bookworm AS builder
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin modelgate
+
+# Runtime: slim Debian with CA roots for upstream TLS, as a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/modelgate --create-home modelgate
+COPY --from=builder /src/target/release/modelgate /usr/local/bin/modelgate
+COPY conf /etc/modelgate
+USER modelgate
+WORKDIR /var/lib/modelgate
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+ENTRYPOINT ["/usr/local/bin/modelgate"]
+CMD ["serve", "-c", "/etc/modelgate/modelgate.yaml", "--listen", "0.0.0.0:8080"]

@@ -1,0 +1,67 @@
+//! Micro benchmarks of the request path's CPU work, on the realistic
+//! ~105 KB Claude Code request fixture.
+//!
+//! Run: `cargo bench --bench request_path`
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use modelgate::config::load::parse_str;
+use modelgate::config::Snapshot;
+use modelgate::dialects::anthropic::{forward_request_headers, MessagesRequest, UpstreamAuth};
+
+fn fixture() -> Bytes {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/claude_code_request.json");
+    Bytes::from(std::fs::read(path).expect("fixture present"))
+}
+
+fn parse_and_splice(c: &mut Criterion) {
+    let body = fixture();
+    let mut g = c.benchmark_group("anthropic_request");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("parse_model_stream", |b| {
+        b.iter(|| MessagesRequest::parse(black_box(body.clone())).expect("valid"))
+    });
+    let req = MessagesRequest::parse(body.clone()).expect("valid");
+    g.bench_function("splice_model", |b| {
+        b.iter(|| black_box(&req).body_with_model(Some("claude-sonnet-5")))
+    });
+    g.finish();
+}
+
+fn headers(c: &mut Criterion) {
+    let mut h = HeaderMap::new();
+    for (n, v) in [
+        ("host", "gw"),
+        ("authorization", "Bearer mg-key"),
+        ("anthropic-version", "2023-06-01"),
+        (
+            "anthropic-beta",
+            "claude-code-20250219,context-1m-2025-08-07,interleaved-thinking-2025-05-14",
+        ),
+        ("x-claude-code-session-id", "5d1f1c3e-1f5e-4c1e-9f61-2d7b1b8c1a10"),
+        ("user-agent", "claude-cli/2.1.197 (external, cli)"),
+        ("x-app", "cli"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("content-type", "application/json"),
+        ("content-length", "105000"),
+    ] {
+        h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+    }
+    c.bench_function("forward_request_headers", |b| {
+        b.iter(|| forward_request_headers(black_box(&h), UpstreamAuth::ProviderKey("sk-ant-x"), &[]))
+    });
+}
+
+fn routing(c: &mut Criterion) {
+    let env = |_: &str| None;
+    let yaml = "default_provider: a\nproviders:\n  a: {type: anthropic}\n  b: {type: anthropic}\nroutes:\n  - {match: 'claude-haiku-*', provider: b}\n  - {header: {name: x-org-route, value: cheap}, provider: b}\n  - {match: 'claude-*', provider: a, fallbacks: [b]}\n";
+    let snap = Snapshot::build(parse_str(yaml, &env).expect("yaml"), &env).expect("valid");
+    let none = |_: &HeaderName| None;
+    c.bench_function("route_resolve", |b| {
+        b.iter(|| snap.resolve(black_box("claude-opus-4-8"), &none))
+    });
+}
+
+criterion_group!(benches, parse_and_splice, headers, routing);
+criterion_main!(benches);

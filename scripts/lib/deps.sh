@@ -1,0 +1,31 @@
+# Shared by scripts/test and scripts/serve: install what the build and the
+# tests need, only when it is missing. Debian/Ubuntu (apt-get); root or sudo.
+
+_apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "error: need root or sudo to install: $*" >&2; return 1
+    fi
+  fi
+  if [ -z "${_MODELGATE_APT_UPDATED:-}" ]; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    _MODELGATE_APT_UPDATED=1
+  fi
+  echo "installing: $*" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# cmake builds Pingora's zlib-ng; a C compiler builds ring and zstd.
+ensure_build_deps() {
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+  command -v make >/dev/null 2>&1 || missing+=(make)
+  if [ ${#missing[@]} -gt 0 ]; then _apt_install "${missing[@]}"; fi
+}
+
+# redis-server backs the shared-state (multi-replica) tests.
+ensure_test_deps() {
+  command -v redis-server >/dev/null 2>&1 || _apt_install redis-server
+}

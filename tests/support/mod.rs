@@ -1,0 +1,16 @@
+//! Shared helpers for integration tests: `mod support;` from any `tests/*.rs`.
+//!
+//! * [`mock`]: a scriptable mock upstream (hyper 1, HTTP/1.1, 127.0.0.1 only).
+//! * [`gateway`]: runs the real `modelgate` binary against a temp config.
+//!
+//! Each test binary uses only part of this API, hence the blanket allows.
+#![allow(dead_code, unused_imports)]
+
+pub mod gateway;
+pub mod mock;
+
+pub use gateway::{client, fixture, free_port, http_status, Gateway};
+pub use mock::{
+    anthropic_error_json, anthropic_message_json, anthropic_sse_chunks, sse_event, sse_text, Gate, MockUpstream,
+    Recorded, Reply, SseStep,
+};

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark on loopback: modelgate vs an nginx proxy hop vs
+# hitting the upstream directly, all measured in the same run.
+#
+#   benches/e2e/run.sh                 # 10 s per scenario
+#   DURATION=5s CONNS=32 benches/e2e/run.sh
+#
+# The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
+# process listens on 127.0.0.1 only and every load run is bounded by
+# DURATION. Output: one table with RPS, p50/p99 latency, and the ratio to the
+# nginx hop measured in this run; then the added latency at c=1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib/deps.sh
+ensure_build_deps
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
+command -v wrk >/dev/null 2>&1 || _apt_install wrk
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+UP_PORT=${UP_PORT:-18901}
+HOP_PORT=${HOP_PORT:-18902}
+GW_PORT=${GW_PORT:-18903}
+
+cargo build --release --quiet --bin modelgate
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
+  "$NGINX" -p "$work/hop" -c "$work/hop/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+json='{"id":"msg_bench","type":"message","role":"assistant","model":"claude-opus-4-8","content":[{"type":"text","text":"Hello from the benchmark upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}'
+sse=$(printf 'event: message_start\\ndata: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","content":[],"model":"claude-opus-4-8","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}\\n\\nevent: content_block_start\\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\\n\\nevent: content_block_delta\\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}\\n\\nevent: content_block_stop\\ndata: {"type":"content_block_stop","index":0}\\n\\nevent: message_delta\\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":12}}\\n\\nevent: message_stop\\ndata: {"type":"message_stop"}\\n\\n')
+
+mkdir -p "$work/up/logs" "$work/hop/logs"
+cat > "$work/up/nginx.conf" <<NGX
+worker_processes 1;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_max_body_size 64m;
+  client_body_buffer_size 256k;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP_PORT;
+    location = /v1/messages { default_type application/json; return 200 '$json'; }
+    location = /sse/v1/messages { default_type text/event-stream; return 200 '$sse'; }
+  }
+}
+NGX
+cat > "$work/hop/nginx.conf" <<NGX
+worker_processes auto;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_max_body_size 64m;
+  client_body_buffer_size 256k;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$HOP_PORT;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGX
+"$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
+"$NGINX" -p "$work/hop" -c "$work/hop/nginx.conf"
+
+cat > "$work/gw.yaml" <<YAML
+listen: 127.0.0.1:$GW_PORT
+log_level: warn
+default_provider: up
+providers:
+  up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
+  up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
+routes:
+  - {match: claude-stream, provider: up-sse}
+YAML
+target/release/modelgate serve -c "$work/gw.yaml" >"$work/gw.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null || { cat "$work/gw.log"; exit 1; }
+
+small="$work/small.json"
+echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
+stream="$work/stream.json"
+echo '{"model":"claude-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$stream"
+big=tests/fixtures/claude_code_request.json
+cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+LUA
+
+# run NAME URL BODY CONNS THREADS -> "rps p50 p99" (latencies in ms)
+run() {
+  local out
+  out=$(BODY_FILE="$3" wrk -t"$5" -c"$4" -d"$DURATION" --latency -s "$work/post.lua" "$2" 2>&1)
+  if ! grep -q "Requests/sec" <<<"$out"; then echo "wrk failed for $1: $out" >&2; exit 1; fi
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers in $1: $out" >&2; exit 1; fi
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n+=0; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
+
+printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
+printf '%-26s %-10s %12s %10s %10s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop
+for scenario in "passthrough-json:/v1/messages:$small" "passthrough-sse:/sse/v1/messages:$stream" "claude-code-100KB:/v1/messages:$big"; do
+  IFS=: read -r name path body <<<"$scenario"
+  read -r hop_rps hop50 hop99 < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$body" "$CONNS" "$THREADS")
+  read -r gw_rps gw50 gw99 < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS")
+  printf '%-26s %-10s %12.0f %10s %10s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x"
+  printf '%-26s %-10s %12.0f %10s %10s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
+done
+printf '\nmodelgate RSS after load: %s MiB\n' "$(rss_mb)"
+
+printf '\nadded latency at c=1 (sequential requests), small JSON body\n'
+read -r _ d50 d99 < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
+read -r _ h50 h99 < <(run nginx-hop "http://127.0.0.1:$HOP_PORT/v1/messages" "$small" 1 1)
+read -r _ g50 g99 < <(run modelgate "http://127.0.0.1:$GW_PORT/v1/messages" "$small" 1 1)
+printf '%-12s p50 %8.3f ms  p99 %8.3f ms\n' direct "$d50" "$d99"
+printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' nginx-hop "$(awk -v a="$h50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$h99" -v b="$d99" 'BEGIN{print a-b}')"
+printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' modelgate "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"

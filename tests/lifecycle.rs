@@ -21,10 +21,8 @@ fn config(upstream: &MockUpstream, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_open_stream_finish_then_exits() {
     let up = MockUpstream::start().await;
-    let gate = Gate::new();
-    let mut steps = anthropic_sse_chunks("claude-opus-4-8", &["still", " here"]);
-    steps.insert(1, SseStep::Gate(gate.clone()));
-    up.push(Reply::sse(steps));
+    let (reply, gate) = gated_sse_message("claude-opus-4-8", &["still", " here"]);
+    up.push(reply);
     let mut gw = Gateway::start_async(&config(&up, ""), &[]).await;
 
     let resp = client()

@@ -133,11 +133,9 @@ async fn rename_changes_only_the_model_bytes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn first_sse_event_arrives_before_the_upstream_finishes() {
     let up = MockUpstream::start().await;
-    let gate = Gate::new();
-    let mut steps = anthropic_sse_chunks("claude-opus-4-8", &["Hel", "lo"]);
     // Everything after message_start waits until the client has seen message_start.
-    steps.insert(1, SseStep::Gate(gate.clone()));
-    up.push(Reply::sse(steps).with_header("request-id", "req_upstream_sse"));
+    let (reply, gate) = gated_sse_message("claude-opus-4-8", &["Hel", "lo"]);
+    up.push(reply.with_header("request-id", "req_upstream_sse"));
     let gw = Gateway::start_async(&config(&up, ""), &[PROVIDER_KEY]).await;
     let resp = client()
         .post(gw.url("/v1/messages"))
@@ -188,52 +186,40 @@ async fn gateway_keys_auth_and_model_allowlist() {
     let c = client();
     let msg = |model: &str| format!(r#"{{"model":"{model}","max_tokens":5,"messages":[]}}"#);
 
-    let r = c
-        .post(gw.url("/v1/messages"))
-        .body(msg("claude-opus-4-8"))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!(
-        (status, body["error"]["type"].as_str()),
-        (401, Some("authentication_error"))
-    );
-
-    let r = c
-        .post(gw.url("/v1/messages"))
-        .header("x-api-key", "wrong")
-        .body(msg("claude-opus-4-8"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 401);
-
-    let r = c
-        .post(gw.url("/v1/messages"))
-        .header("x-api-key", "mg-bob-key")
-        .body(msg("claude-opus-4-8"))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!(
-        (status, body["error"]["type"].as_str()),
-        (403, Some("permission_error"))
-    );
-
-    let r = c
-        .post(gw.url("/v1/messages"))
-        .header("authorization", "Bearer mg-alice-key")
-        .body(msg("claude-haiku-4-5"))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!(
-        (status, body["error"]["type"].as_str()),
-        (403, Some("permission_error"))
-    );
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    let cases: [Case; 4] = [
+        (&[], "claude-opus-4-8", 401, "authentication_error"),
+        (
+            &[("x-api-key", "wrong")],
+            "claude-opus-4-8",
+            401,
+            "authentication_error",
+        ),
+        (
+            &[("x-api-key", "mg-bob-key")],
+            "claude-opus-4-8",
+            403,
+            "permission_error",
+        ),
+        (
+            &[("authorization", "Bearer mg-alice-key")],
+            "claude-haiku-4-5",
+            403,
+            "permission_error",
+        ),
+    ];
+    for (headers, model, want_status, want_type) in cases {
+        let mut req = c.post(gw.url("/v1/messages")).body(msg(model));
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let (status, body) = error_of(req.send().await.unwrap()).await;
+        assert_eq!(
+            (status, body["error"]["type"].as_str()),
+            (want_status, Some(want_type)),
+            "{headers:?} {model}"
+        );
+    }
 
     for (header, value) in [("x-api-key", "mg-alice-key"), ("authorization", "Bearer mg-alice-key")] {
         let r = c
@@ -443,10 +429,8 @@ async fn models_health_status_and_count_tokens() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_disconnect_mid_stream_leaves_the_gateway_healthy() {
     let up = MockUpstream::start().await;
-    let gate = Gate::new();
-    let mut steps = anthropic_sse_chunks("claude-opus-4-8", &["partial"]);
-    steps.insert(1, SseStep::Gate(gate.clone()));
-    up.push(Reply::sse(steps));
+    let (reply, gate) = gated_sse_message("claude-opus-4-8", &["partial"]);
+    up.push(reply);
     let gw = Gateway::start_async(&config(&up, ""), &[PROVIDER_KEY]).await;
     let body = r#"{"model":"claude-opus-4-8","max_tokens":10,"stream":true,"messages":[]}"#;
     {

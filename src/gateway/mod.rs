@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+use crate::config::snapshot::Candidate;
 use crate::config::{ConfigStore, ProviderKind, Snapshot};
 use crate::dialects::anthropic::MessagesRequest;
 use crate::error::GatewayError;
@@ -254,6 +255,21 @@ impl Gateway {
                 request.model, plan.reason
             ))
         })?;
+        let body = request.body_with_model(candidate.rename.as_deref());
+        self.forward(session, ctx, snap, &caller, candidate, body).await
+    }
+
+    /// attempt → relay: send `body` with the client's method, path, query and
+    /// headers to `candidate`, and stream the answer back.
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+        caller: &auth::Caller,
+        candidate: &Candidate,
+        body: bytes::Bytes,
+    ) -> Result<(), GatewayError> {
         ctx.provider = Some(candidate.provider.name.clone());
         let req = session.req_header();
         let out = attempt::Outbound {
@@ -261,9 +277,9 @@ impl Gateway {
             path: req.uri.path(),
             query: req.uri.query(),
             headers: &req.headers,
-            body: request.body_with_model(candidate.rename.as_deref()),
+            body,
         };
-        let exchange = attempt::send(&self.shared.upstreams, snap, &caller, candidate, &out).await?;
+        let exchange = attempt::send(&self.shared.upstreams, snap, caller, candidate, &out).await?;
         relay::relay(session, ctx, exchange, &candidate.provider.name).await;
         Ok(())
     }
@@ -285,22 +301,11 @@ impl Gateway {
                 GatewayError::NotFound("passthrough_mode needs an enabled Anthropic-type default_provider".into())
             })?;
         let body = body::read(session, snap.max_request_size).await?;
-        ctx.provider = Some(provider.name.clone());
-        let candidate = crate::config::snapshot::Candidate {
+        let candidate = Candidate {
             provider: provider.clone(),
             rename: None,
         };
-        let req = session.req_header();
-        let out = attempt::Outbound {
-            method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            headers: &req.headers,
-            body,
-        };
-        let exchange = attempt::send(&self.shared.upstreams, snap, &caller, &candidate, &out).await?;
-        relay::relay(session, ctx, exchange, &provider.name).await;
-        Ok(())
+        self.forward(session, ctx, snap, &caller, &candidate, body).await
     }
 }
 

@@ -623,3 +623,12 @@ pub fn sse_text(steps: &[SseStep]) -> String {
         })
         .collect()
 }
+
+/// An Anthropic SSE reply that sends `message_start`, then holds the rest
+/// until the returned gate opens: the test decides when the upstream finishes.
+pub fn gated_sse_message(model: &str, texts: &[&str]) -> (Reply, Gate) {
+    let gate = Gate::new();
+    let mut steps = anthropic_sse_chunks(model, texts);
+    steps.insert(1, SseStep::Gate(gate.clone()));
+    (Reply::sse(steps), gate)
+}

@@ -50,6 +50,12 @@ pub enum GatewayError {
     Permission(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
     #[error("request body is larger than the gateway's limit of {limit} bytes")]
     RequestTooLarge { limit: u64 },
     #[error("the gateway could not reach upstream provider `{provider}`: {detail}")]
@@ -67,7 +73,7 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            GatewayError::InvalidRequest(_) => ErrorKind::InvalidRequest,
+            GatewayError::InvalidRequest(_) | GatewayError::MethodNotAllowed { .. } => ErrorKind::InvalidRequest,
             GatewayError::Authentication(_) => ErrorKind::Authentication,
             GatewayError::Permission(_) => ErrorKind::Permission,
             GatewayError::NotFound(_) => ErrorKind::NotFound,
@@ -86,11 +92,20 @@ impl GatewayError {
             GatewayError::Authentication(_) => 401,
             GatewayError::Permission(_) => 403,
             GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RequestTooLarge { .. } => 413,
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamBroken { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Unavailable(_) => 529,
             GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// Headers the status requires (`allow` on a 405).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            GatewayError::MethodNotAllowed { allow, .. } => vec![("allow", allow.to_string())],
+            _ => Vec::new(),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct RequestCtx {
     pub error_message: Option<String>,
     /// The client disconnected before the response was complete.
     pub client_gone: bool,
+    /// The provider's own `request-id`, for correlating with its support.
+    pub upstream_request_id: Option<String>,
 }
 
 impl RequestCtx {
@@ -40,6 +42,7 @@ impl RequestCtx {
             error: None,
             error_message: None,
             client_gone: false,
+            upstream_request_id: None,
         }
     }
 }

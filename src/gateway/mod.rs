@@ -196,20 +196,12 @@ impl Gateway {
             Endpoint::Passthrough | Endpoint::NotFound => {
                 return Err(GatewayError::NotFound(format!("no endpoint at {path}")));
             }
-            Endpoint::MethodNotAllowed(allowed) => {
-                let err = GatewayError::InvalidRequest(format!(
-                    "{} is not allowed on {path}; use {allowed}",
-                    session.req_header().method
-                ));
-                ctx.error = Some(err.kind());
-                respond::json(
-                    session,
-                    ctx,
-                    405,
-                    err.body(&ctx.request_id),
-                    &[("allow", allowed.to_string())],
-                )
-                .await;
+            Endpoint::MethodNotAllowed(allow) => {
+                return Err(GatewayError::MethodNotAllowed {
+                    method: session.req_header().method.to_string(),
+                    path,
+                    allow,
+                });
             }
         }
         Ok(())
@@ -323,7 +315,7 @@ fn access_log(session: &Session, ctx: &RequestCtx) {
     };
     log::info!(
         target: "access",
-        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} key={} outcome={}",
+        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} key={} outcome={} upstream_id={}",
         ctx.request_id,
         req.method,
         req.uri.path(),
@@ -335,6 +327,7 @@ fn access_log(session: &Session, ctx: &RequestCtx) {
         ctx.bytes_out,
         key,
         outcome,
+        ctx.upstream_request_id.as_deref().unwrap_or("-"),
     );
 }
 

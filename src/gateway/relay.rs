@@ -18,6 +18,11 @@ use crate::upstream::{Exchange, UpstreamError};
 
 pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, mut exchange: Exchange<'_>, provider: &str) {
     let upstream = exchange.header();
+    ctx.upstream_request_id = upstream
+        .headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let is_sse = upstream
         .headers
         .get(http::header::CONTENT_TYPE)

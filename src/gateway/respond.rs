@@ -58,5 +58,5 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
         return;
     }
     let body = err.body(&ctx.request_id);
-    json(session, ctx, err.status(), body, &[]).await;
+    json(session, ctx, err.status(), body, &err.headers()).await;
 }

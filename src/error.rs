@@ -24,6 +24,40 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::Authentication,
+        ErrorKind::Billing,
+        ErrorKind::Permission,
+        ErrorKind::NotFound,
+        ErrorKind::RequestTooLarge,
+        ErrorKind::RateLimit,
+        ErrorKind::Api,
+        ErrorKind::Timeout,
+        ErrorKind::Overloaded,
+    ];
+
+    /// The kind an Anthropic `error.type` string names.
+    pub fn from_anthropic(s: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The HTTP status Anthropic pairs with this kind (`protocol.md` §2.4).
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Authentication => 401,
+            ErrorKind::Billing => 402,
+            ErrorKind::Permission => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::RequestTooLarge => 413,
+            ErrorKind::RateLimit => 429,
+            ErrorKind::Api => 500,
+            ErrorKind::Timeout => 504,
+            ErrorKind::Overloaded => 529,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request_error",
@@ -66,6 +100,14 @@ pub enum GatewayError {
     UpstreamBroken { provider: String, detail: String },
     #[error("{0}")]
     Unavailable(String),
+    /// An upstream's own error, already mapped from its dialect.
+    #[error("{message}")]
+    Upstream {
+        status: u16,
+        kind: ErrorKind,
+        message: String,
+        retry_after: Option<u64>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -83,6 +125,7 @@ impl GatewayError {
             | GatewayError::Internal(_) => ErrorKind::Api,
             GatewayError::UpstreamTimeout { .. } => ErrorKind::Timeout,
             GatewayError::Unavailable(_) => ErrorKind::Overloaded,
+            GatewayError::Upstream { kind, .. } => *kind,
         }
     }
 
@@ -97,6 +140,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamBroken { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Unavailable(_) => 529,
+            GatewayError::Upstream { status, .. } => *status,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -105,6 +149,10 @@ impl GatewayError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             GatewayError::MethodNotAllowed { allow, .. } => vec![("allow", allow.to_string())],
+            GatewayError::Upstream {
+                retry_after: Some(secs),
+                ..
+            } => vec![("retry-after", secs.to_string())],
             _ => Vec::new(),
         }
     }

@@ -29,3 +29,15 @@ ensure_build_deps() {
 ensure_test_deps() {
   command -v redis-server >/dev/null 2>&1 || _apt_install redis-server
 }
+
+# The official Anthropic Python SDK, in a git-ignored venv, for the
+# real-client conformance tests.
+ensure_python_sdk() {
+  local venv=tests/clients/venv
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import anthropic' 2>/dev/null; then return 0; fi
+  command -v python3 >/dev/null 2>&1 || _apt_install python3
+  python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || _apt_install python3-venv
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+}

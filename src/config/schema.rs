@@ -76,6 +76,9 @@ pub struct Config {
     pub retry_delay: Dur,
     #[serde(default = "default_max_request_size")]
     pub max_request_size: u64,
+    /// Silence after which a translated stream gets an `event: ping`.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: Dur,
     #[serde(default)]
     pub log_level: LogLevel,
     #[serde(default)]
@@ -130,6 +133,9 @@ fn default_retry_delay() -> Dur {
 pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 32 * 1024 * 1024;
 fn default_max_request_size() -> u64 {
     DEFAULT_MAX_REQUEST_SIZE
+}
+fn default_ping_interval() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 fn default_grace_period() -> Dur {
     Dur(Duration::from_secs(900))

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::schema::{Config, FallbackConfig, KeyConfig, ProviderConfig};
 use super::ConfigError;
+use crate::dialects::openai::Flavor;
 use crate::secret::Secret;
 
 /// Provider types this build can talk to. Types named in `spec/config.md` but
@@ -20,16 +21,23 @@ use crate::secret::Secret;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     Anthropic,
+    OpenAi,
+    Azure,
+    OpenRouter,
+    Ollama,
 }
 
 impl ProviderKind {
-    pub const SUPPORTED: &'static [&'static str] = &["anthropic"];
-    const PLANNED: &'static [&'static str] =
-        &["openai", "azure", "openrouter", "ollama", "gemini", "vertex", "bedrock"];
+    pub const SUPPORTED: &'static [&'static str] = &["anthropic", "openai", "azure", "openrouter", "ollama"];
+    const PLANNED: &'static [&'static str] = &["gemini", "vertex", "bedrock"];
 
     fn parse(key: &str, kind: &str) -> Result<Self, ConfigError> {
         match kind {
             "anthropic" => Ok(ProviderKind::Anthropic),
+            "openai" => Ok(ProviderKind::OpenAi),
+            "azure" => Ok(ProviderKind::Azure),
+            "openrouter" => Ok(ProviderKind::OpenRouter),
+            "ollama" => Ok(ProviderKind::Ollama),
             k if Self::PLANNED.contains(&k) => Err(ConfigError::invalid(
                 key,
                 format!(
@@ -50,15 +58,44 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Azure => "azure",
+            ProviderKind::OpenRouter => "openrouter",
+            ProviderKind::Ollama => "ollama",
         }
     }
 
-    fn default_base(self) -> &'static str {
+    /// `None` where there is no sensible default (Azure: the resource URL is yours).
+    fn default_base(self) -> Option<&'static str> {
         match self {
-            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
+            ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
+            ProviderKind::Ollama => Some("http://127.0.0.1:11434/v1"),
+            ProviderKind::Azure => None,
+        }
+    }
+
+    /// The wire format this provider speaks.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            ProviderKind::Anthropic => Dialect::Anthropic,
+            ProviderKind::OpenAi => Dialect::OpenAi(Flavor::OpenAi),
+            ProviderKind::Azure => Dialect::OpenAi(Flavor::Azure),
+            ProviderKind::OpenRouter => Dialect::OpenAi(Flavor::OpenRouter),
+            ProviderKind::Ollama => Dialect::OpenAi(Flavor::Ollama),
         }
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Anthropic,
+    OpenAi(Flavor),
+}
+
+/// Azure OpenAI's data-plane API version when the config names none.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
 /// Where an upstream lives, split the way a connection needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +172,10 @@ pub struct Provider {
     pub enabled: bool,
     pub priority: i32,
     pub models: Vec<String>,
+    /// Azure: the deployment named in the path (default: the upstream model).
+    pub deployment: Option<String>,
+    /// Azure: the `api-version` query parameter.
+    pub api_version: Option<String>,
 }
 
 #[derive(Debug)]
@@ -249,6 +290,9 @@ impl Snapshot {
         }
         if config.timeout.0.is_zero() {
             return Err(ConfigError::invalid("timeout", "must be greater than 0"));
+        }
+        if config.ping_interval.0 < Duration::from_millis(10) {
+            return Err(ConfigError::invalid("ping_interval", "must be at least 10ms"));
         }
         if config.connect_timeout.0.is_zero() {
             return Err(ConfigError::invalid("connect_timeout", "must be greater than 0"));
@@ -452,7 +496,12 @@ fn build_provider(
 ) -> Result<Provider, ConfigError> {
     let key = format!("providers.{name}");
     let kind = ProviderKind::parse(&format!("{key}.type"), &p.kind)?;
-    let base_raw = p.api_base.as_deref().unwrap_or(kind.default_base());
+    let base_raw = p.api_base.as_deref().or(kind.default_base()).ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{key}.api_base"),
+            format!("required for type `{}`", kind.as_str()),
+        )
+    })?;
     let base = UpstreamBase::parse(&format!("{key}.api_base"), base_raw)?;
 
     let credential = if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
@@ -514,6 +563,15 @@ fn build_provider(
         enabled: p.enabled,
         priority: p.priority,
         models: p.models.clone(),
+        deployment: p.deployment.clone(),
+        api_version: match kind {
+            ProviderKind::Azure => Some(
+                p.api_version
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
+            ),
+            _ => p.api_version.clone(),
+        },
     })
 }
 
@@ -634,8 +692,13 @@ mod tests {
 
     #[test]
     fn rejects_planned_and_unknown_types_and_dangling_names() {
-        let e = snap("providers:\n  o: {type: openai}\n").unwrap_err().to_string();
+        let e = snap("providers:\n  o: {type: gemini}\n").unwrap_err().to_string();
         assert!(e.contains("providers.o.type") && e.contains("not available"), "{e}");
+        let e = snap("providers:\n  az: {type: azure}\n").unwrap_err().to_string();
+        assert!(e.contains("providers.az.api_base") && e.contains("required"), "{e}");
+        let s = snap("providers:\n  o: {type: openai}\n  l: {type: ollama}\n").unwrap();
+        assert_eq!(s.providers["o"].base.join("/chat/completions"), "/v1/chat/completions");
+        assert_eq!(s.providers["l"].base.authority, "127.0.0.1:11434");
         let e = snap("providers:\n  o: {type: foo}\n").unwrap_err().to_string();
         assert!(e.contains("unknown provider type"), "{e}");
         let e = snap(&format!("{BASE}routes:\n  - {{match: '*', provider: zz}}\n"))

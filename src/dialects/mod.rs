@@ -6,3 +6,5 @@
 //! tests pin each mapping.
 
 pub mod anthropic;
+pub mod openai;
+pub mod sse;

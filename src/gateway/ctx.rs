@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::config::snapshot::KeyEntry;
 use crate::config::Snapshot;
+use crate::dialects::openai::Usage;
 use crate::error::ErrorKind;
 
 pub struct RequestCtx {
@@ -25,6 +26,8 @@ pub struct RequestCtx {
     pub client_gone: bool,
     /// The provider's own `request-id`, for correlating with its support.
     pub upstream_request_id: Option<String>,
+    /// Token usage, where the relay extracted it (translated routes).
+    pub usage: Option<Usage>,
 }
 
 impl RequestCtx {
@@ -43,6 +46,7 @@ impl RequestCtx {
             error_message: None,
             client_gone: false,
             upstream_request_id: None,
+            usage: None,
         }
     }
 }

@@ -35,9 +35,11 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::config::snapshot::Candidate;
+use crate::config::snapshot::{Dialect, Provider};
 use crate::config::{ConfigStore, ProviderKind, Snapshot};
 use crate::dialects::anthropic::MessagesRequest;
+use crate::dialects::openai::request::{translate_request, RequestOptions};
+use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
 use crate::error::GatewayError;
 use crate::upstream::Upstreams;
 use ctx::RequestCtx;
@@ -191,7 +193,8 @@ impl Gateway {
                 let body = local::get_model(snap, id)?;
                 respond::json(session, ctx, 200, body, &[]).await;
             }
-            Endpoint::Messages | Endpoint::CountTokens => self.messages(session, ctx, snap).await?,
+            Endpoint::Messages => self.messages(session, ctx, snap, false).await?,
+            Endpoint::CountTokens => self.messages(session, ctx, snap, true).await?,
             Endpoint::Passthrough if snap.config.passthrough_mode => self.passthrough(session, ctx, snap).await?,
             Endpoint::Passthrough | Endpoint::NotFound => {
                 return Err(GatewayError::NotFound(format!("no endpoint at {path}")));
@@ -221,6 +224,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         snap: &Arc<Snapshot>,
+        count_tokens: bool,
     ) -> Result<(), GatewayError> {
         let caller = self.caller(session, ctx, snap)?;
         let body = body::read(session, snap.max_request_size).await?;
@@ -247,32 +251,65 @@ impl Gateway {
                 request.model, plan.reason
             ))
         })?;
-        let body = request.body_with_model(candidate.rename.as_deref());
-        self.forward(session, ctx, snap, &caller, candidate, body).await
+        ctx.provider = Some(candidate.provider.name.clone());
+        match candidate.provider.kind.dialect() {
+            Dialect::Anthropic => {
+                let body = request.body_with_model(candidate.rename.as_deref());
+                self.forward(session, ctx, snap, &caller, &candidate.provider, body)
+                    .await
+            }
+            Dialect::OpenAi(flavor) => {
+                let upstream_model = candidate.rename.as_deref().unwrap_or(&request.model);
+                let mut translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
+                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                for note in &translated.notes {
+                    log::debug!("{}: {note}", ctx.request_id);
+                }
+                if count_tokens {
+                    return count_tokens_locally(session, ctx, std::mem::take(&mut translated.body), upstream_model)
+                        .await;
+                }
+                let head = attempt::openai_head(
+                    &candidate.provider,
+                    flavor,
+                    upstream_model,
+                    translated.stream,
+                    translated.body.len(),
+                )?;
+                let body = bytes::Bytes::from(std::mem::take(&mut translated.body));
+                let exchange = attempt::send(&self.shared.upstreams, snap, &candidate.provider, head, body).await?;
+                let reply = relay::OpenAiReply {
+                    translated: &translated,
+                    client_model: &request.model,
+                    provider: &candidate.provider.name,
+                };
+                relay::relay_openai(session, ctx, exchange, reply).await
+            }
+        }
     }
 
-    /// attempt → relay: send `body` with the client's method, path, query and
-    /// headers to `candidate`, and stream the answer back.
+    /// attempt → relay for an Anthropic-type provider: the client's method,
+    /// path, query and headers with `body`, and the answer streamed back as is.
     async fn forward(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         snap: &Snapshot,
         caller: &auth::Caller,
-        candidate: &Candidate,
+        provider: &Provider,
         body: bytes::Bytes,
     ) -> Result<(), GatewayError> {
-        ctx.provider = Some(candidate.provider.name.clone());
+        ctx.provider = Some(provider.name.clone());
         let req = session.req_header();
         let out = attempt::Outbound {
             method: &req.method,
             path: req.uri.path(),
             query: req.uri.query(),
             headers: &req.headers,
-            body,
         };
-        let exchange = attempt::send(&self.shared.upstreams, snap, caller, candidate, &out).await?;
-        relay::relay(session, ctx, exchange, &candidate.provider.name).await;
+        let head = attempt::anthropic_head(&out, caller, provider, body.len())?;
+        let exchange = attempt::send(&self.shared.upstreams, snap, provider, head, body).await?;
+        relay::relay(session, ctx, exchange, &provider.name).await;
         Ok(())
     }
 
@@ -293,12 +330,29 @@ impl Gateway {
                 GatewayError::NotFound("passthrough_mode needs an enabled Anthropic-type default_provider".into())
             })?;
         let body = body::read(session, snap.max_request_size).await?;
-        let candidate = Candidate {
-            provider: provider.clone(),
-            rename: None,
-        };
-        self.forward(session, ctx, snap, &caller, &candidate, body).await
+        self.forward(session, ctx, snap, &caller, provider, body).await
     }
+}
+
+/// `count_tokens` for an OpenAI-family route: OpenAI has no count endpoint,
+/// so count the translated prompt with the model's tokenizer, off the async
+/// workers (a 100 KB prompt is milliseconds of CPU). The header says it is
+/// an estimate and with which encoding.
+async fn count_tokens_locally(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    chat_body: Vec<u8>,
+    upstream_model: &str,
+) -> Result<(), GatewayError> {
+    let encoding = Encoding::for_model(upstream_model);
+    let n = tokio::task::spawn_blocking(move || count_chat_tokens(&chat_body, encoding))
+        .await
+        .map_err(|e| GatewayError::Internal(format!("token counting failed: {e}")))?
+        .map_err(|e| GatewayError::Internal(format!("token counting failed: {e}")))?;
+    let body = serde_json::to_vec(&serde_json::json!({ "input_tokens": n })).unwrap_or_default();
+    let note = format!("estimate; local tokenizer {}", encoding.name());
+    respond::json(session, ctx, 200, body, &[("x-modelgate-token-count", note)]).await;
+    Ok(())
 }
 
 /// One line per request. Names, never secrets: the key's configured name,
@@ -315,7 +369,7 @@ fn access_log(session: &Session, ctx: &RequestCtx) {
     };
     log::info!(
         target: "access",
-        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} key={} outcome={} upstream_id={}",
+        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} tokens_in={} tokens_out={} key={} outcome={} upstream_id={}",
         ctx.request_id,
         req.method,
         req.uri.path(),
@@ -325,6 +379,8 @@ fn access_log(session: &Session, ctx: &RequestCtx) {
         ctx.stream,
         elapsed.as_secs_f64() * 1000.0,
         ctx.bytes_out,
+        ctx.usage.map_or(0, |u| u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens),
+        ctx.usage.map_or(0, |u| u.output_tokens),
         key,
         outcome,
         ctx.upstream_request_id.as_deref().unwrap_or("-"),

@@ -112,3 +112,236 @@ fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> R
     }
     Ok(head)
 }
+
+const PING_FRAME: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+/// Upper bound on an upstream error body the gateway reads to translate.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+/// Upper bound on a non-streaming upstream answer the gateway buffers to translate.
+const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
+
+/// Read the rest of an upstream body, refusing more than `cap` bytes.
+async fn read_body(exchange: &mut Exchange<'_>, cap: usize, provider: &str) -> Result<bytes::Bytes, GatewayError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match exchange.next_chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > cap {
+                    return Err(GatewayError::UpstreamBroken {
+                        provider: provider.to_string(),
+                        detail: format!("response body exceeds {cap} bytes"),
+                    });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(UpstreamError::Timeout) => {
+                return Err(GatewayError::UpstreamTimeout {
+                    provider: provider.to_string(),
+                    after: std::time::Duration::ZERO,
+                })
+            }
+            Err(UpstreamError::Connect(d) | UpstreamError::Io(d)) => {
+                return Err(GatewayError::UpstreamBroken {
+                    provider: provider.to_string(),
+                    detail: d,
+                })
+            }
+        }
+    }
+}
+
+/// What translating an OpenAI-family answer needs from the request side.
+pub struct OpenAiReply<'a> {
+    pub translated: &'a crate::dialects::openai::request::Translated,
+    /// The model the client asked for; the translated answer names it.
+    pub client_model: &'a str,
+    pub provider: &'a str,
+}
+
+/// Relay a Chat Completions answer as an Anthropic one: errors mapped,
+/// JSON translated whole, SSE translated event by event with pings on silence.
+pub async fn relay_openai(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut exchange: Exchange<'_>,
+    reply: OpenAiReply<'_>,
+) -> Result<(), GatewayError> {
+    use crate::dialects::openai::{error, response, stream};
+    let head = exchange.header();
+    let status = head.status.as_u16();
+    let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+    ctx.upstream_request_id = header_str("x-request-id").map(str::to_string);
+    let is_sse = header_str("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
+    if status >= 400 {
+        let retry_after = header_str("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .or_else(|| {
+                error::retry_after_from_resets(
+                    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+                        .into_iter()
+                        .filter_map(header_str),
+                )
+            });
+        let body = read_body(&mut exchange, MAX_ERROR_BODY, reply.provider)
+            .await
+            .unwrap_or_default();
+        exchange.finish().await;
+        let mapped = error::map_error(status, &body);
+        return Err(GatewayError::Upstream {
+            status: mapped.status,
+            kind: mapped.kind,
+            message: mapped.message,
+            retry_after: if status == 429 { retry_after } else { None },
+        });
+    }
+
+    if !(reply.translated.stream && is_sse) {
+        let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, reply.provider).await?;
+        exchange.finish().await;
+        let t = response::translate_response(
+            &body,
+            &response::ResponseContext {
+                model: reply.client_model,
+                tool_names: &reply.translated.tool_names,
+                seed: &ctx.request_id,
+            },
+        )
+        .map_err(|e| GatewayError::UpstreamBroken {
+            provider: reply.provider.to_string(),
+            detail: e.to_string(),
+        })?;
+        ctx.usage = Some(t.usage);
+        super::respond::json(session, ctx, 200, t.body, &[]).await;
+        return Ok(());
+    }
+
+    let mut translator = stream::StreamTranslator::new(stream::StreamContext {
+        model: reply.client_model.to_string(),
+        message_seed: ctx.request_id.clone(),
+        estimated_input_tokens: reply.translated.estimated_input_tokens,
+        tool_names: reply.translated.tool_names.clone(),
+    });
+    let mut head = ResponseHeader::build(200, Some(5)).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let _ = head.insert_header("content-type", "text/event-stream");
+    let _ = head.insert_header("cache-control", "no-cache");
+    let _ = head.insert_header("request-id", ctx.request_id.as_str());
+    if !session.as_downstream().is_http2() {
+        let _ = head.insert_header("transfer-encoding", "chunked");
+    }
+    ctx.status = 200;
+    if session.write_response_header(Box::new(head), false).await.is_err() {
+        ctx.client_gone = true;
+        exchange.abort().await;
+        return Ok(());
+    }
+    // Pings keep Claude Code's 300 s idle abort from firing while an
+    // upstream reasons quietly (OpenAI sends nothing during reasoning).
+    let ping_after = ctx
+        .snapshot
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |s| s.config.ping_interval.0);
+    let mut out = Vec::with_capacity(4096);
+    translator.start(&mut out);
+    let mut upstream_eof = false;
+    let mut upstream_failed = false;
+    loop {
+        let next = {
+            // The same read future survives each ping, so no upstream bytes
+            // are lost to cancellation.
+            let read = exchange.next_chunk();
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    r = &mut read => break Some(r),
+                    _ = tokio::time::sleep(ping_after) => {
+                        if session.write_response_body(Some(bytes::Bytes::from_static(PING_FRAME)), false).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        match next {
+            None => {
+                ctx.client_gone = true;
+                exchange.abort().await;
+                return Ok(());
+            }
+            Some(Ok(Some(chunk))) => translator.push(&chunk, &mut out),
+            Some(Ok(None)) => {
+                upstream_eof = true;
+                translator.finish(&mut out);
+            }
+            Some(Err(e)) => {
+                let (kind, message) = match &e {
+                    UpstreamError::Timeout => (
+                        "timeout_error",
+                        format!("upstream provider `{}` went silent", reply.provider),
+                    ),
+                    UpstreamError::Connect(d) | UpstreamError::Io(d) => (
+                        "api_error",
+                        format!("upstream provider `{}` failed mid-stream: {d}", reply.provider),
+                    ),
+                };
+                log::warn!("{}: {message}", ctx.request_id);
+                translator.fail(kind, &message, &mut out);
+                ctx.error_message = Some(message);
+                upstream_failed = true;
+            }
+        }
+        let end = translator.is_done();
+        if !out.is_empty() || end {
+            let n = out.len() as u64;
+            let data = bytes::Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
+            if session.write_response_body(Some(data), end).await.is_err() {
+                ctx.client_gone = true;
+                exchange.abort().await;
+                return Ok(());
+            }
+            ctx.bytes_out += n;
+        }
+        if end {
+            ctx.usage = Some(translator.usage());
+            if translator.stop_reason().is_none() {
+                ctx.error.get_or_insert(crate::error::ErrorKind::Api);
+            }
+            if upstream_failed {
+                exchange.abort().await;
+            } else {
+                finish_after_done(exchange, upstream_eof).await;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// How long a finished translated stream waits for the upstream's own end
+/// (`[DONE]`, EOF) so the connection can go back to the pool.
+const DRAIN_AFTER_DONE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The client already has `message_stop`; read what little the upstream
+/// still sends so its connection can be reused, but never wait long for it.
+async fn finish_after_done(mut exchange: Exchange<'_>, upstream_eof: bool) {
+    if upstream_eof {
+        exchange.finish().await;
+        return;
+    }
+    let drained = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+        let mut budget = 64usize;
+        while budget > 0 {
+            match exchange.next_chunk().await {
+                Ok(Some(_)) => budget -= 1,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if drained {
+        exchange.finish().await;
+    } else {
+        exchange.abort().await;
+    }
+}

@@ -632,3 +632,48 @@ pub fn gated_sse_message(model: &str, texts: &[&str]) -> (Reply, Gate) {
     steps.insert(1, SseStep::Gate(gate.clone()));
     (Reply::sse(steps), gate)
 }
+
+/// An OpenAI Chat Completions stream: each JSON chunk as its own `data:`
+/// event, then `data: [DONE]`.
+pub fn openai_sse_chunks(chunks: &[serde_json::Value]) -> Vec<SseStep> {
+    let mut steps: Vec<SseStep> = chunks
+        .iter()
+        .map(|c| SseStep::Chunk(format!("data: {c}\n\n")))
+        .collect();
+    steps.push(SseStep::Chunk("data: [DONE]\n\n".to_string()));
+    steps
+}
+
+/// A complete non-streaming Chat Completions answer.
+pub fn openai_completion_json(message: serde_json::Value, finish_reason: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-mock1",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 1500, "completion_tokens": 40, "total_tokens": 1540,
+                  "prompt_tokens_details": {"cached_tokens": 1024}}
+    })
+    .to_string()
+}
+
+/// Parse an Anthropic SSE body into `(event, data)` pairs.
+pub fn parse_sse(text: &str) -> Vec<(String, serde_json::Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in e.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            let value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("bad SSE data {data:?}: {e}"));
+            (name, value)
+        })
+        .collect()
+}

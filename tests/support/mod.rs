@@ -11,6 +11,6 @@ pub mod mock;
 
 pub use gateway::{client, fixture, free_port, http_status, Gateway};
 pub use mock::{
-    anthropic_error_json, anthropic_message_json, anthropic_sse_chunks, gated_sse_message, sse_event, sse_text, Gate,
-    MockUpstream, Recorded, Reply, SseStep,
+    anthropic_error_json, anthropic_message_json, anthropic_sse_chunks, gated_sse_message, openai_completion_json,
+    openai_sse_chunks, parse_sse, sse_event, sse_text, Gate, MockUpstream, Recorded, Reply, SseStep,
 };

@@ -1,0 +1,212 @@
+//! The OpenAI Chat Completions dialect, spoken by `openai`, `azure`,
+//! `openrouter` and `ollama` providers (`protocol.md` §3).
+//!
+//! Pure functions only: `request` turns an Anthropic Messages body into a
+//! Chat Completions body, `response` turns a Chat Completions JSON answer
+//! into an Anthropic Message, `stream` is the incremental state machine from
+//! Chat Completions chunks to Anthropic SSE events, and `error` maps OpenAI
+//! errors onto Anthropic ones. This file holds what all of them share: the
+//! flavour of upstream, the tool-name map, and the stop-reason and usage
+//! mappings.
+
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod stream;
+pub mod tokens;
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Which OpenAI-compatible upstream is being spoken to. The wire format is
+/// the same; a few fields differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    Azure,
+    OpenRouter,
+    Ollama,
+}
+
+/// OpenAI limits function names to 64 characters of `[a-zA-Z0-9_-]`.
+pub const MAX_TOOL_NAME: usize = 64;
+
+/// Tool names as the upstream sees them, and the way back.
+///
+/// A name that is too long or has characters OpenAI rejects becomes its
+/// first 55 valid characters + `_` + 8 hex digits of its sha256: stable
+/// across turns, so history and responses agree without any stored state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ToolNames {
+    upstream_to_original: HashMap<String, String>,
+}
+
+impl ToolNames {
+    /// The upstream name for `original`, remembering the mapping.
+    pub fn to_upstream(&mut self, original: &str) -> String {
+        let upstream = upstream_tool_name(original);
+        if upstream != original {
+            self.upstream_to_original.insert(upstream.clone(), original.to_string());
+        }
+        upstream
+    }
+
+    /// The client's name for a name the upstream used.
+    pub fn to_original<'a>(&'a self, upstream: &'a str) -> &'a str {
+        self.upstream_to_original
+            .get(upstream)
+            .map(String::as_str)
+            .unwrap_or(upstream)
+    }
+}
+
+fn valid_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+pub fn upstream_tool_name(original: &str) -> String {
+    if original.is_empty() {
+        return "tool".to_string();
+    }
+    if original.len() <= MAX_TOOL_NAME && original.chars().all(valid_name_char) {
+        return original.to_string();
+    }
+    let digest = Sha256::digest(original.as_bytes());
+    let suffix = hex::encode(&digest[..4]);
+    let mut out: String = original
+        .chars()
+        .map(|c| if valid_name_char(c) { c } else { '_' })
+        .take(MAX_TOOL_NAME - 9)
+        .collect();
+    out.push('_');
+    out.push_str(&suffix);
+    out
+}
+
+/// Anthropic `tool_use.id` must match `^[a-zA-Z0-9_-]+$`. Upstream ids that
+/// do not (Kimi's `functions.Bash:0`) are rewritten deterministically, so the
+/// same upstream id always maps to the same Anthropic id.
+pub fn anthropic_tool_id(upstream_id: Option<&str>, fallback_seed: &str) -> String {
+    match upstream_id {
+        Some(id) if !id.is_empty() && id.chars().all(valid_name_char) => id.to_string(),
+        Some(id) if !id.is_empty() => {
+            let digest = Sha256::digest(id.as_bytes());
+            let clean: String = id.chars().map(|c| if valid_name_char(c) { c } else { '_' }).collect();
+            format!("{clean}_{}", hex::encode(&digest[..4]))
+        }
+        _ => {
+            let digest = Sha256::digest(fallback_seed.as_bytes());
+            format!("toolu_{}", hex::encode(&digest[..12]))
+        }
+    }
+}
+
+/// `finish_reason` → `stop_reason` (§3.3). `stop` with a tool call emitted is
+/// `tool_use`: several compatible servers report it that way.
+pub fn stop_reason(finish_reason: Option<&str>, saw_tool_call: bool) -> &'static str {
+    match finish_reason {
+        Some("length") => "max_tokens",
+        Some("tool_calls") | Some("function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ if saw_tool_call => "tool_use",
+        _ => "end_turn",
+    }
+}
+
+/// Token counts in Anthropic's terms. OpenAI's `prompt_tokens` includes
+/// cached tokens; Anthropic's `input_tokens` excludes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+}
+
+impl Usage {
+    pub fn from_openai(usage: &Value) -> Option<Usage> {
+        let obj = usage.as_object()?;
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        let prompt = n(obj.get("prompt_tokens"));
+        let cached = n(usage.pointer("/prompt_tokens_details/cached_tokens"));
+        // OpenRouter/Anthropic-backed models may report cache writes.
+        // DeepSeek reports cache hits at the top level.
+        let cached = cached.max(n(obj.get("prompt_cache_hit_tokens")));
+        let written = n(usage.pointer("/prompt_tokens_details/cache_write_tokens"));
+        Some(Usage {
+            input_tokens: prompt.saturating_sub(cached).saturating_sub(written),
+            output_tokens: n(obj.get("completion_tokens")),
+            cache_read_input_tokens: cached,
+            cache_creation_input_tokens: written,
+        })
+    }
+
+    pub fn to_json(self) -> Value {
+        json!({
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "output_tokens": self.output_tokens,
+        })
+    }
+}
+
+/// An Anthropic message id from the upstream's id (`chatcmpl-…`), so a
+/// response can be traced back; a hash of the seed when there is none.
+pub fn message_id(upstream_id: Option<&str>, seed: &str) -> String {
+    match upstream_id {
+        Some(id) if id.chars().any(valid_name_char) => {
+            let clean: String = id.chars().filter(|c| valid_name_char(*c)).take(60).collect();
+            format!("msg_{clean}")
+        }
+        _ => format!("msg_{}", hex::encode(&Sha256::digest(seed.as_bytes())[..12])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_and_odd_tool_names_round_trip() {
+        let mut names = ToolNames::default();
+        let long = "mcp__a_very_long_server_name__with_an_even_longer_tool_name_that_goes_on";
+        let up = names.to_upstream(long);
+        assert_eq!(up.len(), MAX_TOOL_NAME);
+        assert!(up.chars().all(valid_name_char));
+        assert_eq!(names.to_original(&up), long);
+        assert_eq!(names.to_upstream("Bash"), "Bash");
+        assert_eq!(names.to_original("Bash"), "Bash");
+        let dotted = names.to_upstream("server.tool");
+        assert!(dotted.starts_with("server_tool_"));
+        assert_eq!(names.to_original(&dotted), "server.tool");
+        assert_eq!(upstream_tool_name(long), up, "stable across turns");
+    }
+
+    #[test]
+    fn tool_ids_are_sanitised_deterministically() {
+        assert_eq!(anthropic_tool_id(Some("call_abc"), "x"), "call_abc");
+        let kimi = anthropic_tool_id(Some("functions.Bash:0"), "x");
+        assert!(kimi.starts_with("functions_Bash_0_"));
+        assert_eq!(kimi, anthropic_tool_id(Some("functions.Bash:0"), "y"));
+        assert!(anthropic_tool_id(None, "seed").starts_with("toolu_"));
+    }
+
+    #[test]
+    fn usage_splits_cached_tokens_out() {
+        let u = Usage::from_openai(
+            &json!({"prompt_tokens": 1000, "completion_tokens": 50, "prompt_tokens_details": {"cached_tokens": 800}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cache_read_input_tokens, u.output_tokens),
+            (200, 800, 50)
+        );
+        assert_eq!(stop_reason(Some("stop"), true), "tool_use");
+        assert_eq!(stop_reason(Some("length"), false), "max_tokens");
+        assert_eq!(stop_reason(None, false), "end_turn");
+        assert_eq!(stop_reason(Some("content_filter"), false), "refusal");
+    }
+}

@@ -187,6 +187,17 @@ golden!(req_tools_to_functions, {
     openai("gpt-4o", b)
 });
 
+golden!(
+    req_long_tool_ids_hashed_consistently,
+    openai(
+        "gpt-4o",
+        base(json!([
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "functions_Bash_0_a1b2c3d4_from_another_provider_session", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "functions_Bash_0_a1b2c3d4_from_another_provider_session", "content": "ok"}]}
+        ]))
+    )
+);
+
 golden!(req_tool_choice_variants, {
     let tools = json!([{"name": "Bash", "input_schema": {"type": "object"}}]);
     let choices = [

@@ -38,6 +38,13 @@ trap cleanup EXIT
 json='{"id":"msg_bench","type":"message","role":"assistant","model":"claude-opus-4-8","content":[{"type":"text","text":"Hello from the benchmark upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}'
 sse=$(printf 'event: message_start\\ndata: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","content":[],"model":"claude-opus-4-8","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}\\n\\nevent: content_block_start\\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\\n\\nevent: content_block_delta\\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}\\n\\nevent: content_block_stop\\ndata: {"type":"content_block_stop","index":0}\\n\\nevent: message_delta\\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":12}}\\n\\nevent: message_stop\\ndata: {"type":"message_stop"}\\n\\n')
 
+oai_json='{"id":"chatcmpl-bench","object":"chat.completion","created":1763769600,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the benchmark upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":25,"completion_tokens":12,"total_tokens":37}}'
+oai_sse=""
+for part in Hello " from" " the" " benchmark" " upstream."; do
+  oai_sse+="data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"$part\"},\"finish_reason\":null}]}\\n\\n"
+done
+oai_sse+='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":25,"completion_tokens":12,"total_tokens":37}}\n\ndata: [DONE]\n\n'
+
 mkdir -p "$work/up/logs" "$work/hop/logs"
 cat > "$work/up/nginx.conf" <<NGX
 worker_processes 1;
@@ -53,6 +60,8 @@ http {
     listen 127.0.0.1:$UP_PORT;
     location = /v1/messages { default_type application/json; return 200 '$json'; }
     location = /sse/v1/messages { default_type text/event-stream; return 200 '$sse'; }
+    location = /oai/v1/chat/completions { default_type application/json; return 200 '$oai_json'; }
+    location = /oai-sse/v1/chat/completions { default_type text/event-stream; return 200 '$oai_sse'; }
   }
 }
 NGX
@@ -88,8 +97,12 @@ default_provider: up
 providers:
   up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
   up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
+  oai: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai/v1", api_key: bench-provider-key}
+  oai-sse: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai-sse/v1", api_key: bench-provider-key}
 routes:
   - {match: claude-stream, provider: up-sse}
+  - {match: claude-gpt-json, provider: oai, model: gpt-4o}
+  - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
 YAML
 target/release/modelgate serve -c "$work/gw.yaml" >"$work/gw.log" 2>&1 &
 gw_pid=$!
@@ -104,6 +117,10 @@ small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
 stream="$work/stream.json"
 echo '{"model":"claude-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$stream"
+oai_small="$work/oai_small.json"
+echo '{"model":"claude-gpt-json","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$oai_small"
+oai_stream="$work/oai_stream.json"
+echo '{"model":"claude-gpt-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$oai_stream"
 big=tests/fixtures/claude_code_request.json
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -131,10 +148,13 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
 printf '%-26s %-10s %12s %10s %10s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop
-for scenario in "passthrough-json:/v1/messages:$small" "passthrough-sse:/sse/v1/messages:$stream" "claude-code-100KB:/v1/messages:$big"; do
-  IFS=: read -r name path body <<<"$scenario"
-  read -r hop_rps hop50 hop99 < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$body" "$CONNS" "$THREADS")
-  read -r gw_rps gw50 gw99 < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS")
+# name:nginx-hop path:nginx body:modelgate body (the hop is always plain pass-through)
+for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/sse/v1/messages:$stream:$stream" \
+                "claude-code-100KB:/v1/messages:$big:$big" "translated-json:/v1/messages:$small:$oai_small" \
+                "translated-sse:/sse/v1/messages:$stream:$oai_stream"; do
+  IFS=: read -r name path hop_body gw_body <<<"$scenario"
+  read -r hop_rps hop50 hop99 < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$hop_body" "$CONNS" "$THREADS")
+  read -r gw_rps gw50 gw99 < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_body" "$CONNS" "$THREADS")
   printf '%-26s %-10s %12.0f %10s %10s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x"
   printf '%-26s %-10s %12.0f %10s %10s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
 done

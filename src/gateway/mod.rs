@@ -263,7 +263,11 @@ impl Gateway {
                 let mut translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
                     .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                 for note in &translated.notes {
-                    log::debug!("{}: {note}", ctx.request_id);
+                    log::info!(
+                        "{}: translating for `{}`: {note}",
+                        ctx.request_id,
+                        candidate.provider.name
+                    );
                 }
                 if count_tokens {
                     return count_tokens_locally(session, ctx, std::mem::take(&mut translated.body), upstream_model)

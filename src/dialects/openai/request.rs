@@ -405,7 +405,7 @@ fn user_messages<'a>(
                     text.push_str("(no output)");
                 }
                 out.push(ChatMessage::Tool {
-                    tool_call_id: Cow::Borrowed(tool_use_id),
+                    tool_call_id: upstream_call_id(tool_use_id),
                     content: text,
                 });
             }
@@ -488,7 +488,7 @@ fn assistant_message<'a>(content: &'a Content<'a>, names: &mut ToolNames) -> Opt
             for b in blocks {
                 if let Block::ToolUse { id, name, input } = b {
                     calls.push(ToolCall {
-                        id: Cow::Borrowed(id),
+                        id: upstream_call_id(id),
                         kind: "function",
                         function: FunctionCall {
                             name: names.to_upstream(name),
@@ -508,6 +508,19 @@ fn assistant_message<'a>(content: &'a Content<'a>, names: &mut ToolNames) -> Opt
         content: text,
         tool_calls,
     })
+}
+
+/// OpenAI rejects tool-call ids over 40 characters. Longer ids (from other
+/// providers earlier in the session) are replaced by a hash, the same on the
+/// `tool_calls` entry and its `tool` message, so the pairing survives.
+const MAX_CALL_ID: usize = 40;
+
+fn upstream_call_id(id: &str) -> Cow<'_, str> {
+    if id.len() <= MAX_CALL_ID && !id.is_empty() {
+        Cow::Borrowed(id)
+    } else {
+        Cow::Owned(format!("call_{}", &hex::encode(Sha256::digest(id.as_bytes()))[..32]))
+    }
 }
 
 fn translate_tools<'a>(tools: &'a [Tool<'a>], names: &mut ToolNames, notes: &mut Vec<String>) -> Vec<ChatTool<'a>> {

@@ -1,0 +1,87 @@
+//! Dialect translation costs: the 105 KB Claude Code request to Chat
+//! Completions, a Chat Completions answer back, and the stream translator
+//! per upstream event.
+//!
+//! Run: `cargo bench --bench dialects`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use modelgate::dialects::openai::request::{translate_request, RequestOptions};
+use modelgate::dialects::openai::response::{translate_response, ResponseContext};
+use modelgate::dialects::openai::stream::{StreamContext, StreamTranslator};
+use modelgate::dialects::openai::{Flavor, ToolNames};
+
+fn fixture() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/claude_code_request.json"
+    ))
+    .expect("fixture")
+}
+
+fn request(c: &mut Criterion) {
+    let body = fixture();
+    let mut g = c.benchmark_group("openai");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("translate_request_claude_code_105KB", |b| {
+        b.iter(|| {
+            translate_request(
+                black_box(&body),
+                &RequestOptions {
+                    flavor: Flavor::OpenAi,
+                    upstream_model: "gpt-5",
+                },
+            )
+            .expect("translates")
+        })
+    });
+    g.finish();
+}
+
+fn response(c: &mut Criterion) {
+    let body = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"I'll read the file first.","tool_calls":[{"id":"call_1","type":"function","function":{"name":"Read","arguments":"{\"file_path\":\"/src/main.rs\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":25000,"completion_tokens":40,"prompt_tokens_details":{"cached_tokens":24000}}}"#;
+    let names = ToolNames::default();
+    c.bench_function("openai/translate_response", |b| {
+        b.iter(|| {
+            translate_response(
+                black_box(body),
+                &ResponseContext {
+                    model: "claude-sonnet-5",
+                    tool_names: &names,
+                    seed: "req_x",
+                },
+            )
+            .expect("translates")
+        })
+    });
+}
+
+fn stream(c: &mut Criterion) {
+    // 200 realistic text-delta chunks, as OpenAI sends them.
+    let mut upstream = Vec::new();
+    for i in 0..200 {
+        upstream.extend_from_slice(
+            format!("data: {{\"id\":\"chatcmpl-AbCdEf0123456789\",\"object\":\"chat.completion.chunk\",\"created\":1763769600,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_0123456789\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n").as_bytes(),
+        );
+    }
+    let events = 200u64;
+    let mut g = c.benchmark_group("openai_stream");
+    g.throughput(Throughput::Elements(events));
+    g.bench_function("translate_200_text_events", |b| {
+        let mut out = Vec::with_capacity(64 * 1024);
+        b.iter(|| {
+            let mut t = StreamTranslator::new(StreamContext {
+                model: "claude-sonnet-5".into(),
+                message_seed: "req_x".into(),
+                estimated_input_tokens: 1000,
+                tool_names: ToolNames::default(),
+            });
+            out.clear();
+            t.push(black_box(&upstream), &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, request, response, stream);
+criterion_main!(benches);

@@ -510,9 +510,12 @@ fn build_provider(
         match env(var).filter(|v| !v.is_empty()) {
             Some(v) => Some(Secret::new(&v)),
             None => {
-                warnings.push(format!(
-                    "{key}.api_key_env_var: `{var}` is not set; clients' own credentials will be forwarded to `{name}`"
-                ));
+                warnings.push(match kind {
+                    ProviderKind::Anthropic => format!(
+                        "{key}.api_key_env_var: `{var}` is not set; clients' own credentials will be forwarded to `{name}`"
+                    ),
+                    _ => format!("{key}.api_key_env_var: `{var}` is not set; `{name}` will be called without a credential"),
+                });
                 None
             }
         }

@@ -241,7 +241,15 @@ pub async fn relay_openai(
         .as_ref()
         .map_or(std::time::Duration::from_secs(10), |s| s.config.ping_interval.0);
     let mut out = Vec::with_capacity(4096);
+    // message_start goes out with the header, so no ping can precede it.
     translator.start(&mut out);
+    let start = bytes::Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
+    ctx.bytes_out += start.len() as u64;
+    if session.write_response_body(Some(start), false).await.is_err() {
+        ctx.client_gone = true;
+        exchange.abort().await;
+        return Ok(());
+    }
     let mut upstream_eof = false;
     let mut upstream_failed = false;
     loop {

@@ -14,11 +14,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
+use pingora::upstreams::peer::Peer;
 use pingora::upstreams::peer::{HttpPeer, ALPN};
+use pingora::RetryType;
 use pingora::{Error as PError, ErrorType};
+use tokio::io::AsyncWriteExt;
 
 use crate::config::snapshot::UpstreamBase;
 
@@ -26,6 +30,9 @@ use crate::config::snapshot::UpstreamBase;
 /// keep-alive connections after roughly a minute; staying below that avoids
 /// writing into a socket the far end is closing.
 const POOL_IDLE: Duration = Duration::from_secs(50);
+/// Bodies up to this size are copied behind the request head so both leave
+/// in one write.
+const COALESCE_BODY: usize = 16 * 1024;
 /// HTTP/2 streams multiplexed on one upstream connection (Pingora's default is 1).
 const MAX_H2_STREAMS: usize = 100;
 
@@ -78,15 +85,30 @@ pub struct Limits {
 }
 
 /// The process-wide upstream client: connection pools and resolver.
+///
+/// TLS upstreams go through Pingora's HTTP [`Connector`] (ALPN h2 with h1
+/// fallback). Plaintext HTTP/1.1 upstreams (Ollama, sidecars, tests) take a
+/// pooled stream from the [`TransportConnector`] directly, so the request
+/// head and a small body leave in one write: Pingora's h1 client flushes the
+/// head on its own, which costs a packet and a wake-up per request.
 pub struct Upstreams {
     connector: Connector,
+    plain: TransportConnector,
     dns: dns::Dns,
+}
+
+/// Which pool a session goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Http,
+    Plain,
 }
 
 impl Upstreams {
     pub fn new(options: ConnectorOptions) -> Self {
         Upstreams {
-            connector: Connector::new(Some(options)),
+            connector: Connector::new(Some(options.clone())),
+            plain: TransportConnector::new(Some(options)),
             dns: dns::Dns::new(),
         }
     }
@@ -123,16 +145,25 @@ impl Upstreams {
         limits: Limits,
     ) -> Result<Exchange<'_>, UpstreamError> {
         let peer = self.peer(base, limits).await?;
+        // A HEAD answer has a length but no body; Pingora's h1 client must
+        // know the method to read it, so HEAD keeps to the Connector.
+        let pool = if base.tls || header.method == http::Method::HEAD {
+            Pool::Http
+        } else {
+            Pool::Plain
+        };
         let mut header = Some(header);
         let mut last = None;
         for _ in 0..2 {
-            let (mut session, reused) = self
-                .connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| UpstreamError::from_pingora(&e, true))?;
-            session.set_read_timeout(Some(limits.idle));
-            session.set_write_timeout(Some(limits.idle));
+            let (mut stream_or_session, reused) = match pool {
+                Pool::Http => self
+                    .connector
+                    .get_http_session(&peer)
+                    .await
+                    .map(|(s, r)| (Opened::Session(Box::new(s)), r)),
+                Pool::Plain => self.plain.get_stream(&peer).await.map(|(s, r)| (Opened::Stream(s), r)),
+            }
+            .map_err(|e| UpstreamError::from_pingora(&e, true))?;
             // Only a reused connection can be retried, so only then keep a copy.
             let head = match header.take() {
                 Some(h) if reused => {
@@ -142,37 +173,114 @@ impl Upstreams {
                 Some(h) => h,
                 None => break,
             };
-            match exchange_head(&mut session, head, body.clone()).await {
+            let sent = match &mut stream_or_session {
+                Opened::Session(session) => {
+                    session.set_write_timeout(Some(limits.idle));
+                    write_request(session, head, body.clone()).await
+                }
+                Opened::Stream(stream) => write_request_at_once(stream, &head, &body, limits.idle).await,
+            };
+            let mut session = match stream_or_session {
+                Opened::Session(s) => *s,
+                Opened::Stream(stream) => HttpSession::H1(Http1Session::new_with_options(stream, &peer)),
+            };
+            session.set_read_timeout(Some(limits.idle));
+            session.set_write_timeout(Some(limits.idle));
+            let result = match sent {
+                Ok(()) => read_final_head(&mut session).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(()) => {
                     return Ok(Exchange {
                         upstreams: self,
                         session: Some(session),
                         peer,
+                        pool,
                     })
                 }
-                Err(mut e) => {
-                    e.retry.decide_reuse(reused);
-                    let stale = reused && e.retry() && !matches!(e.etype(), ErrorType::ReadTimedout);
-                    last = Some(UpstreamError::from_pingora(&e, false));
-                    session.shutdown().await;
-                    if !stale {
+                Err(e) => {
+                    if !self.failed_attempt(&mut session, e, reused, &mut last).await {
                         break;
                     }
-                    log::debug!("pooled upstream connection was stale ({}), reconnecting", describe(&e));
                 }
             }
         }
         Err(last.unwrap_or_else(|| UpstreamError::Io("no attempt made".into())))
     }
+
+    /// Close a failed attempt's session and say whether another attempt on
+    /// a fresh connection is safe: only when a *pooled* connection turned
+    /// out dead, since then the request never reached the provider.
+    async fn failed_attempt(
+        &self,
+        session: &mut HttpSession,
+        mut e: Box<PError>,
+        reused: bool,
+        last: &mut Option<UpstreamError>,
+    ) -> bool {
+        e.retry.decide_reuse(reused);
+        let stale = reused && e.retry() && !matches!(e.etype(), ErrorType::ReadTimedout);
+        *last = Some(UpstreamError::from_pingora(&e, false));
+        session.shutdown().await;
+        if stale {
+            log::debug!("pooled upstream connection was stale ({}), reconnecting", describe(&e));
+        }
+        stale
+    }
 }
 
-async fn exchange_head(session: &mut HttpSession, header: RequestHeader, body: Bytes) -> pingora::Result<()> {
+/// A fresh attempt: an HTTP session from Pingora's connector, or a raw
+/// pooled stream the request is written to before it becomes a session.
+enum Opened {
+    Session(Box<HttpSession>),
+    Stream(pingora::protocols::Stream),
+}
+
+async fn write_request(session: &mut HttpSession, header: RequestHeader, body: Bytes) -> pingora::Result<()> {
     session.write_request_header(Box::new(header)).await?;
     if !body.is_empty() {
         session.write_request_body(body, true).await?;
     }
-    session.finish_request_body().await?;
-    // Skip informational (1xx) heads; a provider sends at most one or two.
+    session.finish_request_body().await
+}
+
+/// Write head and body to a plaintext h1 stream and flush once. The body is
+/// framed by the head's `Content-Length`, which the caller always sets.
+async fn write_request_at_once(
+    stream: &mut pingora::protocols::Stream,
+    header: &RequestHeader,
+    body: &Bytes,
+    idle: Duration,
+) -> pingora::Result<()> {
+    let mut wire = http_req_header_to_wire(header)
+        .ok_or_else(|| PError::explain(ErrorType::InvalidHTTPHeader, "request target has forbidden bytes"))?;
+    // Small bodies ride in the head's buffer: one write, one packet. A large
+    // body is not worth the copy; it goes out in its own writes.
+    let separate_body = body.len() > COALESCE_BODY;
+    if !separate_body {
+        wire.extend_from_slice(body);
+    }
+    let write = async {
+        stream.write_all(&wire).await?;
+        if separate_body {
+            stream.write_all(body).await?;
+        }
+        stream.flush().await
+    };
+    let result = tokio::time::timeout(idle, write).await;
+    let mut e = match result {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(io)) => PError::because(ErrorType::WriteError, "writing the upstream request", io),
+        Err(_) => PError::explain(ErrorType::WriteTimedout, "writing the upstream request"),
+    };
+    // Like Pingora's own client: a write that fails on a pooled connection may be retried.
+    e.retry = RetryType::ReusedOnly;
+    Err(e)
+}
+
+/// Read the final response head, skipping informational (1xx) ones.
+async fn read_final_head(session: &mut HttpSession) -> pingora::Result<()> {
     for _ in 0..4 {
         session.read_response_header().await?;
         match session.response_header() {
@@ -193,6 +301,7 @@ pub struct Exchange<'a> {
     upstreams: &'a Upstreams,
     session: Option<HttpSession>,
     peer: HttpPeer,
+    pool: Pool,
 }
 
 impl Exchange<'_> {
@@ -220,13 +329,25 @@ impl Exchange<'_> {
     /// end; otherwise close it.
     pub async fn finish(mut self) {
         if let Some(mut session) = self.session.take() {
-            if session.response_done() {
-                self.upstreams
-                    .connector
-                    .release_http_session(session, &self.peer, Some(POOL_IDLE))
-                    .await;
-            } else {
+            if !session.response_done() {
                 session.shutdown().await;
+                return;
+            }
+            match (self.pool, session) {
+                (Pool::Plain, HttpSession::H1(mut h1)) => {
+                    h1.respect_keepalive();
+                    if let Some(stream) = h1.reuse().await {
+                        self.upstreams
+                            .plain
+                            .release_stream(stream, self.peer.reuse_hash(), Some(POOL_IDLE));
+                    }
+                }
+                (_, session) => {
+                    self.upstreams
+                        .connector
+                        .release_http_session(session, &self.peer, Some(POOL_IDLE))
+                        .await
+                }
             }
         }
     }

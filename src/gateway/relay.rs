@@ -241,17 +241,14 @@ pub async fn relay_openai(
         .as_ref()
         .map_or(std::time::Duration::from_secs(10), |s| s.config.ping_interval.0);
     let mut out = Vec::with_capacity(4096);
-    // message_start goes out with the header, so no ping can precede it.
+    // message_start leads whatever is written first — the first translated
+    // events, or a ping — so nothing ever precedes it, and it costs no write
+    // of its own.
     translator.start(&mut out);
-    let start = bytes::Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
-    ctx.bytes_out += start.len() as u64;
-    if session.write_response_body(Some(start), false).await.is_err() {
-        ctx.client_gone = true;
-        exchange.abort().await;
-        return Ok(());
-    }
     let mut upstream_eof = false;
     let mut upstream_failed = false;
+    let ping_timer = tokio::time::sleep(ping_after);
+    tokio::pin!(ping_timer);
     loop {
         let next = {
             // The same read future survives each ping, so no upstream bytes
@@ -261,14 +258,19 @@ pub async fn relay_openai(
             loop {
                 tokio::select! {
                     r = &mut read => break Some(r),
-                    _ = tokio::time::sleep(ping_after) => {
-                        if session.write_response_body(Some(bytes::Bytes::from_static(PING_FRAME)), false).await.is_err() {
+                    _ = &mut ping_timer => {
+                        out.extend_from_slice(PING_FRAME);
+                        let data = bytes::Bytes::from(std::mem::take(&mut out));
+                        ctx.bytes_out += data.len() as u64;
+                        if session.write_response_body(Some(data), false).await.is_err() {
                             break None;
                         }
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + ping_after);
                     }
                 }
             }
         };
+        ping_timer.as_mut().reset(tokio::time::Instant::now() + ping_after);
         match next {
             None => {
                 ctx.client_gone = true;
@@ -300,7 +302,7 @@ pub async fn relay_openai(
         let end = translator.is_done();
         if !out.is_empty() || end {
             let n = out.len() as u64;
-            let data = bytes::Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(4096)));
+            let data = bytes::Bytes::from(std::mem::take(&mut out));
             if session.write_response_body(Some(data), end).await.is_err() {
                 ctx.client_gone = true;
                 exchange.abort().await;

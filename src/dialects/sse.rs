@@ -404,18 +404,26 @@ mod tests {
                 input.extend_from_slice(sep.as_bytes());
             }
             let whole = decode(&input);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks: Vec<&[u8]> = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&input[last..p]);
-                last = p;
-            }
-            chunks.push(&input[last..]);
+            let chunks = split_at(&input, &cuts);
             prop_assert_eq!(decode_chunks(&chunks), whole.clone());
             let bytewise: Vec<&[u8]> = input.chunks(1).collect();
             prop_assert_eq!(decode_chunks(&bytewise), whole);
         }
     }
+}
+
+/// Test helper: split `input` at the positions `cuts` pick (sorted), so
+/// property tests can feed a stream in every possible chunking.
+#[cfg(test)]
+pub(crate) fn split_at<'a>(input: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::with_capacity(points.len() + 1);
+    let mut last = 0;
+    for p in points {
+        chunks.push(&input[last..p]);
+        last = p;
+    }
+    chunks.push(&input[last..]);
+    chunks
 }

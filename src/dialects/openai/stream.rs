@@ -1369,15 +1369,7 @@ mod tests {
             let lines = realistic_lines();
             let reference = translate_with(ctx(), &[&join(&lines, &["\n"])]).0;
             let input = join(&lines, &seps);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks: Vec<&[u8]> = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&input[last..p]);
-                last = p;
-            }
-            chunks.push(&input[last..]);
+            let chunks = crate::dialects::sse::split_at(&input, &cuts);
             prop_assert_eq!(translate_with(ctx(), &chunks).0, reference);
         }
 

@@ -235,6 +235,22 @@ impl SseDecoder {
     }
 }
 
+/// Test helper: split `input` at the positions `cuts` pick (sorted), so
+/// property tests can feed a stream in every possible chunking.
+#[cfg(test)]
+pub(crate) fn split_at<'a>(input: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::with_capacity(points.len() + 1);
+    let mut last = 0;
+    for p in points {
+        chunks.push(&input[last..p]);
+        last = p;
+    }
+    chunks.push(&input[last..]);
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,20 +426,4 @@ mod tests {
             prop_assert_eq!(decode_chunks(&bytewise), whole);
         }
     }
-}
-
-/// Test helper: split `input` at the positions `cuts` pick (sorted), so
-/// property tests can feed a stream in every possible chunking.
-#[cfg(test)]
-pub(crate) fn split_at<'a>(input: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
-    let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
-    points.sort_unstable();
-    let mut chunks = Vec::with_capacity(points.len() + 1);
-    let mut last = 0;
-    for p in points {
-        chunks.push(&input[last..p]);
-        last = p;
-    }
-    chunks.push(&input[last..]);
-    chunks
 }

@@ -98,8 +98,8 @@ pub enum GatewayError {
     UpstreamTimeout { provider: String, after: Duration },
     #[error("upstream provider `{provider}` failed mid-response: {detail}")]
     UpstreamBroken { provider: String, detail: String },
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: Option<u64> },
     /// An upstream's own error, already mapped from its dialect.
     #[error("{message}")]
     Upstream {
@@ -124,7 +124,7 @@ impl GatewayError {
             | GatewayError::UpstreamBroken { .. }
             | GatewayError::Internal(_) => ErrorKind::Api,
             GatewayError::UpstreamTimeout { .. } => ErrorKind::Timeout,
-            GatewayError::Unavailable(_) => ErrorKind::Overloaded,
+            GatewayError::Unavailable { .. } => ErrorKind::Overloaded,
             GatewayError::Upstream { kind, .. } => *kind,
         }
     }
@@ -139,7 +139,7 @@ impl GatewayError {
             GatewayError::RequestTooLarge { .. } => 413,
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamBroken { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
-            GatewayError::Unavailable(_) => 529,
+            GatewayError::Unavailable { .. } => 529,
             GatewayError::Upstream { status, .. } => *status,
             GatewayError::Internal(_) => 500,
         }
@@ -150,6 +150,10 @@ impl GatewayError {
         match self {
             GatewayError::MethodNotAllowed { allow, .. } => vec![("allow", allow.to_string())],
             GatewayError::Upstream {
+                retry_after: Some(secs),
+                ..
+            }
+            | GatewayError::Unavailable {
                 retry_after: Some(secs),
                 ..
             } => vec![("retry-after", secs.to_string())],

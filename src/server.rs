@@ -74,6 +74,7 @@ pub fn run(snapshot: Snapshot, config_path: PathBuf, opts: ServeOptions) {
     let shared = Arc::new(Shared {
         config: Arc::new(ConfigStore::new(snapshot, config_path)),
         upstreams: Upstreams::new(connector_opts),
+        health: Default::default(),
         started: Instant::now(),
         counters: Counters::default(),
     });

@@ -217,6 +217,10 @@ async fn parallel_tool_calls_round_trip_streaming_and_not() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_and_context_errors_are_anthropic_shaped() {
     let up = MockUpstream::start().await;
+    up.push(Reply::json(
+        400,
+        r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 130123 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+    ));
     up.push(
         Reply::json(
             429,
@@ -225,22 +229,8 @@ async fn rate_limit_and_context_errors_are_anthropic_shaped() {
         .with_header("x-ratelimit-reset-requests", "1m30s")
         .with_header("x-ratelimit-reset-tokens", "6s"),
     );
-    up.push(Reply::json(
-        400,
-        r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 130123 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
-    ));
-    let gw = Gateway::start_async(&config(&up, ""), &[KEY]).await;
-    let r = post(
-        &gw,
-        msg("claude-opus-4-8", true, json!([{"role": "user", "content": "x"}])),
-    )
-    .await;
-    assert_eq!(r.status(), 429);
-    assert_eq!(r.headers()["retry-after"], "90");
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["type"], "rate_limit_error");
-    assert!(v["request_id"].is_string());
-
+    // No retries, so the 429 itself reaches the client.
+    let gw = Gateway::start_async(&config(&up, "max_retries: 0\n"), &[KEY]).await;
     let r = post(
         &gw,
         msg("claude-opus-4-8", false, json!([{"role": "user", "content": "x"}])),
@@ -253,6 +243,22 @@ async fn rate_limit_and_context_errors_are_anthropic_shaped() {
         v["error"]["message"],
         "prompt is too long: 130123 tokens > 128000 maximum"
     );
+    assert_eq!(
+        up.request_count(),
+        1,
+        "a context overflow is the client's error: not retried"
+    );
+
+    let r = post(
+        &gw,
+        msg("claude-opus-4-8", true, json!([{"role": "user", "content": "x"}])),
+    )
+    .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "90", "from OpenAI's reset durations");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(v["request_id"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -284,8 +290,12 @@ async fn silence_is_filled_with_pings() {
     let up = MockUpstream::start().await;
     let c = |delta: Value, finish: Value| json!({"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
     let gate = Gate::new();
-    let mut steps = openai_sse_chunks(&[c(json!({"content": "after a long think"}), json!("stop"))]);
-    steps.insert(0, SseStep::Gate(gate.clone()));
+    // Like OpenAI: the role chunk at once, then silence while the model reasons.
+    let mut steps = openai_sse_chunks(&[
+        c(json!({"role": "assistant", "content": ""}), Value::Null),
+        c(json!({"content": "after a long think"}), json!("stop")),
+    ]);
+    steps.insert(1, SseStep::Gate(gate.clone()));
     up.push(Reply::sse(steps));
     let gw = Gateway::start_async(&config(&up, ""), &[KEY]).await;
     let r = post(

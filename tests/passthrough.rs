@@ -325,7 +325,7 @@ async fn upstream_failures_map_to_502_504_and_upstream_errors_pass_through() {
             &up,
             &format!("  dead:\n    type: anthropic\n    api_base: http://127.0.0.1:{dead}\n")
         )
-        .replace("timeout: 5s", "timeout: 1s")
+        .replace("timeout: 5s", "timeout: 1s\nmax_retries: 0")
     );
     let gw = Gateway::start_async(&yaml, &[PROVIDER_KEY]).await;
     let c = client();

@@ -164,10 +164,8 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub base: UpstreamBase,
-    /// The provider credential. `None` means none is configured (or its env
-    /// var is unset), in which case an Anthropic-type upstream receives the
-    /// client's own credential (passthrough-auth).
-    pub credential: Option<Secret>,
+    /// The provider's accounts: one per configured credential, at least one.
+    pub accounts: Vec<Account>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub enabled: bool,
     pub priority: i32,
@@ -176,6 +174,20 @@ pub struct Provider {
     pub deployment: Option<String>,
     /// Azure: the `api-version` query parameter.
     pub api_version: Option<String>,
+}
+
+/// One credential of a provider. Requests are balanced across accounts by
+/// weight, and health is tracked per account.
+#[derive(Debug)]
+pub struct Account {
+    /// `provider` for a single account, `provider#N` (1-based) for `keys:`
+    /// entries. Shown in logs and `/status`; never the secret.
+    pub label: String,
+    /// `None` means no credential is configured (or its env var is unset):
+    /// an Anthropic-type upstream then receives the client's own credential
+    /// (passthrough-auth), any other gets none.
+    pub credential: Option<Secret>,
+    pub weight: u32,
 }
 
 #[derive(Debug)]
@@ -504,51 +516,7 @@ fn build_provider(
     })?;
     let base = UpstreamBase::parse(&format!("{key}.api_base"), base_raw)?;
 
-    let credential = if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
-        Some(Secret::new(k))
-    } else if let Some(var) = &p.api_key_env_var {
-        match env(var).filter(|v| !v.is_empty()) {
-            Some(v) => Some(Secret::new(&v)),
-            None => {
-                warnings.push(match kind {
-                    ProviderKind::Anthropic => format!(
-                        "{key}.api_key_env_var: `{var}` is not set; clients' own credentials will be forwarded to `{name}`"
-                    ),
-                    _ => format!("{key}.api_key_env_var: `{var}` is not set; `{name}` will be called without a credential"),
-                });
-                None
-            }
-        }
-    } else if let Some(first) = p.keys.first() {
-        // Several accounts are balanced by the routing issue's account layer;
-        // until then the first usable one serves.
-        let mut found = None;
-        for (i, k) in p.keys.iter().enumerate() {
-            let v = match (&k.env, &k.api_key) {
-                (Some(var), None) => env(var).filter(|v| !v.is_empty()),
-                (None, Some(lit)) => Some(lit.clone()),
-                _ => {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.keys[{i}]"),
-                        "give exactly one of `env` or `api_key`",
-                    ))
-                }
-            };
-            if found.is_none() {
-                found = v.map(|v| Secret::new(&v));
-            }
-        }
-        if found.is_none() {
-            warnings.push(format!(
-                "{key}.keys: none of the listed credentials is set (first: {:?})",
-                first.env
-            ));
-        }
-        found
-    } else {
-        None
-    };
-
+    let accounts = build_accounts(&key, name, kind, p, env, warnings)?;
     let mut headers = Vec::with_capacity(p.headers.len());
     for (h, v) in &p.headers {
         let n = HeaderName::from_bytes(h.as_bytes())
@@ -561,7 +529,7 @@ fn build_provider(
         name: name.to_string(),
         kind,
         base,
-        credential,
+        accounts,
         headers,
         enabled: p.enabled,
         priority: p.priority,
@@ -576,6 +544,74 @@ fn build_provider(
             _ => p.api_version.clone(),
         },
     })
+}
+
+fn build_accounts(
+    key: &str,
+    name: &str,
+    kind: ProviderKind,
+    p: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Account>, ConfigError> {
+    let single = |credential: Option<Secret>| {
+        vec![Account {
+            label: name.to_string(),
+            credential,
+            weight: 1,
+        }]
+    };
+    let unset = |what: String| match kind {
+        ProviderKind::Anthropic => format!("{what} is not set; clients' own credentials will be forwarded to `{name}`"),
+        _ => format!("{what} is not set; `{name}` will be called without a credential"),
+    };
+    if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
+        return Ok(single(Some(Secret::new(k))));
+    }
+    if let Some(var) = &p.api_key_env_var {
+        let credential = env(var).filter(|v| !v.is_empty()).map(|v| Secret::new(&v));
+        if credential.is_none() {
+            warnings.push(unset(format!("{key}.api_key_env_var: `{var}`")));
+        }
+        return Ok(single(credential));
+    }
+    let mut accounts = Vec::with_capacity(p.keys.len());
+    for (i, k) in p.keys.iter().enumerate() {
+        let value = match (&k.env, &k.api_key) {
+            (Some(var), None) => env(var).filter(|v| !v.is_empty()),
+            (None, Some(lit)) => Some(lit.clone()).filter(|v| !v.is_empty()),
+            _ => {
+                return Err(ConfigError::invalid(
+                    format!("{key}.keys[{i}]"),
+                    "give exactly one of `env` or `api_key`",
+                ))
+            }
+        };
+        if k.weight == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.keys[{i}].weight"),
+                "must be at least 1",
+            ));
+        }
+        match value {
+            Some(v) => accounts.push(Account {
+                label: format!("{name}#{}", i + 1),
+                credential: Some(Secret::new(&v)),
+                weight: k.weight,
+            }),
+            None => warnings.push(format!(
+                "{key}.keys[{i}]: `{}` is not set; that account is left out",
+                k.env.as_deref().unwrap_or("api_key")
+            )),
+        }
+    }
+    if accounts.is_empty() {
+        if !p.keys.is_empty() {
+            warnings.push(unset(format!("{key}.keys: every listed credential")));
+        }
+        return Ok(single(None));
+    }
+    Ok(accounts)
 }
 
 fn build_keys(
@@ -689,8 +725,8 @@ mod tests {
         assert_eq!(b.authority, "127.0.0.1:9");
         let a = &s.providers["a"].base;
         assert!(a.tls && a.port == 443 && a.authority == "api.anthropic.com");
-        assert!(s.providers["a"].credential.is_some());
-        assert!(s.providers["b"].credential.is_none());
+        assert!(s.providers["a"].accounts[0].credential.is_some());
+        assert!(s.providers["b"].accounts[0].credential.is_none());
     }
 
     #[test]

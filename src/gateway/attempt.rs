@@ -1,22 +1,33 @@
-//! Stage: send the request to a candidate upstream.
+//! Stage: the attempt loop — send the request to the plan's candidates until
+//! one answers, before any byte reaches the client.
 //!
-//! Builds the upstream request head for one provider — path, query, headers
-//! and credential per its dialect — and hands head and body to the upstream
-//! leg. What comes back is an [`Exchange`] whose response header has arrived,
-//! or the [`GatewayError`] the client should see. Body translation happens
-//! before this stage; reading the answer happens after it. Failover across
-//! candidates builds on [`send`]; nothing here touches the downstream.
+//! For each attempt it picks a (provider, account) — plan order, accounts
+//! ranked by weighted rendezvous hashing on the Claude Code session id (so a
+//! session stays on one account), circuits permitting — builds the upstream
+//! request head for that provider's dialect and account, sends it, and
+//! classifies the answer: a 2xx whose first body chunk arrived is committed;
+//! connect errors, first-byte timeouts, 429, 500/502/503/504/529 and bodies
+//! that end before their first byte move on to the next target, with
+//! exponential full-jitter backoff when the same account is tried again and
+//! `retry-after` honoured; anything else (the client's own 4xx) is final.
+//! Nothing here touches the downstream session: the relay stage does.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
-use crate::config::snapshot::Provider;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::snapshot::{Candidate, Plan, Provider};
 use crate::config::Snapshot;
 use crate::dialects::anthropic::{self, UpstreamAuth};
 use crate::dialects::openai::Flavor;
 use crate::error::GatewayError;
 use crate::gateway::auth::Caller;
+use crate::gateway::relay::{self, Buffered};
+use crate::upstream::balance;
+use crate::upstream::health::{self, Admission};
 use crate::upstream::{Exchange, Limits, UpstreamError, Upstreams};
 
 /// What the client asked for, in the form a passthrough attempt reads.
@@ -39,9 +50,10 @@ pub fn anthropic_head(
     out: &Outbound<'_>,
     caller: &Caller,
     provider: &Provider,
+    credential: Option<&crate::secret::Secret>,
     body_len: usize,
 ) -> Result<RequestHeader, GatewayError> {
-    let auth = match (&provider.credential, caller) {
+    let auth = match (credential, caller) {
         (Some(key), _) => UpstreamAuth::ProviderKey(key.expose()),
         (None, Caller::Passthrough) => UpstreamAuth::ClientCredential,
         (None, Caller::Key(_)) => UpstreamAuth::None,
@@ -71,6 +83,7 @@ pub fn anthropic_head(
 /// never sent to a non-Anthropic provider.
 pub fn openai_head(
     provider: &Provider,
+    credential: Option<&crate::secret::Secret>,
     flavor: Flavor,
     upstream_model: &str,
     stream: bool,
@@ -116,7 +129,7 @@ pub fn openai_head(
         concat!("modelgate/", env!("CARGO_PKG_VERSION")),
     )
     .map_err(internal)?;
-    if let Some(key) = &provider.credential {
+    if let Some(key) = credential {
         let (name, value) = match flavor {
             Flavor::Azure => (HeaderName::from_static("api-key"), HeaderValue::from_str(key.expose())),
             _ => (
@@ -172,5 +185,297 @@ pub fn upstream_error(provider: &str, e: UpstreamError, snap: &Snapshot) -> Gate
             provider: provider.to_string(),
             detail,
         },
+    }
+}
+
+/// How a candidate's request is sent: the body, and what the relay must know
+/// to read the answer. Built once per candidate, reused by its retries.
+pub enum Prepared {
+    Anthropic {
+        body: Bytes,
+    },
+    OpenAi {
+        flavor: Flavor,
+        upstream_model: String,
+        translated: crate::dialects::openai::request::Translated,
+        body: Bytes,
+    },
+}
+
+impl Prepared {
+    fn body(&self) -> Bytes {
+        match self {
+            Prepared::Anthropic { body } | Prepared::OpenAi { body, .. } => body.clone(),
+        }
+    }
+}
+
+/// Everything an attempt needs besides the plan.
+pub struct Job<'a> {
+    pub out: Outbound<'a>,
+    pub caller: &'a Caller,
+    /// Balancing key: the session id's hash, or a random one.
+    pub balance_key: u64,
+    /// Builds a candidate's request (translation included).
+    pub prepare: &'a (dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
+}
+
+/// The answer the loop settled on; the relay takes it from here.
+pub struct Committed<'u> {
+    pub exchange: Exchange<'u>,
+    pub provider: Arc<Provider>,
+    pub account: String,
+    pub prepared: Prepared,
+    pub attempts: u32,
+}
+
+/// Why the loop gave up: the last failure, shaped for the client.
+pub enum Failure {
+    Gateway(GatewayError),
+    /// An Anthropic-type upstream's own error response, relayed verbatim.
+    Upstream(Buffered),
+}
+
+impl From<GatewayError> for Failure {
+    fn from(e: GatewayError) -> Self {
+        Failure::Gateway(e)
+    }
+}
+
+/// The longest the loop waits, in total, for cool-downs (`retry-after`) and
+/// backoff. Claude Code itself gives up on a `retry-after` above 60 s.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Statuses that mean "this upstream, not this request": try elsewhere.
+const RETRYABLE: [u16; 6] = [429, 500, 502, 503, 504, 529];
+
+struct Target {
+    candidate: usize,
+    account: usize,
+}
+
+pub async fn run<'u>(
+    upstreams: &'u Upstreams,
+    health: &health::Registry,
+    snap: &Snapshot,
+    plan: &Plan,
+    job: &Job<'_>,
+) -> Result<Committed<'u>, Failure> {
+    let started = Instant::now();
+    let max_attempts = 1 + snap.config.max_retries;
+    let base_delay = snap.config.retry_delay.0;
+    let mut prepared: Vec<Option<Prepared>> = plan.candidates.iter().map(|_| None).collect();
+    let mut tried: Vec<(usize, usize)> = Vec::new();
+    let mut last: Option<Failure> = None;
+    let mut waited = Duration::ZERO;
+    let ranks: Vec<Vec<usize>> = plan
+        .candidates
+        .iter()
+        .map(|c| {
+            let labels: Vec<(&str, u32)> = c
+                .provider
+                .accounts
+                .iter()
+                .map(|a| (a.label.as_str(), a.weight))
+                .collect();
+            balance::rank(&labels, job.balance_key)
+        })
+        .collect();
+
+    for attempt in 0..max_attempts {
+        let now = Instant::now();
+        let target = match pick(plan, &ranks, health, &tried, now) {
+            Pick::Now(t) => t,
+            Pick::Wait(t, until) => {
+                let wait = until.saturating_duration_since(now);
+                if waited + wait > MAX_WAIT {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                waited += wait;
+                // The cool-down is over; take the slot (it may be the probe).
+                let c = &plan.candidates[t.candidate];
+                let _ = health
+                    .circuit(&c.provider.name, &c.provider.accounts[t.account].label)
+                    .admit(Instant::now());
+                t
+            }
+            Pick::Nothing => break,
+        };
+        // Same account again: back off (full jitter), a different one: go now.
+        if tried.contains(&(target.candidate, target.account)) {
+            let cap = base_delay.saturating_mul(1 << (attempt.min(16) - 1).min(16));
+            let delay = cap.mul_f64(rand::random::<f64>());
+            if waited + delay > MAX_WAIT {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            waited += delay;
+        }
+        tried.push((target.candidate, target.account));
+        let candidate = &plan.candidates[target.candidate];
+        let provider = &candidate.provider;
+        let account = &provider.accounts[target.account];
+        let circuit = health.circuit(&provider.name, &account.label);
+        let prep = match &mut prepared[target.candidate] {
+            Some(p) => p,
+            slot @ None => slot.insert((job.prepare)(candidate)?),
+        };
+        let head = match prep {
+            Prepared::Anthropic { body } => {
+                anthropic_head(&job.out, job.caller, provider, account.credential.as_ref(), body.len())?
+            }
+            Prepared::OpenAi {
+                flavor,
+                upstream_model,
+                translated,
+                body,
+            } => openai_head(
+                provider,
+                account.credential.as_ref(),
+                *flavor,
+                upstream_model,
+                translated.stream,
+                body.len(),
+            )?,
+        };
+        let mut exchange = match send(upstreams, snap, provider, head, prep.body()).await {
+            Ok(x) => x,
+            Err(e) => {
+                log::info!("attempt {} to `{}` failed: {e}", attempt + 1, account.label);
+                circuit.failure(Instant::now());
+                last = Some(e.into());
+                continue;
+            }
+        };
+        let status = exchange.header().status.as_u16();
+        if status < 300 {
+            match exchange.peek().await {
+                Ok(true) => {
+                    circuit.success();
+                    return Ok(Committed {
+                        exchange,
+                        provider: provider.clone(),
+                        account: account.label.clone(),
+                        prepared: prepared[target.candidate]
+                            .take()
+                            .unwrap_or(Prepared::Anthropic { body: Bytes::new() }),
+                        attempts: attempt + 1,
+                    });
+                }
+                Ok(false) | Err(_) => {
+                    log::info!(
+                        "attempt {} to `{}`: the response ended before its first byte",
+                        attempt + 1,
+                        account.label
+                    );
+                    circuit.failure(Instant::now());
+                    exchange.abort().await;
+                    last = Some(Failure::Gateway(GatewayError::UpstreamBroken {
+                        provider: provider.name.clone(),
+                        detail: "the response ended before its first byte".into(),
+                    }));
+                    continue;
+                }
+            }
+        }
+        if !RETRYABLE.contains(&status) {
+            // The client's own error (or one no other upstream would fix): final.
+            return Ok(Committed {
+                exchange,
+                provider: provider.clone(),
+                account: account.label.clone(),
+                prepared: prepared[target.candidate]
+                    .take()
+                    .unwrap_or(Prepared::Anthropic { body: Bytes::new() }),
+                attempts: attempt + 1,
+            });
+        }
+        let now = Instant::now();
+        if status == 429 {
+            // The upstream's own `retry-after`; OpenAI's reset durations say
+            // when a whole budget refills, too long for a cool-down.
+            let retry_after = exchange
+                .header()
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(health::DEFAULT_THROTTLE);
+            circuit.throttled(now + retry_after);
+        } else {
+            circuit.failure(now);
+        }
+        log::info!(
+            "attempt {} to `{}` answered {status}; trying elsewhere",
+            attempt + 1,
+            account.label
+        );
+        last = Some(match prep {
+            Prepared::Anthropic { .. } => Failure::Upstream(relay::buffer(exchange, &provider.name).await),
+            Prepared::OpenAi { .. } => Failure::Gateway(relay::openai_error(exchange, &provider.name).await),
+        });
+    }
+    let _ = started;
+    Err(last.unwrap_or_else(|| {
+        let wait = plan
+            .candidates
+            .iter()
+            .flat_map(|c| c.provider.accounts.iter().map(move |a| (c, a)))
+            .filter_map(|(c, a)| health.circuit(&c.provider.name, &a.label).blocked_until(Instant::now()))
+            .min()
+            .map(|u| u.saturating_duration_since(Instant::now()).as_secs().max(1));
+        Failure::Gateway(GatewayError::Unavailable {
+            message: format!(
+                "every upstream for this request is unavailable ({}); retry shortly",
+                plan.reason
+            ),
+            retry_after: wait,
+        })
+    }))
+}
+
+enum Pick {
+    Now(Target),
+    Wait(Target, Instant),
+    Nothing,
+}
+
+/// The next target: an untried account that is admitted now, in plan order;
+/// else a tried one admitted now (a retry); else the one that frees up first.
+fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(usize, usize)], now: Instant) -> Pick {
+    let mut earliest: Option<(Target, Instant)> = None;
+    for retry_pass in [false, true] {
+        for (ci, c) in plan.candidates.iter().enumerate() {
+            for &ai in &ranks[ci] {
+                if tried.contains(&(ci, ai)) != retry_pass {
+                    continue;
+                }
+                let circuit = health.circuit(&c.provider.name, &c.provider.accounts[ai].label);
+                match circuit.admit(now) {
+                    Admission::Ready | Admission::Probe => {
+                        return Pick::Now(Target {
+                            candidate: ci,
+                            account: ai,
+                        })
+                    }
+                    Admission::Blocked(until) => {
+                        if earliest.as_ref().is_none_or(|(_, e)| until < *e) {
+                            earliest = Some((
+                                Target {
+                                    candidate: ci,
+                                    account: ai,
+                                },
+                                until,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    match earliest {
+        Some((t, until)) => Pick::Wait(t, until),
+        None => Pick::Nothing,
     }
 }

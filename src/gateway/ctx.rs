@@ -17,6 +17,10 @@ pub struct RequestCtx {
     pub principal: Option<Arc<KeyEntry>>,
     pub model: Option<String>,
     pub provider: Option<String>,
+    /// The provider account that answered (a label, never the secret).
+    pub account: Option<String>,
+    /// Upstream attempts the request took (0: answered locally).
+    pub attempts: u32,
     pub stream: bool,
     pub status: u16,
     pub bytes_out: u64,
@@ -39,6 +43,8 @@ impl RequestCtx {
             principal: None,
             model: None,
             provider: None,
+            account: None,
+            attempts: 0,
             stream: false,
             status: 0,
             bytes_out: 0,

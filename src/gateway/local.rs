@@ -34,7 +34,11 @@ pub fn status(snap: &Snapshot, started: Instant, counters: &Counters) -> Vec<u8>
                 "type": p.kind.as_str(),
                 "enabled": p.enabled,
                 "api_base": format!("{}://{}{}", if p.base.tls { "https" } else { "http" }, p.base.authority, p.base.path_prefix),
-                "credential": if p.credential.is_some() { "configured" } else { "client passthrough" },
+                "accounts": p.accounts.iter().map(|a| json!({
+                    "label": a.label,
+                    "weight": a.weight,
+                    "credential": if a.credential.is_some() { "configured" } else if p.kind == crate::config::ProviderKind::Anthropic { "client passthrough" } else { "none" },
+                })).collect::<Vec<_>>(),
                 "priority": p.priority,
             })
         })

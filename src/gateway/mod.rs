@@ -35,13 +35,15 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::config::snapshot::{Dialect, Provider};
+use crate::config::snapshot::{Candidate, Dialect, Plan};
 use crate::config::{ConfigStore, ProviderKind, Snapshot};
 use crate::dialects::anthropic::MessagesRequest;
 use crate::dialects::openai::request::{translate_request, RequestOptions};
 use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
 use crate::error::GatewayError;
+use crate::upstream::balance;
 use crate::upstream::Upstreams;
+use attempt::{Failure, Prepared};
 use ctx::RequestCtx;
 
 /// Which listener a request came in on.
@@ -57,6 +59,7 @@ pub enum Role {
 pub struct Shared {
     pub config: Arc<ConfigStore>,
     pub upstreams: Upstreams,
+    pub health: crate::upstream::health::Registry,
     pub started: Instant,
     pub counters: local::Counters,
 }
@@ -245,76 +248,110 @@ impl Gateway {
                 headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
             })
             .ok_or_else(|| GatewayError::NotFound(format!("model: no route serves `{}`", request.model)))?;
-        let candidate = plan.candidates.first().ok_or_else(|| {
-            GatewayError::Unavailable(format!(
-                "every provider for `{}` is disabled ({})",
-                request.model, plan.reason
-            ))
-        })?;
-        ctx.provider = Some(candidate.provider.name.clone());
-        match candidate.provider.kind.dialect() {
-            Dialect::Anthropic => {
-                let body = request.body_with_model(candidate.rename.as_deref());
-                self.forward(session, ctx, snap, &caller, &candidate.provider, body)
-                    .await
-            }
-            Dialect::OpenAi(flavor) => {
-                let upstream_model = candidate.rename.as_deref().unwrap_or(&request.model);
-                let mut translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
+        if plan.candidates.is_empty() {
+            return Err(GatewayError::Unavailable {
+                message: format!("every provider for `{}` is disabled ({})", request.model, plan.reason),
+                retry_after: None,
+            });
+        }
+        if count_tokens {
+            // OpenAI-family providers have no count endpoint: count locally.
+            let first = &plan.candidates[0];
+            if let Dialect::OpenAi(flavor) = first.provider.kind.dialect() {
+                ctx.provider = Some(first.provider.name.clone());
+                let upstream_model = first.rename.as_deref().unwrap_or(&request.model);
+                let translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
                     .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-                for note in &translated.notes {
-                    log::info!(
-                        "{}: translating for `{}`: {note}",
-                        ctx.request_id,
-                        candidate.provider.name
-                    );
-                }
-                if count_tokens {
-                    return count_tokens_locally(session, ctx, std::mem::take(&mut translated.body), upstream_model)
-                        .await;
-                }
-                let head = attempt::openai_head(
-                    &candidate.provider,
-                    flavor,
-                    upstream_model,
-                    translated.stream,
-                    translated.body.len(),
-                )?;
-                let body = bytes::Bytes::from(std::mem::take(&mut translated.body));
-                let exchange = attempt::send(&self.shared.upstreams, snap, &candidate.provider, head, body).await?;
-                let reply = relay::OpenAiReply {
-                    translated: &translated,
-                    client_model: &request.model,
-                    provider: &candidate.provider.name,
-                };
-                relay::relay_openai(session, ctx, exchange, reply).await
+                return count_tokens_locally(session, ctx, translated.body, upstream_model).await;
             }
         }
+        let request_id = ctx.request_id.clone();
+        let request = &request;
+        let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
+            match c.provider.kind.dialect() {
+                Dialect::Anthropic => Ok(Prepared::Anthropic {
+                    body: request.body_with_model(c.rename.as_deref()),
+                }),
+                Dialect::OpenAi(flavor) => {
+                    let upstream_model = c.rename.as_deref().unwrap_or(&request.model);
+                    let mut translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
+                        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    for note in &translated.notes {
+                        log::info!("{request_id}: translating for `{}`: {note}", c.provider.name);
+                    }
+                    let body = bytes::Bytes::from(std::mem::take(&mut translated.body));
+                    Ok(Prepared::OpenAi {
+                        flavor,
+                        upstream_model: upstream_model.to_string(),
+                        translated,
+                        body,
+                    })
+                }
+            }
+        };
+        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, &request.model)
+            .await
     }
 
-    /// attempt → relay for an Anthropic-type provider: the client's method,
-    /// path, query and headers with `body`, and the answer streamed back as is.
-    async fn forward(
+    /// attempt → relay: run the attempt loop over `plan`, then stream the
+    /// committed answer back (or the last failure, when none succeeded).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_and_relay(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         snap: &Snapshot,
         caller: &auth::Caller,
-        provider: &Provider,
-        body: bytes::Bytes,
+        plan: &Plan,
+        prepare: &(dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
+        client_model: &str,
     ) -> Result<(), GatewayError> {
-        ctx.provider = Some(provider.name.clone());
-        let req = session.req_header();
-        let out = attempt::Outbound {
-            method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            headers: &req.headers,
+        let result = {
+            let req = session.req_header();
+            let balance_key = req
+                .headers
+                .get("x-claude-code-session-id")
+                .map(|v| balance::session_key(v.as_bytes()))
+                .unwrap_or_else(rand::random);
+            let job = attempt::Job {
+                out: attempt::Outbound {
+                    method: &req.method,
+                    path: req.uri.path(),
+                    query: req.uri.query(),
+                    headers: &req.headers,
+                },
+                caller,
+                balance_key,
+                prepare,
+            };
+            attempt::run(&self.shared.upstreams, &self.shared.health, snap, plan, &job).await
         };
-        let head = attempt::anthropic_head(&out, caller, provider, body.len())?;
-        let exchange = attempt::send(&self.shared.upstreams, snap, provider, head, body).await?;
-        relay::relay(session, ctx, exchange, &provider.name).await;
-        Ok(())
+        match result {
+            Ok(committed) => {
+                ctx.provider = Some(committed.provider.name.clone());
+                ctx.account = Some(committed.account);
+                ctx.attempts = committed.attempts;
+                match committed.prepared {
+                    Prepared::Anthropic { .. } => {
+                        relay::relay(session, ctx, committed.exchange, &committed.provider.name).await;
+                        Ok(())
+                    }
+                    Prepared::OpenAi { translated, .. } => {
+                        let reply = relay::OpenAiReply {
+                            translated: &translated,
+                            client_model,
+                            provider: &committed.provider.name,
+                        };
+                        relay::relay_openai(session, ctx, committed.exchange, reply).await
+                    }
+                }
+            }
+            Err(Failure::Gateway(e)) => Err(e),
+            Err(Failure::Upstream(buffered)) => {
+                relay::relay_buffered(session, ctx, buffered).await;
+                Ok(())
+            }
+        }
     }
 
     /// `passthrough_mode`: any other `/v1/*` request goes, unparsed, to the
@@ -334,7 +371,16 @@ impl Gateway {
                 GatewayError::NotFound("passthrough_mode needs an enabled Anthropic-type default_provider".into())
             })?;
         let body = body::read(session, snap.max_request_size).await?;
-        self.forward(session, ctx, snap, &caller, provider, body).await
+        let plan = Plan {
+            candidates: vec![Candidate {
+                provider: provider.clone(),
+                rename: None,
+            }],
+            reason: "passthrough_mode".into(),
+        };
+        let prepare = move |_: &Candidate| Ok(Prepared::Anthropic { body: body.clone() });
+        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "")
+            .await
     }
 }
 

@@ -150,6 +150,89 @@ async fn read_body(exchange: &mut Exchange<'_>, cap: usize, provider: &str) -> R
     }
 }
 
+/// Read an OpenAI-family error response and map it to the client's error,
+/// with an integer `retry-after` on 429s (OpenAI's reset durations when the
+/// upstream sent none).
+pub async fn openai_error(mut exchange: Exchange<'_>, provider: &str) -> GatewayError {
+    use crate::dialects::openai::error;
+    let head = exchange.header();
+    let status = head.status.as_u16();
+    let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+    let retry_after = header_str("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| {
+            error::retry_after_from_resets(
+                ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+                    .into_iter()
+                    .filter_map(header_str),
+            )
+        });
+    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
+        .await
+        .unwrap_or_default();
+    exchange.finish().await;
+    let mapped = error::map_error(status, &body);
+    GatewayError::Upstream {
+        status: mapped.status,
+        kind: mapped.kind,
+        message: mapped.message,
+        retry_after: if status == 429 { retry_after } else { None },
+    }
+}
+
+/// A complete upstream response held in memory: a failed attempt's answer,
+/// kept in case it turns out to be the last one and must reach the client.
+pub struct Buffered {
+    pub head: ResponseHeader,
+    pub body: bytes::Bytes,
+}
+
+/// Read an (error) response whole, bounded, and release the connection.
+pub async fn buffer(mut exchange: Exchange<'_>, provider: &str) -> Buffered {
+    let head = exchange.header().clone();
+    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
+        .await
+        .unwrap_or_default();
+    exchange.finish().await;
+    Buffered { head, body }
+}
+
+/// Write a buffered Anthropic-type response as it came: status, headers and
+/// body unmodified (Claude Code's recovery matches on the wording).
+pub async fn relay_buffered(session: &mut Session, ctx: &mut RequestCtx, buffered: Buffered) {
+    ctx.upstream_request_id = buffered
+        .head
+        .headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut head = match downstream_header(&buffered.head, ctx, true) {
+        Ok(h) => h,
+        Err(e) => {
+            super::respond::error(session, ctx, &e).await;
+            return;
+        }
+    };
+    let _ = head.remove_header(&http::header::TRANSFER_ENCODING);
+    let _ = head.insert_header(http::header::CONTENT_LENGTH, buffered.body.len().to_string());
+    ctx.status = head.status.as_u16();
+    if session
+        .write_response_header(Box::new(head), buffered.body.is_empty())
+        .await
+        .is_err()
+    {
+        ctx.client_gone = true;
+        return;
+    }
+    if !buffered.body.is_empty() {
+        let n = buffered.body.len() as u64;
+        match session.write_response_body(Some(buffered.body), true).await {
+            Ok(()) => ctx.bytes_out += n,
+            Err(_) => ctx.client_gone = true,
+        }
+    }
+}
+
 /// What translating an OpenAI-family answer needs from the request side.
 pub struct OpenAiReply<'a> {
     pub translated: &'a crate::dialects::openai::request::Translated,
@@ -166,33 +249,14 @@ pub async fn relay_openai(
     mut exchange: Exchange<'_>,
     reply: OpenAiReply<'_>,
 ) -> Result<(), GatewayError> {
-    use crate::dialects::openai::{error, response, stream};
+    use crate::dialects::openai::{response, stream};
     let head = exchange.header();
     let status = head.status.as_u16();
     let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
     ctx.upstream_request_id = header_str("x-request-id").map(str::to_string);
     let is_sse = header_str("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if status >= 400 {
-        let retry_after = header_str("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .or_else(|| {
-                error::retry_after_from_resets(
-                    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-                        .into_iter()
-                        .filter_map(header_str),
-                )
-            });
-        let body = read_body(&mut exchange, MAX_ERROR_BODY, reply.provider)
-            .await
-            .unwrap_or_default();
-        exchange.finish().await;
-        let mapped = error::map_error(status, &body);
-        return Err(GatewayError::Upstream {
-            status: mapped.status,
-            kind: mapped.kind,
-            message: mapped.message,
-            retry_after: if status == 429 { retry_after } else { None },
-        });
+        return Err(openai_error(exchange, reply.provider).await);
     }
 
     if !(reply.translated.stream && is_sse) {

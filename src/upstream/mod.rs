@@ -8,7 +8,9 @@
 //! the interface this small is what lets the leg move onto Pingora's native
 //! proxy phases later without touching the stages around it.
 
+pub mod balance;
 pub mod dns;
+pub mod health;
 
 use std::time::Duration;
 
@@ -197,6 +199,7 @@ impl Upstreams {
                         session: Some(session),
                         peer,
                         pool,
+                        pending: None,
                     })
                 }
                 Err(e) => {
@@ -302,6 +305,8 @@ pub struct Exchange<'a> {
     session: Option<HttpSession>,
     peer: HttpPeer,
     pool: Pool,
+    /// A body chunk read ahead by [`Exchange::peek`], returned first by `next_chunk`.
+    pending: Option<Bytes>,
 }
 
 impl Exchange<'_> {
@@ -316,6 +321,9 @@ impl Exchange<'_> {
     /// The next body chunk, `None` at the end. A silence longer than the idle
     /// limit is [`UpstreamError::Timeout`].
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        if let Some(chunk) = self.pending.take() {
+            return Ok(Some(chunk));
+        }
         let Some(session) = self.session.as_mut() else {
             return Ok(None);
         };
@@ -323,6 +331,25 @@ impl Exchange<'_> {
             .read_response_body()
             .await
             .map_err(|e| UpstreamError::from_pingora(&e, false))
+    }
+
+    /// Read the first body chunk ahead, so a response that dies before its
+    /// first byte can still be retried elsewhere. `Ok(false)`: the body is
+    /// empty. The chunk is not lost: `next_chunk` returns it first.
+    pub async fn peek(&mut self) -> Result<bool, UpstreamError> {
+        if self.pending.is_some() {
+            return Ok(true);
+        }
+        loop {
+            match self.next_chunk().await? {
+                Some(chunk) if chunk.is_empty() => continue,
+                Some(chunk) => {
+                    self.pending = Some(chunk);
+                    return Ok(true);
+                }
+                None => return Ok(false),
+            }
+        }
     }
 
     /// Return the connection to the pool when the response was read to its

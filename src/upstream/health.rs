@@ -1,0 +1,268 @@
+//! Passive health: one circuit breaker per (provider, account).
+//!
+//! Outcomes of real requests feed the circuits; nothing here sends traffic.
+//! A circuit opens after [`FAILURES_TO_OPEN`] consecutive failures, or when
+//! at least half of the last [`WINDOW`] outcomes failed (with at least
+//! [`MIN_SAMPLES`] of them). An open circuit blocks its account for
+//! [`OPEN_FOR`]; then exactly one request probes it (half-open), and its
+//! outcome closes or re-opens the circuit. A 429 is not a failure of the
+//! account: it cools the account down until the upstream's `retry-after`.
+//!
+//! Circuits are keyed by provider name and account label, so they survive
+//! config reloads that keep those names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub const FAILURES_TO_OPEN: u32 = 5;
+pub const WINDOW: u32 = 20;
+pub const MIN_SAMPLES: u32 = 10;
+pub const OPEN_FOR: Duration = Duration::from_secs(30);
+/// Cool-down after a 429 that carried no `retry-after`.
+pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    /// Blocked until the instant (failures or a 429 cool-down).
+    Open {
+        until: Instant,
+        throttled: bool,
+    },
+    /// One probe is in flight; others wait for its outcome.
+    HalfOpen,
+}
+
+/// Whether a request may use the account now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Ready,
+    /// Admitted as the half-open probe.
+    Probe,
+    /// Not before this instant.
+    Blocked(Instant),
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    consecutive_failures: u32,
+    /// Last `WINDOW` outcomes as bits (1 = failure), newest in bit 0.
+    recent: u32,
+    samples: u32,
+    opened_total: u64,
+}
+
+#[derive(Debug)]
+pub struct Circuit {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Circuit {
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                consecutive_failures: 0,
+                recent: 0,
+                samples: 0,
+                opened_total: 0,
+            }),
+        }
+    }
+}
+
+impl Circuit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the state invalid.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ask to use the account. A half-open probe slot, once taken, must be
+    /// answered with `success`, `failure` or `throttled`.
+    pub fn admit(&self, now: Instant) -> Admission {
+        let mut c = self.lock();
+        match c.state {
+            State::Closed => Admission::Ready,
+            State::HalfOpen => Admission::Blocked(now + Duration::from_secs(1)),
+            State::Open { until, .. } if now < until => Admission::Blocked(until),
+            State::Open { throttled: true, .. } => {
+                c.state = State::Closed;
+                Admission::Ready
+            }
+            State::Open { .. } => {
+                c.state = State::HalfOpen;
+                Admission::Probe
+            }
+        }
+    }
+
+    /// When the account is next usable (`None`: now).
+    pub fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        match self.lock().state {
+            State::Open { until, .. } if until > now => Some(until),
+            State::HalfOpen => Some(now + Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    pub fn success(&self) {
+        let mut c = self.lock();
+        c.consecutive_failures = 0;
+        c.recent <<= 1;
+        c.samples = (c.samples + 1).min(WINDOW);
+        c.state = State::Closed;
+    }
+
+    pub fn failure(&self, now: Instant) {
+        let mut c = self.lock();
+        c.consecutive_failures += 1;
+        c.recent = (c.recent << 1) | 1;
+        c.samples = (c.samples + 1).min(WINDOW);
+        let window_failures = (c.recent & ((1 << WINDOW) - 1)).count_ones();
+        let rate_trips = c.samples >= MIN_SAMPLES && window_failures * 2 >= c.samples;
+        if c.state == State::HalfOpen || c.consecutive_failures >= FAILURES_TO_OPEN || rate_trips {
+            if !matches!(c.state, State::Open { .. }) {
+                c.opened_total += 1;
+            }
+            c.state = State::Open {
+                until: now + OPEN_FOR,
+                throttled: false,
+            };
+            // A fresh window after the cool-down: the probe decides.
+            c.recent = 0;
+            c.samples = 0;
+        }
+    }
+
+    /// A 429: keep the account out until `until`, without counting a failure.
+    pub fn throttled(&self, until: Instant) {
+        let mut c = self.lock();
+        let later = match c.state {
+            State::Open { until: u, .. } => u.max(until),
+            _ => until,
+        };
+        c.state = State::Open {
+            until: later,
+            throttled: true,
+        };
+    }
+
+    pub fn snapshot(&self, now: Instant) -> CircuitView {
+        let c = self.lock();
+        let (state, remaining) = match c.state {
+            State::Closed => ("closed", None),
+            State::HalfOpen => ("half_open", None),
+            State::Open { until, throttled } if until > now => {
+                (if throttled { "cooling_down" } else { "open" }, Some(until - now))
+            }
+            State::Open { .. } => ("half_open_pending", None),
+        };
+        CircuitView {
+            state,
+            remaining,
+            consecutive_failures: c.consecutive_failures,
+            opened_total: c.opened_total,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CircuitView {
+    pub state: &'static str,
+    pub remaining: Option<Duration>,
+    pub consecutive_failures: u32,
+    pub opened_total: u64,
+}
+
+/// Every circuit, created on first use.
+#[derive(Debug, Default)]
+pub struct Registry {
+    circuits: RwLock<HashMap<String, Arc<Circuit>>>,
+}
+
+impl Registry {
+    pub fn circuit(&self, provider: &str, account: &str) -> Arc<Circuit> {
+        let key = account_key(provider, account);
+        if let Some(c) = self.circuits.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return c.clone();
+        }
+        self.circuits
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// `(provider/account, view)` for every circuit, sorted by key.
+    pub fn views(&self, now: Instant) -> Vec<(String, CircuitView)> {
+        let map = self.circuits.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, c)| (k.clone(), c.snapshot(now))).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn account_key(provider: &str, account: &str) -> String {
+    if account == provider {
+        provider.to_string()
+    } else {
+        format!("{provider}/{account}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_consecutive_failures_and_probes_once() {
+        let c = Circuit::default();
+        let t = Instant::now();
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            c.failure(t);
+            assert_eq!(c.admit(t), Admission::Ready);
+        }
+        c.failure(t);
+        assert_eq!(c.admit(t), Admission::Blocked(t + OPEN_FOR));
+        let later = t + OPEN_FOR;
+        assert_eq!(c.admit(later), Admission::Probe);
+        assert!(matches!(c.admit(later), Admission::Blocked(_)), "only one probe");
+        c.failure(later);
+        assert!(
+            matches!(c.admit(later), Admission::Blocked(_)),
+            "a failed probe re-opens"
+        );
+        assert_eq!(c.admit(later + OPEN_FOR), Admission::Probe);
+        c.success();
+        assert_eq!(c.admit(later + OPEN_FOR), Admission::Ready);
+        assert_eq!(c.snapshot(t).opened_total, 2);
+    }
+
+    #[test]
+    fn error_rate_trips_without_a_streak() {
+        let c = Circuit::default();
+        let t = Instant::now();
+        for i in 0..=MIN_SAMPLES {
+            if i % 2 == 0 {
+                c.failure(t);
+            } else {
+                c.success();
+            }
+        }
+        assert!(matches!(c.admit(t), Admission::Blocked(_)));
+    }
+
+    #[test]
+    fn throttle_cools_down_then_admits_without_probe() {
+        let c = Circuit::default();
+        let t = Instant::now();
+        c.throttled(t + Duration::from_secs(2));
+        assert_eq!(c.admit(t), Admission::Blocked(t + Duration::from_secs(2)));
+        assert_eq!(c.snapshot(t).state, "cooling_down");
+        assert_eq!(c.admit(t + Duration::from_secs(2)), Admission::Ready);
+        assert_eq!(c.admit(t + Duration::from_secs(2)), Admission::Ready);
+    }
+}

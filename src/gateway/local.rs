@@ -23,7 +23,12 @@ pub struct Counters {
     pub errors: std::sync::atomic::AtomicU64,
 }
 
-pub fn status(snap: &Snapshot, started: Instant, counters: &Counters) -> Vec<u8> {
+pub fn status(
+    snap: &Snapshot,
+    started: Instant,
+    counters: &Counters,
+    health: &crate::upstream::health::Registry,
+) -> Vec<u8> {
     use std::sync::atomic::Ordering::Relaxed;
     let providers: Vec<Value> = snap
         .providers
@@ -40,6 +45,20 @@ pub fn status(snap: &Snapshot, started: Instant, counters: &Counters) -> Vec<u8>
                     "credential": if a.credential.is_some() { "configured" } else if p.kind == crate::config::ProviderKind::Anthropic { "client passthrough" } else { "none" },
                 })).collect::<Vec<_>>(),
                 "priority": p.priority,
+            })
+        })
+        .collect();
+    let circuits: Vec<Value> = health
+        .views(Instant::now())
+        .into_iter()
+        .map(|(provider, account, v)| {
+            json!({
+                "provider": provider,
+                "account": account,
+                "state": v.state,
+                "remaining_seconds": v.remaining.map(|d| d.as_secs_f64()),
+                "consecutive_failures": v.consecutive_failures,
+                "opened_total": v.opened_total,
             })
         })
         .collect();
@@ -60,6 +79,7 @@ pub fn status(snap: &Snapshot, started: Instant, counters: &Counters) -> Vec<u8>
         },
         "auth_mode": if snap.keys_enabled() { "gateway_keys" } else { "passthrough" },
         "providers": providers,
+        "circuits": circuits,
         "counters": {
             "requests_total": counters.requests.load(Relaxed),
             "in_flight": counters.in_flight.load(Relaxed),

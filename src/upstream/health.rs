@@ -176,40 +176,47 @@ pub struct CircuitView {
     pub opened_total: u64,
 }
 
-/// Every circuit, created on first use.
+/// Every circuit, created on first use, by provider then account label
+/// (two levels so a lookup needs no allocation).
 #[derive(Debug, Default)]
 pub struct Registry {
-    circuits: RwLock<HashMap<String, Arc<Circuit>>>,
+    circuits: RwLock<HashMap<String, HashMap<String, Arc<Circuit>>>>,
 }
 
 impl Registry {
     pub fn circuit(&self, provider: &str, account: &str) -> Arc<Circuit> {
-        let key = account_key(provider, account);
-        if let Some(c) = self.circuits.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(c) = self
+            .circuits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(provider)
+            .and_then(|m| m.get(account))
+        {
             return c.clone();
         }
         self.circuits
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
+            .entry(provider.to_string())
+            .or_default()
+            .entry(account.to_string())
             .or_default()
             .clone()
     }
 
-    /// `(provider/account, view)` for every circuit, sorted by key.
-    pub fn views(&self, now: Instant) -> Vec<(String, CircuitView)> {
+    /// `(provider, account, view)` for every circuit, sorted.
+    pub fn views(&self, now: Instant) -> Vec<(String, String, CircuitView)> {
         let map = self.circuits.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = map.iter().map(|(k, c)| (k.clone(), c.snapshot(now))).collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<_> = map
+            .iter()
+            .flat_map(|(p, accounts)| {
+                accounts
+                    .iter()
+                    .map(move |(a, c)| (p.clone(), a.clone(), c.snapshot(now)))
+            })
+            .collect();
+        out.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
         out
-    }
-}
-
-fn account_key(provider: &str, account: &str) -> String {
-    if account == provider {
-        provider.to_string()
-    } else {
-        format!("{provider}/{account}")
     }
 }
 

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use modelgate::config::load::parse_str;
 use modelgate::config::Snapshot;
 use modelgate::dialects::anthropic::{forward_request_headers, MessagesRequest, UpstreamAuth};
+use modelgate::upstream::balance;
 
 fn fixture() -> Bytes {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/claude_code_request.json");
@@ -54,12 +55,28 @@ fn headers(c: &mut Criterion) {
 }
 
 fn routing(c: &mut Criterion) {
+    // 200 rules; the request matches the last glob, so every rule is tried.
+    let mut yaml = String::from("default_provider: a\nproviders:\n  a: {type: anthropic}\n  b:\n    type: anthropic\n    keys: [{api_key: k1, weight: 2}, {api_key: k2}, {api_key: k3}]\nroutes:\n");
+    for i in 0..199 {
+        yaml.push_str(&format!("  - {{match: 'team{i}-model-*', provider: a}}\n"));
+    }
+    yaml.push_str("  - {match: 'claude-*', provider: b, fallbacks: [a]}\n");
     let env = |_: &str| None;
-    let yaml = "default_provider: a\nproviders:\n  a: {type: anthropic}\n  b: {type: anthropic}\nroutes:\n  - {match: 'claude-haiku-*', provider: b}\n  - {header: {name: x-org-route, value: cheap}, provider: b}\n  - {match: 'claude-*', provider: a, fallbacks: [b]}\n";
-    let snap = Snapshot::build(parse_str(yaml, &env).expect("yaml"), &env).expect("valid");
+    let snap = Snapshot::build(parse_str(&yaml, &env).expect("yaml"), &env).expect("valid");
     let none = |_: &HeaderName| None;
-    c.bench_function("route_resolve", |b| {
-        b.iter(|| snap.resolve(black_box("claude-opus-4-8"), &none))
+    let session = HeaderValue::from_static("5d1f1c3e-1f5e-4c1e-9f61-2d7b1b8c1a10");
+    c.bench_function("route_resolve_200_rules_and_pick_account", |b| {
+        b.iter(|| {
+            let plan = snap.resolve(black_box("claude-opus-4-8"), &none).expect("plan");
+            let key = balance::session_key(session.as_bytes());
+            let accounts: Vec<(&str, u32)> = plan.candidates[0]
+                .provider
+                .accounts
+                .iter()
+                .map(|a| (a.label.as_str(), a.weight))
+                .collect();
+            black_box(balance::rank(&accounts, key))
+        })
     });
 }
 

@@ -233,3 +233,65 @@ async fn sessions_stick_to_one_account_and_spread_by_weight() {
     );
     assert!((0.40..0.60).contains(&four), "weight 2 of 4 carries about half: {four}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_mode_is_added_where_supported_and_dropped_elsewhere() {
+    let a = MockUpstream::start().await;
+    let yaml = format!(
+        "listen: \"{{listen}}\"\ndefault_provider: anthropic\nproviders:\n  anthropic: {{type: anthropic, api_base: \"{}\", api_key: k}}\n",
+        a.base_url()
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let c = client();
+    let send = |body: &'static str, beta: Option<&'static str>| {
+        let mut r = c.post(gw.url("/v1/messages")).body(body);
+        if let Some(b) = beta {
+            r = r.header("anthropic-beta", b);
+        }
+        r.send()
+    };
+    // A `-fast` id: the base model, `speed: fast`, and the beta appended.
+    let r = send(
+        r#"{"model":"claude-opus-4-6-fast","max_tokens":5,"messages":[]}"#,
+        Some("claude-code-20250219"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // `speed: fast` on a model without fast mode: dropped, standard speed.
+    let r = send(
+        r#"{"model":"claude-opus-4-8","speed":"fast","max_tokens":5,"messages":[]}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // Supported, beta already present: nothing to add, body untouched.
+    let r = send(
+        r#"{"model":"claude-opus-4-7","speed":"fast","max_tokens":5,"messages":[]}"#,
+        Some("fast-mode-2026-02-01"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let got = a.wait_requests(3, WAIT).await;
+    assert_eq!(
+        got[0].body_str(),
+        r#"{"speed":"fast","model":"claude-opus-4-6","max_tokens":5,"messages":[]}"#
+    );
+    assert_eq!(
+        got[0].header("anthropic-beta").as_deref(),
+        Some("claude-code-20250219,fast-mode-2026-02-01")
+    );
+    assert_eq!(
+        got[1].body_str(),
+        r#"{"model":"claude-opus-4-8","max_tokens":5,"messages":[]}"#
+    );
+    assert_eq!(got[1].header("anthropic-beta"), None);
+    assert_eq!(
+        got[2].body_str(),
+        r#"{"model":"claude-opus-4-7","speed":"fast","max_tokens":5,"messages":[]}"#
+    );
+    assert_eq!(got[2].header_all("anthropic-beta"), ["fast-mode-2026-02-01"]);
+}

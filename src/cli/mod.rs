@@ -2,6 +2,7 @@
 //! a process exit code and prints errors a person can act on.
 
 mod config_cmd;
+mod route;
 mod serve;
 
 use std::path::PathBuf;
@@ -31,6 +32,11 @@ pub enum Command {
         #[command(subcommand)]
         command: config_cmd::ConfigCommand,
     },
+    /// Inspect routing: the rules, and the plan a model gets.
+    Route {
+        #[command(subcommand)]
+        command: route::RouteCommand,
+    },
 }
 
 pub fn run() -> i32 {
@@ -38,6 +44,7 @@ pub fn run() -> i32 {
     match cli.command {
         Command::Serve(args) => serve::run(cli.config, args),
         Command::Config { command } => config_cmd::run(cli.config, command),
+        Command::Route { command } => route::run(cli.config, command),
     }
 }
 

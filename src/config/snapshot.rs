@@ -192,7 +192,11 @@ pub struct Account {
 
 #[derive(Debug)]
 struct Route {
+    /// `routes[i] (match ...)`, for logs, `/status` and `route resolve`.
+    description: Arc<str>,
     glob: Option<GlobMatcher>,
+    /// This rule's index in `Snapshot::route_globs`.
+    glob_slot: Option<usize>,
     glob_text: Option<String>,
     header: Option<(HeaderName, String)>,
     provider: Arc<Provider>,
@@ -212,7 +216,25 @@ pub struct Candidate {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub candidates: Vec<Candidate>,
-    pub reason: String,
+    /// The rule that matched (its description, shared, not rebuilt per request).
+    pub reason: Arc<str>,
+}
+
+/// `Ok(())` when rule `r` matches, else why not.
+fn route_verdict(r: &Route, model: &str, header: &dyn Fn(&HeaderName) -> Option<String>) -> Result<(), String> {
+    if let (Some(g), Some(text)) = (&r.glob, &r.glob_text) {
+        if !g.is_match(model) {
+            return Err(format!("{}: model `{model}` does not match `{text}`", r.description));
+        }
+    }
+    if let Some((name, want)) = &r.header {
+        match header(name) {
+            Some(v) if &v == want => {}
+            Some(v) => return Err(format!("{}: header {name} is `{v}`, not `{want}`", r.description)),
+            None => return Err(format!("{}: header {name} is absent", r.description)),
+        }
+    }
+    Ok(())
 }
 
 /// A gateway key as the request path sees it.
@@ -238,6 +260,11 @@ pub struct Snapshot {
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub default_provider: Option<Arc<Provider>>,
     routes: Vec<Route>,
+    /// Every route glob compiled into one matcher.
+    route_globs: GlobSet,
+    /// Enabled providers by the model ids they list in `models`, lowest
+    /// `priority` first.
+    serving: HashMap<String, Vec<Arc<Provider>>>,
     /// `None` = passthrough-auth mode (no `keys:` section).
     keys: Option<HashMap<[u8; 32], Arc<KeyEntry>>>,
     admin_keys: Vec<[u8; 32]>,
@@ -333,6 +360,8 @@ impl Snapshot {
             .transpose()?;
 
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut route_globs = GlobSetBuilder::new();
+        let mut globs_added = 0usize;
         for (i, r) in config.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
             let glob = r
@@ -362,7 +391,24 @@ impl Snapshot {
                     lookup(&format!("{key}.fallbacks[{j}]"), f.provider()).map(|p| (p, f.model().map(str::to_string)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let description: Arc<str> = match (&r.model_glob, &r.header) {
+                (Some(g), None) => format!("{key} (match `{g}`)"),
+                (None, Some(h)) => format!("{key} (header {}: {})", h.name, h.value),
+                (Some(g), Some(h)) => format!("{key} (match `{g}`, header {}: {})", h.name, h.value),
+                (None, None) => format!("{key} (matches everything)"),
+            }
+            .into();
+            let glob_slot = match &r.model_glob {
+                Some(g) => {
+                    route_globs.add(compile_glob(&format!("{key}.match"), g)?);
+                    globs_added += 1;
+                    Some(globs_added - 1)
+                }
+                None => None,
+            };
             routes.push(Route {
+                description,
+                glob_slot,
                 glob,
                 glob_text: r.model_glob.clone(),
                 header,
@@ -407,6 +453,17 @@ impl Snapshot {
             warnings.push("no `default_provider` and no catch-all route: unmatched models get 404".into());
         }
 
+        let route_globs = route_globs
+            .build()
+            .map_err(|e| ConfigError::invalid("routes", format!("cannot compile the route globs: {e}")))?;
+        let mut serving: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
+        let mut by_priority: Vec<&Arc<Provider>> = providers.values().filter(|p| p.enabled).collect();
+        by_priority.sort_by_key(|p| p.priority);
+        for p in by_priority {
+            for m in &p.models {
+                serving.entry(m.clone()).or_default().push(p.clone());
+            }
+        }
         let canonical = serde_json::to_vec(&config).unwrap_or_default();
         let version = hex::encode(&sha256(&canonical)[..8]);
         Ok(Snapshot {
@@ -415,6 +472,8 @@ impl Snapshot {
             providers,
             default_provider,
             routes,
+            route_globs,
+            serving,
             keys,
             admin_keys,
             timeout: config.timeout.0,
@@ -430,47 +489,74 @@ impl Snapshot {
     /// Route a request: the first rule whose model glob and header both match
     /// wins; with none, `default_provider`. Disabled providers are skipped.
     pub fn resolve(&self, model: &str, header: &dyn Fn(&HeaderName) -> Option<String>) -> Option<Plan> {
-        for (i, r) in self.routes.iter().enumerate() {
-            if let Some(g) = &r.glob {
-                if !g.is_match(model) {
-                    continue;
+        // One pass of the compiled glob set finds every glob that matches;
+        // then the first rule in order whose glob (if any) is among them and
+        // whose header (if any) matches wins.
+        let mut hits = Vec::new();
+        self.route_globs.matches_into(model, &mut hits);
+        hits.sort_unstable();
+        let rule = self.routes.iter().position(|r| {
+            let glob_ok = r.glob_slot.is_none_or(|slot| hits.binary_search(&slot).is_ok());
+            glob_ok
+                && r.header
+                    .as_ref()
+                    .is_none_or(|(name, want)| header(name).as_deref() == Some(want.as_str()))
+        });
+        let (mut candidates, reason) = match rule {
+            Some(i) => {
+                let r = &self.routes[i];
+                let mut c = Vec::with_capacity(1 + r.fallbacks.len());
+                let primary = std::iter::once((&r.provider, &r.model));
+                for (p, m) in primary.chain(r.fallbacks.iter().map(|(p, m)| (p, m))) {
+                    if p.enabled {
+                        c.push(Candidate {
+                            provider: p.clone(),
+                            rename: m.clone(),
+                        });
+                    }
                 }
+                (c, r.description.clone())
             }
-            if let Some((name, want)) = &r.header {
-                if header(name).as_deref() != Some(want.as_str()) {
-                    continue;
-                }
-            }
-            let mut candidates = Vec::with_capacity(1 + r.fallbacks.len());
-            let primary = std::iter::once((&r.provider, &r.model));
-            for (p, m) in primary.chain(r.fallbacks.iter().map(|(p, m)| (p, m))) {
-                if p.enabled {
-                    candidates.push(Candidate {
+            None => {
+                let p = self.default_provider.as_ref()?;
+                let c = if p.enabled {
+                    vec![Candidate {
                         provider: p.clone(),
-                        rename: m.clone(),
-                    });
-                }
+                        rename: None,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                (c, Arc::from("default_provider"))
             }
-            let reason = match (&r.glob_text, &r.header) {
-                (Some(g), None) => format!("routes[{i}] (match `{g}`)"),
-                (None, Some((n, v))) => format!("routes[{i}] (header {n}: {v})"),
-                (Some(g), Some((n, v))) => format!("routes[{i}] (match `{g}`, header {n}: {v})"),
-                (None, None) => format!("routes[{i}] (matches everything)"),
-            };
-            return Some(Plan { candidates, reason });
-        }
-        let p = self.default_provider.as_ref()?;
-        Some(Plan {
-            candidates: if p.enabled {
-                vec![Candidate {
+        };
+        // Providers that declare the model in `models` can serve it too:
+        // they follow the route's own candidates, lowest `priority` first.
+        for p in self.serving.get(model).into_iter().flatten() {
+            if !candidates.iter().any(|c| Arc::ptr_eq(&c.provider, p)) {
+                candidates.push(Candidate {
                     provider: p.clone(),
                     rename: None,
-                }]
-            } else {
-                Vec::new()
-            },
-            reason: "default_provider".into(),
-        })
+                });
+            }
+        }
+        Some(Plan { candidates, reason })
+    }
+
+    /// True when `model` is configured verbatim: a route's literal `match`,
+    /// or a provider's `models` entry. Such ids are never reinterpreted
+    /// (e.g. an alias that happens to end in `-fast`).
+    pub fn is_literal_model(&self, model: &str) -> bool {
+        self.serving.contains_key(model) || self.routes.iter().any(|r| r.glob_text.as_deref() == Some(model))
+    }
+
+    /// Why each rule does or does not match, in order, for `route resolve`.
+    /// `Ok(description)` for a match, `Err(reason)` otherwise.
+    pub fn explain(&self, model: &str, header: &dyn Fn(&HeaderName) -> Option<String>) -> Vec<Result<String, String>> {
+        self.routes
+            .iter()
+            .map(|r| route_verdict(r, model, header).map(|()| r.description.to_string()))
+            .collect()
     }
 
     /// `true` when gateway keys are configured (otherwise passthrough-auth).
@@ -707,13 +793,31 @@ mod tests {
         assert_eq!(plan.candidates[2].rename.as_deref(), Some("x"));
         let plan = s.resolve("claude-opus-4-8", &none).unwrap();
         assert_eq!(plan.candidates[0].provider.name, "a");
-        assert_eq!(plan.reason, "default_provider");
+        assert_eq!(&*plan.reason, "default_provider");
         let cheap = |n: &HeaderName| (n.as_str() == "x-org-route").then(|| "cheap".to_string());
         assert_eq!(
             s.resolve("claude-opus-4-8", &cheap).unwrap().candidates[0]
                 .provider
                 .name,
             "b"
+        );
+    }
+
+    #[test]
+    fn providers_listing_the_model_follow_by_priority_and_rules_explain_themselves() {
+        let s = snap(
+            "default_provider: a\nproviders:\n  a: {type: anthropic, models: [m1]}\n  b: {type: anthropic, models: [m1], priority: 5}\n  c: {type: anthropic, models: [m1], priority: 1}\n  d: {type: anthropic, models: [m1], enabled: false}\nroutes:\n  - {match: 'x-*', provider: b}\n  - {header: {name: x-org-route, value: cheap}, provider: c}\n",
+        )
+        .unwrap();
+        let none = |_: &HeaderName| None;
+        let names = |p: Plan| p.candidates.iter().map(|c| c.provider.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(s.resolve("m1", &none).unwrap()), ["a", "c", "b"]);
+        assert_eq!(names(s.resolve("x-1", &none).unwrap()), ["b"]);
+        let why = s.explain("m1", &none);
+        assert!(why[0].as_ref().unwrap_err().contains("does not match `x-*`"), "{why:?}");
+        assert!(
+            why[1].as_ref().unwrap_err().contains("x-org-route is absent"),
+            "{why:?}"
         );
     }
 

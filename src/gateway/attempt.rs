@@ -51,6 +51,7 @@ pub fn anthropic_head(
     caller: &Caller,
     provider: &Provider,
     credential: Option<&crate::secret::Secret>,
+    beta: Option<&str>,
     body_len: usize,
 ) -> Result<RequestHeader, GatewayError> {
     let auth = match (credential, caller) {
@@ -58,7 +59,10 @@ pub fn anthropic_head(
         (None, Caller::Passthrough) => UpstreamAuth::ClientCredential,
         (None, Caller::Key(_)) => UpstreamAuth::None,
     };
-    let headers = anthropic::forward_request_headers(out.headers, auth, &provider.headers);
+    let mut headers = anthropic::forward_request_headers(out.headers, auth, &provider.headers);
+    if let Some(beta) = beta {
+        anthropic::add_beta(&mut headers, beta);
+    }
     let path = provider.base.join(out.path);
     let target = match out.query {
         Some(q) => format!("{path}?{q}"),
@@ -193,6 +197,8 @@ pub fn upstream_error(provider: &str, e: UpstreamError, snap: &Snapshot) -> Gate
 pub enum Prepared {
     Anthropic {
         body: Bytes,
+        /// A beta to add to `anthropic-beta` (fast mode), if not already there.
+        beta: Option<&'static str>,
     },
     OpenAi {
         flavor: Flavor,
@@ -205,7 +211,7 @@ pub enum Prepared {
 impl Prepared {
     fn body(&self) -> Bytes {
         match self {
-            Prepared::Anthropic { body } | Prepared::OpenAi { body, .. } => body.clone(),
+            Prepared::Anthropic { body, .. } | Prepared::OpenAi { body, .. } => body.clone(),
         }
     }
 }
@@ -321,9 +327,14 @@ pub async fn run<'u>(
             slot @ None => slot.insert((job.prepare)(candidate)?),
         };
         let head = match prep {
-            Prepared::Anthropic { body } => {
-                anthropic_head(&job.out, job.caller, provider, account.credential.as_ref(), body.len())?
-            }
+            Prepared::Anthropic { body, beta } => anthropic_head(
+                &job.out,
+                job.caller,
+                provider,
+                account.credential.as_ref(),
+                *beta,
+                body.len(),
+            )?,
             Prepared::OpenAi {
                 flavor,
                 upstream_model,
@@ -356,9 +367,10 @@ pub async fn run<'u>(
                         exchange,
                         provider: provider.clone(),
                         account: account.label.clone(),
-                        prepared: prepared[target.candidate]
-                            .take()
-                            .unwrap_or(Prepared::Anthropic { body: Bytes::new() }),
+                        prepared: prepared[target.candidate].take().unwrap_or(Prepared::Anthropic {
+                            body: Bytes::new(),
+                            beta: None,
+                        }),
                         attempts: attempt + 1,
                     });
                 }
@@ -384,9 +396,10 @@ pub async fn run<'u>(
                 exchange,
                 provider: provider.clone(),
                 account: account.label.clone(),
-                prepared: prepared[target.candidate]
-                    .take()
-                    .unwrap_or(Prepared::Anthropic { body: Bytes::new() }),
+                prepared: prepared[target.candidate].take().unwrap_or(Prepared::Anthropic {
+                    body: Bytes::new(),
+                    beta: None,
+                }),
                 attempts: attempt + 1,
             });
         }

@@ -37,7 +37,7 @@ use pingora::proxy::{ProxyHttp, Session};
 
 use crate::config::snapshot::{Candidate, Dialect, Plan};
 use crate::config::{ConfigStore, ProviderKind, Snapshot};
-use crate::dialects::anthropic::MessagesRequest;
+use crate::dialects::anthropic::{supports_fast_mode, MessagesRequest, SpeedEdit, FAST_MODE_BETA};
 use crate::dialects::openai::request::{translate_request, RequestOptions};
 use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
 use crate::error::GatewayError;
@@ -242,9 +242,16 @@ impl Gateway {
                 )));
             }
         }
+        // `claude-opus-4-6-fast` means the base model in fast mode, unless
+        // that id is configured verbatim.
+        let (routing_model, fast_suffix) = match request.model.strip_suffix("-fast") {
+            Some(base) if !snap.is_literal_model(&request.model) => (base.to_string(), true),
+            _ => (request.model.clone(), false),
+        };
+        let wants_fast = request.speed_fast || fast_suffix;
         let headers = &session.req_header().headers;
         let plan = snap
-            .resolve(&request.model, &|name| {
+            .resolve(&routing_model, &|name| {
                 headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
             })
             .ok_or_else(|| GatewayError::NotFound(format!("model: no route serves `{}`", request.model)))?;
@@ -259,7 +266,7 @@ impl Gateway {
             let first = &plan.candidates[0];
             if let Dialect::OpenAi(flavor) = first.provider.kind.dialect() {
                 ctx.provider = Some(first.provider.name.clone());
-                let upstream_model = first.rename.as_deref().unwrap_or(&request.model);
+                let upstream_model = first.rename.as_deref().unwrap_or(&routing_model);
                 let translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
                     .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                 return count_tokens_locally(session, ctx, translated.body, upstream_model).await;
@@ -269,11 +276,24 @@ impl Gateway {
         let request = &request;
         let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
             match c.provider.kind.dialect() {
-                Dialect::Anthropic => Ok(Prepared::Anthropic {
-                    body: request.body_with_model(c.rename.as_deref()),
-                }),
+                Dialect::Anthropic => {
+                    let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
+                    // Fast mode where the model has it (with its beta);
+                    // elsewhere `speed` is dropped and the request runs at
+                    // standard speed.
+                    let fast = wants_fast && supports_fast_mode(upstream_model);
+                    let speed = match (wants_fast, fast, request.speed_fast) {
+                        (true, true, false) => SpeedEdit::Insert,
+                        (true, false, true) => SpeedEdit::Remove,
+                        _ => SpeedEdit::Keep,
+                    };
+                    Ok(Prepared::Anthropic {
+                        body: request.upstream_body(Some(upstream_model), speed),
+                        beta: fast.then_some(FAST_MODE_BETA),
+                    })
+                }
                 Dialect::OpenAi(flavor) => {
-                    let upstream_model = c.rename.as_deref().unwrap_or(&request.model);
+                    let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
                     let mut translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
                         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                     for note in &translated.notes {
@@ -378,7 +398,12 @@ impl Gateway {
             }],
             reason: "passthrough_mode".into(),
         };
-        let prepare = move |_: &Candidate| Ok(Prepared::Anthropic { body: body.clone() });
+        let prepare = move |_: &Candidate| {
+            Ok(Prepared::Anthropic {
+                body: body.clone(),
+                beta: None,
+            })
+        };
         self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "")
             .await
     }

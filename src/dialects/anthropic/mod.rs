@@ -36,8 +36,14 @@ pub struct MessagesRequest {
     pub body: Bytes,
     pub model: String,
     pub stream: bool,
+    /// `speed: "fast"` was asked for (fast mode).
+    pub speed_fast: bool,
     /// Byte range of the `model` value (including its quotes) within `body`.
     model_span: Range<usize>,
+    /// Byte range of the whole `"speed": …` member, with one adjoining comma.
+    speed_member: Option<Range<usize>>,
+    /// Just after the body's opening `{`.
+    object_start: usize,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +52,49 @@ struct View<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default, borrow)]
+    speed: Option<&'a RawValue>,
+}
+
+/// The fast-mode beta (`protocol.md` §2.1) and the models that support it
+/// (capability data: Claude Opus 4.6 and 4.7, any dated snapshot).
+pub const FAST_MODE_BETA: &str = "fast-mode-2026-02-01";
+const FAST_MODE_MODELS: &[&str] = &["claude-opus-4-6", "claude-opus-4-7"];
+
+pub fn supports_fast_mode(model: &str) -> bool {
+    FAST_MODE_MODELS
+        .iter()
+        .any(|m| model == *m || model.starts_with(&format!("{m}-")))
+}
+
+/// What to do with `speed` on the way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeedEdit {
+    /// Leave the body's `speed` as the client sent it (or absent).
+    Keep,
+    /// Add `"speed":"fast"` (the client asked via a `-fast` model id).
+    Insert,
+    /// Remove `speed`: the target does not support fast mode.
+    Remove,
+}
+
+/// The member `"key": value` around a value at `value`, plus one comma, so
+/// removing the range leaves valid JSON.
+fn member_span(text: &str, value: Range<usize>) -> Option<Range<usize>> {
+    let before = text[..value.start].trim_end();
+    let before = before.strip_suffix(':')?.trim_end();
+    let key_start = before.rfind('"').and_then(|close| before[..close].rfind('"'))?;
+    let head = text[..key_start].trim_end();
+    if head.ends_with(',') {
+        return Some(head.len() - 1..value.end);
+    }
+    // First member: take the comma after it instead.
+    let rest = &text[value.end..];
+    let after = rest.len() - rest.trim_start().len();
+    match rest.trim_start().strip_prefix(',') {
+        Some(_) => Some(key_start..value.end + after + 1),
+        None => Some(key_start..value.end),
+    }
 }
 
 impl MessagesRequest {
@@ -68,30 +117,60 @@ impl MessagesRequest {
             return Err(ParseError::EmptyModel);
         }
         // `raw` borrows from `text`, so its offset in the body is pointer arithmetic.
-        let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        let offset = |r: &RawValue| r.get().as_ptr() as usize - text.as_ptr() as usize;
+        let start = offset(raw);
         let model_span = start..start + raw.get().len();
+        let speed_fast = view.speed.is_some_and(|v| v.get() == "\"fast\"");
+        let speed_member = view
+            .speed
+            .and_then(|v| member_span(text, offset(v)..offset(v) + v.get().len()));
+        let object_start = text.len() - trimmed.len() + 1;
         Ok(MessagesRequest {
             model,
             stream: view.stream.unwrap_or(false),
+            speed_fast,
             model_span,
+            speed_member,
+            object_start,
             body,
         })
+    }
+
+    /// The body to send upstream: the client's bytes with at most two
+    /// splices — the model string replaced (`rename`), and `speed` added or
+    /// removed — and nothing else touched.
+    pub fn upstream_body(&self, rename: Option<&str>, speed: SpeedEdit) -> Bytes {
+        let quoted = rename
+            .filter(|r| *r != self.model)
+            .map(|r| serde_json::to_string(r).unwrap_or_default());
+        let mut edits: Vec<(Range<usize>, &[u8])> = Vec::with_capacity(2);
+        if let Some(q) = &quoted {
+            edits.push((self.model_span.clone(), q.as_bytes()));
+        }
+        match (speed, &self.speed_member) {
+            (SpeedEdit::Remove, Some(span)) => edits.push((span.clone(), b"")),
+            (SpeedEdit::Insert, None) => edits.push((self.object_start..self.object_start, b"\"speed\":\"fast\",")),
+            _ => {}
+        }
+        if edits.is_empty() {
+            return self.body.clone();
+        }
+        edits.sort_by_key(|(r, _)| r.start);
+        let mut out = BytesMut::with_capacity(self.body.len() + 32);
+        let mut at = 0;
+        for (range, with) in edits {
+            out.extend_from_slice(&self.body[at..range.start]);
+            out.extend_from_slice(with);
+            at = range.end;
+        }
+        out.extend_from_slice(&self.body[at..]);
+        out.freeze()
     }
 
     /// The body to send upstream: the client's bytes, with only the model
     /// string replaced when `rename` differs from the requested model.
     pub fn body_with_model(&self, rename: Option<&str>) -> Bytes {
-        match rename {
-            Some(new) if new != self.model => {
-                let quoted = serde_json::to_string(new).unwrap_or_default();
-                let mut out = BytesMut::with_capacity(self.body.len() + quoted.len());
-                out.extend_from_slice(&self.body[..self.model_span.start]);
-                out.extend_from_slice(quoted.as_bytes());
-                out.extend_from_slice(&self.body[self.model_span.end..]);
-                out.freeze()
-            }
-            _ => self.body.clone(),
-        }
+        self.upstream_body(rename, SpeedEdit::Keep)
     }
 }
 
@@ -168,6 +247,33 @@ pub fn forward_request_headers(
     out
 }
 
+/// Make sure `beta` is among the `anthropic-beta` values, appending it to
+/// the last such header (or adding one) when it is missing.
+pub fn add_beta(headers: &mut Vec<(HeaderName, HeaderValue)>, beta: &str) {
+    const NAME: &str = "anthropic-beta";
+    let present = headers
+        .iter()
+        .filter(|(n, _)| n.as_str() == NAME)
+        .filter_map(|(_, v)| v.to_str().ok())
+        .any(|v| v.split(',').any(|b| b.trim() == beta));
+    if present {
+        return;
+    }
+    match headers.iter_mut().rev().find(|(n, _)| n.as_str() == NAME) {
+        Some((_, v)) => {
+            let joined = format!("{},{beta}", v.to_str().unwrap_or_default());
+            if let Ok(new) = HeaderValue::from_str(&joined) {
+                *v = new;
+            }
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(beta) {
+                headers.push((HeaderName::from_static(NAME), v));
+            }
+        }
+    }
+}
+
 /// Client credential headers (a gateway key, or a token bound for Anthropic).
 pub fn is_credential(name: &HeaderName) -> bool {
     name == header::AUTHORIZATION || name.as_str() == "x-api-key"
@@ -189,6 +295,32 @@ mod tests {
             &r.body_with_model(Some("gpt-\"4o\""))[..],
             &br#"{"max_tokens":5, "model" : "gpt-\"4o\"" ,"stream":true,"messages":[]}"#[..]
         );
+    }
+
+    #[test]
+    fn speed_is_added_or_removed_by_splicing() {
+        let parse = |s: &'static str| MessagesRequest::parse(Bytes::from_static(s.as_bytes())).unwrap();
+        let r = parse(r#"{"model":"claude-opus-4-6","speed":"fast","max_tokens":1}"#);
+        assert!(r.speed_fast);
+        assert_eq!(
+            &r.upstream_body(None, SpeedEdit::Remove)[..],
+            br#"{"model":"claude-opus-4-6","max_tokens":1}"#
+        );
+        let r = parse(r#"{ "speed" : "fast" , "model":"m"}"#);
+        assert_eq!(
+            &r.upstream_body(Some("x"), SpeedEdit::Remove)[..],
+            br#"{  "model":"x"}"#
+        );
+        let r = parse(r#"{"model":"claude-opus-4-6-fast","max_tokens":1}"#);
+        let out = r.upstream_body(Some("claude-opus-4-6"), SpeedEdit::Insert);
+        assert_eq!(
+            &out[..],
+            br#"{"speed":"fast","model":"claude-opus-4-6","max_tokens":1}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["speed"], "fast");
+        assert!(supports_fast_mode("claude-opus-4-6") && supports_fast_mode("claude-opus-4-7-20260301"));
+        assert!(!supports_fast_mode("claude-opus-4-8") && !supports_fast_mode("claude-opus-4-60"));
     }
 
     #[test]

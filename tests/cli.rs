@@ -1,0 +1,78 @@
+//! Command-line behaviour that reads the config file only.
+
+use std::process::Command;
+
+fn run(args: &[&str], yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modelgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(args)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const CONFIG: &str = "default_provider: anthropic
+providers:
+  anthropic: {type: anthropic, api_key: sk-a, models: [claude-opus-4-8]}
+  backup: {type: anthropic, api_key: sk-b, models: [claude-opus-4-8], priority: 5}
+  oai:
+    type: openai
+    keys: [{api_key: k1, weight: 3}, {api_key: k2}]
+routes:
+  - {match: 'claude-haiku-*', provider: oai, model: gpt-4o-mini, fallbacks: [{provider: anthropic, model: claude-haiku-4-5}]}
+  - {header: {name: x-org-route, value: cheap}, provider: oai, model: gpt-4o-mini}
+";
+
+#[test]
+fn route_resolve_prints_the_plan_and_why() {
+    let (ok, out) = run(&["route", "resolve", "--model", "claude-haiku-4-5-20251001"], CONFIG);
+    assert!(ok, "{out}");
+    assert!(out.contains("routes[0] (match `claude-haiku-*`): matches"), "{out}");
+    assert!(
+        out.contains("1. oai [openai] model `gpt-4o-mini`; accounts: oai#1 (weight 3), oai#2 (weight 1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2. anthropic [anthropic] model `claude-haiku-4-5`"),
+        "{out}"
+    );
+    assert!(!out.contains("k1") && !out.contains("sk-a"), "no secrets: {out}");
+
+    let (ok, out) = run(&["route", "resolve", "--model", "claude-opus-4-8"], CONFIG);
+    assert!(ok, "{out}");
+    assert!(out.contains("does not match `claude-haiku-*`"), "{out}");
+    assert!(out.contains("header x-org-route is absent"), "{out}");
+    assert!(out.contains("plan (default_provider)"), "{out}");
+    assert!(
+        out.contains("2. backup [anthropic]"),
+        "providers listing the model follow: {out}"
+    );
+
+    let (ok, out) = run(
+        &["route", "test", "--model", "x", "--header", "x-org-route: cheap"],
+        CONFIG,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("routes[1] (header x-org-route: cheap): matches") && out.trim_end().ends_with("ok"),
+        "{out}"
+    );
+
+    let (ok, out) = run(&["route", "list"], CONFIG);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "routes[0]  match `claude-haiku-*`  →  oai as `gpt-4o-mini`, then anthropic as `claude-haiku-4-5`"
+        ),
+        "{out}"
+    );
+}

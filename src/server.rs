@@ -15,6 +15,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::config::{ConfigStore, Snapshot};
+use crate::gateway::health_check::ActiveHealth;
 use crate::gateway::{local::Counters, Gateway, Role, Shared};
 use crate::upstream::Upstreams;
 
@@ -89,6 +90,10 @@ pub fn run(snapshot: Snapshot, config_path: PathBuf, opts: ServeOptions) {
     );
     main.add_tcp(&listen.to_string());
     server.add_service(main);
+    server.add_service(pingora::services::background::background_service(
+        "health checks",
+        ActiveHealth { shared: shared.clone() },
+    ));
     if let Some(admin) = admin_listen {
         let mut svc = http_proxy_service_with_name(
             &conf,

@@ -295,3 +295,48 @@ async fn fast_mode_is_added_where_supported_and_dropped_elsewhere() {
     );
     assert_eq!(got[2].header_all("anthropic-beta"), ["fast-mode-2026-02-01"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_health_check_opens_the_circuit_before_any_request() {
+    let a = MockUpstream::start().await;
+    let b = MockUpstream::start().await;
+    a.set_default(Reply::error(503, "api_error", "down for maintenance"));
+    b.set_default(Reply::message("claude-opus-4-8", "from backup"));
+    let yaml = two_providers(&a.base_url(), &b.base_url(), "").replace(
+        "api_key: sk-primary}",
+        "api_key: sk-primary, health_check: {type: http, path: /v1/models, interval: 1s, expect_status: 200}}",
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let c = client();
+    let mut open = false;
+    for _ in 0..100 {
+        let s: Value = c.get(gw.url("/status")).send().await.unwrap().json().await.unwrap();
+        if s["circuits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["account"] == "primary" && c["state"] == "open")
+        {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(open, "the failed probe opened the circuit");
+    let probe = &a.requests()[0];
+    assert_eq!((probe.method.as_str(), probe.uri.as_str()), ("GET", "/v1/models"));
+    assert_eq!(probe.header("x-api-key").as_deref(), Some("sk-primary"));
+    for _ in 0..5 {
+        let r = c
+            .post(gw.url("/v1/messages"))
+            .body(r#"{"model":"claude-opus-4-8","max_tokens":1,"messages":[]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        a.requests().iter().all(|r| r.method == "GET"),
+        "no request traffic to an unhealthy provider"
+    );
+}

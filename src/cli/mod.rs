@@ -2,6 +2,7 @@
 //! a process exit code and prints errors a person can act on.
 
 mod config_cmd;
+mod health;
 mod route;
 mod serve;
 
@@ -32,6 +33,11 @@ pub enum Command {
         #[command(subcommand)]
         command: config_cmd::ConfigCommand,
     },
+    /// Ask a running gateway about upstream health.
+    Health {
+        #[command(subcommand)]
+        command: health::HealthCommand,
+    },
     /// Inspect routing: the rules, and the plan a model gets.
     Route {
         #[command(subcommand)]
@@ -45,6 +51,7 @@ pub fn run() -> i32 {
         Command::Serve(args) => serve::run(cli.config, args),
         Command::Config { command } => config_cmd::run(cli.config, command),
         Command::Route { command } => route::run(cli.config, command),
+        Command::Health { command } => health::run(cli.config, command),
     }
 }
 

@@ -245,7 +245,7 @@ pub struct HealthCheckConfig {
     pub expect_status: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     #[default]

@@ -23,6 +23,7 @@ pub mod attempt;
 pub mod auth;
 pub mod body;
 pub mod ctx;
+pub mod health_check;
 pub mod local;
 pub mod relay;
 pub mod respond;

@@ -136,6 +136,38 @@ impl Circuit {
         }
     }
 
+    /// An active health check failed: open the circuit now.
+    pub fn trip(&self, now: Instant) {
+        let mut c = self.lock();
+        if !matches!(c.state, State::Open { throttled: false, .. }) {
+            c.opened_total += 1;
+        }
+        c.state = State::Open {
+            until: now + OPEN_FOR,
+            throttled: false,
+        };
+        c.recent = 0;
+        c.samples = 0;
+    }
+
+    /// An active health check passed: an open circuit may probe at once
+    /// instead of waiting out its cool-down. A 429 cool-down is kept.
+    pub fn reachable(&self, now: Instant) {
+        let mut c = self.lock();
+        if let State::Open {
+            until,
+            throttled: false,
+        } = c.state
+        {
+            if until > now {
+                c.state = State::Open {
+                    until: now,
+                    throttled: false,
+                };
+            }
+        }
+    }
+
     /// A 429: keep the account out until `until`, without counting a failure.
     pub fn throttled(&self, until: Instant) {
         let mut c = self.lock();

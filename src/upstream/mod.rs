@@ -136,6 +136,16 @@ impl Upstreams {
         Ok(peer)
     }
 
+    /// Open (and drop) a connection to `base`, TLS handshake included: the
+    /// `tcp` health check.
+    pub async fn probe_connect(&self, base: &UpstreamBase, limits: Limits) -> Result<(), String> {
+        let peer = self.peer(base, limits).await.map_err(|e| e.to_string())?;
+        match self.plain.new_stream(&peer).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
     /// Send `header` + `body` and wait for the response header. A pooled
     /// connection that turns out to be dead before answering is retried once
     /// on a fresh one: the request never reached the provider's application.

@@ -298,11 +298,13 @@ pub async fn run<'u>(
                 }
                 tokio::time::sleep(wait).await;
                 waited += wait;
-                // The cool-down is over; take the slot (it may be the probe).
+                // The cool-down is over; take the slot (it may be the
+                // half-open probe). Someone else may have taken it first.
                 let c = &plan.candidates[t.candidate];
-                let _ = health
-                    .circuit(&c.provider.name, &c.provider.accounts[t.account].label)
-                    .admit(Instant::now());
+                let circuit = health.circuit(&c.provider.name, &c.provider.accounts[t.account].label);
+                if let Admission::Blocked(_) = circuit.admit(Instant::now()) {
+                    continue;
+                }
                 t
             }
             Pick::Nothing => break,
@@ -391,7 +393,9 @@ pub async fn run<'u>(
             }
         }
         if !RETRYABLE.contains(&status) {
-            // The client's own error (or one no other upstream would fix): final.
+            // The client's own error (or one no other upstream would fix):
+            // final. The account answered, so it counts as healthy.
+            circuit.success();
             return Ok(Committed {
                 exchange,
                 provider: provider.clone(),

@@ -14,7 +14,7 @@ use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
-use crate::config::{ConfigStore, Snapshot};
+use crate::config::{Config, ConfigStore, Snapshot};
 use crate::gateway::health_check::ActiveHealth;
 use crate::gateway::{local::Counters, Gateway, Role, Shared};
 use crate::upstream::Upstreams;
@@ -54,7 +54,12 @@ pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
 }
 
 /// Build and run the server; returns only if Pingora does (it normally exits the process).
-pub fn run(snapshot: Snapshot, config_path: PathBuf, opts: ServeOptions) {
+pub fn run(
+    snapshot: Snapshot,
+    config_path: PathBuf,
+    overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
+    opts: ServeOptions,
+) {
     let conf = server_conf(&snapshot, opts.daemon);
     let listen = snapshot.listen;
     let admin_listen = snapshot.admin_listen;
@@ -73,7 +78,7 @@ pub fn run(snapshot: Snapshot, config_path: PathBuf, opts: ServeOptions) {
     server.bootstrap();
 
     let shared = Arc::new(Shared {
-        config: Arc::new(ConfigStore::new(snapshot, config_path)),
+        config: Arc::new(ConfigStore::new(snapshot, config_path, overrides)),
         upstreams: Upstreams::new(connector_opts),
         health: Default::default(),
         started: Instant::now(),
@@ -90,6 +95,12 @@ pub fn run(snapshot: Snapshot, config_path: PathBuf, opts: ServeOptions) {
     );
     main.add_tcp(&listen.to_string());
     server.add_service(main);
+    server.add_service(pingora::services::background::background_service(
+        "config reload",
+        ReloadTriggers {
+            store: shared.config.clone(),
+        },
+    ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
         ActiveHealth { shared: shared.clone() },
@@ -112,4 +123,75 @@ pub fn run(snapshot: Snapshot, config_path: PathBuf, opts: ServeOptions) {
         admin_listen.map(|a| format!(", admin on {a}")).unwrap_or_default()
     );
     server.run_forever();
+}
+
+/// Reload triggers: SIGHUP, and changes to the config file (debounced:
+/// editors write a file in several steps). The reload itself runs on a
+/// blocking thread, never on a request worker.
+struct ReloadTriggers {
+    store: Arc<ConfigStore>,
+}
+
+/// Quiet time after the last file event before reloading.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for ReloadTriggers {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload by file change only: {e}");
+                None
+            }
+        };
+        let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(8);
+        let _watcher = watch_file(self.store.path(), tx);
+        loop {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = hup => log::info!("SIGHUP: reloading {}", self.store.path().display()),
+                Some(()) = changed.recv() => {
+                    // Let a burst of writes settle, then reload once.
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
+                    log::info!("{} changed: reloading", self.store.path().display());
+                }
+            }
+            let store = self.store.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || store.reload()).await {
+                log::error!("config reload task failed: {e}");
+            }
+        }
+    }
+}
+
+/// Watch the config file's directory (editors replace files by rename) and
+/// signal changes to that file. `None` if the platform watcher is unavailable.
+fn watch_file(path: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = absolute.parent()?.to_path_buf();
+    let name = absolute.file_name()?.to_os_string();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+            if ours && (event.kind.is_modify() || event.kind.is_create()) {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| log::warn!("config file watch unavailable: {e}"))
+    .ok()?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| log::warn!("cannot watch {}: {e}", dir.display()))
+        .ok()?;
+    Some(watcher)
 }

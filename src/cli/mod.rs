@@ -61,7 +61,7 @@ pub(crate) fn config_path(explicit: Option<PathBuf>) -> PathBuf {
 
 /// Load and compile a config with the process environment, applying `tweak`
 /// (command-line overrides) between parsing and validation.
-pub(crate) fn load_snapshot(path: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Result<Snapshot, ConfigError> {
+pub(crate) fn load_snapshot(path: &std::path::Path, tweak: impl Fn(&mut Config)) -> Result<Snapshot, ConfigError> {
     let mut config = load_file(path)?;
     tweak(&mut config);
     Snapshot::build(config, &|name| std::env::var(name).ok())

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::config::schema::{Dur, LogFormat};
+use crate::config::Config;
 use crate::server::{self, ServeOptions};
 
 #[derive(Args, Debug)]
@@ -44,27 +45,38 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 pub fn run(config: Option<PathBuf>, args: ServeArgs) -> i32 {
     let path = super::config_path(config);
-    let snapshot = super::load_snapshot(&path, |c| {
-        if let Some(l) = &args.listen {
+    let ServeArgs {
+        listen,
+        upgrade,
+        daemon,
+        response_cache,
+        token_count_cache,
+        max_retries,
+        timeout,
+        log_format,
+    } = args;
+    // Command-line overrides win over the file, at start and on every reload.
+    let overrides = move |c: &mut Config| {
+        if let Some(l) = &listen {
             c.listen = l.clone();
         }
-        if args.response_cache {
+        if response_cache {
             c.cache.response.enabled = true;
         }
-        if args.token_count_cache {
+        if token_count_cache {
             c.cache.token_count.enabled = true;
         }
-        if let Some(n) = args.max_retries {
+        if let Some(n) = max_retries {
             c.max_retries = n;
         }
-        if let Some(t) = args.timeout {
+        if let Some(t) = timeout {
             c.timeout = Dur(t);
         }
-        if let Some(f) = args.log_format {
+        if let Some(f) = log_format {
             c.log_format = f;
         }
-    });
-    let snapshot = match snapshot {
+    };
+    let snapshot = match super::load_snapshot(&path, overrides.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("modelgate: {}: {e}", path.display());
@@ -72,13 +84,6 @@ pub fn run(config: Option<PathBuf>, args: ServeArgs) -> i32 {
         }
     };
     crate::logging::init(snapshot.config.log_level, snapshot.config.log_format);
-    server::run(
-        snapshot,
-        path,
-        ServeOptions {
-            upgrade: args.upgrade,
-            daemon: args.daemon,
-        },
-    );
+    server::run(snapshot, path, Box::new(overrides), ServeOptions { upgrade, daemon });
     0
 }

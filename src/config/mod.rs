@@ -7,6 +7,7 @@
 //! in a [`ConfigStore`]; a request takes one `Arc<Snapshot>` at its start.
 
 pub mod load;
+pub mod reload;
 pub mod schema;
 pub mod snapshot;
 
@@ -43,17 +44,49 @@ impl ConfigError {
     }
 }
 
-/// The live configuration: one atomically swappable snapshot plus where it came from.
+/// The live configuration: one atomically swappable snapshot, where it came
+/// from, how to rebuild it, and how the last reloads went.
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
     path: PathBuf,
+    /// Command-line overrides, applied again on every reload.
+    overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
+    /// What the process was started with and a reload cannot change.
+    boot: Fixed,
+    status: std::sync::Mutex<reload::ReloadStatus>,
+}
+
+/// Settings bound to the running process (listeners, threads, sockets):
+/// they change only through a restart or a graceful upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fixed {
+    pub listen: std::net::SocketAddr,
+    pub admin_listen: Option<std::net::SocketAddr>,
+    pub threads: Option<usize>,
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+}
+
+impl Fixed {
+    pub fn of(s: &Snapshot) -> Fixed {
+        Fixed {
+            listen: s.listen,
+            admin_listen: s.admin_listen,
+            threads: s.config.threads,
+            upgrade_sock: s.config.upgrade_sock.clone(),
+            pid_file: s.config.pid_file.clone(),
+        }
+    }
 }
 
 impl ConfigStore {
-    pub fn new(snapshot: Snapshot, path: PathBuf) -> Self {
+    pub fn new(snapshot: Snapshot, path: PathBuf, overrides: Box<dyn Fn(&mut Config) + Send + Sync>) -> Self {
         ConfigStore {
+            boot: Fixed::of(&snapshot),
             current: ArcSwap::from_pointee(snapshot),
             path,
+            overrides,
+            status: Default::default(),
         }
     }
 
@@ -66,7 +99,7 @@ impl ConfigStore {
         &self.path
     }
 
-    pub fn replace(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+    pub fn reload_status(&self) -> reload::ReloadStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -25,11 +25,13 @@ pub struct Counters {
 
 pub fn status(
     snap: &Snapshot,
+    store: &crate::config::ConfigStore,
     started: Instant,
     counters: &Counters,
     health: &crate::upstream::health::Registry,
 ) -> Vec<u8> {
     use std::sync::atomic::Ordering::Relaxed;
+    let reloads = store.reload_status();
     let providers: Vec<Value> = snap
         .providers
         .values()
@@ -76,6 +78,13 @@ pub fn status(
             "version": snap.version,
             "loaded_at_unix": loaded,
             "warnings": snap.warnings,
+            "path": store.path().display().to_string(),
+            "reloads": {
+                "succeeded": reloads.succeeded,
+                "failed": reloads.failed,
+                "last_error": reloads.last_error,
+                "restart_required": reloads.restart_required,
+            },
         },
         "auth_mode": if snap.keys_enabled() { "gateway_keys" } else { "passthrough" },
         "providers": providers,

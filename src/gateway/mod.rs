@@ -184,7 +184,13 @@ impl Gateway {
                 if self.role == Role::Main {
                     auth::authorize_admin(snap, &session.req_header().headers)?;
                 }
-                let body = local::status(snap, self.shared.started, &self.shared.counters, &self.shared.health);
+                let body = local::status(
+                    snap,
+                    &self.shared.config,
+                    self.shared.started,
+                    &self.shared.counters,
+                    &self.shared.health,
+                );
                 respond::json(session, ctx, 200, body, &[]).await;
             }
             Endpoint::Models => {

@@ -1,0 +1,104 @@
+//! Hot reload: rebuild the snapshot from the file and swap it in, or keep
+//! the running one and say why not.
+//!
+//! Triggers (SIGHUP, a debounced file watch) live with the server; this is
+//! the one routine they call. The new config is parsed, validated and
+//! compiled completely off the request path before one atomic pointer swap;
+//! requests already running keep the snapshot they started with, retries
+//! included. Routes, providers, keys, limits, budgets and pricing reload;
+//! listeners, thread counts and the upgrade/pid paths are bound to the
+//! process — a change there is reported as "restart required" and applied
+//! by a graceful upgrade (`serve -u`).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::{load, ConfigStore, Fixed, Snapshot};
+
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+    pub last_attempt: Option<SystemTime>,
+    /// Settings that differ from the running process's and need a restart.
+    pub restart_required: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Applied {
+        version: String,
+        took: std::time::Duration,
+    },
+    /// The file produced the same config as the running one.
+    Unchanged,
+    Rejected(String),
+}
+
+impl ConfigStore {
+    /// Re-read the file and swap the snapshot if it is valid and different.
+    pub fn reload(&self) -> Outcome {
+        let started = Instant::now();
+        let built = load::load_file(&self.path).and_then(|mut c| {
+            (self.overrides)(&mut c);
+            Snapshot::build(c, &|name| std::env::var(name).ok())
+        });
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_attempt = Some(SystemTime::now());
+        match built {
+            Err(e) => {
+                let msg = format!("{}: {e}", self.path.display());
+                log::error!(
+                    "config reload rejected, still serving version {}: {msg}",
+                    self.snapshot().version
+                );
+                status.failed += 1;
+                status.last_error = Some(msg.clone());
+                Outcome::Rejected(msg)
+            }
+            Ok(new) => {
+                status.last_error = None;
+                if new.version == self.snapshot().version {
+                    return Outcome::Unchanged;
+                }
+                status.restart_required = restart_required(&self.boot, &Fixed::of(&new));
+                for w in &new.warnings {
+                    log::warn!("config: {w}");
+                }
+                if !status.restart_required.is_empty() {
+                    log::warn!(
+                        "config changes {} only take effect after a restart or graceful upgrade (serve -u)",
+                        status.restart_required.join(", ")
+                    );
+                }
+                let version = new.version.clone();
+                self.current.store(Arc::new(new));
+                status.succeeded += 1;
+                let took = started.elapsed();
+                log::info!("config reloaded: version {version} in {took:?}");
+                Outcome::Applied { version, took }
+            }
+        }
+    }
+}
+
+fn restart_required(boot: &Fixed, new: &Fixed) -> Vec<String> {
+    let mut out = Vec::new();
+    if boot.listen != new.listen {
+        out.push("listen".to_string());
+    }
+    if boot.admin_listen != new.admin_listen {
+        out.push("admin_listen".to_string());
+    }
+    if boot.threads != new.threads {
+        out.push("threads".to_string());
+    }
+    if boot.upgrade_sock != new.upgrade_sock {
+        out.push("upgrade_sock".to_string());
+    }
+    if boot.pid_file != new.pid_file {
+        out.push("pid_file".to_string());
+    }
+    out
+}

@@ -81,6 +81,7 @@ pub fn run(
         config: Arc::new(ConfigStore::new(snapshot, config_path, overrides)),
         upstreams: Upstreams::new(connector_opts),
         health: Default::default(),
+        draining: Default::default(),
         started: Instant::now(),
         counters: Counters::default(),
     });
@@ -95,6 +96,13 @@ pub fn run(
     );
     main.add_tcp(&listen.to_string());
     server.add_service(main);
+    server.add_service(pingora::services::background::background_service(
+        "drain watch",
+        DrainWatch {
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            shared: shared.clone(),
+        },
+    ));
     server.add_service(pingora::services::background::background_service(
         "config reload",
         ReloadTriggers {
@@ -194,4 +202,37 @@ fn watch_file(path: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Opti
         .map_err(|e| log::warn!("cannot watch {}: {e}", dir.display()))
         .ok()?;
     Some(watcher)
+}
+
+/// Flags the process as draining as soon as Pingora starts a hand-over or a
+/// graceful stop, before it closes anything.
+struct DrainWatch {
+    phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for DrainWatch {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        use pingora::server::ExecutionPhase as P;
+        let Some(mut phases) = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                phase = phases.recv() => match phase {
+                    Ok(P::GracefulUpgradeTransferringFds | P::GracefulUpgradeCloseTimeout | P::GracefulTerminate | P::ShutdownStarted) => {
+                        log::info!("draining: responses now close their connections");
+                        self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
 }

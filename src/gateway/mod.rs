@@ -58,6 +58,10 @@ pub enum Role {
 
 /// Process-wide state shared by every request on every listener.
 pub struct Shared {
+    /// Set once this process is handing over (graceful upgrade) or
+    /// terminating: responses then carry `Connection: close`, so clients
+    /// move their keep-alive connections to the process that stays.
+    pub draining: std::sync::atomic::AtomicBool,
     pub config: Arc<ConfigStore>,
     pub upstreams: Upstreams,
     pub health: crate::upstream::health::Registry,
@@ -138,6 +142,9 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snap.clone());
         self.shared.counters.requests.fetch_add(1, Relaxed);
         self.shared.counters.in_flight.fetch_add(1, Relaxed);
+        if self.shared.draining.load(Relaxed) || session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
         if let Err(e) = self.handle(session, ctx, &snap).await {
             if matches!(
                 e,

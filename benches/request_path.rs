@@ -80,5 +80,25 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_and_splice, headers, routing);
+fn metrics(c: &mut Criterion) {
+    use modelgate::telemetry::{status_class, METRICS};
+    c.bench_function("metrics_record_one_request", |b| {
+        b.iter(|| {
+            let m = &*METRICS;
+            m.in_flight.inc();
+            m.attempts.with_label_values(&["anthropic", "ok"]).inc();
+            m.requests
+                .with_label_values(&["anthropic", "claude-opus-4-8", status_class(black_box(200)), "none"])
+                .inc();
+            m.duration.with_label_values(&["anthropic"]).observe(black_box(1.25));
+            m.ttft.with_label_values(&["anthropic"]).observe(black_box(0.4));
+            m.tokens
+                .with_label_values(&["anthropic", "output"])
+                .inc_by(black_box(120));
+            m.in_flight.dec();
+        })
+    });
+}
+
+criterion_group!(benches, parse_and_splice, headers, routing, metrics);
 criterion_main!(benches);

@@ -14,4 +14,5 @@ pub mod gateway;
 pub mod logging;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;

@@ -41,3 +41,8 @@ ensure_python_sdk() {
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 }
+
+# promtool (Debian package `prometheus`) lints the /metrics output in tests.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 || _apt_install prometheus
+}

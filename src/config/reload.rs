@@ -55,11 +55,16 @@ impl ConfigStore {
                 );
                 status.failed += 1;
                 status.last_error = Some(msg.clone());
+                crate::telemetry::METRICS.reloads.with_label_values(&["rejected"]).inc();
                 Outcome::Rejected(msg)
             }
             Ok(new) => {
                 status.last_error = None;
                 if new.version == self.snapshot().version {
+                    crate::telemetry::METRICS
+                        .reloads
+                        .with_label_values(&["unchanged"])
+                        .inc();
                     return Outcome::Unchanged;
                 }
                 status.restart_required = restart_required(&self.boot, &Fixed::of(&new));
@@ -75,6 +80,7 @@ impl ConfigStore {
                 let version = new.version.clone();
                 self.current.store(Arc::new(new));
                 status.succeeded += 1;
+                crate::telemetry::METRICS.reloads.with_label_values(&["applied"]).inc();
                 let took = started.elapsed();
                 log::info!("config reloaded: version {version} in {took:?}");
                 Outcome::Applied { version, took }

@@ -355,6 +355,12 @@ pub async fn run<'u>(
             Ok(x) => x,
             Err(e) => {
                 log::info!("attempt {} to `{}` failed: {e}", attempt + 1, account.label);
+                let outcome = match e {
+                    GatewayError::UpstreamUnreachable { .. } => "connect_error",
+                    GatewayError::UpstreamTimeout { .. } => "timeout",
+                    _ => "broken",
+                };
+                count(&provider.name, outcome);
                 circuit.failure(Instant::now());
                 last = Some(e.into());
                 continue;
@@ -364,6 +370,7 @@ pub async fn run<'u>(
         if status < 300 {
             match exchange.peek().await {
                 Ok(true) => {
+                    count(&provider.name, "ok");
                     circuit.success();
                     return Ok(Committed {
                         exchange,
@@ -377,6 +384,7 @@ pub async fn run<'u>(
                     });
                 }
                 Ok(false) | Err(_) => {
+                    count(&provider.name, "broken");
                     log::info!(
                         "attempt {} to `{}`: the response ended before its first byte",
                         attempt + 1,
@@ -395,6 +403,7 @@ pub async fn run<'u>(
         if !RETRYABLE.contains(&status) {
             // The client's own error (or one no other upstream would fix):
             // final. The account answered, so it counts as healthy.
+            count(&provider.name, "final_4xx");
             circuit.success();
             return Ok(Committed {
                 exchange,
@@ -408,6 +417,7 @@ pub async fn run<'u>(
             });
         }
         let now = Instant::now();
+        count(&provider.name, if status == 429 { "status_429" } else { "status_5xx" });
         if status == 429 {
             // The upstream's own `retry-after`; OpenAI's reset durations say
             // when a whole budget refills, too long for a cool-down.
@@ -477,6 +487,7 @@ fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(
                         })
                     }
                     Admission::Blocked(until) => {
+                        count(&c.provider.name, "circuit_open");
                         if earliest.as_ref().is_none_or(|(_, e)| until < *e) {
                             earliest = Some((
                                 Target {
@@ -495,4 +506,11 @@ fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(
         Some((t, until)) => Pick::Wait(t, until),
         None => Pick::Nothing,
     }
+}
+
+fn count(provider: &str, outcome: &str) {
+    crate::telemetry::METRICS
+        .attempts
+        .with_label_values(&[provider, outcome])
+        .inc();
 }

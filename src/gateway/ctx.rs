@@ -32,6 +32,10 @@ pub struct RequestCtx {
     pub upstream_request_id: Option<String>,
     /// Token usage, where the relay extracted it (translated routes).
     pub usage: Option<Usage>,
+    /// When the first response body byte went to the client.
+    pub first_byte_at: Option<Instant>,
+    /// Bounded metric label for the route: a configured model id, or the rule.
+    pub route_label: Option<std::sync::Arc<str>>,
 }
 
 impl RequestCtx {
@@ -53,6 +57,8 @@ impl RequestCtx {
             client_gone: false,
             upstream_request_id: None,
             usage: None,
+            first_byte_at: None,
+            route_label: None,
         }
     }
 }

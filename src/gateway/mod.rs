@@ -42,6 +42,7 @@ use crate::dialects::anthropic::{supports_fast_mode, MessagesRequest, SpeedEdit,
 use crate::dialects::openai::request::{translate_request, RequestOptions};
 use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
 use crate::error::GatewayError;
+use crate::telemetry;
 use crate::upstream::balance;
 use crate::upstream::Upstreams;
 use attempt::{Failure, Prepared};
@@ -79,6 +80,7 @@ enum Endpoint<'a> {
     Health,
     Probe,
     Status,
+    Metrics,
     Models,
     Model(&'a str),
     Messages,
@@ -102,6 +104,10 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         },
         (_, "/status") => match *method {
             M::GET => Endpoint::Status,
+            _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (_, "/metrics") => match *method {
+            M::GET => Endpoint::Metrics,
             _ => Endpoint::MethodNotAllowed("GET"),
         },
         (Role::Admin, _) => Endpoint::NotFound,
@@ -142,6 +148,7 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snap.clone());
         self.shared.counters.requests.fetch_add(1, Relaxed);
         self.shared.counters.in_flight.fetch_add(1, Relaxed);
+        telemetry::METRICS.in_flight.inc();
         if self.shared.draining.load(Relaxed) || session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
@@ -171,6 +178,7 @@ impl ProxyHttp for Gateway {
         if ctx.status >= 400 || ctx.error.is_some() {
             self.shared.counters.errors.fetch_add(1, Relaxed);
         }
+        record_metrics(ctx);
         access_log(session, ctx);
     }
 }
@@ -199,6 +207,25 @@ impl Gateway {
                     &self.shared.health,
                 );
                 respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::Metrics => {
+                if self.role == Role::Main {
+                    auth::authorize_admin(snap, &session.req_header().headers)?;
+                }
+                for (provider, account, view) in self.shared.health.views(Instant::now()) {
+                    let state = match view.state {
+                        "open" => 1,
+                        "half_open" | "half_open_pending" => 2,
+                        "cooling_down" => 3,
+                        _ => 0,
+                    };
+                    telemetry::METRICS
+                        .circuit_state
+                        .with_label_values(&[&provider, &account])
+                        .set(state);
+                }
+                let body = telemetry::render();
+                respond::body(session, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", body).await;
             }
             Endpoint::Models => {
                 self.caller(session, ctx, snap)?;
@@ -269,6 +296,11 @@ impl Gateway {
                 headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
             })
             .ok_or_else(|| GatewayError::NotFound(format!("model: no route serves `{}`", request.model)))?;
+        ctx.route_label = Some(if snap.is_literal_model(&routing_model) {
+            Arc::from(routing_model.as_str())
+        } else {
+            plan.reason.clone()
+        });
         if plan.candidates.is_empty() {
             return Err(GatewayError::Unavailable {
                 message: format!("every provider for `{}` is disabled ({})", request.model, plan.reason),
@@ -442,6 +474,50 @@ async fn count_tokens_locally(
     let note = format!("estimate; local tokenizer {}", encoding.name());
     respond::json(session, ctx, 200, body, &[("x-modelgate-token-count", note)]).await;
     Ok(())
+}
+
+/// Request metrics, from what the stages left in the context.
+fn record_metrics(ctx: &RequestCtx) {
+    let m = &*telemetry::METRICS;
+    m.in_flight.dec();
+    let provider = ctx.provider.as_deref().unwrap_or("local");
+    let model = ctx.route_label.as_deref().unwrap_or("-");
+    let status = if ctx.status == 0 { 499 } else { ctx.status };
+    let error = if ctx.client_gone {
+        "client_gone"
+    } else {
+        ctx.error.map_or("none", |e| e.as_str())
+    };
+    m.requests
+        .with_label_values(&[provider, model, telemetry::status_class(status), error])
+        .inc();
+    let elapsed = ctx.started.elapsed().as_secs_f64();
+    m.duration.with_label_values(&[provider]).observe(elapsed);
+    if let Some(first) = ctx.first_byte_at {
+        m.ttft
+            .with_label_values(&[provider])
+            .observe(first.duration_since(ctx.started).as_secs_f64());
+    }
+    if ctx.stream && ctx.provider.is_some() {
+        m.stream_duration.with_label_values(&[provider]).observe(elapsed);
+    }
+    if let Some(u) = ctx.usage {
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_read", u.cache_read_input_tokens),
+            ("cache_write", u.cache_creation_input_tokens),
+        ] {
+            if n > 0 {
+                m.tokens.with_label_values(&[provider, kind]).inc_by(n);
+            }
+        }
+    }
+    if let (Some(k), Some(snap)) = (&ctx.principal, &ctx.snapshot) {
+        if snap.config.metrics.per_key_labels {
+            m.key_requests.with_label_values(&[&k.name]).inc();
+        }
+    }
 }
 
 /// One line per request. Names, never secrets: the key's configured name,

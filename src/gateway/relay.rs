@@ -42,10 +42,12 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, mut exchange: Ex
         exchange.abort().await;
         return;
     }
+    let _stream_gauge = is_sse.then(StreamGauge::new);
     loop {
         match exchange.next_chunk().await {
             Ok(Some(chunk)) => {
                 let n = chunk.len() as u64;
+                ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     log::debug!("{}: client gone mid-response: {e}", ctx.request_id);
                     ctx.client_gone = true;
@@ -311,6 +313,7 @@ pub async fn relay_openai(
     translator.start(&mut out);
     let mut upstream_eof = false;
     let mut upstream_failed = false;
+    let _stream_gauge = StreamGauge::new();
     let ping_timer = tokio::time::sleep(ping_after);
     tokio::pin!(ping_timer);
     loop {
@@ -366,6 +369,7 @@ pub async fn relay_openai(
         let end = translator.is_done();
         if !out.is_empty() || end {
             let n = out.len() as u64;
+            ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
             let data = bytes::Bytes::from(std::mem::take(&mut out));
             if session.write_response_body(Some(data), end).await.is_err() {
                 ctx.client_gone = true;
@@ -417,5 +421,21 @@ async fn finish_after_done(mut exchange: Exchange<'_>, upstream_eof: bool) {
         exchange.finish().await;
     } else {
         exchange.abort().await;
+    }
+}
+
+/// Counts a relayed stream in `modelgate_streams_in_flight` while alive.
+struct StreamGauge;
+
+impl StreamGauge {
+    fn new() -> Self {
+        crate::telemetry::METRICS.streams_in_flight.inc();
+        StreamGauge
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        crate::telemetry::METRICS.streams_in_flight.dec();
     }
 }

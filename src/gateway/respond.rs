@@ -9,6 +9,28 @@ use pingora::proxy::Session;
 use super::ctx::RequestCtx;
 use crate::error::GatewayError;
 
+/// Write a complete non-JSON response (e.g. the metrics text).
+pub async fn body(session: &mut Session, ctx: &mut RequestCtx, status: u16, content_type: &str, body: Vec<u8>) {
+    let Ok(mut head) = ResponseHeader::build(status, Some(3)) else {
+        return;
+    };
+    let _ = head.insert_header("content-type", content_type);
+    let _ = head.insert_header("content-length", body.len().to_string());
+    let _ = head.insert_header("request-id", ctx.request_id.as_str());
+    ctx.status = status;
+    if session
+        .write_response_header(Box::new(head), body.is_empty())
+        .await
+        .is_ok()
+        && !body.is_empty()
+    {
+        let n = body.len() as u64;
+        if session.write_response_body(Some(Bytes::from(body)), true).await.is_ok() {
+            ctx.bytes_out += n;
+        }
+    }
+}
+
 /// Write a complete JSON response. Errors writing to a departed client are
 /// not the request's problem: they are logged at debug and dropped.
 pub async fn json(
@@ -38,6 +60,7 @@ pub async fn json(
         return;
     }
     if len > 0 {
+        ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
         match session.write_response_body(Some(Bytes::from(body)), true).await {
             Ok(()) => ctx.bytes_out += len as u64,
             Err(e) => log::debug!("{}: client gone during the response body: {e}", ctx.request_id),

@@ -1,0 +1,172 @@
+//! Every Prometheus metric the gateway exports, defined in one place.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds`
+//! histograms) and pass `promtool check metrics`. Label values are bounded
+//! by the config: providers, account labels, route rules and configured
+//! model ids — never a request's free-form model string, a session or a key
+//! (unless `metrics.per_key_labels`). Recording is lock-free atomics on
+//! pre-registered series; scraping renders the text format.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// LLM latencies span milliseconds (cached, local) to many minutes (long generations).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub key_requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub stream_duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub streams_in_flight: IntGauge,
+    pub circuit_state: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+/// The process's metrics. The definitions are static and valid, so a
+/// failure to register is a programming error caught by the first test.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let m = Metrics {
+        requests: counter(
+            &r,
+            "modelgate_requests_total",
+            "Requests answered, by provider, route model, status class and error type.",
+            &["provider", "model", "status_class", "error_type"],
+        ),
+        attempts: counter(
+            &r,
+            "modelgate_upstream_attempts_total",
+            "Upstream attempts by provider and outcome (ok, connect_error, timeout, status_429, status_5xx, broken, circuit_open, final_4xx).",
+            &["provider", "outcome"],
+        ),
+        tokens: counter(
+            &r,
+            "modelgate_tokens_total",
+            "Tokens by provider and kind (input, output, cache_read, cache_write), where the gateway read usage.",
+            &["provider", "kind"],
+        ),
+        key_requests: counter(
+            &r,
+            "modelgate_key_requests_total",
+            "Requests per gateway key (only with metrics.per_key_labels).",
+            &["key"],
+        ),
+        duration: histogram(
+            &r,
+            "modelgate_request_duration_seconds",
+            "Time from request to the end of the response.",
+            &["provider"],
+        ),
+        ttft: histogram(
+            &r,
+            "modelgate_time_to_first_token_seconds",
+            "Time from request to the first response body byte sent to the client.",
+            &["provider"],
+        ),
+        stream_duration: histogram(
+            &r,
+            "modelgate_stream_duration_seconds",
+            "Duration of streamed (SSE) responses.",
+            &["provider"],
+        ),
+        in_flight: gauge(&r, "modelgate_requests_in_flight", "Requests being served."),
+        streams_in_flight: gauge(&r, "modelgate_streams_in_flight", "Streamed responses being relayed."),
+        circuit_state: gauge_vec(
+            &r,
+            "modelgate_circuit_state",
+            "Circuit breaker per provider account: 0 closed, 1 open, 2 half-open, 3 cooling down after a 429.",
+            &["provider", "account"],
+        ),
+        reloads: counter(
+            &r,
+            "modelgate_config_reloads_total",
+            "Config reloads by result (applied, unchanged, rejected).",
+            &["result"],
+        ),
+        build_info: gauge_vec(&r, "modelgate_build_info", "Build information; always 1.", &["version"]),
+        registry: r,
+    };
+    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    m
+});
+
+/// `2xx`, `4xx`, …
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Render the registry in the Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+        log::error!("cannot render metrics: {e}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn definitions_register_and_render() {
+        super::METRICS
+            .requests
+            .with_label_values(&["p", "m", "2xx", "none"])
+            .inc();
+        let text = String::from_utf8(super::render()).unwrap();
+        assert!(text.contains(
+            "modelgate_requests_total{error_type=\"none\",model=\"m\",provider=\"p\",status_class=\"2xx\"} 1"
+        ));
+        assert!(text.contains("modelgate_build_info{version="));
+    }
+}

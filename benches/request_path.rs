@@ -100,5 +100,30 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_and_splice, headers, routing, metrics);
+/// A reload's CPU work: parse, validate and compile a config with 200
+/// routes and 1,000 gateway keys (the file read is not included).
+fn reload(c: &mut Criterion) {
+    let mut yaml = String::from(
+        "default_provider: a\nproviders:\n  a: {type: anthropic}\n  b: {type: openai, api_key: k}\nroutes:\n",
+    );
+    for i in 0..200 {
+        yaml.push_str(&format!(
+            "  - {{match: 'team{i}-*', provider: b, model: gpt-4o, fallbacks: [a]}}\n"
+        ));
+    }
+    yaml.push_str("keys:\n");
+    for i in 0..1000 {
+        let hash = format!("{:064x}", i + 1);
+        yaml.push_str(&format!(
+            "  - {{name: dev{i}, team: t{}, key_sha256: '{hash}', models: ['claude-*', 'team*']}}\n",
+            i % 20
+        ));
+    }
+    let env = |_: &str| None;
+    c.bench_function("reload_200_routes_1000_keys", |b| {
+        b.iter(|| Snapshot::build(parse_str(black_box(&yaml), &env).expect("yaml"), &env).expect("valid"))
+    });
+}
+
+criterion_group!(benches, parse_and_splice, headers, routing, metrics, reload);
 criterion_main!(benches);

@@ -76,3 +76,50 @@ fn route_resolve_prints_the_plan_and_why() {
         "{out}"
     );
 }
+
+#[test]
+fn config_export_lint_env_check_and_diff() {
+    let (ok, out) = run(&["config", "export", "--format", "json"], CONFIG);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["providers"]["anthropic"]["api_key"], "***", "secrets redacted");
+    assert_eq!(v["max_retries"], 2, "defaults filled in");
+
+    let (ok, out) = run(&["config", "lint"], CONFIG);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("providers.anthropic.api_key: a literal credential"),
+        "{out}"
+    );
+
+    let (ok, out) = run(&["config", "env-check"], "providers:\n  a: {type: anthropic, api_key_env_var: MG_SURELY_UNSET_1}\n# ${IGNORED_IN_COMMENT}\nlisten: \"${MG_SURELY_UNSET_2:-127.0.0.1:9}\"\n");
+    assert!(ok, "only optional variables are missing: {out}");
+    assert!(
+        out.contains("MISSING  MG_SURELY_UNSET_1 (provider credential)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MG_SURELY_UNSET_2 (has a default)") && !out.contains("IGNORED_IN_COMMENT"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::fs::write(&a, CONFIG).unwrap();
+    std::fs::write(&b, CONFIG.replace("priority: 5", "priority: 7")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["config", "diff"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "~ providers.backup.priority: 5 -> 7");
+    let out = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["config", "diff"])
+        .arg(&a)
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no differences");
+}

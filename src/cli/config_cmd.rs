@@ -29,13 +29,34 @@ pub enum ConfigCommand {
     Validate,
     /// Print the effective config (defaults filled in, secrets redacted).
     Show,
+    /// Print the effective config in another format (secrets redacted).
+    Export {
+        #[arg(long, value_enum, default_value = "json")]
+        format: ExportFormat,
+    },
+    /// Validate, then point out risky or dubious settings.
+    Lint,
+    /// List the environment variables the config reads and whether each is set.
+    EnvCheck,
+    /// Compare two config files after defaults and `${VAR}` expansion.
+    Diff { a: PathBuf, b: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Yaml,
 }
 
 pub fn run(config: Option<PathBuf>, cmd: ConfigCommand) -> i32 {
     match cmd {
         ConfigCommand::Init { force } => init(&config.unwrap_or_else(|| PathBuf::from("modelgate.yaml")), force),
         ConfigCommand::Validate => validate(&super::config_path(config)),
-        ConfigCommand::Show => show(&super::config_path(config)),
+        ConfigCommand::Show => export(&super::config_path(config), ExportFormat::Yaml),
+        ConfigCommand::Export { format } => export(&super::config_path(config), format),
+        ConfigCommand::Lint => lint(&super::config_path(config)),
+        ConfigCommand::EnvCheck => env_check(&super::config_path(config)),
+        ConfigCommand::Diff { a, b } => diff(&a, &b),
     }
 }
 
@@ -49,7 +70,7 @@ fn init(path: &Path, force: bool) -> i32 {
     }
     match write_atomic(path, MINIMAL_CONFIG.as_bytes()) {
         Ok(()) => {
-            println!("wrote {}", path.display());
+            out!("wrote {}", path.display());
             0
         }
         Err(e) => {
@@ -87,9 +108,9 @@ fn validate(path: &Path) -> i32 {
     match super::load_snapshot(path, |_| {}) {
         Ok(s) => {
             for w in &s.warnings {
-                println!("warning: {w}");
+                out!("warning: {w}");
             }
-            println!("{}: ok (version {})", path.display(), s.version);
+            out!("{}: ok (version {})", path.display(), s.version);
             0
         }
         Err(e) => {
@@ -99,14 +120,12 @@ fn validate(path: &Path) -> i32 {
     }
 }
 
-fn show(path: &Path) -> i32 {
-    let mut config = match crate::config::load::load_file(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}: {e}", path.display());
-            return 1;
-        }
-    };
+/// The config as loaded, literal secrets replaced by `***`.
+fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
+    let mut config = crate::config::load::load_file(path).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        1
+    })?;
     for p in config.providers.values_mut() {
         if p.api_key.is_some() {
             p.api_key = Some("***".into());
@@ -116,15 +135,196 @@ fn show(path: &Path) -> i32 {
                 k.api_key = Some("***".into());
             }
         }
+        for v in p.headers.values_mut() {
+            *v = "***".into();
+        }
     }
-    match serde_yaml::to_string(&config) {
-        Ok(s) => {
-            print!("{s}");
+    Ok(config)
+}
+
+fn export(path: &Path, format: ExportFormat) -> i32 {
+    let config = match redacted(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let text = match format {
+        ExportFormat::Json => serde_json::to_string_pretty(&config).map_err(|e| e.to_string()),
+        ExportFormat::Yaml => serde_yaml::to_string(&config).map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(t) => {
+            out!("{}", t.trim_end());
             0
         }
         Err(e) => {
             eprintln!("modelgate: {e}");
             1
+        }
+    }
+}
+
+/// Findings beyond validity. Exit 1 when the config does not load, 0 otherwise.
+fn lint(path: &Path) -> i32 {
+    let snap = match super::load_snapshot(path, |_| {}) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return 1;
+        }
+    };
+    let c = &snap.config;
+    let mut findings: Vec<String> = snap.warnings.clone();
+    for (name, p) in &c.providers {
+        if p.api_key.is_some() {
+            findings.push(format!(
+                "providers.{name}.api_key: a literal credential in the file; prefer api_key_env_var"
+            ));
+        }
+        if p.keys.iter().any(|k| k.api_key.is_some()) {
+            findings.push(format!(
+                "providers.{name}.keys: literal credentials in the file; prefer `env:`"
+            ));
+        }
+        if p.api_base
+            .as_deref()
+            .is_some_and(|b| b.starts_with("http://") && !b.contains("127.0.0.1") && !b.contains("localhost"))
+        {
+            findings.push(format!(
+                "providers.{name}.api_base: plain http to a non-local host sends credentials in clear text"
+            ));
+        }
+    }
+    if c.keys.is_some() && c.admin_keys_sha256.is_empty() && c.admin_listen.is_none() {
+        findings.push("keys are set but there is neither admin_listen nor admin_keys_sha256: /status and /metrics are unreachable".into());
+    }
+    if snap.listen.ip().is_unspecified() && c.keys.is_none() {
+        findings.push("listen is on all interfaces in passthrough-auth mode (no keys): anyone who can reach it uses your provider keys".into());
+    }
+    if c.grace_period.0 < c.timeout.0 {
+        findings.push("grace_period is shorter than timeout: a long stream can be cut during an upgrade".into());
+    }
+    if findings.is_empty() {
+        out!("{}: no findings", path.display());
+    }
+    for f in findings {
+        out!("lint: {f}");
+    }
+    0
+}
+
+/// Every environment variable the file reads, and whether it is set.
+/// Values are never printed.
+fn env_check(path: &Path) -> i32 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return 1;
+        }
+    };
+    let mut vars: Vec<(String, &str)> = Vec::new();
+    for line in text.lines() {
+        // Comments mention `${VAR}` as documentation; only values count.
+        let code = match line.find(" #") {
+            Some(i) => &line[..i],
+            None if line.trim_start().starts_with('#') => "",
+            None => line,
+        };
+        let mut rest = code;
+        while let Some(i) = rest.find("${") {
+            let tail = &rest[i + 2..];
+            if let Some(end) = tail.find('}') {
+                let expr = &tail[..end];
+                let (name, role) = match expr.split_once(":-") {
+                    Some((n, _)) => (n, "has a default"),
+                    None => (expr, "required"),
+                };
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    vars.push((name.to_string(), role));
+                }
+            }
+            rest = tail;
+        }
+    }
+    if let Ok(c) = crate::config::load::load_file(path) {
+        for p in c.providers.values() {
+            if let Some(v) = &p.api_key_env_var {
+                vars.push((v.clone(), "provider credential"));
+            }
+            for k in &p.keys {
+                if let Some(v) = &k.env {
+                    vars.push((v.clone(), "provider account credential"));
+                }
+            }
+        }
+        for k in c.keys.iter().flatten() {
+            if let Some(v) = &k.key_env {
+                vars.push((v.clone(), "gateway key (required)"));
+            }
+        }
+    }
+    vars.sort();
+    vars.dedup();
+    let mut missing_required = 0;
+    for (name, role) in &vars {
+        let set = std::env::var(name).is_ok_and(|v| !v.is_empty());
+        if !set && role.contains("required") {
+            missing_required += 1;
+        }
+        out!("{:<8} {name} ({role})", if set { "set" } else { "MISSING" });
+    }
+    if vars.is_empty() {
+        out!("the config reads no environment variables");
+    }
+    i32::from(missing_required > 0)
+}
+
+fn diff(a: &Path, b: &Path) -> i32 {
+    let (Ok(ca), Ok(cb)) = (redacted(a), redacted(b)) else {
+        return 1;
+    };
+    let flat = |c: &crate::config::Config| {
+        let mut out = std::collections::BTreeMap::new();
+        flatten("", &serde_json::to_value(c).unwrap_or_default(), &mut out);
+        out
+    };
+    let (fa, fb) = (flat(&ca), flat(&cb));
+    let mut changes = 0;
+    for key in fa.keys().chain(fb.keys()).collect::<std::collections::BTreeSet<_>>() {
+        match (fa.get(key), fb.get(key)) {
+            (Some(x), Some(y)) if x == y => continue,
+            (Some(x), Some(y)) => out!("~ {key}: {x} -> {y}"),
+            (Some(x), None) => out!("- {key}: {x}"),
+            (None, Some(y)) => out!("+ {key}: {y}"),
+            (None, None) => continue,
+        }
+        changes += 1;
+    }
+    if changes == 0 {
+        out!("no differences");
+    }
+    0
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, child, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), child, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
         }
     }
 }

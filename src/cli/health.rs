@@ -51,14 +51,14 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
     if circuits {
         let list = status["circuits"].as_array().cloned().unwrap_or_default();
         if list.is_empty() {
-            println!("no circuits yet (no upstream traffic since start)");
+            out!("no circuits yet (no upstream traffic since start)");
         }
         for c in list {
             let remaining = c["remaining_seconds"]
                 .as_f64()
                 .map(|s| format!(" ({s:.0}s left)"))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "{:<30} {:<14}{remaining} failures in a row: {}, opened: {}",
                 c["account"].as_str().unwrap_or("?"),
                 c["state"].as_str().unwrap_or("?"),
@@ -67,7 +67,7 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
             );
         }
     } else {
-        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
     }
     0
 }

@@ -1,6 +1,19 @@
 //! The `modelgate` command line. One module per command group; each returns
 //! a process exit code and prints errors a person can act on.
 
+/// `println!` for command output: a closed pipe (`modelgate … | head`) ends
+/// the command quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod config_cmd;
 mod health;
 mod route;

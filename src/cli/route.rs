@@ -62,11 +62,11 @@ pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
                 } else {
                     format!(", then {}", fallbacks.join(", "))
                 };
-                println!("routes[{i}]  {matcher}  →  {}{rename}{fallbacks}", r.provider);
+                out!("routes[{i}]  {matcher}  →  {}{rename}{fallbacks}", r.provider);
             }
             match &snap.config.default_provider {
-                Some(p) => println!("otherwise   →  {p} (default_provider)"),
-                None => println!("otherwise   →  404 (no default_provider)"),
+                Some(p) => out!("otherwise   →  {p} (default_provider)"),
+                None => out!("otherwise   →  404 (no default_provider)"),
             }
             0
         }
@@ -89,23 +89,23 @@ fn resolve(snap: &Snapshot, q: &Query, check: bool) -> i32 {
         headers.push((name, value.trim().to_string()));
     }
     let lookup = |n: &HeaderName| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    println!("model `{}`", q.model);
+    out!("model `{}`", q.model);
     for verdict in snap.explain(&q.model, &lookup) {
         match verdict {
             Ok(desc) => {
-                println!("  {desc}: matches");
+                out!("  {desc}: matches");
                 break;
             }
-            Err(why) => println!("  {why}"),
+            Err(why) => out!("  {why}"),
         }
     }
     let Some(plan) = snap.resolve(&q.model, &lookup) else {
-        println!("no rule matches and there is no default_provider: the gateway answers 404");
+        out!("no rule matches and there is no default_provider: the gateway answers 404");
         return 1;
     };
     print_plan(&plan, &q.model);
     if plan.candidates.is_empty() {
-        println!("every candidate is disabled: the gateway answers 529");
+        out!("every candidate is disabled: the gateway answers 529");
         return 1;
     }
     if check {
@@ -116,24 +116,24 @@ fn resolve(snap: &Snapshot, q: &Query, check: bool) -> i32 {
                     && c.provider.kind != crate::config::ProviderKind::Anthropic
                     && c.provider.kind != crate::config::ProviderKind::Ollama
                 {
-                    println!("  problem: account `{}` has no credential", a.label);
+                    out!("  problem: account `{}` has no credential", a.label);
                     problems += 1;
                 }
             }
         }
         for w in &snap.warnings {
-            println!("  warning: {w}");
+            out!("  warning: {w}");
         }
         if problems > 0 {
             return 1;
         }
-        println!("ok");
+        out!("ok");
     }
     0
 }
 
 fn print_plan(plan: &Plan, model: &str) {
-    println!("plan ({}):", plan.reason);
+    out!("plan ({}):", plan.reason);
     for (i, c) in plan.candidates.iter().enumerate() {
         let upstream = c.rename.as_deref().unwrap_or(model);
         let accounts: Vec<String> = c
@@ -142,7 +142,7 @@ fn print_plan(plan: &Plan, model: &str) {
             .iter()
             .map(|a| format!("{} (weight {})", a.label, a.weight))
             .collect();
-        println!(
+        out!(
             "  {}. {} [{}] model `{upstream}`; accounts: {}",
             i + 1,
             c.provider.name,

@@ -372,16 +372,13 @@ pub async fn run<'u>(
                 Ok(true) => {
                     count(&provider.name, "ok");
                     circuit.success();
-                    return Ok(Committed {
+                    return Ok(commit(
                         exchange,
-                        provider: provider.clone(),
-                        account: account.label.clone(),
-                        prepared: prepared[target.candidate].take().unwrap_or(Prepared::Anthropic {
-                            body: Bytes::new(),
-                            beta: None,
-                        }),
-                        attempts: attempt + 1,
-                    });
+                        candidate,
+                        account,
+                        &mut prepared[target.candidate],
+                        attempt,
+                    ));
                 }
                 Ok(false) | Err(_) => {
                     count(&provider.name, "broken");
@@ -405,16 +402,13 @@ pub async fn run<'u>(
             // final. The account answered, so it counts as healthy.
             count(&provider.name, "final_4xx");
             circuit.success();
-            return Ok(Committed {
+            return Ok(commit(
                 exchange,
-                provider: provider.clone(),
-                account: account.label.clone(),
-                prepared: prepared[target.candidate].take().unwrap_or(Prepared::Anthropic {
-                    body: Bytes::new(),
-                    beta: None,
-                }),
-                attempts: attempt + 1,
-            });
+                candidate,
+                account,
+                &mut prepared[target.candidate],
+                attempt,
+            ));
         }
         let now = Instant::now();
         count(&provider.name, if status == 429 { "status_429" } else { "status_5xx" });
@@ -505,6 +499,26 @@ fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(
     match earliest {
         Some((t, until)) => Pick::Wait(t, until),
         None => Pick::Nothing,
+    }
+}
+
+fn commit<'u>(
+    exchange: Exchange<'u>,
+    candidate: &Candidate,
+    account: &crate::config::snapshot::Account,
+    prepared: &mut Option<Prepared>,
+    attempt: u32,
+) -> Committed<'u> {
+    Committed {
+        exchange,
+        provider: candidate.provider.clone(),
+        account: account.label.clone(),
+        // The slot was filled before this attempt was sent.
+        prepared: prepared.take().unwrap_or(Prepared::Anthropic {
+            body: Bytes::new(),
+            beta: None,
+        }),
+        attempts: attempt + 1,
     }
 }
 

@@ -123,31 +123,13 @@ impl Circuit {
         let window_failures = (c.recent & ((1 << WINDOW) - 1)).count_ones();
         let rate_trips = c.samples >= MIN_SAMPLES && window_failures * 2 >= c.samples;
         if c.state == State::HalfOpen || c.consecutive_failures >= FAILURES_TO_OPEN || rate_trips {
-            if !matches!(c.state, State::Open { .. }) {
-                c.opened_total += 1;
-            }
-            c.state = State::Open {
-                until: now + OPEN_FOR,
-                throttled: false,
-            };
-            // A fresh window after the cool-down: the probe decides.
-            c.recent = 0;
-            c.samples = 0;
+            open(&mut c, now);
         }
     }
 
     /// An active health check failed: open the circuit now.
     pub fn trip(&self, now: Instant) {
-        let mut c = self.lock();
-        if !matches!(c.state, State::Open { throttled: false, .. }) {
-            c.opened_total += 1;
-        }
-        c.state = State::Open {
-            until: now + OPEN_FOR,
-            throttled: false,
-        };
-        c.recent = 0;
-        c.samples = 0;
+        open(&mut self.lock(), now);
     }
 
     /// An active health check passed: an open circuit may probe at once
@@ -198,6 +180,20 @@ impl Circuit {
             opened_total: c.opened_total,
         }
     }
+}
+
+/// Open (or keep open) for `OPEN_FOR`, with a fresh window: after the
+/// cool-down the probe decides.
+fn open(c: &mut Inner, now: Instant) {
+    if !matches!(c.state, State::Open { throttled: false, .. }) {
+        c.opened_total += 1;
+    }
+    c.state = State::Open {
+        until: now + OPEN_FOR,
+        throttled: false,
+    };
+    c.recent = 0;
+    c.samples = 0;
 }
 
 #[derive(Debug, Clone)]

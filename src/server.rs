@@ -35,6 +35,9 @@ pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
     let mut conf = ServerConf {
         threads,
         daemon,
+        // With -d, the launching process returns only once the daemon is
+        // serving, so init scripts and `serve -u -d` see real failures.
+        daemon_wait_for_ready: daemon,
         grace_period_seconds: Some(c.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
         ..ServerConf::default()
@@ -189,7 +192,12 @@ fn watch_file(path: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Opti
     let name = absolute.file_name()?.to_os_string();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            let ours = event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+            // Kubernetes mounts a ConfigMap file as a symlink through `..data`,
+            // which it swaps atomically: that swap is the change.
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()) || p.file_name() == Some("..data".as_ref()));
             if ours && (event.kind.is_modify() || event.kind.is_create()) {
                 let _ = tx.try_send(());
             }

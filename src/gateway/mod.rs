@@ -193,6 +193,10 @@ impl Gateway {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         match endpoint(&req.method, &path, self.role) {
+            // Draining: tell load balancers to stop sending new work here.
+            Endpoint::Health if self.shared.draining.load(Relaxed) => {
+                respond::json(session, ctx, 503, br#"{"status":"draining"}"#.to_vec(), &[]).await
+            }
             Endpoint::Health => respond::json(session, ctx, 200, local::health(), &[]).await,
             Endpoint::Probe => respond::json(session, ctx, 200, Vec::new(), &[]).await,
             Endpoint::Status => {

@@ -123,3 +123,42 @@ fn config_export_lint_env_check_and_diff() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no differences");
 }
+
+#[test]
+fn config_doctor_gives_a_verdict_per_check() {
+    let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "listen: {gw}\ndefault_provider: up\nproviders:\n  up: {{type: anthropic, api_base: 'http://{}'}}\n  down: {{type: openai, api_base: 'http://{dead}/v1'}}\n",
+        live.local_addr().unwrap(),
+        gw = live.local_addr().unwrap(),
+    );
+    let (ok, out) = run(&["config", "doctor"], &yaml);
+    assert!(!ok, "a failed check fails the command: {out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("ok") && l.contains("config ")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("provider `up`") && l.contains("reachable")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("provider `down`") && l.contains("TCP connect")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("account `down`") && l.contains("no credential")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("ok") && l.contains("gateway at")),
+        "{out}"
+    );
+}

@@ -40,6 +40,10 @@ pub enum ConfigCommand {
     EnvCheck,
     /// Compare two config files after defaults and `${VAR}` expansion.
     Diff { a: PathBuf, b: PathBuf },
+    /// Check everything a deployment needs: the config, its environment
+    /// variables, each upstream's DNS and TCP reachability, and the gateway's
+    /// own health endpoint. One verdict per check; exit 1 if any fails.
+    Doctor,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -57,6 +61,7 @@ pub fn run(config: Option<PathBuf>, cmd: ConfigCommand) -> i32 {
         ConfigCommand::Lint => lint(&super::config_path(config)),
         ConfigCommand::EnvCheck => env_check(&super::config_path(config)),
         ConfigCommand::Diff { a, b } => diff(&a, &b),
+        ConfigCommand::Doctor => doctor(&super::config_path(config)),
     }
 }
 
@@ -277,6 +282,98 @@ fn env_check(path: &Path) -> i32 {
         out!("the config reads no environment variables");
     }
     i32::from(missing_required > 0)
+}
+
+fn doctor(path: &Path) -> i32 {
+    let mut failed = 0;
+    let mut verdict = |ok: bool, what: &str, detail: &str| {
+        if !ok {
+            failed += 1;
+        }
+        out!(
+            "{:<5} {what}{}",
+            if ok { "ok" } else { "FAIL" },
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
+        );
+    };
+    let snap = match super::load_snapshot(path, |_| {}) {
+        Ok(s) => {
+            verdict(
+                true,
+                &format!("config {}", path.display()),
+                &format!("version {}", s.version),
+            );
+            s
+        }
+        Err(e) => {
+            verdict(false, &format!("config {}", path.display()), &e.to_string());
+            return 1;
+        }
+    };
+    for w in &snap.warnings {
+        out!("warn  {w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("modelgate: {e}");
+            return 1;
+        }
+    };
+    let connect_timeout = snap.connect_timeout;
+    for p in snap.providers.values().filter(|p| p.enabled) {
+        let (host, port) = (p.base.host.clone(), p.base.port);
+        let result = runtime.block_on(async move {
+            let addrs: Vec<_> = tokio::time::timeout(connect_timeout, tokio::net::lookup_host((host.as_str(), port)))
+                .await
+                .map_err(|_| "DNS lookup timed out".to_string())?
+                .map_err(|e| format!("DNS lookup failed: {e}"))?
+                .collect();
+            let addr = *addrs.first().ok_or("DNS returned no address")?;
+            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("TCP connect to {addr} timed out"))?
+                .map_err(|e| format!("TCP connect to {addr} failed: {e}"))?;
+            Ok::<_, String>(addr)
+        });
+        let what = format!("provider `{}` ({}:{})", p.name, p.base.host, p.base.port);
+        match result {
+            Ok(addr) => verdict(true, &what, &format!("reachable at {addr}")),
+            Err(e) => verdict(false, &what, &e),
+        }
+        for a in &p.accounts {
+            let needs_key = !matches!(
+                p.kind,
+                crate::config::ProviderKind::Anthropic | crate::config::ProviderKind::Ollama
+            );
+            if a.credential.is_none() && needs_key {
+                verdict(
+                    false,
+                    &format!("account `{}`", a.label),
+                    "no credential configured or its env var is unset",
+                );
+            }
+        }
+    }
+    let health = snap.admin_listen.unwrap_or(snap.listen);
+    let running = runtime.block_on(async move {
+        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(health)).await;
+        matches!(stream, Ok(Ok(_)))
+    });
+    verdict(
+        running,
+        &format!("gateway at {health}"),
+        if running {
+            "accepting connections"
+        } else {
+            "not running (or not reachable)"
+        },
+    );
+    i32::from(failed > 0)
 }
 
 fn diff(a: &Path, b: &Path) -> i32 {

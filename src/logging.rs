@@ -1,5 +1,9 @@
 //! Process logging: `env_logger` with the config's level and format.
 //! `RUST_LOG` overrides the level. `json` writes one object per line.
+//!
+//! The logger itself lets everything through; the level is the global
+//! `log::max_level`, so it can change at runtime (`modelgate logging
+//! set-level`, a config reload) without rebuilding the logger.
 
 use std::io::Write;
 
@@ -7,9 +11,10 @@ use crate::config::schema::{LogFormat, LogLevel};
 
 pub fn init(level: LogLevel, format: LogFormat) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level.as_filter());
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        builder.parse_filters(&spec);
+    builder.filter_level(log::LevelFilter::Trace);
+    let from_env = std::env::var("RUST_LOG").ok();
+    if let Some(spec) = &from_env {
+        builder.parse_filters(spec);
     }
     if format == LogFormat::Json {
         builder.format(|buf, record| {
@@ -24,4 +29,16 @@ pub fn init(level: LogLevel, format: LogFormat) {
     }
     // A second init (tests, or `serve` after a config command) is harmless.
     let _ = builder.try_init();
+    if from_env.is_none() {
+        set_level(level.as_filter());
+    }
+}
+
+/// Change the process's log level now.
+pub fn set_level(level: log::LevelFilter) {
+    log::set_max_level(level);
+}
+
+pub fn level() -> log::LevelFilter {
+    log::max_level()
 }

@@ -166,3 +166,37 @@ async fn listener_changes_need_a_restart() {
         "still on the old listener"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_log_level_and_circuit_reset_through_the_admin_api() {
+    let one = MockUpstream::start().await;
+    let two = MockUpstream::start().await;
+    let admin = free_port();
+    let yaml = config("one", &one, &two).replacen("listen:", &format!("admin_listen: 127.0.0.1:{admin}\nlisten:"), 1);
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let url = format!("http://127.0.0.1:{admin}");
+    let cli = move |args: &'static [&'static str]| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+                .args(args)
+                .args(["--admin", &url])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+    };
+    assert_eq!(cli(&["logging", "status"]).await.unwrap(), "log level: info");
+    assert_eq!(
+        cli(&["logging", "set-level", "debug"]).await.unwrap(),
+        "log level: debug"
+    );
+    assert_eq!(cli(&["logging", "status"]).await.unwrap(), "log level: debug");
+    assert!(gw.logs().contains("log level set to DEBUG through the admin API"));
+    assert_eq!(cli(&["health", "reset"]).await.unwrap(), "reset 0 circuit breakers");
+}

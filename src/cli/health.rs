@@ -12,6 +12,22 @@ pub enum HealthCommand {
     Status(Target),
     /// Circuit breaker state per provider account.
     CircuitBreakers(Target),
+    /// Close every circuit breaker now (after an incident is over).
+    Reset(Target),
+}
+
+/// `modelgate logging status|set-level LEVEL`.
+#[derive(Subcommand, Debug)]
+pub enum LoggingCommand {
+    /// The running gateway's log level.
+    Status(Target),
+    /// Change the running gateway's log level (until restart or reload).
+    SetLevel {
+        /// off, error, warn, info, debug or trace.
+        level: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -24,24 +40,65 @@ pub struct Target {
     admin_key: Option<String>,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
-    let (target, circuits) = match cmd {
-        HealthCommand::Status(t) => (t, false),
-        HealthCommand::CircuitBreakers(t) => (t, true),
-    };
-    let base = match target
+fn base_url(config: Option<PathBuf>, target: &Target) -> Result<String, i32> {
+    target
         .admin
         .clone()
         .map(Ok)
         .unwrap_or_else(|| admin_from_config(config))
-    {
-        Ok(b) => b,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("modelgate: {e}");
-            return 2;
+            2
+        })
+}
+
+pub fn run_logging(config: Option<PathBuf>, cmd: LoggingCommand) -> i32 {
+    let (target, method, path) = match &cmd {
+        LoggingCommand::Status(t) => (t, "GET", "/admin/logging".to_string()),
+        LoggingCommand::SetLevel { level, target } => (target, "PUT", format!("/admin/logging?level={level}")),
+    };
+    let base = match base_url(config, target) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match admin_request(&base, target.admin_key.as_deref(), method, &path) {
+        Ok(v) => {
+            out!("log level: {}", v["level"].as_str().unwrap_or("?"));
+            0
+        }
+        Err(e) => {
+            eprintln!("modelgate: {base}{path}: {e}");
+            1
+        }
+    }
+}
+
+pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
+    let (target, circuits) = match cmd {
+        HealthCommand::Status(t) => (t, false),
+        HealthCommand::CircuitBreakers(t) => (t, true),
+        HealthCommand::Reset(t) => {
+            let base = match base_url(config, &t) {
+                Ok(b) => b,
+                Err(code) => return code,
+            };
+            return match admin_request(&base, t.admin_key.as_deref(), "POST", "/admin/circuits/reset") {
+                Ok(v) => {
+                    out!("reset {} circuit breakers", v["reset"]);
+                    0
+                }
+                Err(e) => {
+                    eprintln!("modelgate: {base}/admin/circuits/reset: {e}");
+                    1
+                }
+            };
         }
     };
-    let status = match fetch_status(&base, target.admin_key.as_deref()) {
+    let base = match base_url(config, &target) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let status = match admin_request(&base, target.admin_key.as_deref(), "GET", "/status") {
         Ok(v) => v,
         Err(e) => {
             eprintln!("modelgate: {base}/status: {e}");
@@ -78,8 +135,9 @@ fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {
     Ok(format!("http://{}", c.admin_listen.unwrap_or(c.listen)))
 }
 
-/// A plain-HTTP GET through Pingora's own client (the admin API is local).
-fn fetch_status(base: &str, key: Option<&str>) -> Result<Value, String> {
+/// One request to the admin API through Pingora's own client (the admin
+/// API is local, plain HTTP); the JSON answer.
+fn admin_request(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<Value, String> {
     let url = url::Url::parse(base).map_err(|e| e.to_string())?;
     if url.scheme() != "http" {
         return Err("the admin URL must be http://".into());
@@ -101,7 +159,10 @@ fn fetch_status(base: &str, key: Option<&str>) -> Result<Value, String> {
         peer.options.connection_timeout = Some(std::time::Duration::from_secs(3));
         peer.options.read_timeout = Some(std::time::Duration::from_secs(5));
         let (mut session, _) = connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
-        let mut req = pingora::http::RequestHeader::build("GET", b"/status", None).map_err(|e| e.to_string())?;
+        let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
+        if method != "GET" {
+            let _ = req.insert_header("content-length", "0");
+        }
         let _ = req.insert_header("host", format!("{host}:{port}"));
         if let Some(k) = key {
             let _ = req.insert_header("x-api-key", k);
@@ -117,7 +178,7 @@ fn fetch_status(base: &str, key: Option<&str>) -> Result<Value, String> {
         while let Some(chunk) = session.read_response_body().await.map_err(|e| e.to_string())? {
             body.extend_from_slice(&chunk);
             if body.len() > 16 * 1024 * 1024 {
-                return Err("status answer too large".to_string());
+                return Err("admin answer too large".to_string());
             }
         }
         if status != 200 {

@@ -51,6 +51,11 @@ pub enum Command {
         #[command(subcommand)]
         command: health::HealthCommand,
     },
+    /// See or change a running gateway's log level.
+    Logging {
+        #[command(subcommand)]
+        command: health::LoggingCommand,
+    },
     /// Inspect routing: the rules, and the plan a model gets.
     Route {
         #[command(subcommand)]
@@ -65,6 +70,7 @@ pub fn run() -> i32 {
         Command::Config { command } => config_cmd::run(cli.config, command),
         Command::Route { command } => route::run(cli.config, command),
         Command::Health { command } => health::run(cli.config, command),
+        Command::Logging { command } => health::run_logging(cli.config, command),
     }
 }
 

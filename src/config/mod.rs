@@ -65,6 +65,8 @@ pub struct Fixed {
     pub threads: Option<usize>,
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
+    pub grace_period: std::time::Duration,
+    pub log_format: schema::LogFormat,
 }
 
 impl Fixed {
@@ -75,6 +77,8 @@ impl Fixed {
             threads: s.config.threads,
             upgrade_sock: s.config.upgrade_sock.clone(),
             pid_file: s.config.pid_file.clone(),
+            grace_period: s.config.grace_period.0,
+            log_format: s.config.log_format,
         }
     }
 }

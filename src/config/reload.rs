@@ -5,9 +5,9 @@
 //! the one routine they call. The new config is parsed, validated and
 //! compiled completely off the request path before one atomic pointer swap;
 //! requests already running keep the snapshot they started with, retries
-//! included. Routes, providers, keys, limits, budgets and pricing reload;
-//! listeners, thread counts and the upgrade/pid paths are bound to the
-//! process — a change there is reported as "restart required" and applied
+//! included. Routes, providers, keys, limits, budgets, pricing and the log
+//! level reload; listeners, thread counts, the upgrade/pid paths, the grace
+//! period and the log format are bound to the process — a change there is reported as "restart required" and applied
 //! by a graceful upgrade (`serve -u`).
 
 use std::sync::Arc;
@@ -78,6 +78,9 @@ impl ConfigStore {
                     );
                 }
                 let version = new.version.clone();
+                if std::env::var_os("RUST_LOG").is_none() {
+                    crate::logging::set_level(new.config.log_level.as_filter());
+                }
                 self.current.store(Arc::new(new));
                 status.succeeded += 1;
                 crate::telemetry::METRICS.reloads.with_label_values(&["applied"]).inc();
@@ -105,6 +108,12 @@ fn restart_required(boot: &Fixed, new: &Fixed) -> Vec<String> {
     }
     if boot.pid_file != new.pid_file {
         out.push("pid_file".to_string());
+    }
+    if boot.grace_period != new.grace_period {
+        out.push("grace_period".to_string());
+    }
+    if boot.log_format != new.log_format {
+        out.push("log_format".to_string());
     }
     out
 }

@@ -81,6 +81,8 @@ enum Endpoint<'a> {
     Probe,
     Status,
     Metrics,
+    AdminLogging,
+    AdminCircuitReset,
     Models,
     Model(&'a str),
     Messages,
@@ -105,6 +107,14 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         (_, "/status") => match *method {
             M::GET => Endpoint::Status,
             _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (_, "/admin/logging") => match *method {
+            M::GET | M::PUT => Endpoint::AdminLogging,
+            _ => Endpoint::MethodNotAllowed("GET, PUT"),
+        },
+        (_, "/admin/circuits/reset") => match *method {
+            M::POST => Endpoint::AdminCircuitReset,
+            _ => Endpoint::MethodNotAllowed("POST"),
         },
         (_, "/metrics") => match *method {
             M::GET => Endpoint::Metrics,
@@ -230,6 +240,36 @@ impl Gateway {
                 }
                 let body = telemetry::render();
                 respond::body(session, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", body).await;
+            }
+            Endpoint::AdminLogging => {
+                if self.role == Role::Main {
+                    auth::authorize_admin(snap, &session.req_header().headers)?;
+                }
+                // PUT /admin/logging?level=debug
+                if session.req_header().method == http::Method::PUT {
+                    let query = session.req_header().uri.query().unwrap_or("");
+                    let level = url::form_urlencoded::parse(query.as_bytes())
+                        .find(|(k, _)| k == "level")
+                        .and_then(|(_, v)| v.parse::<log::LevelFilter>().ok())
+                        .ok_or_else(|| {
+                            GatewayError::InvalidRequest("level: give ?level=off|error|warn|info|debug|trace".into())
+                        })?;
+                    crate::logging::set_level(level);
+                    log::warn!("log level set to {level} through the admin API");
+                }
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"level": crate::logging::level().as_str().to_lowercase()}))
+                        .unwrap_or_default();
+                respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::AdminCircuitReset => {
+                if self.role == Role::Main {
+                    auth::authorize_admin(snap, &session.req_header().headers)?;
+                }
+                let n = self.shared.health.reset_all();
+                log::warn!("{n} circuit breakers reset through the admin API");
+                let body = serde_json::to_vec(&serde_json::json!({"reset": n})).unwrap_or_default();
+                respond::json(session, ctx, 200, body, &[]).await;
             }
             Endpoint::Models => {
                 self.caller(session, ctx, snap)?;

@@ -232,6 +232,18 @@ impl Registry {
             .clone()
     }
 
+    /// Close every circuit (an operator's override after an incident).
+    /// Returns how many there were.
+    pub fn reset_all(&self) -> usize {
+        let map = self.circuits.read().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for c in map.values().flat_map(|m| m.values()) {
+            c.success();
+            n += 1;
+        }
+        n
+    }
+
     /// `(provider, account, view)` for every circuit, sorted.
     pub fn views(&self, now: Instant) -> Vec<(String, String, CircuitView)> {
         let map = self.circuits.read().unwrap_or_else(|p| p.into_inner());

@@ -302,7 +302,7 @@ pub async fn run<'u>(
                 // half-open probe). Someone else may have taken it first.
                 let c = &plan.candidates[t.candidate];
                 let circuit = health.circuit(&c.provider.name, &c.provider.accounts[t.account].label);
-                if let Admission::Blocked(_) = circuit.admit(Instant::now()) {
+                if let Admission::Blocked(_) | Admission::Cooling(_) = circuit.admit(Instant::now()) {
                     continue;
                 }
                 t
@@ -463,7 +463,8 @@ enum Pick {
 }
 
 /// The next target: an untried account that is admitted now, in plan order;
-/// else a tried one admitted now (a retry); else the one that frees up first.
+/// else a tried one admitted now (a retry); else the 429 cool-down that ends
+/// first.
 fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(usize, usize)], now: Instant) -> Pick {
     let mut earliest: Option<(Target, Instant)> = None;
     for retry_pass in [false, true] {
@@ -480,8 +481,11 @@ fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(
                             account: ai,
                         })
                     }
-                    Admission::Blocked(until) => {
-                        count(&c.provider.name, "circuit_open");
+                    // A failed account is not waited for: its probe comes
+                    // from traffic after the cool-down, and meanwhile the
+                    // client hears at once. A 429 cool-down is worth a wait.
+                    Admission::Blocked(_) => count(&c.provider.name, "circuit_open"),
+                    Admission::Cooling(until) => {
                         if earliest.as_ref().is_none_or(|(_, e)| until < *e) {
                             earliest = Some((
                                 Target {

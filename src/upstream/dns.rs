@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 
 use hickory_resolver::TokioResolver;
 
+/// Addresses of one name tried per request, at most.
+pub const MAX_ADDRESSES: usize = 4;
+
 #[derive(Default)]
 pub struct Dns {
     resolver: OnceLock<Result<TokioResolver, String>>,
@@ -33,22 +36,26 @@ impl Dns {
             .map_err(Clone::clone)
     }
 
-    /// Resolve `host:port` to one address (the first the resolver prefers).
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+    /// Resolve `host:port` to its addresses, IPv4 first (loopback names
+    /// and dual-stack hosts often answer only on one family), at most
+    /// [`MAX_ADDRESSES`].
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = literal.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
+            return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let lookup = self
             .resolver()?
             .lookup_ip(host)
             .await
             .map_err(|e| format!("DNS lookup of `{host}` failed: {e}"))?;
-        lookup
-            .iter()
-            .next()
-            .map(|ip| SocketAddr::new(ip, port))
-            .ok_or_else(|| format!("DNS lookup of `{host}` returned no addresses"))
+        let mut addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        addrs.sort_by_key(|a| a.is_ipv6());
+        addrs.truncate(MAX_ADDRESSES);
+        if addrs.is_empty() {
+            return Err(format!("DNS lookup of `{host}` returned no addresses"));
+        }
+        Ok(addrs)
     }
 }
 
@@ -57,8 +64,8 @@ mod tests {
     #[tokio::test]
     async fn ip_literals_skip_the_resolver() {
         let dns = super::Dns::new();
-        assert_eq!(dns.resolve("127.0.0.1", 9).await.unwrap().to_string(), "127.0.0.1:9");
-        assert_eq!(dns.resolve("::1", 9).await.unwrap().to_string(), "[::1]:9");
+        assert_eq!(dns.resolve("127.0.0.1", 9).await.unwrap()[0].to_string(), "127.0.0.1:9");
+        assert_eq!(dns.resolve("::1", 9).await.unwrap()[0].to_string(), "[::1]:9");
         assert!(dns.resolver.get().is_none());
     }
 }

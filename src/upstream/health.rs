@@ -40,8 +40,10 @@ pub enum Admission {
     Ready,
     /// Admitted as the half-open probe.
     Probe,
-    /// Not before this instant.
+    /// Out after failures (open or probing) until about this instant.
     Blocked(Instant),
+    /// Cooling down after a 429 until this instant: worth waiting for.
+    Cooling(Instant),
 }
 
 #[derive(Debug)]
@@ -86,6 +88,7 @@ impl Circuit {
         match c.state {
             State::Closed => Admission::Ready,
             State::HalfOpen => Admission::Blocked(now + Duration::from_secs(1)),
+            State::Open { until, throttled: true } if now < until => Admission::Cooling(until),
             State::Open { until, .. } if now < until => Admission::Blocked(until),
             State::Open { throttled: true, .. } => {
                 c.state = State::Closed;
@@ -307,7 +310,7 @@ mod tests {
         let c = Circuit::default();
         let t = Instant::now();
         c.throttled(t + Duration::from_secs(2));
-        assert_eq!(c.admit(t), Admission::Blocked(t + Duration::from_secs(2)));
+        assert_eq!(c.admit(t), Admission::Cooling(t + Duration::from_secs(2)));
         assert_eq!(c.snapshot(t).state, "cooling_down");
         assert_eq!(c.admit(t + Duration::from_secs(2)), Admission::Ready);
         assert_eq!(c.admit(t + Duration::from_secs(2)), Admission::Ready);

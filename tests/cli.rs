@@ -162,3 +162,39 @@ fn config_doctor_gives_a_verdict_per_check() {
         "{out}"
     );
 }
+
+#[test]
+fn provider_list_and_show() {
+    let (ok, out) = run(&["provider", "list"], CONFIG);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("anthropic") && lines[0].contains("enabled, default"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("oai")
+            && lines[2].contains("https://api.openai.com/v1")
+            && lines[2].ends_with("accounts 2"),
+        "{out}"
+    );
+
+    let (ok, out) = run(&["provider", "show", "oai"], CONFIG);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("account:   oai#1 (weight 3) — credential configured"),
+        "{out}"
+    );
+    assert!(out.contains("used by:   routes[0], routes[1]"), "{out}");
+    assert!(!out.contains("k1"), "no secrets: {out}");
+
+    let (ok, out) = run(&["provider", "show", "nope"], CONFIG);
+    assert!(!ok && out.contains("configured: anthropic, backup, oai"), "{out}");
+
+    let (ok, out) = run(&["provider", "list", "--builtins"], CONFIG);
+    assert!(
+        ok && out.contains("azure       default api_base: (none: give api_base)"),
+        "{out}"
+    );
+}

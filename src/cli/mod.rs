@@ -16,6 +16,7 @@ macro_rules! out {
 
 mod config_cmd;
 mod health;
+mod provider;
 mod route;
 mod serve;
 
@@ -56,6 +57,11 @@ pub enum Command {
         #[command(subcommand)]
         command: health::LoggingCommand,
     },
+    /// Inspect providers.
+    Provider {
+        #[command(subcommand)]
+        command: provider::ProviderCommand,
+    },
     /// Inspect routing: the rules, and the plan a model gets.
     Route {
         #[command(subcommand)]
@@ -69,6 +75,7 @@ pub fn run() -> i32 {
         Command::Serve(args) => serve::run(cli.config, args),
         Command::Config { command } => config_cmd::run(cli.config, command),
         Command::Route { command } => route::run(cli.config, command),
+        Command::Provider { command } => provider::run(cli.config, command),
         Command::Health { command } => health::run(cli.config, command),
         Command::Logging { command } => health::run_logging(cli.config, command),
     }

@@ -65,8 +65,17 @@ impl ProviderKind {
         }
     }
 
+    /// Every type this build supports.
+    pub const ALL: [ProviderKind; 5] = [
+        ProviderKind::Anthropic,
+        ProviderKind::OpenAi,
+        ProviderKind::Azure,
+        ProviderKind::OpenRouter,
+        ProviderKind::Ollama,
+    ];
+
     /// `None` where there is no sensible default (Azure: the resource URL is yours).
-    fn default_base(self) -> Option<&'static str> {
+    pub fn default_base(self) -> Option<&'static str> {
         match self {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::OpenAi => Some("https://api.openai.com/v1"),

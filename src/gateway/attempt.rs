@@ -266,7 +266,6 @@ pub async fn run<'u>(
     plan: &Plan,
     job: &Job<'_>,
 ) -> Result<Committed<'u>, Failure> {
-    let started = Instant::now();
     let max_attempts = 1 + snap.config.max_retries;
     let base_delay = snap.config.retry_delay.0;
     let mut prepared: Vec<Option<Prepared>> = plan.candidates.iter().map(|_| None).collect();
@@ -437,7 +436,6 @@ pub async fn run<'u>(
             Prepared::OpenAi { .. } => Failure::Gateway(relay::openai_error(exchange, &provider.name).await),
         });
     }
-    let _ = started;
     Err(last.unwrap_or_else(|| {
         let wait = plan
             .candidates

@@ -16,6 +16,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Indices of `labels` (with their `weights`), best first for `key`.
 pub fn rank(labels: &[(&str, u32)], key: u64) -> Vec<usize> {
+    // One account (the common case) has nothing to rank.
+    if labels.len() < 2 {
+        return (0..labels.len()).collect();
+    }
     let mut scored: Vec<(f64, usize)> = labels
         .iter()
         .enumerate()

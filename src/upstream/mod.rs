@@ -389,11 +389,18 @@ pub struct Exchange<'a> {
 
 impl Exchange<'_> {
     pub fn header(&self) -> &ResponseHeader {
-        // `send` only builds an Exchange after a final header was read.
+        // `send` only builds an Exchange after a final header was read; were
+        // that ever not so, a 502 head makes the attempt loop move on
+        // instead of the worker panicking.
+        static MISSING: std::sync::LazyLock<ResponseHeader> = std::sync::LazyLock::new(|| {
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = http::StatusCode::BAD_GATEWAY;
+            ResponseHeader::from(parts)
+        });
         self.session
             .as_ref()
             .and_then(|s| s.response_header())
-            .expect("exchange holds a response header")
+            .unwrap_or(&MISSING)
     }
 
     /// The next body chunk, `None` at the end. A silence longer than the idle

@@ -16,3 +16,4 @@ pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;

@@ -8,3 +8,32 @@
 pub mod anthropic;
 pub mod openai;
 pub mod sse;
+
+use serde_json::{json, Value};
+
+/// Token counts in Anthropic's terms, whatever dialect reported them:
+/// `input_tokens` excludes cache reads and cache writes, which are counted
+/// apart (they are priced apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+}
+
+impl Usage {
+    pub fn to_json(self) -> Value {
+        json!({
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "output_tokens": self.output_tokens,
+        })
+    }
+
+    /// Every token the request consumed, the figure `tpm` limits count.
+    pub fn total(self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+    }
+}

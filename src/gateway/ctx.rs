@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::config::snapshot::KeyEntry;
 use crate::config::Snapshot;
-use crate::dialects::openai::Usage;
+use crate::dialects::Usage;
 use crate::error::ErrorKind;
 
 pub struct RequestCtx {

@@ -17,7 +17,7 @@ pub mod tokens;
 
 use std::collections::HashMap;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Which OpenAI-compatible upstream is being spoken to. The wire format is
@@ -115,15 +115,7 @@ pub fn stop_reason(finish_reason: Option<&str>, saw_tool_call: bool) -> &'static
     }
 }
 
-/// Token counts in Anthropic's terms. OpenAI's `prompt_tokens` includes
-/// cached tokens; Anthropic's `input_tokens` excludes them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-}
+pub use crate::dialects::Usage;
 
 impl Usage {
     pub fn from_openai(usage: &Value) -> Option<Usage> {
@@ -140,15 +132,6 @@ impl Usage {
             output_tokens: n(obj.get("completion_tokens")),
             cache_read_input_tokens: cached,
             cache_creation_input_tokens: written,
-        })
-    }
-
-    pub fn to_json(self) -> Value {
-        json!({
-            "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-            "output_tokens": self.output_tokens,
         })
     }
 }

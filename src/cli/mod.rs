@@ -16,9 +16,11 @@ macro_rules! out {
 
 mod config_cmd;
 mod health;
+mod keys;
 mod provider;
 mod route;
 mod serve;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -67,6 +69,13 @@ pub enum Command {
         #[command(subcommand)]
         command: route::RouteCommand,
     },
+    /// Create, list and revoke developers' gateway keys (edits the config file).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Spend and tokens from the usage ledger.
+    Usage(usage::UsageArgs),
 }
 
 pub fn run() -> i32 {
@@ -78,6 +87,8 @@ pub fn run() -> i32 {
         Command::Provider { command } => provider::run(cli.config, command),
         Command::Health { command } => health::run(cli.config, command),
         Command::Logging { command } => health::run_logging(cli.config, command),
+        Command::Keys { command } => keys::run(cli.config, command),
+        Command::Usage(args) => usage::run(cli.config, args),
     }
 }
 

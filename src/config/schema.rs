@@ -370,6 +370,16 @@ pub struct StateConfig {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key this gateway writes (several gateway
+    /// fleets can share one Redis).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// What a request meets while Redis is unreachable.
+    #[serde(default)]
+    pub on_redis_error: RedisFailurePolicy,
+    /// Capacity of the queue between requests and the ledger writer.
+    #[serde(default = "default_ledger_queue")]
+    pub ledger_queue: usize,
 }
 
 impl Default for StateConfig {
@@ -378,7 +388,55 @@ impl Default for StateConfig {
             backend: StateBackend::Embedded,
             path: default_state_path(),
             redis_url: None,
+            redis_prefix: default_redis_prefix(),
+            on_redis_error: RedisFailurePolicy::default(),
+            ledger_queue: default_ledger_queue(),
         }
+    }
+}
+
+fn default_redis_prefix() -> String {
+    "modelgate".into()
+}
+
+fn default_ledger_queue() -> usize {
+    65_536
+}
+
+/// `fail_open` admits the request unchecked; `fail_closed` refuses it
+/// (503). Budgets fail closed by default (money), rate limits open
+/// (availability).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFailurePolicy {
+    #[serde(default = "FailMode::open")]
+    pub rate_limits: FailMode,
+    #[serde(default = "FailMode::closed")]
+    pub budgets: FailMode,
+}
+
+impl Default for RedisFailurePolicy {
+    fn default() -> Self {
+        RedisFailurePolicy {
+            rate_limits: FailMode::FailOpen,
+            budgets: FailMode::FailClosed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    FailOpen,
+    FailClosed,
+}
+
+impl FailMode {
+    fn open() -> Self {
+        FailMode::FailOpen
+    }
+    fn closed() -> Self {
+        FailMode::FailClosed
     }
 }
 
@@ -453,11 +511,34 @@ fn default_token_ttl() -> Dur {
     Dur(Duration::from_secs(3600))
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default)]
     pub log_prompts: bool,
+    /// Rotate the file when it reaches this many bytes (`path.1`, `path.2`,
+    /// …). Absent: never rotate here; reopen on SIGHUP after an external
+    /// rotation (logrotate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept when `max_bytes` is set.
+    #[serde(default = "default_audit_keep")]
+    pub keep: u32,
+}
+
+fn default_audit_keep() -> u32 {
+    5
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            log_prompts: false,
+            max_bytes: None,
+            keep: default_audit_keep(),
+        }
+    }
 }

@@ -108,8 +108,28 @@ pub enum GatewayError {
         message: String,
         retry_after: Option<u64>,
     },
+    /// A gateway rate limit (`rpm`/`tpm` of a key or team).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: u64,
+        headers: Box<RateLimitHeaders>,
+    },
+    /// A gateway budget cannot cover the request. Claude Code stops
+    /// retrying on `billing_error` with `x-should-retry: false`.
+    #[error("{message}")]
+    BudgetExceeded { message: String, retry_after: Option<u64> },
     #[error("{0}")]
     Internal(String),
+}
+
+/// The gateway's own limit, described in Anthropic's
+/// `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` terms:
+/// (limit, remaining, RFC 3339 reset).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitHeaders {
+    pub requests: Option<(u64, u64, String)>,
+    pub tokens: Option<(u64, u64, String)>,
 }
 
 impl GatewayError {
@@ -126,6 +146,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => ErrorKind::Timeout,
             GatewayError::Unavailable { .. } => ErrorKind::Overloaded,
             GatewayError::Upstream { kind, .. } => *kind,
+            GatewayError::RateLimited { .. } => ErrorKind::RateLimit,
+            GatewayError::BudgetExceeded { .. } => ErrorKind::Billing,
         }
     }
 
@@ -141,6 +163,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Unavailable { .. } => 529,
             GatewayError::Upstream { status, .. } => *status,
+            GatewayError::RateLimited { .. } | GatewayError::BudgetExceeded { .. } => 429,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -157,6 +180,43 @@ impl GatewayError {
                 retry_after: Some(secs),
                 ..
             } => vec![("retry-after", secs.to_string())],
+            GatewayError::RateLimited {
+                retry_after, headers, ..
+            } => {
+                let mut out = vec![("retry-after", retry_after.to_string())];
+                for (names, quota) in [
+                    (
+                        [
+                            "anthropic-ratelimit-requests-limit",
+                            "anthropic-ratelimit-requests-remaining",
+                            "anthropic-ratelimit-requests-reset",
+                        ],
+                        &headers.requests,
+                    ),
+                    (
+                        [
+                            "anthropic-ratelimit-tokens-limit",
+                            "anthropic-ratelimit-tokens-remaining",
+                            "anthropic-ratelimit-tokens-reset",
+                        ],
+                        &headers.tokens,
+                    ),
+                ] {
+                    if let Some((limit, remaining, reset)) = quota {
+                        out.push((names[0], limit.to_string()));
+                        out.push((names[1], remaining.to_string()));
+                        out.push((names[2], reset.clone()));
+                    }
+                }
+                out
+            }
+            GatewayError::BudgetExceeded { retry_after, .. } => {
+                let mut out = vec![("x-should-retry", "false".to_string())];
+                if let Some(secs) = retry_after {
+                    out.push(("retry-after", secs.to_string()));
+                }
+                out
+            }
             _ => Vec::new(),
         }
     }

@@ -12,6 +12,7 @@ pub mod dialects;
 pub mod error;
 pub mod gateway;
 pub mod logging;
+pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -10,7 +10,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// LLM latencies span milliseconds (cached, local) to many minutes (long generations).
@@ -32,10 +32,33 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub cost: CounterVec,
+    pub refusals: IntCounterVec,
+    pub state_errors: IntCounterVec,
+    pub budget_remaining: GaugeVec,
+    pub ledger_dropped: IntCounter,
+    pub audit_dropped: IntCounter,
+    pub unpriced: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn float_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -129,6 +152,52 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["result"],
         ),
         build_info: gauge_vec(&r, "modelgate_build_info", "Build information; always 1.", &["version"]),
+        cost: float_counter(
+            &r,
+            "modelgate_cost_usd_total",
+            "Spend in USD from the price table, by provider.",
+            &["provider"],
+        ),
+        refusals: counter(
+            &r,
+            "modelgate_policy_refusals_total",
+            "Requests refused by a gateway limit, by reason (rate_limit, budget) and scope kind (key, team).",
+            &["reason", "scope"],
+        ),
+        state_errors: counter(
+            &r,
+            "modelgate_state_errors_total",
+            "Failed operations on the shared state backend, by backend and operation (admit, settle, read).",
+            &["backend", "op"],
+        ),
+        budget_remaining: {
+            let g = GaugeVec::new(
+                Opts::new(
+                    "modelgate_budget_remaining_usd",
+                    "USD left in each team's current budget period (as of the last scrape).",
+                ),
+                &["team"],
+            )
+            .unwrap_or_else(|e| panic!("metric budget_remaining: {e}"));
+            r.register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("metric budget_remaining: {e}"));
+            g
+        },
+        ledger_dropped: plain_counter(
+            &r,
+            "modelgate_ledger_dropped_total",
+            "Usage records the ledger could not take (queue full or write failure).",
+        ),
+        audit_dropped: plain_counter(
+            &r,
+            "modelgate_audit_dropped_total",
+            "Audit records that could not be written (queue full or I/O failure).",
+        ),
+        unpriced: plain_counter(
+            &r,
+            "modelgate_unpriced_requests_total",
+            "Requests whose model has no entry in the price table (counted at zero cost).",
+        ),
         registry: r,
     };
     m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

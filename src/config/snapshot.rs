@@ -11,9 +11,10 @@ use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use http::header::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::schema::{Config, FallbackConfig, KeyConfig, ProviderConfig};
+use super::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderConfig, TeamConfig};
 use super::ConfigError;
 use crate::dialects::openai::Flavor;
+use crate::policy::ScopeLimits;
 use crate::secret::Secret;
 
 /// Provider types this build can talk to. Types named in `spec/config.md` but
@@ -252,6 +253,10 @@ pub struct KeyEntry {
     pub name: String,
     pub team: Option<String>,
     pub enabled: bool,
+    /// This key's rate limits and budget (a policy scope of its own).
+    pub scope: Arc<ScopeLimits>,
+    /// Its team's, shared by every key of the team.
+    pub team_scope: Option<Arc<ScopeLimits>>,
     models: Option<GlobSet>,
     hash: [u8; 32],
 }
@@ -429,7 +434,7 @@ impl Snapshot {
 
         let keys = match &config.keys {
             None => None,
-            Some(list) => Some(build_keys(list, env)?),
+            Some(list) => Some(build_keys(list, &config.teams, env, &mut warnings)?),
         };
         let admin_keys = config
             .admin_keys_sha256
@@ -711,9 +716,19 @@ fn build_accounts(
 
 fn build_keys(
     list: &[KeyConfig],
+    teams: &BTreeMap<String, TeamConfig>,
     env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
 ) -> Result<HashMap<[u8; 32], Arc<KeyEntry>>, ConfigError> {
     let mut out = HashMap::with_capacity(list.len());
+    let mut team_scopes: HashMap<&str, Arc<ScopeLimits>> = HashMap::new();
+    for (name, t) in teams {
+        if let Some(b) = &t.budget {
+            check_budget(&format!("teams.{name}.budget"), b)?;
+        }
+        let scope = ScopeLimits::new("team", name, t.rate_limit.as_ref(), t.budget.as_ref());
+        team_scopes.insert(name.as_str(), Arc::new(scope));
+    }
     let mut names = std::collections::HashSet::new();
     for (i, k) in list.iter().enumerate() {
         let key = format!("keys[{i}]");
@@ -756,10 +771,25 @@ fn build_keys(
                     .map_err(|e| ConfigError::invalid(format!("{key}.models"), e.to_string()))?,
             )
         };
+        if let Some(b) = &k.budget {
+            check_budget(&format!("{key}.budget"), b)?;
+        }
+        let team_scope = k.team.as_deref().map(|t| {
+            Arc::clone(team_scopes.entry(t).or_insert_with(|| {
+                if !teams.is_empty() {
+                    warnings.push(format!(
+                        "{key}.team: team `{t}` is not under `teams:` (no team limits or budget apply)"
+                    ));
+                }
+                Arc::new(ScopeLimits::new("team", t, None, None))
+            }))
+        });
         let entry = Arc::new(KeyEntry {
             name: k.name.clone(),
             team: k.team.clone(),
             enabled: k.enabled,
+            scope: Arc::new(ScopeLimits::new("key", &k.name, k.rate_limit.as_ref(), k.budget.as_ref())),
+            team_scope,
             models,
             hash,
         });
@@ -771,6 +801,16 @@ fn build_keys(
         }
     }
     Ok(out)
+}
+
+fn check_budget(key: &str, b: &BudgetConfig) -> Result<(), ConfigError> {
+    if !b.usd.is_finite() || b.usd < 0.0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.usd"),
+            "must be a non-negative amount of USD",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

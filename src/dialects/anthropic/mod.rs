@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub mod types;
+pub mod usage;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -38,6 +39,8 @@ pub struct MessagesRequest {
     pub stream: bool,
     /// `speed: "fast"` was asked for (fast mode).
     pub speed_fast: bool,
+    /// The output cap the client set (budgets reserve against it).
+    pub max_tokens: Option<u64>,
     /// Byte range of the `model` value (including its quotes) within `body`.
     model_span: Range<usize>,
     /// Byte range of the whole `"speed": …` member, with one adjoining comma.
@@ -54,6 +57,8 @@ struct View<'a> {
     stream: Option<bool>,
     #[serde(default, borrow)]
     speed: Option<&'a RawValue>,
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
 }
 
 /// The fast-mode beta (`protocol.md` §2.1) and the models that support it
@@ -129,6 +134,7 @@ impl MessagesRequest {
             model,
             stream: view.stream.unwrap_or(false),
             speed_fast,
+            max_tokens: view.max_tokens.as_ref().and_then(serde_json::Value::as_u64),
             model_span,
             speed_member,
             object_start,

@@ -482,7 +482,7 @@ fn empty_insert_at(doc: &Doc, b: &Block) -> usize {
 fn dash_offset(line: &str, dash: usize) -> usize {
     let after = &line[dash + 1..];
     let trimmed = after.trim_start_matches(' ');
-    if trimmed.is_empty() || trimmed.starts_with('#') {
+    if trimmed.is_empty() || trimmed.starts_with(['#', '\t']) {
         2
     } else {
         1 + after.len() - trimmed.len()
@@ -1340,6 +1340,105 @@ teams: {}
         assert!(e.to_string().contains("there: a, b"), "{e}");
         let e = remove_list_item("listen: x\n", "keys", "name", "zz").unwrap_err();
         assert!(matches!(e, EditError::NotFound { ref available, .. } if available.is_empty()));
+    }
+
+    #[test]
+    fn handles_markers_quoted_keys_and_block_scalars() {
+        let text = "---\n# c\n\"keys\":\n  - name: a\n    note: |\n      # not a comment\n      - not an item\n\n  - name: 'b#1'   # c\nlisten: x\n";
+        assert_eq!(
+            remove(text, "a"),
+            "---\n# c\n\"keys\":\n\n  - name: 'b#1'   # c\nlisten: x\n"
+        );
+        let out = remove(text, "b#1");
+        assert_eq!(
+            out,
+            "---\n# c\n\"keys\":\n  - name: a\n    note: |\n      # not a comment\n      - not an item\n\nlisten: x\n"
+        );
+        assert!(append(text).contains("  - name: 'b#1'   # c\n  - name: alice\n"));
+    }
+
+    #[test]
+    fn scanners_respect_quotes() {
+        assert_eq!(comment_start(" \"a # b\"  # c"), 8);
+        assert_eq!(comment_start(" 'it''s # x' # y"), 12);
+        assert_eq!(comment_start(" a#b"), 4);
+        assert_eq!(comment_start(" # only"), 0);
+        assert_eq!(
+            flow_items("[{a: \"x, y\"}, 'p,q', [1, 2], z]").unwrap(),
+            ["{a: \"x, y\"}", "'p,q'", "[1, 2]", "z"]
+        );
+        assert_eq!(flow_items("[]").unwrap(), Vec::<String>::new());
+        assert!(flow_items("[a, {b]").is_none());
+        assert_eq!(parse_key("\"a: b\" : 1"), Some(("a: b".to_string(), 8)));
+        assert_eq!(parse_key("url: http://x"), Some(("url".to_string(), 4)));
+        assert_eq!(parse_key("---"), None);
+        assert_eq!(parse_key("a:b"), None);
+    }
+
+    /// Random layouts: dash column, content offset, comments and blank lines
+    /// between items, nested blocks, CRLF, a missing final newline, sections
+    /// before and after.
+    fn layout() -> impl proptest::strategy::Strategy<Value = (String, Vec<String>)> {
+        use proptest::prelude::*;
+        let item = (any::<bool>(), any::<bool>(), any::<bool>(), 0..3usize);
+        (
+            prop::sample::select(vec![0usize, 2, 4]),
+            prop::sample::select(vec![2usize, 4]),
+            prop::collection::vec(item, 1..5),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(dash, offset, items, crlf, final_newline, trailer)| {
+                let pad = |n: usize| " ".repeat(n);
+                let inner = dash + offset;
+                let mut lines = vec!["# head".to_string(), "listen: x".into(), "keys:   # devs".into()];
+                let mut names = Vec::new();
+                for (i, (comment_above, blank_above, nested, inner_comments)) in items.into_iter().enumerate() {
+                    let name = format!("k{i}");
+                    if blank_above {
+                        lines.push(String::new());
+                    }
+                    if comment_above {
+                        lines.push(format!("{}# about {name}", pad(dash)));
+                    }
+                    lines.push(format!("{}-{}name: {name}   # n", pad(dash), pad(offset - 1)));
+                    if nested {
+                        lines.push(format!("{}rate_limit:", pad(inner)));
+                        lines.push(format!("{}rpm: {i}", pad(inner + 2)));
+                    } else {
+                        lines.push(format!("{}models: [\"a,b\", 'c']", pad(inner)));
+                    }
+                    for c in 0..inner_comments {
+                        lines.push(format!("{}# inside {name} {c}", pad(inner)));
+                    }
+                    names.push(name);
+                }
+                if trailer {
+                    lines.extend(["".into(), "# next".into(), "teams: {}".into()]);
+                }
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let mut text = lines.join(eol);
+                if final_newline {
+                    text.push_str(eol);
+                }
+                (text, names)
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn append_then_remove_gives_back_the_same_bytes((text, names) in layout()) {
+            let added = append(&text);
+            proptest::prop_assert_eq!(remove(&added, "alice"), text.clone());
+            for name in &names {
+                let out = remove(&text, name);
+                let left = list_field_values(&out, "keys", "name").unwrap().unwrap();
+                proptest::prop_assert_eq!(left.len(), names.len() - 1);
+                proptest::prop_assert_eq!(out.contains("\r\n"), text.contains("\r\n"));
+            }
+        }
     }
 
     #[test]

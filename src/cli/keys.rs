@@ -1,16 +1,554 @@
-//! `modelgate keys create|list|revoke` (being written).
+//! `modelgate keys create|list|revoke`: developers' gateway keys, kept in the
+//! config file's `keys:` section.
+//!
+//! A key is shown once, when it is created, and only its sha256 is stored.
+//! Every change goes through `config::edit`: comments and order survive, the
+//! result is validated as `serve` would load it, and the file is replaced
+//! atomically, so a running gateway's hot reload sees the old file or the new
+//! one, never half of one.
+//!
+//! Exit codes: 0 done; 1 the request was refused (bad name or budget, a
+//! duplicate, an unknown key, a change that would not load); 2 the config
+//! file could not be read, parsed or written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use rand::RngCore;
+
+use crate::config::edit::{self, EditError};
+use crate::config::schema::{BudgetPeriod, KeyConfig};
+use crate::config::snapshot::sha256;
+
+const USER_ERROR: i32 = 1;
+const CONFIG_ERROR: i32 = 2;
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
-    /// Print a new key once and store its sha256 in the config file.
-    Create { name: String },
+    /// Create a gateway key: print it once, store only its sha256.
+    ///
+    /// The key is `mg-` followed by 43 base62 characters (256 bits from the
+    /// operating system's random generator). It is printed on stdout, alone on
+    /// one line, so `KEY=$(modelgate keys create alice)` captures it; notes go
+    /// to stderr. Only its sha256 is written to the config file, so the key
+    /// cannot be shown again: if it is lost, revoke it and create another.
+    ///
+    /// The entry is appended to `keys:` (created if absent); the rest of the
+    /// file, comments included, is left as it was. The result is validated as
+    /// `serve` would load it before anything is written. A running gateway
+    /// accepts the key after its next reload: automatic when the file
+    /// changes, or send it SIGHUP.
+    ///
+    /// The first key ends passthrough-auth mode: from then on every client
+    /// needs a gateway key.
+    #[command(after_long_help = "\
+Examples:
+  modelgate keys create alice --team platform
+  modelgate keys create ci-bot --budget 50/daily --rpm 60 --model 'claude-haiku-*'
+  KEY=$(modelgate keys create bob -c /etc/modelgate.yaml)")]
+    Create(CreateArgs),
+
+    /// List the gateway keys: name, team, limits, budget. Never a secret.
+    ///
+    /// The KEY column says where the secret lives: `hashed` (only its sha256
+    /// is in the file) or `env:VAR` (a `key_env` entry, the key in that
+    /// environment variable). Hashes and keys are never printed.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Revoke a key: remove its entry from the config file.
+    ///
+    /// A running gateway refuses the key (401 "invalid gateway key") after its
+    /// next reload: automatic when the file changes, or send it SIGHUP; a
+    /// restarted gateway refuses it from the start. Comments around the entry
+    /// are kept, except those indented inside it. Revoking the last key leaves
+    /// `keys: []`, which refuses every request; delete that line to go back to
+    /// passthrough-auth mode.
+    #[command(after_long_help = "Example:\n  modelgate keys revoke alice")]
+    Revoke {
+        /// The key's name, as `keys list` shows it.
+        name: String,
+    },
 }
 
-pub fn run(_config: Option<PathBuf>, _command: KeysCommand) -> i32 {
-    eprintln!("keys: not built yet");
-    2
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// A name for the key, unique in the file: letters, digits and `. _ @ -`,
+    /// at most 64 characters (e.g. a person's login or email address).
+    name: String,
+    /// The team the key's usage and team limits count against.
+    #[arg(long, value_name = "TEAM")]
+    team: Option<String>,
+    /// Spending limit, `USD/PERIOD` with PERIOD one of daily, weekly, monthly,
+    /// total. A bare amount is monthly: `--budget 50` = `--budget 50/monthly`.
+    #[arg(long, value_name = "USD/PERIOD")]
+    budget: Option<String>,
+    /// Requests per minute allowed to this key.
+    #[arg(long, value_name = "N")]
+    rpm: Option<u64>,
+    /// Tokens (input + output) per minute allowed to this key.
+    #[arg(long, value_name = "N")]
+    tpm: Option<u64>,
+    /// Allow only models matching this glob (repeatable), e.g. 'claude-*'.
+    /// Without it the key may use every model.
+    #[arg(long = "model", value_name = "GLOB")]
+    models: Vec<String>,
+}
+
+/// Why a command stopped: the exit code and what to tell the person.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    fn user(message: impl Into<String>) -> Failure {
+        Failure {
+            code: USER_ERROR,
+            message: message.into(),
+        }
+    }
+
+    fn config(message: impl Into<String>) -> Failure {
+        Failure {
+            code: CONFIG_ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// An edit error, told against the file it concerns.
+    fn edit(path: &Path, e: EditError) -> Failure {
+        let file = path.display();
+        match e {
+            EditError::Refused(m) => Failure::user(m),
+            EditError::Invalid(m) => Failure::user(format!(
+                "{file}: refused, the file would not load after this change: {m}"
+            )),
+            EditError::AlreadyInvalid(m) => Failure::config(format!(
+                "{file} does not load as it is, so nothing was changed: {m}\n\
+                 Fix it (check with `modelgate config validate`), or set the missing environment variables, and run this again."
+            )),
+            EditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Failure::config(format!(
+                "{file}: no such file; create one with `modelgate config init`, or point -c at yours"
+            )),
+            e => Failure::config(format!("{file}: {e}")),
+        }
+    }
+}
+
+pub fn run(config: Option<PathBuf>, command: KeysCommand) -> i32 {
+    let path = super::config_path(config);
+    let result = match command {
+        KeysCommand::Create(args) => create(&path, args),
+        KeysCommand::List { json } => list(&path, json),
+        KeysCommand::Revoke { name } => revoke(&path, &name),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("modelgate: {}", f.message);
+            f.code
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// create
+
+fn create(path: &Path, args: CreateArgs) -> Result<(), Failure> {
+    check_name(&args.name)?;
+    let budget = args
+        .budget
+        .as_deref()
+        .map(parse_budget)
+        .transpose()
+        .map_err(Failure::user)?;
+    if args.rpm == Some(0) || args.tpm == Some(0) {
+        return Err(Failure::user(
+            "--rpm and --tpm must be at least 1 (to stop a key, revoke it)",
+        ));
+    }
+    if args.team.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(Failure::user("--team must not be empty"));
+    }
+    if args.models.iter().any(|m| m.trim().is_empty()) {
+        return Err(Failure::user(
+            "--model must not be empty; give a glob such as 'claude-*'",
+        ));
+    }
+
+    let key =
+        new_key().map_err(|e| Failure::config(format!("cannot read the operating system's random generator: {e}")))?;
+    let entry = render_entry(&args, &hex::encode(sha256(key.as_bytes())), budget);
+
+    let mut first = false;
+    let edited = edit::edit_file(path, |text| {
+        let names = edit::list_field_values(text, "keys", "name")?;
+        if names.as_ref().is_some_and(|n| n.contains(&args.name)) {
+            return Err(EditError::Refused(format!(
+                "{}: a key named `{}` already exists; pick another name, or `modelgate keys revoke {}` first",
+                path.display(),
+                args.name,
+                args.name
+            )));
+        }
+        first = names.is_none();
+        edit::append_list_item(text, "keys", &entry)
+    })
+    .map_err(|e| Failure::edit(path, e))?;
+
+    // Only now that the hash is on disk is the key worth printing.
+    out!("{key}");
+    eprintln!(
+        "Created key `{}` in {}. Store it now; it is shown once (only its sha256 is kept).\n\
+         A running gateway accepts it after its next config reload (automatic when the file changes, or send SIGHUP).",
+        args.name,
+        path.display()
+    );
+    if first {
+        eprintln!(
+            "Note: this is the first gateway key, which ends passthrough-auth mode: every client now needs a gateway key."
+        );
+    }
+    for w in &edited.new_warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), Failure> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(Failure::user(format!(
+            "invalid key name `{name}`: use 1 to 64 letters, digits and `. _ @ -` (e.g. alice or alice@example.com)"
+        )));
+    }
+    Ok(())
+}
+
+/// `200/monthly`, `$12.5/daily`, `50` (monthly).
+fn parse_budget(s: &str) -> Result<(f64, BudgetPeriod), String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid --budget `{s}`: {why}; write USD/PERIOD with PERIOD one of daily, weekly, monthly, total (e.g. 200/monthly), or a bare amount for monthly"
+        )
+    };
+    let (amount, period) = s.split_once('/').unwrap_or((s, "monthly"));
+    let amount = amount.trim();
+    let usd: f64 = amount
+        .strip_prefix('$')
+        .unwrap_or(amount)
+        .parse()
+        .map_err(|_| bad("the amount is not a number"))?;
+    if !usd.is_finite() || usd <= 0.0 {
+        return Err(bad("the amount must be a positive number of US dollars"));
+    }
+    let period = match period.trim().to_ascii_lowercase().as_str() {
+        "daily" => BudgetPeriod::Daily,
+        "weekly" => BudgetPeriod::Weekly,
+        "monthly" => BudgetPeriod::Monthly,
+        "total" => BudgetPeriod::Total,
+        _ => return Err(bad("unknown period")),
+    };
+    Ok((usd, period))
+}
+
+fn period_name(p: BudgetPeriod) -> &'static str {
+    match p {
+        BudgetPeriod::Daily => "daily",
+        BudgetPeriod::Weekly => "weekly",
+        BudgetPeriod::Monthly => "monthly",
+        BudgetPeriod::Total => "total",
+    }
+}
+
+/// The new entry as YAML mapping lines, in the order `spec/config.md` uses.
+fn render_entry(args: &CreateArgs, hash_hex: &str, budget: Option<(f64, BudgetPeriod)>) -> String {
+    let mut lines = vec![format!("name: {}", edit::yaml_scalar(&args.name))];
+    if let Some(team) = &args.team {
+        lines.push(format!("team: {}", edit::yaml_scalar(team)));
+    }
+    // Always quoted: an all-digit digest would otherwise read as a number.
+    lines.push(format!("key_sha256: {}", edit::yaml_quote(hash_hex)));
+    if !args.models.is_empty() {
+        let globs: Vec<String> = args.models.iter().map(|m| edit::yaml_quote(m)).collect();
+        lines.push(format!("models: [{}]", globs.join(", ")));
+    }
+    let limits: Vec<String> = [("rpm", args.rpm), ("tpm", args.tpm)]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+        .collect();
+    if !limits.is_empty() {
+        lines.push(format!("rate_limit: {{{}}}", limits.join(", ")));
+    }
+    if let Some((usd, period)) = budget {
+        lines.push(format!("budget: {{usd: {usd}, period: {}}}", period_name(period)));
+    }
+    lines.join("\n")
+}
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Digits for any 256-bit number: 62^43 > 2^256.
+const KEY_DIGITS: usize = 43;
+
+/// `mg-` + 32 bytes from the OS CSPRNG in base62, always the same length.
+fn new_key() -> Result<String, rand::Error> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes)?;
+    Ok(format!("mg-{}", base62(&bytes)))
+}
+
+/// Big-endian bytes as a base62 number, left-padded with `0` to 43 digits so
+/// that every key has the same length.
+fn base62(bytes: &[u8; 32]) -> String {
+    let mut n = *bytes;
+    let mut digits = Vec::with_capacity(KEY_DIGITS);
+    while n.iter().any(|&b| b != 0) {
+        // Long division of the whole number by 62; the remainder is the next digit.
+        let mut rem = 0u32;
+        for b in n.iter_mut() {
+            let cur = (rem << 8) | u32::from(*b);
+            *b = (cur / 62) as u8;
+            rem = cur % 62;
+        }
+        digits.push(BASE62[rem as usize]);
+    }
+    digits.resize(KEY_DIGITS, b'0');
+    digits.reverse();
+    digits.into_iter().map(char::from).collect()
+}
+
+// ---------------------------------------------------------------------------
+// list
+
+fn list(path: &Path, json: bool) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::edit(
+            path,
+            EditError::Io {
+                path: path.display().to_string(),
+                source: e,
+            },
+        )
+    })?;
+    // Listing needs no secrets: an unset `${VAR}` stays as written instead of
+    // failing the command (validation is `config validate`'s job).
+    let lenient = |name: &str| {
+        Some(
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| format!("${{{name}}}")),
+        )
+    };
+    let config = crate::config::load::parse_str(&text, &lenient)
+        .map_err(|e| Failure::config(format!("{}: {e}", path.display())))?;
+    let present = config.keys.is_some();
+    let keys = config.keys.unwrap_or_default();
+    if json {
+        let rows: Vec<serde_json::Value> = keys.iter().map(json_row).collect();
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into())
+        );
+        return Ok(());
+    }
+    if !present {
+        eprintln!(
+            "No `keys:` section in {}: the gateway runs in passthrough-auth mode. `modelgate keys create NAME` adds the first key.",
+            path.display()
+        );
+        return Ok(());
+    }
+    if keys.is_empty() {
+        eprintln!(
+            "No keys in {} (`keys: []`): the gateway refuses every request.",
+            path.display()
+        );
+        return Ok(());
+    }
+    let header = ["NAME", "TEAM", "ENABLED", "KEY", "MODELS", "RPM", "TPM", "BUDGET"].map(String::from);
+    let rows: Vec<[String; 8]> = std::iter::once(header).chain(keys.iter().map(table_row)).collect();
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out!("{}", line.trim_end());
+    }
+    Ok(())
+}
+
+/// Where the key's secret lives, never the secret or its hash.
+fn key_source(k: &KeyConfig) -> String {
+    match (&k.key_env, &k.key_sha256) {
+        (Some(var), _) => format!("env:{var}"),
+        (None, Some(_)) => "hashed".into(),
+        (None, None) => "missing".into(),
+    }
+}
+
+fn budget_text(k: &KeyConfig) -> Option<String> {
+    k.budget
+        .as_ref()
+        .map(|b| format!("${}/{}", b.usd, period_name(b.period)))
+}
+
+fn table_row(k: &KeyConfig) -> [String; 8] {
+    let dash = || "-".to_string();
+    let limit = |f: fn(&crate::config::schema::RateLimitConfig) -> Option<u64>| {
+        k.rate_limit.as_ref().and_then(f).map_or_else(dash, |n| n.to_string())
+    };
+    [
+        k.name.clone(),
+        k.team.clone().unwrap_or_else(dash),
+        if k.enabled { "yes" } else { "no" }.into(),
+        key_source(k),
+        if k.models.is_empty() {
+            "*".into()
+        } else {
+            k.models.join(",")
+        },
+        limit(|r| r.rpm),
+        limit(|r| r.tpm),
+        budget_text(k).unwrap_or_else(dash),
+    ]
+}
+
+fn json_row(k: &KeyConfig) -> serde_json::Value {
+    let rl = k.rate_limit.as_ref();
+    serde_json::json!({
+        "name": k.name,
+        "team": k.team,
+        "enabled": k.enabled,
+        "key": key_source(k),
+        "models": k.models,
+        "rpm": rl.and_then(|r| r.rpm),
+        "tpm": rl.and_then(|r| r.tpm),
+        "budget": k.budget.as_ref().map(|b| serde_json::json!({"usd": b.usd, "period": period_name(b.period)})),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// revoke
+
+fn revoke(path: &Path, name: &str) -> Result<(), Failure> {
+    let edited =
+        edit::edit_file(path, |text| edit::remove_list_item(text, "keys", "name", name)).map_err(|e| match e {
+            EditError::NotFound { available, .. } => Failure::user(if available.is_empty() {
+                format!("no key named `{name}` in {}: it has no keys", path.display())
+            } else {
+                format!(
+                    "no key named `{name}` in {}; its keys: {} (see `modelgate keys list`)",
+                    path.display(),
+                    available.join(", ")
+                )
+            }),
+            e => Failure::edit(path, e),
+        })?;
+    eprintln!(
+        "Revoked key `{name}`: removed from {}. A running gateway refuses it after its next config reload (automatic when the file changes, or send SIGHUP).",
+        path.display()
+    );
+    let left = edit::list_field_values(&edited.after, "keys", "name").ok().flatten();
+    if left.is_some_and(|l| l.is_empty()) {
+        eprintln!(
+            "Note: that was the last key. `keys: []` makes the gateway refuse every request; delete that line to return to passthrough-auth mode."
+        );
+    }
+    for w in &edited.new_warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base62_is_fixed_width_big_endian() {
+        assert_eq!(base62(&[0; 32]), "0".repeat(43));
+        let mut one = [0u8; 32];
+        one[31] = 61;
+        assert_eq!(base62(&one), format!("{}z", "0".repeat(42)));
+        one[31] = 62;
+        assert_eq!(base62(&one), format!("{}10", "0".repeat(41)));
+        // Reference values computed with Python's arbitrary-precision ints.
+        assert_eq!(base62(&[0xff; 32]), "yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1");
+        let counting: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(base62(&counting), "003aUlTJC7tjlCTQj2uNU3MFagCXG9LRKRcwGkBIDlf");
+    }
+
+    #[test]
+    fn keys_are_random_and_well_formed() {
+        let (a, b) = (new_key().unwrap(), new_key().unwrap());
+        assert_ne!(a, b);
+        for k in [a, b] {
+            assert_eq!(k.len(), 46, "{k}");
+            assert!(
+                k.starts_with("mg-") && k[3..].bytes().all(|c| c.is_ascii_alphanumeric()),
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn budgets_parse_with_a_monthly_default() {
+        assert!(matches!(parse_budget("200/monthly"), Ok((u, BudgetPeriod::Monthly)) if u == 200.0));
+        assert!(matches!(parse_budget("$12.5/Daily"), Ok((u, BudgetPeriod::Daily)) if u == 12.5));
+        assert!(matches!(parse_budget("50"), Ok((u, BudgetPeriod::Monthly)) if u == 50.0));
+        assert!(matches!(parse_budget("7/total"), Ok((_, BudgetPeriod::Total))));
+        for bad in ["", "abc", "200/yearly", "-5/daily", "0", "inf", "NaN/daily", "5/"] {
+            let e = parse_budget(bad).unwrap_err();
+            assert!(e.contains("USD/PERIOD"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["alice", "alice@example.com", "ci-bot_2.x", &"a".repeat(64)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "has space", "a:b", "ü", &"a".repeat(65), "a#b"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entries_render_as_the_spec_writes_them() {
+        let args = CreateArgs {
+            name: "123".into(),
+            team: Some("platform".into()),
+            budget: None,
+            rpm: Some(120),
+            tpm: Some(400000),
+            models: vec!["claude-*".into(), "gpt-4o".into()],
+        };
+        let digest = "1".repeat(64);
+        let text = render_entry(&args, &digest, Some((200.0, BudgetPeriod::Monthly)));
+        assert_eq!(
+            text,
+            format!(
+                "name: \"123\"\nteam: platform\nkey_sha256: \"{digest}\"\nmodels: [\"claude-*\", \"gpt-4o\"]\nrate_limit: {{rpm: 120, tpm: 400000}}\nbudget: {{usd: 200, period: monthly}}"
+            )
+        );
+        let parsed: KeyConfig = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(parsed.name, "123");
+        assert_eq!(parsed.key_sha256.as_deref(), Some(digest.as_str()));
+        assert_eq!(parsed.budget.unwrap().usd, 200.0);
+    }
 }

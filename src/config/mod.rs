@@ -6,6 +6,7 @@
 //! upstream addresses once). The running gateway keeps the current snapshot
 //! in a [`ConfigStore`]; a request takes one `Arc<Snapshot>` at its start.
 
+pub mod edit;
 pub mod load;
 pub mod reload;
 pub mod schema;

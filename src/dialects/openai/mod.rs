@@ -151,6 +151,7 @@ pub fn message_id(upstream_id: Option<&str>, seed: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn long_and_odd_tool_names_round_trip() {

@@ -80,7 +80,25 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let policy = match crate::policy::Policy::new(&snapshot.config.state) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("modelgate: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Open the ledger and audit log once here, so a bad path fails before
+    // the listeners start; the serving process reopens them after any fork.
+    match crate::usage::Sinks::open(&snapshot.config.state, &snapshot.config.audit) {
+        Ok(s) => s.close(std::time::Duration::from_secs(5)),
+        Err(e) => {
+            eprintln!("modelgate: {e}");
+            std::process::exit(2);
+        }
+    }
     let shared = Arc::new(Shared {
+        policy,
+        sinks: Default::default(),
         config: Arc::new(ConfigStore::new(snapshot, config_path, overrides)),
         upstreams: Upstreams::new(connector_opts),
         health: Default::default(),
@@ -107,9 +125,13 @@ pub fn run(
         },
     ));
     server.add_service(pingora::services::background::background_service(
+        "usage sinks",
+        SinksService { shared: shared.clone() },
+    ));
+    server.add_service(pingora::services::background::background_service(
         "config reload",
         ReloadTriggers {
-            store: shared.config.clone(),
+            shared: shared.clone(),
         },
     ));
     server.add_service(pingora::services::background::background_service(
@@ -120,7 +142,7 @@ pub fn run(
         let mut svc = http_proxy_service_with_name(
             &conf,
             Gateway {
-                shared,
+                shared: shared.clone(),
                 role: Role::Admin,
             },
             "modelgate-admin",
@@ -133,14 +155,97 @@ pub fn run(
         env!("CARGO_PKG_VERSION"),
         admin_listen.map(|a| format!(", admin on {a}")).unwrap_or_default()
     );
-    server.run_forever();
+    server.run(pingora::server::RunArgs::default());
+    // Every request has finished (or the grace period ran out): write what
+    // the ledger and audit queues still hold before the process ends.
+    if let Some(sinks) = shared.sinks.get() {
+        sinks.close(std::time::Duration::from_secs(10));
+    }
+    std::process::exit(0);
+}
+
+/// Opens the ledger and audit log in the serving process, and rebuilds the
+/// embedded budgets' spend from the ledger.
+struct SinksService {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for SinksService {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let shared = self.shared.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let snap = shared.config.snapshot();
+            match crate::usage::Sinks::open(&snap.config.state, &snap.config.audit) {
+                Ok(s) => {
+                    let _ = shared.sinks.set(s);
+                }
+                Err(e) => log::error!("usage sinks: {e}; requests are not recorded"),
+            }
+            seed_budgets(&shared, &snap);
+        })
+        .await;
+        if let Err(e) = opened {
+            log::error!("usage sinks: {e}");
+        }
+    }
+}
+
+/// Embedded backend: start each scope's current period from the ledger's
+/// history, so budgets hold across restarts. Scopes this process already
+/// counts are left alone. Runs on a blocking thread (SQLite).
+pub fn seed_budgets(shared: &Shared, snap: &Snapshot) {
+    use crate::policy::{period, Standing};
+    use crate::usage::ledger::{Reader, Scope};
+    let Some(memory) = shared.policy.memory() else { return };
+    let scopes = snap.all_scopes();
+    if scopes.is_empty() {
+        return;
+    }
+    // Records still queued belong to this process's live counts already.
+    if let Some(s) = shared.sinks.get() {
+        let _ = s.ledger.flush(std::time::Duration::from_secs(5));
+    }
+    let reader = match Reader::open(std::path::Path::new(&snap.config.state.path)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("cannot read the usage ledger to restore budget spend: {e}");
+            return;
+        }
+    };
+    let now = period::now_ms();
+    for s in scopes {
+        let window = period::Window::of(s.period, now);
+        if !memory.needs_seed(&s, window) {
+            continue;
+        }
+        let (kind, name) = s.id.split_once(':').unwrap_or(("key", &s.id));
+        let scope = if kind == "team" { Scope::Team(name) } else { Scope::Key(name) };
+        match reader.spend_since(scope, window.start_ms) {
+            Ok(t) => memory.seed(
+                &s,
+                window,
+                Standing {
+                    spent_micros: crate::policy::usd_to_micros(t.cost_usd) as i64,
+                    requests: t.requests,
+                    usage: crate::dialects::Usage {
+                        input_tokens: t.input_tokens,
+                        output_tokens: t.output_tokens,
+                        cache_read_input_tokens: t.cache_read_tokens,
+                        cache_creation_input_tokens: t.cache_write_tokens,
+                    },
+                },
+            ),
+            Err(e) => log::warn!("cannot restore spend for {}: {e}", s.label),
+        }
+    }
 }
 
 /// Reload triggers: SIGHUP, and changes to the config file (debounced:
 /// editors write a file in several steps). The reload itself runs on a
 /// blocking thread, never on a request worker.
 struct ReloadTriggers {
-    store: Arc<ConfigStore>,
+    shared: Arc<Shared>,
 }
 
 /// Quiet time after the last file event before reloading.
@@ -158,7 +263,8 @@ impl pingora::services::background::BackgroundService for ReloadTriggers {
             }
         };
         let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(8);
-        let _watcher = watch_file(self.store.path(), tx);
+        let store = &self.shared.config;
+        let _watcher = watch_file(store.path(), tx);
         loop {
             let hup = async {
                 match hangup.as_mut() {
@@ -168,15 +274,29 @@ impl pingora::services::background::BackgroundService for ReloadTriggers {
             };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = hup => log::info!("SIGHUP: reloading {}", self.store.path().display()),
+                Some(()) = hup => {
+                    log::info!("SIGHUP: reloading {}", store.path().display());
+                    // The usual log-rotation convention: reopen the audit file.
+                    if let Some(audit) = self.shared.sinks.get().and_then(|s| s.audit.as_ref()) {
+                        audit.reopen();
+                    }
+                }
                 Some(()) = changed.recv() => {
                     // Let a burst of writes settle, then reload once.
                     while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
-                    log::info!("{} changed: reloading", self.store.path().display());
+                    log::info!("{} changed: reloading", store.path().display());
                 }
             }
-            let store = self.store.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || store.reload()).await {
+            let shared = self.shared.clone();
+            let reloaded = tokio::task::spawn_blocking(move || {
+                shared.config.reload();
+                let snap = shared.config.snapshot();
+                if let Some(audit) = shared.sinks.get().and_then(|s| s.audit.as_ref()) {
+                    audit.set_log_prompts(snap.config.audit.log_prompts);
+                }
+                seed_budgets(&shared, &snap);
+            });
+            if let Err(e) = reloaded.await {
                 log::error!("config reload task failed: {e}");
             }
         }

@@ -161,8 +161,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         refusals: counter(
             &r,
             "modelgate_policy_refusals_total",
-            "Requests refused by a gateway limit, by reason (rate_limit, budget) and scope kind (key, team).",
-            &["reason", "scope"],
+            "Requests refused by the gateway's policy, by reason (rate_limit, budget, state_unavailable).",
+            &["reason"],
         ),
         state_errors: counter(
             &r,

@@ -15,6 +15,7 @@ use super::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderCon
 use super::ConfigError;
 use crate::dialects::openai::Flavor;
 use crate::policy::ScopeLimits;
+use crate::usage::pricing::PriceTable;
 use crate::secret::Secret;
 
 /// Provider types this build can talk to. Types named in `spec/config.md` but
@@ -290,6 +291,8 @@ pub struct Snapshot {
     pub version: String,
     /// Non-fatal findings (e.g. a provider key env var that is unset).
     pub warnings: Vec<String>,
+    /// USD per million tokens: `pricing:` when set, else the built-in table.
+    pub pricing: Arc<PriceTable>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -480,7 +483,14 @@ impl Snapshot {
         }
         let canonical = serde_json::to_vec(&config).unwrap_or_default();
         let version = hex::encode(&sha256(&canonical)[..8]);
+        let pricing = match &config.pricing {
+            Some(path) => Arc::new(
+                PriceTable::load(std::path::Path::new(path)).map_err(|e| ConfigError::invalid("pricing", e.to_string()))?,
+            ),
+            None => PriceTable::builtin(),
+        };
         Ok(Snapshot {
+            pricing,
             listen,
             admin_listen,
             providers,
@@ -574,6 +584,25 @@ impl Snapshot {
     }
 
     /// `true` when gateway keys are configured (otherwise passthrough-auth).
+    /// Every policy scope of this config, each once: the keys', then their teams'.
+    pub fn all_scopes(&self) -> Vec<Arc<ScopeLimits>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let keys = self.keys.iter().flat_map(|m| m.values());
+        for k in keys {
+            for s in std::iter::once(&k.scope).chain(k.team_scope.as_ref()) {
+                if seen.insert(s.id.clone()) {
+                    out.push(Arc::clone(s));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn team_scopes(&self) -> impl Iterator<Item = Arc<ScopeLimits>> {
+        self.all_scopes().into_iter().filter(|s| s.id.starts_with("team:"))
+    }
+
     pub fn keys_enabled(&self) -> bool {
         self.keys.is_some()
     }

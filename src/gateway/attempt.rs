@@ -199,6 +199,8 @@ pub enum Prepared {
         body: Bytes,
         /// A beta to add to `anthropic-beta` (fast mode), if not already there.
         beta: Option<&'static str>,
+        /// The model id sent upstream (`None`: the body passes unparsed).
+        upstream_model: Option<String>,
     },
     OpenAi {
         flavor: Flavor,
@@ -328,7 +330,7 @@ pub async fn run<'u>(
             slot @ None => slot.insert((job.prepare)(candidate)?),
         };
         let head = match prep {
-            Prepared::Anthropic { body, beta } => anthropic_head(
+            Prepared::Anthropic { body, beta, .. } => anthropic_head(
                 &job.out,
                 job.caller,
                 provider,
@@ -519,6 +521,7 @@ fn commit<'u>(
         prepared: prepared.take().unwrap_or(Prepared::Anthropic {
             body: Bytes::new(),
             beta: None,
+            upstream_model: None,
         }),
         attempts: attempt + 1,
     }

@@ -36,6 +36,43 @@ pub struct RequestCtx {
     pub first_byte_at: Option<Instant>,
     /// Bounded metric label for the route: a configured model id, or the rule.
     pub route_label: Option<std::sync::Arc<str>>,
+    /// The model id the committed upstream was sent (prices are looked up by it).
+    pub upstream_model: Option<String>,
+    /// Fast mode was asked for (priced at the model's multiplier).
+    pub fast: bool,
+    /// A model request: it gets a ledger record and its usage is settled.
+    pub metered: bool,
+    /// The budget and rate-limit charges to settle once usage is known.
+    pub admission: Option<crate::policy::Admission>,
+    /// With `audit.log_prompts`: the request body, and the response as relayed (capped).
+    pub prompt: Option<bytes::Bytes>,
+    pub reply_capture: Option<Capture>,
+}
+
+/// The first [`Capture::CAP`] bytes of a response, as references to the
+/// relayed chunks (no copy).
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub chunks: Vec<bytes::Bytes>,
+    pub len: usize,
+}
+
+impl Capture {
+    pub const CAP: usize = 1024 * 1024;
+
+    pub fn push(&mut self, chunk: &bytes::Bytes) {
+        if self.len < Self::CAP {
+            self.len += chunk.len();
+            self.chunks.push(chunk.clone());
+        }
+    }
+
+    pub fn into_bytes(self) -> bytes::Bytes {
+        match self.chunks.len() {
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => self.chunks.concat().into(),
+        }
+    }
 }
 
 impl RequestCtx {
@@ -59,6 +96,12 @@ impl RequestCtx {
             usage: None,
             first_byte_at: None,
             route_label: None,
+            upstream_model: None,
+            fast: false,
+            metered: false,
+            admission: None,
+            prompt: None,
+            reply_capture: None,
         }
     }
 }

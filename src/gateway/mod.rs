@@ -25,6 +25,7 @@ pub mod body;
 pub mod ctx;
 pub mod health_check;
 pub mod local;
+pub mod meter;
 pub mod relay;
 pub mod respond;
 
@@ -68,6 +69,10 @@ pub struct Shared {
     pub health: crate::upstream::health::Registry,
     pub started: Instant,
     pub counters: local::Counters,
+    /// Rate limits and budgets (embedded or Redis).
+    pub policy: crate::policy::Policy,
+    /// The ledger and audit log, opened once the server runs.
+    pub sinks: std::sync::OnceLock<crate::usage::Sinks>,
 }
 
 pub struct Gateway {
@@ -85,6 +90,7 @@ enum Endpoint<'a> {
     AdminCircuitReset,
     Models,
     Model(&'a str),
+    Usage,
     Messages,
     CountTokens,
     Passthrough,
@@ -132,6 +138,10 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         (Role::Main, "/v1/messages/count_tokens") => match *method {
             M::POST => Endpoint::CountTokens,
             _ => Endpoint::MethodNotAllowed("POST"),
+        },
+        (Role::Main, "/v1/usage") => match *method {
+            M::GET => Endpoint::Usage,
+            _ => Endpoint::MethodNotAllowed("GET"),
         },
         (Role::Main, "/v1/models") => match *method {
             M::GET => Endpoint::Models,
@@ -188,6 +198,7 @@ impl ProxyHttp for Gateway {
         if ctx.status >= 400 || ctx.error.is_some() {
             self.shared.counters.errors.fetch_add(1, Relaxed);
         }
+        meter::finish(&self.shared, session, ctx).await;
         record_metrics(ctx);
         access_log(session, ctx);
     }
@@ -238,6 +249,7 @@ impl Gateway {
                         .with_label_values(&[&provider, &account])
                         .set(state);
                 }
+                meter::refresh_budget_gauges(&self.shared, snap).await;
                 let body = telemetry::render();
                 respond::body(session, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", body).await;
             }
@@ -280,6 +292,19 @@ impl Gateway {
                 self.caller(session, ctx, snap)?;
                 let body = local::get_model(snap, id)?;
                 respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::Usage => {
+                let auth::Caller::Key(key) = self.caller(session, ctx, snap)? else {
+                    return Err(GatewayError::NotFound(
+                        "/v1/usage reports a gateway key's spend; this gateway has no `keys:` (passthrough-auth)".into(),
+                    ));
+                };
+                let (body, text) = meter::report(&self.shared, &key, session.req_header().uri.query()).await?;
+                if text {
+                    respond::body(session, ctx, 200, "text/plain; charset=utf-8", body).await;
+                } else {
+                    respond::json(session, ctx, 200, body, &[]).await;
+                }
             }
             Endpoint::Messages => self.messages(session, ctx, snap, false).await?,
             Endpoint::CountTokens => self.messages(session, ctx, snap, true).await?,
@@ -351,6 +376,28 @@ impl Gateway {
                 retry_after: None,
             });
         }
+        ctx.fast = wants_fast;
+        if !count_tokens {
+            ctx.metered = true;
+            if snap.config.audit.log_prompts {
+                ctx.prompt = Some(request.body.clone());
+                ctx.reply_capture = Some(ctx::Capture::default());
+            }
+            if let auth::Caller::Key(key) = &caller {
+                let first = &plan.candidates[0];
+                let first_model = first.rename.as_deref().unwrap_or(&routing_model);
+                meter::admit(
+                    &self.shared,
+                    snap,
+                    key,
+                    ctx,
+                    request.body.len(),
+                    request.max_tokens,
+                    first_model,
+                )
+                .await?;
+            }
+        }
         if count_tokens {
             // OpenAI-family providers have no count endpoint: count locally.
             let first = &plan.candidates[0];
@@ -380,6 +427,7 @@ impl Gateway {
                     Ok(Prepared::Anthropic {
                         body: request.upstream_body(Some(upstream_model), speed),
                         beta: fast.then_some(FAST_MODE_BETA),
+                        upstream_model: Some(upstream_model.to_string()),
                     })
                 }
                 Dialect::OpenAi(flavor) => {
@@ -441,6 +489,10 @@ impl Gateway {
                 ctx.provider = Some(committed.provider.name.clone());
                 ctx.account = Some(committed.account);
                 ctx.attempts = committed.attempts;
+                ctx.upstream_model = match &committed.prepared {
+                    Prepared::Anthropic { upstream_model, .. } => upstream_model.clone(),
+                    Prepared::OpenAi { upstream_model, .. } => Some(upstream_model.clone()),
+                };
                 match committed.prepared {
                     Prepared::Anthropic { .. } => {
                         relay::relay(session, ctx, committed.exchange, &committed.provider.name).await;
@@ -492,6 +544,7 @@ impl Gateway {
             Ok(Prepared::Anthropic {
                 body: body.clone(),
                 beta: None,
+                upstream_model: None,
             })
         };
         self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "")

@@ -13,19 +13,20 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use crate::dialects::anthropic::is_hop_by_hop;
+use crate::dialects::anthropic::usage::UsageTap;
 use crate::error::GatewayError;
 use crate::upstream::{Exchange, UpstreamError};
 
-pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, mut exchange: Exchange<'_>, provider: &str) {
+pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchange<'_>, provider: &str) {
     let upstream = exchange.header();
     ctx.upstream_request_id = upstream
         .headers
         .get("request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let is_sse = upstream
-        .headers
-        .get(http::header::CONTENT_TYPE)
+    let upstream_content_type = upstream.headers.get(http::header::CONTENT_TYPE).cloned();
+    let is_sse = upstream_content_type
+        .as_ref()
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let head = match downstream_header(upstream, ctx, session.as_downstream().is_http2()) {
         Ok(h) => h,
@@ -43,9 +44,36 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, mut exchange: Ex
         return;
     }
     let _stream_gauge = is_sse.then(StreamGauge::new);
+    let mut tap = if ctx.metered {
+        UsageTap::new(
+            ctx.status,
+            upstream_content_type.as_ref().map(|v| v.as_bytes()),
+        )
+    } else {
+        UsageTap::Off
+    };
+    let outcome = relay_body(session, ctx, exchange, &mut tap, is_sse, provider).await;
+    if ctx.metered {
+        ctx.usage = tap.finish().or(ctx.usage);
+    }
+    outcome
+}
+
+async fn relay_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut exchange: Exchange<'_>,
+    tap: &mut UsageTap,
+    is_sse: bool,
+    provider: &str,
+) {
     loop {
         match exchange.next_chunk().await {
             Ok(Some(chunk)) => {
+                tap.observe(&chunk);
+                if let Some(c) = ctx.reply_capture.as_mut() {
+                    c.push(&chunk);
+                }
                 let n = chunk.len() as u64;
                 ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {

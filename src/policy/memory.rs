@@ -130,6 +130,11 @@ impl Memory {
             .collect()
     }
 
+    /// Whether `scope` has not been counted in `window` yet.
+    pub fn needs_seed(&self, scope: &ScopeLimits, window: Window) -> bool {
+        self.lock().get(&scope.id).is_none_or(|c| c.window != Some(window))
+    }
+
     /// Start a scope's period from history (the ledger), unless this process
     /// has already counted it (a reload must not double what it saw live).
     pub fn seed(&self, scope: &ScopeLimits, window: Window, history: Standing) {

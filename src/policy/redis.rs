@@ -117,8 +117,10 @@ return 0
 "#;
 
 pub struct RedisState {
-    runtime: tokio::runtime::Handle,
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// Started on first use, in the serving process: a runtime's threads do
+    /// not survive the daemon fork.
+    io: std::sync::OnceLock<Result<(tokio::runtime::Handle, ConnectionManager), String>>,
     prefix: String,
     admit: Script,
     settle: Script,
@@ -127,33 +129,43 @@ pub struct RedisState {
 impl RedisState {
     pub fn new(url: &str, prefix: &str) -> Result<RedisState, String> {
         let client = redis::Client::open(url).map_err(|e| format!("state.redis_url: {e}"))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("redis-state")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the Redis state runtime: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = {
-            let _inside = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("state.redis_url: {e}"))?
-        };
-        let handle = runtime.handle().clone();
-        // The runtime lives as long as the process: it drives the shared
-        // connection for every request, and dropping a runtime from inside
-        // an async context would panic at shutdown.
-        std::mem::forget(runtime);
         Ok(RedisState {
-            runtime: handle,
-            conn,
+            client,
+            io: std::sync::OnceLock::new(),
             prefix: prefix.to_string(),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
         })
+    }
+
+    fn io(&self) -> Result<&(tokio::runtime::Handle, ConnectionManager), String> {
+        self.io
+            .get_or_init(|| {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("redis-state")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the Redis state runtime: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let conn = {
+                    let _inside = runtime.enter();
+                    ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                        .map_err(|e| format!("state.redis_url: {e}"))?
+                };
+                let handle = runtime.handle().clone();
+                // The runtime lives as long as the process: it drives the
+                // shared connection for every request, and dropping a runtime
+                // from inside an async context would panic at shutdown.
+                std::mem::forget(runtime);
+                Ok((handle, conn))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn rate_key(&self, s: &ScopeLimits) -> String {
@@ -169,7 +181,8 @@ impl RedisState {
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T, String> {
-        let task = self.runtime.spawn(async move { tokio::time::timeout(OP_TIMEOUT, op).await });
+        let (runtime, _) = self.io()?;
+        let task = runtime.spawn(async move { tokio::time::timeout(OP_TIMEOUT, op).await });
         match task.await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(e.to_string()),
@@ -187,7 +200,7 @@ impl RedisState {
         args: Vec<i64>,
     ) -> Result<T, String> {
         let script = script.clone();
-        let mut conn = self.conn.clone();
+        let mut conn = self.io()?.1.clone();
         self.run(async move {
             let mut inv = script.prepare_invoke();
             for k in keys {
@@ -249,7 +262,7 @@ impl RedisState {
                 .arg(self.spend_key(s, *w))
                 .arg(&["spent", "requests", "input", "output", "cache_read", "cache_write"]);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.io()?.1.clone();
         let rows: Vec<Vec<Option<i64>>> = self.run(async move { pipe.query_async(&mut conn).await }).await?;
         Ok(rows
             .into_iter()

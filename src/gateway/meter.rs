@@ -1,0 +1,265 @@
+//! Stages: policy (before the attempt) and meter (after the response).
+//!
+//! [`admit`] turns the parsed request into a [`Demand`] — input estimated
+//! from the body size, output from `max_tokens` (capped), both priced at the
+//! first candidate's model — and asks the policy to charge the caller's key
+//! and team. [`finish`] runs from Pingora's `logging` phase for every
+//! request: it prices the usage the relay extracted, settles the admission,
+//! and hands one [`Record`] to the ledger and, with client details, to the
+//! audit log. Neither waits on disk: both sinks take records through bounded
+//! queues.
+
+use std::sync::Arc;
+
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::Shared;
+use crate::config::snapshot::KeyEntry;
+use crate::config::Snapshot;
+use crate::dialects::Usage;
+use crate::error::GatewayError;
+use crate::policy::{self, period, Actual, Demand, RESERVE_OUTPUT_CAP};
+use crate::usage::audit::AuditEntry;
+use crate::usage::pricing::Price;
+use crate::usage::Record;
+
+/// Output tokens assumed when a request sets no `max_tokens` (it is
+/// required by the Messages API; this only guards odd clients).
+const DEFAULT_OUTPUT_ESTIMATE: u64 = 4_096;
+
+/// The price of `model`, or of the model the client named when the upstream
+/// id is not in the table.
+fn price<'a>(snap: &'a Snapshot, upstream: Option<&str>, requested: Option<&str>) -> Option<&'a Price> {
+    upstream
+        .and_then(|m| snap.pricing.lookup(m))
+        .or_else(|| requested.and_then(|m| snap.pricing.lookup(m)))
+}
+
+/// Check and charge the caller's limits and budgets for one model request.
+pub async fn admit(
+    shared: &Shared,
+    snap: &Snapshot,
+    key: &Arc<KeyEntry>,
+    ctx: &mut RequestCtx,
+    body_len: usize,
+    max_tokens: Option<u64>,
+    first_upstream_model: &str,
+) -> Result<(), GatewayError> {
+    let input = body_len as u64 / policy::BYTES_PER_TOKEN;
+    let output = max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE).min(RESERVE_OUTPUT_CAP);
+    let estimate = Usage {
+        input_tokens: input,
+        output_tokens: output,
+        ..Default::default()
+    };
+    let reserve = price(snap, Some(first_upstream_model), ctx.model.as_deref())
+        .map_or(0, |p| policy::usd_to_micros(p.cost_usd(&estimate, ctx.fast)));
+    let scopes = policy::scopes_of(key);
+    let demand = Demand {
+        tokens: input,
+        reserve_micros: reserve,
+    };
+    match shared.policy.admit(&scopes, demand, period::now_ms()).await {
+        Ok(admission) => {
+            ctx.admission = Some(admission);
+            Ok(())
+        }
+        Err(e) => {
+            let reason = match &e {
+                GatewayError::BudgetExceeded { .. } => "budget",
+                GatewayError::RateLimited { .. } => "rate_limit",
+                _ => "state_unavailable",
+            };
+            crate::telemetry::METRICS.refusals.with_label_values(&[reason]).inc();
+            Err(e)
+        }
+    }
+}
+
+/// Price, settle and record a finished request.
+pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
+    let Some(snap) = ctx.snapshot.clone() else { return };
+    let usage = ctx.usage.unwrap_or_default();
+    let priced = price(&snap, ctx.upstream_model.as_deref(), ctx.model.as_deref());
+    let cost_usd = match priced {
+        Some(p) => p.cost_usd(&usage, ctx.fast),
+        None => {
+            if ctx.usage.is_some() {
+                crate::telemetry::METRICS.unpriced.inc();
+                warn_unpriced(ctx.upstream_model.as_deref().or(ctx.model.as_deref()).unwrap_or("-"));
+            }
+            0.0
+        }
+    };
+    if cost_usd > 0.0 {
+        crate::telemetry::METRICS
+            .cost
+            .with_label_values(&[ctx.provider.as_deref().unwrap_or("local")])
+            .inc_by(cost_usd);
+    }
+    if let Some(admission) = ctx.admission.take() {
+        let actual = Actual {
+            usage,
+            cost_micros: policy::usd_to_micros(cost_usd),
+        };
+        shared.policy.settle(admission, actual).await;
+    }
+    let audit = shared.sinks.get().and_then(|s| s.audit.as_ref());
+    if !ctx.metered && audit.is_none() {
+        return;
+    }
+    let req = session.req_header();
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let status = if ctx.status == 0 { 499 } else { ctx.status };
+    let record = Arc::new(Record {
+        ts_ms: period::now_ms() - ctx.started.elapsed().as_millis() as i64,
+        request_id: ctx.request_id.clone(),
+        key: ctx.principal.as_ref().map(|k| k.name.clone()),
+        team: ctx.principal.as_ref().and_then(|k| k.team.clone()),
+        session_id: header("x-claude-code-session-id"),
+        agent_id: header("x-claude-code-agent-id"),
+        model: ctx.model.clone().unwrap_or_default(),
+        provider: ctx.provider.clone(),
+        upstream_model: ctx.upstream_model.clone(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cache_read_tokens: usage.cache_read_input_tokens,
+        cache_write_tokens: usage.cache_creation_input_tokens,
+        cost_usd,
+        latency_ms: ctx.started.elapsed().as_millis() as u64,
+        ttft_ms: ctx.first_byte_at.map(|t| t.duration_since(ctx.started).as_millis() as u64),
+        status,
+        attempts: ctx.attempts,
+        stream: ctx.stream,
+        error: if ctx.client_gone {
+            Some("client_gone".into())
+        } else {
+            ctx.error.map(|e| e.as_str().to_string())
+        },
+    });
+    if let (true, Some(sinks)) = (ctx.metered, shared.sinks.get()) {
+        if !sinks.ledger.record(record.clone()) {
+            crate::telemetry::METRICS.ledger_dropped.inc();
+        }
+    }
+    if let Some(audit) = audit {
+        let entry = AuditEntry {
+            record,
+            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+            user_agent: header("user-agent"),
+            method: req.method.to_string(),
+            path: req.uri.path().to_string(),
+            request_body: ctx.prompt.take(),
+            response_body: ctx.reply_capture.take().map(|c| c.into_bytes()),
+        };
+        if !audit.log(entry) {
+            crate::telemetry::METRICS.audit_dropped.inc();
+        }
+    }
+}
+
+fn warn_unpriced(model: &str) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(HashSet::new);
+    // Bounded: after 256 distinct models, stay quiet (the counter still counts).
+    if seen.len() < 256 && seen.insert(model.to_string()) {
+        log::warn!("no price for model `{model}`: its requests count as $0 (add it to the price table)");
+    }
+}
+
+/// `GET /v1/usage`: the caller's own standing in the current period, for
+/// Claude Code's statusline. `?format=text` gives one line.
+pub async fn report(shared: &Shared, key: &Arc<KeyEntry>, query: Option<&str>) -> Result<(Vec<u8>, bool), GatewayError> {
+    let now = period::now_ms();
+    let scopes = policy::scopes_of(key);
+    let standings = shared.policy.standings(&scopes, now).await?;
+    let describe = |s: &policy::ScopeLimits, st: &policy::Standing| {
+        let w = period::Window::of(s.period, now);
+        let spent = policy::micros_to_usd(st.spent_micros.max(0));
+        let budget = s.budget_micros.map(|b| policy::micros_to_usd(b as i64));
+        serde_json::json!({
+            "period": period::period_name(s.period),
+            "period_start": period::rfc3339(w.start_ms),
+            "resets_at": w.end_ms.map(period::rfc3339),
+            "spend_usd": round_cents(spent),
+            "budget_usd": budget,
+            "remaining_usd": budget.map(|b| round_cents((b - spent).max(0.0))),
+            "requests": st.requests,
+            "tokens": {
+                "input": st.usage.input_tokens,
+                "output": st.usage.output_tokens,
+                "cache_read": st.usage.cache_read_input_tokens,
+                "cache_write": st.usage.cache_creation_input_tokens,
+            },
+            "rate_limit": {"rpm": s.rpm.map(|g| g.limit()), "tpm": s.tpm.map(|g| g.limit())},
+        })
+    };
+    let text = query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "text"));
+    if text {
+        let st = &standings[0];
+        let spent = policy::micros_to_usd(st.spent_micros.max(0));
+        let tokens = st.usage.total();
+        let mut line = match key.scope.budget_micros {
+            Some(b) => format!(
+                "${spent:.2} of ${:.2} {}",
+                policy::micros_to_usd(b as i64),
+                period::period_name(key.scope.period)
+            ),
+            None => format!("${spent:.2} this month"),
+        };
+        line.push_str(&format!(" · {} tok", human_count(tokens)));
+        if let (Some(team), Some(ts), Some(st)) = (&key.team, &key.team_scope, standings.get(1)) {
+            if let Some(b) = ts.budget_micros {
+                let left = policy::micros_to_usd(b as i64 - st.spent_micros.max(0));
+                line.push_str(&format!(" · team {team} ${:.2} left", left.max(0.0)));
+            }
+        }
+        line.push('\n');
+        return Ok((line.into_bytes(), true));
+    }
+    let mut body = serde_json::json!({
+        "key": key.name,
+        "team": key.team,
+        "usage": describe(&key.scope, &standings[0]),
+    });
+    if let (Some(ts), Some(st)) = (&key.team_scope, standings.get(1)) {
+        body["team_usage"] = describe(ts, st);
+    }
+    Ok((serde_json::to_vec(&body).unwrap_or_default(), false))
+}
+
+fn round_cents(usd: f64) -> f64 {
+    (usd * 10_000.0).round() / 10_000.0
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
+/// Refresh the per-team budget gauge (at scrape time).
+pub async fn refresh_budget_gauges(shared: &Shared, snap: &Snapshot) {
+    let now = period::now_ms();
+    let teams: Vec<Arc<policy::ScopeLimits>> = snap.team_scopes().filter(|s| s.budget_micros.is_some()).collect();
+    if teams.is_empty() {
+        return;
+    }
+    let refs: Vec<&Arc<policy::ScopeLimits>> = teams.iter().collect();
+    if let Ok(standings) = shared.policy.standings(&refs, now).await {
+        for (s, st) in teams.iter().zip(standings) {
+            let left = policy::micros_to_usd(s.budget_micros.unwrap_or(0) as i64 - st.spent_micros);
+            let name = s.id.strip_prefix("team:").unwrap_or(&s.id);
+            crate::telemetry::METRICS
+                .budget_remaining
+                .with_label_values(&[name])
+                .set(left);
+        }
+    }
+}

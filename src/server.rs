@@ -130,9 +130,7 @@ pub fn run(
     ));
     server.add_service(pingora::services::background::background_service(
         "config reload",
-        ReloadTriggers {
-            shared: shared.clone(),
-        },
+        ReloadTriggers { shared: shared.clone() },
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
@@ -220,13 +218,17 @@ pub fn seed_budgets(shared: &Shared, snap: &Snapshot) {
             continue;
         }
         let (kind, name) = s.id.split_once(':').unwrap_or(("key", &s.id));
-        let scope = if kind == "team" { Scope::Team(name) } else { Scope::Key(name) };
+        let scope = if kind == "team" {
+            Scope::Team(name)
+        } else {
+            Scope::Key(name)
+        };
         match reader.spend_since(scope, window.start_ms) {
             Ok(t) => memory.seed(
                 &s,
                 window,
                 Standing {
-                    spent_micros: crate::policy::usd_to_micros(t.cost_usd) as i64,
+                    spent_nanos: crate::policy::usd_to_nanos(t.cost_usd) as i64,
                     requests: t.requests,
                     usage: crate::dialects::Usage {
                         input_tokens: t.input_tokens,

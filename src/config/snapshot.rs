@@ -15,8 +15,8 @@ use super::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderCon
 use super::ConfigError;
 use crate::dialects::openai::Flavor;
 use crate::policy::ScopeLimits;
-use crate::usage::pricing::PriceTable;
 use crate::secret::Secret;
+use crate::usage::pricing::PriceTable;
 
 /// Provider types this build can talk to. Types named in `spec/config.md` but
 /// not listed here are rejected by validation with a message saying so.
@@ -485,7 +485,8 @@ impl Snapshot {
         let version = hex::encode(&sha256(&canonical)[..8]);
         let pricing = match &config.pricing {
             Some(path) => Arc::new(
-                PriceTable::load(std::path::Path::new(path)).map_err(|e| ConfigError::invalid("pricing", e.to_string()))?,
+                PriceTable::load(std::path::Path::new(path))
+                    .map_err(|e| ConfigError::invalid("pricing", e.to_string()))?,
             ),
             None => PriceTable::builtin(),
         };
@@ -817,7 +818,12 @@ fn build_keys(
             name: k.name.clone(),
             team: k.team.clone(),
             enabled: k.enabled,
-            scope: Arc::new(ScopeLimits::new("key", &k.name, k.rate_limit.as_ref(), k.budget.as_ref())),
+            scope: Arc::new(ScopeLimits::new(
+                "key",
+                &k.name,
+                k.rate_limit.as_ref(),
+                k.budget.as_ref(),
+            )),
             team_scope,
             models,
             hash,

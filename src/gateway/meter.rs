@@ -54,11 +54,11 @@ pub async fn admit(
         ..Default::default()
     };
     let reserve = price(snap, Some(first_upstream_model), ctx.model.as_deref())
-        .map_or(0, |p| policy::usd_to_micros(p.cost_usd(&estimate, ctx.fast)));
+        .map_or(0, |p| policy::usd_to_nanos(p.cost_usd(&estimate, ctx.fast)));
     let scopes = policy::scopes_of(key);
     let demand = Demand {
         tokens: input,
-        reserve_micros: reserve,
+        reserve_nanos: reserve,
     };
     match shared.policy.admit(&scopes, demand, period::now_ms()).await {
         Ok(admission) => {
@@ -101,11 +101,16 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     if let Some(admission) = ctx.admission.take() {
         let actual = Actual {
             usage,
-            cost_micros: policy::usd_to_micros(cost_usd),
+            cost_nanos: policy::usd_to_nanos(cost_usd),
         };
         shared.policy.settle(admission, actual).await;
     }
-    let audit = shared.sinks.get().and_then(|s| s.audit.as_ref());
+    // The audit trail covers the API, not health probes and scrapes.
+    let audit = shared
+        .sinks
+        .get()
+        .and_then(|s| s.audit.as_ref())
+        .filter(|_| session.req_header().uri.path().starts_with("/v1/"));
     if !ctx.metered && audit.is_none() {
         return;
     }
@@ -128,7 +133,9 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
         cache_write_tokens: usage.cache_creation_input_tokens,
         cost_usd,
         latency_ms: ctx.started.elapsed().as_millis() as u64,
-        ttft_ms: ctx.first_byte_at.map(|t| t.duration_since(ctx.started).as_millis() as u64),
+        ttft_ms: ctx
+            .first_byte_at
+            .map(|t| t.duration_since(ctx.started).as_millis() as u64),
         status,
         attempts: ctx.attempts,
         stream: ctx.stream,
@@ -146,7 +153,10 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     if let Some(audit) = audit {
         let entry = AuditEntry {
             record,
-            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string()),
             user_agent: header("user-agent"),
             method: req.method.to_string(),
             path: req.uri.path().to_string(),
@@ -173,14 +183,18 @@ fn warn_unpriced(model: &str) {
 
 /// `GET /v1/usage`: the caller's own standing in the current period, for
 /// Claude Code's statusline. `?format=text` gives one line.
-pub async fn report(shared: &Shared, key: &Arc<KeyEntry>, query: Option<&str>) -> Result<(Vec<u8>, bool), GatewayError> {
+pub async fn report(
+    shared: &Shared,
+    key: &Arc<KeyEntry>,
+    query: Option<&str>,
+) -> Result<(Vec<u8>, bool), GatewayError> {
     let now = period::now_ms();
     let scopes = policy::scopes_of(key);
     let standings = shared.policy.standings(&scopes, now).await?;
     let describe = |s: &policy::ScopeLimits, st: &policy::Standing| {
         let w = period::Window::of(s.period, now);
-        let spent = policy::micros_to_usd(st.spent_micros.max(0));
-        let budget = s.budget_micros.map(|b| policy::micros_to_usd(b as i64));
+        let spent = policy::nanos_to_usd(st.spent_nanos.max(0));
+        let budget = s.budget_nanos.map(|b| policy::nanos_to_usd(b as i64));
         serde_json::json!({
             "period": period::period_name(s.period),
             "period_start": period::rfc3339(w.start_ms),
@@ -198,23 +212,24 @@ pub async fn report(shared: &Shared, key: &Arc<KeyEntry>, query: Option<&str>) -
             "rate_limit": {"rpm": s.rpm.map(|g| g.limit()), "tpm": s.tpm.map(|g| g.limit())},
         })
     };
-    let text = query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "text"));
+    let text =
+        query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "format" && v == "text"));
     if text {
         let st = &standings[0];
-        let spent = policy::micros_to_usd(st.spent_micros.max(0));
+        let spent = policy::nanos_to_usd(st.spent_nanos.max(0));
         let tokens = st.usage.total();
-        let mut line = match key.scope.budget_micros {
+        let mut line = match key.scope.budget_nanos {
             Some(b) => format!(
                 "${spent:.2} of ${:.2} {}",
-                policy::micros_to_usd(b as i64),
+                policy::nanos_to_usd(b as i64),
                 period::period_name(key.scope.period)
             ),
             None => format!("${spent:.2} this month"),
         };
         line.push_str(&format!(" · {} tok", human_count(tokens)));
         if let (Some(team), Some(ts), Some(st)) = (&key.team, &key.team_scope, standings.get(1)) {
-            if let Some(b) = ts.budget_micros {
-                let left = policy::micros_to_usd(b as i64 - st.spent_micros.max(0));
+            if let Some(b) = ts.budget_nanos {
+                let left = policy::nanos_to_usd(b as i64 - st.spent_nanos.max(0));
                 line.push_str(&format!(" · team {team} ${:.2} left", left.max(0.0)));
             }
         }
@@ -247,14 +262,14 @@ fn human_count(n: u64) -> String {
 /// Refresh the per-team budget gauge (at scrape time).
 pub async fn refresh_budget_gauges(shared: &Shared, snap: &Snapshot) {
     let now = period::now_ms();
-    let teams: Vec<Arc<policy::ScopeLimits>> = snap.team_scopes().filter(|s| s.budget_micros.is_some()).collect();
+    let teams: Vec<Arc<policy::ScopeLimits>> = snap.team_scopes().filter(|s| s.budget_nanos.is_some()).collect();
     if teams.is_empty() {
         return;
     }
     let refs: Vec<&Arc<policy::ScopeLimits>> = teams.iter().collect();
     if let Ok(standings) = shared.policy.standings(&refs, now).await {
         for (s, st) in teams.iter().zip(standings) {
-            let left = policy::micros_to_usd(s.budget_micros.unwrap_or(0) as i64 - st.spent_micros);
+            let left = policy::nanos_to_usd(s.budget_nanos.unwrap_or(0) as i64 - st.spent_nanos);
             let name = s.id.strip_prefix("team:").unwrap_or(&s.id);
             crate::telemetry::METRICS
                 .budget_remaining

@@ -296,7 +296,8 @@ impl Gateway {
             Endpoint::Usage => {
                 let auth::Caller::Key(key) = self.caller(session, ctx, snap)? else {
                     return Err(GatewayError::NotFound(
-                        "/v1/usage reports a gateway key's spend; this gateway has no `keys:` (passthrough-auth)".into(),
+                        "/v1/usage reports a gateway key's spend; this gateway has no `keys:` (passthrough-auth)"
+                            .into(),
                     ));
                 };
                 let (body, text) = meter::report(&self.shared, &key, session.req_header().uri.query()).await?;

@@ -45,10 +45,7 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchan
     }
     let _stream_gauge = is_sse.then(StreamGauge::new);
     let mut tap = if ctx.metered {
-        UsageTap::new(
-            ctx.status,
-            upstream_content_type.as_ref().map(|v| v.as_bytes()),
-        )
+        UsageTap::new(ctx.status, upstream_content_type.as_ref().map(|v| v.as_bytes()))
     } else {
         UsageTap::Off
     };

@@ -44,15 +44,15 @@ impl Memory {
         let mut cells = self.lock();
         // Check everything before charging anything: a refusal leaves no trace.
         for (i, (s, w)) in ask.scopes.iter().enumerate() {
-            let Some(budget) = s.budget_micros else { continue };
+            let Some(budget) = s.budget_nanos else { continue };
             let spent = cells
                 .get(&s.id)
                 .filter(|c| c.window == Some(*w))
-                .map_or(0, |c| c.standing.spent_micros);
-            if spent.saturating_add(ask.demand.reserve_micros as i64) > budget as i64 {
+                .map_or(0, |c| c.standing.spent_nanos);
+            if spent.saturating_add(ask.demand.reserve_nanos as i64) > budget as i64 {
                 return Err(Refusal::Budget {
                     scope: i,
-                    spent_micros: spent,
+                    spent_nanos: spent,
                 });
             }
         }
@@ -88,10 +88,12 @@ impl Memory {
                 cell.request_tat = g.check(cell.request_tat, now, 1).unwrap_or(cell.request_tat);
             }
             if let Some(g) = s.tpm {
-                cell.token_tat = g.check(cell.token_tat, now, ask.demand.tokens).unwrap_or(cell.token_tat);
+                cell.token_tat = g
+                    .check(cell.token_tat, now, ask.demand.tokens)
+                    .unwrap_or(cell.token_tat);
             }
-            if s.budget_micros.is_some() {
-                cell.roll(*w).spent_micros += ask.demand.reserve_micros as i64;
+            if s.budget_nanos.is_some() {
+                cell.roll(*w).spent_nanos += ask.demand.reserve_nanos as i64;
             }
         }
         Ok(())
@@ -107,10 +109,14 @@ impl Memory {
             }
             // A reservation made in a period that has since ended went with
             // that period; only the real cost lands in the new one.
-            let reserved = if cell.window == Some(c.window) { c.reserved_micros } else { 0 };
+            let reserved = if cell.window == Some(c.window) {
+                c.reserved_nanos
+            } else {
+                0
+            };
             let now_window = Window::of(c.scope.period, super::period::now_ms());
             let standing = cell.roll(now_window);
-            standing.spent_micros += actual.cost_micros as i64 - reserved as i64;
+            standing.spent_nanos += actual.cost_nanos as i64 - reserved as i64;
             standing.requests += 1;
             add_usage(&mut standing.usage, &actual.usage);
         }
@@ -179,7 +185,10 @@ mod tests {
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -190,7 +199,7 @@ mod tests {
             let now = super::super::period::now_ms();
             let d = Demand {
                 tokens: 10,
-                reserve_micros: 600_000,
+                reserve_nanos: 600_000_000,
             };
             let a = p.admit(&[&s], d, now).await.unwrap();
             // A second reservation of $0.60 would overspend $1.00.
@@ -204,12 +213,12 @@ mod tests {
                         output_tokens: 20,
                         ..Default::default()
                     },
-                    cost_micros: 250_000,
+                    cost_nanos: 250_000_000,
                 },
             )
             .await;
             let st = p.standings(&[&s], now).await.unwrap();
-            assert_eq!(st[0].spent_micros, 250_000);
+            assert_eq!(st[0].spent_nanos, 250_000_000);
             assert_eq!(st[0].usage.output_tokens, 20);
             assert_eq!(st[0].requests, 1);
             assert!(p.admit(&[&s], d, now).await.is_ok());
@@ -224,7 +233,7 @@ mod tests {
             let now = 1_000_000_000;
             let d = Demand {
                 tokens: 100,
-                reserve_micros: 0,
+                reserve_nanos: 0,
             };
             p.admit(&[&s], d, now).await.unwrap();
             let a = p.admit(&[&s], d, now).await.unwrap();
@@ -246,7 +255,7 @@ mod tests {
                         output_tokens: 1_000,
                         ..Default::default()
                     },
-                    cost_micros: 0,
+                    cost_nanos: 0,
                 },
             )
             .await;

@@ -45,8 +45,8 @@ pub struct ScopeLimits {
     pub label: String,
     pub rpm: Option<Gcra>,
     pub tpm: Option<Gcra>,
-    /// USD in micro-dollars.
-    pub budget_micros: Option<u64>,
+    /// USD in nano-dollars (integers add exactly; a cent is 10^7).
+    pub budget_nanos: Option<u64>,
     /// The budget's period; for scopes without a budget, the period usage
     /// is reported over (monthly).
     pub period: BudgetPeriod,
@@ -59,26 +59,26 @@ impl ScopeLimits {
             label: format!("{kind} `{name}`"),
             rpm: rate.and_then(|r| r.rpm).and_then(Gcra::per_minute),
             tpm: rate.and_then(|r| r.tpm).and_then(Gcra::per_minute),
-            budget_micros: budget.map(|b| usd_to_micros(b.usd)),
+            budget_nanos: budget.map(|b| usd_to_nanos(b.usd)),
             period: budget.map_or(BudgetPeriod::Monthly, |b| b.period),
         }
     }
 
     fn limited(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || self.budget_micros.is_some()
+        self.rpm.is_some() || self.tpm.is_some() || self.budget_nanos.is_some()
     }
 }
 
-pub fn usd_to_micros(usd: f64) -> u64 {
+pub fn usd_to_nanos(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
-        (usd * 1e6).round() as u64
+        (usd * 1e9).round() as u64
     } else {
         0
     }
 }
 
-pub fn micros_to_usd(m: i64) -> f64 {
-    m as f64 / 1e6
+pub fn nanos_to_usd(m: i64) -> f64 {
+    m as f64 / 1e9
 }
 
 /// What the request is expected to take, computed before it goes upstream.
@@ -86,8 +86,8 @@ pub fn micros_to_usd(m: i64) -> f64 {
 pub struct Demand {
     /// Estimated input tokens (charged to `tpm` now, corrected at settlement).
     pub tokens: u64,
-    /// The budget reservation in micro-dollars.
-    pub reserve_micros: u64,
+    /// The budget reservation in nano-dollars.
+    pub reserve_nanos: u64,
 }
 
 /// The charges one admitted request holds until [`Policy::settle`].
@@ -100,7 +100,7 @@ pub struct Admission {
 struct Charge {
     scope: Arc<ScopeLimits>,
     window: Window,
-    reserved_micros: u64,
+    reserved_nanos: u64,
     tokens: u64,
 }
 
@@ -108,7 +108,7 @@ struct Charge {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Actual {
     pub usage: Usage,
-    pub cost_micros: u64,
+    pub cost_nanos: u64,
 }
 
 /// Why a scope refused, as the backends report it.
@@ -116,7 +116,7 @@ pub struct Actual {
 pub enum Refusal {
     Budget {
         scope: usize,
-        spent_micros: i64,
+        spent_nanos: i64,
     },
     Rate {
         scope: usize,
@@ -129,7 +129,7 @@ pub enum Refusal {
 /// A scope's standing for the period, for `GET /v1/usage`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Standing {
-    pub spent_micros: i64,
+    pub spent_nanos: i64,
     pub requests: u64,
     pub usage: Usage,
 }
@@ -144,7 +144,7 @@ pub struct Ask<'a> {
 
 pub enum Backend {
     Memory(memory::Memory),
-    Redis(redis::RedisState),
+    Redis(Box<redis::RedisState>),
 }
 
 pub struct Policy {
@@ -165,7 +165,7 @@ impl Policy {
                     .redis_url
                     .as_deref()
                     .ok_or("state.redis_url is required with state.backend: redis")?;
-                Backend::Redis(redis::RedisState::new(url, &state.redis_prefix)?)
+                Backend::Redis(Box::new(redis::RedisState::new(url, &state.redis_prefix)?))
             }
         };
         Ok(Policy {
@@ -198,10 +198,8 @@ impl Policy {
         demand: Demand,
         now_ms: i64,
     ) -> Result<Admission, GatewayError> {
-        let windows: Vec<(&ScopeLimits, Window)> = scopes
-            .iter()
-            .map(|s| (&***s, Window::of(s.period, now_ms)))
-            .collect();
+        let windows: Vec<(&ScopeLimits, Window)> =
+            scopes.iter().map(|s| (&***s, Window::of(s.period, now_ms))).collect();
         let ask = Ask {
             now_ms,
             scopes: &windows,
@@ -218,7 +216,11 @@ impl Policy {
                 .map(|(s, (_, w))| Charge {
                     scope: Arc::clone(s),
                     window: *w,
-                    reserved_micros: if s.budget_micros.is_some() { demand.reserve_micros } else { 0 },
+                    reserved_nanos: if s.budget_nanos.is_some() {
+                        demand.reserve_nanos
+                    } else {
+                        0
+                    },
                     tokens: s.tpm.map_or(0, |g| g.clamp(demand.tokens)),
                 })
                 .collect()
@@ -231,11 +233,18 @@ impl Policy {
                     .state_errors
                     .with_label_values(&[self.backend_name(), "admit"])
                     .inc();
-                let budgeted = scopes.iter().any(|s| s.budget_micros.is_some());
+                let budgeted = scopes.iter().any(|s| s.budget_nanos.is_some());
                 let limited = scopes.iter().any(|s| s.rpm.is_some() || s.tpm.is_some());
                 let closed = (budgeted && self.budgets_fail == FailMode::FailClosed)
                     || (limited && self.rates_fail == FailMode::FailClosed);
-                log_state_error(&e, if closed { "refusing (fail_closed)" } else { "admitting unchecked (fail_open)" });
+                log_state_error(
+                    &e,
+                    if closed {
+                        "refusing (fail_closed)"
+                    } else {
+                        "admitting unchecked (fail_open)"
+                    },
+                );
                 if closed {
                     return Err(GatewayError::Unavailable {
                         message: "the gateway cannot reach its shared state (Redis) to check budgets and rate limits; \
@@ -274,10 +283,8 @@ impl Policy {
 
     /// Each scope's standing in its current period.
     pub async fn standings(&self, scopes: &[&Arc<ScopeLimits>], now_ms: i64) -> Result<Vec<Standing>, GatewayError> {
-        let windows: Vec<(&ScopeLimits, Window)> = scopes
-            .iter()
-            .map(|s| (&***s, Window::of(s.period, now_ms)))
-            .collect();
+        let windows: Vec<(&ScopeLimits, Window)> =
+            scopes.iter().map(|s| (&***s, Window::of(s.period, now_ms))).collect();
         match &self.backend {
             Backend::Memory(m) => Ok(m.standings(&windows)),
             Backend::Redis(r) => r.standings(&windows).await.map_err(|e| {
@@ -297,16 +304,18 @@ fn log_state_error(e: &str, consequence: &str) {
     let now = period::now_ms();
     let last = LAST.load(Relaxed);
     if now - last >= 10_000 && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
-        log::error!("shared state error: {e}; {consequence} (logged at most every 10 s; see modelgate_state_errors_total)");
+        log::error!(
+            "shared state error: {e}; {consequence} (logged at most every 10 s; see modelgate_state_errors_total)"
+        );
     }
 }
 
 fn refuse(windows: &[(&ScopeLimits, Window)], refusal: Refusal, now_ms: i64) -> GatewayError {
     match refusal {
-        Refusal::Budget { scope, spent_micros } => {
+        Refusal::Budget { scope, spent_nanos } => {
             let (s, w) = windows[scope];
-            let budget = micros_to_usd(s.budget_micros.unwrap_or(0) as i64);
-            let spent = micros_to_usd(spent_micros);
+            let budget = nanos_to_usd(s.budget_nanos.unwrap_or(0) as i64);
+            let spent = nanos_to_usd(spent_nanos);
             let resets = match w.end_ms {
                 Some(end) => format!("it resets at {}", rfc3339(end)),
                 None => "it is a total budget and does not reset; ask an administrator to raise it".into(),
@@ -376,7 +385,14 @@ mod tests {
         );
         let now = 1_700_000_000_000;
         let w = Window::of(s.period, now);
-        let e = refuse(&[(&s, w)], Refusal::Budget { scope: 0, spent_micros: 9_990_000 }, now);
+        let e = refuse(
+            &[(&s, w)],
+            Refusal::Budget {
+                scope: 0,
+                spent_nanos: 9_990_000_000,
+            },
+            now,
+        );
         assert_eq!(e.status(), 429);
         assert_eq!(e.kind().as_str(), "billing_error");
         let msg = e.to_string();
@@ -384,6 +400,8 @@ mod tests {
         assert!(msg.contains("resets at 2023-11-15T00:00:00Z"), "{msg}");
         let h = e.headers();
         assert!(h.contains(&("x-should-retry", "false".into())));
-        assert!(h.iter().any(|(n, v)| *n == "retry-after" && v.parse::<u64>().unwrap() > 0));
+        assert!(h
+            .iter()
+            .any(|(n, v)| *n == "retry-after" && v.parse::<u64>().unwrap() > 0));
     }
 }

@@ -18,7 +18,12 @@ impl Window {
         let now = Utc.timestamp_millis_opt(now_ms).single().unwrap_or_else(Utc::now);
         let day = now.date_naive();
         let (start, end) = match period {
-            BudgetPeriod::Total => return Window { start_ms: 0, end_ms: None },
+            BudgetPeriod::Total => {
+                return Window {
+                    start_ms: 0,
+                    end_ms: None,
+                }
+            }
             BudgetPeriod::Daily => (day, day + Duration::days(1)),
             BudgetPeriod::Weekly => {
                 let monday = day - Duration::days(day.weekday().num_days_from_monday() as i64);
@@ -43,7 +48,8 @@ impl Window {
 
     /// Whole seconds until the reset, at least 1; `None` for `total`.
     pub fn seconds_left(&self, now_ms: i64) -> Option<u64> {
-        self.end_ms.map(|end| ((end - now_ms).max(0) as u64).div_ceil(1000).max(1))
+        self.end_ms
+            .map(|end| ((end - now_ms).max(0) as u64).div_ceil(1000).max(1))
     }
 }
 
@@ -80,13 +86,22 @@ mod tests {
     fn utc_boundaries() {
         let now = at("2026-12-31T23:59:59Z"); // a Thursday
         let m = Window::of(BudgetPeriod::Monthly, now);
-        assert_eq!((rfc3339(m.start_ms), rfc3339(m.end_ms.unwrap())), ("2026-12-01T00:00:00Z".into(), "2027-01-01T00:00:00Z".into()));
+        assert_eq!(
+            (rfc3339(m.start_ms), rfc3339(m.end_ms.unwrap())),
+            ("2026-12-01T00:00:00Z".into(), "2027-01-01T00:00:00Z".into())
+        );
         let w = Window::of(BudgetPeriod::Weekly, now);
         assert_eq!(rfc3339(w.start_ms), "2026-12-28T00:00:00Z");
         assert_eq!(rfc3339(w.end_ms.unwrap()), "2027-01-04T00:00:00Z");
         let d = Window::of(BudgetPeriod::Daily, now);
         assert_eq!(d.seconds_left(now), Some(1));
-        assert_eq!(Window::of(BudgetPeriod::Total, now), Window { start_ms: 0, end_ms: None });
+        assert_eq!(
+            Window::of(BudgetPeriod::Total, now),
+            Window {
+                start_ms: 0,
+                end_ms: None
+            }
+        );
         let feb = Window::of(BudgetPeriod::Monthly, at("2028-02-29T12:00:00Z"));
         assert_eq!(rfc3339(feb.end_ms.unwrap()), "2028-03-01T00:00:00Z");
     }

@@ -9,7 +9,7 @@
 //! Keys (`PREFIX` is `state.redis_prefix`):
 //! - `PREFIX:rate:key:NAME` / `PREFIX:rate:team:NAME` — hash `r` (request
 //!   TAT, ms) and `t` (token TAT, ms); expires a minute after it is idle.
-//! - `PREFIX:spend:key:NAME:START_MS` — hash `spent` (micro-USD, incl.
+//! - `PREFIX:spend:key:NAME:START_MS` — hash `spent` (nano-USD, incl.
 //!   open reservations), `requests`, `input`, `output`, `cache_read`,
 //!   `cache_write` for the period starting at START_MS; expires 35 days
 //!   after the period ends (`total` never does).
@@ -219,14 +219,14 @@ impl RedisState {
         let mut args = vec![
             ask.scopes.len() as i64,
             ask.demand.tokens as i64,
-            ask.demand.reserve_micros as i64,
+            ask.demand.reserve_nanos as i64,
         ];
         for (s, w) in ask.scopes {
             keys.push(self.rate_key(s));
             keys.push(self.spend_key(s, *w));
             args.push(s.rpm.map_or(0, |g| g.limit() as i64));
             args.push(s.tpm.map_or(0, |g| g.limit() as i64));
-            args.push(s.budget_micros.map_or(-1, |b| b as i64));
+            args.push(s.budget_nanos.map_or(-1, |b| b as i64));
         }
         let reply: Vec<i64> = self.invoke(&self.admit, keys, args).await?;
         Ok(decode_admit(ask, &reply))
@@ -238,7 +238,7 @@ impl RedisState {
         let mut args: Vec<i64> = vec![
             charges.len() as i64,
             u.total() as i64,
-            actual.cost_micros as i64,
+            actual.cost_nanos as i64,
             u.input_tokens as i64,
             u.output_tokens as i64,
             u.cache_read_input_tokens as i64,
@@ -249,7 +249,7 @@ impl RedisState {
             keys.push(self.spend_key(&c.scope, c.window));
             args.push(c.scope.tpm.map_or(0, |g| g.limit() as i64));
             args.push(c.tokens as i64);
-            args.push(c.reserved_micros as i64);
+            args.push(c.reserved_nanos as i64);
             args.push(c.window.end_ms.map_or(0, |e| e + KEEP_AFTER_PERIOD_MS));
         }
         self.invoke::<i64>(&self.settle, keys, args).await.map(drop)
@@ -258,9 +258,14 @@ impl RedisState {
     pub(super) async fn standings(&self, scopes: &[(&ScopeLimits, Window)]) -> Result<Vec<Standing>, String> {
         let mut pipe = redis::pipe();
         for (s, w) in scopes {
-            pipe.cmd("HMGET")
-                .arg(self.spend_key(s, *w))
-                .arg(&["spent", "requests", "input", "output", "cache_read", "cache_write"]);
+            pipe.cmd("HMGET").arg(self.spend_key(s, *w)).arg(&[
+                "spent",
+                "requests",
+                "input",
+                "output",
+                "cache_read",
+                "cache_write",
+            ]);
         }
         let mut conn = self.io()?.1.clone();
         let rows: Vec<Vec<Option<i64>>> = self.run(async move { pipe.query_async(&mut conn).await }).await?;
@@ -269,7 +274,7 @@ impl RedisState {
             .map(|r| {
                 let f = |i: usize| r.get(i).copied().flatten().unwrap_or(0);
                 Standing {
-                    spent_micros: f(0),
+                    spent_nanos: f(0),
                     requests: f(1).max(0) as u64,
                     usage: crate::dialects::Usage {
                         input_tokens: f(2).max(0) as u64,
@@ -289,7 +294,7 @@ fn decode_admit(ask: &Ask<'_>, reply: &[i64]) -> Result<(), Refusal> {
     match at(0) {
         1 => Err(Refusal::Budget {
             scope,
-            spent_micros: at(2),
+            spent_nanos: at(2),
         }),
         2 => {
             let (s, _) = ask.scopes[scope];

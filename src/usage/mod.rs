@@ -27,8 +27,8 @@ pub struct Sinks {
 
 impl Sinks {
     pub fn open(state: &StateConfig, audit: &AuditConfig) -> Result<Sinks, String> {
-        let ledger = Ledger::open(Path::new(&state.path), state.ledger_queue.max(1))
-            .map_err(|e| format!("state.path: {e}"))?;
+        let ledger =
+            Ledger::open(Path::new(&state.path), state.ledger_queue.max(1)).map_err(|e| format!("state.path: {e}"))?;
         let audit = match audit.path {
             Some(_) => Some(AuditLog::open(audit, state.ledger_queue.max(1)).map_err(|e| format!("audit.path: {e}"))?),
             None => None,

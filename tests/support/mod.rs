@@ -8,6 +8,7 @@
 
 pub mod gateway;
 pub mod mock;
+pub mod redis;
 
 pub use gateway::{client, fixture, free_port, http_status, Gateway};
 pub use mock::{

@@ -143,7 +143,10 @@ impl UsageTap {
     pub fn finish(self) -> Option<Usage> {
         match self {
             UsageTap::Sse {
-                usage, deltas, finished, ..
+                usage,
+                deltas,
+                finished,
+                ..
             } => usage.map(|mut u| {
                 if !finished {
                     u.output_tokens = u.output_tokens.max(deltas);
@@ -205,7 +208,11 @@ mod tests {
         assert_eq!(tap("text/event-stream", &[STREAM]), Some(want));
         for at in [1, 7, 50, 133, 200, STREAM.len() - 3] {
             let (a, b) = STREAM.split_at(at);
-            assert_eq!(tap("text/event-stream; charset=utf-8", &[a, b]), Some(want), "split at {at}");
+            assert_eq!(
+                tap("text/event-stream; charset=utf-8", &[a, b]),
+                Some(want),
+                "split at {at}"
+            );
         }
     }
 
@@ -213,7 +220,10 @@ mod tests {
     fn a_cut_stream_counts_input_and_a_lower_bound_of_output() {
         let cut = &STREAM[..STREAM.find("event: message_delta").unwrap()];
         let u = tap("text/event-stream", &[cut]).unwrap();
-        assert_eq!((u.input_tokens, u.cache_read_input_tokens, u.output_tokens), (12, 2000, 2));
+        assert_eq!(
+            (u.input_tokens, u.cache_read_input_tokens, u.output_tokens),
+            (12, 2000, 2)
+        );
     }
 
     #[test]

@@ -125,5 +125,70 @@ fn reload(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_and_splice, headers, routing, metrics, reload);
+/// The policy stage as a request sees it: authenticate one of 1,000 keys
+/// (sha256 + map lookup), admit against key and team limits and budgets,
+/// and settle. Embedded backend; with `MODELGATE_BENCH_REDIS_URL` set, the
+/// same against that Redis (one script call each way).
+fn policy(c: &mut Criterion) {
+    use modelgate::dialects::Usage;
+    use modelgate::gateway::auth::{authenticate, Caller};
+    use modelgate::policy::{period, scopes_of, Actual, Demand, Policy};
+    let mut yaml = String::from(
+        "default_provider: a\nproviders:\n  a: {type: anthropic}\nteams:\n  t0: {rate_limit: {rpm: 1000000000}, budget: {usd: 1000000000, period: monthly}}\nkeys:\n",
+    );
+    for i in 0..1000 {
+        let hash = hex::encode(modelgate::config::snapshot::sha256(format!("mg-key-{i}").as_bytes()));
+        yaml.push_str(&format!(
+            "  - {{name: k{i}, team: t0, key_sha256: \"{hash}\", rate_limit: {{rpm: 1000000000, tpm: 1000000000000}}, budget: {{usd: 1000000000, period: daily}}}}\n"
+        ));
+    }
+    let env = |_: &str| None;
+    let snap = Snapshot::build(parse_str(&yaml, &env).expect("yaml"), &env).expect("valid");
+    let mut headers = HeaderMap::new();
+    headers.insert("x-api-key", HeaderValue::from_static("mg-key-500"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut backends = vec![("embedded", modelgate::config::schema::StateConfig::default())];
+    if let Ok(url) = std::env::var("MODELGATE_BENCH_REDIS_URL") {
+        let mut state = modelgate::config::schema::StateConfig::default();
+        state.backend = modelgate::config::schema::StateBackend::Redis;
+        state.redis_url = Some(url);
+        state.redis_prefix = "bench".into();
+        backends.push(("redis", state));
+    }
+    for (name, state) in backends {
+        let policy = Policy::new(&state).expect("policy");
+        c.bench_function(&format!("policy_auth_admit_settle_{name}"), |b| {
+            b.iter(|| {
+                let Ok(Caller::Key(key)) = authenticate(&snap, black_box(&headers)) else {
+                    panic!("key")
+                };
+                rt.block_on(async {
+                    let scopes = scopes_of(&key);
+                    let demand = Demand {
+                        tokens: 25_000,
+                        reserve_nanos: 400_000_000,
+                    };
+                    let admission = policy.admit(&scopes, demand, period::now_ms()).await.expect("admit");
+                    let usage = Usage {
+                        input_tokens: 20,
+                        output_tokens: 300,
+                        cache_read_input_tokens: 24_000,
+                        cache_creation_input_tokens: 1_000,
+                    };
+                    policy
+                        .settle(
+                            admission,
+                            Actual {
+                                usage,
+                                cost_nanos: 50_000_000,
+                            },
+                        )
+                        .await;
+                })
+            })
+        });
+    }
+}
+
+criterion_group!(benches, parse_and_splice, headers, routing, metrics, reload, policy);
 criterion_main!(benches);

@@ -68,6 +68,10 @@ pub struct Fixed {
     pub pid_file: Option<String>,
     pub grace_period: std::time::Duration,
     pub log_format: schema::LogFormat,
+    /// The state backend and where it lives (`state.*`): counters and the
+    /// ledger writer are bound to the process.
+    pub state: String,
+    pub audit_path: Option<String>,
 }
 
 impl Fixed {
@@ -80,6 +84,8 @@ impl Fixed {
             pid_file: s.config.pid_file.clone(),
             grace_period: s.config.grace_period.0,
             log_format: s.config.log_format,
+            state: serde_json::to_string(&s.config.state).unwrap_or_default(),
+            audit_path: s.config.audit.path.clone(),
         }
     }
 }

@@ -115,5 +115,11 @@ fn restart_required(boot: &Fixed, new: &Fixed) -> Vec<String> {
     if boot.log_format != new.log_format {
         out.push("log_format".to_string());
     }
+    if boot.state != new.state {
+        out.push("state".to_string());
+    }
+    if boot.audit_path != new.audit_path {
+        out.push("audit.path".to_string());
+    }
     out
 }

@@ -42,6 +42,10 @@ const WRITE_ATTEMPTS: u32 = 4;
 const RETRY_BASE: Duration = Duration::from_millis(50);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// WAL pages between automatic checkpoints (4 KiB pages: 32 MiB).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+/// The writer's page cache; negative means KiB to SQLite.
+const CACHE_KIB: i64 = -16 * 1024;
 /// What `Drop` gives the writer to flush when nobody called `close`.
 const DROP_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -213,6 +217,13 @@ impl Ledger {
             );
         }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        // Every batch rewrites the same hot index leaves (one per key and
+        // team); checkpointing every 1000 pages (the default) copies them to
+        // the database and fsyncs twice every few batches, which halves
+        // throughput. A 32 MiB WAL and a 16 MiB page cache keep them hot.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+            .map_err(open_err)?;
+        conn.pragma_update(None, "cache_size", CACHE_KIB).map_err(open_err)?;
         migrate(&mut conn, path)?;
 
         // sync_channel(0) would be a rendezvous channel: every record would

@@ -968,7 +968,7 @@ mod tests {
         for i in 0..10 {
             ledger.record(rec(i, None, None, "m", T0));
         }
-        let err = ledger.close(Duration::from_millis(100)).err().expect("times out");
+        let err = ledger.close(Duration::from_millis(100)).expect_err("times out");
         assert!(matches!(err, LedgerError::Timeout { .. }), "{err}");
         lock.execute_batch("COMMIT").unwrap();
         ledger.close(T).unwrap();

@@ -142,6 +142,9 @@ struct Counters {
     batches: AtomicU64,
     /// Milliseconds since `epoch`, plus one, of the last drop warning (0: none yet).
     last_warn: AtomicU64,
+    /// The same for write failures, throttled apart so a recent full-queue
+    /// warning never hides a failing disk.
+    last_error: AtomicU64,
     epoch: Instant,
 }
 
@@ -152,12 +155,12 @@ impl Counters {
     fn drop_records(&self, n: u64, error: bool, why: impl FnOnce() -> String) {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last_warn.load(Ordering::Relaxed);
+        let throttle = if error { &self.last_error } else { &self.last_warn };
+        let last = throttle.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_millis() as u64 {
             return;
         }
-        if self
-            .last_warn
+        if throttle
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
@@ -237,6 +240,7 @@ impl Ledger {
             queued: AtomicUsize::new(0),
             batches: AtomicU64::new(0),
             last_warn: AtomicU64::new(0),
+            last_error: AtomicU64::new(0),
             epoch: Instant::now(),
         });
         let thread_counters = counters.clone();
@@ -973,6 +977,38 @@ mod tests {
         lock.execute_batch("COMMIT").unwrap();
         ledger.close(T).unwrap();
         assert_eq!(ledger.written(), 10);
+    }
+
+    #[test]
+    fn a_batch_sqlite_keeps_refusing_is_retried_then_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let ledger = Ledger::open(&path, 100).unwrap();
+        ledger.record(rec(1, None, None, "m", T0));
+        ledger.flush(T).unwrap();
+        // Break the schema under the writer: every insert now fails.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE requests")
+            .unwrap();
+        // Held while queuing, so the ten records make at most two batches.
+        let lock = lock_db(&path);
+        let started = Instant::now();
+        for i in 2..12 {
+            assert!(ledger.record(rec(i, None, None, "m", T0)));
+        }
+        lock.execute_batch("COMMIT").unwrap();
+        ledger.flush(Duration::from_secs(60)).unwrap();
+        // Retried with backoff (50 + 200 + 800 ms) before giving up.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(ledger.written(), 1);
+        assert_eq!(ledger.dropped(), 10);
+        assert_eq!(ledger.queued(), 0);
+        ledger.close(T).unwrap();
     }
 
     fn seeded(dir: &tempfile::TempDir) -> PathBuf {

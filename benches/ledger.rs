@@ -1,0 +1,79 @@
+//! Usage ledger write throughput: 10k `Ledger::record` calls plus the flush
+//! that puts them on disk, into a temp-file SQLite database (WAL,
+//! `synchronous=NORMAL`). The gateway needs at least 20k records/s.
+//!
+//! Run: `cargo bench --bench ledger`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use modelgate::usage::ledger::Ledger;
+use modelgate::usage::Record;
+
+const N: usize = 10_000;
+
+/// Round `round`'s records: realistic rows (every optional field set, ids
+/// the size real ones are) with timestamps after the previous round's, as in
+/// a live gateway. Reusing timestamps would turn the (key, ts) index appends
+/// into random inserts and measure something the gateway never does.
+fn records(round: usize) -> Vec<Arc<Record>> {
+    (0..N)
+        .map(|i| {
+            let seq = round * N + i;
+            Arc::new(Record {
+                ts_ms: 1_795_132_800_000 + seq as i64,
+                request_id: format!("req_011CUmX{seq:016}"),
+                key: Some(format!("developer-{}", i % 50)),
+                team: Some(format!("team-{}", i % 5)),
+                session_id: Some(format!("3f1c2b9e-8d4a-4c61-9a0e-{:012}", i % 40)),
+                agent_id: (i % 3 == 0).then(|| format!("agent-{}", i % 7)),
+                model: "claude-sonnet-4-5-20250929".into(),
+                provider: Some("anthropic".into()),
+                upstream_model: Some("claude-sonnet-4-5-20250929".into()),
+                input_tokens: 1200 + i as u64,
+                output_tokens: 350,
+                cache_read_tokens: 48_000,
+                cache_write_tokens: 900,
+                cost_usd: 0.0321,
+                latency_ms: 2400,
+                ttft_ms: Some(600),
+                status: 200,
+                attempts: 1,
+                stream: true,
+                error: None,
+            })
+        })
+        .collect()
+}
+
+fn record_and_flush(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Queue as large as a round, so the bench measures the writer, not drops.
+    let ledger = Ledger::open(&dir.path().join("bench.db"), N).expect("open");
+    let mut round = 0;
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(20);
+    g.bench_function("record_and_flush_10k", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                records(round)
+            },
+            |records| {
+                for r in records {
+                    ledger.record(r);
+                }
+                ledger.flush(Duration::from_secs(60)).expect("flush");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+    assert_eq!(ledger.dropped(), 0, "a round must fit the queue");
+    ledger.close(Duration::from_secs(60)).expect("close");
+}
+
+criterion_group!(benches, record_and_flush);
+criterion_main!(benches);

@@ -302,6 +302,9 @@ pub async fn relay_openai(
             detail: e.to_string(),
         })?;
         ctx.usage = Some(t.usage);
+        if let Some(c) = ctx.reply_capture.as_mut() {
+            c.push(&bytes::Bytes::from(t.body.clone()));
+        }
         super::respond::json(session, ctx, 200, t.body, &[]).await;
         return Ok(());
     }
@@ -396,6 +399,9 @@ pub async fn relay_openai(
             let n = out.len() as u64;
             ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
             let data = bytes::Bytes::from(std::mem::take(&mut out));
+            if let Some(c) = ctx.reply_capture.as_mut() {
+                c.push(&data);
+            }
             if session.write_response_body(Some(data), end).await.is_err() {
                 ctx.client_gone = true;
                 exchange.abort().await;

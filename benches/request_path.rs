@@ -149,10 +149,12 @@ fn policy(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let mut backends = vec![("embedded", modelgate::config::schema::StateConfig::default())];
     if let Ok(url) = std::env::var("MODELGATE_BENCH_REDIS_URL") {
-        let mut state = modelgate::config::schema::StateConfig::default();
-        state.backend = modelgate::config::schema::StateBackend::Redis;
-        state.redis_url = Some(url);
-        state.redis_prefix = "bench".into();
+        let state = modelgate::config::schema::StateConfig {
+            backend: modelgate::config::schema::StateBackend::Redis,
+            redis_url: Some(url),
+            redis_prefix: "bench".into(),
+            ..Default::default()
+        };
         backends.push(("redis", state));
     }
     for (name, state) in backends {

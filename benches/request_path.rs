@@ -146,7 +146,10 @@ fn policy(c: &mut Criterion) {
     let snap = Snapshot::build(parse_str(&yaml, &env).expect("yaml"), &env).expect("valid");
     let mut headers = HeaderMap::new();
     headers.insert("x-api-key", HeaderValue::from_static("mg-key-500"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut backends = vec![("embedded", modelgate::config::schema::StateConfig::default())];
     if let Ok(url) = std::env::var("MODELGATE_BENCH_REDIS_URL") {
         let state = modelgate::config::schema::StateConfig {

@@ -42,53 +42,46 @@ pub struct Metrics {
     pub unpriced: IntCounter,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+/// Register a freshly built metric and hand back a handle to it.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    built: prometheus::Result<M>,
+) -> M {
+    let m = built.unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(m.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+    m
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, name, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn float_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
-    let c = CounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+    registered(registry, name, CounterVec::new(Opts::new(name, help), labels))
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    c
+    registered(registry, name, IntCounter::new(name, help))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(h.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    h
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    registered(registry, name, HistogramVec::new(opts, labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g
+    registered(registry, name, IntGauge::new(name, help))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry
-        .register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g
+    registered(registry, name, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    registered(registry, name, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// The process's metrics. The definitions are static and valid, so a
@@ -171,19 +164,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Failed operations on the shared state backend, by backend and operation (admit, settle, read).",
             &["backend", "op"],
         ),
-        budget_remaining: {
-            let g = GaugeVec::new(
-                Opts::new(
-                    "modelgate_budget_remaining_usd",
-                    "USD left in each team's current budget period (as of the last scrape).",
-                ),
-                &["team"],
-            )
-            .unwrap_or_else(|e| panic!("metric budget_remaining: {e}"));
-            r.register(Box::new(g.clone()))
-                .unwrap_or_else(|e| panic!("metric budget_remaining: {e}"));
-            g
-        },
+        budget_remaining: float_gauge_vec(
+            &r,
+            "modelgate_budget_remaining_usd",
+            "USD left in each team's current budget period (as of the last scrape).",
+            &["team"],
+        ),
         ledger_dropped: plain_counter(
             &r,
             "modelgate_ledger_dropped_total",

@@ -71,6 +71,7 @@ pub struct Fixed {
     /// The state backend and where it lives (`state.*`): counters and the
     /// ledger writer are bound to the process.
     pub state: String,
+    /// `audit.path` with its rotation settings.
     pub audit_path: Option<String>,
 }
 
@@ -85,7 +86,12 @@ impl Fixed {
             grace_period: s.config.grace_period.0,
             log_format: s.config.log_format,
             state: serde_json::to_string(&s.config.state).unwrap_or_default(),
-            audit_path: s.config.audit.path.clone(),
+            audit_path: s.config.audit.path.as_ref().map(|p| {
+                format!(
+                    "{p} (max_bytes {:?}, keep {})",
+                    s.config.audit.max_bytes, s.config.audit.keep
+                )
+            }),
         }
     }
 }

@@ -119,7 +119,7 @@ fn restart_required(boot: &Fixed, new: &Fixed) -> Vec<String> {
         out.push("state".to_string());
     }
     if boot.audit_path != new.audit_path {
-        out.push("audit.path".to_string());
+        out.push("audit.path/max_bytes/keep".to_string());
     }
     out
 }

@@ -481,15 +481,26 @@ impl Snapshot {
                 serving.entry(m.clone()).or_default().push(p.clone());
             }
         }
-        let canonical = serde_json::to_vec(&config).unwrap_or_default();
-        let version = hex::encode(&sha256(&canonical)[..8]);
+        let mut canonical = serde_json::to_vec(&config).unwrap_or_default();
         let pricing = match &config.pricing {
-            Some(path) => Arc::new(
-                PriceTable::load(std::path::Path::new(path))
-                    .map_err(|e| ConfigError::invalid("pricing", e.to_string()))?,
-            ),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::invalid("pricing", format!("cannot read price table {path}: {e}")))?;
+                // The price file is part of the config: editing only it
+                // must still count as a change on reload.
+                canonical.extend_from_slice(text.as_bytes());
+                Arc::new(PriceTable::parse(&text, path).map_err(|e| ConfigError::invalid("pricing", e.to_string()))?)
+            }
             None => PriceTable::builtin(),
         };
+        let version = hex::encode(&sha256(&canonical)[..8]);
+        if config.state.backend == super::schema::StateBackend::Redis {
+            let url =
+                config.state.redis_url.as_deref().ok_or_else(|| {
+                    ConfigError::invalid("state.redis_url", "is required with `state.backend: redis`")
+                })?;
+            redis::Client::open(url).map_err(|e| ConfigError::invalid("state.redis_url", e.to_string()))?;
+        }
         Ok(Snapshot {
             pricing,
             listen,

@@ -14,12 +14,14 @@ macro_rules! out {
     }};
 }
 
+mod cache;
 mod config_cmd;
 mod health;
 mod keys;
 mod provider;
 mod route;
 mod serve;
+mod upgrade;
 mod usage;
 
 use std::path::PathBuf;
@@ -76,6 +78,13 @@ pub enum Command {
     },
     /// Spend and tokens from the usage ledger.
     Usage(usage::UsageArgs),
+    /// Inspect or clear a running gateway's response and token-count caches.
+    Cache {
+        #[command(subcommand)]
+        command: cache::CacheCommand,
+    },
+    /// Replace the running gateway with a new process, with zero downtime.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 pub fn run() -> i32 {
@@ -89,6 +98,8 @@ pub fn run() -> i32 {
         Command::Logging { command } => health::run_logging(cli.config, command),
         Command::Keys { command } => keys::run(cli.config, command),
         Command::Usage(args) => usage::run(cli.config, args),
+        Command::Cache { command } => cache::run(cli.config, command),
+        Command::Upgrade(args) => upgrade::run(cli.config, args),
     }
 }
 

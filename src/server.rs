@@ -99,6 +99,8 @@ pub fn run(
     let shared = Arc::new(Shared {
         policy,
         sinks: Default::default(),
+        caches: Default::default(),
+        recent_errors: Default::default(),
         config: Arc::new(ConfigStore::new(snapshot, config_path, overrides)),
         upstreams: Upstreams::new(connector_opts),
         health: Default::default(),

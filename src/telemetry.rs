@@ -40,6 +40,7 @@ pub struct Metrics {
     pub ledger_dropped: IntCounter,
     pub audit_dropped: IntCounter,
     pub unpriced: IntCounter,
+    pub cache: IntCounterVec,
 }
 
 /// Register a freshly built metric and hand back a handle to it.
@@ -179,6 +180,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "modelgate_audit_dropped_total",
             "Audit records that could not be written (queue full or I/O failure).",
+        ),
+        cache: counter(
+            &r,
+            "modelgate_cache_requests_total",
+            "Cache lookups by cache (response, token_count) and result (hit, miss).",
+            &["cache", "result"],
         ),
         unpriced: plain_counter(
             &r,

@@ -14,6 +14,18 @@ pub enum HealthCommand {
     CircuitBreakers(Target),
     /// Close every circuit breaker now (after an incident is over).
     Reset(Target),
+    /// The last failures the gateway answered (newest last): status, error
+    /// type, provider, model, key name and the gateway's message.
+    Errors {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// `modelgate logging status|set-level LEVEL`.
@@ -34,13 +46,13 @@ pub enum LoggingCommand {
 pub struct Target {
     /// Admin base URL. Default: `admin_listen` from the config, else `listen`.
     #[arg(long, value_name = "URL")]
-    admin: Option<String>,
+    pub(crate) admin: Option<String>,
     /// Admin key, when the admin endpoints are on the main listener.
     #[arg(long, env = "MODELGATE_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
+    pub(crate) admin_key: Option<String>,
 }
 
-fn base_url(config: Option<PathBuf>, target: &Target) -> Result<String, i32> {
+pub(crate) fn base_url(config: Option<PathBuf>, target: &Target) -> Result<String, i32> {
     target
         .admin
         .clone()
@@ -75,6 +87,7 @@ pub fn run_logging(config: Option<PathBuf>, cmd: LoggingCommand) -> i32 {
 
 pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
     let (target, circuits) = match cmd {
+        HealthCommand::Errors { limit, json, target } => return errors(config, &target, limit, json),
         HealthCommand::Status(t) => (t, false),
         HealthCommand::CircuitBreakers(t) => (t, true),
         HealthCommand::Reset(t) => {
@@ -129,6 +142,46 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
     0
 }
 
+fn errors(config: Option<PathBuf>, target: &Target, limit: usize, json: bool) -> i32 {
+    let base = match base_url(config, target) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let v = match admin_request(&base, target.admin_key.as_deref(), "GET", "/admin/errors") {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("modelgate: {base}/admin/errors: {e}");
+            return 1;
+        }
+    };
+    let list = v["errors"].as_array().cloned().unwrap_or_default();
+    let shown = &list[list.len().saturating_sub(limit)..];
+    if json {
+        out!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
+        return 0;
+    }
+    if shown.is_empty() {
+        out!("no errors since the gateway started");
+        return 0;
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    for e in shown {
+        out!(
+            "{} {} {} {:<22} provider={} model={} key={} attempts={}: {}",
+            s(&e["time"]),
+            s(&e["request_id"]),
+            e["status"],
+            s(&e["error_type"]),
+            s(&e["provider"]),
+            s(&e["model"]),
+            s(&e["key"]),
+            e["attempts"],
+            s(&e["message"]),
+        );
+    }
+    0
+}
+
 fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {
     let path = super::config_path(config);
     let c = crate::config::load::load_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -137,7 +190,7 @@ fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {
 
 /// One request to the admin API through Pingora's own client (the admin
 /// API is local, plain HTTP); the JSON answer.
-fn admin_request(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<Value, String> {
+pub(crate) fn admin_request(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<Value, String> {
     let url = url::Url::parse(base).map_err(|e| e.to_string())?;
     if url.scheme() != "http" {
         return Err("the admin URL must be http://".into());

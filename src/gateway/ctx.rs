@@ -47,6 +47,8 @@ pub struct RequestCtx {
     /// With `audit.log_prompts`: the request body, and the response as relayed (capped).
     pub prompt: Option<bytes::Bytes>,
     pub reply_capture: Option<Capture>,
+    /// Where a complete answer is to be cached (a miss that may be stored).
+    pub cache_key: Option<(super::cache::Kind, [u8; 32])>,
 }
 
 /// The first [`Capture::CAP`] bytes of a response, as references to the
@@ -55,15 +57,19 @@ pub struct RequestCtx {
 pub struct Capture {
     pub chunks: Vec<bytes::Bytes>,
     pub len: usize,
+    /// Some chunk did not fit: the capture is a prefix only.
+    pub truncated: bool,
 }
 
 impl Capture {
     pub const CAP: usize = 1024 * 1024;
 
     pub fn push(&mut self, chunk: &bytes::Bytes) {
-        if self.len < Self::CAP {
+        if self.len + chunk.len() <= Self::CAP {
             self.len += chunk.len();
             self.chunks.push(chunk.clone());
+        } else {
+            self.truncated = true;
         }
     }
 
@@ -102,6 +108,7 @@ impl RequestCtx {
             admission: None,
             prompt: None,
             reply_capture: None,
+            cache_key: None,
         }
     }
 }

@@ -273,3 +273,35 @@ mod tests {
         assert!(matches!(get_model(&snap, "nope"), Err(GatewayError::NotFound(_))));
     }
 }
+
+/// The last failures the gateway answered, newest last, bounded.
+#[derive(Default)]
+pub struct RecentErrors(std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>);
+
+impl RecentErrors {
+    const KEEP: usize = 200;
+
+    pub fn record(&self, ctx: &super::ctx::RequestCtx) {
+        let event = serde_json::json!({
+            "time": crate::policy::period::rfc3339(crate::policy::period::now_ms()),
+            "request_id": ctx.request_id,
+            "status": if ctx.status == 0 { 499 } else { ctx.status },
+            "error_type": ctx.error.map(|e| e.as_str()),
+            "message": ctx.error_message,
+            "provider": ctx.provider,
+            "model": ctx.model,
+            "key": ctx.principal.as_ref().map(|k| k.name.as_str()),
+            "attempts": ctx.attempts,
+        });
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(event);
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_vec(&serde_json::json!({ "errors": &*q })).unwrap_or_default()
+    }
+}

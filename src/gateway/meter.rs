@@ -105,6 +105,17 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
         };
         shared.policy.settle(admission, actual).await;
     }
+    let reply = ctx.reply_capture.take().map(|c| (c.truncated, c.into_bytes()));
+    if let (Some((kind, key)), Some((false, body))) = (ctx.cache_key.take(), &reply) {
+        if ctx.status == 200 && ctx.error.is_none() && !ctx.client_gone {
+            let content_type = if ctx.stream && kind == super::cache::Kind::Response {
+                "text/event-stream; charset=utf-8"
+            } else {
+                "application/json"
+            };
+            shared.caches.insert(&snap, kind, key, content_type, body.clone());
+        }
+    }
     // The audit trail covers the API, not health probes and scrapes.
     let audit = shared
         .sinks
@@ -161,7 +172,7 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
             method: req.method.to_string(),
             path: req.uri.path().to_string(),
             request_body: ctx.prompt.take(),
-            response_body: ctx.reply_capture.take().map(|c| c.into_bytes()),
+            response_body: reply.map(|(_, b)| b),
         };
         if !audit.log(entry) {
             crate::telemetry::METRICS.audit_dropped.inc();

@@ -22,6 +22,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod ctx;
 pub mod health_check;
 pub mod local;
@@ -73,6 +74,10 @@ pub struct Shared {
     pub policy: crate::policy::Policy,
     /// The ledger and audit log, opened once the server runs.
     pub sinks: std::sync::OnceLock<crate::usage::Sinks>,
+    /// Exact-match response and token-count caches.
+    pub caches: cache::Caches,
+    /// The last failures, for `/admin/errors` (`modelgate health errors`).
+    pub recent_errors: local::RecentErrors,
 }
 
 pub struct Gateway {
@@ -88,6 +93,8 @@ enum Endpoint<'a> {
     Metrics,
     AdminLogging,
     AdminCircuitReset,
+    AdminCache,
+    AdminErrors,
     Models,
     Model(&'a str),
     Usage,
@@ -121,6 +128,14 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         (_, "/admin/circuits/reset") => match *method {
             M::POST => Endpoint::AdminCircuitReset,
             _ => Endpoint::MethodNotAllowed("POST"),
+        },
+        (_, "/admin/cache") => match *method {
+            M::GET | M::DELETE => Endpoint::AdminCache,
+            _ => Endpoint::MethodNotAllowed("GET, DELETE"),
+        },
+        (_, "/admin/errors") => match *method {
+            M::GET => Endpoint::AdminErrors,
+            _ => Endpoint::MethodNotAllowed("GET"),
         },
         (_, "/metrics") => match *method {
             M::GET => Endpoint::Metrics,
@@ -199,6 +214,11 @@ impl ProxyHttp for Gateway {
             self.shared.counters.errors.fetch_add(1, Relaxed);
         }
         meter::finish(&self.shared, session, ctx).await;
+        // Upstream refusals relayed verbatim (4xx/5xx) count as much as the
+        // gateway's own errors when someone asks what went wrong.
+        if ctx.error.is_some() || ctx.status >= 400 {
+            self.shared.recent_errors.record(ctx);
+        }
         record_metrics(ctx);
         access_log(session, ctx);
     }
@@ -281,6 +301,30 @@ impl Gateway {
                 let n = self.shared.health.reset_all();
                 log::warn!("{n} circuit breakers reset through the admin API");
                 let body = serde_json::to_vec(&serde_json::json!({"reset": n})).unwrap_or_default();
+                respond::json(session, ctx, 200, body, &[]).await;
+            }
+            Endpoint::AdminCache => {
+                if self.role == Role::Main {
+                    auth::authorize_admin(snap, &session.req_header().headers)?;
+                }
+                let caches = &self.shared.caches;
+                let body = if session.req_header().method == http::Method::DELETE {
+                    let n = caches.clear();
+                    log::warn!("{n} cache entries cleared through the admin API");
+                    serde_json::json!({ "cleared": n })
+                } else {
+                    serde_json::json!({
+                        "response": caches.stats(snap, cache::Kind::Response),
+                        "token_count": caches.stats(snap, cache::Kind::TokenCount),
+                    })
+                };
+                respond::json(session, ctx, 200, serde_json::to_vec(&body).unwrap_or_default(), &[]).await;
+            }
+            Endpoint::AdminErrors => {
+                if self.role == Role::Main {
+                    auth::authorize_admin(snap, &session.req_header().headers)?;
+                }
+                let body = self.shared.recent_errors.to_json();
                 respond::json(session, ctx, 200, body, &[]).await;
             }
             Endpoint::Models => {
@@ -399,6 +443,22 @@ impl Gateway {
                 .await?;
             }
         }
+        let cache_kind = if count_tokens {
+            cache::Kind::TokenCount
+        } else {
+            cache::Kind::Response
+        };
+        if cache::Caches::enabled(snap, cache_kind) {
+            let key = cache::key(&request.body, &session.req_header().headers);
+            if let Some(hit) = self.shared.caches.lookup(snap, cache_kind, &key) {
+                ctx.provider = Some("cache".into());
+                let extra = [("x-modelgate-cache", "hit".to_string())];
+                respond::complete(session, ctx, 200, hit.content_type, hit.body, &extra).await;
+                return Ok(());
+            }
+            ctx.cache_key = Some((cache_kind, key));
+            ctx.reply_capture.get_or_insert_with(ctx::Capture::default);
+        }
         if count_tokens {
             // OpenAI-family providers have no count endpoint: count locally.
             let first = &plan.candidates[0];
@@ -407,7 +467,8 @@ impl Gateway {
                 let upstream_model = first.rename.as_deref().unwrap_or(&routing_model);
                 let translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
                     .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-                return count_tokens_locally(session, ctx, translated.body, upstream_model).await;
+                return count_tokens_locally(session, ctx, &self.shared.caches, snap, translated.body, upstream_model)
+                    .await;
             }
         }
         let request_id = ctx.request_id.clone();
@@ -560,6 +621,8 @@ impl Gateway {
 async fn count_tokens_locally(
     session: &mut Session,
     ctx: &mut RequestCtx,
+    caches: &cache::Caches,
+    snap: &Snapshot,
     chat_body: Vec<u8>,
     upstream_model: &str,
 ) -> Result<(), GatewayError> {
@@ -570,6 +633,9 @@ async fn count_tokens_locally(
         .map_err(|e| GatewayError::Internal(format!("token counting failed: {e}")))?;
     let body = serde_json::to_vec(&serde_json::json!({ "input_tokens": n })).unwrap_or_default();
     let note = format!("estimate; local tokenizer {}", encoding.name());
+    if let Some((kind, key)) = ctx.cache_key.take() {
+        caches.insert(snap, kind, key, "application/json", bytes::Bytes::from(body.clone()));
+    }
     respond::json(session, ctx, 200, body, &[("x-modelgate-token-count", note)]).await;
     Ok(())
 }

@@ -11,33 +11,29 @@ use crate::error::GatewayError;
 
 /// Write a complete non-JSON response (e.g. the metrics text).
 pub async fn body(session: &mut Session, ctx: &mut RequestCtx, status: u16, content_type: &str, body: Vec<u8>) {
-    let Ok(mut head) = ResponseHeader::build(status, Some(3)) else {
-        return;
-    };
-    let _ = head.insert_header("content-type", content_type);
-    let _ = head.insert_header("content-length", body.len().to_string());
-    let _ = head.insert_header("request-id", ctx.request_id.as_str());
-    ctx.status = status;
-    if session
-        .write_response_header(Box::new(head), body.is_empty())
-        .await
-        .is_ok()
-        && !body.is_empty()
-    {
-        let n = body.len() as u64;
-        if session.write_response_body(Some(Bytes::from(body)), true).await.is_ok() {
-            ctx.bytes_out += n;
-        }
-    }
+    complete(session, ctx, status, content_type, Bytes::from(body), &[]).await
 }
 
-/// Write a complete JSON response. Errors writing to a departed client are
-/// not the request's problem: they are logged at debug and dropped.
+/// Write a complete JSON response.
 pub async fn json(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
     body: Vec<u8>,
+    extra: &[(&'static str, String)],
+) {
+    complete(session, ctx, status, "application/json", Bytes::from(body), extra).await
+}
+
+/// Write a complete response with a known length. Errors writing to a
+/// departed client are not the request's problem: they are logged at debug
+/// and dropped.
+pub async fn complete(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
     extra: &[(&'static str, String)],
 ) {
     let mut head = match ResponseHeader::build(status, Some(4 + extra.len())) {
@@ -48,7 +44,7 @@ pub async fn json(
         }
     };
     let len = body.len();
-    let _ = head.insert_header("content-type", "application/json");
+    let _ = head.insert_header("content-type", content_type);
     let _ = head.insert_header("content-length", len.to_string());
     let _ = head.insert_header("request-id", ctx.request_id.as_str());
     for (name, value) in extra {
@@ -61,14 +57,13 @@ pub async fn json(
     }
     if len > 0 {
         ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
-        match session.write_response_body(Some(Bytes::from(body)), true).await {
+        match session.write_response_body(Some(body), true).await {
             Ok(()) => ctx.bytes_out += len as u64,
             Err(e) => log::debug!("{}: client gone during the response body: {e}", ctx.request_id),
         }
     }
 }
 
-/// The single mapping from a gateway failure to what the client sees.
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) {
     ctx.error = Some(err.kind());
     ctx.error_message = Some(err.to_string());

@@ -1,0 +1,296 @@
+//! Stage: cache. Exact-match answers held in memory, off by default.
+//!
+//! Two stores, configured under `cache:` (and `--response-cache` /
+//! `--token-count-cache`):
+//! - **response**: a complete `/v1/messages` answer (JSON or SSE, as the
+//!   client received it) keyed by the request body plus the headers that
+//!   change the answer (`anthropic-version`, `anthropic-beta`). A retried
+//!   identical request — Claude Code retries after a dropped connection — is
+//!   then answered locally and costs nothing upstream.
+//! - **token_count**: `/v1/messages/count_tokens` answers, keyed the same way.
+//!
+//! Only complete 200 answers up to [`MAX_ENTRY_BYTES`] are stored; each
+//! store is an LRU bounded by `max_entries` and by [`MAX_STORE_BYTES`], and
+//! entries expire after `ttl`. A lookup happens after the policy stage, so a
+//! hit still counts against rate limits; it is metered at zero cost.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hashlink::LruCache;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::Snapshot;
+
+/// Largest answer a store keeps.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Upper bound on the bytes one store holds, whatever `max_entries` says.
+pub const MAX_STORE_BYTES: usize = 64 * 1024 * 1024;
+/// Token-count answers are tiny; this many are plenty.
+const TOKEN_COUNT_ENTRIES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Response,
+    TokenCount,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Response => "response",
+            Kind::TokenCount => "token_count",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Entry {
+    pub content_type: &'static str,
+    pub body: Bytes,
+    stored: Instant,
+}
+
+struct Store {
+    entries: Mutex<(LruCache<[u8; 32], Entry>, usize)>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Store {
+    fn new() -> Store {
+        Store {
+            entries: Mutex::new((LruCache::new(1), 0)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (LruCache<[u8; 32], Entry>, usize)> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Caches {
+    response: Store,
+    token_count: Store,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches {
+            response: Store::new(),
+            token_count: Store::new(),
+        }
+    }
+}
+
+/// What one store holds and how it is doing, for `/admin/cache`.
+#[derive(Debug, serde::Serialize)]
+pub struct Stats {
+    pub enabled: bool,
+    pub entries: usize,
+    pub bytes: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub ttl_seconds: u64,
+    pub max_entries: usize,
+}
+
+/// The cache key: the body plus the headers that change the answer.
+pub fn key(body: &[u8], headers: &HeaderMap) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for name in ["anthropic-version", "anthropic-beta"] {
+        for v in headers.get_all(name) {
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(v.as_bytes());
+            h.update(b"\0");
+        }
+    }
+    h.update(b"\x01");
+    h.update(body);
+    h.finalize().into()
+}
+
+fn settings(snap: &Snapshot, kind: Kind) -> (bool, Duration, usize) {
+    let c = &snap.config.cache;
+    match kind {
+        Kind::Response => (c.response.enabled, c.response.ttl.0, c.response.max_entries.max(1)),
+        Kind::TokenCount => (c.token_count.enabled, c.token_count.ttl.0, TOKEN_COUNT_ENTRIES),
+    }
+}
+
+impl Caches {
+    fn store(&self, kind: Kind) -> &Store {
+        match kind {
+            Kind::Response => &self.response,
+            Kind::TokenCount => &self.token_count,
+        }
+    }
+
+    pub fn enabled(snap: &Snapshot, kind: Kind) -> bool {
+        settings(snap, kind).0
+    }
+
+    /// A fresh entry for `key`, counting the hit or miss.
+    pub fn lookup(&self, snap: &Snapshot, kind: Kind, key: &[u8; 32]) -> Option<Entry> {
+        let (enabled, ttl, _) = settings(snap, kind);
+        if !enabled {
+            return None;
+        }
+        let store = self.store(kind);
+        let found = {
+            let mut guard = store.lock();
+            let (map, bytes) = &mut *guard;
+            match map.get(key) {
+                Some(e) if e.stored.elapsed() <= ttl => Some(e.clone()),
+                Some(_) => {
+                    if let Some(old) = map.remove(key) {
+                        *bytes -= old.body.len();
+                    }
+                    None
+                }
+                None => None,
+            }
+        };
+        let (counter, result) = if found.is_some() {
+            (&store.hits, "hit")
+        } else {
+            (&store.misses, "miss")
+        };
+        counter.fetch_add(1, Relaxed);
+        crate::telemetry::METRICS
+            .cache
+            .with_label_values(&[kind.as_str(), result])
+            .inc();
+        found
+    }
+
+    /// Keep a complete answer (ignored when too large or the store is off).
+    pub fn insert(&self, snap: &Snapshot, kind: Kind, key: [u8; 32], content_type: &'static str, body: Bytes) {
+        let (enabled, _, max_entries) = settings(snap, kind);
+        if !enabled || body.len() > MAX_ENTRY_BYTES {
+            return;
+        }
+        let mut guard = self.store(kind).lock();
+        let (map, bytes) = &mut *guard;
+        if map.capacity() != max_entries {
+            map.set_capacity(max_entries);
+            *bytes = map.iter().map(|(_, e)| e.body.len()).sum();
+        }
+        if !map.contains_key(&key) {
+            while map.len() >= max_entries {
+                match map.remove_lru() {
+                    Some((_, old)) => *bytes -= old.body.len(),
+                    None => break,
+                }
+            }
+        }
+        *bytes += body.len();
+        if let Some(old) = map.insert(
+            key,
+            Entry {
+                content_type,
+                body,
+                stored: Instant::now(),
+            },
+        ) {
+            *bytes -= old.body.len();
+        }
+        while *bytes > MAX_STORE_BYTES {
+            match map.remove_lru() {
+                Some((_, old)) => *bytes -= old.body.len(),
+                None => break,
+            }
+        }
+    }
+
+    pub fn stats(&self, snap: &Snapshot, kind: Kind) -> Stats {
+        let (enabled, ttl, max_entries) = settings(snap, kind);
+        let store = self.store(kind);
+        let guard = store.lock();
+        Stats {
+            enabled,
+            entries: guard.0.len(),
+            bytes: guard.0.iter().map(|(_, e)| e.body.len()).sum(),
+            hits: store.hits.load(Relaxed),
+            misses: store.misses.load(Relaxed),
+            ttl_seconds: ttl.as_secs(),
+            max_entries,
+        }
+    }
+
+    /// Drop every entry of both stores; the number dropped.
+    pub fn clear(&self) -> usize {
+        [&self.response, &self.token_count]
+            .into_iter()
+            .map(|s| {
+                let mut guard = s.lock();
+                let n = guard.0.len();
+                guard.0.clear();
+                guard.1 = 0;
+                n
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::parse_str;
+
+    fn snap(extra: &str) -> Snapshot {
+        let env = |_: &str| None;
+        let yaml = format!("providers:\n  a: {{type: anthropic}}\ndefault_provider: a\n{extra}");
+        Snapshot::build(parse_str(&yaml, &env).unwrap(), &env).unwrap()
+    }
+
+    #[test]
+    fn stores_hits_expires_and_bounds() {
+        let s = snap("cache:\n  response: {enabled: true, ttl: 1h, max_entries: 2}\n");
+        let c = Caches::default();
+        let h = HeaderMap::new();
+        let (k1, k2, k3) = (key(b"1", &h), key(b"2", &h), key(b"3", &h));
+        assert!(c.lookup(&s, Kind::Response, &k1).is_none());
+        c.insert(&s, Kind::Response, k1, "application/json", Bytes::from_static(b"one"));
+        c.insert(&s, Kind::Response, k2, "application/json", Bytes::from_static(b"two"));
+        assert_eq!(c.lookup(&s, Kind::Response, &k1).unwrap().body, "one");
+        c.insert(&s, Kind::Response, k3, "application/json", Bytes::from_static(b"three"));
+        assert!(
+            c.lookup(&s, Kind::Response, &k2).is_none(),
+            "least recently used goes first"
+        );
+        let st = c.stats(&s, Kind::Response);
+        assert_eq!((st.entries, st.bytes, st.hits, st.misses), (2, 8, 1, 2));
+        assert!(c.lookup(&s, Kind::TokenCount, &k1).is_none(), "token_count is off");
+        c.insert(&s, Kind::Response, k2, "x", Bytes::from(vec![0u8; MAX_ENTRY_BYTES + 1]));
+        assert!(c.lookup(&s, Kind::Response, &k2).is_none(), "too large to keep");
+        assert_eq!(c.clear(), 2);
+        let expired = snap("cache:\n  response: {enabled: true, ttl: 0s}\n");
+        c.insert(&expired, Kind::Response, k1, "x", Bytes::from_static(b"one"));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(c.lookup(&expired, Kind::Response, &k1).is_none());
+    }
+
+    #[test]
+    fn headers_that_change_the_answer_change_the_key() {
+        let mut h = HeaderMap::new();
+        let plain = key(b"{}", &h);
+        h.insert("anthropic-beta", "context-1m-2025-08-07".parse().unwrap());
+        assert_ne!(plain, key(b"{}", &h));
+        h.insert("user-agent", "x".parse().unwrap());
+        assert_eq!(
+            key(b"{}", &h),
+            key(b"{}", &{
+                let mut h2 = HeaderMap::new();
+                h2.insert("anthropic-beta", "context-1m-2025-08-07".parse().unwrap());
+                h2
+            })
+        );
+    }
+}

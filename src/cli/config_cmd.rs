@@ -1,4 +1,4 @@
-//! `modelgate config init|validate|show`.
+//! `modelgate config init|show|validate|lint|doctor|env-check|schema|diff|export`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,28 @@ pub enum ConfigCommand {
     EnvCheck,
     /// Compare two config files after defaults and `${VAR}` expansion.
     Diff { a: PathBuf, b: PathBuf },
+    /// Print the JSON Schema of the config file (JSON Schema draft 2020-12).
+    ///
+    /// The schema is generated from the types the gateway parses the file
+    /// with, so it says exactly what loads: every key, its type, its default,
+    /// and `additionalProperties: false` wherever an unknown key is an error.
+    /// Durations are strings such as `300ms`, `5s`, `15m` (or a bare number
+    /// of seconds). Cross-field rules (a route naming a provider that exists,
+    /// a credential's env var being set) are beyond a schema: use
+    /// `modelgate config validate` for those.
+    ///
+    /// Editors use it for completion and inline checks; with the YAML
+    /// language server, put this first line in modelgate.yaml:
+    ///   # yaml-language-server: $schema=./modelgate.schema.json
+    #[command(after_long_help = "\
+Examples:
+  modelgate config schema > modelgate.schema.json
+  modelgate config schema --output modelgate.schema.json")]
+    Schema {
+        /// Write the schema to FILE (replaced atomically) instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Check everything a deployment needs: the config, its environment
     /// variables, each upstream's DNS and TCP reachability, and the gateway's
     /// own health endpoint. One verdict per check; exit 1 if any fails.
@@ -62,6 +84,33 @@ pub fn run(config: Option<PathBuf>, cmd: ConfigCommand) -> i32 {
         ConfigCommand::EnvCheck => env_check(&super::config_path(config)),
         ConfigCommand::Diff { a, b } => diff(&a, &b),
         ConfigCommand::Doctor => doctor(&super::config_path(config)),
+        ConfigCommand::Schema { output } => schema(output.as_deref()),
+    }
+}
+
+/// The config file's JSON Schema, pretty-printed.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(crate::config::Config);
+    serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
+}
+
+fn schema(output: Option<&Path>) -> i32 {
+    let text = schema_json();
+    match output {
+        None => {
+            out!("{text}");
+            0
+        }
+        Some(path) => match crate::config::edit::write_atomic(path, format!("{text}\n").as_bytes()) {
+            Ok(()) => {
+                eprintln!("wrote the config schema to {}", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("modelgate: cannot write the schema: {e}");
+                2
+            }
+        },
     }
 }
 

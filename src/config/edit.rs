@@ -1,5 +1,5 @@
 //! Comment-preserving edits of the config file, for the commands that change
-//! it (`keys create|revoke`, and later `provider …` and `route …`).
+//! it (`keys create|revoke`, `provider add|remove|enable|…`, `route add|remove`).
 //!
 //! No YAML library round-trips comments, so this module edits *lines*: it
 //! finds a top-level key's block and the entries in it, and splices rendered
@@ -275,7 +275,16 @@ fn parse_key(s: &str) -> Option<(String, usize)> {
 /// The items of a one-line flow sequence `[a, {b: c}, "d,e"]`, as written.
 /// `None` when it does not split cleanly.
 fn flow_items(flow: &str) -> Option<Vec<String>> {
-    let inner = flow.strip_prefix('[')?.strip_suffix(']')?;
+    split_flow(flow.strip_prefix('[')?.strip_suffix(']')?)
+}
+
+/// The `key: value` items of a one-line flow mapping `{a: 1, b: [x, y]}`.
+fn flow_map_items(flow: &str) -> Option<Vec<String>> {
+    split_flow(flow.strip_prefix('{')?.strip_suffix('}')?)
+}
+
+/// Split the inside of a flow collection at its top-level commas.
+fn split_flow(inner: &str) -> Option<Vec<String>> {
     let b = inner.as_bytes();
     let mut items = Vec::new();
     let (mut depth, mut start, mut i, mut token_start) = (0i32, 0usize, 0usize, true);
@@ -740,6 +749,68 @@ pub fn append_list_item(text: &str, key: &str, item: &str) -> Result<String, Edi
     verify(&doc.text(), &expected)
 }
 
+/// Insert `item` (as for [`append_list_item`]) into the list under top-level
+/// `key` so that it becomes item `index` (0-based): before the item now at
+/// `index`, and before the comment lines right above that item (they
+/// describe it). `index` equal to the list's length appends.
+pub fn insert_list_item(text: &str, key: &str, index: usize, item: &str) -> Result<String, EditError> {
+    let count = match root(text)?.get(key) {
+        Some(Value::Sequence(items)) => items.len(),
+        _ => 0,
+    };
+    if index >= count {
+        if index > count {
+            return Err(EditError::Refused(format!(
+                "cannot insert at {key}[{index}]: the list has {count} entries"
+            )));
+        }
+        return append_list_item(text, key, item);
+    }
+    let lines = lines_of(item);
+    let value = parse_fragment(item)?;
+    let mut expected = root(text)?;
+    if let Some(Value::Sequence(items)) = expected.get_mut(key) {
+        items.insert(index, value);
+    }
+    let mut doc = Doc::new(text);
+    let unit = doc.indent_unit();
+    match shape(&doc, key)? {
+        Shape::Entries(b, e) if e.seq && e.items.len() == count => {
+            let target = e.items[index];
+            let floor = if index == 0 {
+                b.key_line + 1
+            } else {
+                e.items[index - 1].end
+            };
+            let mut at = target.start;
+            while at > floor && is_comment(doc.body(at - 1)) {
+                at -= 1;
+            }
+            let offset = dash_offset(doc.body(target.start), e.indent);
+            doc.insert(at, &render_item(&lines, e.indent, offset));
+        }
+        Shape::Flow(b, items) if items.len() == count => {
+            set_inline(&mut doc, &b, "");
+            let mut new: Vec<String> = Vec::new();
+            for (i, it) in items.iter().enumerate() {
+                if i == index {
+                    new.extend(render_item(&lines, unit, 2));
+                }
+                new.push(format!("{}- {it}", " ".repeat(unit)));
+            }
+            doc.insert(b.key_line + 1, &new);
+        }
+        Shape::Entries(b, _) | Shape::Flow(b, _) | Shape::Empty(b) => {
+            return Err(unsupported(
+                b.key_line,
+                format!("cannot match the lines under `{key}` to its {count} entries"),
+            ))
+        }
+        Shape::Absent => return Err(unsupported(0, format!("cannot find the `{key}:` line"))),
+    }
+    verify(&doc.text(), &expected)
+}
+
 /// Remove the item of the list under top-level `key` whose `field` is
 /// `value`: its lines and the comment lines indented inside it right below.
 /// Comments above it or after a blank line are kept (they may describe the
@@ -781,6 +852,53 @@ pub fn remove_list_item(text: &str, key: &str, field: &str, value: &str) -> Resu
         }
     };
     items.remove(idx);
+    remove_list_lines(text, key, idx, count, &expected)
+}
+
+/// Remove item `index` (0-based) of the list under top-level `key`, as
+/// [`remove_list_item`] does, for lists whose items have no unique field
+/// (`routes:` may hold several rules with the same `match`).
+pub fn remove_list_item_at(text: &str, key: &str, index: usize) -> Result<String, EditError> {
+    let mut expected = root(text)?;
+    let items = match expected.get_mut(key) {
+        Some(Value::Sequence(items)) if index < items.len() => items,
+        Some(Value::Sequence(items)) => {
+            return Err(EditError::NotFound {
+                key: key.into(),
+                field: "index".into(),
+                value: index.to_string(),
+                available: (0..items.len()).map(|i| i.to_string()).collect(),
+            })
+        }
+        None | Some(Value::Null) => {
+            return Err(EditError::NotFound {
+                key: key.into(),
+                field: "index".into(),
+                value: index.to_string(),
+                available: Vec::new(),
+            })
+        }
+        Some(_) => {
+            let line = find_section(text, key)?.map_or(1, |s| s.line);
+            return Err(EditError::Unsupported {
+                line,
+                message: format!("`{key}` is not a list"),
+            });
+        }
+    };
+    let count = items.len();
+    items.remove(index);
+    remove_list_lines(text, key, index, count, &expected)
+}
+
+/// The line work of removing item `idx` of `count` from the list under `key`.
+fn remove_list_lines(
+    text: &str,
+    key: &str,
+    idx: usize,
+    count: usize,
+    expected: &serde_yaml::Mapping,
+) -> Result<String, EditError> {
     let mut doc = Doc::new(text);
     match shape(&doc, key)? {
         Shape::Entries(b, e) if e.seq && e.items.len() == count => {
@@ -806,7 +924,7 @@ pub fn remove_list_item(text: &str, key: &str, field: &str, value: &str) -> Resu
         }
         Shape::Absent => return Err(unsupported(0, format!("cannot find the `{key}:` line"))),
     }
-    verify(&doc.text(), &expected)
+    verify(&doc.text(), expected)
 }
 
 /// Add `name:` with `body` (YAML mapping lines, indented from column 0) as
@@ -930,10 +1048,160 @@ pub fn remove_map_entry(text: &str, key: &str, name: &str) -> Result<String, Edi
     verify(&doc.text(), &expected)
 }
 
+/// Set field `field` of entry `name` of the mapping under top-level `key`
+/// (e.g. `providers.openai.enabled`) to `value`: a one-line YAML value,
+/// already rendered (a scalar such as `false` or `"x"`, or a flow list such
+/// as `[a, b]`). Works on block entries (`name:` with the fields below) and
+/// on one-line flow entries (`name: {type: x, enabled: false}`). An existing
+/// field keeps its place and its comment; a nested value below it (a block
+/// list) is replaced, comment lines in it kept. A new field goes after the
+/// entry's last field.
+pub fn set_map_entry_field(text: &str, key: &str, name: &str, field: &str, value: &str) -> Result<String, EditError> {
+    let parsed = parse_fragment(value)?;
+    if value.contains('\n') {
+        return Err(EditError::Yaml(format!("`{value}` is not a one-line value")));
+    }
+    let mut expected = root(text)?;
+    let not_found = |available| EditError::NotFound {
+        key: key.into(),
+        field: "name".into(),
+        value: name.into(),
+        available,
+    };
+    let map = match expected.get_mut(key) {
+        Some(Value::Mapping(m)) => m,
+        _ => return Err(not_found(Vec::new())),
+    };
+    let available: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
+    let count = map.len();
+    let Some(entry) = map.get_mut(name) else {
+        return Err(not_found(available));
+    };
+    let Value::Mapping(fields) = entry else {
+        let line = locate(text, &format!("{key}.{name}")).unwrap_or(1);
+        return Err(EditError::Unsupported {
+            line,
+            message: format!("`{key}.{name}` is not a mapping"),
+        });
+    };
+    fields.insert(Value::String(field.into()), parsed);
+
+    let mut doc = Doc::new(text);
+    let e = match shape(&doc, key)? {
+        Shape::Entries(_, e) if !e.seq && e.items.len() == count => e,
+        Shape::Entries(b, _) | Shape::Flow(b, _) | Shape::Empty(b) => {
+            return Err(unsupported(
+                b.key_line,
+                format!("cannot match the lines under `{key}` to its {count} entries"),
+            ))
+        }
+        Shape::Absent => return Err(unsupported(0, format!("cannot find the `{key}:` line"))),
+    };
+    let found = e.items.iter().find_map(|x| {
+        let line = doc.body(x.start);
+        let ind = indent_of(line);
+        let (k, after) = parse_key(&line[ind..])?;
+        (k == name).then_some((*x, ind + after))
+    });
+    let Some((entry, after_colon)) = found else {
+        return Err(unsupported(
+            e.items[0].start,
+            format!("cannot find the line of `{name}`"),
+        ));
+    };
+    let head = Block {
+        key_line: entry.start,
+        end: entry.end,
+        after_colon,
+    };
+    let il = inline(&doc, &head);
+    if il.value.starts_with('{') {
+        // A one-line flow entry: rewrite its items.
+        if head.region().any(|i| is_content(doc.body(i))) {
+            return Err(unsupported(entry.start, format!("`{name}` spans several lines")));
+        }
+        let mut items = flow_map_items(&il.value)
+            .ok_or_else(|| unsupported(entry.start, format!("cannot split the flow mapping of `{name}`")))?;
+        let pos = items
+            .iter()
+            .position(|it| parse_key(it).is_some_and(|(k, _)| k == field));
+        let rendered = format!("{}: {value}", yaml_scalar(field));
+        match pos {
+            Some(p) => items[p] = rendered,
+            None => items.push(rendered),
+        }
+        set_inline(&mut doc, &head, &format!("{{{}}}", items.join(", ")));
+        return verify(&doc.text(), &expected);
+    }
+    if !il.value.is_empty() {
+        return Err(unsupported(
+            entry.start,
+            format!("`{name}: {}` is not a mapping this editor can change", il.value),
+        ));
+    }
+    // A block entry: its fields sit at the indent of its first content line.
+    let Some(first) = head.region().find(|&i| is_content(doc.body(i))) else {
+        return Err(unsupported(entry.start, format!("`{name}` has no fields")));
+    };
+    let field_indent = indent_of(doc.body(first));
+    let mut hit = None;
+    let mut last_content = first;
+    for i in head.region() {
+        let line = doc.body(i);
+        if !is_content(line) {
+            continue;
+        }
+        last_content = i;
+        if indent_of(line) == field_indent {
+            if let Some((k, after)) = parse_key(&line[field_indent..]) {
+                if k == field {
+                    hit = Some((i, field_indent + after));
+                }
+            }
+        }
+    }
+    match hit {
+        Some((line, after)) => {
+            let fb = Block {
+                key_line: line,
+                end: head.end,
+                after_colon: after,
+            };
+            // Lines below the field that belong to its value: deeper content.
+            let mut drop = Vec::new();
+            for i in line + 1..head.end {
+                let b = doc.body(i);
+                if is_content(b) {
+                    if indent_of(b) <= field_indent {
+                        break;
+                    }
+                    drop.push(i);
+                }
+            }
+            set_inline(&mut doc, &fb, value);
+            for i in drop.into_iter().rev() {
+                doc.remove(i, i + 1);
+            }
+        }
+        None => {
+            let new = format!("{}{}: {value}", " ".repeat(field_indent), yaml_scalar(field));
+            doc.insert(last_content + 1, &[new]);
+        }
+    }
+    verify(&doc.text(), &expected)
+}
+
 /// Set top-level `key` to the scalar `value` (already rendered: quote it as
 /// needed, see [`yaml_scalar`]). Replaces the value on the key's line,
 /// keeping its comment, or appends `key: value` at the end of the file.
 pub fn set_top_level_scalar(text: &str, key: &str, value: &str) -> Result<String, EditError> {
+    set_top_level_scalar_after(text, key, value, &[])
+}
+
+/// [`set_top_level_scalar`], placing a new `key: value` line right below the
+/// first of `anchors` that is a one-line top-level key (e.g. `default_provider`
+/// below `listen`), else at the end of the file.
+pub fn set_top_level_scalar_after(text: &str, key: &str, value: &str, anchors: &[&str]) -> Result<String, EditError> {
     let parsed = parse_fragment(value)?;
     if value.contains('\n') || matches!(parsed, Value::Mapping(_) | Value::Sequence(_)) {
         return Err(EditError::Yaml(format!("`{value}` is not a one-line scalar")));
@@ -948,7 +1216,18 @@ pub fn set_top_level_scalar(text: &str, key: &str, value: &str) -> Result<String
             }
             set_inline(&mut doc, &b, value);
         }
-        None => doc.insert(doc.len(), &[format!("{key}: {value}")]),
+        None => {
+            let mut at = doc.len();
+            for anchor in anchors {
+                if let Some(a) = find_block(&doc, anchor)? {
+                    if !inline(&doc, &a).value.is_empty() && !a.region().any(|i| is_content(doc.body(i))) {
+                        at = a.key_line + 1;
+                        break;
+                    }
+                }
+            }
+            doc.insert(at, &[format!("{key}: {value}")]);
+        }
     }
     verify(&doc.text(), &expected)
 }
@@ -1547,6 +1826,150 @@ teams: {}
             remove_map_entry(text, "providers", "zz"),
             Err(EditError::NotFound { ref available, .. }) if available == &["anthropic", "b"]
         ));
+    }
+
+    #[test]
+    fn inserts_list_items_before_an_item_and_its_comments() {
+        let text = "routes:\n  - match: a\n    provider: x\n\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n";
+        let item = "match: \"b*\"\nprovider: z";
+        assert_eq!(
+            insert_list_item(text, "routes", 1, item).unwrap(),
+            "routes:\n  - match: a\n    provider: x\n\n  - match: \"b*\"\n    provider: z\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n"
+        );
+        assert_eq!(
+            insert_list_item(text, "routes", 0, item).unwrap(),
+            "routes:\n  - match: \"b*\"\n    provider: z\n  - match: a\n    provider: x\n\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n"
+        );
+        // At the length: an append.
+        assert_eq!(
+            insert_list_item(text, "routes", 2, item).unwrap(),
+            append_list_item(text, "routes", item).unwrap()
+        );
+        assert!(insert_list_item(text, "routes", 3, item).is_err());
+        // A one-line flow list becomes a block list.
+        assert_eq!(
+            insert_list_item(
+                "routes: [{match: a, provider: x}, {match: '*', provider: y}]\n",
+                "routes",
+                1,
+                item
+            )
+            .unwrap(),
+            "routes:\n  - {match: a, provider: x}\n  - match: \"b*\"\n    provider: z\n  - {match: '*', provider: y}\n"
+        );
+        // Into an empty or absent list.
+        assert_eq!(
+            insert_list_item("routes: []\n", "routes", 0, item).unwrap(),
+            "routes:\n  - match: \"b*\"\n    provider: z\n"
+        );
+    }
+
+    #[test]
+    fn removes_list_items_by_index() {
+        let text = "routes:\n  - {match: a, provider: x}\n  # second\n  - {match: a, provider: y}   # dup\n";
+        assert_eq!(
+            remove_list_item_at(text, "routes", 1).unwrap(),
+            "routes:\n  - {match: a, provider: x}\n  # second\n"
+        );
+        assert_eq!(
+            remove_list_item_at(text, "routes", 0).unwrap(),
+            "routes:\n  # second\n  - {match: a, provider: y}   # dup\n"
+        );
+        assert!(matches!(
+            remove_list_item_at(text, "routes", 2),
+            Err(EditError::NotFound { ref available, .. }) if available == &["0", "1"]
+        ));
+        assert!(matches!(
+            remove_list_item("routes:\n  - {match: a}\n  - {match: a}\n", "routes", "match", "a"),
+            Err(EditError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn sets_fields_of_block_and_flow_map_entries() {
+        let text = "\
+providers:
+  # main
+  anthropic:   # the default
+    type: anthropic
+    enabled: true   # keep me
+    models:
+      # the big one
+      - claude-opus-4-8
+      - claude-sonnet-4-5
+    priority: 1
+
+  oai: {type: openai, enabled: true}   # flow
+  bare: {type: ollama}
+routes: []
+";
+        let out = set_map_entry_field(text, "providers", "anthropic", "enabled", "false").unwrap();
+        assert_eq!(
+            out,
+            text.replace("enabled: true   # keep me", "enabled: false   # keep me")
+        );
+        let out = set_map_entry_field(text, "providers", "anthropic", "models", "[a, \"b:c\"]").unwrap();
+        assert_eq!(
+            out,
+            text.replace(
+                "    models:\n      # the big one\n      - claude-opus-4-8\n      - claude-sonnet-4-5\n",
+                "    models: [a, \"b:c\"]\n      # the big one\n"
+            )
+        );
+        let out = set_map_entry_field(text, "providers", "anthropic", "api_base", "\"http://x\"").unwrap();
+        assert_eq!(
+            out,
+            text.replace("    priority: 1\n", "    priority: 1\n    api_base: \"http://x\"\n")
+        );
+        let out = set_map_entry_field(text, "providers", "oai", "enabled", "false").unwrap();
+        assert_eq!(
+            out,
+            text.replace(
+                "oai: {type: openai, enabled: true}   # flow",
+                "oai: {type: openai, enabled: false}   # flow"
+            )
+        );
+        let out = set_map_entry_field(text, "providers", "bare", "enabled", "false").unwrap();
+        assert_eq!(
+            out,
+            text.replace("bare: {type: ollama}", "bare: {type: ollama, enabled: false}")
+        );
+        let out = set_map_entry_field(text, "providers", "bare", "models", "[\"x, y\", z]").unwrap();
+        assert_eq!(
+            out,
+            text.replace("bare: {type: ollama}", "bare: {type: ollama, models: [\"x, y\", z]}")
+        );
+        assert!(matches!(
+            set_map_entry_field(text, "providers", "zz", "enabled", "false"),
+            Err(EditError::NotFound { ref available, .. }) if available == &["anthropic", "oai", "bare"]
+        ));
+        assert!(set_map_entry_field(
+            "providers:\n  a: {type: x,\n    enabled: true}\n",
+            "providers",
+            "a",
+            "enabled",
+            "false"
+        )
+        .is_err());
+        assert!(set_map_entry_field(text, "providers", "oai", "enabled", "a\nb").is_err());
+    }
+
+    #[test]
+    fn a_new_top_level_scalar_can_follow_an_anchor() {
+        let text = "# head\nlisten: x   # here\nadmin_listen: y\nproviders:\n  a: {type: anthropic}\n";
+        assert_eq!(
+            set_top_level_scalar_after(text, "default_provider", "a", &["listen"]).unwrap(),
+            "# head\nlisten: x   # here\ndefault_provider: a\nadmin_listen: y\nproviders:\n  a: {type: anthropic}\n"
+        );
+        // An anchor holding a block is not a place for a scalar: the end is.
+        assert_eq!(
+            set_top_level_scalar_after(text, "default_provider", "a", &["providers"]).unwrap(),
+            format!("{text}default_provider: a\n")
+        );
+        assert_eq!(
+            set_top_level_scalar_after("listen: x", "default_provider", "a", &["listen"]).unwrap(),
+            "listen: x\ndefault_provider: a"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -57,60 +58,117 @@ impl Serialize for Dur {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// What `Deserialize for Dur` accepts: humantime text, a bare number of
+/// seconds (as a number or as text), or a `${VAR}` reference expanded at load.
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        "modelgate::Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: humantime text such as `300ms`, `5s`, `15m` or `1h 30m`, or a bare number of seconds (`120`). `${VAR}` and `${VAR:-default}` are expanded from the environment.",
+            "type": ["string", "number"],
+            "pattern": "^\\s*[0-9]+\\s*$|^\\s*([0-9]+\\s*[a-zA-Zµ]+\\s*)+$|\\$\\{",
+            "minimum": 0,
+            "examples": ["300ms", "5s", "15m", 120]
+        })
+    }
+}
+
+/// `providers.<name>.type`: the provider types this build speaks.
+fn provider_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "The provider type: the wire format and the default `api_base`. `modelgate provider list --builtins` lists them.",
+        "type": "string",
+        "enum": super::snapshot::ProviderKind::SUPPORTED,
+    })
+}
+
+/// The modelgate configuration file (`modelgate.yaml`). Reference: README.md#configuration and `spec/config.md`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Main listener (the Anthropic API), `host:port`. `serve --listen` overrides it.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Admin listener for `/metrics`, `/status`, `/dashboard` and `/admin/*`. Without it these are served on `listen` and need an admin key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
+    /// The provider used when no route matches. Must name an entry of `providers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_provider: Option<String>,
+    /// Per-attempt upstream timeout: time to first byte, and the longest silence mid-stream.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
+    /// TCP + TLS connect timeout.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Extra attempts after the first, across the whole fallback chain.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Base of the exponential backoff between attempts (with jitter).
     #[serde(default = "default_retry_delay")]
     pub retry_delay: Dur,
+    /// Largest request body in bytes; larger ones get 413 `request_too_large`.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: u64,
     /// Silence after which a translated stream gets an `event: ping`.
     #[serde(default = "default_ping_interval")]
     pub ping_interval: Dur,
+    /// Log verbosity.
     #[serde(default)]
     pub log_level: LogLevel,
+    /// Log line format.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// How long an old process keeps serving open streams after a graceful upgrade or SIGTERM.
     #[serde(default = "default_grace_period")]
     pub grace_period: Dur,
+    /// Pingora graceful-upgrade socket path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_sock: Option<String>,
+    /// Where the gateway writes its process id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<String>,
+    /// Worker threads (default: the CPU count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Forward any other `/v1/*` path to the default Anthropic-type provider.
     #[serde(default)]
     pub passthrough_mode: bool,
+    /// Prometheus metrics options.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Upstream providers by name. `modelgate provider add` edits this section.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Routing rules, first match wins; unmatched models go to `default_provider`. `modelgate route add` edits this section.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Gateway keys. Absent: passthrough-auth mode (clients' own credentials are forwarded to Anthropic-type upstreams); `[]` refuses every request. `modelgate keys create` edits this section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<KeyConfig>>,
+    /// Team-wide rate limits and budgets, by team name.
     #[serde(default)]
     pub teams: BTreeMap<String, TeamConfig>,
+    /// Hex sha256 digests of the keys allowed on `/admin`, `/status` and `/metrics` when there is no `admin_listen`.
     #[serde(default)]
     pub admin_keys_sha256: Vec<String>,
+    /// Where counters and the usage ledger live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Response and token-count caches.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The audit log of requests.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Path of a price file (USD per million tokens per model: input, output, cache_read, cache_write). Default: the built-in table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<String>,
 }
@@ -144,7 +202,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -167,7 +225,7 @@ impl LogLevel {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -175,55 +233,76 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// Label metrics per gateway key (off by default, to bound cardinality).
     #[serde(default)]
     pub per_key_labels: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One upstream provider.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     #[serde(rename = "type")]
+    #[schemars(schema_with = "provider_type_schema")]
     pub kind: String,
+    /// Base URL. Each type has a default (e.g. `https://api.openai.com/v1` for openai); azure needs one. Plain `http://` is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base: Option<String>,
+    /// Environment variable holding the provider credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env_var: Option<String>,
+    /// A literal credential (`${VAR}` expansion applies). Discouraged: `config lint` warns; prefer `api_key_env_var`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Several accounts balanced by weight; a sticky session keeps one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<ProviderKeyConfig>,
+    /// A disabled provider is skipped by every route.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Lower first, when several providers list the requested model in `models`.
     #[serde(default)]
     pub priority: i32,
+    /// Model ids this provider serves; used by `/v1/models` and `route resolve`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// Extra headers sent upstream.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Bedrock region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Vertex project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Vertex location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Azure deployment (default: the upstream model id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// Azure `api-version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    /// Optional active health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One account of a provider: `{env: VAR}` or `{api_key: ...}`, with a weight.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderKeyConfig {
+    /// Environment variable holding this account's credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
+    /// A literal credential (discouraged; prefer `env`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Relative share of requests.
     #[serde(default = "default_weight")]
     pub weight: u32,
 }
@@ -232,20 +311,23 @@ fn default_weight() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(rename = "type", default)]
     pub kind: HealthCheckKind,
+    /// HTTP path to probe (`type: http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Time between probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Dur>,
+    /// HTTP status a healthy upstream answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     #[default]
@@ -253,21 +335,26 @@ pub enum HealthCheckKind {
     Http,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A routing rule. It matches when its `match` glob (if any) matches the requested model and its `header` (if any) is present with that value.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     pub model_glob: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<HeaderMatch>,
+    /// The provider tried first.
     pub provider: String,
+    /// Model id sent upstream instead of the requested one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Tried in order when the primary fails before the first byte.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<FallbackConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A request header that must be present with exactly this value.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -275,17 +362,18 @@ pub struct HeaderMatch {
 }
 
 /// A fallback is either a bare provider name or `{provider, model}`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum FallbackConfig {
     Provider(String),
     Detailed(FallbackDetail),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackDetail {
     pub provider: String,
+    /// Model id sent to this fallback instead of the requested one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
@@ -305,27 +393,34 @@ impl FallbackConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A gateway key. Give exactly one of `key_sha256` and `key_env`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
+    /// Unique name, shown in usage and logs.
     pub name: String,
+    /// Team whose limits this key's usage also counts against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// Hex sha256 of the key (the key itself is never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_sha256: Option<String>,
+    /// Environment variable holding the plain key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_env: Option<String>,
+    /// Allowlist of requested-model globs (default: every model).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetConfig>,
+    /// A disabled key is refused.
     #[serde(default = "default_true")]
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,24 +429,28 @@ pub struct TeamConfig {
     pub budget: Option<BudgetConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Requests per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u64>,
+    /// Tokens (input + output) per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
+    /// Spending limit in US dollars.
     pub usd: f64,
+    /// The budget window.
     #[serde(default)]
     pub period: BudgetPeriod,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
     Daily,
@@ -361,13 +460,16 @@ pub enum BudgetPeriod {
     Total,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
+    /// `embedded` (in-memory counters + SQLite ledger) or `redis` (counters shared by several gateways).
     #[serde(default)]
     pub backend: StateBackend,
+    /// SQLite usage ledger, relative to the gateway's working directory.
     #[serde(default = "default_state_path")]
     pub path: String,
+    /// Required with `backend: redis`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key this gateway writes (several gateway
@@ -406,7 +508,7 @@ fn default_ledger_queue() -> usize {
 /// `fail_open` admits the request unchecked; `fail_closed` refuses it
 /// (503). Budgets fail closed by default (money), rate limits open
 /// (availability).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFailurePolicy {
     #[serde(default = "FailMode::open")]
@@ -424,7 +526,7 @@ impl Default for RedisFailurePolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailMode {
     FailOpen,
@@ -444,7 +546,7 @@ fn default_state_path() -> String {
     "./modelgate.db".into()
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StateBackend {
     #[default]
@@ -452,16 +554,18 @@ pub enum StateBackend {
     Redis,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
+    /// Cache of whole non-streaming responses.
     #[serde(default)]
     pub response: ResponseCacheConfig,
+    /// Cache of `count_tokens` answers.
     #[serde(default)]
     pub token_count: TokenCountCacheConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseCacheConfig {
     #[serde(default)]
@@ -489,7 +593,7 @@ fn default_max_entries() -> usize {
     256
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCountCacheConfig {
     #[serde(default)]
@@ -511,11 +615,13 @@ fn default_token_ttl() -> Dur {
     Dur(Duration::from_secs(3600))
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Audit log file, or `-` for stdout; absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Include request and response bodies.
     #[serde(default)]
     pub log_prompts: bool,
     /// Rotate the file when it reaches this many bytes (`path.1`, `path.2`,

@@ -74,3 +74,69 @@ async fn anthropic_python_sdk_parses_everything() {
     assert!(v["count_tokens"].as_u64().unwrap() > 0);
     assert_eq!(v["models"], json!(["claude-gw-gpt"]));
 }
+
+/// The same SDK against the scripted model in each landed dialect:
+/// create, `messages.stream()` with a tool call, `count_tokens`, and the
+/// error classes for the gateway's own 429 and 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_python_sdk_against_every_dialect() {
+    let Some(python) = python() else { return };
+    let key = "mg-sdkConformance000000000000000000000000000001";
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    };
+    for (dialect, provider) in [
+        (
+            "anthropic",
+            "{type: anthropic, api_base: \"BASE\", api_key: sk-ant-mock}",
+        ),
+        ("openai", "{type: openai, api_base: \"BASE/v1\", api_key: sk-mock}"),
+    ] {
+        let up = MockUpstream::start().await;
+        up.set_default(match dialect {
+            "anthropic" => Reply::script(support::model::anthropic),
+            _ => Reply::script(support::model::openai),
+        });
+        let yaml = format!(
+            "listen: \"{{listen}}\"\ndefault_provider: p\nproviders:\n  p: {}\nroutes:\n  - {{match: '*', provider: p}}\nkeys:\n  - {{name: sdk, key_sha256: \"{hash}\", rate_limit: {{rpm: 2}}}}\n",
+            provider.replace("BASE", &up.base_url())
+        );
+        let gw = Gateway::start_async(&yaml, &[]).await;
+        let base = gw.url("");
+        let python = python.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(python)
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sdk_conformance.py"))
+                .args([&base, key, "claude-sonnet-4-5"])
+                .output()
+                .unwrap()
+        });
+        let output = tokio::time::timeout(Duration::from_secs(60), output)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{dialect}: SDK failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(v["create"]["text"], "pong", "{dialect}: {v}");
+        assert_eq!(v["create"]["stop_reason"], "end_turn", "{dialect}: {v}");
+        assert_eq!(
+            v["stream"]["tool"],
+            json!([["Read", {"file_path": "/tmp/conformance.txt"}]]),
+            "{dialect}: {v}"
+        );
+        assert_eq!(v["stream"]["stop_reason"], "tool_use", "{dialect}: {v}");
+        assert!(
+            v["stream"]["events"].as_array().unwrap().contains(&json!("input_json")),
+            "{dialect}: {v}"
+        );
+        assert!(v["count_tokens"].as_u64().unwrap() > 0, "{dialect}: {v}");
+        assert_eq!(v["rate_limit"]["class"], "RateLimitError", "{dialect}: {v}");
+        assert_eq!(v["rate_limit"]["type"], "rate_limit_error", "{dialect}: {v}");
+        assert_eq!(v["auth"]["class"], "AuthenticationError", "{dialect}: {v}");
+    }
+}

@@ -131,6 +131,25 @@ pub enum Reply {
     Hangup,
     /// Read the whole request, then never answer; after `hold` the connection is closed.
     Stall { hold: Duration },
+    /// Decide from the request itself (a scripted "model", see `model.rs`).
+    Script(Responder),
+}
+
+/// A reply computed from the recorded request. Cheap to clone.
+#[derive(Clone)]
+pub struct Responder(pub Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>);
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder(..)")
+    }
+}
+
+impl Reply {
+    /// A reply made by `f` from each request.
+    pub fn script(f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Reply {
+        Reply::Script(Responder(Arc::new(f)))
+    }
 }
 
 /// One step of an SSE script.
@@ -230,7 +249,7 @@ impl Reply {
             Reply::Json { headers, .. } | Reply::Sse { headers, .. } => {
                 headers.push((name.to_string(), value.to_string()))
             }
-            Reply::Hangup | Reply::Stall { .. } => {}
+            Reply::Hangup | Reply::Stall { .. } | Reply::Script(_) => {}
         }
         self
     }
@@ -239,7 +258,7 @@ impl Reply {
     pub fn with_status(mut self, new_status: u16) -> Reply {
         match &mut self {
             Reply::Json { status, .. } | Reply::Sse { status, .. } => *status = new_status,
-            Reply::Hangup | Reply::Stall { .. } => {}
+            Reply::Hangup | Reply::Stall { .. } | Reply::Script(_) => {}
         }
         self
     }
@@ -421,14 +440,18 @@ async fn handle(state: Arc<State>, conn: usize, req: Request<Incoming>) -> Resul
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
-    let reply = state.next_reply();
-    state.record(Recorded {
+    let recorded = Recorded {
         method: parts.method.as_str().to_string(),
         uri,
         headers,
         body,
         conn,
-    });
+    };
+    let reply = match state.next_reply() {
+        Reply::Script(f) => (f.0)(&recorded),
+        other => other,
+    };
+    state.record(recorded);
 
     match reply {
         Reply::Json { status, headers, body } => {
@@ -448,6 +471,7 @@ async fn handle(state: Arc<State>, conn: usize, req: Request<Incoming>) -> Resul
         ),
         // Returning an error makes hyper close the connection without a response.
         Reply::Hangup => Err("mock: scripted hangup".into()),
+        Reply::Script(_) => Err("mock: a script answered with another script".into()),
         Reply::Stall { hold } => {
             tokio::time::sleep(hold).await;
             Err("mock: scripted stall elapsed".into())

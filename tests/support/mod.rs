@@ -8,6 +8,7 @@
 
 pub mod gateway;
 pub mod mock;
+pub mod model;
 pub mod redis;
 
 pub use gateway::{client, fixture, free_port, http_status, Gateway};

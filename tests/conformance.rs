@@ -234,7 +234,7 @@ async fn read_a_file(dialect: Dialect) {
             &g,
             &prompt,
             &["--output-format", "stream-json", "--verbose", "--allowedTools", "Read"],
-            &[],
+            &[("MAX_THINKING_TOKENS", "2048")],
         )
     })
     .await;
@@ -256,6 +256,18 @@ async fn read_a_file(dialect: Dialect) {
             }
     });
     assert!(carried, "{dialect:?}: no upstream request carried the tool result");
+    if let Dialect::Anthropic = dialect {
+        // Thinking was on: the signed thinking block came back unchanged.
+        let last = up.requests().last().unwrap().json();
+        assert!(last["thinking"].is_object(), "{last}");
+        let signed = last["messages"].as_array().unwrap().iter().any(|m| {
+            m["content"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|b| b["type"] == "thinking" && b["signature"] == "c2lnbmF0dXJl")
+            })
+        });
+        assert!(signed, "the signed thinking block was not sent back: {last}");
+    }
     let events: Vec<Value> = run
         .stdout
         .lines()

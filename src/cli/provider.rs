@@ -46,8 +46,9 @@ pub enum ProviderCommand {
 
     /// Add a provider to the config file.
     ///
-    /// TYPE is one of the built-in provider types (`modelgate provider list
-    /// --builtins`): anthropic, openai, azure, openrouter, ollama. The entry
+    /// TYPE is one of the built-in provider types, such as anthropic, openai,
+    /// azure, openrouter or ollama (`modelgate provider list --builtins` lists
+    /// those of this build with their default api_base). The entry
     /// is appended to `providers:` (created if absent) as `NAME:` with the
     /// settings given; the rest of the file, comments included, stays as it
     /// was. The result is validated as `serve` would load it before anything
@@ -57,8 +58,8 @@ pub enum ProviderCommand {
     /// environment variable that holds it (`api_key_env_var`, or one
     /// `keys: [{env: VAR}]` account per --key-env when several are given).
     /// Without --key-env the type's usual variable is used: ANTHROPIC_API_KEY,
-    /// OPENAI_API_KEY, AZURE_OPENAI_API_KEY or OPENROUTER_API_KEY (ollama
-    /// needs none). An anthropic provider without a credential (--no-key)
+    /// OPENAI_API_KEY, AZURE_OPENAI_API_KEY, OPENROUTER_API_KEY,
+    /// AWS_BEARER_TOKEN_BEDROCK (ollama needs none). An anthropic provider without a credential (--no-key)
     /// forwards each client's own credential instead (passthrough-auth, what
     /// a claude.ai login behind the gateway needs).
     ///
@@ -130,7 +131,8 @@ Examples:
 
 #[derive(Args, Debug)]
 pub struct AddArgs {
-    /// The provider type: anthropic, openai, azure, openrouter or ollama.
+    /// The provider type, e.g. anthropic, openai, azure, openrouter, ollama
+    /// (see `provider list --builtins`).
     #[arg(value_name = "TYPE")]
     kind: String,
     /// The entry's name, unique among the providers: letters, digits and
@@ -493,12 +495,13 @@ fn kind_of(kind: &str) -> Option<ProviderKind> {
 
 /// The environment variable a type's credential usually lives in.
 fn default_key_env(kind: &str) -> Option<&'static str> {
-    match kind_of(kind)? {
-        ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY"),
-        ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
-        ProviderKind::Azure => Some("AZURE_OPENAI_API_KEY"),
-        ProviderKind::OpenRouter => Some("OPENROUTER_API_KEY"),
-        ProviderKind::Ollama => None,
+    match kind {
+        "anthropic" => Some("ANTHROPIC_API_KEY"),
+        "openai" => Some("OPENAI_API_KEY"),
+        "azure" => Some("AZURE_OPENAI_API_KEY"),
+        "openrouter" => Some("OPENROUTER_API_KEY"),
+        "bedrock" => Some("AWS_BEARER_TOKEN_BEDROCK"),
+        _ => None,
     }
 }
 

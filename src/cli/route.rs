@@ -553,7 +553,8 @@ fn remove(path: &Path, args: RemoveArgs) -> Result<(), Failure> {
                             rule_list(&c)
                         )))
                     }
-                    several => return Err(EditError::Refused(format!(
+                    several => {
+                        return Err(EditError::Refused(format!(
                         "{} rules in {} have `match: \"{g}\"`:\n{}\nSay which with --header NAME=VALUE, or --index N.",
                         several.len(),
                         path.display(),
@@ -562,7 +563,8 @@ fn remove(path: &Path, args: RemoveArgs) -> Result<(), Failure> {
                             .map(|&i| format!("  - {} → {}", describe_route(i, &c.routes[i]), target(&c.routes[i])))
                             .collect::<Vec<_>>()
                             .join("\n")
-                    ))),
+                    )))
+                    }
                 }
             }
             (None, None) => {

@@ -486,6 +486,36 @@ fn empty_insert_at(doc: &Doc, b: &Block) -> usize {
     at
 }
 
+/// True when every entry after the first is set off from the one before by
+/// a blank line (above the comment lines that introduce it, if any): the
+/// entries the `provider` and `route` commands add follow suit.
+fn blank_separated(doc: &Doc, e: &Entries) -> bool {
+    e.items.len() >= 2
+        && e.items.windows(2).all(|w| {
+            let mut j = w[1].start;
+            while j > w[0].end && is_comment(doc.body(j - 1)) {
+                j -= 1;
+            }
+            j > w[0].end && is_blank(doc.body(j - 1))
+        })
+}
+
+/// The lines to remove for `entry`: its own, plus one blank line when it is
+/// set off by blank lines, so that the entries around it keep one blank
+/// line between them (between two blank lines: the one below; the last
+/// entry, with no blank line below: the one above).
+fn span_with_separator(doc: &Doc, entry: Entry, last: bool) -> (usize, usize) {
+    let Entry { mut start, mut end } = entry;
+    if start > 0 && is_blank(doc.body(start - 1)) {
+        if end < doc.len() && is_blank(doc.body(end)) {
+            end += 1;
+        } else if last {
+            start -= 1;
+        }
+    }
+    (start, end)
+}
+
 /// The column, relative to the dash, where a list item's content starts
 /// (`- name` → 2, `-   name` → 4).
 fn dash_offset(line: &str, dash: usize) -> usize {
@@ -764,6 +794,22 @@ pub fn insert_list_item(text: &str, key: &str, index: usize, item: &str) -> Resu
                 "cannot insert at {key}[{index}]: the list has {count} entries"
             )));
         }
+        // After the last item, set off by a blank line when the others are.
+        let mut doc = Doc::new(text);
+        if let Shape::Entries(_, e) = shape(&doc, key)? {
+            if e.seq && e.items.len() == count && blank_separated(&doc, &e) {
+                let mut expected = root(text)?;
+                if let Some(Value::Sequence(items)) = expected.get_mut(key) {
+                    items.push(parse_fragment(item)?);
+                }
+                let last = e.items[count - 1];
+                let offset = dash_offset(doc.body(last.start), e.indent);
+                let mut new = vec![String::new()];
+                new.extend(render_item(&lines_of(item), e.indent, offset));
+                doc.insert(last.end, &new);
+                return verify(&doc.text(), &expected);
+            }
+        }
         return append_list_item(text, key, item);
     }
     let lines = lines_of(item);
@@ -787,7 +833,11 @@ pub fn insert_list_item(text: &str, key: &str, index: usize, item: &str) -> Resu
                 at -= 1;
             }
             let offset = dash_offset(doc.body(target.start), e.indent);
-            doc.insert(at, &render_item(&lines, e.indent, offset));
+            let mut new = render_item(&lines, e.indent, offset);
+            if index > 0 && blank_separated(&doc, &e) {
+                new.push(String::new());
+            }
+            doc.insert(at, &new);
         }
         Shape::Flow(b, items) if items.len() == count => {
             set_inline(&mut doc, &b, "");
@@ -902,11 +952,7 @@ fn remove_list_lines(
     let mut doc = Doc::new(text);
     match shape(&doc, key)? {
         Shape::Entries(b, e) if e.seq && e.items.len() == count => {
-            let Entry { start, mut end } = e.items[idx];
-            // An item between two blank lines leaves one blank line, not two.
-            if start > 0 && is_blank(doc.body(start - 1)) && end < doc.len() && is_blank(doc.body(end)) {
-                end += 1;
-            }
+            let (start, end) = span_with_separator(&doc, e.items[idx], idx + 1 == count);
             doc.remove(start, end);
             if count == 1 {
                 set_inline(&mut doc, &b, "[]");
@@ -987,7 +1033,11 @@ pub fn append_map_entry(text: &str, key: &str, name: &str, body: &str) -> Result
                 return Err(unsupported(b.key_line, format!("`{key}` is a list, not a mapping")));
             }
             let last = e.items[e.items.len() - 1];
-            doc.insert(last.end, &render(e.indent));
+            let mut new = render(e.indent);
+            if blank_separated(&doc, &e) {
+                new.insert(0, String::new());
+            }
+            doc.insert(last.end, &new);
         }
         Shape::Flow(b, _) => return Err(unsupported(b.key_line, format!("`{key}` is a list, not a mapping"))),
     }
@@ -1028,10 +1078,7 @@ pub fn remove_map_entry(text: &str, key: &str, name: &str) -> Result<String, Edi
             if parse_key(&line[indent_of(line)..]).map(|k| k.0).as_deref() != Some(name) {
                 return Err(unsupported(entry.start, format!("expected the entry `{name}` here")));
             }
-            let Entry { start, mut end } = entry;
-            if start > 0 && is_blank(doc.body(start - 1)) && end < doc.len() && is_blank(doc.body(end)) {
-                end += 1;
-            }
+            let (start, end) = span_with_separator(&doc, entry, idx + 1 == count);
             doc.remove(start, end);
             if count == 1 {
                 set_inline(&mut doc, &b, "{}");
@@ -1578,7 +1625,7 @@ teams: {}
     fn removing_between_blank_lines_leaves_one() {
         let text = "keys:\n  - name: a\n\n  - name: b\n    team: t\n\n  - name: c\n";
         assert_eq!(remove(text, "b"), "keys:\n  - name: a\n\n  - name: c\n");
-        assert_eq!(remove(text, "c"), "keys:\n  - name: a\n\n  - name: b\n    team: t\n\n");
+        assert_eq!(remove(text, "c"), "keys:\n  - name: a\n\n  - name: b\n    team: t\n");
     }
 
     #[test]
@@ -1628,10 +1675,11 @@ teams: {}
             remove(text, "a"),
             "---\n# c\n\"keys\":\n\n  - name: 'b#1'   # c\nlisten: x\n"
         );
+        // The last item goes with the blank line that set it off.
         let out = remove(text, "b#1");
         assert_eq!(
             out,
-            "---\n# c\n\"keys\":\n  - name: a\n    note: |\n      # not a comment\n      - not an item\n\nlisten: x\n"
+            "---\n# c\n\"keys\":\n  - name: a\n    note: |\n      # not a comment\n      - not an item\nlisten: x\n"
         );
         assert!(append(text).contains("  - name: 'b#1'   # c\n  - name: alice\n"));
     }
@@ -1803,7 +1851,7 @@ teams: {}
         .unwrap();
         assert_eq!(
             out,
-            "providers:\n  # main\n  anthropic:\n    type: anthropic   # keep\n\n  b: {type: openai}\n  oai:\n    type: openai\n    api_key_env_var: OPENAI_API_KEY\nroutes: []\n"
+            "providers:\n  # main\n  anthropic:\n    type: anthropic   # keep\n\n  b: {type: openai}\n\n  oai:\n    type: openai\n    api_key_env_var: OPENAI_API_KEY\nroutes: []\n"
         );
         assert_eq!(remove_map_entry(&out, "providers", "oai").unwrap(), text);
         assert_eq!(
@@ -1832,18 +1880,32 @@ teams: {}
     fn inserts_list_items_before_an_item_and_its_comments() {
         let text = "routes:\n  - match: a\n    provider: x\n\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n";
         let item = "match: \"b*\"\nprovider: z";
+        // Items set off by blank lines: so is the new one.
+        let added = insert_list_item(text, "routes", 1, item).unwrap();
         assert_eq!(
-            insert_list_item(text, "routes", 1, item).unwrap(),
-            "routes:\n  - match: a\n    provider: x\n\n  - match: \"b*\"\n    provider: z\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n"
+            added,
+            "routes:\n  - match: a\n    provider: x\n\n  - match: \"b*\"\n    provider: z\n\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n"
+        );
+        assert_eq!(remove_list_item_at(&added, "routes", 1).unwrap(), text);
+        let appended = insert_list_item(text, "routes", 2, item).unwrap();
+        assert_eq!(
+            appended,
+            "routes:\n  - match: a\n    provider: x\n\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\n\n  - match: \"b*\"\n    provider: z\nkeys: []\n"
+        );
+        assert_eq!(remove_list_item_at(&appended, "routes", 2).unwrap(), text);
+        let tight = "routes:\n  - {match: a, provider: x}\n  - {match: '*', provider: y}\n";
+        assert_eq!(
+            insert_list_item(tight, "routes", 1, "{match: b, provider: z}").unwrap(),
+            "routes:\n  - {match: a, provider: x}\n  - {match: b, provider: z}\n  - {match: '*', provider: y}\n"
         );
         assert_eq!(
             insert_list_item(text, "routes", 0, item).unwrap(),
             "routes:\n  - match: \"b*\"\n    provider: z\n  - match: a\n    provider: x\n\n  # the catch-all\n  - match: \"*\"   # last\n    provider: y\nkeys: []\n"
         );
-        // At the length: an append.
+        // At the length of a list not set off by blank lines: an append.
         assert_eq!(
-            insert_list_item(text, "routes", 2, item).unwrap(),
-            append_list_item(text, "routes", item).unwrap()
+            insert_list_item(tight, "routes", 2, item).unwrap(),
+            append_list_item(tight, "routes", item).unwrap()
         );
         assert!(insert_list_item(text, "routes", 3, item).is_err());
         // A one-line flow list becomes a block list.

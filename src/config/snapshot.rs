@@ -27,11 +27,12 @@ pub enum ProviderKind {
     Azure,
     OpenRouter,
     Ollama,
+    Bedrock,
 }
 
 impl ProviderKind {
-    pub const SUPPORTED: &'static [&'static str] = &["anthropic", "openai", "azure", "openrouter", "ollama"];
-    const PLANNED: &'static [&'static str] = &["gemini", "vertex", "bedrock"];
+    pub const SUPPORTED: &'static [&'static str] = &["anthropic", "openai", "azure", "openrouter", "ollama", "bedrock"];
+    const PLANNED: &'static [&'static str] = &["gemini", "vertex"];
 
     fn parse(key: &str, kind: &str) -> Result<Self, ConfigError> {
         match kind {
@@ -40,6 +41,7 @@ impl ProviderKind {
             "azure" => Ok(ProviderKind::Azure),
             "openrouter" => Ok(ProviderKind::OpenRouter),
             "ollama" => Ok(ProviderKind::Ollama),
+            "bedrock" => Ok(ProviderKind::Bedrock),
             k if Self::PLANNED.contains(&k) => Err(ConfigError::invalid(
                 key,
                 format!(
@@ -64,26 +66,29 @@ impl ProviderKind {
             ProviderKind::Azure => "azure",
             ProviderKind::OpenRouter => "openrouter",
             ProviderKind::Ollama => "ollama",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 
     /// Every type this build supports.
-    pub const ALL: [ProviderKind; 5] = [
+    pub const ALL: [ProviderKind; 6] = [
         ProviderKind::Anthropic,
         ProviderKind::OpenAi,
         ProviderKind::Azure,
         ProviderKind::OpenRouter,
         ProviderKind::Ollama,
+        ProviderKind::Bedrock,
     ];
 
-    /// `None` where there is no sensible default (Azure: the resource URL is yours).
+    /// `None` where there is no fixed default (Azure: the resource URL is
+    /// yours; Bedrock: it follows the region).
     pub fn default_base(self) -> Option<&'static str> {
         match self {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
             ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
             ProviderKind::Ollama => Some("http://127.0.0.1:11434/v1"),
-            ProviderKind::Azure => None,
+            ProviderKind::Azure | ProviderKind::Bedrock => None,
         }
     }
 
@@ -95,6 +100,7 @@ impl ProviderKind {
             ProviderKind::Azure => Dialect::OpenAi(Flavor::Azure),
             ProviderKind::OpenRouter => Dialect::OpenAi(Flavor::OpenRouter),
             ProviderKind::Ollama => Dialect::OpenAi(Flavor::Ollama),
+            ProviderKind::Bedrock => Dialect::Bedrock,
         }
     }
 }
@@ -103,6 +109,8 @@ impl ProviderKind {
 pub enum Dialect {
     Anthropic,
     OpenAi(Flavor),
+    /// Bedrock InvokeModel (Anthropic models), SigV4 or a Bedrock API key.
+    Bedrock,
 }
 
 /// Azure OpenAI's data-plane API version when the config names none.
@@ -185,6 +193,25 @@ pub struct Provider {
     pub deployment: Option<String>,
     /// Azure: the `api-version` query parameter.
     pub api_version: Option<String>,
+    /// Bedrock: the region and, without an API key, SigV4 credentials.
+    pub aws: Option<Arc<AwsSigning>>,
+}
+
+/// What SigV4 signs Bedrock requests with (from the standard AWS variables).
+pub struct AwsSigning {
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for AwsSigning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSigning")
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One credential of a provider. Requests are balanced across accounts by
@@ -649,12 +676,24 @@ fn build_provider(
 ) -> Result<Provider, ConfigError> {
     let key = format!("providers.{name}");
     let kind = ProviderKind::parse(&format!("{key}.type"), &p.kind)?;
-    let base_raw = p.api_base.as_deref().or(kind.default_base()).ok_or_else(|| {
-        ConfigError::invalid(
-            format!("{key}.api_base"),
-            format!("required for type `{}`", kind.as_str()),
-        )
-    })?;
+    let aws = match kind {
+        ProviderKind::Bedrock => Some(Arc::new(aws_signing(&key, name, p, env, warnings)?)),
+        _ => None,
+    };
+    let regional = aws
+        .as_ref()
+        .map(|a| format!("https://bedrock-runtime.{}.amazonaws.com", a.region));
+    let base_raw = p
+        .api_base
+        .as_deref()
+        .or(kind.default_base())
+        .or(regional.as_deref())
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.api_base"),
+                format!("required for type `{}`", kind.as_str()),
+            )
+        })?;
     let base = UpstreamBase::parse(&format!("{key}.api_base"), base_raw)?;
 
     let accounts = build_accounts(&key, name, kind, p, env, warnings)?;
@@ -684,6 +723,48 @@ fn build_provider(
             ),
             _ => p.api_version.clone(),
         },
+        aws,
+    })
+}
+
+/// Bedrock's region (`region`, else `AWS_REGION`/`AWS_DEFAULT_REGION`) and
+/// SigV4 credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`), used when no Bedrock API key is configured.
+fn aws_signing(
+    key: &str,
+    name: &str,
+    p: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<AwsSigning, ConfigError> {
+    let nonempty = |v: &str| env(v).filter(|s| !s.is_empty());
+    let region = p
+        .region
+        .clone()
+        .or_else(|| nonempty("AWS_REGION"))
+        .or_else(|| nonempty("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.region"),
+                "required for type `bedrock` (or set AWS_REGION)",
+            )
+        })?;
+    let has_api_key = p.api_key.is_some()
+        || p.api_key_env_var.is_some()
+        || !p.keys.is_empty()
+        || nonempty("AWS_BEARER_TOKEN_BEDROCK").is_some();
+    let access_key_id = nonempty("AWS_ACCESS_KEY_ID");
+    let secret_access_key = nonempty("AWS_SECRET_ACCESS_KEY").map(|s| Secret::new(&s));
+    if !has_api_key && (access_key_id.is_none() || secret_access_key.is_none()) {
+        warnings.push(format!(
+            "{key}: no Bedrock credentials: set AWS_BEARER_TOKEN_BEDROCK (or `api_key_env_var`), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; `{name}` will be called unsigned"
+        ));
+    }
+    Ok(AwsSigning {
+        region,
+        access_key_id,
+        secret_access_key,
+        session_token: nonempty("AWS_SESSION_TOKEN").map(|s| Secret::new(&s)),
     })
 }
 
@@ -709,8 +790,15 @@ fn build_accounts(
     if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
         return Ok(single(Some(Secret::new(k))));
     }
-    if let Some(var) = &p.api_key_env_var {
+    // Bedrock's API key (a bearer token) has a standard variable of its own.
+    let default_var =
+        (kind == ProviderKind::Bedrock && p.keys.is_empty()).then(|| "AWS_BEARER_TOKEN_BEDROCK".to_string());
+    if let Some(var) = p.api_key_env_var.as_ref().or(default_var.as_ref()) {
         let credential = env(var).filter(|v| !v.is_empty()).map(|v| Secret::new(&v));
+        if credential.is_none() && p.api_key_env_var.is_none() {
+            // SigV4 signs instead (see `aws_signing`).
+            return Ok(single(None));
+        }
         if credential.is_none() {
             warnings.push(unset(format!("{key}.api_key_env_var: `{var}`")));
         }

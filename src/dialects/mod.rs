@@ -6,6 +6,7 @@
 //! tests pin each mapping.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod openai;
 pub mod sse;
 

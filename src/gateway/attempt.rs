@@ -85,6 +85,80 @@ pub fn anthropic_head(
 /// The head of a Chat Completions request. No client header crosses over:
 /// `anthropic-*` headers mean nothing here and the client's credential is
 /// never sent to a non-Anthropic provider.
+/// The InvokeModel request: a Bedrock API key as a bearer token, or a
+/// SigV4 signature (service `bedrock`) over method, path, host, date and
+/// body hash. `aws-sigv4` encodes the path a second time for the canonical
+/// request, as Bedrock expects (`%3A` is signed as `%253A`).
+pub fn bedrock_head(
+    provider: &Provider,
+    credential: Option<&crate::secret::Secret>,
+    upstream_model: &str,
+    stream: bool,
+    body: &[u8],
+) -> Result<RequestHeader, GatewayError> {
+    let path = provider
+        .base
+        .join(&crate::dialects::bedrock::invoke_path(upstream_model, stream));
+    let mut req = RequestHeader::build(http::Method::POST, path.as_bytes(), Some(10 + provider.headers.len()))
+        .map_err(internal)?;
+    let accept = if stream {
+        "application/vnd.amazon.eventstream"
+    } else {
+        "application/json"
+    };
+    for (name, value) in [
+        ("host", provider.base.authority.as_str()),
+        ("content-type", "application/json"),
+        ("accept", accept),
+        ("accept-encoding", "identity"),
+        ("user-agent", concat!("modelgate/", env!("CARGO_PKG_VERSION"))),
+    ] {
+        req.insert_header(name, value).map_err(internal)?;
+    }
+    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+        .map_err(internal)?;
+    for (n, v) in &provider.headers {
+        req.insert_header(n.clone(), v.clone()).map_err(internal)?;
+    }
+    let bad_credential = || {
+        GatewayError::Internal(format!(
+            "provider `{}` has a credential that is not a valid header value",
+            provider.name
+        ))
+    };
+    if let Some(key) = credential {
+        let value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| bad_credential())?;
+        req.insert_header(http::header::AUTHORIZATION, value)
+            .map_err(internal)?;
+        return Ok(req);
+    }
+    let Some(aws) = provider.aws.as_deref() else {
+        return Ok(req);
+    };
+    let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) else {
+        return Ok(req);
+    };
+    let url = format!("https://{}{}", provider.base.authority, path);
+    let signed = crate::upstream::sigv4::sign(
+        &url,
+        &req,
+        body,
+        &crate::upstream::sigv4::Credentials {
+            access_key_id: id,
+            secret_access_key: secret.expose(),
+            session_token: aws.session_token.as_ref().map(|t| t.expose()),
+            region: &aws.region,
+        },
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| GatewayError::Internal(format!("cannot sign the request to `{}`: {e}", provider.name)))?;
+    for (name, value) in signed {
+        let value = HeaderValue::from_str(&value).map_err(|_| bad_credential())?;
+        req.insert_header(name, value).map_err(internal)?;
+    }
+    Ok(req)
+}
+
 pub fn openai_head(
     provider: &Provider,
     credential: Option<&crate::secret::Secret>,
@@ -208,12 +282,19 @@ pub enum Prepared {
         translated: crate::dialects::openai::request::Translated,
         body: Bytes,
     },
+    Bedrock {
+        upstream_model: String,
+        stream: bool,
+        body: Bytes,
+    },
 }
 
 impl Prepared {
     fn body(&self) -> Bytes {
         match self {
-            Prepared::Anthropic { body, .. } | Prepared::OpenAi { body, .. } => body.clone(),
+            Prepared::Anthropic { body, .. } | Prepared::OpenAi { body, .. } | Prepared::Bedrock { body, .. } => {
+                body.clone()
+            }
         }
     }
 }
@@ -351,6 +432,11 @@ pub async fn run<'u>(
                 translated.stream,
                 body.len(),
             )?,
+            Prepared::Bedrock {
+                upstream_model,
+                stream,
+                body,
+            } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *stream, body)?,
         };
         let mut exchange = match send(upstreams, snap, provider, head, prep.body()).await {
             Ok(x) => x,
@@ -436,6 +522,7 @@ pub async fn run<'u>(
         last = Some(match prep {
             Prepared::Anthropic { .. } => Failure::Upstream(relay::buffer(exchange, &provider.name).await),
             Prepared::OpenAi { .. } => Failure::Gateway(relay::openai_error(exchange, &provider.name).await),
+            Prepared::Bedrock { .. } => Failure::Gateway(relay::bedrock_error(exchange, &provider.name).await),
         });
     }
     Err(last.unwrap_or_else(|| {

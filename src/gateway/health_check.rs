@@ -122,7 +122,7 @@ impl ActiveHealth {
                     head.insert_header("x-api-key", key.expose())
                 }
                 Dialect::OpenAi(crate::dialects::openai::Flavor::Azure) => head.insert_header("api-key", key.expose()),
-                Dialect::OpenAi(_) => {
+                Dialect::OpenAi(_) | Dialect::Bedrock => {
                     head.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose()))
                 }
             };

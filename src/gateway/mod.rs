@@ -460,9 +460,15 @@ impl Gateway {
             ctx.reply_capture.get_or_insert_with(ctx::Capture::default);
         }
         if count_tokens {
-            // OpenAI-family providers have no count endpoint: count locally.
+            // OpenAI-family providers have no count endpoint, and Bedrock's
+            // is not used yet: count locally (an estimate for Claude models).
             let first = &plan.candidates[0];
-            if let Dialect::OpenAi(flavor) = first.provider.kind.dialect() {
+            let local = match first.provider.kind.dialect() {
+                Dialect::OpenAi(flavor) => Some(flavor),
+                Dialect::Bedrock => Some(crate::dialects::openai::Flavor::OpenAi),
+                Dialect::Anthropic => None,
+            };
+            if let Some(flavor) = local {
                 ctx.provider = Some(first.provider.name.clone());
                 let upstream_model = first.rename.as_deref().unwrap_or(&routing_model);
                 let translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
@@ -473,6 +479,16 @@ impl Gateway {
         }
         let request_id = ctx.request_id.clone();
         let request = &request;
+        // Bedrock takes the betas in the body; keep the header values (shared
+        // bytes, no copy) for the prepare step.
+        let beta_headers: Vec<http::HeaderValue> = session
+            .req_header()
+            .headers
+            .get_all("anthropic-beta")
+            .iter()
+            .cloned()
+            .collect();
+        let beta_headers = &beta_headers;
         let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
             match c.provider.kind.dialect() {
                 Dialect::Anthropic => {
@@ -490,6 +506,35 @@ impl Gateway {
                         body: request.upstream_body(Some(upstream_model), speed),
                         beta: fast.then_some(FAST_MODE_BETA),
                         upstream_model: Some(upstream_model.to_string()),
+                    })
+                }
+                Dialect::Bedrock => {
+                    let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
+                    if !crate::dialects::bedrock::is_anthropic_model(upstream_model) {
+                        return Err(GatewayError::InvalidRequest(format!(
+                            "provider `{}` serves Anthropic models through InvokeModel; `{upstream_model}` needs Converse, \
+                             which this build does not speak yet: route it to an `anthropic.*` model id or another provider",
+                            c.provider.name
+                        )));
+                    }
+                    let betas: Vec<&str> = beta_headers.iter().filter_map(|v| v.to_str().ok()).collect();
+                    let invoke = crate::dialects::bedrock::invoke_body(
+                        &request.body,
+                        &betas,
+                        &crate::dialects::bedrock::Capabilities::bedrock(),
+                    )
+                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    if !invoke.dropped.is_empty() {
+                        log::info!(
+                            "{request_id}: for Bedrock `{}`: dropped {}",
+                            c.provider.name,
+                            invoke.dropped.join(", ")
+                        );
+                    }
+                    Ok(Prepared::Bedrock {
+                        upstream_model: upstream_model.to_string(),
+                        stream: request.stream,
+                        body: bytes::Bytes::from(invoke.body),
                     })
                 }
                 Dialect::OpenAi(flavor) => {
@@ -553,12 +598,17 @@ impl Gateway {
                 ctx.attempts = committed.attempts;
                 ctx.upstream_model = match &committed.prepared {
                     Prepared::Anthropic { upstream_model, .. } => upstream_model.clone(),
-                    Prepared::OpenAi { upstream_model, .. } => Some(upstream_model.clone()),
+                    Prepared::OpenAi { upstream_model, .. } | Prepared::Bedrock { upstream_model, .. } => {
+                        Some(upstream_model.clone())
+                    }
                 };
                 match committed.prepared {
                     Prepared::Anthropic { .. } => {
                         relay::relay(session, ctx, committed.exchange, &committed.provider.name).await;
                         Ok(())
+                    }
+                    Prepared::Bedrock { .. } => {
+                        relay::relay_bedrock(session, ctx, committed.exchange, &committed.provider.name).await
                     }
                     Prepared::OpenAi { translated, .. } => {
                         let reply = relay::OpenAiReply {

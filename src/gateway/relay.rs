@@ -207,6 +207,72 @@ pub async fn openai_error(mut exchange: Exchange<'_>, provider: &str) -> Gateway
     }
 }
 
+/// Read a Bedrock error (`{"message": …}`, the type in `x-amzn-ErrorType`)
+/// and map it to the client's error.
+pub async fn bedrock_error(mut exchange: Exchange<'_>, provider: &str) -> GatewayError {
+    let head = exchange.header();
+    let status = head.status.as_u16();
+    let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let kind = header_str("x-amzn-errortype").unwrap_or_else(|| match status {
+        429 => "ThrottlingException".into(),
+        400 => "ValidationException".into(),
+        403 => "AccessDeniedException".into(),
+        503 => "ServiceUnavailableException".into(),
+        _ => "InternalServerException".into(),
+    });
+    let retry_after = header_str("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
+        .await
+        .unwrap_or_default();
+    exchange.finish().await;
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+    let (status, kind, message) = crate::dialects::bedrock::map_exception(&kind, &message);
+    GatewayError::Upstream {
+        status,
+        kind,
+        message,
+        retry_after: if status == 429 { retry_after } else { None },
+    }
+}
+
+/// Relay a Bedrock InvokeModel answer: errors mapped, a JSON message (the
+/// Anthropic shape already) passed through, an event stream decoded into
+/// Anthropic SSE with pings on silence.
+pub async fn relay_bedrock(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    exchange: Exchange<'_>,
+    provider: &str,
+) -> Result<(), GatewayError> {
+    let head = exchange.header();
+    ctx.upstream_request_id = head
+        .headers
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if head.status.as_u16() >= 400 {
+        return Err(bedrock_error(exchange, provider).await);
+    }
+    let eventstream = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/vnd.amazon.eventstream"));
+    if !eventstream {
+        relay(session, ctx, exchange, provider).await;
+        return Ok(());
+    }
+    let translator = Translator::Bedrock(crate::dialects::bedrock::stream::BedrockStream::default());
+    relay_translated_stream(session, ctx, exchange, provider, translator).await
+}
+
 /// A complete upstream response held in memory: a failed attempt's answer,
 /// kept in case it turns out to be the last one and must reach the client.
 pub struct Buffered {
@@ -309,12 +375,75 @@ pub async fn relay_openai(
         return Ok(());
     }
 
-    let mut translator = stream::StreamTranslator::new(stream::StreamContext {
+    let translator = stream::StreamTranslator::new(stream::StreamContext {
         model: reply.client_model.to_string(),
         message_seed: ctx.request_id.clone(),
         estimated_input_tokens: reply.translated.estimated_input_tokens,
         tool_names: reply.translated.tool_names.clone(),
     });
+    relay_translated_stream(session, ctx, exchange, reply.provider, Translator::OpenAi(translator)).await
+}
+
+/// A stream stage that turns an upstream dialect's stream into Anthropic SSE.
+pub enum Translator {
+    OpenAi(crate::dialects::openai::stream::StreamTranslator),
+    Bedrock(crate::dialects::bedrock::stream::BedrockStream),
+}
+
+impl Translator {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if let Translator::OpenAi(t) = self {
+            t.start(out)
+        }
+    }
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Translator::OpenAi(t) => t.push(chunk, out),
+            Translator::Bedrock(t) => t.push(chunk, out),
+        }
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Translator::OpenAi(t) => t.finish(out),
+            Translator::Bedrock(t) => t.finish(out),
+        }
+    }
+    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
+        match self {
+            Translator::OpenAi(t) => t.fail(kind, message, out),
+            Translator::Bedrock(t) => t.fail(kind, message, out),
+        }
+    }
+    fn is_done(&self) -> bool {
+        match self {
+            Translator::OpenAi(t) => t.is_done(),
+            Translator::Bedrock(t) => t.is_done(),
+        }
+    }
+    fn completed(&self) -> bool {
+        match self {
+            Translator::OpenAi(t) => t.stop_reason().is_some(),
+            Translator::Bedrock(t) => t.completed(),
+        }
+    }
+    fn usage(&mut self) -> Option<crate::dialects::Usage> {
+        match self {
+            Translator::OpenAi(t) => Some(t.usage()),
+            Translator::Bedrock(t) => t.take_usage(),
+        }
+    }
+}
+
+/// Stream a translated answer: the SSE head, then the translator's output
+/// as the upstream's bytes arrive, with pings on silence, and an in-band
+/// error when the upstream breaks.
+async fn relay_translated_stream(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut exchange: Exchange<'_>,
+    provider: &str,
+    mut translator: Translator,
+) -> Result<(), GatewayError> {
     let mut head = ResponseHeader::build(200, Some(5)).map_err(|e| GatewayError::Internal(e.to_string()))?;
     let _ = head.insert_header("content-type", "text/event-stream");
     let _ = head.insert_header("cache-control", "no-cache");
@@ -379,13 +508,10 @@ pub async fn relay_openai(
             }
             Some(Err(e)) => {
                 let (kind, message) = match &e {
-                    UpstreamError::Timeout => (
-                        "timeout_error",
-                        format!("upstream provider `{}` went silent", reply.provider),
-                    ),
+                    UpstreamError::Timeout => ("timeout_error", format!("upstream provider `{provider}` went silent")),
                     UpstreamError::Connect(d) | UpstreamError::Io(d) => (
                         "api_error",
-                        format!("upstream provider `{}` failed mid-stream: {d}", reply.provider),
+                        format!("upstream provider `{provider}` failed mid-stream: {d}"),
                     ),
                 };
                 log::warn!("{}: {message}", ctx.request_id);
@@ -410,8 +536,8 @@ pub async fn relay_openai(
             ctx.bytes_out += n;
         }
         if end {
-            ctx.usage = Some(translator.usage());
-            if translator.stop_reason().is_none() {
+            ctx.usage = translator.usage();
+            if !translator.completed() {
                 ctx.error.get_or_insert(crate::error::ErrorKind::Api);
             }
             if upstream_failed {

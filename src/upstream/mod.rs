@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod dns;
 pub mod health;
+pub mod sigv4;
 
 use std::time::Duration;
 

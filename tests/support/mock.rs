@@ -157,6 +157,8 @@ impl Reply {
 pub enum SseStep {
     /// Raw bytes of one chunk, e.g. `"event: ping\ndata: {\"type\":\"ping\"}\n\n"`.
     Chunk(String),
+    /// Binary bytes of one chunk (e.g. a Bedrock event-stream frame).
+    Bytes(Bytes),
     /// Pause (output so far is flushed first).
     Delay(Duration),
     /// Wait until the test calls [`Gate::open`] (output so far is flushed
@@ -513,6 +515,9 @@ fn sse_body(steps: Vec<SseStep>) -> RespBody {
             match steps.next()? {
                 SseStep::Chunk(s) => {
                     return Some((Ok(Frame::data(Bytes::from(s))), Some(steps)));
+                }
+                SseStep::Bytes(b) => {
+                    return Some((Ok(Frame::data(b)), Some(steps)));
                 }
                 SseStep::Delay(d) => tokio::time::sleep(d).await,
                 SseStep::Gate(g) => {

@@ -1,0 +1,284 @@
+//! Anthropic models on AWS Bedrock through InvokeModel: the Messages body
+//! with Bedrock's edits (`protocol.md` §5.1), the `anthropic-beta` values and
+//! paired body fields Bedrock accepts ([`Capabilities`]), Bedrock's
+//! exceptions in Anthropic terms, and the event stream decoded into
+//! Anthropic SSE ([`stream`]). Pure functions: no I/O, no Pingora types.
+
+pub mod stream;
+
+use serde_json::{Map, Value};
+
+use crate::error::ErrorKind;
+
+pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BedrockError {
+    #[error("the request body is not a JSON object: {0}")]
+    Malformed(String),
+}
+
+/// Whether InvokeModel serves `model_id` with the Messages body: Anthropic
+/// models and their inference profiles (`us.anthropic.…`, ARNs naming one).
+pub fn is_anthropic_model(model_id: &str) -> bool {
+    model_id.contains("anthropic.")
+}
+
+/// Which `anthropic-beta` values an upstream accepts, and which body fields
+/// travel with a beta. A field whose beta is not accepted (or not sent) is
+/// stripped together with it: sending either half alone gives Bedrock's
+/// "Extra inputs are not permitted".
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    pub betas: Vec<String>,
+}
+
+/// Top-level body fields and the beta each needs (`None`: never accepted).
+const PAIRED_FIELDS: &[(&str, Option<&str>)] = &[
+    ("context_management", Some("context-management-2025-06-27")),
+    ("output_config", None),
+    ("speed", None),
+    ("service_tier", None),
+    ("container", None),
+    ("mcp_servers", Some("mcp-client-2025-04-04")),
+];
+
+/// Tool fields and the beta each needs.
+const PAIRED_TOOL_FIELDS: &[(&str, Option<&str>)] = &[
+    ("eager_input_streaming", None),
+    ("defer_loading", Some("tool-search-tool-2025-10-19")),
+    ("strict", None),
+    ("input_examples", Some("tool-examples-2025-10-29")),
+];
+
+impl Capabilities {
+    /// What Bedrock's InvokeModel accepts for Anthropic models (2026-11).
+    pub fn bedrock() -> Capabilities {
+        Capabilities {
+            betas: [
+                "interleaved-thinking-2025-05-14",
+                "context-1m-2025-08-07",
+                "computer-use-2024-10-22",
+                "computer-use-2025-01-24",
+                "computer-use-2025-11-24",
+                "token-efficient-tools-2025-02-19",
+                "output-128k-2025-02-19",
+                "context-management-2025-06-27",
+                "tool-search-tool-2025-10-19",
+                "tool-examples-2025-10-29",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+
+    fn accepts(&self, beta: &str) -> bool {
+        self.betas.iter().any(|b| b == beta)
+    }
+}
+
+/// The InvokeModel body, and what was dropped (for the log).
+#[derive(Debug)]
+pub struct Invoke {
+    pub body: Vec<u8>,
+    pub dropped: Vec<String>,
+}
+
+/// The Messages body edited for InvokeModel: `model` and `stream` removed,
+/// `anthropic_version` added, betas moved into `anthropic_beta` (only those
+/// Bedrock accepts), unaccepted paired fields stripped with their betas, and
+/// the `custom` tool type wrapper removed.
+pub fn invoke_body(body: &[u8], beta_headers: &[&str], caps: &Capabilities) -> Result<Invoke, BedrockError> {
+    let mut obj: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| BedrockError::Malformed(e.to_string()))?;
+    let mut dropped = Vec::new();
+    obj.remove("model");
+    obj.remove("stream");
+    let sent: Vec<&str> = beta_headers
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    let kept: Vec<&str> = sent.iter().copied().filter(|b| caps.accepts(b)).collect();
+    for b in sent.iter().filter(|b| !caps.accepts(b)) {
+        dropped.push(format!("beta `{b}` (not accepted by Bedrock)"));
+    }
+    let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
+    for (field, beta) in PAIRED_FIELDS {
+        if !usable(*beta) && obj.remove(*field).is_some() {
+            dropped.push(format!("`{field}`"));
+        }
+    }
+    if let Some(Value::Array(tools)) = obj.get_mut("tools") {
+        for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
+            if tool.get("type").and_then(Value::as_str) == Some("custom") {
+                tool.remove("type");
+            }
+            for (field, beta) in PAIRED_TOOL_FIELDS {
+                if !usable(*beta) && tool.remove(*field).is_some() {
+                    dropped.push(format!("tool field `{field}`"));
+                }
+            }
+        }
+    }
+    dropped.dedup();
+    let mut out = Map::with_capacity(obj.len() + 2);
+    out.insert("anthropic_version".into(), Value::from(ANTHROPIC_VERSION));
+    if !kept.is_empty() {
+        out.insert("anthropic_beta".into(), Value::from(kept));
+    }
+    out.extend(obj);
+    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| BedrockError::Malformed(e.to_string()))?;
+    Ok(Invoke { body, dropped })
+}
+
+/// The InvokeModel path for `model_id`. The id is percent-encoded once on
+/// the wire (`:` → `%3A`); SigV4 signs it encoded once more.
+pub fn invoke_path(model_id: &str, stream: bool) -> String {
+    let id: String = model_id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let action = if stream {
+        "invoke-with-response-stream"
+    } else {
+        "invoke"
+    };
+    format!("/model/{id}/{action}")
+}
+
+/// A Bedrock exception (a stream frame's `:exception-type`, or a
+/// non-streaming error's `x-amzn-ErrorType`) as the Anthropic error Claude
+/// Code acts on. Bedrock's own words are kept: Claude Code recognises
+/// "Input is too long for requested model".
+pub fn map_exception(kind: &str, message: &str) -> (u16, ErrorKind, String) {
+    // `x-amzn-ErrorType` may carry a suffix: `ThrottlingException:http://…`.
+    let kind = kind.split(':').next().unwrap_or(kind);
+    let (status, k) = match kind.to_ascii_lowercase().as_str() {
+        "throttlingexception" | "servicequotaexceededexception" => (429, ErrorKind::RateLimit),
+        "validationexception" => (400, ErrorKind::InvalidRequest),
+        "accessdeniedexception" => (403, ErrorKind::Permission),
+        "unrecognizedclientexception" | "expiredtokenexception" => (401, ErrorKind::Authentication),
+        "resourcenotfoundexception" => (404, ErrorKind::NotFound),
+        "modeltimeoutexception" => (504, ErrorKind::Timeout),
+        "serviceunavailableexception" | "modelnotreadyexception" => (529, ErrorKind::Overloaded),
+        _ => (500, ErrorKind::Api),
+    };
+    let message = if message.is_empty() {
+        format!("Bedrock answered {kind}")
+    } else {
+        message.to_string()
+    };
+    (status, k, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded_once() {
+        assert_eq!(
+            invoke_path("us.anthropic.claude-sonnet-4-5-20250929-v1:0", true),
+            "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
+        );
+        assert_eq!(
+            invoke_path("anthropic.claude-3-haiku", false),
+            "/model/anthropic.claude-3-haiku/invoke"
+        );
+    }
+
+    /// Claude Code's real first turn (105 KB) with the betas it sends: what
+    /// reaches Bedrock carries only fields and betas Bedrock accepts.
+    #[test]
+    fn a_claude_code_request_arrives_with_nothing_bedrock_rejects() {
+        let fixture = include_bytes!("../../../tests/fixtures/claude_code_request.json");
+        let betas = ["claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,fine-grained-tool-streaming-2025-05-14,prompt-caching-scope-2026-01-05,effort-2025-11-24"];
+        let out = invoke_body(fixture, &betas, &Capabilities::bedrock()).unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        let allowed = [
+            "anthropic_version",
+            "anthropic_beta",
+            "max_tokens",
+            "system",
+            "messages",
+            "tools",
+            "tool_choice",
+            "thinking",
+            "temperature",
+            "top_p",
+            "top_k",
+            "stop_sequences",
+            "metadata",
+            "context_management",
+        ];
+        for key in v.as_object().unwrap().keys() {
+            assert!(allowed.contains(&key.as_str()), "`{key}` would be rejected by Bedrock");
+        }
+        assert_eq!(v["anthropic_version"], ANTHROPIC_VERSION);
+        for b in v["anthropic_beta"].as_array().unwrap() {
+            assert!(Capabilities::bedrock().accepts(b.as_str().unwrap()), "{b}");
+        }
+        for tool in v["tools"].as_array().unwrap() {
+            for field in ["eager_input_streaming", "strict", "type"] {
+                assert!(tool.get(field).is_none() || tool["type"] != "custom", "{tool}");
+                if field != "type" {
+                    assert!(tool.get(field).is_none(), "{field} in {tool}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn betas_and_their_fields_travel_together() {
+        let body = br#"{"model":"m","stream":true,"max_tokens":5,"speed":"fast","output_config":{"effort":"low"},"context_management":{"edits":[]},"tools":[{"type":"custom","name":"t","input_schema":{},"defer_loading":true,"strict":true}],"messages":[]}"#;
+        // No betas sent: every paired field goes.
+        let out = invoke_body(body, &[], &Capabilities::bedrock()).unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"anthropic_version": ANTHROPIC_VERSION, "max_tokens": 5, "tools": [{"name": "t", "input_schema": {}}], "messages": []})
+        );
+        assert!(out.dropped.iter().any(|d| d.contains("speed")), "{:?}", out.dropped);
+        // With the accepted betas, their fields stay; unknown betas are dropped.
+        let out = invoke_body(
+            body,
+            &[
+                "tool-search-tool-2025-10-19, context-management-2025-06-27",
+                "made-up-2099-01-01",
+            ],
+            &Capabilities::bedrock(),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            v["anthropic_beta"],
+            serde_json::json!(["tool-search-tool-2025-10-19", "context-management-2025-06-27"])
+        );
+        assert!(v["context_management"].is_object() && v["tools"][0]["defer_loading"] == true);
+        assert!(v.get("output_config").is_none() && v["tools"][0].get("strict").is_none());
+        assert!(out.dropped.iter().any(|d| d.contains("made-up")));
+    }
+
+    #[test]
+    fn exceptions_map_to_anthropic_errors() {
+        assert_eq!(map_exception("throttlingException", "slow down").0, 429);
+        let (s, k, m) = map_exception(
+            "ValidationException:http://internal",
+            "Input is too long for requested model.",
+        );
+        assert_eq!(
+            (s, k, m.as_str()),
+            (400, ErrorKind::InvalidRequest, "Input is too long for requested model.")
+        );
+        assert_eq!(
+            map_exception("serviceUnavailableException", "").1,
+            ErrorKind::Overloaded
+        );
+        assert_eq!(map_exception("modelStreamErrorException", "x").0, 500);
+    }
+}

@@ -1,0 +1,358 @@
+//! `application/vnd.amazon.eventstream` → Anthropic SSE, incrementally.
+//!
+//! Each `chunk` frame carries `{"bytes":"<base64>"}`, whose decoded bytes
+//! are one Anthropic stream event, `message_start` to `message_stop`. The
+//! event is written out as `event: TYPE\ndata: JSON\n\n` without being
+//! re-serialised, except `message_stop`, whose Bedrock-only
+//! `amazon-bedrock-invocationMetrics` is removed. An `exception` frame
+//! becomes an in-stream `error` event and ends the stream. Framing (prelude
+//! and message CRCs, frames split across reads) is `aws-smithy-eventstream`'s;
+//! the buffer holds at most one frame.
+
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use base64::Engine;
+use bytes::{Buf, BytesMut};
+use serde::Deserialize;
+
+use super::map_exception;
+
+/// Bedrock's own limit on one event-stream message.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StreamError {
+    #[error("malformed Bedrock event stream: {0}")]
+    Framing(String),
+    #[error("Bedrock event-stream frame larger than {MAX_FRAME_BYTES} bytes")]
+    TooLarge,
+}
+
+#[derive(Default)]
+pub struct EventStreamToSse {
+    decoder: MessageFrameDecoder,
+    buf: BytesMut,
+    /// `message_stop` or an exception was written: nothing more may follow.
+    done: bool,
+    /// `message_stop` was written (the answer is complete).
+    stopped: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    bytes: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+}
+
+#[derive(Deserialize)]
+struct ExceptionBody {
+    #[serde(default, alias = "Message")]
+    message: String,
+}
+
+impl EventStreamToSse {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stream ended properly (`message_stop` or a reported exception).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The answer is complete (`message_stop` arrived).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Decode `bytes` and append the SSE they complete to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
+        if self.done {
+            return Ok(());
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let before = self.buf.remaining();
+            let frame = self
+                .decoder
+                .decode_frame(&mut self.buf)
+                .map_err(|e| StreamError::Framing(e.to_string()))?;
+            match frame {
+                DecodedFrame::Complete(message) => {
+                    self.frame(&message, out)?;
+                    if self.done {
+                        self.buf.clear();
+                        return Ok(());
+                    }
+                }
+                DecodedFrame::Incomplete => {
+                    if self.buf.len() > MAX_FRAME_BYTES {
+                        return Err(StreamError::TooLarge);
+                    }
+                    if self.buf.remaining() == before || self.buf.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn frame(
+        &mut self,
+        message: &aws_smithy_types::event_stream::Message,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        let header = |name: &str| {
+            message
+                .headers()
+                .iter()
+                .find(|h| h.name().as_str() == name)
+                .and_then(|h| h.value().as_string().ok())
+                .map(|s| s.as_str().to_string())
+        };
+        match header(":message-type").as_deref() {
+            Some("event") if header(":event-type").as_deref() == Some("chunk") => {
+                let chunk: Chunk = serde_json::from_slice(message.payload())
+                    .map_err(|e| StreamError::Framing(format!("chunk payload: {e}")))?;
+                let event = base64::engine::general_purpose::STANDARD
+                    .decode(chunk.bytes)
+                    .map_err(|e| StreamError::Framing(format!("chunk bytes: {e}")))?;
+                let kind = serde_json::from_slice::<Typed>(&event)
+                    .map_err(|e| StreamError::Framing(format!("chunk event: {e}")))?
+                    .kind
+                    .to_string();
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(kind.as_bytes());
+                out.extend_from_slice(b"\ndata: ");
+                if kind == "message_stop" {
+                    let mut v: serde_json::Value = serde_json::from_slice(&event)
+                        .map_err(|e| StreamError::Framing(format!("message_stop: {e}")))?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("amazon-bedrock-invocationMetrics");
+                    }
+                    out.extend_from_slice(v.to_string().as_bytes());
+                    self.done = true;
+                    self.stopped = true;
+                } else {
+                    out.extend_from_slice(&event);
+                }
+                out.extend_from_slice(b"\n\n");
+            }
+            Some("event") => {} // other event types (none today): nothing to relay
+            Some("exception") | Some("error") => {
+                let kind = header(":exception-type")
+                    .or_else(|| header(":error-code"))
+                    .unwrap_or_else(|| "internalServerException".into());
+                let body: ExceptionBody = serde_json::from_slice(message.payload()).unwrap_or(ExceptionBody {
+                    message: String::from_utf8_lossy(message.payload()).into_owned(),
+                });
+                let (_, k, text) = map_exception(&kind, &body.message);
+                let data = serde_json::json!({"type": "error", "error": {"type": k.as_str(), "message": text}});
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(data.to_string().as_bytes());
+                out.extend_from_slice(b"\n\n");
+                self.done = true;
+            }
+            other => return Err(StreamError::Framing(format!("unexpected :message-type {other:?}"))),
+        }
+        Ok(())
+    }
+}
+
+/// The whole stream stage for one response: frames → SSE, usage read from
+/// the SSE produced, and the stream closed with an `error` event when it
+/// breaks or ends early, so the client never sees a silent truncation.
+pub struct BedrockStream {
+    decoder: EventStreamToSse,
+    tap: crate::dialects::anthropic::usage::UsageTap,
+    failed: bool,
+}
+
+impl Default for BedrockStream {
+    fn default() -> Self {
+        BedrockStream {
+            decoder: EventStreamToSse::new(),
+            tap: crate::dialects::anthropic::usage::UsageTap::new(200, Some(b"text/event-stream")),
+            failed: false,
+        }
+    }
+}
+
+impl BedrockStream {
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.is_done() {
+            return;
+        }
+        let start = out.len();
+        if let Err(e) = self.decoder.push(chunk, out) {
+            out.truncate(start);
+            self.fail("api_error", &e.to_string(), out);
+        }
+        self.tap.observe(&bytes::Bytes::copy_from_slice(&out[start..]));
+    }
+
+    /// The upstream ended: anything short of `message_stop` is an error.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.is_done() {
+            self.fail("api_error", "Bedrock ended the stream before message_stop", out);
+        }
+    }
+
+    pub fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
+        if self.is_done() {
+            return;
+        }
+        let data = serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+        out.extend_from_slice(b"event: error\ndata: ");
+        out.extend_from_slice(data.to_string().as_bytes());
+        out.extend_from_slice(b"\n\n");
+        self.failed = true;
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.failed || self.decoder.is_done()
+    }
+
+    pub fn completed(&self) -> bool {
+        self.decoder.is_stopped()
+    }
+
+    pub fn take_usage(&mut self) -> Option<crate::dialects::Usage> {
+        std::mem::replace(&mut self.tap, crate::dialects::anthropic::usage::UsageTap::Off).finish()
+    }
+}
+
+/// Encode one frame as Bedrock does (for tests and the mock upstream).
+pub fn encode_chunk(event_json: &str) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let payload = serde_json::json!({ "bytes": base64::engine::general_purpose::STANDARD.encode(event_json) });
+    let message = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(":event-type", HeaderValue::String("chunk".into())))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ))
+        .add_header(Header::new(":message-type", HeaderValue::String("event".into())));
+    let mut out = Vec::new();
+    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
+    out
+}
+
+/// Encode an exception frame (for tests and the mock upstream).
+pub fn encode_exception(kind: &str, message: &str) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let message = Message::new(serde_json::json!({ "message": message }).to_string().into_bytes())
+        .add_header(Header::new(
+            ":exception-type",
+            HeaderValue::String(kind.to_string().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ))
+        .add_header(Header::new(":message-type", HeaderValue::String("exception".into())));
+    let mut out = Vec::new();
+    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> (Vec<u8>, String) {
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_bdrk_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello ✓"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":4}}"#,
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":9,"outputTokenCount":4,"invocationLatency":310,"firstByteLatency":120}}"#,
+        ];
+        let mut wire = Vec::new();
+        let mut sse = String::new();
+        for e in events {
+            wire.extend(encode_chunk(e));
+            let kind = serde_json::from_str::<serde_json::Value>(e).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let data = if kind == "message_stop" {
+                r#"{"type":"message_stop"}"#
+            } else {
+                e
+            };
+            sse.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
+        }
+        (wire, sse)
+    }
+
+    #[test]
+    fn frames_become_sse_events_verbatim() {
+        let (wire, want) = sample();
+        let mut d = EventStreamToSse::new();
+        let mut out = Vec::new();
+        d.push(&wire, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        assert!(d.is_done());
+    }
+
+    #[test]
+    fn exceptions_end_the_stream_as_anthropic_errors() {
+        let mut wire = encode_chunk(r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":1}}}"#);
+        wire.extend(encode_exception(
+            "throttlingException",
+            "Too many tokens, please wait before trying again.",
+        ));
+        let mut d = EventStreamToSse::new();
+        let mut out = Vec::new();
+        d.push(&wire, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"Too many tokens, please wait before trying again.\"}}\n\n"), "{text}");
+        assert!(d.is_done());
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors_not_panics() {
+        let (mut wire, _) = sample();
+        wire[20] ^= 0xff;
+        let mut d = EventStreamToSse::new();
+        assert!(matches!(d.push(&wire, &mut Vec::new()), Err(StreamError::Framing(_))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any split of the wire bytes gives the same SSE.
+        #[test]
+        fn split_invariance(cuts in proptest::collection::vec(0usize..2000, 0..12)) {
+            let (wire, want) = sample();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+            points.sort_unstable();
+            let mut d = EventStreamToSse::new();
+            let mut out = Vec::new();
+            let mut last = 0;
+            for p in points.into_iter().chain([wire.len()]) {
+                d.push(&wire[last..p], &mut out).unwrap();
+                last = p;
+            }
+            prop_assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn every_single_byte_split() {
+        let (wire, want) = sample();
+        let mut d = EventStreamToSse::new();
+        let mut out = Vec::new();
+        for b in wire.chunks(1) {
+            d.push(b, &mut out).unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+}

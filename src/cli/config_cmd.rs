@@ -50,13 +50,14 @@ pub enum ConfigCommand {
     /// a credential's env var being set) are beyond a schema: use
     /// `modelgate config validate` for those.
     ///
-    /// Editors use it for completion and inline checks; with the YAML
-    /// language server, put this first line in modelgate.yaml:
-    ///   # yaml-language-server: $schema=./modelgate.schema.json
+    /// Editors use it for completion and inline checks (see below).
     #[command(after_long_help = "\
 Examples:
   modelgate config schema > modelgate.schema.json
-  modelgate config schema --output modelgate.schema.json")]
+  modelgate config schema --output modelgate.schema.json
+
+With the YAML language server (VS Code, Neovim, ...), make this the first line of modelgate.yaml:
+  # yaml-language-server: $schema=./modelgate.schema.json")]
     Schema {
         /// Write the schema to FILE (replaced atomically) instead of stdout.
         #[arg(long, short = 'o', value_name = "FILE")]

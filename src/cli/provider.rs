@@ -472,9 +472,9 @@ fn check_env_name(var: &str) -> Result<(), Failure> {
 }
 
 fn check_url(flag: &str, url: &str) -> Result<(), Failure> {
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
+    if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("${")) {
         return Err(Failure::user(format!(
-            "{flag} `{url}`: give a full http:// or https:// URL, e.g. https://api.openai.com/v1"
+            "{flag} `{url}`: give a full http:// or https:// URL (or a `${{VAR}}` holding one), e.g. https://api.openai.com/v1"
         )));
     }
     Ok(())

@@ -58,8 +58,11 @@ pub enum ProviderCommand {
     /// environment variable that holds it (`api_key_env_var`, or one
     /// `keys: [{env: VAR}]` account per --key-env when several are given).
     /// Without --key-env the type's usual variable is used: ANTHROPIC_API_KEY,
-    /// OPENAI_API_KEY, AZURE_OPENAI_API_KEY, OPENROUTER_API_KEY,
-    /// AWS_BEARER_TOKEN_BEDROCK (ollama needs none). An anthropic provider without a credential (--no-key)
+    /// OPENAI_API_KEY, AZURE_OPENAI_API_KEY or OPENROUTER_API_KEY. Ollama
+    /// needs none, and bedrock none in the file: it reads
+    /// AWS_BEARER_TOKEN_BEDROCK, else signs with AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY (give --key-env only for a Bedrock API key kept
+    /// in another variable). An anthropic provider without a credential (--no-key)
     /// forwards each client's own credential instead (passthrough-auth, what
     /// a claude.ai login behind the gateway needs).
     ///
@@ -74,7 +77,8 @@ Examples:
   modelgate provider add openai --name openai-team --key-env OPENAI_KEY_1 --key-env OPENAI_KEY_2
   modelgate provider add azure --api-base https://myres.openai.azure.com --model gpt-4o
   modelgate provider add ollama --name local --model llama3.1:8b --priority 10
-  modelgate provider add anthropic --name claude-direct --no-key")]
+  modelgate provider add anthropic --name claude-direct --no-key
+  modelgate provider add bedrock --region us-east-1 --model anthropic.claude-sonnet-4-5-20250929-v1:0")]
     Add(AddArgs),
 
     /// Remove a provider from the config file.
@@ -158,6 +162,9 @@ pub struct AddArgs {
     /// Order among providers serving the same model id: lower first (default 0).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     priority: Option<i32>,
+    /// The cloud region (bedrock: e.g. us-east-1; default AWS_REGION).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
     /// Add it disabled (`enabled: false`); `provider enable` turns it on.
     #[arg(long)]
     disabled: bool,
@@ -306,11 +313,12 @@ fn not_a_provider(path: &Path, name: &str, c: &Config) -> Failure {
 pub fn run(config: Option<PathBuf>, cmd: ProviderCommand) -> i32 {
     if let ProviderCommand::List { builtins: true } = cmd {
         for kind in ProviderKind::ALL {
-            out!(
-                "{:<11} default api_base: {}",
-                kind.as_str(),
-                kind.default_base().unwrap_or("(none: give api_base)")
-            );
+            let base = match (kind.default_base(), kind.as_str()) {
+                (Some(b), _) => b,
+                (None, "bedrock") => "(from region: https://bedrock-runtime.REGION.amazonaws.com)",
+                (None, _) => "(none: give api_base)",
+            };
+            out!("{:<11} default api_base: {base}", kind.as_str());
         }
         return 0;
     }
@@ -500,7 +508,6 @@ fn default_key_env(kind: &str) -> Option<&'static str> {
         "openai" => Some("OPENAI_API_KEY"),
         "azure" => Some("AZURE_OPENAI_API_KEY"),
         "openrouter" => Some("OPENROUTER_API_KEY"),
-        "bedrock" => Some("AWS_BEARER_TOKEN_BEDROCK"),
         _ => None,
     }
 }
@@ -515,6 +522,9 @@ fn render_provider(args: &AddArgs, key_envs: &[String]) -> String {
     let mut lines = vec![format!("type: {}", edit::yaml_scalar(&args.kind))];
     if let Some(base) = &args.api_base {
         lines.push(format!("api_base: {}", edit::yaml_scalar(base)));
+    }
+    if let Some(region) = &args.region {
+        lines.push(format!("region: {}", edit::yaml_scalar(region)));
     }
     match key_envs {
         [] => {}
@@ -571,11 +581,13 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
     let base = match (&args.api_base, kind_of(&args.kind).and_then(|k| k.default_base())) {
         (Some(b), _) => b.clone(),
         (None, Some(b)) => format!("{b} (the type's default)"),
+        (None, None) if args.kind == "bedrock" => "from the region".into(),
         (None, None) => "none".into(),
     };
     let credential = match key_envs.as_slice() {
-        [] => match kind_of(&args.kind) {
-            Some(ProviderKind::Anthropic) => "none: clients' own credentials are forwarded".to_string(),
+        [] => match args.kind.as_str() {
+            "anthropic" => "none: clients' own credentials are forwarded".to_string(),
+            "bedrock" => "from the environment (AWS_BEARER_TOKEN_BEDROCK, else AWS SigV4 keys)".to_string(),
             _ => "none".to_string(),
         },
         [one] => format!("from ${one}"),
@@ -779,6 +791,7 @@ mod tests {
             no_key: false,
             models: Vec::new(),
             priority: None,
+            region: None,
             disabled: false,
         }
     }
@@ -825,6 +838,8 @@ mod tests {
         }
         assert_eq!(default_key_env("openrouter"), Some("OPENROUTER_API_KEY"));
         assert_eq!(default_key_env("ollama"), None);
+        // Bedrock finds its credentials itself; naming a variable would turn SigV4 off.
+        assert_eq!(default_key_env("bedrock"), None);
         assert_eq!(default_key_env("gemini"), None);
     }
 }

@@ -83,5 +83,52 @@ fn stream(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, request, response, stream);
+/// Bedrock: the InvokeModel body edit of Claude Code's 105 KB request, and
+/// event-stream frames decoded into Anthropic SSE (bytes/s and events/s).
+fn bedrock(c: &mut Criterion) {
+    use modelgate::dialects::bedrock::{self, stream};
+    let body = fixture();
+    let caps = bedrock::Capabilities::bedrock();
+    let betas = ["claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"];
+    c.bench_function("bedrock_invoke_body_claude_code_fixture", |b| {
+        b.iter(|| black_box(bedrock::invoke_body(black_box(&body), &betas, &caps).expect("body")))
+    });
+    let mut wire = stream::encode_chunk(
+        r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","content":[],"usage":{"input_tokens":10,"output_tokens":1}}}"#,
+    );
+    const DELTAS: usize = 1000;
+    for i in 0..DELTAS {
+        let e = format!(
+            r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"token {i} of a longer answer "}}}}"#
+        );
+        wire.extend(stream::encode_chunk(&e));
+    }
+    wire.extend(stream::encode_chunk(r#"{"type":"message_stop"}"#));
+    let mut group = c.benchmark_group("bedrock_eventstream_to_sse");
+    group.throughput(Throughput::Bytes(wire.len() as u64));
+    group.bench_function("bytes", |b| {
+        b.iter(|| {
+            let mut s = stream::BedrockStream::default();
+            let mut out = Vec::with_capacity(wire.len());
+            for chunk in wire.chunks(1400) {
+                s.push(chunk, &mut out);
+            }
+            black_box(out)
+        })
+    });
+    group.throughput(Throughput::Elements(DELTAS as u64 + 2));
+    group.bench_function("events", |b| {
+        b.iter(|| {
+            let mut s = stream::BedrockStream::default();
+            let mut out = Vec::with_capacity(wire.len());
+            for chunk in wire.chunks(1400) {
+                s.push(chunk, &mut out);
+            }
+            black_box(out)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request, response, stream, bedrock);
 criterion_main!(benches);

@@ -78,7 +78,12 @@ pub fn run(
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap (taking the listening sockets over from a running process
+    // with -u) runs as a service: in daemon mode it then happens after the
+    // fork, which is when Pingora tells the launching process (waiting with
+    // `daemon_wait_for_ready`) that the daemon is up. The listeners depend
+    // on it.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let policy = match crate::policy::Policy::new(&snapshot.config.state) {
         Ok(p) => p,
@@ -118,7 +123,7 @@ pub fn run(
         "modelgate",
     );
     main.add_tcp(&listen.to_string());
-    server.add_service(main);
+    server.add_service(main).add_dependency(&bootstrap);
     server.add_service(pingora::services::background::background_service(
         "drain watch",
         DrainWatch {
@@ -148,7 +153,7 @@ pub fn run(
             "modelgate-admin",
         );
         svc.add_tcp(&admin.to_string());
-        server.add_service(svc);
+        server.add_service(svc).add_dependency(&bootstrap);
     }
     log::info!(
         "modelgate {} listening on {listen}{}",

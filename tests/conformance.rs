@@ -25,6 +25,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 enum Dialect {
     Anthropic,
     OpenAi,
+    Bedrock,
 }
 
 fn claude() -> Option<PathBuf> {
@@ -57,10 +58,15 @@ fn config(dialect: Dialect, primary: &MockUpstream, backup: Option<&MockUpstream
             "  {name}: {{type: openai, api_base: \"{}/v1\", api_key: sk-mock, models: [claude-gateway-gpt]}}\n",
             up.base_url()
         ),
+        Dialect::Bedrock => format!(
+            "  {name}: {{type: bedrock, region: us-east-1, api_base: \"{}\", api_key: bedrock-mock-key}}\n",
+            up.base_url()
+        ),
     };
     let rename = match dialect {
         Dialect::Anthropic => "",
         Dialect::OpenAi => ", model: gpt-4o",
+        Dialect::Bedrock => ", model: \"us.anthropic.claude-sonnet-4-5-20250929-v1:0\"",
     };
     let mut yaml = format!(
         "listen: \"{{listen}}\"\nlog_level: info\nretry_delay: 10ms\ndefault_provider: primary\nproviders:\n{}",
@@ -69,7 +75,14 @@ fn config(dialect: Dialect, primary: &MockUpstream, backup: Option<&MockUpstream
     if let Some(b) = backup {
         yaml.push_str(&provider("backup", b));
     }
-    let fallbacks = if backup.is_some() { ", fallbacks: [backup]" } else { "" };
+    // A fallback named alone gets the client's model id; Bedrock needs its own.
+    let fallbacks = match (backup.is_some(), dialect) {
+        (false, _) => String::new(),
+        (true, Dialect::Bedrock) => {
+            ", fallbacks: [{provider: backup, model: \"us.anthropic.claude-sonnet-4-5-20250929-v1:0\"}]".to_string()
+        }
+        (true, _) => ", fallbacks: [backup]".to_string(),
+    };
     yaml.push_str(&format!(
         "routes:\n  - {{match: '*', provider: primary{rename}{fallbacks}}}\nkeys:\n  - {{name: dev, key_sha256: \"{}\"}}\n",
         hash(KEY)
@@ -81,6 +94,7 @@ fn model_reply(dialect: Dialect) -> Reply {
     match dialect {
         Dialect::Anthropic => Reply::script(support::model::anthropic),
         Dialect::OpenAi => Reply::script(support::model::openai),
+        Dialect::Bedrock => Reply::script(support::model::bedrock),
     }
 }
 
@@ -251,12 +265,12 @@ async fn read_a_file(dialect: Dialect) {
         let body = q.body_str();
         body.contains(MARKER)
             && match dialect {
-                Dialect::Anthropic => body.contains("tool_result"),
+                Dialect::Anthropic | Dialect::Bedrock => body.contains("tool_result"),
                 Dialect::OpenAi => body.contains("\"role\":\"tool\""),
             }
     });
     assert!(carried, "{dialect:?}: no upstream request carried the tool result");
-    if let Dialect::Anthropic = dialect {
+    if matches!(dialect, Dialect::Anthropic | Dialect::Bedrock) {
         // Thinking was on: the signed thinking block came back unchanged.
         let last = up.requests().last().unwrap().json();
         assert!(last["thinking"].is_object(), "{last}");
@@ -295,6 +309,11 @@ async fn survives_a_429_by_failover(dialect: Dialect) {
             429,
             r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","code":"rate_limit_exceeded"}}"#,
         ),
+        Dialect::Bedrock => Reply::json(
+            429,
+            r#"{"message":"Too many requests, please wait before trying again."}"#,
+        )
+        .with_header("x-amzn-errortype", "ThrottlingException"),
     };
     busy.set_default(error.with_header("retry-after", "30"));
     let up = MockUpstream::start().await;
@@ -341,6 +360,21 @@ async fn anthropic_429_failover() {
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_429_failover() {
     survives_a_429_by_failover(Dialect::OpenAi).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_one_shot_and_model_discovery() {
+    one_shot_and_discovery(Dialect::Bedrock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_read_tool_loop() {
+    read_a_file(Dialect::Bedrock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_429_failover() {
+    survives_a_429_by_failover(Dialect::Bedrock).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

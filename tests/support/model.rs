@@ -77,11 +77,40 @@ fn split_one(mut steps: Vec<SseStep>) -> Vec<SseStep> {
 
 /// An Anthropic Messages upstream (also answers `count_tokens`).
 pub fn anthropic(rec: &Recorded) -> Reply {
-    let req = rec.json();
     if rec.path().ends_with("/count_tokens") {
         let n = rec.body.len() / 4;
         return Reply::json(200, json!({ "input_tokens": n }).to_string());
     }
+    let req = rec.json();
+    anthropic_answer(rec, &req, req["stream"] == true)
+}
+
+/// Bedrock InvokeModel with an Anthropic model: the same answers, the
+/// stream as `application/vnd.amazon.eventstream` frames.
+pub fn bedrock(rec: &Recorded) -> Reply {
+    let req = rec.json();
+    let stream = rec.path().ends_with("/invoke-with-response-stream");
+    match anthropic_answer(rec, &req, stream) {
+        Reply::Sse { chunks, .. } => {
+            let frames = chunks
+                .into_iter()
+                .filter_map(|step| match step {
+                    SseStep::Chunk(c) => Some(c),
+                    _ => None,
+                })
+                .collect::<String>()
+                .split("\n\n")
+                .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+                .filter(|data| !data.contains("\"ping\""))
+                .map(|data| SseStep::Bytes(modelgate::dialects::bedrock::stream::encode_chunk(&data).into()))
+                .collect();
+            Reply::sse(frames).with_header("content-type", "application/vnd.amazon.eventstream")
+        }
+        other => other,
+    }
+}
+
+fn anthropic_answer(rec: &Recorded, req: &Value, stream: bool) -> Reply {
     let last = req["messages"]
         .as_array()
         .and_then(|m| m.last())
@@ -105,7 +134,7 @@ pub fn anthropic(rec: &Recorded) -> Reply {
         ),
     };
     let usage = json!({"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 17});
-    if req["stream"] != true {
+    if !stream {
         let mut content = Vec::new();
         if thinking {
             content.push(json!({"type": "thinking", "thinking": "Deciding.", "signature": "c2lnbmF0dXJl"}));

@@ -308,3 +308,28 @@ async fn an_api_key_goes_as_a_bearer_token_and_non_anthropic_models_are_refused_
     assert!(r.json::<Value>().await.unwrap()["input_tokens"].as_u64().unwrap() > 0);
     assert_eq!(up.request_count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_accepted_betas_come_from_config_when_given() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::json(200, anthropic_message_json("x", "ok")));
+    let yaml = format!(
+        "listen: \"{{listen}}\"\ndefault_provider: bedrock\nproviders:\n  bedrock: {{type: bedrock, region: eu-west-1, api_base: \"{}\", api_key: k, betas: [new-feature-2027-01-01, context-management-2025-06-27]}}\nroutes:\n  - {{match: '*', provider: bedrock, model: \"{MODEL}\"}}\n",
+        up.base_url()
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":5,"context_management":{"edits":[]},"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = post(
+        &gw,
+        body,
+        Some("interleaved-thinking-2025-05-14,new-feature-2027-01-01,context-management-2025-06-27"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let b = up.requests()[0].json();
+    assert_eq!(
+        b["anthropic_beta"],
+        serde_json::json!(["new-feature-2027-01-01", "context-management-2025-06-27"])
+    );
+    assert!(b["context_management"].is_object(), "{b}");
+}

@@ -290,6 +290,11 @@ pub struct ProviderConfig {
     /// Optional active health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
+    /// Bedrock: the `anthropic-beta` values this upstream accepts (their
+    /// paired body fields travel with them); replaces the built-in table,
+    /// so a newly supported beta needs no rebuild.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub betas: Option<Vec<String>>,
 }
 
 /// One account of a provider: `{env: VAR}` or `{api_key: ...}`, with a weight.

@@ -195,6 +195,8 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// Bedrock: the region and, without an API key, SigV4 credentials.
     pub aws: Option<Arc<AwsSigning>>,
+    /// Bedrock: the betas (and so the paired body fields) it accepts.
+    pub capabilities: Option<Arc<crate::dialects::bedrock::Capabilities>>,
 }
 
 /// What SigV4 signs Bedrock requests with (from the standard AWS variables).
@@ -723,6 +725,12 @@ fn build_provider(
             ),
             _ => p.api_version.clone(),
         },
+        capabilities: (kind == ProviderKind::Bedrock).then(|| {
+            Arc::new(match &p.betas {
+                Some(list) => crate::dialects::bedrock::Capabilities { betas: list.clone() },
+                None => crate::dialects::bedrock::Capabilities::bedrock(),
+            })
+        }),
         aws,
     })
 }

@@ -518,12 +518,16 @@ impl Gateway {
                         )));
                     }
                     let betas: Vec<&str> = beta_headers.iter().filter_map(|v| v.to_str().ok()).collect();
-                    let invoke = crate::dialects::bedrock::invoke_body(
-                        &request.body,
-                        &betas,
-                        &crate::dialects::bedrock::Capabilities::bedrock(),
-                    )
-                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    let builtin;
+                    let caps = match c.provider.capabilities.as_deref() {
+                        Some(caps) => caps,
+                        None => {
+                            builtin = crate::dialects::bedrock::Capabilities::bedrock();
+                            &builtin
+                        }
+                    };
+                    let invoke = crate::dialects::bedrock::invoke_body(&request.body, &betas, caps)
+                        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                     if !invoke.dropped.is_empty() {
                         log::info!(
                             "{request_id}: for Bedrock `{}`: dropped {}",

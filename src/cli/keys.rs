@@ -20,8 +20,7 @@ use crate::config::edit::{self, EditError};
 use crate::config::schema::{BudgetPeriod, KeyConfig};
 use crate::config::snapshot::sha256;
 
-const USER_ERROR: i32 = 1;
-const CONFIG_ERROR: i32 = 2;
+use super::failure::{finish, Failure};
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
@@ -98,47 +97,6 @@ pub struct CreateArgs {
     models: Vec<String>,
 }
 
-/// Why a command stopped: the exit code and what to tell the person.
-struct Failure {
-    code: i32,
-    message: String,
-}
-
-impl Failure {
-    fn user(message: impl Into<String>) -> Failure {
-        Failure {
-            code: USER_ERROR,
-            message: message.into(),
-        }
-    }
-
-    fn config(message: impl Into<String>) -> Failure {
-        Failure {
-            code: CONFIG_ERROR,
-            message: message.into(),
-        }
-    }
-
-    /// An edit error, told against the file it concerns.
-    fn edit(path: &Path, e: EditError) -> Failure {
-        let file = path.display();
-        match e {
-            EditError::Refused(m) => Failure::user(m),
-            EditError::Invalid(m) => Failure::user(format!(
-                "{file}: refused, the file would not load after this change: {m}"
-            )),
-            EditError::AlreadyInvalid(m) => Failure::config(format!(
-                "{file} does not load as it is, so nothing was changed: {m}\n\
-                 Fix it (check with `modelgate config validate`), or set the missing environment variables, and run this again."
-            )),
-            EditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Failure::config(format!(
-                "{file}: no such file; create one with `modelgate config init`, or point -c at yours"
-            )),
-            e => Failure::config(format!("{file}: {e}")),
-        }
-    }
-}
-
 pub fn run(config: Option<PathBuf>, command: KeysCommand) -> i32 {
     let path = super::config_path(config);
     let result = match command {
@@ -146,13 +104,7 @@ pub fn run(config: Option<PathBuf>, command: KeysCommand) -> i32 {
         KeysCommand::List { json } => list(&path, json),
         KeysCommand::Revoke { name } => revoke(&path, &name),
     };
-    match result {
-        Ok(()) => 0,
-        Err(f) => {
-            eprintln!("modelgate: {}", f.message);
-            f.code
-        }
-    }
+    finish(result)
 }
 
 // ---------------------------------------------------------------------------

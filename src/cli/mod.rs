@@ -16,6 +16,7 @@ macro_rules! out {
 
 mod cache;
 mod config_cmd;
+mod failure;
 mod health;
 mod keys;
 mod provider;

@@ -20,8 +20,7 @@ use crate::config::edit::{self, EditError};
 use crate::config::schema::RouteConfig;
 use crate::config::{Config, ProviderKind};
 
-pub(super) const USER_ERROR: i32 = 1;
-pub(super) const CONFIG_ERROR: i32 = 2;
+pub(super) use super::failure::{finish, Failure, CONFIG_ERROR, USER_ERROR};
 
 const RELOAD_NOTE: &str =
     "A running gateway applies it on its next config reload (automatic when the file changes, or send SIGHUP).";
@@ -184,58 +183,6 @@ pub struct UpdateArgs {
     /// The model ids it serves (repeatable); replaces the whole list.
     #[arg(long = "model", value_name = "ID")]
     models: Vec<String>,
-}
-
-/// Why a command stopped: the exit code and what to tell the person.
-pub(super) struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn user(message: impl Into<String>) -> Failure {
-        Failure {
-            code: USER_ERROR,
-            message: message.into(),
-        }
-    }
-
-    pub fn config(message: impl Into<String>) -> Failure {
-        Failure {
-            code: CONFIG_ERROR,
-            message: message.into(),
-        }
-    }
-
-    /// An edit error, told against the file it concerns.
-    pub fn edit(path: &Path, e: EditError) -> Failure {
-        let file = path.display();
-        match e {
-            EditError::Refused(m) => Failure::user(m),
-            EditError::Invalid(m) => Failure::user(format!(
-                "{file}: refused, the file would not load after this change: {m}"
-            )),
-            EditError::AlreadyInvalid(m) => Failure::config(format!(
-                "{file} does not load as it is, so nothing was changed: {m}\n\
-                 Fix it (check with `modelgate config validate`), or set the missing environment variables, and run this again."
-            )),
-            EditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Failure::config(format!(
-                "{file}: no such file; create one with `modelgate config init`, or point -c at yours"
-            )),
-            e => Failure::config(format!("{file}: {e}")),
-        }
-    }
-}
-
-/// Print a failure and turn it into the exit code.
-pub(super) fn finish(result: Result<(), Failure>) -> i32 {
-    match result {
-        Ok(()) => 0,
-        Err(f) => {
-            eprintln!("modelgate: {}", f.message);
-            f.code
-        }
-    }
 }
 
 /// Parse a config text without requiring its environment variables: an

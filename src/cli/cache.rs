@@ -54,17 +54,18 @@ pub fn run(config: Option<PathBuf>, command: CacheCommand) -> i32 {
                 "MAX_ENTRIES"
             );
             for name in ["response", "token_count"] {
-                let c = &v[name];
+                // JSON values print without padding: format them as strings first.
+                let c = |field: &str| v[name][field].to_string();
                 out!(
                     "{:<12} {:>8} {:>8} {:>10} {:>10} {:>10} {:>7}s {:>12}",
                     name,
-                    c["enabled"],
-                    c["entries"],
-                    c["bytes"],
-                    c["hits"],
-                    c["misses"],
-                    c["ttl_seconds"],
-                    c["max_entries"]
+                    c("enabled"),
+                    c("entries"),
+                    c("bytes"),
+                    c("hits"),
+                    c("misses"),
+                    c("ttl_seconds"),
+                    c("max_entries")
                 );
             }
         }

@@ -396,11 +396,7 @@ fn doctor(path: &Path) -> i32 {
             Err(e) => verdict(false, &what, &e),
         }
         for a in &p.accounts {
-            let needs_key = !matches!(
-                p.kind,
-                crate::config::ProviderKind::Anthropic | crate::config::ProviderKind::Ollama
-            );
-            if a.credential.is_none() && needs_key {
+            if p.lacks_credential(a) {
                 verdict(
                     false,
                     &format!("account `{}`", a.label),

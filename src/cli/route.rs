@@ -213,10 +213,7 @@ fn resolve(snap: &Snapshot, q: &Query, check: bool) -> i32 {
         let mut problems = 0;
         for c in &plan.candidates {
             for a in &c.provider.accounts {
-                if a.credential.is_none()
-                    && c.provider.kind != crate::config::ProviderKind::Anthropic
-                    && c.provider.kind != crate::config::ProviderKind::Ollama
-                {
+                if c.provider.lacks_credential(a) {
                     out!("  problem: account `{}` has no credential", a.label);
                     problems += 1;
                 }

@@ -562,7 +562,7 @@ pub enum StateBackend {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Cache of whole non-streaming responses.
+    /// Cache of complete answers (JSON and streamed) to identical requests from the same caller.
     #[serde(default)]
     pub response: ResponseCacheConfig,
     /// Cache of `count_tokens` answers.

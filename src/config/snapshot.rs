@@ -199,6 +199,19 @@ pub struct Provider {
     pub capabilities: Option<Arc<crate::dialects::bedrock::Capabilities>>,
 }
 
+impl Provider {
+    /// Whether an account of this provider is called with no credential at
+    /// all: none configured, and no SigV4 signing to fall back on. (An
+    /// Anthropic-type provider then forwards the client's own; Ollama needs none.)
+    pub fn lacks_credential(&self, account: &Account) -> bool {
+        let signs = self
+            .aws
+            .as_ref()
+            .is_some_and(|a| a.access_key_id.is_some() && a.secret_access_key.is_some());
+        account.credential.is_none() && !signs && !matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Ollama)
+    }
+}
+
 /// What SigV4 signs Bedrock requests with (from the standard AWS variables).
 pub struct AwsSigning {
     pub region: String,

@@ -307,6 +307,9 @@ pub struct Job<'a> {
     pub balance_key: u64,
     /// Builds a candidate's request (translation included).
     pub prepare: &'a (dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
+    /// Upstream requests sent so far, kept up to date by the loop, so a
+    /// request that fails in the end still reports how many it took.
+    pub sent: &'a std::sync::atomic::AtomicU32,
 }
 
 /// The answer the loop settled on; the relay takes it from here.
@@ -438,6 +441,7 @@ pub async fn run<'u>(
                 body,
             } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *stream, body)?,
         };
+        job.sent.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
         let mut exchange = match send(upstreams, snap, provider, head, prep.body()).await {
             Ok(x) => x,
             Err(e) => {

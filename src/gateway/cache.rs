@@ -100,9 +100,28 @@ pub struct Stats {
     pub max_entries: usize,
 }
 
-/// The cache key: the body plus the headers that change the answer.
-pub fn key(body: &[u8], headers: &HeaderMap) -> [u8; 32] {
+/// The cache key: who asks, the body, and the headers that change the
+/// answer. Entries are per caller: a gateway key's name, or — in
+/// passthrough-auth mode — the credential the client presented (hashed), so
+/// a hit never hands an answer to someone the upstream would have refused.
+pub fn key(caller: Option<&str>, body: &[u8], headers: &HeaderMap) -> [u8; 32] {
     let mut h = Sha256::new();
+    match caller {
+        Some(name) => {
+            h.update(b"key\0");
+            h.update(name.as_bytes());
+        }
+        None => {
+            h.update(b"credential\0");
+            for name in ["x-api-key", "authorization"] {
+                for v in headers.get_all(name) {
+                    h.update(v.as_bytes());
+                    h.update(b"\0");
+                }
+            }
+        }
+    }
+    h.update(b"\x02");
     for name in ["anthropic-version", "anthropic-beta"] {
         for v in headers.get_all(name) {
             h.update(name.as_bytes());
@@ -255,7 +274,7 @@ mod tests {
         let s = snap("cache:\n  response: {enabled: true, ttl: 1h, max_entries: 2}\n");
         let c = Caches::default();
         let h = HeaderMap::new();
-        let (k1, k2, k3) = (key(b"1", &h), key(b"2", &h), key(b"3", &h));
+        let (k1, k2, k3) = (key(None, b"1", &h), key(None, b"2", &h), key(None, b"3", &h));
         assert!(c.lookup(&s, Kind::Response, &k1).is_none());
         c.insert(&s, Kind::Response, k1, "application/json", Bytes::from_static(b"one"));
         c.insert(&s, Kind::Response, k2, "application/json", Bytes::from_static(b"two"));
@@ -280,13 +299,18 @@ mod tests {
     #[test]
     fn headers_that_change_the_answer_change_the_key() {
         let mut h = HeaderMap::new();
-        let plain = key(b"{}", &h);
+        let plain = key(None, b"{}", &h);
         h.insert("anthropic-beta", "context-1m-2025-08-07".parse().unwrap());
-        assert_ne!(plain, key(b"{}", &h));
+        assert_ne!(plain, key(None, b"{}", &h));
         h.insert("user-agent", "x".parse().unwrap());
+        // Callers never share entries.
+        assert_ne!(key(Some("alice"), b"{}", &h), key(Some("bob"), b"{}", &h));
+        let mut other = h.clone();
+        other.insert("x-api-key", "someone-else".parse().unwrap());
+        assert_ne!(key(None, b"{}", &h), key(None, b"{}", &other));
         assert_eq!(
-            key(b"{}", &h),
-            key(b"{}", &{
+            key(None, b"{}", &h),
+            key(None, b"{}", &{
                 let mut h2 = HeaderMap::new();
                 h2.insert("anthropic-beta", "context-1m-2025-08-07".parse().unwrap());
                 h2

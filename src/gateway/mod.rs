@@ -449,7 +449,8 @@ impl Gateway {
             cache::Kind::Response
         };
         if cache::Caches::enabled(snap, cache_kind) {
-            let key = cache::key(&request.body, &session.req_header().headers);
+            let caller = ctx.principal.as_ref().map(|k| k.name.as_str());
+            let key = cache::key(caller, &request.body, &session.req_header().headers);
             if let Some(hit) = self.shared.caches.lookup(snap, cache_kind, &key) {
                 ctx.provider = Some("cache".into());
                 let extra = [("x-modelgate-cache", "hit".to_string())];
@@ -575,6 +576,7 @@ impl Gateway {
         prepare: &(dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
         client_model: &str,
     ) -> Result<(), GatewayError> {
+        let sent = std::sync::atomic::AtomicU32::new(0);
         let result = {
             let req = session.req_header();
             let balance_key = req
@@ -592,9 +594,13 @@ impl Gateway {
                 caller,
                 balance_key,
                 prepare,
+                sent: &sent,
             };
             attempt::run(&self.shared.upstreams, &self.shared.health, snap, plan, &job).await
         };
+        if result.is_err() {
+            ctx.attempts = sent.load(Relaxed);
+        }
         match result {
             Ok(committed) => {
                 ctx.provider = Some(committed.provider.name.clone());

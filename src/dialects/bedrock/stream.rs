@@ -27,7 +27,6 @@ pub enum StreamError {
     TooLarge,
 }
 
-#[derive(Default)]
 pub struct EventStreamToSse {
     decoder: MessageFrameDecoder,
     buf: BytesMut,
@@ -35,6 +34,8 @@ pub struct EventStreamToSse {
     done: bool,
     /// `message_stop` was written (the answer is complete).
     stopped: bool,
+    /// The next byte in `buf` starts a frame whose prelude is not checked yet.
+    at_frame_start: bool,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +54,32 @@ struct Typed<'a> {
 struct ExceptionBody {
     #[serde(default, alias = "Message")]
     message: String,
+}
+
+impl Default for EventStreamToSse {
+    fn default() -> Self {
+        EventStreamToSse {
+            decoder: MessageFrameDecoder::new(),
+            buf: BytesMut::new(),
+            done: false,
+            stopped: false,
+            at_frame_start: true,
+        }
+    }
+}
+
+/// Length and CRC of a frame's 12-byte prelude, checked before waiting for
+/// the rest: a corrupt length must not make the decoder wait for gigabytes.
+fn check_prelude(prelude: &[u8]) -> Result<(), StreamError> {
+    let total = u32::from_be_bytes([prelude[0], prelude[1], prelude[2], prelude[3]]) as usize;
+    let crc = u32::from_be_bytes([prelude[8], prelude[9], prelude[10], prelude[11]]);
+    if crc32fast::hash(&prelude[..8]) != crc {
+        return Err(StreamError::Framing("prelude checksum mismatch".into()));
+    }
+    if !(16..=MAX_FRAME_BYTES).contains(&total) {
+        return Err(StreamError::TooLarge);
+    }
+    Ok(())
 }
 
 impl EventStreamToSse {
@@ -77,6 +104,10 @@ impl EventStreamToSse {
         }
         self.buf.extend_from_slice(bytes);
         loop {
+            if self.at_frame_start && self.buf.len() >= 12 {
+                check_prelude(&self.buf[..12])?;
+                self.at_frame_start = false;
+            }
             let before = self.buf.remaining();
             let frame = self
                 .decoder
@@ -84,6 +115,7 @@ impl EventStreamToSse {
                 .map_err(|e| StreamError::Framing(e.to_string()))?;
             match frame {
                 DecodedFrame::Complete(message) => {
+                    self.at_frame_start = true;
                     self.frame(&message, out)?;
                     if self.done {
                         self.buf.clear();

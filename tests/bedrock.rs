@@ -265,9 +265,38 @@ async fn a_wrong_secret_is_refused_by_the_signature_check() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_api_key_goes_as_a_bearer_token_and_non_anthropic_models_are_refused_clearly() {
+async fn an_api_key_goes_as_a_bearer_token_and_other_models_speak_converse() {
+    use modelgate::dialects::bedrock::converse::encode_event;
     let up = MockUpstream::start().await;
-    up.set_default(Reply::json(200, anthropic_message_json("x", "via api key")));
+    up.set_default(Reply::script(|rec| {
+        let path = rec.path().to_string();
+        if path.ends_with("/converse") {
+            Reply::json(
+                200,
+                serde_json::json!({
+                    "output": {"message": {"role": "assistant", "content": [{"text": "Nova says hi"}]}},
+                    "stopReason": "end_turn",
+                    "usage": {"inputTokens": 11, "outputTokens": 4, "totalTokens": 15}
+                })
+                .to_string(),
+            )
+        } else if path.ends_with("/converse-stream") {
+            let frames = [
+                encode_event("messageStart", &serde_json::json!({"role": "assistant"})),
+                encode_event("contentBlockDelta", &serde_json::json!({"contentBlockIndex": 0, "delta": {"text": "Reading."}})),
+                encode_event("contentBlockStop", &serde_json::json!({"contentBlockIndex": 0})),
+                encode_event("contentBlockStart", &serde_json::json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "Read"}}})),
+                encode_event("contentBlockDelta", &serde_json::json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"file_path\":"}}})),
+                encode_event("contentBlockDelta", &serde_json::json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"/tmp/x\"}"}}})),
+                encode_event("contentBlockStop", &serde_json::json!({"contentBlockIndex": 1})),
+                encode_event("messageStop", &serde_json::json!({"stopReason": "tool_use"})),
+                encode_event("metadata", &serde_json::json!({"usage": {"inputTokens": 30, "outputTokens": 12}, "metrics": {"latencyMs": 200}})),
+            ];
+            eventstream(frames.into_iter().map(|f| SseStep::Bytes(f.into())).collect())
+        } else {
+            Reply::json(200, anthropic_message_json("x", "via api key"))
+        }
+    }));
     let gw = Gateway::start_async(
         &config(
             &up,
@@ -288,15 +317,48 @@ async fn an_api_key_goes_as_a_bearer_token_and_non_anthropic_models_are_refused_
         sent.header("authorization").as_deref(),
         Some("Bearer bedrock-api-key-123")
     );
+
+    // Converse, JSON.
     let r = post(
         &gw,
-        r#"{"model":"nova-pro","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"nova-pro","max_tokens":5,"system":"Be brief.","messages":[{"role":"user","content":"hi"}]}"#,
         None,
     )
     .await;
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("Converse"), "{v}");
+    assert_eq!(v["content"][0]["text"], "Nova says hi", "{v}");
+    assert_eq!(v["model"], "nova-pro");
+    assert_eq!(v["usage"]["input_tokens"], 11);
+    let sent = up.requests().last().unwrap().clone();
+    assert_eq!(sent.uri, "/model/amazon.nova-pro-v1%3A0/converse");
+    let b = sent.json();
+    assert_eq!(b["system"], serde_json::json!([{"text": "Be brief."}]));
+    assert_eq!(b["inferenceConfig"]["maxTokens"], 5);
+
+    // Converse, streamed: a text block, then a tool call, message_stop held for the usage.
+    let r = post(
+        &gw,
+        r#"{"model":"nova-pro","max_tokens":50,"stream":true,"tools":[{"name":"Read","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"read /tmp/x"}]}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let evs = parse_sse(&text);
+    assert_eq!(evs.first().unwrap().0, "message_start", "{text}");
+    assert_eq!(evs.last().unwrap().0, "message_stop", "{text}");
+    let delta = evs.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
+    assert_eq!(delta.1["usage"]["output_tokens"], 12);
+    let args: String = evs
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["partial_json"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(args, r#"{"file_path":"/tmp/x"}"#);
+    let sent = up.requests().last().unwrap().json();
+    assert_eq!(sent["toolConfig"]["tools"][0]["toolSpec"]["name"], "Read");
+
     // count_tokens is estimated locally (Bedrock's count API is not used yet).
     let r = client()
         .post(gw.url("/v1/messages/count_tokens"))
@@ -306,7 +368,7 @@ async fn an_api_key_goes_as_a_bearer_token_and_non_anthropic_models_are_refused_
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.json::<Value>().await.unwrap()["input_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(up.request_count(), 1);
+    assert_eq!(up.request_count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -298,3 +298,220 @@ golden_text!(
     stream_garbage_is_an_error_event,
     sse(&[b"not an event stream frame at all".to_vec()], 4096)
 );
+
+// ---- Converse (non-Anthropic Bedrock models) ----
+
+use modelgate::dialects::bedrock::converse::{
+    converse_path, converse_request, converse_response, encode_event, ConverseStream,
+};
+
+fn conv(request: Value) -> Value {
+    let r = converse_request(&serde_json::to_vec(&request).unwrap()).unwrap();
+    let mut v: Value = serde_json::from_slice(&r.body).unwrap();
+    if !r.notes.is_empty() {
+        v["__notes"] = json!(r.notes);
+    }
+    v
+}
+
+fn conv_stream(frames: &[Vec<u8>], split: usize) -> String {
+    let wire: Vec<u8> = frames.concat();
+    let mut s = ConverseStream::new("nova-pro", "msg_conv_1", 42);
+    let mut out = Vec::new();
+    for piece in wire.chunks(split.max(1)) {
+        s.push(piece, &mut out);
+    }
+    s.finish(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+golden!(conv_minimal, conv(base(json!({}))));
+golden!(
+    conv_system_string_and_blocks_with_cache_point,
+    json!([
+        conv(base(json!({"system": "You are terse."}))),
+        conv(base(
+            json!({"system": [{"type": "text", "text": "Rules."}, {"type": "text", "text": "Context.", "cache_control": {"type": "ephemeral"}}]})
+        ))
+    ])
+);
+golden!(
+    conv_inference_config,
+    conv(base(
+        json!({"temperature": 0.3, "top_p": 0.8, "top_k": 5, "stop_sequences": ["###"]})
+    ))
+);
+golden!(
+    conv_blank_text_dropped_and_empty_message_filled,
+    conv(json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": " \n "}, {"type": "text", "text": "real"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": ""}]},
+        {"role": "user", "content": "next"}
+    ]}))
+);
+golden!(
+    conv_images_base64_and_url,
+    conv(base(json!({"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.invalid/a.png"}},
+        {"type": "text", "text": "what is this?"}
+    ]}]})))
+);
+golden!(
+    conv_documents,
+    conv(base(json!({"messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain notes"}},
+        {"type": "text", "text": "summarise"}
+    ]}]})))
+);
+golden!(
+    conv_tool_loop,
+    conv(json!({"model": "m", "max_tokens": 100, "tool_choice": {"type": "auto"},
+    "tools": [{"name": "Read", "description": "Read a file", "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}],
+    "messages": [
+        {"role": "user", "content": "read /tmp/a"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "need it", "signature": "sig"},
+            {"type": "text", "text": "Reading."},
+            {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "/tmp/a"}}
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "hello"}]},
+            {"type": "text", "text": "go on"}
+        ]}
+    ]}))
+);
+golden!(
+    conv_tool_result_error_and_empty,
+    conv(base(
+        json!({"tools": [{"name": "Bash", "input_schema": {"type": "object"}}], "messages": [
+            {"role": "user", "content": "run it"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "", "is_error": true}]}
+        ]})
+    ))
+);
+golden!(
+    conv_tool_choices,
+    json!([
+        conv(base(
+            json!({"tools": [{"name": "A", "input_schema": {}}], "tool_choice": {"type": "any"}})
+        ))["toolConfig"],
+        conv(base(
+            json!({"tools": [{"name": "A", "input_schema": {}}], "tool_choice": {"type": "tool", "name": "A"}})
+        ))["toolConfig"],
+        conv(base(
+            json!({"tools": [{"name": "A", "input_schema": {}}], "tool_choice": {"type": "none"}})
+        ))["toolConfig"],
+    ])
+);
+golden!(
+    conv_server_tools_and_anthropic_only_fields_dropped,
+    conv(base(json!({
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}, {"name": "Read", "input_schema": {"type": "object"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "context_management": {"edits": []},
+        "output_config": {"effort": "low"}
+    })))
+);
+golden!(
+    conv_paths,
+    json!([
+        converse_path("amazon.nova-pro-v1:0", false),
+        converse_path("meta.llama3-3-70b-instruct-v1:0", true)
+    ])
+);
+golden!(
+    conv_response_text_tool_and_reasoning,
+    serde_json::from_slice::<Value>(
+        &converse_response(
+            json!({
+                "output": {"message": {"role": "assistant", "content": [
+                    {"reasoningContent": {"reasoningText": {"text": "think", "signature": "s1"}}},
+                    {"text": "Let me read it."},
+                    {"toolUse": {"toolUseId": "tooluse_9", "name": "Read", "input": {"file_path": "/a"}}}
+                ]}},
+                "stopReason": "tool_use",
+                "usage": {"inputTokens": 100, "outputTokens": 20, "cacheReadInputTokens": 50, "cacheWriteInputTokens": 10}
+            })
+            .to_string()
+            .as_bytes(),
+            "nova-pro",
+            "msg_conv_2"
+        )
+        .unwrap()
+        .0
+    )
+    .unwrap()
+);
+golden!(
+    conv_stop_reasons,
+    json!([
+        "end_turn",
+        "tool_use",
+        "max_tokens",
+        "stop_sequence",
+        "guardrail_intervened",
+        "content_filtered",
+        "model_context_window_exceeded",
+        "something_new"
+    ]
+    .iter()
+    .map(|r| json!([r, modelgate::dialects::bedrock::converse::stop_reason(Some(r))]))
+    .collect::<Vec<_>>())
+);
+
+fn conv_frames() -> Vec<Vec<u8>> {
+    vec![
+        encode_event("messageStart", &json!({"role": "assistant"})),
+        encode_event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Thinking."}}}),
+        ),
+        encode_event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "sig=="}}}),
+        ),
+        encode_event("contentBlockStop", &json!({"contentBlockIndex": 0})),
+        encode_event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 1, "delta": {"text": ""}}),
+        ),
+        encode_event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 1, "delta": {"text": "Hello "}}),
+        ),
+        encode_event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 1, "delta": {"text": "there"}}),
+        ),
+        encode_event("contentBlockStop", &json!({"contentBlockIndex": 1})),
+        encode_event("messageStop", &json!({"stopReason": "end_turn"})),
+        encode_event(
+            "metadata",
+            &json!({"usage": {"inputTokens": 40, "outputTokens": 9, "cacheReadInputTokens": 8}, "metrics": {"latencyMs": 320}}),
+        ),
+    ]
+}
+
+golden_text!(conv_stream_reasoning_then_text, conv_stream(&conv_frames(), 4096));
+golden_text!(conv_stream_split_every_3_bytes, conv_stream(&conv_frames(), 3));
+golden_text!(
+    conv_stream_message_stop_without_metadata,
+    conv_stream(&conv_frames()[..9], 4096)
+);
+golden_text!(
+    conv_stream_cut_before_message_stop,
+    conv_stream(&conv_frames()[..6], 4096)
+);
+golden_text!(
+    conv_stream_throttled,
+    conv_stream(
+        &[
+            conv_frames()[0].clone(),
+            encode_exception("throttlingException", "Rate exceeded")
+        ],
+        4096
+    )
+);

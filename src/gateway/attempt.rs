@@ -85,7 +85,7 @@ pub fn anthropic_head(
 /// The head of a Chat Completions request. No client header crosses over:
 /// `anthropic-*` headers mean nothing here and the client's credential is
 /// never sent to a non-Anthropic provider.
-/// The InvokeModel request: a Bedrock API key as a bearer token, or a
+/// The InvokeModel or Converse request: a Bedrock API key as a bearer token, or a
 /// SigV4 signature (service `bedrock`) over method, path, host, date and
 /// body hash. `aws-sigv4` encodes the path a second time for the canonical
 /// request, as Bedrock expects (`%3A` is signed as `%253A`).
@@ -94,11 +94,14 @@ pub fn bedrock_head(
     credential: Option<&crate::secret::Secret>,
     upstream_model: &str,
     stream: bool,
+    converse: bool,
     body: &[u8],
 ) -> Result<RequestHeader, GatewayError> {
-    let path = provider
-        .base
-        .join(&crate::dialects::bedrock::invoke_path(upstream_model, stream));
+    let path = provider.base.join(&if converse {
+        crate::dialects::bedrock::converse::converse_path(upstream_model, stream)
+    } else {
+        crate::dialects::bedrock::invoke_path(upstream_model, stream)
+    });
     let mut req = RequestHeader::build(http::Method::POST, path.as_bytes(), Some(10 + provider.headers.len()))
         .map_err(internal)?;
     let accept = if stream {
@@ -286,6 +289,9 @@ pub enum Prepared {
         upstream_model: String,
         stream: bool,
         body: Bytes,
+        /// `Some(estimated input tokens)`: Converse (non-Anthropic models);
+        /// `None`: InvokeModel with the Messages body.
+        converse: Option<u64>,
     },
 }
 
@@ -439,7 +445,15 @@ pub async fn run<'u>(
                 upstream_model,
                 stream,
                 body,
-            } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *stream, body)?,
+                converse,
+            } => bedrock_head(
+                provider,
+                account.credential.as_ref(),
+                upstream_model,
+                *stream,
+                converse.is_some(),
+                body,
+            )?,
         };
         job.sent.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
         let mut exchange = match send(upstreams, snap, provider, head, prep.body()).await {

@@ -512,11 +512,17 @@ impl Gateway {
                 Dialect::Bedrock => {
                     let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
                     if !crate::dialects::bedrock::is_anthropic_model(upstream_model) {
-                        return Err(GatewayError::InvalidRequest(format!(
-                            "provider `{}` serves Anthropic models through InvokeModel; `{upstream_model}` needs Converse, \
-                             which this build does not speak yet: route it to an `anthropic.*` model id or another provider",
-                            c.provider.name
-                        )));
+                        let conv = crate::dialects::bedrock::converse::converse_request(&request.body)
+                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                        for note in &conv.notes {
+                            log::info!("{request_id}: translating for Converse `{}`: {note}", c.provider.name);
+                        }
+                        return Ok(Prepared::Bedrock {
+                            upstream_model: upstream_model.to_string(),
+                            stream: conv.stream,
+                            body: bytes::Bytes::from(conv.body),
+                            converse: Some(conv.estimated_input_tokens),
+                        });
                     }
                     let betas: Vec<&str> = beta_headers.iter().filter_map(|v| v.to_str().ok()).collect();
                     let builtin;
@@ -540,6 +546,7 @@ impl Gateway {
                         upstream_model: upstream_model.to_string(),
                         stream: request.stream,
                         body: bytes::Bytes::from(invoke.body),
+                        converse: None,
                     })
                 }
                 Dialect::OpenAi(flavor) => {
@@ -617,8 +624,12 @@ impl Gateway {
                         relay::relay(session, ctx, committed.exchange, &committed.provider.name).await;
                         Ok(())
                     }
-                    Prepared::Bedrock { .. } => {
-                        relay::relay_bedrock(session, ctx, committed.exchange, &committed.provider.name).await
+                    Prepared::Bedrock { converse, .. } => {
+                        let converse = converse.map(|estimated_input_tokens| relay::ConverseReply {
+                            client_model,
+                            estimated_input_tokens,
+                        });
+                        relay::relay_bedrock(session, ctx, committed.exchange, &committed.provider.name, converse).await
                     }
                     Prepared::OpenAi { translated, .. } => {
                         let reply = relay::OpenAiReply {

@@ -243,14 +243,21 @@ pub async fn bedrock_error(mut exchange: Exchange<'_>, provider: &str) -> Gatewa
     }
 }
 
-/// Relay a Bedrock InvokeModel answer: errors mapped, a JSON message (the
-/// Anthropic shape already) passed through, an event stream decoded into
-/// Anthropic SSE with pings on silence.
+/// What the relay needs to answer a Converse request in Anthropic terms.
+pub struct ConverseReply<'a> {
+    pub client_model: &'a str,
+    pub estimated_input_tokens: u64,
+}
+
+/// Relay a Bedrock answer: errors mapped; InvokeModel's JSON message (the
+/// Anthropic shape already) passed through and its event stream decoded into
+/// Anthropic SSE; Converse's JSON and stream translated. Pings on silence.
 pub async fn relay_bedrock(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    exchange: Exchange<'_>,
+    mut exchange: Exchange<'_>,
     provider: &str,
+    converse: Option<ConverseReply<'_>>,
 ) -> Result<(), GatewayError> {
     let head = exchange.header();
     ctx.upstream_request_id = head
@@ -265,6 +272,27 @@ pub async fn relay_bedrock(
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/vnd.amazon.eventstream"));
+    if let Some(reply) = converse {
+        use crate::dialects::bedrock::converse::{converse_response, ConverseStream};
+        let message_id = crate::dialects::openai::message_id(None, &ctx.request_id);
+        if eventstream {
+            let t = ConverseStream::new(reply.client_model, &message_id, reply.estimated_input_tokens);
+            return relay_translated_stream(session, ctx, exchange, provider, Translator::Converse(t)).await;
+        }
+        let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, provider).await?;
+        exchange.finish().await;
+        let (body, usage) =
+            converse_response(&body, reply.client_model, &message_id).map_err(|e| GatewayError::UpstreamBroken {
+                provider: provider.to_string(),
+                detail: e.to_string(),
+            })?;
+        ctx.usage = Some(usage);
+        if let Some(c) = ctx.reply_capture.as_mut() {
+            c.push(&bytes::Bytes::from(body.clone()));
+        }
+        super::respond::json(session, ctx, 200, body, &[]).await;
+        return Ok(());
+    }
     if !eventstream {
         relay(session, ctx, exchange, provider).await;
         return Ok(());
@@ -388,6 +416,7 @@ pub async fn relay_openai(
 pub enum Translator {
     OpenAi(crate::dialects::openai::stream::StreamTranslator),
     Bedrock(crate::dialects::bedrock::stream::BedrockStream),
+    Converse(crate::dialects::bedrock::converse::ConverseStream),
 }
 
 impl Translator {
@@ -400,36 +429,42 @@ impl Translator {
         match self {
             Translator::OpenAi(t) => t.push(chunk, out),
             Translator::Bedrock(t) => t.push(chunk, out),
+            Translator::Converse(t) => t.push(chunk, out),
         }
     }
     fn finish(&mut self, out: &mut Vec<u8>) {
         match self {
             Translator::OpenAi(t) => t.finish(out),
             Translator::Bedrock(t) => t.finish(out),
+            Translator::Converse(t) => t.finish(out),
         }
     }
     fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
         match self {
             Translator::OpenAi(t) => t.fail(kind, message, out),
             Translator::Bedrock(t) => t.fail(kind, message, out),
+            Translator::Converse(t) => t.fail(kind, message, out),
         }
     }
     fn is_done(&self) -> bool {
         match self {
             Translator::OpenAi(t) => t.is_done(),
             Translator::Bedrock(t) => t.is_done(),
+            Translator::Converse(t) => t.is_done(),
         }
     }
     fn completed(&self) -> bool {
         match self {
             Translator::OpenAi(t) => t.stop_reason().is_some(),
             Translator::Bedrock(t) => t.completed(),
+            Translator::Converse(t) => t.completed(),
         }
     }
     fn usage(&mut self) -> Option<crate::dialects::Usage> {
         match self {
             Translator::OpenAi(t) => Some(t.usage()),
             Translator::Bedrock(t) => t.take_usage(),
+            Translator::Converse(t) => Some(t.usage()),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! exceptions in Anthropic terms, and the event stream decoded into
 //! Anthropic SSE ([`stream`]). Pure functions: no I/O, no Pingora types.
 
+pub mod converse;
 pub mod stream;
 
 use serde_json::{Map, Value};

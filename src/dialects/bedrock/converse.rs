@@ -463,14 +463,7 @@ impl ConverseStream {
             let before = self.buf.remaining();
             match self.decoder.decode_frame(&mut self.buf) {
                 Ok(DecodedFrame::Complete(message)) => {
-                    let header = |name: &str| {
-                        message
-                            .headers()
-                            .iter()
-                            .find(|h| h.name().as_str() == name)
-                            .and_then(|h| h.value().as_string().ok())
-                            .map(|s| s.as_str().to_string())
-                    };
+                    let header = |name: &str| super::stream::header(&message, name);
                     match header(":message-type").as_deref() {
                         Some("event") => {
                             let v: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
@@ -543,22 +536,9 @@ impl ConverseStream {
     }
 }
 
-/// Encode a ConverseStream event frame (for tests and the mock upstream).
+/// A ConverseStream event frame (for tests and mock upstreams).
 pub fn encode_event(event_type: &str, payload: &Value) -> Vec<u8> {
-    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
-    let message = Message::new(payload.to_string().into_bytes())
-        .add_header(Header::new(
-            ":event-type",
-            HeaderValue::String(event_type.to_string().into()),
-        ))
-        .add_header(Header::new(
-            ":content-type",
-            HeaderValue::String("application/json".into()),
-        ))
-        .add_header(Header::new(":message-type", HeaderValue::String("event".into())));
-    let mut out = Vec::new();
-    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
-    out
+    super::stream::encode_frame("event", (":event-type", event_type), &payload.to_string())
 }
 
 #[cfg(test)]

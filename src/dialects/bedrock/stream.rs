@@ -139,14 +139,7 @@ impl EventStreamToSse {
         message: &aws_smithy_types::event_stream::Message,
         out: &mut Vec<u8>,
     ) -> Result<(), StreamError> {
-        let header = |name: &str| {
-            message
-                .headers()
-                .iter()
-                .find(|h| h.name().as_str() == name)
-                .and_then(|h| h.value().as_string().ok())
-                .map(|s| s.as_str().to_string())
-        };
+        let header = |name: &str| header(message, name);
         match header(":message-type").as_deref() {
             Some("event") if header(":event-type").as_deref() == Some("chunk") => {
                 let chunk: Chunk = serde_json::from_slice(message.payload())
@@ -259,38 +252,41 @@ impl BedrockStream {
     }
 }
 
-/// Encode one frame as Bedrock does (for tests and the mock upstream).
-pub fn encode_chunk(event_json: &str) -> Vec<u8> {
+/// A string header of an event-stream message.
+pub(super) fn header(message: &aws_smithy_types::event_stream::Message, name: &str) -> Option<String> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == name)
+        .and_then(|h| h.value().as_string().ok())
+        .map(|s| s.as_str().to_string())
+}
+
+/// Encode one JSON frame as Bedrock does: `:message-type`, a type header
+/// (`:event-type` or `:exception-type`) and `:content-type`. For tests and
+/// mock upstreams.
+pub fn encode_frame(message_type: &str, type_header: (&str, &str), payload: &str) -> Vec<u8> {
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
-    let payload = serde_json::json!({ "bytes": base64::engine::general_purpose::STANDARD.encode(event_json) });
-    let message = Message::new(payload.to_string().into_bytes())
-        .add_header(Header::new(":event-type", HeaderValue::String("chunk".into())))
-        .add_header(Header::new(
-            ":content-type",
-            HeaderValue::String("application/json".into()),
-        ))
-        .add_header(Header::new(":message-type", HeaderValue::String("event".into())));
+    let string = |v: &str| HeaderValue::String(v.to_string().into());
+    let message = Message::new(payload.as_bytes().to_vec())
+        .add_header(Header::new(type_header.0.to_string(), string(type_header.1)))
+        .add_header(Header::new(":content-type", string("application/json")))
+        .add_header(Header::new(":message-type", string(message_type)));
     let mut out = Vec::new();
     let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
     out
 }
 
-/// Encode an exception frame (for tests and the mock upstream).
+/// An InvokeModel `chunk` frame carrying one Anthropic event.
+pub fn encode_chunk(event_json: &str) -> Vec<u8> {
+    let payload = serde_json::json!({ "bytes": base64::engine::general_purpose::STANDARD.encode(event_json) });
+    encode_frame("event", (":event-type", "chunk"), &payload.to_string())
+}
+
+/// An exception frame.
 pub fn encode_exception(kind: &str, message: &str) -> Vec<u8> {
-    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
-    let message = Message::new(serde_json::json!({ "message": message }).to_string().into_bytes())
-        .add_header(Header::new(
-            ":exception-type",
-            HeaderValue::String(kind.to_string().into()),
-        ))
-        .add_header(Header::new(
-            ":content-type",
-            HeaderValue::String("application/json".into()),
-        ))
-        .add_header(Header::new(":message-type", HeaderValue::String("exception".into())));
-    let mut out = Vec::new();
-    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
-    out
+    let payload = serde_json::json!({ "message": message });
+    encode_frame("exception", (":exception-type", kind), &payload.to_string())
 }
 
 #[cfg(test)]

@@ -123,17 +123,21 @@ pub fn run(
         "modelgate",
     );
     main.add_tcp(&listen.to_string());
-    server.add_service(main).add_dependency(&bootstrap);
+    // The ledger and audit log are open before the first request is taken,
+    // so no request goes unrecorded.
+    let sinks = server.add_service(pingora::services::background::background_service(
+        "usage sinks",
+        SinksService { shared: shared.clone() },
+    ));
+    let main = server.add_service(main);
+    main.add_dependency(&bootstrap);
+    main.add_dependency(&sinks);
     server.add_service(pingora::services::background::background_service(
         "drain watch",
         DrainWatch {
             phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
             shared: shared.clone(),
         },
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "usage sinks",
-        SinksService { shared: shared.clone() },
     ));
     server.add_service(pingora::services::background::background_service(
         "config reload",
@@ -153,7 +157,9 @@ pub fn run(
             "modelgate-admin",
         );
         svc.add_tcp(&admin.to_string());
-        server.add_service(svc).add_dependency(&bootstrap);
+        let admin = server.add_service(svc);
+        admin.add_dependency(&bootstrap);
+        admin.add_dependency(&sinks);
     }
     log::info!(
         "modelgate {} listening on {listen}{}",
@@ -177,7 +183,19 @@ struct SinksService {
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for SinksService {
-    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+    /// Ready (and the listeners start) only once the sinks are open.
+    async fn start_with_ready_notifier(
+        &self,
+        _shutdown: pingora::server::ShutdownWatch,
+        ready: pingora::services::ServiceReadyNotifier,
+    ) {
+        self.open().await;
+        ready.notify_ready();
+    }
+}
+
+impl SinksService {
+    async fn open(&self) {
         let shared = self.shared.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let snap = shared.config.snapshot();

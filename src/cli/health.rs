@@ -188,9 +188,19 @@ fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {
     Ok(format!("http://{}", c.admin_listen.unwrap_or(c.listen)))
 }
 
-/// One request to the admin API through Pingora's own client (the admin
-/// API is local, plain HTTP); the JSON answer.
+/// One request to the admin API, answered 200 with JSON: that JSON.
 pub(crate) fn admin_request(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<Value, String> {
+    let (status, body) = admin_call(base, key, method, path)?;
+    if status != 200 {
+        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+/// One request to a gateway's HTTP API through Pingora's own client (plain
+/// HTTP, local): status and body, bounded (3 s to connect, 5 s per read,
+/// 16 MiB).
+pub(crate) fn admin_call(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     let url = url::Url::parse(base).map_err(|e| e.to_string())?;
     if url.scheme() != "http" {
         return Err("the admin URL must be http://".into());
@@ -234,9 +244,6 @@ pub(crate) fn admin_request(base: &str, key: Option<&str>, method: &str, path: &
                 return Err("admin answer too large".to_string());
             }
         }
-        if status != 200 {
-            return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
-        }
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+        Ok((status, body))
     })
 }

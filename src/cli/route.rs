@@ -477,7 +477,12 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
     })
     .map_err(|e| missing.take().unwrap_or_else(|| Failure::edit(path, e)))?;
 
-    let (placement, index, next) = placed.expect("set by a successful edit");
+    let Some((placement, index, next)) = placed else {
+        return Err(Failure::config(format!(
+            "{}: the edit finished without placing the rule; nothing was written",
+            path.display()
+        )));
+    };
     let after = parse_lenient(&edited.after).map_err(|e| Failure::edit(path, e))?;
     let what = match after.routes.get(index) {
         Some(r) => format!("{} → {}", describe_route(index, r), target(r)),

@@ -13,7 +13,7 @@
 //! The upgrade socket is never connected to here: the new process accepts
 //! exactly one connection on it, and that one must be the old process's.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -277,6 +277,11 @@ impl Probe {
 }
 
 /// A listener on all interfaces is probed on loopback.
+/// One `GET` to a gateway on `addr` (the admin API client): status and body.
+fn http_get(addr: SocketAddr, path: &str, key: Option<&str>) -> Result<(u16, Vec<u8>), String> {
+    super::health::admin_call(&format!("http://{addr}"), key, "GET", path)
+}
+
 fn loopback(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
@@ -852,114 +857,15 @@ fn stderr_dup() -> Stdio {
         .unwrap_or_else(|_| Stdio::null())
 }
 
-/// One `GET` over a fresh loopback connection (`Connection: close`): status
-/// and body. Bounded: 1 s to connect, 2 s per read or write.
-fn http_get(addr: SocketAddr, path: &str, key: Option<&str>) -> Result<(u16, Vec<u8>), String> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    let mut req =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: modelgate-upgrade\r\nConnection: close\r\n");
-    if let Some(k) = key {
-        req.push_str(&format!("x-api-key: {k}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 16 * 1024 * 1024 {
-            return Err("answer too large".into());
-        }
-        if let Some(parsed) = parse_response(&buf, false) {
-            return parsed;
-        }
-    }
-    parse_response(&buf, true).unwrap_or_else(|| Err("incomplete answer".into()))
-}
-
-/// `None` while more bytes are needed (unless `eof`).
-fn parse_response(buf: &[u8], eof: bool) -> Option<Result<(u16, Vec<u8>), String>> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let body = &buf[end + 4..];
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .filter(|l| l.starts_with("HTTP/1."))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok());
-    let Some(status) = status else {
-        return Some(Err("not an HTTP answer".into()));
-    };
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        }
-    }
-    if chunked {
-        return match dechunk(body) {
-            Some(b) => Some(Ok((status, b))),
-            None if eof => Some(Err("truncated chunked answer".into())),
-            None => None,
-        };
-    }
-    match length {
-        Some(n) if body.len() >= n => Some(Ok((status, body[..n].to_vec()))),
-        Some(_) if eof => Some(Err("truncated answer".into())),
-        Some(_) => None,
-        None if eof => Some(Ok((status, body.to_vec()))),
-        None => None,
-    }
-}
-
-/// A complete chunked body, or `None` if it has not all arrived.
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        if body.len() < size + 2 {
-            return None;
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
-/// Process signals and liveness. `kill(2)` is declared here rather than
-/// through a crate: the numbers below are the same on Linux and the BSDs.
+/// Process signals and liveness, through `nix`'s safe `kill(2)`.
 mod sys {
-    pub const SIGHUP: i32 = 1;
-    pub const SIGINT: i32 = 2;
-    pub const SIGQUIT: i32 = 3;
-    pub const SIGTERM: i32 = 15;
-    const ESRCH: i32 = 3;
+    use nix::sys::signal::Signal;
 
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
+    pub const SIGHUP: i32 = Signal::SIGHUP as i32;
+    pub const SIGINT: i32 = Signal::SIGINT as i32;
+    pub const SIGQUIT: i32 = Signal::SIGQUIT as i32;
+    pub const SIGTERM: i32 = Signal::SIGTERM as i32;
+    const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
 
     /// Send `sig` (0: only check) to one process. Never to a group or to all:
     /// `pid` must be a positive process id.
@@ -968,13 +874,11 @@ mod sys {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a process id"))?;
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours;
-        // `pid` is positive, so it addresses exactly one process.
-        if unsafe { kill(pid, sig) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        let sig = match sig {
+            0 => None,
+            n => Some(Signal::try_from(n).map_err(std::io::Error::from)?),
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(std::io::Error::from)
     }
 
     pub enum Liveness {
@@ -1038,21 +942,6 @@ mod sys {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_plain_and_chunked_answers() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-        assert_eq!(parse_response(plain, false).unwrap().unwrap(), (200, b"hello".to_vec()));
-        assert!(parse_response(&plain[..plain.len() - 1], false).is_none());
-        let chunked = b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked, false).unwrap().unwrap(),
-            (503, b"abcde".to_vec())
-        );
-        let until_close = b"HTTP/1.1 200 OK\r\n\r\nrest";
-        assert!(parse_response(until_close, false).is_none());
-        assert_eq!(parse_response(until_close, true).unwrap().unwrap().1, b"rest".to_vec());
-    }
 
     #[test]
     fn unspecified_listeners_are_probed_on_loopback() {

@@ -472,19 +472,12 @@ pub async fn run<'u>(
             }
         };
         let status = exchange.header().status.as_u16();
-        if status < 300 {
+        // A success that has begun, or the client's own error (one no other
+        // upstream would fix), is final; the account answered, so it counts
+        // as healthy.
+        let settled = if status < 300 {
             match exchange.peek().await {
-                Ok(true) => {
-                    count(&provider.name, "ok");
-                    circuit.success();
-                    return Ok(commit(
-                        exchange,
-                        candidate,
-                        account,
-                        &mut prepared[target.candidate],
-                        attempt,
-                    ));
-                }
+                Ok(true) => Some("ok"),
                 Ok(false) | Err(_) => {
                     count(&provider.name, "broken");
                     log::info!(
@@ -501,11 +494,13 @@ pub async fn run<'u>(
                     continue;
                 }
             }
-        }
-        if !RETRYABLE.contains(&status) {
-            // The client's own error (or one no other upstream would fix):
-            // final. The account answered, so it counts as healthy.
-            count(&provider.name, "final_4xx");
+        } else if !RETRYABLE.contains(&status) {
+            Some("final_4xx")
+        } else {
+            None
+        };
+        if let Some(outcome) = settled {
+            count(&provider.name, outcome);
             circuit.success();
             return Ok(commit(
                 exchange,

@@ -59,6 +59,14 @@ fn text_of(content: &Value) -> String {
     }
 }
 
+/// `text` cut in two at a character boundary near its middle.
+fn halves(text: &str) -> (&str, &str) {
+    let mid = (text.len() / 2..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text.split_at(mid)
+}
+
 fn event(name: &str, data: Value) -> SseStep {
     SseStep::Chunk(format!("event: {name}\ndata: {data}\n\n"))
 }
@@ -67,10 +75,9 @@ fn event(name: &str, data: Value) -> SseStep {
 fn split_one(mut steps: Vec<SseStep>) -> Vec<SseStep> {
     let at = steps.len().saturating_sub(2);
     if let Some(SseStep::Chunk(c)) = steps.get(at).cloned() {
-        let mid = c.len() / 2;
-        let mid = (mid..c.len()).find(|&i| c.is_char_boundary(i)).unwrap_or(c.len());
-        steps[at] = SseStep::Chunk(c[..mid].to_string());
-        steps.insert(at + 1, SseStep::Chunk(c[mid..].to_string()));
+        let (a, b) = halves(&c);
+        steps[at] = SseStep::Chunk(a.to_string());
+        steps.insert(at + 1, SseStep::Chunk(b.to_string()));
     }
     steps
 }
@@ -165,9 +172,8 @@ fn anthropic_answer(rec: &Recorded, req: &Value, stream: bool) -> Reply {
                 "content_block_start",
                 json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
             ));
-            let mid = t.len() / 2;
-            let mid = (mid..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(t.len());
-            for piece in [&t[..mid], &t[mid..]] {
+            let (a, b) = halves(t);
+            for piece in [a, b] {
                 if !piece.is_empty() {
                     steps.push(event("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})));
                 }
@@ -181,7 +187,7 @@ fn anthropic_answer(rec: &Recorded, req: &Value, stream: bool) -> Reply {
                 json!({"type": "content_block_start", "index": index, "content_block": start}),
             ));
             let args = json!({ "file_path": path }).to_string();
-            let (a, b) = args.split_at(args.len() / 2);
+            let (a, b) = halves(&args);
             for piece in [a, b] {
                 steps.push(event("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}})));
             }
@@ -241,14 +247,13 @@ pub fn openai(rec: &Recorded) -> Reply {
     ];
     match &turn {
         Turn::Text(t) => {
-            let mid = t.len() / 2;
-            let mid = (mid..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(t.len());
-            chunks.push(chunk(json!({"content": &t[..mid]}), Value::Null));
-            chunks.push(chunk(json!({"content": &t[mid..]}), json!("stop")));
+            let (a, b) = halves(t);
+            chunks.push(chunk(json!({"content": a}), Value::Null));
+            chunks.push(chunk(json!({"content": b}), json!("stop")));
         }
         Turn::Read(path) => {
             let args = json!({ "file_path": path }).to_string();
-            let (a, b) = args.split_at(args.len() / 2);
+            let (a, b) = halves(&args);
             chunks.push(chunk(
                 json!({"tool_calls": [{"index": 0, "id": "call_mockread", "type": "function", "function": {"name": "Read", "arguments": a}}]}),
                 Value::Null,

@@ -8,11 +8,9 @@
 //! history are dropped (other vendors' models cannot verify Anthropic
 //! signatures). `cache_control` becomes a `cachePoint` after its block.
 
-use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
-use bytes::{Buf, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::stream::MAX_FRAME_BYTES;
+use super::stream::FrameReader;
 use super::{map_exception, BedrockError};
 use crate::dialects::Usage;
 
@@ -282,8 +280,7 @@ enum Open {
 /// Converse block (text blocks often arrive without a start event),
 /// `messageStop` held until `metadata` brings the usage.
 pub struct ConverseStream {
-    decoder: MessageFrameDecoder,
-    buf: BytesMut,
+    frames: FrameReader,
     model: String,
     message_id: String,
     estimated_input_tokens: u64,
@@ -300,8 +297,7 @@ pub struct ConverseStream {
 impl ConverseStream {
     pub fn new(model: &str, message_id: &str, estimated_input_tokens: u64) -> Self {
         ConverseStream {
-            decoder: MessageFrameDecoder::new(),
-            buf: BytesMut::new(),
+            frames: FrameReader::default(),
             model: model.to_string(),
             message_id: message_id.to_string(),
             estimated_input_tokens,
@@ -458,41 +454,28 @@ impl ConverseStream {
         if self.done {
             return;
         }
-        self.buf.extend_from_slice(bytes);
+        self.frames.push(bytes);
         loop {
-            let before = self.buf.remaining();
-            match self.decoder.decode_frame(&mut self.buf) {
-                Ok(DecodedFrame::Complete(message)) => {
-                    let header = |name: &str| super::stream::header(&message, name);
-                    match header(":message-type").as_deref() {
-                        Some("event") => {
-                            let v: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
-                            self.on_event(header(":event-type").as_deref().unwrap_or(""), &v, out);
-                        }
-                        _ => {
-                            let kind = header(":exception-type").unwrap_or_else(|| "internalServerException".into());
-                            let m: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
-                            let (_, k, text) = map_exception(&kind, m["message"].as_str().unwrap_or(""));
-                            self.fail(k.as_str(), &text, out);
-                        }
-                    }
-                    if self.done {
-                        return;
-                    }
-                }
-                Ok(DecodedFrame::Incomplete) => {
-                    if self.buf.len() > MAX_FRAME_BYTES {
-                        self.fail("api_error", "Bedrock event-stream frame too large", out);
-                        return;
-                    }
-                    if self.buf.remaining() == before || self.buf.is_empty() {
-                        return;
-                    }
-                }
+            let message = match self.frames.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
                 Err(e) => {
-                    self.fail("api_error", &format!("malformed Bedrock event stream: {e}"), out);
+                    self.fail("api_error", &e.to_string(), out);
                     return;
                 }
+            };
+            let header = |name: &str| super::stream::header(&message, name);
+            if header(":message-type").as_deref() == Some("event") {
+                let v: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+                self.on_event(header(":event-type").as_deref().unwrap_or(""), &v, out);
+            } else {
+                let kind = header(":exception-type").unwrap_or_else(|| "internalServerException".into());
+                let m: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+                let (_, k, text) = map_exception(&kind, m["message"].as_str().unwrap_or(""));
+                self.fail(k.as_str(), &text, out);
+            }
+            if self.done {
+                return;
             }
         }
     }

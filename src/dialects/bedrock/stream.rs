@@ -27,15 +27,70 @@ pub enum StreamError {
     TooLarge,
 }
 
-pub struct EventStreamToSse {
+/// Whole event-stream messages out of bytes that arrive in any split. The
+/// buffer holds at most one frame; a frame's prelude (length and CRC) is
+/// checked as soon as it is in, so a corrupt length never makes the reader
+/// wait for the gigabytes it claims.
+pub struct FrameReader {
     decoder: MessageFrameDecoder,
     buf: BytesMut,
+    /// The next byte in `buf` starts a frame whose prelude is not checked yet.
+    at_frame_start: bool,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            decoder: MessageFrameDecoder::new(),
+            buf: BytesMut::new(),
+            at_frame_start: true,
+        }
+    }
+}
+
+impl FrameReader {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `None` until more bytes arrive.
+    pub fn next_message(&mut self) -> Result<Option<aws_smithy_types::event_stream::Message>, StreamError> {
+        loop {
+            if self.at_frame_start && self.buf.len() >= 12 {
+                check_prelude(&self.buf[..12])?;
+                self.at_frame_start = false;
+            }
+            let before = self.buf.remaining();
+            match self
+                .decoder
+                .decode_frame(&mut self.buf)
+                .map_err(|e| StreamError::Framing(e.to_string()))?
+            {
+                DecodedFrame::Complete(message) => {
+                    self.at_frame_start = true;
+                    return Ok(Some(message));
+                }
+                DecodedFrame::Incomplete => {
+                    if self.buf.len() > MAX_FRAME_BYTES {
+                        return Err(StreamError::TooLarge);
+                    }
+                    // The decoder may have taken the prelude: try once more.
+                    if self.buf.remaining() == before || self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct EventStreamToSse {
+    frames: FrameReader,
     /// `message_stop` or an exception was written: nothing more may follow.
     done: bool,
     /// `message_stop` was written (the answer is complete).
     stopped: bool,
-    /// The next byte in `buf` starts a frame whose prelude is not checked yet.
-    at_frame_start: bool,
 }
 
 #[derive(Deserialize)]
@@ -54,18 +109,6 @@ struct Typed<'a> {
 struct ExceptionBody {
     #[serde(default, alias = "Message")]
     message: String,
-}
-
-impl Default for EventStreamToSse {
-    fn default() -> Self {
-        EventStreamToSse {
-            decoder: MessageFrameDecoder::new(),
-            buf: BytesMut::new(),
-            done: false,
-            stopped: false,
-            at_frame_start: true,
-        }
-    }
 }
 
 /// Length and CRC of a frame's 12-byte prelude, checked before waiting for
@@ -102,36 +145,14 @@ impl EventStreamToSse {
         if self.done {
             return Ok(());
         }
-        self.buf.extend_from_slice(bytes);
-        loop {
-            if self.at_frame_start && self.buf.len() >= 12 {
-                check_prelude(&self.buf[..12])?;
-                self.at_frame_start = false;
-            }
-            let before = self.buf.remaining();
-            let frame = self
-                .decoder
-                .decode_frame(&mut self.buf)
-                .map_err(|e| StreamError::Framing(e.to_string()))?;
-            match frame {
-                DecodedFrame::Complete(message) => {
-                    self.at_frame_start = true;
-                    self.frame(&message, out)?;
-                    if self.done {
-                        self.buf.clear();
-                        return Ok(());
-                    }
-                }
-                DecodedFrame::Incomplete => {
-                    if self.buf.len() > MAX_FRAME_BYTES {
-                        return Err(StreamError::TooLarge);
-                    }
-                    if self.buf.remaining() == before || self.buf.is_empty() {
-                        return Ok(());
-                    }
-                }
+        self.frames.push(bytes);
+        while let Some(message) = self.frames.next_message()? {
+            self.frame(&message, out)?;
+            if self.done {
+                return Ok(());
             }
         }
+        Ok(())
     }
 
     fn frame(

@@ -481,14 +481,20 @@ impl Gateway {
         let request_id = ctx.request_id.clone();
         let request = &request;
         // Bedrock takes the betas in the body; keep the header values (shared
-        // bytes, no copy) for the prepare step.
-        let beta_headers: Vec<http::HeaderValue> = session
-            .req_header()
-            .headers
-            .get_all("anthropic-beta")
-            .iter()
-            .cloned()
-            .collect();
+        // bytes, no copy) for the prepare step, only when a Bedrock candidate
+        // may need them.
+        let beta_headers: Vec<http::HeaderValue> =
+            if plan.candidates.iter().any(|c| c.provider.kind == ProviderKind::Bedrock) {
+                session
+                    .req_header()
+                    .headers
+                    .get_all("anthropic-beta")
+                    .iter()
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let beta_headers = &beta_headers;
         let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
             match c.provider.kind.dialect() {

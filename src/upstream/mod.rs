@@ -10,6 +10,7 @@
 
 pub mod balance;
 pub mod dns;
+pub mod google_auth;
 pub mod health;
 pub mod sigv4;
 

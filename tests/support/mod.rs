@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod google;
 pub mod mock;
 pub mod model;
 pub mod redis;

@@ -28,10 +28,13 @@ use std::marker::PhantomData;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::map_error_parts;
 use super::{anthropic_tool_id, message_id, stop_reason, ToolNames, Usage};
+use crate::dialects::anthropic::emit::{
+    write_delta, write_error, write_message_end, write_message_start, write_stop, write_text_start, write_tool_start,
+};
 use crate::dialects::sse::{SseDecoder, SseEvent};
 
 /// What the translator needs to know about the request it answers.
@@ -124,7 +127,12 @@ impl StreamTranslator {
     /// comes from the seed rather than the upstream's id.
     pub fn start(&mut self, out: &mut Vec<u8>) {
         if !self.started && !self.done {
-            write_message_start(out, &self.ctx, None);
+            write_message_start(
+                out,
+                &message_id(None, &self.ctx.message_seed),
+                &self.ctx.model,
+                self.ctx.estimated_input_tokens,
+            );
             self.started = true;
         }
     }
@@ -233,7 +241,12 @@ impl StreamTranslator {
     fn on_chunk(&mut self, chunk: Chunk<'_>, out: &mut Vec<u8>) {
         self.received = true;
         if !self.started {
-            write_message_start(out, &self.ctx, chunk.id.get());
+            write_message_start(
+                out,
+                &message_id(chunk.id.get(), &self.ctx.message_seed),
+                &self.ctx.model,
+                self.ctx.estimated_input_tokens,
+            );
             self.started = true;
         }
         // After `finish_reason` only usage is still awaited.
@@ -424,14 +437,7 @@ impl StreamTranslator {
 
     /// Emit the held `message_delta` and `message_stop`.
     fn release(&mut self, out: &mut Vec<u8>) {
-        let stop = self.stop.unwrap_or("end_turn");
-        let body = json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": stop, "stop_sequence": null},
-            "usage": self.usage().to_json(),
-        });
-        write_value_event(out, "message_delta", &body);
-        out.extend_from_slice(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        write_message_end(out, self.stop.unwrap_or("end_turn"), self.usage());
         self.done = true;
     }
 
@@ -630,144 +636,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
         }
         d.deserialize_any(V(PhantomData))
     }
-}
-
-// ---- Anthropic event writers -----------------------------------------------
-//
-// The per-delta events are written by hand into `out`: no `Value` tree, no
-// intermediate String. Field order follows Anthropic's (§2.3).
-
-fn write_head(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-}
-
-fn write_value_event(out: &mut Vec<u8>, name: &str, body: &Value) {
-    write_head(out, name);
-    // Writing a Value into a Vec cannot fail (all keys are strings).
-    if let Err(e) = serde_json::to_writer(&mut *out, body) {
-        log::error!("cannot serialise a {name} event: {e}");
-    }
-    out.extend_from_slice(b"\n\n");
-}
-
-fn write_message_start(out: &mut Vec<u8>, ctx: &StreamContext, upstream_id: Option<&str>) {
-    let body = json!({
-        "type": "message_start",
-        "message": {
-            "id": message_id(upstream_id, &ctx.message_seed),
-            "type": "message",
-            "role": "assistant",
-            "content": [],
-            "model": ctx.model,
-            "stop_reason": null,
-            "stop_sequence": null,
-            "usage": {
-                "input_tokens": ctx.estimated_input_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": 1,
-            },
-        },
-    });
-    write_value_event(out, "message_start", &body);
-}
-
-fn write_text_start(out: &mut Vec<u8>, index: u32, thinking: bool) {
-    write_head(out, "content_block_start");
-    out.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
-    push_u32(out, index);
-    out.extend_from_slice(if thinking {
-        b",\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n" as &[u8]
-    } else {
-        b",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
-    });
-}
-
-fn write_tool_start(out: &mut Vec<u8>, index: u32, id: &str, name: &str) {
-    write_head(out, "content_block_start");
-    out.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
-    push_u32(out, index);
-    out.extend_from_slice(b",\"content_block\":{\"type\":\"tool_use\",\"id\":");
-    push_json_str(out, id);
-    out.extend_from_slice(b",\"name\":");
-    push_json_str(out, name);
-    out.extend_from_slice(b",\"input\":{}}}\n\n");
-}
-
-fn write_delta(out: &mut Vec<u8>, index: u32, kind: &str, field: &str, text: &str) {
-    write_head(out, "content_block_delta");
-    out.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
-    push_u32(out, index);
-    out.extend_from_slice(b",\"delta\":{\"type\":\"");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(b"\",\"");
-    out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(b"\":");
-    push_json_str(out, text);
-    out.extend_from_slice(b"}}\n\n");
-}
-
-fn write_stop(out: &mut Vec<u8>, index: u32) {
-    write_head(out, "content_block_stop");
-    out.extend_from_slice(b"{\"type\":\"content_block_stop\",\"index\":");
-    push_u32(out, index);
-    out.extend_from_slice(b"}\n\n");
-}
-
-fn write_error(out: &mut Vec<u8>, kind: &str, message: &str) {
-    write_head(out, "error");
-    out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
-    push_json_str(out, kind);
-    out.extend_from_slice(b",\"message\":");
-    push_json_str(out, message);
-    out.extend_from_slice(b"}}\n\n");
-}
-
-fn push_u32(out: &mut Vec<u8>, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-/// A JSON string literal, escaped exactly as serde_json does.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut run = 0;
-    let mut unicode = *b"\\u00XX";
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                unicode[4] = HEX[(b >> 4) as usize];
-                unicode[5] = HEX[(b & 0xf) as usize];
-                &unicode
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[run..i]);
-        out.extend_from_slice(escape);
-        run = i + 1;
-    }
-    out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -1288,20 +1156,6 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn json_strings_are_escaped_like_serde_json() {
-        for s in ["", "plain", "q\"b\\s/", "\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}", "é✓😀"] {
-            let mut out = Vec::new();
-            push_json_str(&mut out, s);
-            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
-        }
-        for n in [0, 7, 10, 4_294_967_295] {
-            let mut out = Vec::new();
-            push_u32(&mut out, n);
-            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
-        }
-    }
-
     // ---- split invariance ----------------------------------------------------
 
     /// Text, reasoning, two interleaved parallel tool calls, usage and
@@ -1371,13 +1225,6 @@ mod tests {
             let input = join(&lines, &seps);
             let chunks = crate::dialects::sse::split_at(&input, &cuts);
             prop_assert_eq!(translate_with(ctx(), &chunks).0, reference);
-        }
-
-        #[test]
-        fn escaping_matches_serde_json(s in any::<String>()) {
-            let mut out = Vec::new();
-            push_json_str(&mut out, &s);
-            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
         }
     }
 

@@ -39,8 +39,8 @@ pub fn write_message_start(out: &mut Vec<u8>, id: &str, model: &str, estimated_i
             "id": id,
             "type": "message",
             "role": "assistant",
-            "content": [],
             "model": model,
+            "content": [],
             "stop_reason": null,
             "stop_sequence": null,
             "usage": {

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::stream::FrameReader;
 use super::{map_exception, BedrockError};
+use crate::dialects::anthropic::emit::{BlockKind, Emitter};
 use crate::dialects::Usage;
 
 /// A Converse request and what the relay needs to answer in Anthropic terms.
@@ -269,162 +270,64 @@ pub fn converse_response(body: &[u8], client_model: &str, message_id: &str) -> R
     Ok((serde_json::to_vec(&out).unwrap_or_default(), u))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Open {
-    Text,
-    Thinking,
-    Tool,
-}
-
 /// ConverseStream → Anthropic SSE, incrementally: one Anthropic block per
 /// Converse block (text blocks often arrive without a start event),
-/// `messageStop` held until `metadata` brings the usage.
+/// `messageStop` held until `metadata` brings the usage. Block bookkeeping
+/// is [`Emitter`]'s; a Converse block's `contentBlockIndex` is its key.
 pub struct ConverseStream {
     frames: FrameReader,
-    model: String,
-    message_id: String,
+    emit: Emitter,
     estimated_input_tokens: u64,
-    started: bool,
-    /// The open block: Converse's index, ours, and its kind.
-    open: Option<(u64, usize, Open)>,
-    next_index: usize,
     held_stop: Option<String>,
     usage: Usage,
-    done: bool,
-    completed: bool,
 }
 
 impl ConverseStream {
     pub fn new(model: &str, message_id: &str, estimated_input_tokens: u64) -> Self {
         ConverseStream {
             frames: FrameReader::default(),
-            model: model.to_string(),
-            message_id: message_id.to_string(),
+            emit: Emitter::new(message_id, model, estimated_input_tokens),
             estimated_input_tokens,
-            started: false,
-            open: None,
-            next_index: 0,
             held_stop: None,
             usage: Usage::default(),
-            done: false,
-            completed: false,
-        }
-    }
-
-    fn event(out: &mut Vec<u8>, name: &str, data: Value) {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(data.to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
-    }
-
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if !self.started {
-            self.started = true;
-            Self::event(
-                out,
-                "message_start",
-                json!({"type": "message_start", "message": {
-                "id": self.message_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": self.estimated_input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
-            );
-        }
-    }
-
-    fn close(&mut self, out: &mut Vec<u8>) {
-        if let Some((_, index, _)) = self.open.take() {
-            Self::event(
-                out,
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": index}),
-            );
-        }
-    }
-
-    /// The Anthropic index of Converse block `at` of `kind`, opening it (and
-    /// closing another) as needed.
-    fn ensure(&mut self, at: u64, kind: Open, start: Value, out: &mut Vec<u8>) -> usize {
-        self.start(out);
-        match self.open {
-            Some((i, index, k)) if i == at && k == kind => index,
-            _ => {
-                self.close(out);
-                let index = self.next_index;
-                self.next_index += 1;
-                self.open = Some((at, index, kind));
-                Self::event(
-                    out,
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": index, "content_block": start}),
-                );
-                index
-            }
         }
     }
 
     fn on_event(&mut self, kind: &str, v: &Value, out: &mut Vec<u8>) {
         let at = v["contentBlockIndex"].as_u64().unwrap_or(0);
+        let e = &mut self.emit;
         match kind {
-            "messageStart" => self.start(out),
+            "messageStart" => e.start(out),
             "contentBlockStart" => {
                 if let Some(tu) = v["start"].get("toolUse") {
-                    self.close(out);
-                    let start = json!({"type": "tool_use", "id": tu["toolUseId"], "name": tu["name"], "input": {}});
-                    self.ensure(at, Open::Tool, start, out);
+                    let str_of = |v: &Value| v.as_str().unwrap_or("").to_string();
+                    e.tool_start(at, &str_of(&tu["toolUseId"]), &str_of(&tu["name"]), out);
                 }
             }
             "contentBlockDelta" => {
                 let d = &v["delta"];
                 if let Some(t) = d["text"].as_str() {
-                    if !t.is_empty() {
-                        let index = self.ensure(at, Open::Text, json!({"type": "text", "text": ""}), out);
-                        Self::event(
-                            out,
-                            "content_block_delta",
-                            json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": t}}),
-                        );
-                    }
-                } else if let Some(input) = d["toolUse"]["input"].as_str() {
-                    if !input.is_empty() {
-                        let index = match self.open {
-                            Some((i, index, Open::Tool)) if i == at => index,
-                            _ => self.ensure(
-                                at,
-                                Open::Tool,
-                                json!({"type": "tool_use", "id": format!("toolu_bdrk_{at}"), "name": "", "input": {}}),
-                                out,
-                            ),
-                        };
-                        Self::event(
-                            out,
-                            "content_block_delta",
-                            json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": input}}),
-                        );
-                    }
+                    e.text(at, t, out);
+                } else if let Some(input) = d["toolUse"]["input"].as_str().filter(|i| !i.is_empty()) {
+                    let index = match e.open_index(at, BlockKind::Tool) {
+                        Some(index) => index,
+                        None => e.tool_start(at, &format!("toolu_bdrk_{at}"), "", out),
+                    };
+                    e.tool_input(index, input, out);
                 } else if let Some(r) = d.get("reasoningContent") {
-                    let thinking = json!({"type": "thinking", "thinking": "", "signature": ""});
-                    if let Some(t) = r["text"].as_str().filter(|t| !t.is_empty()) {
-                        let index = self.ensure(at, Open::Thinking, thinking, out);
-                        Self::event(
-                            out,
-                            "content_block_delta",
-                            json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": t}}),
-                        );
-                    } else if let Some(s) = r["signature"].as_str().filter(|s| !s.is_empty()) {
-                        let index = self.ensure(at, Open::Thinking, thinking, out);
-                        Self::event(
-                            out,
-                            "content_block_delta",
-                            json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": s}}),
-                        );
+                    if let Some(t) = r["text"].as_str() {
+                        e.thinking(at, t, out);
+                    } else if let Some(s) = r["signature"].as_str() {
+                        e.signature(at, s, out);
                     }
                 }
             }
             "contentBlockStop" => {
-                if matches!(self.open, Some((i, _, _)) if i == at) {
-                    self.close(out);
+                if [BlockKind::Text, BlockKind::Thinking, BlockKind::Tool]
+                    .iter()
+                    .any(|&k| e.open_index(at, k).is_some())
+                {
+                    e.close(out);
                 }
             }
             "messageStop" => self.held_stop = Some(v["stopReason"].as_str().unwrap_or("end_turn").to_string()),
@@ -437,21 +340,12 @@ impl ConverseStream {
     }
 
     fn end(&mut self, out: &mut Vec<u8>) {
-        self.start(out);
-        self.close(out);
         let reason = stop_reason(self.held_stop.as_deref());
-        Self::event(
-            out,
-            "message_delta",
-            json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": null}, "usage": self.usage.to_json()}),
-        );
-        Self::event(out, "message_stop", json!({"type": "message_stop"}));
-        self.done = true;
-        self.completed = true;
+        self.emit.end(reason, self.usage, out);
     }
 
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        if self.done {
+        if self.emit.is_done() {
             return;
         }
         self.frames.push(bytes);
@@ -474,7 +368,7 @@ impl ConverseStream {
                 let (_, k, text) = map_exception(&kind, m["message"].as_str().unwrap_or(""));
                 self.fail(k.as_str(), &text, out);
             }
-            if self.done {
+            if self.emit.is_done() {
                 return;
             }
         }
@@ -483,7 +377,7 @@ impl ConverseStream {
     /// The upstream ended: a held `messageStop` still completes the message
     /// (usage estimated); anything else is an error.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.done {
+        if self.emit.is_done() {
             return;
         }
         if self.held_stop.is_some() {
@@ -495,23 +389,15 @@ impl ConverseStream {
     }
 
     pub fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        if self.done {
-            return;
-        }
-        Self::event(
-            out,
-            "error",
-            json!({"type": "error", "error": {"type": kind, "message": message}}),
-        );
-        self.done = true;
+        self.emit.fail(kind, message, out);
     }
 
     pub fn is_done(&self) -> bool {
-        self.done
+        self.emit.is_done()
     }
 
     pub fn completed(&self) -> bool {
-        self.completed
+        self.emit.completed()
     }
 
     pub fn usage(&self) -> Usage {

@@ -1025,7 +1025,7 @@ mod tests {
         let start = out.lines().nth(1).unwrap();
         assert_eq!(
             start,
-            r#"data: {"type":"message_start","message":{"id":"msg_chatcmpl-abc","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":2500,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}"#
+            r#"data: {"type":"message_start","message":{"id":"msg_chatcmpl-abc","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":2500,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}"#
         );
         let no_id = run(&[r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#]);
         assert!(no_id.contains(&format!(r#""id":"{}""#, message_id(None, "req_01"))));

@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub mod cloud;
 pub mod emit;
 pub mod types;
 pub mod usage;

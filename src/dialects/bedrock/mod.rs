@@ -7,7 +7,8 @@
 pub mod converse;
 pub mod stream;
 
-use serde_json::{Map, Value};
+#[cfg(test)]
+use serde_json::Value;
 
 use crate::error::ErrorKind;
 
@@ -25,58 +26,8 @@ pub fn is_anthropic_model(model_id: &str) -> bool {
     model_id.contains("anthropic.")
 }
 
-/// Which `anthropic-beta` values an upstream accepts, and which body fields
-/// travel with a beta. A field whose beta is not accepted (or not sent) is
-/// stripped together with it: sending either half alone gives Bedrock's
-/// "Extra inputs are not permitted".
-#[derive(Debug, Clone)]
-pub struct Capabilities {
-    pub betas: Vec<String>,
-}
-
-/// Top-level body fields and the beta each needs (`None`: never accepted).
-const PAIRED_FIELDS: &[(&str, Option<&str>)] = &[
-    ("context_management", Some("context-management-2025-06-27")),
-    ("output_config", None),
-    ("speed", None),
-    ("service_tier", None),
-    ("container", None),
-    ("mcp_servers", Some("mcp-client-2025-04-04")),
-];
-
-/// Tool fields and the beta each needs.
-const PAIRED_TOOL_FIELDS: &[(&str, Option<&str>)] = &[
-    ("eager_input_streaming", None),
-    ("defer_loading", Some("tool-search-tool-2025-10-19")),
-    ("strict", None),
-    ("input_examples", Some("tool-examples-2025-10-29")),
-];
-
-impl Capabilities {
-    /// What Bedrock's InvokeModel accepts for Anthropic models (2026-11).
-    pub fn bedrock() -> Capabilities {
-        Capabilities {
-            betas: [
-                "interleaved-thinking-2025-05-14",
-                "context-1m-2025-08-07",
-                "computer-use-2024-10-22",
-                "computer-use-2025-01-24",
-                "computer-use-2025-11-24",
-                "token-efficient-tools-2025-02-19",
-                "output-128k-2025-02-19",
-                "context-management-2025-06-27",
-                "tool-search-tool-2025-10-19",
-                "tool-examples-2025-10-29",
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
-    }
-
-    fn accepts(&self, beta: &str) -> bool {
-        self.betas.iter().any(|b| b == beta)
-    }
-}
+pub use crate::dialects::anthropic::cloud::Capabilities;
+use crate::dialects::anthropic::cloud::{edit_body, Platform};
 
 /// The InvokeModel body, and what was dropped (for the log).
 #[derive(Debug)]
@@ -85,53 +36,16 @@ pub struct Invoke {
     pub dropped: Vec<String>,
 }
 
-/// The Messages body edited for InvokeModel: `model` and `stream` removed,
-/// `anthropic_version` added, betas moved into `anthropic_beta` (only those
-/// Bedrock accepts), unaccepted paired fields stripped with their betas, and
-/// the `custom` tool type wrapper removed.
+/// The Messages body edited for InvokeModel ([`edit_body`] for Bedrock):
+/// `model` and `stream` removed, `anthropic_version` added, betas moved into
+/// `anthropic_beta` (only those Bedrock accepts), unaccepted paired fields
+/// stripped with their betas, and the `custom` tool type wrapper removed.
 pub fn invoke_body(body: &[u8], beta_headers: &[&str], caps: &Capabilities) -> Result<Invoke, BedrockError> {
-    let mut obj: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| BedrockError::Malformed(e.to_string()))?;
-    let mut dropped = Vec::new();
-    obj.remove("model");
-    obj.remove("stream");
-    let sent: Vec<&str> = beta_headers
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .collect();
-    let kept: Vec<&str> = sent.iter().copied().filter(|b| caps.accepts(b)).collect();
-    for b in sent.iter().filter(|b| !caps.accepts(b)) {
-        dropped.push(format!("beta `{b}` (not accepted by Bedrock)"));
-    }
-    let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
-    for (field, beta) in PAIRED_FIELDS {
-        if !usable(*beta) && obj.remove(*field).is_some() {
-            dropped.push(format!("`{field}`"));
-        }
-    }
-    if let Some(Value::Array(tools)) = obj.get_mut("tools") {
-        for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
-            if tool.get("type").and_then(Value::as_str) == Some("custom") {
-                tool.remove("type");
-            }
-            for (field, beta) in PAIRED_TOOL_FIELDS {
-                if !usable(*beta) && tool.remove(*field).is_some() {
-                    dropped.push(format!("tool field `{field}`"));
-                }
-            }
-        }
-    }
-    dropped.dedup();
-    let mut out = Map::with_capacity(obj.len() + 2);
-    out.insert("anthropic_version".into(), Value::from(ANTHROPIC_VERSION));
-    if !kept.is_empty() {
-        out.insert("anthropic_beta".into(), Value::from(kept));
-    }
-    out.extend(obj);
-    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| BedrockError::Malformed(e.to_string()))?;
-    Ok(Invoke { body, dropped })
+    let edited = edit_body(body, beta_headers, caps, Platform::Bedrock).map_err(|e| BedrockError::Malformed(e.0))?;
+    Ok(Invoke {
+        body: edited.body,
+        dropped: edited.dropped,
+    })
 }
 
 /// The InvokeModel path for `model_id`. The id is percent-encoded once on

@@ -1,0 +1,199 @@
+//! Claude on the cloud platforms: the Messages body as Bedrock InvokeModel
+//! and Vertex `rawPredict` take it, and the capability table that decides
+//! which `anthropic-beta` values (and so which paired body fields) each
+//! platform accepts (`protocol.md` §5.1, pitfall 15).
+//!
+//! The table is data: [`Capabilities::for_platform`] is the built-in one,
+//! and a provider's `betas:` list replaces it without a rebuild. A field
+//! whose beta is not accepted (or not sent) is stripped together with it:
+//! sending either half alone gives "Extra inputs are not permitted".
+
+use serde_json::{Map, Value};
+
+/// Where a Claude model is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// InvokeModel: `anthropic_version: bedrock-2023-05-31`, betas in the
+    /// body's `anthropic_beta`, `model` and `stream` in the path.
+    Bedrock,
+    /// `rawPredict` / `streamRawPredict`: `anthropic_version:
+    /// vertex-2023-10-16`, betas stay in the `anthropic-beta` header,
+    /// `model` in the path, `stream` in the body.
+    Vertex,
+}
+
+impl Platform {
+    pub fn anthropic_version(self) -> &'static str {
+        match self {
+            Platform::Bedrock => "bedrock-2023-05-31",
+            Platform::Vertex => "vertex-2023-10-16",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Platform::Bedrock => "Bedrock",
+            Platform::Vertex => "Vertex AI",
+        }
+    }
+}
+
+/// Which `anthropic-beta` values an upstream accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    pub betas: Vec<String>,
+}
+
+/// Top-level body fields and the beta each needs (`None`: never accepted).
+const PAIRED_FIELDS: &[(&str, Option<&str>)] = &[
+    ("context_management", Some("context-management-2025-06-27")),
+    ("output_config", None),
+    ("speed", None),
+    ("service_tier", None),
+    ("container", None),
+    ("mcp_servers", Some("mcp-client-2025-04-04")),
+];
+
+/// Tool fields and the beta each needs.
+const PAIRED_TOOL_FIELDS: &[(&str, Option<&str>)] = &[
+    ("eager_input_streaming", None),
+    ("defer_loading", Some("tool-search-tool-2025-10-19")),
+    ("strict", None),
+    ("input_examples", Some("tool-examples-2025-10-29")),
+];
+
+/// Betas both platforms accept for Claude models (2026-11).
+const COMMON_BETAS: &[&str] = &[
+    "interleaved-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "computer-use-2025-11-24",
+    "token-efficient-tools-2025-02-19",
+    "output-128k-2025-02-19",
+    "context-management-2025-06-27",
+    "tool-search-tool-2025-10-19",
+];
+
+impl Capabilities {
+    /// The built-in table for `platform`.
+    pub fn for_platform(platform: Platform) -> Capabilities {
+        let extra: &[&str] = match platform {
+            Platform::Bedrock => &["tool-examples-2025-10-29"],
+            Platform::Vertex => &["web-search-2025-03-05"],
+        };
+        Capabilities {
+            betas: COMMON_BETAS.iter().chain(extra).map(|b| b.to_string()).collect(),
+        }
+    }
+
+    /// What Bedrock's InvokeModel accepts for Anthropic models.
+    pub fn bedrock() -> Capabilities {
+        Self::for_platform(Platform::Bedrock)
+    }
+
+    /// What Vertex AI's `publishers/anthropic` accepts.
+    pub fn vertex() -> Capabilities {
+        Self::for_platform(Platform::Vertex)
+    }
+
+    pub fn accepts(&self, beta: &str) -> bool {
+        self.betas.iter().any(|b| b == beta)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is not a JSON object: {0}")]
+pub struct EditError(pub String);
+
+/// An edited body, the betas kept, and what was dropped (for the log).
+#[derive(Debug)]
+pub struct Edited {
+    pub body: Vec<u8>,
+    /// Accepted betas, in the order sent. Bedrock has them in the body
+    /// already; Vertex sends them as the `anthropic-beta` header.
+    pub betas: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// The Messages body edited for `platform`: `model` removed (it goes in the
+/// path), `anthropic_version` added, unaccepted betas dropped, paired fields
+/// stripped with their betas, the `custom` tool-type wrapper removed.
+pub fn edit_body(
+    body: &[u8],
+    beta_headers: &[&str],
+    caps: &Capabilities,
+    platform: Platform,
+) -> Result<Edited, EditError> {
+    let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
+    let mut dropped = Vec::new();
+    obj.remove("model");
+    if platform == Platform::Bedrock {
+        obj.remove("stream");
+    }
+    let sent: Vec<&str> = beta_headers
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    let kept: Vec<&str> = sent.iter().copied().filter(|b| caps.accepts(b)).collect();
+    for b in sent.iter().filter(|b| !caps.accepts(b)) {
+        dropped.push(format!("beta `{b}` (not accepted by {})", platform.name()));
+    }
+    let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
+    for (field, beta) in PAIRED_FIELDS {
+        if !usable(*beta) && obj.remove(*field).is_some() {
+            dropped.push(format!("`{field}`"));
+        }
+    }
+    if let Some(Value::Array(tools)) = obj.get_mut("tools") {
+        for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
+            if tool.get("type").and_then(Value::as_str) == Some("custom") {
+                tool.remove("type");
+            }
+            for (field, beta) in PAIRED_TOOL_FIELDS {
+                if !usable(*beta) && tool.remove(*field).is_some() {
+                    dropped.push(format!("tool field `{field}`"));
+                }
+            }
+        }
+    }
+    dropped.dedup();
+    let mut out = Map::with_capacity(obj.len() + 2);
+    out.insert("anthropic_version".into(), Value::from(platform.anthropic_version()));
+    if platform == Platform::Bedrock && !kept.is_empty() {
+        out.insert("anthropic_beta".into(), Value::from(kept.clone()));
+    }
+    out.extend(obj);
+    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| EditError(e.to_string()))?;
+    Ok(Edited {
+        body,
+        betas: kept.into_iter().map(str::to_string).collect(),
+        dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vertex_keeps_stream_and_returns_betas_for_the_header() {
+        let body = br#"{"model":"claude-sonnet-4-5@20250929","stream":true,"max_tokens":5,"context_management":{"edits":[]},"messages":[]}"#;
+        let out = edit_body(
+            body,
+            &["claude-code-20250219,context-management-2025-06-27"],
+            &Capabilities::vertex(),
+            Platform::Vertex,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"anthropic_version": "vertex-2023-10-16", "stream": true, "max_tokens": 5, "context_management": {"edits": []}, "messages": []})
+        );
+        assert_eq!(out.betas, ["context-management-2025-06-27"]);
+        assert!(out.dropped[0].contains("claude-code-20250219"), "{:?}", out.dropped);
+    }
+}

@@ -35,18 +35,44 @@ pub const MAX_TOOL_NAME: usize = 64;
 
 /// Tool names as the upstream sees them, and the way back.
 ///
-/// A name that is too long or has characters OpenAI rejects becomes its
-/// first 55 valid characters + `_` + 8 hex digits of its sha256: stable
-/// across turns, so history and responses agree without any stored state.
+/// A name that is too long or has characters the upstream rejects becomes
+/// its first valid characters (55 for OpenAI's 64) + `_` + 8 hex digits of
+/// its sha256: stable across turns, so history and responses agree without
+/// any stored state. [`NameRules`] says what "valid" means per upstream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ToolNames {
     upstream_to_original: HashMap<String, String>,
 }
 
+/// What an upstream accepts as a function name.
+#[derive(Debug, Clone, Copy)]
+pub struct NameRules {
+    pub max_len: usize,
+    pub valid_char: fn(char) -> bool,
+    /// Whether a name may start with this (already valid) character.
+    pub valid_first: fn(char) -> bool,
+}
+
+/// OpenAI: at most 64 characters of `[a-zA-Z0-9_-]`.
+pub const OPENAI_NAMES: NameRules = NameRules {
+    max_len: MAX_TOOL_NAME,
+    valid_char: valid_name_char,
+    valid_first: any_char,
+};
+
+fn any_char(_: char) -> bool {
+    true
+}
+
 impl ToolNames {
     /// The upstream name for `original`, remembering the mapping.
     pub fn to_upstream(&mut self, original: &str) -> String {
-        let upstream = upstream_tool_name(original);
+        self.to_upstream_with(original, &OPENAI_NAMES)
+    }
+
+    /// [`Self::to_upstream`] under another upstream's name rules.
+    pub fn to_upstream_with(&mut self, original: &str, rules: &NameRules) -> String {
+        let upstream = upstream_tool_name_with(original, rules);
         if upstream != original {
             self.upstream_to_original.insert(upstream.clone(), original.to_string());
         }
@@ -67,19 +93,32 @@ fn valid_name_char(c: char) -> bool {
 }
 
 pub fn upstream_tool_name(original: &str) -> String {
+    upstream_tool_name_with(original, &OPENAI_NAMES)
+}
+
+pub fn upstream_tool_name_with(original: &str, rules: &NameRules) -> String {
     if original.is_empty() {
         return "tool".to_string();
     }
-    if original.len() <= MAX_TOOL_NAME && original.chars().all(valid_name_char) {
+    let fits = original.len() <= rules.max_len
+        && original.chars().all(rules.valid_char)
+        && original.chars().next().is_some_and(rules.valid_first);
+    if fits {
         return original.to_string();
     }
     let digest = Sha256::digest(original.as_bytes());
     let suffix = hex::encode(&digest[..4]);
-    let mut out: String = original
+    let mut out = String::with_capacity(rules.max_len);
+    let mut chars = original
         .chars()
-        .map(|c| if valid_name_char(c) { c } else { '_' })
-        .take(MAX_TOOL_NAME - 9)
-        .collect();
+        .map(|c| if (rules.valid_char)(c) { c } else { '_' })
+        .peekable();
+    // `_` is valid everywhere, first position included.
+    if chars.peek().is_some_and(|&c| !(rules.valid_first)(c)) {
+        out.push('_');
+    }
+    let room = rules.max_len - 9 - out.len();
+    out.extend(chars.take(room));
     out.push('_');
     out.push_str(&suffix);
     out

@@ -1,6 +1,6 @@
 //! Dialect translation costs: the 105 KB Claude Code request to Chat
-//! Completions, a Chat Completions answer back, and the stream translator
-//! per upstream event.
+//! Completions (and to Gemini), a Chat Completions answer back, and the
+//! stream translators per upstream event.
 //!
 //! Run: `cargo bench --bench dialects`
 
@@ -122,5 +122,53 @@ fn bedrock(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request, response, stream, bedrock);
+/// Gemini: the Claude Code request to `generateContent` (JSON-schema and
+/// legacy sanitised tool schemas), and the SSE translator per event.
+fn gemini(c: &mut Criterion) {
+    use modelgate::dialects::gemini::{translate_request, GeminiStream, RequestOptions};
+    let body = fixture();
+    let mut g = c.benchmark_group("gemini");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    for (name, legacy_schema) in [
+        ("translate_request_claude_code_105KB", false),
+        ("translate_request_claude_code_105KB_legacy_schema", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                translate_request(
+                    black_box(&body),
+                    &RequestOptions {
+                        upstream_model: "gemini-2.5-pro",
+                        vertex: false,
+                        legacy_schema,
+                    },
+                )
+                .expect("translates")
+            })
+        });
+    }
+    g.finish();
+
+    // 200 text events as AI Studio sends them (usage on every chunk, CRLF).
+    let mut upstream = Vec::new();
+    for i in 0..200 {
+        upstream.extend_from_slice(
+            format!("data: {{\"candidates\": [{{\"content\": {{\"parts\": [{{\"text\": \"token{i} of the answer \"}}],\"role\": \"model\"}},\"index\": 0}}],\"usageMetadata\": {{\"promptTokenCount\": 2400,\"totalTokenCount\": 2400,\"promptTokensDetails\": [{{\"modality\": \"TEXT\",\"tokenCount\": 2400}}]}},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"aBcD1234efGh\"}}\r\n\r\n").as_bytes(),
+        );
+    }
+    let mut g = c.benchmark_group("gemini_stream");
+    g.throughput(Throughput::Elements(200));
+    g.bench_function("translate_200_text_events", |b| {
+        let mut out = Vec::with_capacity(64 * 1024);
+        b.iter(|| {
+            let mut s = GeminiStream::new("claude-sonnet-5", "req_x", 1000, Default::default());
+            out.clear();
+            s.push(black_box(&upstream), &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, request, response, stream, bedrock, gemini);
 criterion_main!(benches);

@@ -359,7 +359,8 @@ async fn an_api_key_goes_as_a_bearer_token_and_other_models_speak_converse() {
     let sent = up.requests().last().unwrap().json();
     assert_eq!(sent["toolConfig"]["tools"][0]["toolSpec"]["name"], "Read");
 
-    // count_tokens is estimated locally (Bedrock's count API is not used yet).
+    // count_tokens asks CountTokens (with the API key); this mock does not
+    // answer it in shape, so the local estimate does.
     let r = client()
         .post(gw.url("/v1/messages/count_tokens"))
         .body(r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"how many tokens is this"}]}"#)
@@ -367,8 +368,15 @@ async fn an_api_key_goes_as_a_bearer_token_and_other_models_speak_converse() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert!(r.headers()["x-modelgate-token-count"]
+        .to_str()
+        .unwrap()
+        .starts_with("estimate"));
     assert!(r.json::<Value>().await.unwrap()["input_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(up.request_count(), 3);
+    assert_eq!(up.request_count(), 4);
+    let counted = up.requests().last().unwrap().clone();
+    assert!(counted.uri.ends_with("/count-tokens"), "{}", counted.uri);
+    assert!(counted.json()["input"].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -394,4 +402,63 @@ async fn the_accepted_betas_come_from_config_when_given() {
         serde_json::json!(["new-feature-2027-01-01", "context-management-2025-06-27"])
     );
     assert!(b["context_management"].is_object(), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn count_tokens_goes_through_count_tokens_and_falls_back_to_an_estimate() {
+    let up = MockUpstream::start().await;
+    let gw = Gateway::start_async(&config(&up, ""), ENV).await;
+    let body = r#"{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"how many tokens is this?"}]}"#;
+    let count = || async {
+        client()
+            .post(gw.url("/v1/messages/count_tokens"))
+            .header("anthropic-beta", "context-1m-2025-08-07,claude-code-20250219")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    };
+    up.push(verifying(|_| Reply::json(200, r#"{"inputTokens":42}"#)));
+    let r = count().await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["x-modelgate-token-count"]
+        .to_str()
+        .unwrap()
+        .starts_with("upstream"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        serde_json::json!({"input_tokens": 42})
+    );
+    let sent = &up.requests()[0];
+    assert_eq!(
+        sent.uri,
+        "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens"
+    );
+    use base64::Engine;
+    let blob = sent.json()["input"]["invokeModel"]["body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inner: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(blob).unwrap()).unwrap();
+    assert_eq!(inner["anthropic_version"], "bedrock-2023-05-31");
+    assert_eq!(inner["anthropic_beta"], serde_json::json!(["context-1m-2025-08-07"]));
+    assert!(inner.get("model").is_none(), "{inner}");
+
+    // A model CountTokens does not serve: the local estimate answers.
+    up.push(verifying(|_| {
+        Reply::json(
+            400,
+            r#"{"message":"The provided model doesn't support counting tokens."}"#,
+        )
+        .with_header("x-amzn-errortype", "ValidationException")
+    }));
+    let r = count().await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["x-modelgate-token-count"]
+        .to_str()
+        .unwrap()
+        .starts_with("estimate"));
+    let n = r.json::<Value>().await.unwrap()["input_tokens"].as_u64().unwrap();
+    assert!((5..100).contains(&n), "{n}");
 }

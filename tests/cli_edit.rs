@@ -222,7 +222,10 @@ fn refused_edits_exit_1_and_change_nothing() {
         &["--before `nope`", "routes[2] (match `*`)"],
     );
     // Types this build does not speak, and settings that would not load.
-    refused(&["provider", "add", "gemini"], &["not available in this build yet"]);
+    refused(
+        &["provider", "add", "vertex"],
+        &["providers.vertex.project", "GOOGLE_CLOUD_PROJECT"],
+    );
     refused(&["provider", "add", "acme"], &["unknown provider type `acme`"]);
     refused(
         &["provider", "add", "azure", "--name", "az2"],

@@ -57,11 +57,13 @@ pub enum ProviderCommand {
     /// environment variable that holds it (`api_key_env_var`, or one
     /// `keys: [{env: VAR}]` account per --key-env when several are given).
     /// Without --key-env the type's usual variable is used: ANTHROPIC_API_KEY,
-    /// OPENAI_API_KEY, AZURE_OPENAI_API_KEY or OPENROUTER_API_KEY. Ollama
-    /// needs none, and bedrock none in the file: it reads
-    /// AWS_BEARER_TOKEN_BEDROCK, else signs with AWS_ACCESS_KEY_ID and
+    /// OPENAI_API_KEY, AZURE_OPENAI_API_KEY, OPENROUTER_API_KEY or
+    /// GEMINI_API_KEY. Ollama needs none, and bedrock none in the file: it
+    /// reads AWS_BEARER_TOKEN_BEDROCK, else signs with AWS_ACCESS_KEY_ID and
     /// AWS_SECRET_ACCESS_KEY (give --key-env only for a Bedrock API key kept
-    /// in another variable). An anthropic provider without a credential (--no-key)
+    /// in another variable). Vertex reads the service-account file named by
+    /// GOOGLE_APPLICATION_CREDENTIALS (--key-env names another variable
+    /// holding such a path, one per account). An anthropic provider without a credential (--no-key)
     /// forwards each client's own credential instead (passthrough-auth, what
     /// a claude.ai login behind the gateway needs).
     ///
@@ -77,7 +79,9 @@ Examples:
   modelgate provider add azure --api-base https://myres.openai.azure.com --model gpt-4o
   modelgate provider add ollama --name local --model llama3.1:8b --priority 10
   modelgate provider add anthropic --name claude-direct --no-key
-  modelgate provider add bedrock --region us-east-1 --model anthropic.claude-sonnet-4-5-20250929-v1:0")]
+  modelgate provider add bedrock --region us-east-1 --model anthropic.claude-sonnet-4-5-20250929-v1:0
+  modelgate provider add gemini --model gemini-2.5-pro
+  modelgate provider add vertex --project my-project --location us-east5 --model claude-sonnet-4-5@20250929")]
     Add(AddArgs),
 
     /// Remove a provider from the config file.
@@ -164,6 +168,13 @@ pub struct AddArgs {
     /// The cloud region (bedrock: e.g. us-east-1; default AWS_REGION).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
+    /// The Google Cloud project (vertex; default GOOGLE_CLOUD_PROJECT).
+    #[arg(long, value_name = "PROJECT")]
+    project: Option<String>,
+    /// The Google Cloud location (vertex: e.g. us-east5, or global; default
+    /// GOOGLE_CLOUD_LOCATION, else global).
+    #[arg(long, value_name = "LOCATION")]
+    location: Option<String>,
     /// Add it disabled (`enabled: false`); `provider enable` turns it on.
     #[arg(long)]
     disabled: bool,
@@ -263,6 +274,7 @@ pub fn run(config: Option<PathBuf>, cmd: ProviderCommand) -> i32 {
             let base = match (kind.default_base(), kind.as_str()) {
                 (Some(b), _) => b,
                 (None, "bedrock") => "(from region: https://bedrock-runtime.REGION.amazonaws.com)",
+                (None, "vertex") => "(from location: https://LOCATION-aiplatform.googleapis.com)",
                 (None, _) => "(none: give api_base)",
             };
             out!("{:<11} default api_base: {base}", kind.as_str());
@@ -455,6 +467,7 @@ fn default_key_env(kind: &str) -> Option<&'static str> {
         "openai" => Some("OPENAI_API_KEY"),
         "azure" => Some("AZURE_OPENAI_API_KEY"),
         "openrouter" => Some("OPENROUTER_API_KEY"),
+        "gemini" => Some("GEMINI_API_KEY"),
         _ => None,
     }
 }
@@ -470,8 +483,14 @@ fn render_provider(args: &AddArgs, key_envs: &[String]) -> String {
     if let Some(base) = &args.api_base {
         lines.push(format!("api_base: {}", edit::yaml_scalar(base)));
     }
-    if let Some(region) = &args.region {
-        lines.push(format!("region: {}", edit::yaml_scalar(region)));
+    for (key, value) in [
+        ("region", &args.region),
+        ("project", &args.project),
+        ("location", &args.location),
+    ] {
+        if let Some(v) = value {
+            lines.push(format!("{key}: {}", edit::yaml_scalar(v)));
+        }
     }
     match key_envs {
         [] => {}
@@ -529,12 +548,14 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
         (Some(b), _) => b.clone(),
         (None, Some(b)) => format!("{b} (the type's default)"),
         (None, None) if args.kind == "bedrock" => "from the region".into(),
+        (None, None) if args.kind == "vertex" => "from the location".into(),
         (None, None) => "none".into(),
     };
     let credential = match key_envs.as_slice() {
         [] => match args.kind.as_str() {
             "anthropic" => "none: clients' own credentials are forwarded".to_string(),
             "bedrock" => "from the environment (AWS_BEARER_TOKEN_BEDROCK, else AWS SigV4 keys)".to_string(),
+            "vertex" => "the service account named by $GOOGLE_APPLICATION_CREDENTIALS".to_string(),
             _ => "none".to_string(),
         },
         [one] => format!("from ${one}"),
@@ -739,6 +760,8 @@ mod tests {
             models: Vec::new(),
             priority: None,
             region: None,
+            project: None,
+            location: None,
             disabled: false,
         }
     }
@@ -787,6 +810,7 @@ mod tests {
         assert_eq!(default_key_env("ollama"), None);
         // Bedrock finds its credentials itself; naming a variable would turn SigV4 off.
         assert_eq!(default_key_env("bedrock"), None);
-        assert_eq!(default_key_env("gemini"), None);
+        assert_eq!(default_key_env("gemini"), Some("GEMINI_API_KEY"));
+        assert_eq!(default_key_env("vertex"), None);
     }
 }

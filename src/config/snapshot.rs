@@ -13,9 +13,11 @@ use sha2::{Digest, Sha256};
 
 use super::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderConfig, TeamConfig};
 use super::ConfigError;
+use crate::dialects::anthropic::cloud::{Capabilities, Platform};
 use crate::dialects::openai::Flavor;
 use crate::policy::ScopeLimits;
 use crate::secret::Secret;
+use crate::upstream::google_auth::{self, TokenSource};
 use crate::usage::pricing::PriceTable;
 
 /// Provider types this build can talk to. Types named in `spec/config.md` but
@@ -28,11 +30,21 @@ pub enum ProviderKind {
     OpenRouter,
     Ollama,
     Bedrock,
+    Gemini,
+    Vertex,
 }
 
 impl ProviderKind {
-    pub const SUPPORTED: &'static [&'static str] = &["anthropic", "openai", "azure", "openrouter", "ollama", "bedrock"];
-    const PLANNED: &'static [&'static str] = &["gemini", "vertex"];
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "anthropic",
+        "openai",
+        "azure",
+        "openrouter",
+        "ollama",
+        "bedrock",
+        "gemini",
+        "vertex",
+    ];
 
     fn parse(key: &str, kind: &str) -> Result<Self, ConfigError> {
         match kind {
@@ -42,13 +54,8 @@ impl ProviderKind {
             "openrouter" => Ok(ProviderKind::OpenRouter),
             "ollama" => Ok(ProviderKind::Ollama),
             "bedrock" => Ok(ProviderKind::Bedrock),
-            k if Self::PLANNED.contains(&k) => Err(ConfigError::invalid(
-                key,
-                format!(
-                    "provider type `{k}` is not available in this build yet (available: {})",
-                    Self::SUPPORTED.join(", ")
-                ),
-            )),
+            "gemini" => Ok(ProviderKind::Gemini),
+            "vertex" => Ok(ProviderKind::Vertex),
             k => Err(ConfigError::invalid(
                 key,
                 format!(
@@ -67,28 +74,33 @@ impl ProviderKind {
             ProviderKind::OpenRouter => "openrouter",
             ProviderKind::Ollama => "ollama",
             ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Vertex => "vertex",
         }
     }
 
     /// Every type this build supports.
-    pub const ALL: [ProviderKind; 6] = [
+    pub const ALL: [ProviderKind; 8] = [
         ProviderKind::Anthropic,
         ProviderKind::OpenAi,
         ProviderKind::Azure,
         ProviderKind::OpenRouter,
         ProviderKind::Ollama,
         ProviderKind::Bedrock,
+        ProviderKind::Gemini,
+        ProviderKind::Vertex,
     ];
 
     /// `None` where there is no fixed default (Azure: the resource URL is
-    /// yours; Bedrock: it follows the region).
+    /// yours; Bedrock and Vertex: it follows the region or location).
     pub fn default_base(self) -> Option<&'static str> {
         match self {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
             ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
             ProviderKind::Ollama => Some("http://127.0.0.1:11434/v1"),
-            ProviderKind::Azure | ProviderKind::Bedrock => None,
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::Azure | ProviderKind::Bedrock | ProviderKind::Vertex => None,
         }
     }
 
@@ -101,6 +113,8 @@ impl ProviderKind {
             ProviderKind::OpenRouter => Dialect::OpenAi(Flavor::OpenRouter),
             ProviderKind::Ollama => Dialect::OpenAi(Flavor::Ollama),
             ProviderKind::Bedrock => Dialect::Bedrock,
+            ProviderKind::Gemini => Dialect::Gemini,
+            ProviderKind::Vertex => Dialect::Vertex,
         }
     }
 }
@@ -111,6 +125,11 @@ pub enum Dialect {
     OpenAi(Flavor),
     /// Bedrock InvokeModel (Anthropic models), SigV4 or a Bedrock API key.
     Bedrock,
+    /// Gemini API (AI Studio) `generateContent`, `x-goog-api-key`.
+    Gemini,
+    /// Vertex AI: `publishers/google` models in the Gemini dialect,
+    /// `publishers/anthropic` (Claude) by `rawPredict`; Google OAuth.
+    Vertex,
 }
 
 /// Azure OpenAI's data-plane API version when the config names none.
@@ -195,8 +214,32 @@ pub struct Provider {
     pub api_version: Option<String>,
     /// Bedrock: the region and, without an API key, SigV4 credentials.
     pub aws: Option<Arc<AwsSigning>>,
-    /// Bedrock: the betas (and so the paired body fields) it accepts.
-    pub capabilities: Option<Arc<crate::dialects::bedrock::Capabilities>>,
+    /// Bedrock and Vertex: the betas (and so the paired body fields) their
+    /// Claude models accept.
+    pub capabilities: Option<Arc<Capabilities>>,
+    /// Vertex: the project and location in every path.
+    pub vertex: Option<VertexSite>,
+}
+
+/// Where a Vertex provider's models live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VertexSite {
+    pub project: String,
+    pub location: String,
+}
+
+impl VertexSite {
+    /// `/v1/projects/P/locations/L/publishers/PUB/models/M:METHOD`.
+    pub fn model_path(&self, publisher: &str, model: &str, method: &str) -> String {
+        let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+        format!(
+            "/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}:{method}",
+            enc(&self.project),
+            enc(&self.location),
+            // `@` in `claude-sonnet-4-5@20250929` stays as Google writes it.
+            enc(model).replace("%40", "@"),
+        )
+    }
 }
 
 impl Provider {
@@ -208,7 +251,10 @@ impl Provider {
             .aws
             .as_ref()
             .is_some_and(|a| a.access_key_id.is_some() && a.secret_access_key.is_some());
-        account.credential.is_none() && !signs && !matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Ollama)
+        account.credential.is_none()
+            && account.google.is_none()
+            && !signs
+            && !matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Ollama)
     }
 }
 
@@ -240,6 +286,8 @@ pub struct Account {
     /// an Anthropic-type upstream then receives the client's own credential
     /// (passthrough-auth), any other gets none.
     pub credential: Option<Secret>,
+    /// Vertex: the service account whose OAuth tokens this account sends.
+    pub google: Option<Arc<TokenSource>>,
     pub weight: u32,
 }
 
@@ -695,9 +743,16 @@ fn build_provider(
         ProviderKind::Bedrock => Some(Arc::new(aws_signing(&key, name, p, env, warnings)?)),
         _ => None,
     };
-    let regional = aws
-        .as_ref()
-        .map(|a| format!("https://bedrock-runtime.{}.amazonaws.com", a.region));
+    let vertex = match kind {
+        ProviderKind::Vertex => Some(vertex_site(&key, p, env)?),
+        _ => None,
+    };
+    let regional = match (&aws, &vertex) {
+        (Some(a), _) => Some(format!("https://bedrock-runtime.{}.amazonaws.com", a.region)),
+        (_, Some(v)) if v.location == "global" => Some("https://aiplatform.googleapis.com".to_string()),
+        (_, Some(v)) => Some(format!("https://{}-aiplatform.googleapis.com", v.location)),
+        _ => None,
+    };
     let base_raw = p
         .api_base
         .as_deref()
@@ -738,14 +793,56 @@ fn build_provider(
             ),
             _ => p.api_version.clone(),
         },
-        capabilities: (kind == ProviderKind::Bedrock).then(|| {
-            Arc::new(match &p.betas {
-                Some(list) => crate::dialects::bedrock::Capabilities { betas: list.clone() },
-                None => crate::dialects::bedrock::Capabilities::bedrock(),
-            })
-        }),
+        capabilities: match kind {
+            ProviderKind::Bedrock | ProviderKind::Vertex => Some(Arc::new(match &p.betas {
+                Some(list) => Capabilities { betas: list.clone() },
+                None if kind == ProviderKind::Bedrock => Capabilities::for_platform(Platform::Bedrock),
+                None => Capabilities::for_platform(Platform::Vertex),
+            })),
+            _ => None,
+        },
         aws,
+        vertex,
     })
+}
+
+/// Vertex's project (`project`, else `GOOGLE_CLOUD_PROJECT`) and location
+/// (`location`, else `GOOGLE_CLOUD_LOCATION`, else `global`).
+fn vertex_site(key: &str, p: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<VertexSite, ConfigError> {
+    let nonempty = |v: &str| env(v).filter(|s| !s.is_empty());
+    let project = p
+        .project
+        .clone()
+        .or_else(|| nonempty("GOOGLE_CLOUD_PROJECT"))
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{key}.project"),
+                "required for type `vertex` (or set GOOGLE_CLOUD_PROJECT)",
+            )
+        })?;
+    let location = p
+        .location
+        .clone()
+        .or_else(|| nonempty("GOOGLE_CLOUD_LOCATION"))
+        .unwrap_or_else(|| "global".to_string());
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    };
+    if !valid(&project) {
+        return Err(ConfigError::invalid(
+            format!("{key}.project"),
+            "not a Google Cloud project id",
+        ));
+    }
+    if !valid(&location) {
+        return Err(ConfigError::invalid(
+            format!("{key}.location"),
+            "not a Google Cloud location",
+        ));
+    }
+    Ok(VertexSite { project, location })
 }
 
 /// Bedrock's region (`region`, else `AWS_REGION`/`AWS_DEFAULT_REGION`) and
@@ -797,10 +894,47 @@ fn build_accounts(
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Account>, ConfigError> {
+    let accounts = accounts_from_config(key, name, kind, p, env, warnings)?;
+    if kind != ProviderKind::Vertex {
+        return Ok(accounts);
+    }
+    // A Vertex credential names a service-account file; its tokens are what
+    // is sent. The file is read and checked now, so `config lint` and a
+    // reload catch a bad one.
+    accounts
+        .into_iter()
+        .map(|a| {
+            let google = match &a.credential {
+                Some(path) => Some(
+                    google_auth::source_for(std::path::Path::new(path.expose()))
+                        .map_err(|e| ConfigError::invalid(key, e.to_string()))?,
+                ),
+                None => None,
+            };
+            Ok(Account {
+                credential: None,
+                google,
+                ..a
+            })
+        })
+        .collect()
+}
+
+/// Each configured credential as an account (for Vertex, the value is a
+/// service-account file path, turned into a token source by the caller).
+fn accounts_from_config(
+    key: &str,
+    name: &str,
+    kind: ProviderKind,
+    p: &ProviderConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Account>, ConfigError> {
     let single = |credential: Option<Secret>| {
         vec![Account {
             label: name.to_string(),
             credential,
+            google: None,
             weight: 1,
         }]
     };
@@ -811,12 +945,17 @@ fn build_accounts(
     if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
         return Ok(single(Some(Secret::new(k))));
     }
-    // Bedrock's API key (a bearer token) has a standard variable of its own.
-    let default_var =
-        (kind == ProviderKind::Bedrock && p.keys.is_empty()).then(|| "AWS_BEARER_TOKEN_BEDROCK".to_string());
+    // Some types have a standard variable of their own.
+    let default_var = match kind {
+        _ if !p.keys.is_empty() => None,
+        ProviderKind::Bedrock => Some("AWS_BEARER_TOKEN_BEDROCK".to_string()),
+        ProviderKind::Gemini => Some("GEMINI_API_KEY".to_string()),
+        ProviderKind::Vertex => Some(google_auth::CREDENTIALS_ENV.to_string()),
+        _ => None,
+    };
     if let Some(var) = p.api_key_env_var.as_ref().or(default_var.as_ref()) {
         let credential = env(var).filter(|v| !v.is_empty()).map(|v| Secret::new(&v));
-        if credential.is_none() && p.api_key_env_var.is_none() {
+        if credential.is_none() && p.api_key_env_var.is_none() && kind == ProviderKind::Bedrock {
             // SigV4 signs instead (see `aws_signing`).
             return Ok(single(None));
         }
@@ -847,6 +986,7 @@ fn build_accounts(
             Some(v) => accounts.push(Account {
                 label: format!("{name}#{}", i + 1),
                 credential: Some(Secret::new(&v)),
+                google: None,
                 weight: k.weight,
             }),
             None => warnings.push(format!(
@@ -1038,9 +1178,9 @@ mod tests {
     }
 
     #[test]
-    fn rejects_planned_and_unknown_types_and_dangling_names() {
-        let e = snap("providers:\n  o: {type: gemini}\n").unwrap_err().to_string();
-        assert!(e.contains("providers.o.type") && e.contains("not available"), "{e}");
+    fn rejects_unknown_types_and_dangling_names() {
+        let e = snap("providers:\n  v: {type: vertex}\n").unwrap_err().to_string();
+        assert!(e.contains("providers.v.project") && e.contains("required"), "{e}");
         let e = snap("providers:\n  az: {type: azure}\n").unwrap_err().to_string();
         assert!(e.contains("providers.az.api_base") && e.contains("required"), "{e}");
         let s = snap("providers:\n  o: {type: openai}\n  l: {type: ollama}\n").unwrap();

@@ -82,33 +82,13 @@ pub fn anthropic_head(
     Ok(req)
 }
 
-/// The head of a Chat Completions request. No client header crosses over:
-/// `anthropic-*` headers mean nothing here and the client's credential is
-/// never sent to a non-Anthropic provider.
-/// The InvokeModel or Converse request: a Bedrock API key as a bearer token, or a
-/// SigV4 signature (service `bedrock`) over method, path, host, date and
-/// body hash. `aws-sigv4` encodes the path a second time for the canonical
-/// request, as Bedrock expects (`%3A` is signed as `%253A`).
-pub fn bedrock_head(
-    provider: &Provider,
-    credential: Option<&crate::secret::Secret>,
-    upstream_model: &str,
-    stream: bool,
-    converse: bool,
-    body: &[u8],
-) -> Result<RequestHeader, GatewayError> {
-    let path = provider.base.join(&if converse {
-        crate::dialects::bedrock::converse::converse_path(upstream_model, stream)
-    } else {
-        crate::dialects::bedrock::invoke_path(upstream_model, stream)
-    });
+/// The head every translated or cloud request starts from: a JSON POST to
+/// `path` with the provider's extra headers. No client header crosses over:
+/// `anthropic-*` headers mean nothing to other dialects, and the client's
+/// credential is never sent to a provider it does not belong to.
+fn json_post(provider: &Provider, path: &str, accept: &str, body_len: usize) -> Result<RequestHeader, GatewayError> {
     let mut req = RequestHeader::build(http::Method::POST, path.as_bytes(), Some(10 + provider.headers.len()))
         .map_err(internal)?;
-    let accept = if stream {
-        "application/vnd.amazon.eventstream"
-    } else {
-        "application/json"
-    };
     for (name, value) in [
         ("host", provider.base.authority.as_str()),
         ("content-type", "application/json"),
@@ -118,21 +98,72 @@ pub fn bedrock_head(
     ] {
         req.insert_header(name, value).map_err(internal)?;
     }
-    req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+    req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
         .map_err(internal)?;
     for (n, v) in &provider.headers {
         req.insert_header(n.clone(), v.clone()).map_err(internal)?;
     }
-    let bad_credential = || {
+    Ok(req)
+}
+
+/// Add a credential header, marked sensitive (kept out of Pingora's logs).
+fn credential_header(
+    req: &mut RequestHeader,
+    provider: &Provider,
+    name: HeaderName,
+    value: &str,
+) -> Result<(), GatewayError> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| {
         GatewayError::Internal(format!(
             "provider `{}` has a credential that is not a valid header value",
             provider.name
         ))
+    })?;
+    value.set_sensitive(true);
+    req.insert_header(name, value).map_err(internal)?;
+    Ok(())
+}
+
+fn accept(stream: bool) -> &'static str {
+    if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    }
+}
+
+/// The InvokeModel, Converse or count-tokens request: a Bedrock API key as
+/// a bearer token, or a SigV4 signature (service `bedrock`) over method,
+/// path, host, date and body hash. `aws-sigv4` encodes the path a second
+/// time for the canonical request, as Bedrock expects (`%3A` is signed as
+/// `%253A`).
+pub fn bedrock_head(
+    provider: &Provider,
+    credential: Option<&crate::secret::Secret>,
+    upstream_model: &str,
+    call: BedrockCall,
+    body: &[u8],
+) -> Result<RequestHeader, GatewayError> {
+    use crate::dialects::bedrock;
+    let (path, accept) = match call {
+        BedrockCall::Invoke { stream } => (bedrock::invoke_path(upstream_model, stream), stream),
+        BedrockCall::Converse { stream } => (bedrock::converse::converse_path(upstream_model, stream), stream),
+        BedrockCall::CountTokens => (bedrock::count_tokens_path(upstream_model), false),
     };
+    let path = provider.base.join(&path);
+    let accept = if accept {
+        "application/vnd.amazon.eventstream"
+    } else {
+        "application/json"
+    };
+    let mut req = json_post(provider, &path, accept, body.len())?;
     if let Some(key) = credential {
-        let value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| bad_credential())?;
-        req.insert_header(http::header::AUTHORIZATION, value)
-            .map_err(internal)?;
+        credential_header(
+            &mut req,
+            provider,
+            http::header::AUTHORIZATION,
+            &format!("Bearer {}", key.expose()),
+        )?;
         return Ok(req);
     }
     let Some(aws) = provider.aws.as_deref() else {
@@ -156,12 +187,13 @@ pub fn bedrock_head(
     )
     .map_err(|e| GatewayError::Internal(format!("cannot sign the request to `{}`: {e}", provider.name)))?;
     for (name, value) in signed {
-        let value = HeaderValue::from_str(&value).map_err(|_| bad_credential())?;
-        req.insert_header(name, value).map_err(internal)?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        credential_header(&mut req, provider, name, &value)?;
     }
     Ok(req)
 }
 
+/// A Chat Completions request (Azure: deployment in the path, `api-key`).
 pub fn openai_head(
     provider: &Provider,
     credential: Option<&crate::secret::Secret>,
@@ -186,49 +218,97 @@ pub fn openai_head(
         }
         _ => provider.base.join("/chat/completions"),
     };
-    let mut req = RequestHeader::build(http::Method::POST, target.as_bytes(), Some(8 + provider.headers.len()))
-        .map_err(internal)?;
-    req.insert_header(http::header::HOST, &provider.base.authority)
-        .map_err(internal)?;
-    req.insert_header(http::header::CONTENT_TYPE, "application/json")
-        .map_err(internal)?;
-    req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
-        .map_err(internal)?;
-    req.insert_header(
-        http::header::ACCEPT,
-        if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        },
-    )
-    .map_err(internal)?;
-    req.insert_header(http::header::ACCEPT_ENCODING, "identity")
-        .map_err(internal)?;
-    req.insert_header(
-        http::header::USER_AGENT,
-        concat!("modelgate/", env!("CARGO_PKG_VERSION")),
-    )
-    .map_err(internal)?;
+    let mut req = json_post(provider, &target, accept(stream), body_len)?;
     if let Some(key) = credential {
-        let (name, value) = match flavor {
-            Flavor::Azure => (HeaderName::from_static("api-key"), HeaderValue::from_str(key.expose())),
-            _ => (
+        match flavor {
+            Flavor::Azure => credential_header(&mut req, provider, HeaderName::from_static("api-key"), key.expose())?,
+            _ => credential_header(
+                &mut req,
+                provider,
                 http::header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("Bearer {}", key.expose())),
-            ),
-        };
-        let mut value = value.map_err(|_| {
-            GatewayError::Internal(format!(
-                "provider `{}` has a credential that is not a valid header value",
-                provider.name
-            ))
-        })?;
-        value.set_sensitive(true);
-        req.insert_header(name, value).map_err(internal)?;
+                &format!("Bearer {}", key.expose()),
+            )?,
+        }
     }
-    for (n, v) in &provider.headers {
-        req.insert_header(n.clone(), v.clone()).map_err(internal)?;
+    Ok(req)
+}
+
+/// A Gemini request: AI Studio with `x-goog-api-key`, or Vertex AI
+/// (`publishers/google`) with an OAuth bearer token.
+pub fn gemini_head(
+    provider: &Provider,
+    credential: Option<&crate::secret::Secret>,
+    bearer: Option<&str>,
+    upstream_model: &str,
+    call: GeminiCall,
+    body_len: usize,
+) -> Result<RequestHeader, GatewayError> {
+    use crate::dialects::gemini;
+    let path = match (&provider.vertex, call) {
+        (Some(site), GeminiCall::Generate { stream: true }) => {
+            site.model_path("google", upstream_model, "streamGenerateContent?alt=sse")
+        }
+        (Some(site), GeminiCall::Generate { stream: false }) => {
+            site.model_path("google", upstream_model, "generateContent")
+        }
+        (Some(site), GeminiCall::CountTokens) => site.model_path("google", upstream_model, "countTokens"),
+        (None, GeminiCall::Generate { stream }) => format!("/{}", gemini::generate_path(upstream_model, stream)),
+        (None, GeminiCall::CountTokens) => format!("/{}", gemini::count_tokens_path(upstream_model)),
+    };
+    let stream = matches!(call, GeminiCall::Generate { stream: true });
+    let mut req = json_post(provider, &provider.base.join(&path), accept(stream), body_len)?;
+    if let Some(token) = bearer {
+        credential_header(
+            &mut req,
+            provider,
+            http::header::AUTHORIZATION,
+            &format!("Bearer {token}"),
+        )?;
+    } else if let Some(key) = credential {
+        credential_header(
+            &mut req,
+            provider,
+            HeaderName::from_static("x-goog-api-key"),
+            key.expose(),
+        )?;
+    }
+    Ok(req)
+}
+
+/// Claude on Vertex AI (`publishers/anthropic`): `rawPredict`,
+/// `streamRawPredict`, or the `count-tokens` model, with the betas Vertex
+/// accepts in `anthropic-beta` and an OAuth bearer token.
+pub fn vertex_claude_head(
+    provider: &Provider,
+    bearer: Option<&str>,
+    upstream_model: &str,
+    call: VertexClaudeCall,
+    betas: &[String],
+    body_len: usize,
+) -> Result<RequestHeader, GatewayError> {
+    let Some(site) = &provider.vertex else {
+        return Err(GatewayError::Internal(format!(
+            "provider `{}` has no Vertex project",
+            provider.name
+        )));
+    };
+    let (model, method, stream) = match call {
+        VertexClaudeCall::Predict { stream: true } => (upstream_model, "streamRawPredict", true),
+        VertexClaudeCall::Predict { stream: false } => (upstream_model, "rawPredict", false),
+        VertexClaudeCall::CountTokens => ("count-tokens", "rawPredict", false),
+    };
+    let path = provider.base.join(&site.model_path("anthropic", model, method));
+    let mut req = json_post(provider, &path, accept(stream), body_len)?;
+    if !betas.is_empty() {
+        req.insert_header("anthropic-beta", betas.join(",")).map_err(internal)?;
+    }
+    if let Some(token) = bearer {
+        credential_header(
+            &mut req,
+            provider,
+            http::header::AUTHORIZATION,
+            &format!("Bearer {token}"),
+        )?;
     }
     Ok(req)
 }
@@ -287,20 +367,75 @@ pub enum Prepared {
     },
     Bedrock {
         upstream_model: String,
-        stream: bool,
+        call: BedrockCall,
         body: Bytes,
-        /// `Some(estimated input tokens)`: Converse (non-Anthropic models);
-        /// `None`: InvokeModel with the Messages body.
-        converse: Option<u64>,
+        /// Converse: seeds `message_start` before Bedrock reports the count.
+        estimated_input_tokens: u64,
     },
+    /// Gemini API or Vertex AI `publishers/google`.
+    Gemini {
+        upstream_model: String,
+        call: GeminiCall,
+        translated: crate::dialects::gemini::Translated,
+        body: Bytes,
+    },
+    /// Claude on Vertex AI (`publishers/anthropic`).
+    VertexClaude {
+        upstream_model: String,
+        call: VertexClaudeCall,
+        /// The accepted `anthropic-beta` values (sent as the header).
+        betas: Vec<String>,
+        body: Bytes,
+    },
+}
+
+/// Which Bedrock operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BedrockCall {
+    /// InvokeModel with the Messages body (Anthropic models).
+    Invoke {
+        stream: bool,
+    },
+    /// Converse / ConverseStream (every other model).
+    Converse {
+        stream: bool,
+    },
+    CountTokens,
+}
+
+/// Which Gemini operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeminiCall {
+    Generate { stream: bool },
+    CountTokens,
+}
+
+/// Which Vertex `publishers/anthropic` operation a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VertexClaudeCall {
+    Predict { stream: bool },
+    CountTokens,
 }
 
 impl Prepared {
     fn body(&self) -> Bytes {
         match self {
-            Prepared::Anthropic { body, .. } | Prepared::OpenAi { body, .. } | Prepared::Bedrock { body, .. } => {
-                body.clone()
-            }
+            Prepared::Anthropic { body, .. }
+            | Prepared::OpenAi { body, .. }
+            | Prepared::Bedrock { body, .. }
+            | Prepared::Gemini { body, .. }
+            | Prepared::VertexClaude { body, .. } => body.clone(),
+        }
+    }
+
+    /// The model id sent upstream (`None`: an unparsed passthrough body).
+    pub fn upstream_model(&self) -> Option<&str> {
+        match self {
+            Prepared::Anthropic { upstream_model, .. } => upstream_model.as_deref(),
+            Prepared::OpenAi { upstream_model, .. }
+            | Prepared::Bedrock { upstream_model, .. }
+            | Prepared::Gemini { upstream_model, .. }
+            | Prepared::VertexClaude { upstream_model, .. } => Some(upstream_model),
         }
     }
 }
@@ -419,6 +554,24 @@ pub async fn run<'u>(
             Some(p) => p,
             slot @ None => slot.insert((job.prepare)(candidate)?),
         };
+        // Vertex accounts send a service account's OAuth token (cached by
+        // the token source; fetched only when it is missing or expiring).
+        let bearer = match &account.google {
+            Some(source) => match source.token().await {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    log::warn!("attempt {} to `{}`: {e}", attempt + 1, account.label);
+                    count(&provider.name, "auth_error");
+                    circuit.failure(Instant::now());
+                    last = Some(Failure::Gateway(GatewayError::UpstreamUnreachable {
+                        provider: provider.name.clone(),
+                        detail: "no Google access token for this account (see the gateway log)".into(),
+                    }));
+                    continue;
+                }
+            },
+            None => None,
+        };
         let head = match prep {
             Prepared::Anthropic { body, beta, .. } => anthropic_head(
                 &job.out,
@@ -443,17 +596,29 @@ pub async fn run<'u>(
             )?,
             Prepared::Bedrock {
                 upstream_model,
-                stream,
+                call,
                 body,
-                converse,
-            } => bedrock_head(
+                ..
+            } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *call, body)?,
+            Prepared::Gemini {
+                upstream_model,
+                call,
+                body,
+                ..
+            } => gemini_head(
                 provider,
                 account.credential.as_ref(),
+                bearer.as_deref(),
                 upstream_model,
-                *stream,
-                converse.is_some(),
-                body,
+                *call,
+                body.len(),
             )?,
+            Prepared::VertexClaude {
+                upstream_model,
+                call,
+                betas,
+                body,
+            } => vertex_claude_head(provider, bearer.as_deref(), upstream_model, *call, betas, body.len())?,
         };
         job.sent.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
         let mut exchange = match send(upstreams, snap, provider, head, prep.body()).await {
@@ -536,6 +701,8 @@ pub async fn run<'u>(
             Prepared::Anthropic { .. } => Failure::Upstream(relay::buffer(exchange, &provider.name).await),
             Prepared::OpenAi { .. } => Failure::Gateway(relay::openai_error(exchange, &provider.name).await),
             Prepared::Bedrock { .. } => Failure::Gateway(relay::bedrock_error(exchange, &provider.name).await),
+            Prepared::Gemini { .. } => Failure::Gateway(relay::gemini_error(exchange, &provider.name).await),
+            Prepared::VertexClaude { .. } => relay::vertex_claude_error(exchange, &provider.name).await,
         });
     }
     Err(last.unwrap_or_else(|| {

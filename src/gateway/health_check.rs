@@ -122,10 +122,15 @@ impl ActiveHealth {
                     head.insert_header("x-api-key", key.expose())
                 }
                 Dialect::OpenAi(crate::dialects::openai::Flavor::Azure) => head.insert_header("api-key", key.expose()),
-                Dialect::OpenAi(_) | Dialect::Bedrock => {
+                Dialect::Gemini => head.insert_header("x-goog-api-key", key.expose()),
+                Dialect::OpenAi(_) | Dialect::Bedrock | Dialect::Vertex => {
                     head.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose()))
                 }
             };
+        }
+        if let Some(source) = &account.google {
+            let token = source.token().await.map_err(|e| e.to_string())?;
+            let _ = head.insert_header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         for (n, v) in &provider.headers {
             let _ = head.insert_header(n.clone(), v.clone());

@@ -40,6 +40,7 @@ use pingora::proxy::{ProxyHttp, Session};
 
 use crate::config::snapshot::{Candidate, Dialect, Plan};
 use crate::config::{ConfigStore, ProviderKind, Snapshot};
+use crate::dialects::anthropic::cloud::{edit_body, Capabilities, Platform};
 use crate::dialects::anthropic::{supports_fast_mode, MessagesRequest, SpeedEdit, FAST_MODE_BETA};
 use crate::dialects::openai::request::{translate_request, RequestOptions};
 use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
@@ -47,7 +48,7 @@ use crate::error::GatewayError;
 use crate::telemetry;
 use crate::upstream::balance;
 use crate::upstream::Upstreams;
-use attempt::{Failure, Prepared};
+use attempt::{BedrockCall, Failure, GeminiCall, Prepared, VertexClaudeCall};
 use ctx::RequestCtx;
 
 /// Which listener a request came in on.
@@ -460,46 +461,52 @@ impl Gateway {
             ctx.cache_key = Some((cache_kind, key));
             ctx.reply_capture.get_or_insert_with(ctx::Capture::default);
         }
+        // OpenAI-family providers have no count endpoint: count locally.
         if count_tokens {
-            // OpenAI-family providers have no count endpoint, and Bedrock's
-            // is not used yet: count locally (an estimate for Claude models).
-            let first = &plan.candidates[0];
-            let local = match first.provider.kind.dialect() {
-                Dialect::OpenAi(flavor) => Some(flavor),
-                Dialect::Bedrock => Some(crate::dialects::openai::Flavor::OpenAi),
-                Dialect::Anthropic => None,
-            };
-            if let Some(flavor) = local {
-                ctx.provider = Some(first.provider.name.clone());
-                let upstream_model = first.rename.as_deref().unwrap_or(&routing_model);
-                let translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
-                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-                return count_tokens_locally(session, ctx, &self.shared.caches, snap, translated.body, upstream_model)
-                    .await;
+            if let Dialect::OpenAi(_) = plan.candidates[0].provider.kind.dialect() {
+                return estimate_tokens(
+                    session,
+                    ctx,
+                    &self.shared.caches,
+                    snap,
+                    &plan,
+                    &routing_model,
+                    &request.body,
+                )
+                .await;
             }
         }
         let request_id = ctx.request_id.clone();
         let request = &request;
-        // Bedrock takes the betas in the body; keep the header values (shared
-        // bytes, no copy) for the prepare step, only when a Bedrock candidate
-        // may need them.
-        let beta_headers: Vec<http::HeaderValue> =
-            if plan.candidates.iter().any(|c| c.provider.kind == ProviderKind::Bedrock) {
-                session
-                    .req_header()
-                    .headers
-                    .get_all("anthropic-beta")
-                    .iter()
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        // Bedrock and Vertex filter the betas; keep the header values
+        // (shared bytes, no copy) for the prepare step, only when such a
+        // candidate may need them.
+        let beta_headers: Vec<http::HeaderValue> = if plan.candidates.iter().any(|c| c.provider.capabilities.is_some())
+        {
+            session
+                .req_header()
+                .headers
+                .get_all("anthropic-beta")
+                .iter()
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let beta_headers = &beta_headers;
+        let routing: &str = &routing_model;
         let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
+            let upstream_model = c.rename.as_deref().unwrap_or(routing);
+            let betas = || -> Vec<&str> { beta_headers.iter().filter_map(|v| v.to_str().ok()).collect() };
+            let caps = |platform| {
+                c.provider
+                    .capabilities
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| Capabilities::for_platform(platform))
+            };
             match c.provider.kind.dialect() {
                 Dialect::Anthropic => {
-                    let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
                     // Fast mode where the model has it (with its beta);
                     // elsewhere `speed` is dropped and the request runs at
                     // standard speed.
@@ -515,32 +522,31 @@ impl Gateway {
                         upstream_model: Some(upstream_model.to_string()),
                     })
                 }
-                Dialect::Bedrock => {
-                    let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
-                    if !crate::dialects::bedrock::is_anthropic_model(upstream_model) {
-                        let conv = crate::dialects::bedrock::converse::converse_request(&request.body)
-                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-                        for note in &conv.notes {
-                            log::info!("{request_id}: translating for Converse `{}`: {note}", c.provider.name);
-                        }
-                        return Ok(Prepared::Bedrock {
-                            upstream_model: upstream_model.to_string(),
-                            stream: conv.stream,
-                            body: bytes::Bytes::from(conv.body),
-                            converse: Some(conv.estimated_input_tokens),
-                        });
-                    }
-                    let betas: Vec<&str> = beta_headers.iter().filter_map(|v| v.to_str().ok()).collect();
-                    let builtin;
-                    let caps = match c.provider.capabilities.as_deref() {
-                        Some(caps) => caps,
-                        None => {
-                            builtin = crate::dialects::bedrock::Capabilities::bedrock();
-                            &builtin
-                        }
-                    };
-                    let invoke = crate::dialects::bedrock::invoke_body(&request.body, &betas, caps)
+                Dialect::Bedrock if !crate::dialects::bedrock::is_anthropic_model(upstream_model) => {
+                    use crate::dialects::bedrock;
+                    let conv = bedrock::converse::converse_request(&request.body)
                         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    for note in &conv.notes {
+                        log::info!("{request_id}: translating for Converse `{}`: {note}", c.provider.name);
+                    }
+                    let (call, body) = if count_tokens {
+                        let body = bedrock::count_tokens_converse(&conv.body)
+                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                        (BedrockCall::CountTokens, body)
+                    } else {
+                        (BedrockCall::Converse { stream: conv.stream }, conv.body)
+                    };
+                    Ok(Prepared::Bedrock {
+                        upstream_model: upstream_model.to_string(),
+                        call,
+                        body: bytes::Bytes::from(body),
+                        estimated_input_tokens: conv.estimated_input_tokens,
+                    })
+                }
+                Dialect::Bedrock => {
+                    let invoke =
+                        crate::dialects::bedrock::invoke_body(&request.body, &betas(), &caps(Platform::Bedrock))
+                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                     if !invoke.dropped.is_empty() {
                         log::info!(
                             "{request_id}: for Bedrock `{}`: dropped {}",
@@ -548,15 +554,81 @@ impl Gateway {
                             invoke.dropped.join(", ")
                         );
                     }
+                    let (call, body) = if count_tokens {
+                        (
+                            BedrockCall::CountTokens,
+                            crate::dialects::bedrock::count_tokens_invoke(&invoke.body),
+                        )
+                    } else {
+                        (BedrockCall::Invoke { stream: request.stream }, invoke.body)
+                    };
                     Ok(Prepared::Bedrock {
                         upstream_model: upstream_model.to_string(),
-                        stream: request.stream,
-                        body: bytes::Bytes::from(invoke.body),
-                        converse: None,
+                        call,
+                        body: bytes::Bytes::from(body),
+                        estimated_input_tokens: 0,
                     })
                 }
+                Dialect::Vertex if is_vertex_claude(upstream_model) => {
+                    let edited = edit_body(&request.body, &betas(), &caps(Platform::Vertex), Platform::Vertex)
+                        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    if !edited.dropped.is_empty() {
+                        log::info!(
+                            "{request_id}: for Vertex `{}`: dropped {}",
+                            c.provider.name,
+                            edited.dropped.join(", ")
+                        );
+                    }
+                    let (call, body) = if count_tokens {
+                        // The count-tokens model takes the model in the body.
+                        let body = with_model(&edited.body, upstream_model)
+                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                        (VertexClaudeCall::CountTokens, body)
+                    } else {
+                        (VertexClaudeCall::Predict { stream: request.stream }, edited.body)
+                    };
+                    Ok(Prepared::VertexClaude {
+                        upstream_model: upstream_model.to_string(),
+                        call,
+                        betas: edited.betas,
+                        body: bytes::Bytes::from(body),
+                    })
+                }
+                Dialect::Gemini | Dialect::Vertex => {
+                    use crate::dialects::gemini;
+                    let vertex = c.provider.vertex.is_some();
+                    let mut translated = gemini::translate_request(
+                        &request.body,
+                        &gemini::RequestOptions {
+                            upstream_model,
+                            vertex,
+                            legacy_schema: false,
+                        },
+                    )
+                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    for note in &translated.notes {
+                        log::info!("{request_id}: translating for Gemini `{}`: {note}", c.provider.name);
+                    }
+                    let (call, body) = if count_tokens {
+                        let body = gemini::count_tokens_body(&translated.body, upstream_model, vertex)
+                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                        (GeminiCall::CountTokens, body)
+                    } else {
+                        let stream = translated.stream;
+                        (GeminiCall::Generate { stream }, std::mem::take(&mut translated.body))
+                    };
+                    Ok(Prepared::Gemini {
+                        upstream_model: upstream_model.to_string(),
+                        call,
+                        translated,
+                        body: bytes::Bytes::from(body),
+                    })
+                }
+                Dialect::OpenAi(_) if count_tokens => Err(GatewayError::Internal(format!(
+                    "`{}` has no token counter of its own",
+                    c.provider.name
+                ))),
                 Dialect::OpenAi(flavor) => {
-                    let upstream_model = c.rename.as_deref().unwrap_or(&routing_model);
                     let mut translated = translate_request(&request.body, &RequestOptions { flavor, upstream_model })
                         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                     for note in &translated.notes {
@@ -572,8 +644,31 @@ impl Gateway {
                 }
             }
         };
-        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, &request.model)
-            .await
+        let remote_count = count_tokens && plan.candidates[0].provider.kind.dialect() != Dialect::Anthropic;
+        let result = self
+            .attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, &request.model)
+            .await;
+        match result {
+            // A cloud counter that failed (or does not serve this model):
+            // answer with the local estimate rather than an error.
+            Err(e) if remote_count && session.response_written().is_none() => {
+                log::info!(
+                    "{}: upstream token count failed ({e}); estimating locally",
+                    ctx.request_id
+                );
+                estimate_tokens(
+                    session,
+                    ctx,
+                    &self.shared.caches,
+                    snap,
+                    &plan,
+                    &routing_model,
+                    &request.body,
+                )
+                .await
+            }
+            other => other,
+        }
     }
 
     /// attempt → relay: run the attempt loop over `plan`, then stream the
@@ -619,31 +714,43 @@ impl Gateway {
                 ctx.provider = Some(committed.provider.name.clone());
                 ctx.account = Some(committed.account);
                 ctx.attempts = committed.attempts;
-                ctx.upstream_model = match &committed.prepared {
-                    Prepared::Anthropic { upstream_model, .. } => upstream_model.clone(),
-                    Prepared::OpenAi { upstream_model, .. } | Prepared::Bedrock { upstream_model, .. } => {
-                        Some(upstream_model.clone())
-                    }
-                };
+                ctx.upstream_model = committed.prepared.upstream_model().map(str::to_string);
+                let provider = committed.provider.name.as_str();
                 match committed.prepared {
                     Prepared::Anthropic { .. } => {
-                        relay::relay(session, ctx, committed.exchange, &committed.provider.name).await;
+                        relay::relay(session, ctx, committed.exchange, provider).await;
                         Ok(())
                     }
-                    Prepared::Bedrock { converse, .. } => {
-                        let converse = converse.map(|estimated_input_tokens| relay::ConverseReply {
+                    Prepared::Bedrock {
+                        call,
+                        estimated_input_tokens,
+                        ..
+                    } => {
+                        let reply = relay::Reply {
                             client_model,
                             estimated_input_tokens,
-                        });
-                        relay::relay_bedrock(session, ctx, committed.exchange, &committed.provider.name, converse).await
+                        };
+                        relay::relay_bedrock(session, ctx, committed.exchange, provider, call, reply).await
                     }
                     Prepared::OpenAi { translated, .. } => {
                         let reply = relay::OpenAiReply {
                             translated: &translated,
                             client_model,
-                            provider: &committed.provider.name,
+                            provider,
                         };
                         relay::relay_openai(session, ctx, committed.exchange, reply).await
+                    }
+                    Prepared::Gemini { translated, call, .. } => {
+                        let reply = relay::GeminiReply {
+                            translated: &translated,
+                            client_model,
+                            provider,
+                            call,
+                        };
+                        relay::relay_gemini(session, ctx, committed.exchange, reply).await
+                    }
+                    Prepared::VertexClaude { .. } => {
+                        relay::relay_vertex_claude(session, ctx, committed.exchange, provider).await
                     }
                 }
             }
@@ -691,10 +798,48 @@ impl Gateway {
     }
 }
 
-/// `count_tokens` for an OpenAI-family route: OpenAI has no count endpoint,
-/// so count the translated prompt with the model's tokenizer, off the async
-/// workers (a 100 KB prompt is milliseconds of CPU). The header says it is
-/// an estimate and with which encoding.
+/// `count_tokens` answered locally: for OpenAI-family routes (OpenAI has no
+/// count endpoint), and when a cloud counter fails or does not serve the
+/// model. The prompt is translated to Chat Completions and counted with the
+/// first candidate's tokenizer (an OpenAI encoding; for other vendors'
+/// models, an estimate), off the async workers (a 100 KB prompt is
+/// milliseconds of CPU). The header says it is an estimate and with which
+/// encoding.
+async fn estimate_tokens(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    caches: &cache::Caches,
+    snap: &Snapshot,
+    plan: &Plan,
+    routing_model: &str,
+    body: &[u8],
+) -> Result<(), GatewayError> {
+    let first = &plan.candidates[0];
+    let flavor = match first.provider.kind.dialect() {
+        Dialect::OpenAi(flavor) => flavor,
+        _ => crate::dialects::openai::Flavor::OpenAi,
+    };
+    ctx.provider = Some(first.provider.name.clone());
+    let upstream_model = first.rename.as_deref().unwrap_or(routing_model);
+    let translated = translate_request(body, &RequestOptions { flavor, upstream_model })
+        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    count_tokens_locally(session, ctx, caches, snap, translated.body, upstream_model).await
+}
+
+/// Whether a Vertex model id names Claude (`publishers/anthropic`) rather
+/// than a Google model: `claude-sonnet-4-5@20250929`.
+fn is_vertex_claude(model: &str) -> bool {
+    model.starts_with("claude-")
+}
+
+/// `body` (a JSON object) with `model` set: Vertex's count-tokens model
+/// takes the model in the body, where every other call has it in the path.
+fn with_model(body: &[u8], model: &str) -> Result<Vec<u8>, serde_json::Error> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+    v.insert("model".into(), model.into());
+    serde_json::to_vec(&v)
+}
+
 async fn count_tokens_locally(
     session: &mut Session,
     ctx: &mut RequestCtx,

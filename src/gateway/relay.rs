@@ -11,6 +11,7 @@
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::attempt::{BedrockCall, Failure, GeminiCall};
 use super::ctx::RequestCtx;
 use crate::dialects::anthropic::is_hop_by_hop;
 use crate::dialects::anthropic::usage::UsageTap;
@@ -243,21 +244,17 @@ pub async fn bedrock_error(mut exchange: Exchange<'_>, provider: &str) -> Gatewa
     }
 }
 
-/// What the relay needs to answer a Converse request in Anthropic terms.
-pub struct ConverseReply<'a> {
-    pub client_model: &'a str,
-    pub estimated_input_tokens: u64,
-}
-
 /// Relay a Bedrock answer: errors mapped; InvokeModel's JSON message (the
 /// Anthropic shape already) passed through and its event stream decoded into
-/// Anthropic SSE; Converse's JSON and stream translated. Pings on silence.
+/// Anthropic SSE; Converse's JSON and stream translated; a count-tokens
+/// answer rewritten. Pings on silence.
 pub async fn relay_bedrock(
     session: &mut Session,
     ctx: &mut RequestCtx,
     mut exchange: Exchange<'_>,
     provider: &str,
-    converse: Option<ConverseReply<'_>>,
+    call: BedrockCall,
+    reply: Reply<'_>,
 ) -> Result<(), GatewayError> {
     let head = exchange.header();
     ctx.upstream_request_id = head
@@ -272,33 +269,224 @@ pub async fn relay_bedrock(
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/vnd.amazon.eventstream"));
-    if let Some(reply) = converse {
-        use crate::dialects::bedrock::converse::{converse_response, ConverseStream};
-        let message_id = crate::dialects::openai::message_id(None, &ctx.request_id);
-        if eventstream {
-            let t = ConverseStream::new(reply.client_model, &message_id, reply.estimated_input_tokens);
-            return relay_translated_stream(session, ctx, exchange, provider, Translator::Converse(t)).await;
+    match call {
+        BedrockCall::CountTokens => {
+            let body = read_body(&mut exchange, MAX_ERROR_BODY, provider).await?;
+            exchange.finish().await;
+            let n =
+                crate::dialects::bedrock::count_tokens_response(&body).map_err(|e| GatewayError::UpstreamBroken {
+                    provider: provider.to_string(),
+                    detail: e.to_string(),
+                })?;
+            answer_count(session, ctx, n, "Bedrock count-tokens").await;
+            Ok(())
         }
-        let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, provider).await?;
-        exchange.finish().await;
-        let (body, usage) =
-            converse_response(&body, reply.client_model, &message_id).map_err(|e| GatewayError::UpstreamBroken {
-                provider: provider.to_string(),
-                detail: e.to_string(),
+        BedrockCall::Converse { .. } => {
+            use crate::dialects::bedrock::converse::{converse_response, ConverseStream};
+            let message_id = crate::dialects::openai::message_id(None, &ctx.request_id);
+            if eventstream {
+                let t = ConverseStream::new(reply.client_model, &message_id, reply.estimated_input_tokens);
+                return relay_translated_stream(session, ctx, exchange, provider, Translator::Converse(t)).await;
+            }
+            let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, provider).await?;
+            exchange.finish().await;
+            let (body, usage) = converse_response(&body, reply.client_model, &message_id).map_err(|e| {
+                GatewayError::UpstreamBroken {
+                    provider: provider.to_string(),
+                    detail: e.to_string(),
+                }
             })?;
-        ctx.usage = Some(usage);
-        if let Some(c) = ctx.reply_capture.as_mut() {
-            c.push(&bytes::Bytes::from(body.clone()));
+            answer_translated(session, ctx, body, usage).await;
+            Ok(())
         }
-        super::respond::json(session, ctx, 200, body, &[]).await;
-        return Ok(());
+        BedrockCall::Invoke { .. } if eventstream => {
+            let translator = Translator::Bedrock(crate::dialects::bedrock::stream::BedrockStream::default());
+            relay_translated_stream(session, ctx, exchange, provider, translator).await
+        }
+        BedrockCall::Invoke { .. } => {
+            relay(session, ctx, exchange, provider).await;
+            Ok(())
+        }
     }
-    if !eventstream {
-        relay(session, ctx, exchange, provider).await;
-        return Ok(());
+}
+
+/// What answering a translated request needs from the request side.
+pub struct Reply<'a> {
+    /// The model the client asked for; the translated answer names it.
+    pub client_model: &'a str,
+    /// Seeds `message_start` before the upstream reports the count.
+    pub estimated_input_tokens: u64,
+}
+
+/// A translated non-streaming answer: metered, captured, written.
+async fn answer_translated(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>, usage: crate::dialects::Usage) {
+    ctx.usage = Some(usage);
+    let body = bytes::Bytes::from(body);
+    if let Some(c) = ctx.reply_capture.as_mut() {
+        c.push(&body);
     }
-    let translator = Translator::Bedrock(crate::dialects::bedrock::stream::BedrockStream::default());
-    relay_translated_stream(session, ctx, exchange, provider, translator).await
+    super::respond::complete(session, ctx, 200, "application/json", body, &[]).await;
+}
+
+/// A `count_tokens` answer from an upstream's own counter, in Anthropic
+/// shape; the header names the counter.
+async fn answer_count(session: &mut Session, ctx: &mut RequestCtx, n: u64, counter: &str) {
+    let body = bytes::Bytes::from(format!("{{\"input_tokens\":{n}}}"));
+    if let Some(c) = ctx.reply_capture.as_mut() {
+        c.push(&body);
+    }
+    let note = [("x-modelgate-token-count", format!("upstream; {counter}"))];
+    super::respond::complete(session, ctx, 200, "application/json", body, &note).await;
+}
+
+/// Read a Google error (`{"error": {"code", "message", "status"}}`) and map
+/// it, with `retry-after` from the header or `RetryInfo.retryDelay`.
+pub async fn gemini_error(mut exchange: Exchange<'_>, provider: &str) -> GatewayError {
+    let head = exchange.header();
+    let status = head.status.as_u16();
+    let header_retry = head
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
+        .await
+        .unwrap_or_default();
+    exchange.finish().await;
+    google_error(status, header_retry, &body)
+}
+
+fn google_error(status: u16, header_retry: Option<u64>, body: &[u8]) -> GatewayError {
+    use crate::dialects::gemini;
+    let mapped = gemini::map_error(status, body);
+    let retry_after = header_retry.or_else(|| gemini::retry_after(body));
+    GatewayError::Upstream {
+        status: mapped.status,
+        retry_after: if mapped.status == 429 { retry_after } else { None },
+        kind: mapped.kind,
+        message: mapped.message,
+    }
+}
+
+/// A failed Vertex `publishers/anthropic` answer: the model's own
+/// Anthropic-shaped errors are relayed verbatim (Claude Code reads their
+/// wording); Google's platform errors (quota, permissions) are mapped.
+pub async fn vertex_claude_error(exchange: Exchange<'_>, provider: &str) -> Failure {
+    let buffered = buffer(exchange, provider).await;
+    let anthropic_shaped = serde_json::from_slice::<serde_json::Value>(&buffered.body)
+        .is_ok_and(|v| v["type"] == "error" && v["error"]["type"].is_string());
+    if anthropic_shaped {
+        return Failure::Upstream(buffered);
+    }
+    let header_retry = buffered
+        .head
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Failure::Gateway(google_error(
+        buffered.head.status.as_u16(),
+        header_retry,
+        &buffered.body,
+    ))
+}
+
+/// Relay Claude on Vertex: its answers are Anthropic's own (JSON or SSE,
+/// passed through with the usage tap); errors per [`vertex_claude_error`].
+pub async fn relay_vertex_claude(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    exchange: Exchange<'_>,
+    provider: &str,
+) -> Result<(), GatewayError> {
+    if exchange.header().status.as_u16() >= 400 {
+        return match vertex_claude_error(exchange, provider).await {
+            Failure::Upstream(buffered) => {
+                relay_buffered(session, ctx, buffered).await;
+                Ok(())
+            }
+            Failure::Gateway(e) => Err(e),
+        };
+    }
+    relay(session, ctx, exchange, provider).await;
+    Ok(())
+}
+
+/// What translating a Gemini answer needs from the request side.
+pub struct GeminiReply<'a> {
+    pub translated: &'a crate::dialects::gemini::Translated,
+    pub client_model: &'a str,
+    pub provider: &'a str,
+    pub call: GeminiCall,
+}
+
+/// Relay a Gemini answer (AI Studio or Vertex `publishers/google`) as an
+/// Anthropic one: errors mapped, JSON translated whole, SSE translated
+/// event by event with pings on silence, `countTokens` rewritten.
+pub async fn relay_gemini(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut exchange: Exchange<'_>,
+    reply: GeminiReply<'_>,
+) -> Result<(), GatewayError> {
+    use crate::dialects::gemini;
+    let head = exchange.header();
+    ctx.upstream_request_id = head
+        .headers
+        .get("x-goog-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_sse = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if head.status.as_u16() >= 400 {
+        return Err(gemini_error(exchange, reply.provider).await);
+    }
+    // An answer that cannot be translated, or one with no output (a
+    // malformed function call): a retryable `api_error`.
+    let broken = |e: gemini::GeminiError| {
+        let mapped = e.mapped();
+        GatewayError::Upstream {
+            status: mapped.status,
+            kind: mapped.kind,
+            message: format!("provider `{}`: {}", reply.provider, mapped.message),
+            retry_after: None,
+        }
+    };
+    match reply.call {
+        GeminiCall::CountTokens => {
+            let body = read_body(&mut exchange, MAX_ERROR_BODY, reply.provider).await?;
+            exchange.finish().await;
+            let n = gemini::count_tokens_response(&body).map_err(broken)?;
+            answer_count(session, ctx, n, "Gemini countTokens").await;
+            Ok(())
+        }
+        GeminiCall::Generate { stream: true } if is_sse => {
+            let t = gemini::GeminiStream::new(
+                reply.client_model,
+                &ctx.request_id,
+                reply.translated.estimated_input_tokens,
+                reply.translated.tool_names.clone(),
+            );
+            relay_translated_stream(session, ctx, exchange, reply.provider, Translator::Gemini(t)).await
+        }
+        GeminiCall::Generate { .. } => {
+            let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, reply.provider).await?;
+            exchange.finish().await;
+            let (body, usage, _) = gemini::translate_response(
+                &body,
+                &gemini::ResponseContext {
+                    model: reply.client_model,
+                    tool_names: &reply.translated.tool_names,
+                    seed: &ctx.request_id,
+                },
+            )
+            .map_err(broken)?;
+            answer_translated(session, ctx, body, usage).await;
+            Ok(())
+        }
+    }
 }
 
 /// A complete upstream response held in memory: a failed attempt's answer,
@@ -395,11 +583,7 @@ pub async fn relay_openai(
             provider: reply.provider.to_string(),
             detail: e.to_string(),
         })?;
-        ctx.usage = Some(t.usage);
-        if let Some(c) = ctx.reply_capture.as_mut() {
-            c.push(&bytes::Bytes::from(t.body.clone()));
-        }
-        super::respond::json(session, ctx, 200, t.body, &[]).await;
+        answer_translated(session, ctx, t.body, t.usage).await;
         return Ok(());
     }
 
@@ -417,12 +601,17 @@ pub enum Translator {
     OpenAi(crate::dialects::openai::stream::StreamTranslator),
     Bedrock(crate::dialects::bedrock::stream::BedrockStream),
     Converse(crate::dialects::bedrock::converse::ConverseStream),
+    Gemini(crate::dialects::gemini::GeminiStream),
 }
 
 impl Translator {
     fn start(&mut self, out: &mut Vec<u8>) {
-        if let Translator::OpenAi(t) = self {
-            t.start(out)
+        match self {
+            Translator::OpenAi(t) => t.start(out),
+            Translator::Converse(t) => t.start(out),
+            Translator::Gemini(t) => t.start(out),
+            // InvokeModel's stream carries Anthropic's own message_start.
+            Translator::Bedrock(_) => {}
         }
     }
     fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
@@ -430,6 +619,7 @@ impl Translator {
             Translator::OpenAi(t) => t.push(chunk, out),
             Translator::Bedrock(t) => t.push(chunk, out),
             Translator::Converse(t) => t.push(chunk, out),
+            Translator::Gemini(t) => t.push(chunk, out),
         }
     }
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -437,6 +627,7 @@ impl Translator {
             Translator::OpenAi(t) => t.finish(out),
             Translator::Bedrock(t) => t.finish(out),
             Translator::Converse(t) => t.finish(out),
+            Translator::Gemini(t) => t.finish(out),
         }
     }
     fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
@@ -444,6 +635,7 @@ impl Translator {
             Translator::OpenAi(t) => t.fail(kind, message, out),
             Translator::Bedrock(t) => t.fail(kind, message, out),
             Translator::Converse(t) => t.fail(kind, message, out),
+            Translator::Gemini(t) => t.fail(kind, message, out),
         }
     }
     fn is_done(&self) -> bool {
@@ -451,6 +643,7 @@ impl Translator {
             Translator::OpenAi(t) => t.is_done(),
             Translator::Bedrock(t) => t.is_done(),
             Translator::Converse(t) => t.is_done(),
+            Translator::Gemini(t) => t.is_done(),
         }
     }
     fn completed(&self) -> bool {
@@ -458,6 +651,7 @@ impl Translator {
             Translator::OpenAi(t) => t.stop_reason().is_some(),
             Translator::Bedrock(t) => t.completed(),
             Translator::Converse(t) => t.completed(),
+            Translator::Gemini(t) => t.completed(),
         }
     }
     fn usage(&mut self) -> Option<crate::dialects::Usage> {
@@ -465,6 +659,7 @@ impl Translator {
             Translator::OpenAi(t) => Some(t.usage()),
             Translator::Bedrock(t) => t.take_usage(),
             Translator::Converse(t) => Some(t.usage()),
+            Translator::Gemini(t) => Some(t.usage()),
         }
     }
 }

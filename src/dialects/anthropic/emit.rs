@@ -220,6 +220,11 @@ impl Emitter {
         self.open.filter(|&(k, b, _)| k == key && b == kind).map(|(_, _, i)| i)
     }
 
+    /// Whether the open block is the one under `key`.
+    pub fn is_open(&self, key: u64) -> bool {
+        self.open.is_some_and(|(k, _, _)| k == key)
+    }
+
     fn open_block(&mut self, key: u64, kind: BlockKind, out: &mut Vec<u8>) -> u32 {
         self.start(out);
         self.close(out);

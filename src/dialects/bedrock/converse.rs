@@ -293,6 +293,11 @@ impl ConverseStream {
         }
     }
 
+    /// Emit `message_start` now, so nothing the relay adds (pings) precedes it.
+    pub fn start(&mut self, out: &mut Vec<u8>) {
+        self.emit.start(out);
+    }
+
     fn on_event(&mut self, kind: &str, v: &Value, out: &mut Vec<u8>) {
         let at = v["contentBlockIndex"].as_u64().unwrap_or(0);
         let e = &mut self.emit;
@@ -322,14 +327,7 @@ impl ConverseStream {
                     }
                 }
             }
-            "contentBlockStop" => {
-                if [BlockKind::Text, BlockKind::Thinking, BlockKind::Tool]
-                    .iter()
-                    .any(|&k| e.open_index(at, k).is_some())
-                {
-                    e.close(out);
-                }
-            }
+            "contentBlockStop" if e.is_open(at) => e.close(out),
             "messageStop" => self.held_stop = Some(v["stopReason"].as_str().unwrap_or("end_turn").to_string()),
             "metadata" => {
                 self.usage = usage(&v["usage"]);

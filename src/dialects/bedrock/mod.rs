@@ -66,6 +66,45 @@ pub fn invoke_path(model_id: &str, stream: bool) -> String {
     format!("/model/{id}/{action}")
 }
 
+/// The CountTokens path for `model_id` (encoded as [`invoke_path`] does).
+pub fn count_tokens_path(model_id: &str) -> String {
+    let invoke = invoke_path(model_id, false);
+    format!("{}/count-tokens", invoke.trim_end_matches("/invoke"))
+}
+
+/// A CountTokens body over an InvokeModel body (Anthropic models): the
+/// body travels base64-encoded, as InvokeModel's blob.
+pub fn count_tokens_invoke(invoke_body: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD.encode(invoke_body);
+    format!(r#"{{"input":{{"invokeModel":{{"body":"{blob}"}}}}}}"#).into_bytes()
+}
+
+/// A CountTokens body over a Converse body (other models): the fields
+/// CountTokens' Converse input takes.
+pub fn count_tokens_converse(converse_body: &[u8]) -> Result<Vec<u8>, BedrockError> {
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(converse_body).map_err(|e| BedrockError::Malformed(e.to_string()))?;
+    let input: serde_json::Map<String, serde_json::Value> = v
+        .into_iter()
+        .filter(|(k, _)| matches!(k.as_str(), "messages" | "system" | "toolConfig"))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"input": {"converse": input}}))
+        .map_err(|e| BedrockError::Malformed(e.to_string()))
+}
+
+/// `inputTokens` from a CountTokens answer.
+pub fn count_tokens_response(body: &[u8]) -> Result<u64, BedrockError> {
+    #[derive(serde::Deserialize)]
+    struct Count {
+        #[serde(rename = "inputTokens")]
+        input_tokens: u64,
+    }
+    serde_json::from_slice::<Count>(body)
+        .map(|c| c.input_tokens)
+        .map_err(|e| BedrockError::Malformed(format!("not a CountTokens answer: {e}")))
+}
+
 /// A Bedrock exception (a stream frame's `:exception-type`, or a
 /// non-streaming error's `x-amzn-ErrorType`) as the Anthropic error Claude
 /// Code acts on. Bedrock's own words are kept: Claude Code recognises
@@ -94,6 +133,26 @@ pub fn map_exception(kind: &str, message: &str) -> (u16, ErrorKind, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_tokens_wraps_the_invoke_body() {
+        assert_eq!(
+            count_tokens_path("us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/count-tokens"
+        );
+        let v: Value = serde_json::from_slice(&count_tokens_invoke(br#"{"a":1}"#)).unwrap();
+        assert_eq!(v["input"]["invokeModel"]["body"], "eyJhIjoxfQ==");
+        let v: Value = serde_json::from_slice(
+            &count_tokens_converse(br#"{"messages":[],"system":[],"inferenceConfig":{"maxTokens":5}}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"input": {"converse": {"messages": [], "system": []}}})
+        );
+        assert_eq!(count_tokens_response(br#"{"inputTokens":42}"#).unwrap(), 42);
+        assert!(count_tokens_response(b"{}").is_err());
+    }
 
     #[test]
     fn paths_are_encoded_once() {

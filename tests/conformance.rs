@@ -26,6 +26,7 @@ enum Dialect {
     Anthropic,
     OpenAi,
     Bedrock,
+    Gemini,
 }
 
 fn claude() -> Option<PathBuf> {
@@ -49,7 +50,8 @@ fn hash(key: &str) -> String {
 /// A gateway whose only route goes to `primary` (with `backup` as its
 /// fallback, when given), in `dialect`.
 fn config(dialect: Dialect, primary: &MockUpstream, backup: Option<&MockUpstream>) -> String {
-    let provider = |name: &str, up: &MockUpstream| match dialect {
+    let provider = |name: &str, up: &MockUpstream| {
+        match dialect {
         Dialect::Anthropic => format!(
             "  {name}: {{type: anthropic, api_base: \"{}\", api_key: sk-ant-mock}}\n",
             up.base_url()
@@ -62,11 +64,17 @@ fn config(dialect: Dialect, primary: &MockUpstream, backup: Option<&MockUpstream
             "  {name}: {{type: bedrock, region: us-east-1, api_base: \"{}\", api_key: bedrock-mock-key}}\n",
             up.base_url()
         ),
+        Dialect::Gemini => format!(
+            "  {name}: {{type: gemini, api_base: \"{}/v1beta\", api_key: gemini-mock-key, models: [claude-gateway-gemini]}}\n",
+            up.base_url()
+        ),
+    }
     };
     let rename = match dialect {
         Dialect::Anthropic => "",
         Dialect::OpenAi => ", model: gpt-4o",
         Dialect::Bedrock => ", model: \"us.anthropic.claude-sonnet-4-5-20250929-v1:0\"",
+        Dialect::Gemini => ", model: gemini-2.5-pro",
     };
     let mut yaml = format!(
         "listen: \"{{listen}}\"\nlog_level: info\nretry_delay: 10ms\ndefault_provider: primary\nproviders:\n{}",
@@ -95,6 +103,7 @@ fn model_reply(dialect: Dialect) -> Reply {
         Dialect::Anthropic => Reply::script(support::model::anthropic),
         Dialect::OpenAi => Reply::script(support::model::openai),
         Dialect::Bedrock => Reply::script(support::model::bedrock),
+        Dialect::Gemini => Reply::script(support::model::gemini),
     }
 }
 
@@ -267,6 +276,7 @@ async fn read_a_file(dialect: Dialect) {
             && match dialect {
                 Dialect::Anthropic | Dialect::Bedrock => body.contains("tool_result"),
                 Dialect::OpenAi => body.contains("\"role\":\"tool\""),
+                Dialect::Gemini => body.contains("functionResponse"),
             }
     });
     assert!(carried, "{dialect:?}: no upstream request carried the tool result");
@@ -314,6 +324,10 @@ async fn survives_a_429_by_failover(dialect: Dialect) {
             r#"{"message":"Too many requests, please wait before trying again."}"#,
         )
         .with_header("x-amzn-errortype", "ThrottlingException"),
+        Dialect::Gemini => Reply::json(
+            429,
+            r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#,
+        ),
     };
     busy.set_default(error.with_header("retry-after", "30"));
     let up = MockUpstream::start().await;
@@ -375,6 +389,24 @@ async fn bedrock_read_tool_loop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bedrock_429_failover() {
     survives_a_429_by_failover(Dialect::Bedrock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gemini_one_shot_and_model_discovery() {
+    one_shot_and_discovery(Dialect::Gemini).await;
+}
+
+/// Gemini's function call carries a thought signature the scripted model
+/// insists on seeing replayed (as Gemini 3 does): the loop only completes
+/// if it survives the round trip through Claude Code.
+#[tokio::test(flavor = "multi_thread")]
+async fn gemini_read_tool_loop() {
+    read_a_file(Dialect::Gemini).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gemini_429_failover() {
+    survives_a_429_by_failover(Dialect::Gemini).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

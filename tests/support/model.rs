@@ -275,3 +275,78 @@ pub fn openai(rec: &Recorded) -> Reply {
     steps.extend(done);
     Reply::sse(split_one(steps))
 }
+
+/// The thought signature the scripted Gemini puts on its function calls,
+/// and insists on seeing again (as Gemini 3 does).
+pub const GEMINI_SIGNATURE: &str = "bW9ja2dlbWluaXNpZ25hdHVyZQ==";
+
+/// A Gemini API (`generateContent` / `streamGenerateContent?alt=sse`)
+/// upstream. Like Gemini 3, it refuses a history whose function call lost
+/// its thought signature.
+pub fn gemini(rec: &Recorded) -> Reply {
+    let req = rec.json();
+    let contents = req["contents"].as_array().cloned().unwrap_or_default();
+    let unsigned = contents.iter().filter(|c| c["role"] == "model").any(|c| {
+        c["parts"].as_array().is_some_and(|parts| {
+            parts
+                .iter()
+                .any(|p| p.get("functionCall").is_some() && p["thoughtSignature"] != GEMINI_SIGNATURE)
+        })
+    });
+    if unsigned {
+        return Reply::json(
+            400,
+            r#"{"error":{"code":400,"message":"Function call is missing a thought_signature in functionCall parts.","status":"INVALID_ARGUMENT"}}"#,
+        );
+    }
+    let last = contents.last().cloned().unwrap_or(Value::Null);
+    let parts = last["parts"].as_array().cloned().unwrap_or_default();
+    let tool_result = parts.iter().find_map(|p| {
+        let r = &p["functionResponse"]["response"];
+        r.get("result")
+            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+    });
+    let user_text: String = parts
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let turn = decide(&user_text, tool_result.as_deref());
+    let prompt = (rec.body.len() / 4) as u64;
+    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": 17, "thoughtsTokenCount": 5, "totalTokenCount": prompt + 22});
+    let answer: Vec<Value> = match &turn {
+        Turn::Text(t) => vec![json!({ "text": t })],
+        Turn::Read(path) => {
+            vec![
+                json!({"functionCall": {"name": "Read", "args": {"file_path": path}}, "thoughtSignature": GEMINI_SIGNATURE}),
+            ]
+        }
+    };
+    let chunk = |parts: Vec<Value>, last: bool| {
+        let mut c = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}], "modelVersion": "gemini-2.5-pro"});
+        if last {
+            c["candidates"][0]["finishReason"] = json!("STOP");
+            c["usageMetadata"] = usage.clone();
+        }
+        c
+    };
+    if !rec.uri.contains(":streamGenerateContent") {
+        let mut all = vec![json!({"text": "Deciding.", "thought": true})];
+        all.extend(answer);
+        return Reply::json(200, chunk(all, true).to_string());
+    }
+    let mut chunks = vec![chunk(vec![json!({"text": "Deciding.", "thought": true})], false)];
+    match &turn {
+        Turn::Text(t) => {
+            let (a, b) = halves(t);
+            chunks.push(chunk(vec![json!({ "text": a })], false));
+            chunks.push(chunk(vec![json!({ "text": b })], true));
+        }
+        Turn::Read(_) => chunks.push(chunk(answer, true)),
+    }
+    let steps: Vec<SseStep> = chunks
+        .iter()
+        .map(|c| SseStep::Chunk(format!("data: {c}\r\n\r\n")))
+        .collect();
+    Reply::sse(split_one(steps)).with_header("content-type", "text/event-stream")
+}

@@ -231,13 +231,13 @@ pub struct VertexSite {
 impl VertexSite {
     /// `/v1/projects/P/locations/L/publishers/PUB/models/M:METHOD`.
     pub fn model_path(&self, publisher: &str, model: &str, method: &str) -> String {
-        let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+        use crate::dialects::path_segment;
         format!(
             "/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}:{method}",
-            enc(&self.project),
-            enc(&self.location),
+            path_segment(&self.project, b""),
+            path_segment(&self.location, b""),
             // `@` in `claude-sonnet-4-5@20250929` stays as Google writes it.
-            enc(model).replace("%40", "@"),
+            path_segment(model, b"@"),
         )
     }
 }

@@ -13,6 +13,22 @@ pub mod sse;
 
 use serde_json::{json, Value};
 
+/// `s` as one percent-encoded URL path segment: RFC 3986 unreserved
+/// characters, and those in `keep`, stay as they are; every other byte is
+/// `%XX`. Model ids go into upstream paths through this.
+pub fn path_segment(s: &str, keep: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Token counts in Anthropic's terms, whatever dialect reported them:
 /// `input_tokens` excludes cache reads and cache writes, which are counted
 /// apart (they are priced apart).

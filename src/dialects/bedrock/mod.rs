@@ -51,13 +51,7 @@ pub fn invoke_body(body: &[u8], beta_headers: &[&str], caps: &Capabilities) -> R
 /// The InvokeModel path for `model_id`. The id is percent-encoded once on
 /// the wire (`:` → `%3A`); SigV4 signs it encoded once more.
 pub fn invoke_path(model_id: &str, stream: bool) -> String {
-    let id: String = model_id
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let id = crate::dialects::path_segment(model_id, b"");
     let action = if stream {
         "invoke-with-response-stream"
     } else {

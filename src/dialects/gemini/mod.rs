@@ -105,19 +105,9 @@ pub fn count_tokens_path(model: &str) -> String {
     format!("models/{}:countTokens", path_segment(model))
 }
 
-/// The model as one percent-encoded path segment (RFC 3986 unreserved
-/// characters stay as they are).
+/// The model as one path segment (a leading `models/` tolerated).
 fn path_segment(model: &str) -> String {
-    let bare = model.strip_prefix("models/").unwrap_or(model);
-    let mut out = String::with_capacity(bare.len());
-    for b in bare.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::dialects::path_segment(model.strip_prefix("models/").unwrap_or(model), b"")
 }
 
 /// Gemini function names: start with a letter or `_`, then

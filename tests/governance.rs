@@ -62,6 +62,21 @@ async fn usage(gw: &Gateway) -> Value {
     r.json().await.unwrap()
 }
 
+/// `/v1/usage` once `n` requests are counted. Settlement runs in the
+/// logging phase, just after a response's last byte left, so a client can
+/// ask before the last one lands; wait for it, bounded.
+async fn usage_after(gw: &Gateway, n: u64) -> Value {
+    let mut u = usage(gw).await;
+    for _ in 0..100 {
+        if u["usage"]["requests"] == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        u = usage(gw).await;
+    }
+    u
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reservation_blocks_overspend_and_settlement_is_exact() {
     let up = MockUpstream::start().await;
@@ -97,7 +112,7 @@ async fn a_reservation_blocks_overspend_and_settlement_is_exact() {
     assert_eq!(r.status(), 200);
     r.text().await.unwrap();
 
-    let u = usage(&gw).await;
+    let u = usage_after(&gw, 4).await;
     let spent = u["usage"]["spend_usd"].as_f64().unwrap();
     assert!((spent - (4.0 * COST * 10_000.0).round() / 10_000.0).abs() < 1e-9, "{u}");
     assert_eq!(u["usage"]["tokens"]["cache_read"], 4 * 16384);
@@ -214,7 +229,7 @@ async fn the_ledger_keeps_every_record_across_a_restart_and_budgets_resume() {
             assert_eq!(r.unwrap().status(), 200, "batch {batch}");
         }
     }
-    let before = usage(&gw).await["usage"]["spend_usd"].as_f64().unwrap();
+    let before = usage_after(&gw, N as u64).await["usage"]["spend_usd"].as_f64().unwrap();
     assert!(gw.signal("TERM"));
     assert!(gw.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()));
     let reader = modelgate::usage::ledger::Reader::open(&db).unwrap();

@@ -917,20 +917,22 @@ mod tests {
         let path = dir.path().join("ledger.db");
         let ledger = Ledger::open(&path, 4).unwrap();
         let lock = lock_db(&path);
-        let accepted = (0..100)
+        // The writer takes at most one batch, then waits on the lock; the
+        // queue holds 4 more. Everything else is dropped, at once.
+        const N: u64 = 5_000;
+        let accepted = (0..N)
             .filter(|&i| ledger.record(rec(i, Some("k"), None, "m", T0)))
             .count() as u64;
-        // The writer holds at most one batch plus the 4 queued.
-        assert!(accepted <= 4 + 5, "{accepted} accepted");
-        assert_eq!(ledger.dropped(), 100 - accepted);
+        assert!(accepted <= MAX_BATCH as u64 + 4, "{accepted} accepted");
+        assert_eq!(ledger.dropped(), N - accepted);
         lock.execute_batch("COMMIT").unwrap();
         ledger.close(T).unwrap();
         assert_eq!(ledger.written(), accepted);
-        assert_eq!(ledger.written() + ledger.dropped(), 100);
+        assert_eq!(ledger.written() + ledger.dropped(), N);
 
         // After close, records are refused and counted too.
-        assert!(!ledger.record(rec(1000, None, None, "m", T0)));
-        assert_eq!(ledger.dropped(), 101 - accepted);
+        assert!(!ledger.record(rec(100_000, None, None, "m", T0)));
+        assert_eq!(ledger.dropped(), N + 1 - accepted);
         assert_eq!(Reader::open(&path).unwrap().count().unwrap(), accepted);
     }
 

@@ -23,8 +23,13 @@ THREADS=${THREADS:-2}
 UP_PORT=${UP_PORT:-18901}
 HOP_PORT=${HOP_PORT:-18902}
 GW_PORT=${GW_PORT:-18903}
+BARE_PORT=${BARE_PORT:-18904}
+STREAMS=${STREAMS:-1000}
+GW_THREADS=${GW_THREADS:-$(nproc)}
+# 1,000 open streams need 2,000+ descriptors in wrk and in the gateway.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release --quiet --bin modelgate
+cargo build --release --quiet --bin modelgate --example bare_pingora
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -62,6 +67,8 @@ http {
     location = /sse/v1/messages { default_type text/event-stream; return 200 '$sse'; }
     location = /oai/v1/chat/completions { default_type application/json; return 200 '$oai_json'; }
     location = /oai-sse/v1/chat/completions { default_type text/event-stream; return 200 '$oai_sse'; }
+    # A stream that stays open: the same events, sent at 64 bytes/s.
+    location = /slow/v1/messages { default_type text/event-stream; limit_rate 64; return 200 '$sse'; }
   }
 }
 NGX
@@ -97,10 +104,13 @@ default_provider: up
 providers:
   up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
   up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
+  up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
   oai: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai/v1", api_key: bench-provider-key}
   oai-sse: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai-sse/v1", api_key: bench-provider-key}
+threads: $GW_THREADS
 routes:
   - {match: claude-stream, provider: up-sse}
+  - {match: claude-slow, provider: up-slow}
   - {match: claude-gpt-json, provider: oai, model: gpt-4o}
   - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
 YAML
@@ -112,6 +122,13 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null || { cat "$work/gw.log"; exit 1; }
+idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
+target/release/examples/bare_pingora "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 1 100); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}' 2>/dev/null && break
+  sleep 0.1
+done
 
 small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
@@ -147,7 +164,7 @@ to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
-printf '%-26s %-10s %12s %10s %10s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop
+printf '%-26s %-12s %12s %10s %10s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop
 # name:nginx-hop path:nginx body:modelgate body (the hop is always plain pass-through)
 for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/sse/v1/messages:$stream:$stream" \
                 "claude-code-100KB:/v1/messages:$big:$big" "translated-json:/v1/messages:$small:$oai_small" \
@@ -155,10 +172,31 @@ for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/
   IFS=: read -r name path hop_body gw_body <<<"$scenario"
   read -r hop_rps hop50 hop99 < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$hop_body" "$CONNS" "$THREADS")
   read -r gw_rps gw50 gw99 < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_body" "$CONNS" "$THREADS")
-  printf '%-26s %-10s %12.0f %10s %10s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x"
-  printf '%-26s %-10s %12.0f %10s %10s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
+  printf '%-26s %-12s %12.0f %10s %10s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x"
+  # Bare Pingora is a pass-through: it has no translated rows.
+  if [ "$hop_body" = "$gw_body" ]; then
+    read -r b_rps b50 b99 < <(run "$name/bare-pingora" "http://127.0.0.1:$BARE_PORT$path" "$hop_body" "$CONNS" "$THREADS")
+    printf '%-26s %-12s %12.0f %10s %10s %11.2fx\n' "$name" bare-pingora "$b_rps" "$b50" "$b99" "$(awk -v a="$b_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
+  fi
+  printf '%-26s %-12s %12.0f %10s %10s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
 done
-printf '\nmodelgate RSS after load: %s MiB\n' "$(rss_mb)"
+printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
+
+# Memory with $STREAMS streams open at once: the upstream trickles each one
+# out at 64 bytes/s, so they stay open while wrk holds $STREAMS connections.
+slow="$work/slow.json"
+echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
+BODY_FILE="$slow" wrk -t"$THREADS" -c"$STREAMS" -d20s --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >/dev/null 2>&1 &
+wrk_pid=$!
+open=0
+for _ in $(seq 1 150); do
+  open=$(curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk '/^modelgate_streams_in_flight / {print int($2)}')
+  [ "${open:-0}" -ge "$STREAMS" ] && break
+  sleep 0.1
+done
+printf 'modelgate RSS with %s streams open: %s MiB\n' "${open:-0}" "$(rss_mb)"
+kill "$wrk_pid" 2>/dev/null || true
+wait "$wrk_pid" 2>/dev/null || true
 
 printf '\nadded latency at c=1 (sequential requests), small JSON body\n'
 read -r _ d50 d99 < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)

@@ -290,3 +290,48 @@ async fn errors_count_tokens_and_a_cut_stream() {
     assert_eq!(v["error"]["type"], "authentication_error");
     assert!(!v.to_string().contains("wrong"), "{v}");
 }
+
+/// A session that moves from Gemini to Claude (a failover, a route change)
+/// carries Gemini's thinking blocks in its history; Claude would refuse
+/// them ("Invalid signature in thinking block"), so they are left out of
+/// what a Claude upstream sees, and Claude's own blocks pass unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_moving_to_claude_sheds_gemini_thinking() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::message("claude-sonnet-4-5", "hello from Claude"));
+    let yaml = format!(
+        "listen: \"{{listen}}\"\nproviders:\n  claude: {{type: anthropic, api_base: \"{}\", api_key: sk-ant-test}}\nroutes:\n  - {{match: '*', provider: claude}}\n",
+        up.base_url()
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Gemini thought", "signature": "gemini-thought:c2lnbmF0dXJl"},
+            {"type": "text", "text": "Hi from Gemini"}
+        ]},
+        {"role": "user", "content": "and now?"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "Claude thought", "signature": "EqQBCkYIBxgCKkA"},
+            {"type": "text", "text": "Hi from Claude"}
+        ]},
+        {"role": "user", "content": "again"}
+    ]});
+    let r = post(&gw, &body).await;
+    assert_eq!(r.status(), 200);
+    let sent = up.requests()[0].json();
+    let blocks = &sent["messages"][1]["content"];
+    assert_eq!(blocks, &json!([{"type": "text", "text": "Hi from Gemini"}]), "{sent}");
+    assert_eq!(sent["messages"][3]["content"][0]["signature"], "EqQBCkYIBxgCKkA");
+    // A history without foreign blocks goes byte for byte.
+    let plain =
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let raw = serde_json::to_string(&plain).unwrap();
+    client()
+        .post(gw.url("/v1/messages"))
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.requests()[1].body_str(), raw);
+}

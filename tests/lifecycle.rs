@@ -84,7 +84,7 @@ fn invalid_config_fails_fast_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api_bsae") && err.contains("line 5"), "{err}");
 
-    std::fs::write(&path, "providers:\n  o: {type: gemini}\n").unwrap();
+    std::fs::write(&path, "providers:\n  o: {type: gopher}\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
         .args(["config", "validate", "-c"])
         .arg(&path)

@@ -495,6 +495,16 @@ impl Gateway {
         };
         let beta_headers = &beta_headers;
         let routing: &str = &routing_model;
+        // What Claude upstreams see: without thinking blocks other vendors'
+        // models produced (decided once, by a byte scan, on first use).
+        let for_claude = std::sync::OnceLock::new();
+        let for_claude = &for_claude;
+        let claude_request = move || {
+            for_claude
+                .get_or_init(|| request.for_claude())
+                .as_ref()
+                .unwrap_or(request)
+        };
         let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
             let upstream_model = c.rename.as_deref().unwrap_or(routing);
             let betas = || -> Vec<&str> { beta_headers.iter().filter_map(|v| v.to_str().ok()).collect() };
@@ -510,6 +520,7 @@ impl Gateway {
                     // Fast mode where the model has it (with its beta);
                     // elsewhere `speed` is dropped and the request runs at
                     // standard speed.
+                    let request = claude_request();
                     let fast = wants_fast && supports_fast_mode(upstream_model);
                     let speed = match (wants_fast, fast, request.speed_fast) {
                         (true, true, false) => SpeedEdit::Insert,
@@ -544,9 +555,12 @@ impl Gateway {
                     })
                 }
                 Dialect::Bedrock => {
-                    let invoke =
-                        crate::dialects::bedrock::invoke_body(&request.body, &betas(), &caps(Platform::Bedrock))
-                            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    let invoke = crate::dialects::bedrock::invoke_body(
+                        &claude_request().body,
+                        &betas(),
+                        &caps(Platform::Bedrock),
+                    )
+                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                     if !invoke.dropped.is_empty() {
                         log::info!(
                             "{request_id}: for Bedrock `{}`: dropped {}",
@@ -570,8 +584,13 @@ impl Gateway {
                     })
                 }
                 Dialect::Vertex if is_vertex_claude(upstream_model) => {
-                    let edited = edit_body(&request.body, &betas(), &caps(Platform::Vertex), Platform::Vertex)
-                        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                    let edited = edit_body(
+                        &claude_request().body,
+                        &betas(),
+                        &caps(Platform::Vertex),
+                        Platform::Vertex,
+                    )
+                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                     if !edited.dropped.is_empty() {
                         log::info!(
                             "{request_id}: for Vertex `{}`: dropped {}",

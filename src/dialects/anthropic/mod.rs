@@ -175,12 +175,62 @@ impl MessagesRequest {
         out.freeze()
     }
 
+    /// This request as a Claude upstream may see it: `None` when it is fine
+    /// as it is (the common case, decided by a byte scan), else a copy
+    /// without the thinking blocks Claude did not produce
+    /// ([`strip_foreign_thinking`]).
+    pub fn for_claude(&self) -> Option<MessagesRequest> {
+        let stripped = strip_foreign_thinking(&self.body)?;
+        MessagesRequest::parse(Bytes::from(stripped)).ok()
+    }
+
     /// The body to send upstream: the client's bytes, with only the model
     /// string replaced when `rename` differs from the requested model.
     pub fn body_with_model(&self, rename: Option<&str>) -> Bytes {
         self.upstream_body(rename, SpeedEdit::Keep)
     }
 }
+
+/// The history without thinking blocks another vendor's model produced:
+/// the gateway's Gemini blocks (signature [`GEMINI_THOUGHT`]-prefixed) and
+/// unsigned ones (OpenAI-family reasoning). A Claude upstream rejects both
+/// with "Invalid signature in thinking block" (`protocol.md` pitfall 8),
+/// which happens when a session moves from another vendor to Claude
+/// (failover, a route change). Claude's own blocks are never touched.
+/// `None` (no copy, no parse) when the body holds no such block.
+pub fn strip_foreign_thinking(body: &[u8]) -> Option<Vec<u8>> {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    if !has(GEMINI_THOUGHT.as_bytes()) && !has(br#""signature":"""#) && !has(br#""signature": """#) {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let foreign = |b: &serde_json::Value| {
+        b["type"] == "thinking"
+            && b["signature"]
+                .as_str()
+                .is_none_or(|s| s.is_empty() || s.starts_with(GEMINI_THOUGHT))
+    };
+    let mut changed = false;
+    for m in v["messages"].as_array_mut()?.iter_mut() {
+        let Some(blocks) = m["content"].as_array_mut() else {
+            continue;
+        };
+        let before = blocks.len();
+        blocks.retain(|b| !foreign(b));
+        if blocks.len() != before {
+            changed = true;
+            if blocks.is_empty() {
+                // An assistant turn that was only thinking keeps its place.
+                blocks.push(serde_json::json!({"type": "text", "text": "(no content)"}));
+            }
+        }
+    }
+    changed.then(|| serde_json::to_vec(&v).ok()).flatten()
+}
+
+/// The signature prefix of thinking blocks the gateway made from Gemini
+/// thoughts (`dialects::gemini::THINKING_SIGNATURE_PREFIX`).
+const GEMINI_THOUGHT: &str = crate::dialects::gemini::THINKING_SIGNATURE_PREFIX;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -290,6 +340,25 @@ pub fn is_credential(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_thinking_is_stripped_for_claude_and_claude_s_own_kept() {
+        let plain = br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"EqQBCkYIBxgC"},{"type":"text","text":"hi"}]}]}"#;
+        assert!(strip_foreign_thinking(plain).is_none(), "Claude's own blocks: no copy");
+        let mixed = br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"g","signature":"gemini-thought:c2ln"},{"type":"tool_use","id":"t1","name":"Read","input":{}}]},{"role":"assistant","content":[{"type":"thinking","thinking":"o","signature":""}]},{"role":"assistant","content":[{"type":"thinking","thinking":"c","signature":"EqQB"}]}]}"#;
+        let out: serde_json::Value = serde_json::from_slice(&strip_foreign_thinking(mixed).unwrap()).unwrap();
+        assert_eq!(
+            out["messages"][0]["content"],
+            serde_json::json!([{"type":"tool_use","id":"t1","name":"Read","input":{}}])
+        );
+        assert_eq!(
+            out["messages"][1]["content"],
+            serde_json::json!([{"type":"text","text":"(no content)"}])
+        );
+        assert_eq!(out["messages"][2]["content"][0]["signature"], "EqQB");
+        let req = MessagesRequest::parse(Bytes::from_static(mixed)).unwrap();
+        assert_eq!(req.for_claude().unwrap().model, "m");
+    }
 
     #[test]
     fn finds_model_and_stream_without_touching_bytes() {

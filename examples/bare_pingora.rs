@@ -1,6 +1,7 @@
 //! The floor under modelgate in `benches/e2e/run.sh`: the smallest Pingora
 //! reverse proxy (no parsing, no routing, no metering; Pingora's own proxy
-//! phases and connection pool), with the same allocator and thread count.
+//! phases and connection pool), with the same allocator, thread count and
+//! runtime layout.
 //! The benchmark reports it next to the nginx hop so the table shows how
 //! much of the gap is Pingora's and how much is modelgate's.
 //!
@@ -39,8 +40,11 @@ fn main() {
         .get(3)
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // `STEAL=1`: one work-stealing runtime (Pingora's default) instead of
+    // one runtime per thread, as modelgate runs.
     let conf = ServerConf {
         threads,
+        work_stealing: std::env::var("STEAL").is_ok_and(|v| v == "1"),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::connectors::ConnectorOptions;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -54,6 +56,14 @@ pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
         .clone()
         .unwrap_or_else(|| format!("/tmp/modelgate-{port}.pid"));
     conf
+}
+
+/// A plaintext listener whose connections read straight into Pingora's own
+/// header and body buffers. Pingora's default 64 KiB L4 read buffer exists
+/// for TLS (which reads 16 KiB records); on plain TCP it is one more copy of
+/// every request and, while a stream is open, 64 KiB of memory per client.
+fn plain_listener(addr: std::net::SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
 }
 
 /// Build and run the server; returns only if Pingora does (it normally exits the process).
@@ -122,7 +132,7 @@ pub fn run(
         },
         "modelgate",
     );
-    main.add_tcp(&listen.to_string());
+    main.add_listener(plain_listener(listen));
     // The ledger and audit log are open before the first request is taken,
     // so no request goes unrecorded.
     let sinks = server.add_service(pingora::services::background::background_service(
@@ -156,7 +166,7 @@ pub fn run(
             },
             "modelgate-admin",
         );
-        svc.add_tcp(&admin.to_string());
+        svc.add_listener(plain_listener(admin));
         let admin = server.add_service(svc);
         admin.add_dependency(&bootstrap);
         admin.add_dependency(&sinks);

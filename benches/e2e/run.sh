@@ -29,6 +29,7 @@ GW_THREADS=${GW_THREADS:-$(nproc)}
 # 1,000 open streams need 2,000+ descriptors in wrk and in the gateway.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+TARGET=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet --bin modelgate --example bare_pingora
 work=$(mktemp -d)
 pids=()
@@ -114,7 +115,7 @@ routes:
   - {match: claude-gpt-json, provider: oai, model: gpt-4o}
   - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
 YAML
-target/release/modelgate serve -c "$work/gw.yaml" >"$work/gw.log" 2>&1 &
+"$TARGET"/release/modelgate serve -c "$work/gw.yaml" >"$work/gw.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
 for _ in $(seq 1 100); do
@@ -123,7 +124,7 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null || { cat "$work/gw.log"; exit 1; }
 idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
-target/release/examples/bare_pingora "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare.log" 2>&1 &
+"$TARGET"/release/examples/bare_pingora "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 100); do
   curl -fsS -o /dev/null "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}' 2>/dev/null && break

@@ -40,11 +40,11 @@ fn main() {
         .get(3)
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // `STEAL=1`: one work-stealing runtime (Pingora's default) instead of
-    // one runtime per thread, as modelgate runs.
+    // A work-stealing runtime, Pingora's default and modelgate's; `STEAL=0`
+    // for one runtime per thread instead.
     let conf = ServerConf {
         threads,
-        work_stealing: std::env::var("STEAL").is_ok_and(|v| v == "1"),
+        work_stealing: std::env::var("STEAL").map_or(true, |v| v != "0"),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -129,6 +129,7 @@ pub enum Block<'a> {
     },
     Thinking {
         thinking: Cow<'a, str>,
+        signature: Option<Cow<'a, str>>,
     },
     RedactedThinking,
     Other(Cow<'a, str>),
@@ -160,6 +161,8 @@ struct BlockFields<'a> {
     is_error: bool,
     #[serde(default, borrow)]
     thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Block<'a> {
@@ -191,6 +194,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Block<'a> {
             },
             "thinking" => Block::Thinking {
                 thinking: f.thinking.unwrap_or_default(),
+                signature: f.signature,
             },
             "redacted_thinking" => Block::RedactedThinking,
             _ => Block::Other(kind.clone()),

@@ -48,7 +48,7 @@ use super::{
     decode_tool_id, schema, unwrap_thought_signature, GeminiError, ModelFamily, Tier, ToolNames, GEMINI_NAMES,
     NO_CONTENT, SKIP_SIGNATURE_VALIDATOR,
 };
-use crate::dialects::anthropic::types::{OutputConfig, Role, Source, Thinking, ToolChoice};
+use crate::dialects::anthropic::types::{Block, Content, OutputConfig, Role, Source, Thinking, ToolChoice};
 
 pub struct RequestOptions<'a> {
     /// The model id to send (after any route rename); decides thinking
@@ -87,8 +87,8 @@ const MODEL: &str = "model";
 
 // ---- the inbound view ------------------------------------------------------
 //
-// Like `anthropic::types`, but thinking blocks keep their signature and
-// blocks remember whether they carried `cache_control`.
+// The request fields this translator reads; message content is
+// `anthropic::types`' borrowing view, shared with the OpenAI translator.
 
 #[derive(Deserialize)]
 struct Req<'a> {
@@ -138,139 +138,6 @@ struct Msg<'a> {
     role: Role,
     #[serde(borrow)]
     content: Content<'a>,
-}
-
-enum Content<'a> {
-    Text(Cow<'a, str>),
-    Blocks(Vec<Block<'a>>),
-}
-
-struct Block<'a> {
-    kind: BlockKind<'a>,
-    cache_control: bool,
-}
-
-enum BlockKind<'a> {
-    Text(Cow<'a, str>),
-    Image(Source<'a>),
-    Document {
-        source: Source<'a>,
-        title: Option<Cow<'a, str>>,
-    },
-    ToolUse {
-        id: Cow<'a, str>,
-        name: Cow<'a, str>,
-        input: &'a RawValue,
-    },
-    ToolResult {
-        tool_use_id: Cow<'a, str>,
-        content: Option<Content<'a>>,
-        is_error: bool,
-    },
-    Thinking {
-        thinking: Cow<'a, str>,
-        signature: Option<Cow<'a, str>>,
-    },
-    RedactedThinking,
-    Other(Cow<'a, str>),
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Content<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or a list of content blocks")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(v)))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut blocks = Vec::with_capacity(seq.size_hint().unwrap_or(4));
-                while let Some(b) = seq.next_element::<Block<'a>>()? {
-                    blocks.push(b);
-                }
-                Ok(Content::Blocks(blocks))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-/// The union of every block's fields (a plain struct deserialises without
-/// buffering, so strings borrow and `input` stays raw).
-#[derive(Deserialize)]
-struct BlockFields<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    source: Option<Source<'a>>,
-    #[serde(default, borrow)]
-    title: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    input: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    tool_use_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    content: Option<Content<'a>>,
-    #[serde(default)]
-    is_error: Option<bool>,
-    #[serde(default, borrow)]
-    thinking: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    signature: Option<Cow<'a, str>>,
-    #[serde(default)]
-    cache_control: Option<IgnoredAny>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Block<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let f = BlockFields::deserialize(d)?;
-        let kind = f.kind;
-        let missing = |field: &str| D::Error::custom(format!("`{kind}` block: missing field `{field}`"));
-        let block = match &*kind {
-            "text" => BlockKind::Text(f.text.ok_or_else(|| missing("text"))?),
-            "image" => BlockKind::Image(f.source.ok_or_else(|| missing("source"))?),
-            "document" => BlockKind::Document {
-                source: f.source.ok_or_else(|| missing("source"))?,
-                title: f.title,
-            },
-            "tool_use" => BlockKind::ToolUse {
-                id: f.id.ok_or_else(|| missing("id"))?,
-                name: f.name.ok_or_else(|| missing("name"))?,
-                input: f.input.ok_or_else(|| missing("input"))?,
-            },
-            "tool_result" => BlockKind::ToolResult {
-                tool_use_id: f.tool_use_id.ok_or_else(|| missing("tool_use_id"))?,
-                content: f.content,
-                is_error: f.is_error.unwrap_or(false),
-            },
-            "thinking" => BlockKind::Thinking {
-                thinking: f.thinking.unwrap_or_default(),
-                signature: f.signature,
-            },
-            "redacted_thinking" => BlockKind::RedactedThinking,
-            _ => BlockKind::Other(kind.clone()),
-        };
-        Ok(Block {
-            kind: block,
-            cache_control: f.cache_control.is_some(),
-        })
-    }
 }
 
 #[derive(Deserialize)]
@@ -485,11 +352,16 @@ impl Notes {
 
 // ---- translation -----------------------------------------------------------
 
+const CACHE_CONTROL: &[u8] = b"\"cache_control\"";
+
 pub fn translate_request(body: &[u8], opts: &RequestOptions<'_>) -> Result<Translated, GeminiError> {
     let req: Req = serde_json::from_slice(body).map_err(|e| GeminiError::Malformed(e.to_string()))?;
     let family = ModelFamily::of(opts.upstream_model);
     let mut notes = Notes::default();
     let mut names = ToolNames::default();
+    if body.windows(CACHE_CONTROL.len()).any(|w| w == CACHE_CONTROL) {
+        notes.add("cache_control dropped: Gemini caches implicitly");
+    }
 
     // Function names for results come from the calls, over the whole
     // history: never derived from an id (pitfall 6).
@@ -497,7 +369,7 @@ pub fn translate_request(body: &[u8], opts: &RequestOptions<'_>) -> Result<Trans
     for m in &req.messages {
         if let Content::Blocks(blocks) = &m.content {
             for b in blocks {
-                if let BlockKind::ToolUse { id, name, .. } = &b.kind {
+                if let Block::ToolUse { id, name, .. } = b {
                     call_names.insert(id, name);
                 }
             }
@@ -593,7 +465,7 @@ fn system_parts<'a>(system: Option<&'a Content<'a>>, notes: &mut Notes) -> Optio
     if let Content::Blocks(blocks) = system {
         if blocks
             .iter()
-            .any(|b| matches!(&b.kind, BlockKind::Text(t) if t.starts_with(ATTRIBUTION_PREFIX)))
+            .any(|b| matches!(b, Block::Text { text: t } if t.starts_with(ATTRIBUTION_PREFIX)))
         {
             notes.add("attribution block (x-anthropic-billing-header) left out of systemInstruction");
         }
@@ -612,37 +484,28 @@ fn text_parts<'a>(content: &'a Content<'a>, notes: &mut Notes) -> Vec<GPart<'a>>
         Content::Text(_) => Vec::new(),
         Content::Blocks(blocks) => blocks
             .iter()
-            .filter_map(|b| {
-                note_cache_control(b, notes);
-                match &b.kind {
-                    BlockKind::Text(t) if nonblank(t) => Some(text_part(Cow::Borrowed(t))),
-                    BlockKind::Text(_) => None,
-                    other => {
-                        notes.add(format!("`{}` block in a system entry dropped", block_name(other)));
-                        None
-                    }
+            .filter_map(|b| match b {
+                Block::Text { text: t } if nonblank(t) => Some(text_part(Cow::Borrowed(t))),
+                Block::Text { .. } => None,
+                other => {
+                    notes.add(format!("`{}` block in a system entry dropped", block_name(other)));
+                    None
                 }
             })
             .collect(),
     }
 }
 
-fn note_cache_control(b: &Block<'_>, notes: &mut Notes) {
-    if b.cache_control {
-        notes.add("cache_control dropped: Gemini caches implicitly");
-    }
-}
-
-fn block_name<'b>(kind: &'b BlockKind<'_>) -> &'b str {
+fn block_name<'b>(kind: &'b Block<'_>) -> &'b str {
     match kind {
-        BlockKind::Text(_) => "text",
-        BlockKind::Image(_) => "image",
-        BlockKind::Document { .. } => "document",
-        BlockKind::ToolUse { .. } => "tool_use",
-        BlockKind::ToolResult { .. } => "tool_result",
-        BlockKind::Thinking { .. } => "thinking",
-        BlockKind::RedactedThinking => "redacted_thinking",
-        BlockKind::Other(kind) => kind,
+        Block::Text { .. } => "text",
+        Block::Image { .. } => "image",
+        Block::Document { .. } => "document",
+        Block::ToolUse { .. } => "tool_use",
+        Block::ToolResult { .. } => "tool_result",
+        Block::Thinking { .. } => "thinking",
+        Block::RedactedThinking => "redacted_thinking",
+        Block::Other(kind) => kind,
     }
 }
 
@@ -721,13 +584,12 @@ fn user_parts<'a>(
     let mut media = Vec::new();
     let mut rest = Vec::new();
     for b in blocks {
-        note_cache_control(b, notes);
-        match &b.kind {
-            BlockKind::Text(t) if nonblank(t) => rest.push(text_part(Cow::Borrowed(t))),
-            BlockKind::Text(_) => {}
-            BlockKind::Image(source) => rest.extend(image_part(source, notes)),
-            BlockKind::Document { source, title } => rest.extend(document_part(source, title.as_deref(), notes)),
-            BlockKind::ToolResult {
+        match b {
+            Block::Text { text: t } if nonblank(t) => rest.push(text_part(Cow::Borrowed(t))),
+            Block::Text { .. } => {}
+            Block::Image { source } => rest.extend(image_part(source, notes)),
+            Block::Document { source, title } => rest.extend(document_part(source, title.as_deref(), notes)),
+            Block::ToolResult {
                 tool_use_id,
                 content,
                 is_error,
@@ -737,15 +599,15 @@ fn user_parts<'a>(
                     Some(Content::Text(t)) => text.push_str(t),
                     Some(Content::Blocks(inner)) => {
                         for ib in inner {
-                            match &ib.kind {
-                                BlockKind::Text(t) if nonblank(t) => {
+                            match ib {
+                                Block::Text { text: t } if nonblank(t) => {
                                     if !text.is_empty() {
                                         text.push('\n');
                                     }
                                     text.push_str(t);
                                 }
-                                BlockKind::Image(source) => media.extend(image_part(source, notes)),
-                                BlockKind::Document { source, title } => {
+                                Block::Image { source } => media.extend(image_part(source, notes)),
+                                Block::Document { source, title } => {
                                     match document_part(source, title.as_deref(), notes) {
                                         Some(GPart::Text { text: t, .. }) => {
                                             if !text.is_empty() {
@@ -811,11 +673,10 @@ fn model_parts<'a>(content: &'a Content<'a>, names: &mut ToolNames, notes: &mut 
     };
     let mut parts = Vec::with_capacity(blocks.len());
     for b in blocks {
-        note_cache_control(b, notes);
-        match &b.kind {
-            BlockKind::Text(t) if nonblank(t) => parts.push(text_part(Cow::Borrowed(t))),
-            BlockKind::Text(_) => {}
-            BlockKind::Thinking { thinking, signature } => {
+        match b {
+            Block::Text { text: t } if nonblank(t) => parts.push(text_part(Cow::Borrowed(t))),
+            Block::Text { .. } => {}
+            Block::Thinking { thinking, signature } => {
                 match signature.as_deref().and_then(unwrap_thought_signature) {
                     // Never an empty text part: Vertex rejects those.
                     Some(sig) => parts.push(GPart::Text {
@@ -832,10 +693,10 @@ fn model_parts<'a>(content: &'a Content<'a>, names: &mut ToolNames, notes: &mut 
                     ),
                 }
             }
-            BlockKind::RedactedThinking => {
+            Block::RedactedThinking => {
                 notes.add("redacted_thinking blocks dropped: only Anthropic models can read them")
             }
-            BlockKind::ToolUse { id, name, input } => {
+            Block::ToolUse { id, name, input } => {
                 let args = if input.get().trim_start().starts_with('{') {
                     Args::Raw(input)
                 } else {
@@ -851,7 +712,7 @@ fn model_parts<'a>(content: &'a Content<'a>, names: &mut ToolNames, notes: &mut 
                     id: Cow::Borrowed(id),
                 });
             }
-            BlockKind::Image(source) => parts.extend(image_part(source, notes)),
+            Block::Image { source } => parts.extend(image_part(source, notes)),
             other => notes.add(format!(
                 "`{}` block in an assistant message dropped: no Gemini equivalent",
                 block_name(other)

@@ -40,7 +40,7 @@ use pingora::proxy::{ProxyHttp, Session};
 
 use crate::config::snapshot::{Candidate, Dialect, Plan};
 use crate::config::{ConfigStore, ProviderKind, Snapshot};
-use crate::dialects::anthropic::cloud::{edit_body, Capabilities, Platform};
+use crate::dialects::anthropic::cloud::{edit_body, Capabilities, Edited, Platform};
 use crate::dialects::anthropic::{supports_fast_mode, MessagesRequest, SpeedEdit, FAST_MODE_BETA};
 use crate::dialects::openai::request::{translate_request, RequestOptions};
 use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
@@ -515,6 +515,19 @@ impl Gateway {
                     .cloned()
                     .unwrap_or_else(|| Capabilities::for_platform(platform))
             };
+            // A Claude body edited for a cloud platform, drops logged.
+            let claude_edit = |platform: Platform| -> Result<Edited, GatewayError> {
+                let edited = edit_body(&claude_request().body, &betas(), &caps(platform), platform)
+                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+                if !edited.dropped.is_empty() {
+                    log::info!(
+                        "{request_id}: for {platform:?} `{}`: dropped {}",
+                        c.provider.name,
+                        edited.dropped.join(", ")
+                    );
+                }
+                Ok(edited)
+            };
             match c.provider.kind.dialect() {
                 Dialect::Anthropic => {
                     // Fast mode where the model has it (with its beta);
@@ -555,19 +568,7 @@ impl Gateway {
                     })
                 }
                 Dialect::Bedrock => {
-                    let invoke = crate::dialects::bedrock::invoke_body(
-                        &claude_request().body,
-                        &betas(),
-                        &caps(Platform::Bedrock),
-                    )
-                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-                    if !invoke.dropped.is_empty() {
-                        log::info!(
-                            "{request_id}: for Bedrock `{}`: dropped {}",
-                            c.provider.name,
-                            invoke.dropped.join(", ")
-                        );
-                    }
+                    let invoke = claude_edit(Platform::Bedrock)?;
                     let (call, body) = if count_tokens {
                         (
                             BedrockCall::CountTokens,
@@ -584,20 +585,7 @@ impl Gateway {
                     })
                 }
                 Dialect::Vertex if is_vertex_claude(upstream_model) => {
-                    let edited = edit_body(
-                        &claude_request().body,
-                        &betas(),
-                        &caps(Platform::Vertex),
-                        Platform::Vertex,
-                    )
-                    .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-                    if !edited.dropped.is_empty() {
-                        log::info!(
-                            "{request_id}: for Vertex `{}`: dropped {}",
-                            c.provider.name,
-                            edited.dropped.join(", ")
-                        );
-                    }
+                    let edited = claude_edit(Platform::Vertex)?;
                     let (call, body) = if count_tokens {
                         // The count-tokens model takes the model in the body.
                         let body = with_model(&edited.body, upstream_model)

@@ -179,41 +179,56 @@ mod tests {
     use super::*;
 
     /// Claude Code's real first turn (105 KB) with the betas it sends:
-    /// what reaches Vertex carries only fields and betas it accepts.
+    /// what reaches Bedrock and Vertex carries only fields and betas each
+    /// accepts.
     #[test]
-    fn a_claude_code_request_arrives_at_vertex_with_nothing_it_rejects() {
+    fn a_claude_code_request_arrives_with_nothing_the_platform_rejects() {
         let fixture = include_bytes!("../../../tests/fixtures/claude_code_request.json");
         let betas = ["claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,fine-grained-tool-streaming-2025-05-14,prompt-caching-scope-2026-01-05,effort-2025-11-24"];
-        let out = edit_body(fixture, &betas, &Capabilities::vertex(), Platform::Vertex).unwrap();
-        let v: Value = serde_json::from_slice(&out.body).unwrap();
-        let allowed = [
-            "anthropic_version",
-            "max_tokens",
-            "system",
-            "messages",
-            "tools",
-            "tool_choice",
-            "thinking",
-            "temperature",
-            "top_p",
-            "top_k",
-            "stop_sequences",
-            "metadata",
-            "stream",
-            "context_management",
-        ];
-        for key in v.as_object().unwrap().keys() {
-            assert!(allowed.contains(&key.as_str()), "`{key}` would be rejected by Vertex");
-        }
-        assert_eq!(v["anthropic_version"], "vertex-2023-10-16");
-        assert_eq!(
-            out.betas,
-            ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
-        );
-        for tool in v["tools"].as_array().unwrap() {
-            assert_ne!(tool["type"], "custom", "{tool}");
-            for field in ["eager_input_streaming", "strict"] {
-                assert!(tool.get(field).is_none(), "{field} in {tool}");
+        for platform in [Platform::Bedrock, Platform::Vertex] {
+            let caps = Capabilities::for_platform(platform);
+            let out = edit_body(fixture, &betas, &caps, platform).unwrap();
+            let v: Value = serde_json::from_slice(&out.body).unwrap();
+            let allowed = [
+                "anthropic_version",
+                "anthropic_beta",
+                "max_tokens",
+                "system",
+                "messages",
+                "tools",
+                "tool_choice",
+                "thinking",
+                "temperature",
+                "top_p",
+                "top_k",
+                "stop_sequences",
+                "metadata",
+                "stream",
+                "context_management",
+            ];
+            for key in v.as_object().unwrap().keys() {
+                assert!(
+                    allowed.contains(&key.as_str()),
+                    "`{key}` would be rejected by {platform:?}"
+                );
+            }
+            assert_eq!(v["anthropic_version"], platform.anthropic_version());
+            assert_eq!(
+                out.betas,
+                ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
+            );
+            match platform {
+                Platform::Bedrock => {
+                    assert_eq!(v["anthropic_beta"], serde_json::json!(out.betas));
+                    assert!(v.get("model").is_none() && v.get("stream").is_none());
+                }
+                Platform::Vertex => assert!(v.get("anthropic_beta").is_none() && v.get("model").is_none()),
+            }
+            for tool in v["tools"].as_array().unwrap() {
+                assert_ne!(tool["type"], "custom", "{tool}");
+                for field in ["eager_input_streaming", "strict"] {
+                    assert!(tool.get(field).is_none(), "{field} in {tool}");
+                }
             }
         }
     }

@@ -160,45 +160,6 @@ mod tests {
         );
     }
 
-    /// Claude Code's real first turn (105 KB) with the betas it sends: what
-    /// reaches Bedrock carries only fields and betas Bedrock accepts.
-    #[test]
-    fn a_claude_code_request_arrives_with_nothing_bedrock_rejects() {
-        let fixture = include_bytes!("../../../tests/fixtures/claude_code_request.json");
-        let betas = ["claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,fine-grained-tool-streaming-2025-05-14,prompt-caching-scope-2026-01-05,effort-2025-11-24"];
-        let out = invoke_body(fixture, &betas, &Capabilities::bedrock()).unwrap();
-        let v: Value = serde_json::from_slice(&out.body).unwrap();
-        let allowed = [
-            "anthropic_version",
-            "anthropic_beta",
-            "max_tokens",
-            "system",
-            "messages",
-            "tools",
-            "tool_choice",
-            "thinking",
-            "temperature",
-            "top_p",
-            "top_k",
-            "stop_sequences",
-            "metadata",
-            "context_management",
-        ];
-        for key in v.as_object().unwrap().keys() {
-            assert!(allowed.contains(&key.as_str()), "`{key}` would be rejected by Bedrock");
-        }
-        assert_eq!(v["anthropic_version"], ANTHROPIC_VERSION);
-        for b in v["anthropic_beta"].as_array().unwrap() {
-            assert!(Capabilities::bedrock().accepts(b.as_str().unwrap()), "{b}");
-        }
-        for tool in v["tools"].as_array().unwrap() {
-            assert_ne!(tool["type"], "custom", "{tool}");
-            for field in ["eager_input_streaming", "strict"] {
-                assert!(tool.get(field).is_none(), "{field} in {tool}");
-            }
-        }
-    }
-
     #[test]
     fn betas_and_their_fields_travel_together() {
         let body = br#"{"model":"m","stream":true,"max_tokens":5,"speed":"fast","output_config":{"effort":"low"},"context_management":{"edits":[]},"tools":[{"type":"custom","name":"t","input_schema":{},"defer_loading":true,"strict":true}],"messages":[]}"#;

@@ -960,7 +960,12 @@ fn accounts_from_config(
             return Ok(single(None));
         }
         if credential.is_none() {
-            warnings.push(unset(format!("{key}.api_key_env_var: `{var}`")));
+            let setting = match &p.api_key_env_var {
+                Some(_) => format!("{key}.api_key_env_var: `{var}`"),
+                // The type's standard variable, not named in the file.
+                None => format!("{key}: `{var}`"),
+            };
+            warnings.push(unset(setting));
         }
         return Ok(single(credential));
     }

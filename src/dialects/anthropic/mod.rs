@@ -199,8 +199,17 @@ impl MessagesRequest {
 /// (failover, a route change). Claude's own blocks are never touched.
 /// `None` (no copy, no parse) when the body holds no such block.
 pub fn strip_foreign_thinking(body: &[u8]) -> Option<Vec<u8>> {
-    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    if !has(GEMINI_THOUGHT.as_bytes()) && !has(br#""signature":"""#) && !has(br#""signature": """#) {
+    // One SIMD pass over the body: only thinking blocks carry `"signature"`.
+    let foreign_signature = memchr::memmem::find_iter(body, b"\"signature\"").any(|at| {
+        let rest = &body[at + b"\"signature\"".len()..];
+        let value = rest
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .unwrap_or(b"")
+            .trim_ascii_start();
+        value.starts_with(b"\"\"") || value[1.min(value.len())..].starts_with(GEMINI_THOUGHT.as_bytes())
+    });
+    if !foreign_signature {
         return None;
     }
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -345,6 +354,13 @@ mod tests {
     fn foreign_thinking_is_stripped_for_claude_and_claude_s_own_kept() {
         let plain = br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"EqQBCkYIBxgC"},{"type":"text","text":"hi"}]}]}"#;
         assert!(strip_foreign_thinking(plain).is_none(), "Claude's own blocks: no copy");
+        let schema = br#"{"model":"m","tools":[{"name":"t","input_schema":{"properties":{"signature":{"type":"string"}}}}],"messages":[]}"#;
+        assert!(
+            strip_foreign_thinking(schema).is_none(),
+            "a property named signature is no block"
+        );
+        let spaced = br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"o","signature" : ""},{"type":"text","text":"a"}]}]}"#;
+        assert!(strip_foreign_thinking(spaced).is_some(), "whitespace around the colon");
         let mixed = br#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"g","signature":"gemini-thought:c2ln"},{"type":"tool_use","id":"t1","name":"Read","input":{}}]},{"role":"assistant","content":[{"type":"thinking","thinking":"o","signature":""}]},{"role":"assistant","content":[{"type":"thinking","thinking":"c","signature":"EqQB"}]}]}"#;
         let out: serde_json::Value = serde_json::from_slice(&strip_foreign_thinking(mixed).unwrap()).unwrap();
         assert_eq!(

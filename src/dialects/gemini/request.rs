@@ -359,7 +359,7 @@ pub fn translate_request(body: &[u8], opts: &RequestOptions<'_>) -> Result<Trans
     let family = ModelFamily::of(opts.upstream_model);
     let mut notes = Notes::default();
     let mut names = ToolNames::default();
-    if body.windows(CACHE_CONTROL.len()).any(|w| w == CACHE_CONTROL) {
+    if memchr::memmem::find(body, CACHE_CONTROL).is_some() {
         notes.add("cache_control dropped: Gemini caches implicitly");
     }
 

@@ -125,7 +125,8 @@ done
 curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null || { cat "$work/gw.log"; exit 1; }
 idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
 "$TARGET"/release/examples/bare_pingora "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare.log" 2>&1 &
-pids+=("$!")
+bare_pid=$!
+pids+=("$bare_pid")
 for _ in $(seq 1 100); do
   curl -fsS -o /dev/null "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}' 2>/dev/null && break
   sleep 0.1
@@ -196,6 +197,19 @@ for _ in $(seq 1 150); do
   sleep 0.1
 done
 printf 'modelgate RSS with %s streams open: %s MiB\n' "${open:-0}" "$(rss_mb)"
+kill "$wrk_pid" 2>/dev/null || true
+wait "$wrk_pid" 2>/dev/null || true
+
+# The same for bare Pingora (it has no metrics: count its client connections).
+BODY_FILE="$slow" wrk -t"$THREADS" -c"$STREAMS" -d20s --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT/slow/v1/messages" >/dev/null 2>&1 &
+wrk_pid=$!
+open=0
+for _ in $(seq 1 150); do
+  open=$(ss -Htn state established "( sport = :$BARE_PORT )" | wc -l)
+  [ "$open" -ge "$STREAMS" ] && break
+  sleep 0.1
+done
+printf 'bare Pingora RSS with %s streams open: %s MiB\n' "$open" "$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$bare_pid/status")"
 kill "$wrk_pid" 2>/dev/null || true
 wait "$wrk_pid" 2>/dev/null || true
 

@@ -12,8 +12,6 @@ use serde_json::Value;
 
 use crate::error::ErrorKind;
 
-pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
-
 #[derive(Debug, thiserror::Error)]
 pub enum BedrockError {
     #[error("the request body is not a JSON object: {0}")]
@@ -168,7 +166,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"anthropic_version": ANTHROPIC_VERSION, "max_tokens": 5, "tools": [{"name": "t", "input_schema": {}}], "messages": []})
+            serde_json::json!({"anthropic_version": Platform::Bedrock.anthropic_version(), "max_tokens": 5, "tools": [{"name": "t", "input_schema": {}}], "messages": []})
         );
         assert!(out.dropped.iter().any(|d| d.contains("speed")), "{:?}", out.dropped);
         // With the accepted betas, their fields stay; unknown betas are dropped.

@@ -52,9 +52,13 @@ fn header(r: &reqwest::Response, name: &str) -> Option<String> {
 }
 
 async fn usage(gw: &Gateway) -> Value {
+    usage_of(gw, ALICE).await
+}
+
+async fn usage_of(gw: &Gateway, key: &str) -> Value {
     let r = client()
         .get(gw.url("/v1/usage"))
-        .header("authorization", format!("Bearer {ALICE}"))
+        .header("authorization", format!("Bearer {key}"))
         .send()
         .await
         .unwrap();
@@ -66,13 +70,17 @@ async fn usage(gw: &Gateway) -> Value {
 /// logging phase, just after a response's last byte left, so a client can
 /// ask before the last one lands; wait for it, bounded.
 async fn usage_after(gw: &Gateway, n: u64) -> Value {
-    let mut u = usage(gw).await;
+    usage_of_after(gw, ALICE, n).await
+}
+
+async fn usage_of_after(gw: &Gateway, key: &str, n: u64) -> Value {
+    let mut u = usage_of(gw, key).await;
     for _ in 0..100 {
         if u["usage"]["requests"] == n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        u = usage(gw).await;
+        u = usage_of(gw, key).await;
     }
     u
 }
@@ -176,6 +184,8 @@ async fn rpm_and_tpm_limits_answer_429_with_an_accurate_retry_after() {
     let r = post(&gw, "mg-bob", body(10)).await;
     assert_eq!(r.status(), 200);
     r.text().await.unwrap();
+    // The debt lands with settlement (see `usage_after`).
+    usage_of_after(&gw, "mg-bob", 1).await;
     let r = post(&gw, "mg-bob", body(10)).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();

@@ -7,8 +7,10 @@
 #
 # The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
 # process listens on 127.0.0.1 only and every load run is bounded by
-# DURATION. Output: one table with RPS, p50/p99 latency, and the ratio to the
-# nginx hop measured in this run; then the added latency at c=1.
+# DURATION. Output: one table with RPS, p50/p99 latency, the ratio to the
+# nginx hop measured in this run, and each proxy's CPU time per request
+# (what it costs, apart from how the two cores were shared); then memory
+# (idle, 1,000 open streams) and the added latency at c=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/deps.sh
@@ -150,37 +152,51 @@ wrk.body = f:read("*a")
 f:close()
 LUA
 
-# run NAME URL BODY CONNS THREADS -> "rps p50 p99" (latencies in ms)
+# run NAME URL BODY CONNS THREADS [PID...] -> "rps p50 p99 cpu" (latencies in
+# ms; cpu = the PIDs' user+system CPU time per request in microseconds, or -)
 run() {
-  local out
+  local out t0 t1
+  t0=$(cpu_ticks "${@:6}")
   out=$(BODY_FILE="$3" wrk -t"$5" -c"$4" -d"$DURATION" --latency -s "$work/post.lua" "$2" 2>&1)
+  t1=$(cpu_ticks "${@:6}")
   if ! grep -q "Requests/sec" <<<"$out"; then echo "wrk failed for $1: $out" >&2; exit 1; fi
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers in $1: $out" >&2; exit 1; fi
-  local rps p50 p99
+  local rps p50 p99 n cpu=-
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  [ $# -gt 5 ] && cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
+}
+# cpu_ticks PID... -> their summed user+system time, in clock ticks.
+cpu_ticks() {
+  local p t=0
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
 }
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n+=0; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
-printf '%-26s %-12s %12s %10s %10s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop
+# nginx's CPU is its workers'.
+hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
+printf '%-26s %-12s %12s %10s %10s %12s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop cpu_us/req
 # name:nginx-hop path:nginx body:modelgate body (the hop is always plain pass-through)
 for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/sse/v1/messages:$stream:$stream" \
                 "claude-code-100KB:/v1/messages:$big:$big" "translated-json:/v1/messages:$small:$oai_small" \
                 "translated-sse:/sse/v1/messages:$stream:$oai_stream"; do
   IFS=: read -r name path hop_body gw_body <<<"$scenario"
-  read -r hop_rps hop50 hop99 < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$hop_body" "$CONNS" "$THREADS")
-  read -r gw_rps gw50 gw99 < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_body" "$CONNS" "$THREADS")
-  printf '%-26s %-12s %12.0f %10s %10s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x"
+  # shellcheck disable=SC2086 # one pid per word
+  read -r hop_rps hop50 hop99 hop_cpu < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$hop_body" "$CONNS" "$THREADS" $hop_pids)
+  read -r gw_rps gw50 gw99 gw_cpu < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_body" "$CONNS" "$THREADS" "$gw_pid")
+  printf '%-26s %-12s %12.0f %10s %10s %12s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x" "$hop_cpu"
   # Bare Pingora is a pass-through: it has no translated rows.
   if [ "$hop_body" = "$gw_body" ]; then
-    read -r b_rps b50 b99 < <(run "$name/bare-pingora" "http://127.0.0.1:$BARE_PORT$path" "$hop_body" "$CONNS" "$THREADS")
-    printf '%-26s %-12s %12.0f %10s %10s %11.2fx\n' "$name" bare-pingora "$b_rps" "$b50" "$b99" "$(awk -v a="$b_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
+    read -r b_rps b50 b99 b_cpu < <(run "$name/bare-pingora" "http://127.0.0.1:$BARE_PORT$path" "$hop_body" "$CONNS" "$THREADS" "$bare_pid")
+    printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s\n' "$name" bare-pingora "$b_rps" "$b50" "$b99" "$(awk -v a="$b_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$b_cpu"
   fi
-  printf '%-26s %-12s %12.0f %10s %10s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')"
+  printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$gw_cpu"
 done
 printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
 
@@ -214,9 +230,9 @@ kill "$wrk_pid" 2>/dev/null || true
 wait "$wrk_pid" 2>/dev/null || true
 
 printf '\nadded latency at c=1 (sequential requests), small JSON body\n'
-read -r _ d50 d99 < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
-read -r _ h50 h99 < <(run nginx-hop "http://127.0.0.1:$HOP_PORT/v1/messages" "$small" 1 1)
-read -r _ g50 g99 < <(run modelgate "http://127.0.0.1:$GW_PORT/v1/messages" "$small" 1 1)
+read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
+read -r _ h50 h99 _ < <(run nginx-hop "http://127.0.0.1:$HOP_PORT/v1/messages" "$small" 1 1)
+read -r _ g50 g99 _ < <(run modelgate "http://127.0.0.1:$GW_PORT/v1/messages" "$small" 1 1)
 printf '%-12s p50 %8.3f ms  p99 %8.3f ms\n' direct "$d50" "$d99"
 printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' nginx-hop "$(awk -v a="$h50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$h99" -v b="$d99" 'BEGIN{print a-b}')"
 printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' modelgate "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"

@@ -621,7 +621,10 @@ pub async fn run<'u>(
             } => vertex_claude_head(provider, bearer.as_deref(), upstream_model, *call, betas, body.len())?,
         };
         job.sent.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
-        let mut exchange = match send(upstreams, snap, provider, head, prep.body()).await {
+        // Boxed: sending (connect, write, read the head) is the largest
+        // future here, and inline it would size the request's future, and
+        // so every open stream's memory, for the whole relay.
+        let mut exchange = match Box::pin(send(upstreams, snap, provider, head, prep.body())).await {
             Ok(x) => x,
             Err(e) => {
                 log::info!("attempt {} to `{}` failed: {e}", attempt + 1, account.label);

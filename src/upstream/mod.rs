@@ -214,13 +214,17 @@ impl Upstreams {
         let mut header = Some(header);
         let mut last = None;
         for _ in 0..2 {
+            // Connecting is the largest future on the request path (~9 KB
+            // of Pingora state, TLS included): boxed, it lives only while
+            // it runs instead of sizing every request's future for the
+            // whole stream (see `Exchange::finish`).
             let (mut stream_or_session, reused) = match pool {
-                Pool::Http => self
-                    .connector
-                    .get_http_session(&peer)
+                Pool::Http => Box::pin(self.connector.get_http_session(&peer))
                     .await
                     .map(|(s, r)| (Opened::Session(Box::new(s)), r)),
-                Pool::Plain => self.plain.get_stream(&peer).await.map(|(s, r)| (Opened::Stream(s), r)),
+                Pool::Plain => Box::pin(self.plain.get_stream(&peer))
+                    .await
+                    .map(|(s, r)| (Opened::Stream(s), r)),
             }
             .map_err(|e| UpstreamError::from_pingora(&e, true))?;
             // Only a reused connection can be retried, so only then keep a copy.
@@ -240,8 +244,8 @@ impl Upstreams {
                 Opened::Stream(stream) => write_request_at_once(stream, &head, &body, limits.idle).await,
             };
             let mut session = match stream_or_session {
-                Opened::Session(s) => *s,
-                Opened::Stream(stream) => HttpSession::H1(Http1Session::new_with_options(stream, &peer)),
+                Opened::Session(s) => s,
+                Opened::Stream(stream) => Box::new(HttpSession::H1(Http1Session::new_with_options(stream, &peer))),
             };
             session.set_read_timeout(Some(limits.idle));
             session.set_write_timeout(Some(limits.idle));
@@ -254,7 +258,7 @@ impl Upstreams {
                     return Ok(Exchange {
                         upstreams: self,
                         session: Some(session),
-                        peer,
+                        peer: Box::new(peer),
                         pool,
                         pending: None,
                     })
@@ -282,7 +286,7 @@ impl Upstreams {
         e.retry.decide_reuse(reused);
         let stale = reused && e.retry() && !matches!(e.etype(), ErrorType::ReadTimedout);
         *last = Some(UpstreamError::from_pingora(&e, false));
-        session.shutdown().await;
+        Box::pin(session.shutdown()).await;
         if stale {
             log::debug!("pooled upstream connection was stale ({}), reconnecting", describe(&e));
         }
@@ -382,8 +386,11 @@ async fn read_final_head(session: &mut HttpSession) -> pingora::Result<()> {
 /// closes the connection rather than pooling a half-read one.
 pub struct Exchange<'a> {
     upstreams: &'a Upstreams,
-    session: Option<HttpSession>,
-    peer: HttpPeer,
+    // Boxed, both: the relay passes the exchange down by value through
+    // several async functions, and each keeps a copy's worth of room in its
+    // future for the stream's whole life (~1.1 KB per level inline).
+    session: Option<Box<HttpSession>>,
+    peer: Box<HttpPeer>,
     pool: Pool,
     /// A body chunk read ahead by [`Exchange::peek`], returned first by `next_chunk`.
     pending: Option<Bytes>,
@@ -441,13 +448,21 @@ impl Exchange<'_> {
 
     /// Return the connection to the pool when the response was read to its
     /// end; otherwise close it.
-    pub async fn finish(mut self) {
+    ///
+    /// Boxed, like connecting: every relay awaits this at its end, and
+    /// inline its ~7 KB (Pingora's shutdown and pool release) would be
+    /// part of each open stream's memory for the stream's whole life.
+    pub async fn finish(self) {
+        Box::pin(self.finish_inline()).await
+    }
+
+    async fn finish_inline(mut self) {
         if let Some(mut session) = self.session.take() {
             if !session.response_done() {
                 session.shutdown().await;
                 return;
             }
-            match (self.pool, session) {
+            match (self.pool, *session) {
                 (Pool::Plain, HttpSession::H1(mut h1)) => {
                     h1.respect_keepalive();
                     if let Some(stream) = h1.reuse().await {
@@ -459,15 +474,20 @@ impl Exchange<'_> {
                 (_, session) => {
                     self.upstreams
                         .connector
-                        .release_http_session(session, &self.peer, Some(POOL_IDLE))
+                        .release_http_session(session, &*self.peer, Some(POOL_IDLE))
                         .await
                 }
             }
         }
     }
 
-    /// Abandon the response (client went away, or an error): close, never pool.
-    pub async fn abort(mut self) {
+    /// Abandon the response (client went away, or an error): close, never
+    /// pool. Boxed for the reason [`Exchange::finish`] is.
+    pub async fn abort(self) {
+        Box::pin(self.abort_inline()).await
+    }
+
+    async fn abort_inline(mut self) {
         if let Some(mut session) = self.session.take() {
             session.shutdown().await;
         }

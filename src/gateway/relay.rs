@@ -9,6 +9,7 @@
 //! streams, and by closing the connection otherwise.
 
 use pingora::http::ResponseHeader;
+use pingora::prelude::fast_timeout::{fast_sleep, fast_timeout};
 use pingora::proxy::Session;
 
 use super::attempt::{BedrockCall, Failure, GeminiCall};
@@ -701,7 +702,13 @@ async fn relay_translated_stream(
     let mut upstream_eof = false;
     let mut upstream_failed = false;
     let _stream_gauge = StreamGauge::new();
-    let ping_timer = tokio::time::sleep(ping_after);
+    // Pingora's timer wheel, not tokio's: arming a tokio timer due sooner
+    // than every other one wakes the runtime's parked driver thread (an
+    // eventfd write and a context switch per stream). The timer is armed
+    // once per interval and checks how long the stream has been quiet,
+    // instead of being re-armed on every chunk.
+    let mut last_sent = std::time::Instant::now();
+    let ping_timer = fast_sleep(ping_after);
     tokio::pin!(ping_timer);
     loop {
         let next = {
@@ -713,18 +720,23 @@ async fn relay_translated_stream(
                 tokio::select! {
                     r = &mut read => break Some(r),
                     _ = &mut ping_timer => {
+                        let quiet = last_sent.elapsed();
+                        if quiet < ping_after {
+                            ping_timer.set(fast_sleep(ping_after - quiet));
+                            continue;
+                        }
                         out.extend_from_slice(PING_FRAME);
                         let data = bytes::Bytes::from(std::mem::take(&mut out));
                         ctx.bytes_out += data.len() as u64;
                         if session.write_response_body(Some(data), false).await.is_err() {
                             break None;
                         }
-                        ping_timer.as_mut().reset(tokio::time::Instant::now() + ping_after);
+                        last_sent = std::time::Instant::now();
+                        ping_timer.set(fast_sleep(ping_after));
                     }
                 }
             }
         };
-        ping_timer.as_mut().reset(tokio::time::Instant::now() + ping_after);
         match next {
             None => {
                 ctx.client_gone = true;
@@ -764,6 +776,7 @@ async fn relay_translated_stream(
                 return Ok(());
             }
             ctx.bytes_out += n;
+            last_sent = std::time::Instant::now();
         }
         if end {
             ctx.usage = translator.usage();
@@ -791,7 +804,7 @@ async fn finish_after_done(mut exchange: Exchange<'_>, upstream_eof: bool) {
         exchange.finish().await;
         return;
     }
-    let drained = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+    let drained = fast_timeout(DRAIN_AFTER_DONE, async {
         let mut budget = 64usize;
         while budget > 0 {
             match exchange.next_chunk().await {

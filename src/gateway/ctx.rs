@@ -42,8 +42,9 @@ pub struct RequestCtx {
     pub fast: bool,
     /// A model request: it gets a ledger record and its usage is settled.
     pub metered: bool,
-    /// The budget and rate-limit charges to settle once usage is known.
-    pub admission: Option<crate::policy::Admission>,
+    /// The budget and rate-limit charges to settle once usage is known,
+    /// and the state they are settled against ([`super::meter::settle`]).
+    pub admission: Option<(crate::policy::Admission, std::sync::Arc<super::Shared>)>,
     /// With `audit.log_prompts`: the request body, and the response as relayed (capped).
     pub prompt: Option<bytes::Bytes>,
     pub reply_capture: Option<Capture>,

@@ -3,11 +3,14 @@
 //! [`admit`] turns the parsed request into a [`Demand`] — input estimated
 //! from the body size, output from `max_tokens` (capped), both priced at the
 //! first candidate's model — and asks the policy to charge the caller's key
-//! and team. [`finish`] runs from Pingora's `logging` phase for every
-//! request: it prices the usage the relay extracted, settles the admission,
-//! and hands one [`Record`] to the ledger and, with client details, to the
-//! audit log. Neither waits on disk: both sinks take records through bounded
-//! queues.
+//! and team. [`settle`] charges what the request used once the relay knows
+//! it, just before the response's last bytes go out, so a client that waits
+//! for one answer before sending the next always meets the settled state.
+//! [`finish`] runs from Pingora's `logging` phase for every request: it
+//! settles what the relay did not (errors, early exits), prices the usage
+//! for metrics, and hands one [`Record`] to the ledger and, with client
+//! details, to the audit log. Neither waits on disk: both sinks take
+//! records through bounded queues.
 
 use std::sync::Arc;
 
@@ -38,7 +41,7 @@ fn price<'a>(snap: &'a Snapshot, upstream: Option<&str>, requested: Option<&str>
 
 /// Check and charge the caller's limits and budgets for one model request.
 pub async fn admit(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snap: &Snapshot,
     key: &Arc<KeyEntry>,
     ctx: &mut RequestCtx,
@@ -62,7 +65,7 @@ pub async fn admit(
     };
     match shared.policy.admit(&scopes, demand, period::now_ms()).await {
         Ok(admission) => {
-            ctx.admission = Some(admission);
+            ctx.admission = Some((admission, shared.clone()));
             Ok(())
         }
         Err(e) => {
@@ -77,9 +80,30 @@ pub async fn admit(
     }
 }
 
-/// Price, settle and record a finished request.
+/// Settle the request's admission against what it used (`ctx.usage`, none
+/// on failures: the reservation is released). The relay calls this before
+/// it writes a response's last bytes; later calls do nothing.
+pub async fn settle(ctx: &mut RequestCtx) {
+    let Some((admission, shared)) = ctx.admission.take() else {
+        return;
+    };
+    let usage = ctx.usage.unwrap_or_default();
+    let cost_usd = ctx
+        .snapshot
+        .as_ref()
+        .and_then(|snap| price(snap, ctx.upstream_model.as_deref(), ctx.model.as_deref()))
+        .map_or(0.0, |p| p.cost_usd(&usage, ctx.fast));
+    let actual = Actual {
+        usage,
+        cost_nanos: policy::usd_to_nanos(cost_usd),
+    };
+    shared.policy.settle(admission, actual).await;
+}
+
+/// Settle (when the relay has not), price and record a finished request.
 pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     let Some(snap) = ctx.snapshot.clone() else { return };
+    settle(ctx).await;
     let usage = ctx.usage.unwrap_or_default();
     let priced = price(&snap, ctx.upstream_model.as_deref(), ctx.model.as_deref());
     let cost_usd = match priced {
@@ -97,13 +121,6 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
             .cost
             .with_label_values(&[ctx.provider.as_deref().unwrap_or("local")])
             .inc_by(cost_usd);
-    }
-    if let Some(admission) = ctx.admission.take() {
-        let actual = Actual {
-            usage,
-            cost_nanos: policy::usd_to_nanos(cost_usd),
-        };
-        shared.policy.settle(admission, actual).await;
     }
     let reply = ctx.reply_capture.take().map(|c| (c.truncated, c.into_bytes()));
     if let (Some((kind, key)), Some((false, body))) = (ctx.cache_key.take(), &reply) {

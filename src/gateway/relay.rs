@@ -58,6 +58,18 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchan
     outcome
 }
 
+/// Settle the request's usage before the response's end reaches the
+/// client ([`super::meter::settle`]); the tap's reading is final here.
+async fn settle_before_end(ctx: &mut RequestCtx, tap: &mut UsageTap) {
+    if ctx.admission.is_none() {
+        return;
+    }
+    if ctx.metered {
+        ctx.usage = std::mem::replace(tap, UsageTap::Off).finish().or(ctx.usage);
+    }
+    super::meter::settle(ctx).await;
+}
+
 async fn relay_body(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -73,6 +85,12 @@ async fn relay_body(
                 if let Some(c) = ctx.reply_capture.as_mut() {
                     c.push(&chunk);
                 }
+                // Settle before the chunk that ends the answer for the
+                // client: a length-delimited body's last chunk, or the
+                // stream's final usage (`message_stop` follows it at once).
+                if exchange.body_done() || tap.has_final_usage() {
+                    settle_before_end(ctx, tap).await;
+                }
                 let n = chunk.len() as u64;
                 ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
@@ -85,6 +103,7 @@ async fn relay_body(
                 ctx.bytes_out += n;
             }
             Ok(None) => {
+                settle_before_end(ctx, tap).await;
                 if let Err(e) = session.write_response_body(None, true).await {
                     log::debug!("{}: client gone at the end of the response: {e}", ctx.request_id);
                     ctx.client_gone = true;
@@ -322,6 +341,7 @@ pub struct Reply<'a> {
 /// A translated non-streaming answer: metered, captured, written.
 async fn answer_translated(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>, usage: crate::dialects::Usage) {
     ctx.usage = Some(usage);
+    super::meter::settle(ctx).await;
     let body = bytes::Bytes::from(body);
     if let Some(c) = ctx.reply_capture.as_mut() {
         c.push(&body);
@@ -763,6 +783,11 @@ async fn relay_translated_stream(
             }
         }
         let end = translator.is_done();
+        if end {
+            // Settled before message_stop goes out (see `meter::settle`).
+            ctx.usage = translator.usage();
+            super::meter::settle(ctx).await;
+        }
         if !out.is_empty() || end {
             let n = out.len() as u64;
             ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
@@ -779,7 +804,6 @@ async fn relay_translated_stream(
             last_sent = std::time::Instant::now();
         }
         if end {
-            ctx.usage = translator.usage();
             if !translator.completed() {
                 ctx.error.get_or_insert(crate::error::ErrorKind::Api);
             }

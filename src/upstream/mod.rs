@@ -427,6 +427,12 @@ impl Exchange<'_> {
             .map_err(|e| UpstreamError::from_pingora(&e, false))
     }
 
+    /// The upstream's body has been read to its end (the chunk just
+    /// returned, if any, was the last), with no chunk held back by `peek`.
+    pub fn body_done(&mut self) -> bool {
+        self.pending.is_none() && self.session.as_mut().is_some_and(|s| s.response_done())
+    }
+
     /// Read the first body chunk ahead, so a response that dies before its
     /// first byte can still be retried elsewhere. `Ok(false)`: the body is
     /// empty. The chunk is not lost: `next_chunk` returns it first.

@@ -139,6 +139,12 @@ impl UsageTap {
         }
     }
 
+    /// The stream has reported its final usage (`message_delta`): what
+    /// follows (`message_stop`) changes nothing [`UsageTap::finish`] returns.
+    pub fn has_final_usage(&self) -> bool {
+        matches!(self, UsageTap::Sse { finished: true, .. })
+    }
+
     /// The usage the response reported, if it reported any.
     pub fn finish(self) -> Option<Usage> {
         match self {
@@ -214,6 +220,17 @@ mod tests {
                 "split at {at}"
             );
         }
+    }
+
+    #[test]
+    fn final_usage_is_known_at_message_delta() {
+        let at = STREAM.find("event: message_stop").unwrap();
+        let mut t = UsageTap::new(200, Some(b"text/event-stream"));
+        t.observe(&Bytes::copy_from_slice(STREAM[..at - 40].as_bytes()));
+        assert!(!t.has_final_usage());
+        t.observe(&Bytes::copy_from_slice(STREAM[at - 40..at].as_bytes()));
+        assert!(t.has_final_usage());
+        assert_eq!(t.finish().map(|u| u.output_tokens), Some(42));
     }
 
     #[test]

@@ -226,9 +226,9 @@ mod tests {
     fn final_usage_is_known_at_message_delta() {
         let at = STREAM.find("event: message_stop").unwrap();
         let mut t = UsageTap::new(200, Some(b"text/event-stream"));
-        t.observe(&Bytes::copy_from_slice(STREAM[..at - 40].as_bytes()));
+        t.observe(&Bytes::copy_from_slice(&STREAM.as_bytes()[..at - 40]));
         assert!(!t.has_final_usage());
-        t.observe(&Bytes::copy_from_slice(STREAM[at - 40..at].as_bytes()));
+        t.observe(&Bytes::copy_from_slice(&STREAM.as_bytes()[at - 40..at]));
         assert!(t.has_final_usage());
         assert_eq!(t.finish().map(|u| u.output_tokens), Some(42));
     }

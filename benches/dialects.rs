@@ -91,7 +91,17 @@ fn bedrock(c: &mut Criterion) {
     let caps = bedrock::Capabilities::bedrock();
     let betas = ["claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"];
     c.bench_function("bedrock_invoke_body_claude_code_fixture", |b| {
-        b.iter(|| black_box(bedrock::invoke_body(black_box(&body), &betas, &caps).expect("body")))
+        b.iter(|| {
+            black_box(
+                modelgate::dialects::anthropic::cloud::edit_body(
+                    black_box(&body),
+                    &betas,
+                    &caps,
+                    modelgate::dialects::anthropic::cloud::Platform::Bedrock,
+                )
+                .expect("body"),
+            )
+        })
     });
     let mut wire = stream::encode_chunk(
         r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","content":[],"usage":{"input_tokens":10,"output_tokens":1}}}"#,

@@ -3,12 +3,19 @@
 //! the error each exception becomes. Review changes with `cargo insta review`
 //! (or INSTA_UPDATE=always).
 
+use modelgate::dialects::anthropic::cloud::{edit_body, Platform};
 use modelgate::dialects::bedrock::stream::{encode_chunk, encode_exception, BedrockStream};
-use modelgate::dialects::bedrock::{invoke_body, invoke_path, map_exception, Capabilities};
+use modelgate::dialects::bedrock::{invoke_path, map_exception, Capabilities};
 use serde_json::{json, Value};
 
 fn body(request: Value, betas: &[&str]) -> Value {
-    let out = invoke_body(&serde_json::to_vec(&request).unwrap(), betas, &Capabilities::bedrock()).unwrap();
+    let out = edit_body(
+        &serde_json::to_vec(&request).unwrap(),
+        betas,
+        &Capabilities::bedrock(),
+        Platform::Bedrock,
+    )
+    .unwrap();
     let mut v: Value = serde_json::from_slice(&out.body).unwrap();
     if !out.dropped.is_empty() {
         v["__dropped"] = json!(out.dropped);

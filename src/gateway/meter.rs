@@ -80,6 +80,12 @@ pub async fn admit(
     }
 }
 
+/// What the request's usage cost, in USD; `None` when its model has no price.
+fn cost_of(snap: &Snapshot, ctx: &RequestCtx) -> Option<f64> {
+    let usage = ctx.usage.unwrap_or_default();
+    price(snap, ctx.upstream_model.as_deref(), ctx.model.as_deref()).map(|p| p.cost_usd(&usage, ctx.fast))
+}
+
 /// Settle the request's admission against what it used (`ctx.usage`, none
 /// on failures: the reservation is released). The relay calls this before
 /// it writes a response's last bytes; later calls do nothing.
@@ -87,14 +93,13 @@ pub async fn settle(ctx: &mut RequestCtx) {
     let Some((admission, shared)) = ctx.admission.take() else {
         return;
     };
-    let usage = ctx.usage.unwrap_or_default();
     let cost_usd = ctx
         .snapshot
-        .as_ref()
-        .and_then(|snap| price(snap, ctx.upstream_model.as_deref(), ctx.model.as_deref()))
-        .map_or(0.0, |p| p.cost_usd(&usage, ctx.fast));
+        .as_deref()
+        .and_then(|snap| cost_of(snap, ctx))
+        .unwrap_or(0.0);
     let actual = Actual {
-        usage,
+        usage: ctx.usage.unwrap_or_default(),
         cost_nanos: policy::usd_to_nanos(cost_usd),
     };
     shared.policy.settle(admission, actual).await;
@@ -105,9 +110,8 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     let Some(snap) = ctx.snapshot.clone() else { return };
     settle(ctx).await;
     let usage = ctx.usage.unwrap_or_default();
-    let priced = price(&snap, ctx.upstream_model.as_deref(), ctx.model.as_deref());
-    let cost_usd = match priced {
-        Some(p) => p.cost_usd(&usage, ctx.fast),
+    let cost_usd = match cost_of(&snap, ctx) {
+        Some(cost) => cost,
         None => {
             if ctx.usage.is_some() {
                 crate::telemetry::METRICS.unpriced.inc();

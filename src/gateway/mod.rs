@@ -508,16 +508,19 @@ impl Gateway {
         let prepare = move |c: &Candidate| -> Result<Prepared, GatewayError> {
             let upstream_model = c.rename.as_deref().unwrap_or(routing);
             let betas = || -> Vec<&str> { beta_headers.iter().filter_map(|v| v.to_str().ok()).collect() };
-            let caps = |platform| {
-                c.provider
-                    .capabilities
-                    .as_deref()
-                    .cloned()
-                    .unwrap_or_else(|| Capabilities::for_platform(platform))
-            };
             // A Claude body edited for a cloud platform, drops logged.
             let claude_edit = |platform: Platform| -> Result<Edited, GatewayError> {
-                let edited = edit_body(&claude_request().body, &betas(), &caps(platform), platform)
+                // Bedrock and Vertex providers always carry their table
+                // (config fills in the platform's default): no copy per request.
+                let default_caps;
+                let caps = match c.provider.capabilities.as_deref() {
+                    Some(caps) => caps,
+                    None => {
+                        default_caps = Capabilities::for_platform(platform);
+                        &default_caps
+                    }
+                };
+                let edited = edit_body(&claude_request().body, &betas(), caps, platform)
                     .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
                 if !edited.dropped.is_empty() {
                     log::info!(

@@ -52,21 +52,20 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchan
         UsageTap::Off
     };
     let outcome = relay_body(session, ctx, exchange, &mut tap, is_sse, provider).await;
-    if ctx.metered {
-        ctx.usage = tap.finish().or(ctx.usage);
-    }
+    read_tap(ctx, &mut tap);
     outcome
+}
+
+/// Take the usage the tap read into `ctx` (once: the tap is off after).
+/// An unmetered request's tap is off from the start.
+fn read_tap(ctx: &mut RequestCtx, tap: &mut UsageTap) {
+    ctx.usage = std::mem::replace(tap, UsageTap::Off).finish().or(ctx.usage);
 }
 
 /// Settle the request's usage before the response's end reaches the
 /// client ([`super::meter::settle`]); the tap's reading is final here.
 async fn settle_before_end(ctx: &mut RequestCtx, tap: &mut UsageTap) {
-    if ctx.admission.is_none() {
-        return;
-    }
-    if ctx.metered {
-        ctx.usage = std::mem::replace(tap, UsageTap::Off).finish().or(ctx.usage);
-    }
+    read_tap(ctx, tap);
     super::meter::settle(ctx).await;
 }
 
@@ -88,7 +87,7 @@ async fn relay_body(
                 // Settle before the chunk that ends the answer for the
                 // client: a length-delimited body's last chunk, or the
                 // stream's final usage (`message_stop` follows it at once).
-                if exchange.body_done() || tap.has_final_usage() {
+                if ctx.admission.is_some() && (exchange.body_done() || tap.has_final_usage()) {
                     settle_before_end(ctx, tap).await;
                 }
                 let n = chunk.len() as u64;
@@ -103,7 +102,9 @@ async fn relay_body(
                 ctx.bytes_out += n;
             }
             Ok(None) => {
-                settle_before_end(ctx, tap).await;
+                if ctx.admission.is_some() {
+                    settle_before_end(ctx, tap).await;
+                }
                 if let Err(e) = session.write_response_body(None, true).await {
                     log::debug!("{}: client gone at the end of the response: {e}", ctx.request_id);
                     ctx.client_gone = true;

@@ -214,17 +214,13 @@ impl Upstreams {
         let mut header = Some(header);
         let mut last = None;
         for _ in 0..2 {
-            // Connecting is the largest future on the request path (~9 KB
-            // of Pingora state, TLS included): boxed, it lives only while
-            // it runs instead of sizing every request's future for the
-            // whole stream (see `Exchange::finish`).
             let (mut stream_or_session, reused) = match pool {
-                Pool::Http => Box::pin(self.connector.get_http_session(&peer))
+                Pool::Http => self
+                    .connector
+                    .get_http_session(&peer)
                     .await
                     .map(|(s, r)| (Opened::Session(Box::new(s)), r)),
-                Pool::Plain => Box::pin(self.plain.get_stream(&peer))
-                    .await
-                    .map(|(s, r)| (Opened::Stream(s), r)),
+                Pool::Plain => self.plain.get_stream(&peer).await.map(|(s, r)| (Opened::Stream(s), r)),
             }
             .map_err(|e| UpstreamError::from_pingora(&e, true))?;
             // Only a reused connection can be retried, so only then keep a copy.
@@ -286,7 +282,7 @@ impl Upstreams {
         e.retry.decide_reuse(reused);
         let stale = reused && e.retry() && !matches!(e.etype(), ErrorType::ReadTimedout);
         *last = Some(UpstreamError::from_pingora(&e, false));
-        Box::pin(session.shutdown()).await;
+        session.shutdown().await;
         if stale {
             log::debug!("pooled upstream connection was stale ({}), reconnecting", describe(&e));
         }
@@ -455,9 +451,10 @@ impl Exchange<'_> {
     /// Return the connection to the pool when the response was read to its
     /// end; otherwise close it.
     ///
-    /// Boxed, like connecting: every relay awaits this at its end, and
-    /// inline its ~7 KB (Pingora's shutdown and pool release) would be
-    /// part of each open stream's memory for the stream's whole life.
+    /// Boxed, like sending (`gateway::attempt`): every relay awaits this
+    /// at its end, and inline its ~7 KB (Pingora's shutdown and pool
+    /// release) would be part of each open stream's memory for the
+    /// stream's whole life.
     pub async fn finish(self) {
         Box::pin(self.finish_inline()).await
     }

@@ -178,6 +178,39 @@ pub fn edit_body(
 mod tests {
     use super::*;
 
+    /// Bedrock, where betas travel in the body.
+    #[test]
+    fn betas_and_their_fields_travel_together() {
+        let body = br#"{"model":"m","stream":true,"max_tokens":5,"speed":"fast","output_config":{"effort":"low"},"context_management":{"edits":[]},"tools":[{"type":"custom","name":"t","input_schema":{},"defer_loading":true,"strict":true}],"messages":[]}"#;
+        // No betas sent: every paired field goes.
+        let out = edit_body(body, &[], &Capabilities::bedrock(), Platform::Bedrock).unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"anthropic_version": Platform::Bedrock.anthropic_version(), "max_tokens": 5, "tools": [{"name": "t", "input_schema": {}}], "messages": []})
+        );
+        assert!(out.dropped.iter().any(|d| d.contains("speed")), "{:?}", out.dropped);
+        // With the accepted betas, their fields stay; unknown betas are dropped.
+        let out = edit_body(
+            body,
+            &[
+                "tool-search-tool-2025-10-19, context-management-2025-06-27",
+                "made-up-2099-01-01",
+            ],
+            &Capabilities::bedrock(),
+            Platform::Bedrock,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            v["anthropic_beta"],
+            serde_json::json!(["tool-search-tool-2025-10-19", "context-management-2025-06-27"])
+        );
+        assert!(v["context_management"].is_object() && v["tools"][0]["defer_loading"] == true);
+        assert!(v.get("output_config").is_none() && v["tools"][0].get("strict").is_none());
+        assert!(out.dropped.iter().any(|d| d.contains("made-up")));
+    }
+
     /// Claude Code's real first turn (105 KB) with the betas it sends:
     /// what reaches Bedrock and Vertex carries only fields and betas each
     /// accepts.

@@ -25,26 +25,6 @@ pub fn is_anthropic_model(model_id: &str) -> bool {
 }
 
 pub use crate::dialects::anthropic::cloud::Capabilities;
-use crate::dialects::anthropic::cloud::{edit_body, Platform};
-
-/// The InvokeModel body, and what was dropped (for the log).
-#[derive(Debug)]
-pub struct Invoke {
-    pub body: Vec<u8>,
-    pub dropped: Vec<String>,
-}
-
-/// The Messages body edited for InvokeModel ([`edit_body`] for Bedrock):
-/// `model` and `stream` removed, `anthropic_version` added, betas moved into
-/// `anthropic_beta` (only those Bedrock accepts), unaccepted paired fields
-/// stripped with their betas, and the `custom` tool type wrapper removed.
-pub fn invoke_body(body: &[u8], beta_headers: &[&str], caps: &Capabilities) -> Result<Invoke, BedrockError> {
-    let edited = edit_body(body, beta_headers, caps, Platform::Bedrock).map_err(|e| BedrockError::Malformed(e.0))?;
-    Ok(Invoke {
-        body: edited.body,
-        dropped: edited.dropped,
-    })
-}
 
 /// The InvokeModel path for `model_id`. The id is percent-encoded once on
 /// the wire (`:` → `%3A`); SigV4 signs it encoded once more.
@@ -156,37 +136,6 @@ mod tests {
             invoke_path("anthropic.claude-3-haiku", false),
             "/model/anthropic.claude-3-haiku/invoke"
         );
-    }
-
-    #[test]
-    fn betas_and_their_fields_travel_together() {
-        let body = br#"{"model":"m","stream":true,"max_tokens":5,"speed":"fast","output_config":{"effort":"low"},"context_management":{"edits":[]},"tools":[{"type":"custom","name":"t","input_schema":{},"defer_loading":true,"strict":true}],"messages":[]}"#;
-        // No betas sent: every paired field goes.
-        let out = invoke_body(body, &[], &Capabilities::bedrock()).unwrap();
-        let v: Value = serde_json::from_slice(&out.body).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"anthropic_version": Platform::Bedrock.anthropic_version(), "max_tokens": 5, "tools": [{"name": "t", "input_schema": {}}], "messages": []})
-        );
-        assert!(out.dropped.iter().any(|d| d.contains("speed")), "{:?}", out.dropped);
-        // With the accepted betas, their fields stay; unknown betas are dropped.
-        let out = invoke_body(
-            body,
-            &[
-                "tool-search-tool-2025-10-19, context-management-2025-06-27",
-                "made-up-2099-01-01",
-            ],
-            &Capabilities::bedrock(),
-        )
-        .unwrap();
-        let v: Value = serde_json::from_slice(&out.body).unwrap();
-        assert_eq!(
-            v["anthropic_beta"],
-            serde_json::json!(["tool-search-tool-2025-10-19", "context-management-2025-06-27"])
-        );
-        assert!(v["context_management"].is_object() && v["tools"][0]["defer_loading"] == true);
-        assert!(v.get("output_config").is_none() && v["tools"][0].get("strict").is_none());
-        assert!(out.dropped.iter().any(|d| d.contains("made-up")));
     }
 
     #[test]

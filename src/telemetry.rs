@@ -40,6 +40,7 @@ pub struct Metrics {
     pub ledger_dropped: IntCounter,
     pub audit_dropped: IntCounter,
     pub unpriced: IntCounter,
+    pub panics: IntCounter,
     pub cache: IntCounterVec,
 }
 
@@ -191,6 +192,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "modelgate_unpriced_requests_total",
             "Requests whose model has no entry in the price table (counted at zero cost).",
+        ),
+        panics: plain_counter(
+            &r,
+            "modelgate_request_panics_total",
+            "Requests whose handling panicked (a bug): each was answered 500 api_error, or closed if its answer had begun.",
         ),
         registry: r,
     };

@@ -84,6 +84,7 @@ pub fn run(config: Option<PathBuf>, args: ServeArgs) -> i32 {
         }
     };
     crate::logging::init(snapshot.config.log_level, snapshot.config.log_format);
+    crate::gateway::guard::install_hook();
     server::run(snapshot, path, Box::new(overrides), ServeOptions { upgrade, daemon });
     0
 }

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod ctx;
+pub mod guard;
 pub mod health_check;
 pub mod local;
 pub mod meter;
@@ -188,15 +189,36 @@ impl ProxyHttp for Gateway {
         if self.shared.draining.load(Relaxed) || session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
-        if let Err(e) = self.handle(session, ctx, &snap).await {
-            if matches!(
-                e,
-                GatewayError::Authentication(_) | GatewayError::Permission(_) | GatewayError::NotFound(_)
-            ) && body::not_worth_draining(session, snap.max_request_size)
-            {
-                session.set_keepalive(None);
+        match guard::guarded(self.handle(session, ctx, &snap)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if matches!(
+                    e,
+                    GatewayError::Authentication(_) | GatewayError::Permission(_) | GatewayError::NotFound(_)
+                ) && body::not_worth_draining(session, snap.max_request_size)
+                {
+                    session.set_keepalive(None);
+                }
+                respond::error(session, ctx, &e).await;
             }
-            respond::error(session, ctx, &e).await;
+            Err(guard::Panicked(what)) => {
+                telemetry::METRICS.panics.inc();
+                log::error!("{}: request handling panicked: {what}", ctx.request_id);
+                // Whatever state the session was left in, it is not reused.
+                session.set_keepalive(None);
+                let e = GatewayError::Internal(
+                    "the gateway failed to handle this request (an internal error; it has been logged)".into(),
+                );
+                let begun = session.response_written().is_some();
+                respond::error(session, ctx, &e).await;
+                if begun && ctx.stream {
+                    let frame = e.sse_frame(&ctx.request_id);
+                    let _ = session.write_response_body(Some(frame.into()), true).await;
+                } else if begun {
+                    // A cut body must not look complete.
+                    let _ = session.as_downstream_mut().shutdown().await;
+                }
+            }
         }
         Ok(true)
     }

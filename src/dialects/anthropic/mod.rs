@@ -220,8 +220,10 @@ pub fn strip_foreign_thinking(body: &[u8]) -> Option<Vec<u8>> {
                 .is_none_or(|s| s.is_empty() || s.starts_with(GEMINI_THOUGHT))
     };
     let mut changed = false;
-    for m in v["messages"].as_array_mut()?.iter_mut() {
-        let Some(blocks) = m["content"].as_array_mut() else {
+    // `get_mut`, never `IndexMut`: indexing a value that is not an object
+    // (a message that is a number, say) panics.
+    for m in v.get_mut("messages")?.as_array_mut()?.iter_mut() {
+        let Some(blocks) = m.get_mut("content").and_then(|c| c.as_array_mut()) else {
             continue;
         };
         let before = blocks.len();

@@ -676,6 +676,16 @@ impl Translator {
             Translator::Gemini(t) => t.completed(),
         }
     }
+    /// What the answer used when it ends before the translator's end: the
+    /// client left, so the upstream's final usage will never arrive.
+    fn usage_so_far(&mut self) -> crate::dialects::Usage {
+        match self {
+            Translator::OpenAi(t) => t.usage_so_far(),
+            Translator::Bedrock(t) => t.take_usage().unwrap_or_default(),
+            Translator::Converse(t) => t.usage_so_far(),
+            Translator::Gemini(t) => t.usage_so_far(),
+        }
+    }
     fn usage(&mut self) -> Option<crate::dialects::Usage> {
         match self {
             Translator::OpenAi(t) => Some(t.usage()),
@@ -761,6 +771,7 @@ async fn relay_translated_stream(
         match next {
             None => {
                 ctx.client_gone = true;
+                ctx.usage = Some(translator.usage_so_far());
                 exchange.abort().await;
                 return Ok(());
             }
@@ -786,7 +797,11 @@ async fn relay_translated_stream(
         let end = translator.is_done();
         if end {
             // Settled before message_stop goes out (see `meter::settle`).
-            ctx.usage = translator.usage();
+            ctx.usage = if translator.completed() {
+                translator.usage()
+            } else {
+                Some(translator.usage_so_far())
+            };
             super::meter::settle(ctx).await;
         }
         if !out.is_empty() || end {
@@ -798,6 +813,9 @@ async fn relay_translated_stream(
             }
             if session.write_response_body(Some(data), end).await.is_err() {
                 ctx.client_gone = true;
+                if !end {
+                    ctx.usage = Some(translator.usage_so_far());
+                }
                 exchange.abort().await;
                 return Ok(());
             }

@@ -183,6 +183,8 @@ pub struct Emitter {
     saw_tool: bool,
     done: bool,
     completed: bool,
+    /// Bytes of generated text, thinking and tool input written so far.
+    generated: u64,
 }
 
 impl Emitter {
@@ -197,7 +199,15 @@ impl Emitter {
             saw_tool: false,
             done: false,
             completed: false,
+            generated: 0,
         }
+    }
+
+    /// Bytes of generated text, thinking and tool input emitted so far: what
+    /// an answer cut short is estimated from, when the upstream never
+    /// reported its usage.
+    pub fn generated_bytes(&self) -> u64 {
+        self.generated
     }
 
     /// Emit `message_start` if it has not been (idempotent).
@@ -249,6 +259,7 @@ impl Emitter {
     pub fn text(&mut self, key: u64, text: &str, out: &mut Vec<u8>) {
         if !text.is_empty() && !self.done {
             let index = self.enter(key, BlockKind::Text, out);
+            self.generated += text.len() as u64;
             write_delta(out, index, "text_delta", "text", text);
         }
     }
@@ -257,6 +268,7 @@ impl Emitter {
     pub fn thinking(&mut self, key: u64, text: &str, out: &mut Vec<u8>) {
         if !text.is_empty() && !self.done {
             let index = self.enter(key, BlockKind::Thinking, out);
+            self.generated += text.len() as u64;
             write_delta(out, index, "thinking_delta", "thinking", text);
         }
     }
@@ -285,6 +297,7 @@ impl Emitter {
     /// A fragment of the open tool block's input JSON.
     pub fn tool_input(&mut self, index: u32, partial_json: &str, out: &mut Vec<u8>) {
         if !partial_json.is_empty() && !self.done {
+            self.generated += partial_json.len() as u64;
             write_delta(out, index, "input_json_delta", "partial_json", partial_json);
         }
     }

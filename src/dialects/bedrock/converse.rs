@@ -298,6 +298,12 @@ impl ConverseStream {
         self.emit.start(out);
     }
 
+    /// The usage of a stream cut short before `metadata` ([`Usage::cut_short`]).
+    pub fn usage_so_far(&self) -> Usage {
+        let reported = (self.usage != Usage::default()).then_some(self.usage);
+        Usage::cut_short(reported, self.estimated_input_tokens, self.emit.generated_bytes())
+    }
+
     fn on_event(&mut self, kind: &str, v: &Value, out: &mut Vec<u8>) {
         let at = v["contentBlockIndex"].as_u64().unwrap_or(0);
         let e = &mut self.emit;

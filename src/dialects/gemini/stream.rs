@@ -137,6 +137,11 @@ impl GeminiStream {
         })
     }
 
+    /// The usage of a stream cut short before its end ([`Usage::cut_short`]).
+    pub fn usage_so_far(&self) -> Usage {
+        Usage::cut_short(self.usage, self.estimated_input_tokens, self.emitter.generated_bytes())
+    }
+
     fn on_event(&mut self, event: SseEvent, out: &mut Vec<u8>) {
         let chunk: Chunk = match serde_json::from_str(&event.data) {
             Ok(chunk) => chunk,

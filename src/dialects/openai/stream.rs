@@ -101,6 +101,8 @@ pub struct StreamTranslator {
     /// `done` is false, `message_delta` is being held for usage.
     stop: Option<&'static str>,
     usage: Option<Usage>,
+    /// Bytes of generated text, reasoning and tool arguments written so far.
+    generated: u64,
 }
 
 impl StreamTranslator {
@@ -119,7 +121,13 @@ impl StreamTranslator {
             saw_tool: false,
             stop: None,
             usage: None,
+            generated: 0,
         }
+    }
+
+    /// The usage of a stream cut short before its end ([`Usage::cut_short`]).
+    pub fn usage_so_far(&self) -> Usage {
+        Usage::cut_short(self.usage, self.ctx.estimated_input_tokens, self.generated)
     }
 
     /// Emit `message_start` now, before the first upstream chunk, so that
@@ -288,11 +296,13 @@ impl StreamTranslator {
         };
         if !reasoning.is_empty() {
             self.enter(Block::Thinking, out);
+            self.generated += reasoning.len() as u64;
             write_delta(out, self.open_index, "thinking_delta", "thinking", reasoning);
         }
         for text in [delta.content.as_str(), delta.refusal.as_str()] {
             if !text.is_empty() {
                 self.enter(Block::Text, out);
+                self.generated += text.len() as u64;
                 write_delta(out, self.open_index, "text_delta", "text", text);
             }
         }
@@ -331,6 +341,7 @@ impl StreamTranslator {
         match call.state {
             CallState::Live => {
                 if !args.is_empty() {
+                    self.generated += args.len() as u64;
                     write_delta(out, self.open_index, "input_json_delta", "partial_json", &args);
                 }
             }
@@ -392,6 +403,7 @@ impl StreamTranslator {
         let name = self.ctx.tool_names.to_original(call.name.as_deref().unwrap_or(""));
         write_tool_start(out, self.open_index, &id, name);
         if !call.args.is_empty() {
+            self.generated += call.args.len() as u64;
             write_delta(out, self.open_index, "input_json_delta", "partial_json", &call.args);
             call.args = String::new();
         }

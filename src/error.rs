@@ -92,6 +92,9 @@ pub enum GatewayError {
     },
     #[error("request body is larger than the gateway's limit of {limit} bytes")]
     RequestTooLarge { limit: u64 },
+    /// The client took longer than `client_timeouts.<phase>` allows.
+    #[error("the request {phase} did not arrive within {} (client_timeouts.{phase})", humantime::format_duration(*.after))]
+    ClientTimeout { phase: &'static str, after: Duration },
     #[error("the gateway could not reach upstream provider `{provider}`: {detail}")]
     UpstreamUnreachable { provider: String, detail: String },
     #[error("upstream provider `{provider}` did not answer within {}", humantime::format_duration(*.after))]
@@ -143,7 +146,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamBroken { .. }
             | GatewayError::Internal(_) => ErrorKind::Api,
-            GatewayError::UpstreamTimeout { .. } => ErrorKind::Timeout,
+            GatewayError::UpstreamTimeout { .. } | GatewayError::ClientTimeout { .. } => ErrorKind::Timeout,
             GatewayError::Unavailable { .. } => ErrorKind::Overloaded,
             GatewayError::Upstream { kind, .. } => *kind,
             GatewayError::RateLimited { .. } => ErrorKind::RateLimit,
@@ -159,6 +162,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RequestTooLarge { .. } => 413,
+            GatewayError::ClientTimeout { .. } => 408,
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamBroken { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Unavailable { .. } => 529,

@@ -12,12 +12,14 @@ use std::time::Instant;
 use pingora::connectors::ConnectorOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::services::listening::Service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::config::{Config, ConfigStore, Snapshot};
 use crate::gateway::health_check::ActiveHealth;
+use crate::gateway::deadline::HeadDeadlines;
 use crate::gateway::{local::Counters, Gateway, Role, Shared};
 use crate::upstream::Upstreams;
 
@@ -64,6 +66,25 @@ pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
 /// every request and, while a stream is open, 64 KiB of memory per client.
 fn plain_listener(addr: std::net::SocketAddr) -> ListenerConfig {
     ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
+}
+
+/// A listening service for `role`: the gateway as Pingora's HTTP
+/// application, each connection under its request-head deadline.
+fn http_service(
+    conf: &Arc<ServerConf>,
+    shared: &Arc<Shared>,
+    role: Role,
+    name: &str,
+) -> Service<HeadDeadlines<HttpProxy<Gateway>>> {
+    let gateway = Gateway {
+        shared: shared.clone(),
+        role,
+    };
+    let app = HeadDeadlines {
+        inner: Arc::new(http_proxy(conf, gateway)),
+        shared: shared.clone(),
+    };
+    Service::new(name.to_string(), app)
 }
 
 /// Build and run the server; returns only if Pingora does (it normally exits the process).
@@ -124,14 +145,7 @@ pub fn run(
         counters: Counters::default(),
     });
     let conf = server.configuration.clone();
-    let mut main = http_proxy_service_with_name(
-        &conf,
-        Gateway {
-            shared: shared.clone(),
-            role: Role::Main,
-        },
-        "modelgate",
-    );
+    let mut main = http_service(&conf, &shared, Role::Main, "modelgate");
     main.add_listener(plain_listener(listen));
     // The ledger and audit log are open before the first request is taken,
     // so no request goes unrecorded.
@@ -158,14 +172,7 @@ pub fn run(
         ActiveHealth { shared: shared.clone() },
     ));
     if let Some(admin) = admin_listen {
-        let mut svc = http_proxy_service_with_name(
-            &conf,
-            Gateway {
-                shared: shared.clone(),
-                role: Role::Admin,
-            },
-            "modelgate-admin",
-        );
+        let mut svc = http_service(&conf, &shared, Role::Admin, "modelgate-admin");
         svc.add_listener(plain_listener(admin));
         let admin = server.add_service(svc);
         admin.add_dependency(&bootstrap);

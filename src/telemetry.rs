@@ -41,6 +41,7 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     pub unpriced: IntCounter,
     pub panics: IntCounter,
+    pub client_timeouts: IntCounterVec,
     pub cache: IntCounterVec,
 }
 
@@ -192,6 +193,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "modelgate_unpriced_requests_total",
             "Requests whose model has no entry in the price table (counted at zero cost).",
+        ),
+        client_timeouts: counter(
+            &r,
+            "modelgate_client_timeouts_total",
+            "Client connections cut off by client_timeouts, by phase (head, body, write).",
+            &["phase"],
         ),
         panics: plain_counter(
             &r,

@@ -141,6 +141,15 @@ pub struct Config {
     /// Forward any other `/v1/*` path to the default Anthropic-type provider.
     #[serde(default)]
     pub passthrough_mode: bool,
+    /// Start even though a listener that is not loopback would forward requests with a server-side provider credential while there are no gateway `keys` (anyone who reaches the port spends the organisation's key). Only for a trusted network.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// The longest a client may take to send its request head and body, and to read what was written; on expiry the connection is closed (with a 408 where an answer can still be sent) and the request's holds are released.
+    #[serde(default)]
+    pub client_timeouts: ClientTimeouts,
+    /// Size limits on what a request may carry.
+    #[serde(default)]
+    pub limits: Limits,
     /// Prometheus metrics options.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -231,6 +240,63 @@ pub enum LogFormat {
     #[default]
     Standard,
     Json,
+}
+
+/// `client_timeouts`: slow or stalled clients never pin a connection, an
+/// upstream stream or a budget hold.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeouts {
+    /// The whole request head, from the connection's start (or the previous answer's end on a kept-alive connection).
+    #[serde(default = "default_head_timeout")]
+    pub head: Dur,
+    /// The whole request body, from its first byte's turn.
+    #[serde(default = "default_body_timeout")]
+    pub body: Dur,
+    /// Each write toward the client: a client that stops reading is cut off after this long.
+    #[serde(default = "default_write_timeout")]
+    pub write: Dur,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            head: default_head_timeout(),
+            body: default_body_timeout(),
+            write: default_write_timeout(),
+        }
+    }
+}
+
+fn default_head_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_body_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_write_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// `limits`: what a request may carry into the gateway's memory and records.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The longest `model` id, in bytes; a longer one is refused with 400 before anything is stored or logged.
+    #[serde(default = "default_model_id_bytes")]
+    pub model_id_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            model_id_bytes: default_model_id_bytes(),
+        }
+    }
+}
+
+fn default_model_id_bytes() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -243,6 +243,17 @@ impl VertexSite {
 }
 
 impl Provider {
+    /// Whether requests to this provider carry a credential the gateway
+    /// holds (a key, a Google service account, AWS signing keys) rather than
+    /// the client's own or none.
+    pub fn sends_server_credential(&self) -> bool {
+        let signs = self
+            .aws
+            .as_ref()
+            .is_some_and(|a| a.access_key_id.is_some() && a.secret_access_key.is_some());
+        signs || self.accounts.iter().any(|a| a.credential.is_some() || a.google.is_some())
+    }
+
     /// Whether an account of this provider is called with no credential at
     /// all: none configured, and no SigV4 signing to fall back on. (An
     /// Anthropic-type provider then forwards the client's own; Ollama needs none.)
@@ -551,6 +562,26 @@ impl Snapshot {
                     }
                 }
             }
+        }
+        if keys.is_none() && !config.allow_unauthenticated && !listen.ip().is_loopback() {
+            if let Some(p) = providers.values().find(|p| p.enabled && p.sends_server_credential()) {
+                return Err(ConfigError::invalid(
+                    "listen",
+                    format!(
+                        "{listen} is not a loopback address and provider `{}` sends a server-side credential, \
+                         but there are no gateway `keys`: anyone who reaches this port would spend that credential. \
+                         Add gateway keys (`modelgate keys create NAME`), listen on 127.0.0.1, or set \
+                         `allow_unauthenticated: true` if only a trusted network can reach this port",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        if let Some(admin) = admin_listen.filter(|a| !a.ip().is_loopback()) {
+            warnings.push(format!(
+                "admin_listen {admin} is not a loopback address: /status, /metrics and /admin/* answer there \
+                 without a key, so keep that port off any network users reach"
+            ));
         }
         if default_provider.is_none()
             && !routes

@@ -67,9 +67,19 @@ pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, Gate
 }
 
 /// Admin endpoints on the main listener (`/status`, `/metrics`, `/admin/*`).
-/// They are open only while the gateway has no credentials at all (a local,
-/// passthrough-auth setup); otherwise they need a key from `admin_keys_sha256`.
+/// With a key from `admin_keys_sha256` they answer anywhere. Without any
+/// admin key they are not served at all on a main listener that is not
+/// loopback (404: anyone on the network could otherwise reset circuits or
+/// raise the log level), and on loopback they are open only while the
+/// gateway has no credentials at all (a local, passthrough-auth setup).
 pub fn authorize_admin(snap: &Snapshot, headers: &HeaderMap) -> Result<(), GatewayError> {
+    if !snap.has_admin_keys() && !snap.listen.ip().is_loopback() {
+        return Err(GatewayError::NotFound(
+            "admin endpoints are not served on a listener that is not loopback without `admin_keys_sha256`; \
+             use `admin_listen` (on a private address) or add an admin key"
+                .into(),
+        ));
+    }
     if !snap.has_admin_keys() && !snap.keys_enabled() {
         return Ok(());
     }

@@ -12,10 +12,21 @@ use pingora::proxy::Session;
 
 use crate::error::GatewayError;
 
-/// How long the client may pause while sending its body.
-const BODY_READ_IDLE: Duration = Duration::from_secs(60);
+/// Read the whole body: at most `limit` bytes, within `deadline` in all
+/// (`client_timeouts.body`). A client that is slower than that gets a 408
+/// and its connection closed; nothing it sent is kept.
+pub async fn read(session: &mut Session, limit: u64, deadline: Duration) -> Result<Bytes, GatewayError> {
+    match pingora::prelude::fast_timeout::fast_timeout(deadline, read_all(session, limit)).await {
+        Ok(read) => read,
+        Err(_) => {
+            crate::telemetry::METRICS.client_timeouts.with_label_values(&["body"]).inc();
+            session.set_keepalive(None);
+            Err(GatewayError::ClientTimeout { phase: "body", after: deadline })
+        }
+    }
+}
 
-pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, GatewayError> {
+async fn read_all(session: &mut Session, limit: u64) -> Result<Bytes, GatewayError> {
     let declared = session
         .req_header()
         .headers
@@ -25,7 +36,6 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, GatewayErr
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::RequestTooLarge { limit });
     }
-    session.set_read_timeout(Some(BODY_READ_IDLE));
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
     let mut total: u64 = 0;

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod ctx;
+pub mod deadline;
 pub mod guard;
 pub mod health_check;
 pub mod local;
@@ -189,6 +190,12 @@ impl ProxyHttp for Gateway {
         if self.shared.draining.load(Relaxed) || session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
+        deadline::head_arrived();
+        let limits = &snap.config.client_timeouts;
+        session.set_write_timeout(Some(limits.write.0));
+        // An early answer (a 401, say) drains the unread body for the next
+        // request on the connection: no longer than a body may take.
+        session.set_total_drain_timeout(Some(limits.body.0));
         match guard::guarded(self.handle(session, ctx, &snap)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -244,6 +251,9 @@ impl ProxyHttp for Gateway {
         }
         record_metrics(ctx);
         access_log(session, ctx);
+        if let Some(snap) = &ctx.snapshot {
+            deadline::answer_done(snap.config.client_timeouts.head.0);
+        }
     }
 }
 
@@ -408,8 +418,9 @@ impl Gateway {
         count_tokens: bool,
     ) -> Result<(), GatewayError> {
         let caller = self.caller(session, ctx, snap)?;
-        let body = body::read(session, snap.max_request_size).await?;
+        let body = body::read(session, snap.max_request_size, snap.config.client_timeouts.body.0).await?;
         let request = MessagesRequest::parse(body).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        check_model_id(&request.model, snap.config.limits.model_id_bytes)?;
         ctx.model = Some(request.model.clone());
         ctx.stream = request.stream;
         if let auth::Caller::Key(k) = &caller {
@@ -810,7 +821,7 @@ impl Gateway {
             .ok_or_else(|| {
                 GatewayError::NotFound("passthrough_mode needs an enabled Anthropic-type default_provider".into())
             })?;
-        let body = body::read(session, snap.max_request_size).await?;
+        let body = body::read(session, snap.max_request_size, snap.config.client_timeouts.body.0).await?;
         let plan = Plan {
             candidates: vec![Candidate {
                 provider: provider.clone(),
@@ -828,6 +839,24 @@ impl Gateway {
         self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "")
             .await
     }
+}
+
+/// A `model` the gateway will store, log and route: at most `limit` bytes
+/// (`limits.model_id_bytes`), and no control characters, which would forge
+/// lines in the access log. Checked before the id is kept anywhere.
+fn check_model_id(model: &str, limit: usize) -> Result<(), GatewayError> {
+    if model.len() > limit {
+        return Err(GatewayError::InvalidRequest(format!(
+            "model: the id is {} bytes long; this gateway accepts at most {limit} (limits.model_id_bytes)",
+            model.len()
+        )));
+    }
+    if model.chars().any(char::is_control) {
+        return Err(GatewayError::InvalidRequest(
+            "model: the id must not contain control characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `count_tokens` answered locally: for OpenAI-family routes (OpenAI has no

@@ -101,6 +101,16 @@ pub enum GatewayError {
     UpstreamTimeout { provider: String, after: Duration },
     #[error("upstream provider `{provider}` failed mid-response: {detail}")]
     UpstreamBroken { provider: String, detail: String },
+    /// The upstream refused the credential the gateway holds for an account
+    /// (revoked, invalid, unfunded). Worded for the gateway's operator: the
+    /// developer cannot fix it by signing in again, so no retry either.
+    #[error("upstream provider `{provider}` refused the gateway's credential for account `{account}` (HTTP {status}: {detail}); the provider key configured in the gateway is invalid, revoked or out of funds: tell the gateway's administrator (signing in again will not help)")]
+    CredentialRefused {
+        provider: String,
+        account: String,
+        status: u16,
+        detail: String,
+    },
     #[error("{message}")]
     Unavailable { message: String, retry_after: Option<u64> },
     /// An upstream's own error, already mapped from its dialect.
@@ -145,6 +155,7 @@ impl GatewayError {
             GatewayError::RequestTooLarge { .. } => ErrorKind::RequestTooLarge,
             GatewayError::UpstreamUnreachable { .. }
             | GatewayError::UpstreamBroken { .. }
+            | GatewayError::CredentialRefused { .. }
             | GatewayError::Internal(_) => ErrorKind::Api,
             GatewayError::UpstreamTimeout { .. } | GatewayError::ClientTimeout { .. } => ErrorKind::Timeout,
             GatewayError::Unavailable { .. } => ErrorKind::Overloaded,
@@ -163,7 +174,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::RequestTooLarge { .. } => 413,
             GatewayError::ClientTimeout { .. } => 408,
-            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamBroken { .. } => 502,
+            GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamBroken { .. }
+            | GatewayError::CredentialRefused { .. } => 502,
             GatewayError::UpstreamTimeout { .. } => 504,
             GatewayError::Unavailable { .. } => 529,
             GatewayError::Upstream { status, .. } => *status,
@@ -214,6 +227,7 @@ impl GatewayError {
                 }
                 out
             }
+            GatewayError::CredentialRefused { .. } => vec![("x-should-retry", "false".to_string())],
             GatewayError::BudgetExceeded { retry_after, .. } => {
                 let mut out = vec![("x-should-retry", "false".to_string())];
                 if let Some(secs) = retry_after {

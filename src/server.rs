@@ -377,34 +377,66 @@ fn watch_file(path: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Opti
 }
 
 /// Flags the process as draining as soon as Pingora starts a hand-over or a
-/// graceful stop, before it closes anything.
+/// graceful stop, before it closes anything; then ends the process as soon
+/// as its last request has finished.
+///
+/// Pingora itself sleeps the whole `grace_period` after a SIGTERM or a
+/// hand-over, busy or not, so an idle gateway would linger for 15 minutes
+/// (and `docker stop` would SIGKILL it first, losing the ledger and audit
+/// queues). Once Pingora has stopped accepting and entered its grace period,
+/// this watches the in-flight count: at zero it flushes the ledger and audit
+/// queues and exits. Streams still open keep the process up, bounded by
+/// `grace_period` as before. After a hand-over Pingora keeps accepting on
+/// the shared sockets for its fixed 5 s close window first, so no client
+/// meets a closed socket while the new process takes over.
 struct DrainWatch {
     phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
     shared: Arc<Shared>,
 }
 
+/// How often the drained process checks for its last request.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for DrainWatch {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
         use pingora::server::ExecutionPhase as P;
         let Some(mut phases) = self.phases.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return;
-                }
-                phase = phases.recv() => match phase {
-                    Ok(P::GracefulUpgradeTransferringFds | P::GracefulUpgradeCloseTimeout | P::GracefulTerminate | P::ShutdownStarted) => {
+            match phases.recv().await {
+                Ok(P::GracefulUpgradeTransferringFds | P::GracefulTerminate | P::ShutdownStarted) => {
+                    if !self.shared.draining.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         log::info!("draining: responses now close their connections");
-                        self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
+                }
+                Ok(P::ShutdownGracePeriod) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
+        self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        loop {
+            let open = counters.in_flight.load(std::sync::atomic::Ordering::Acquire);
+            if open == 0 {
+                break;
+            }
+            log::debug!("draining: {open} requests still in flight");
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        log::info!("drained: no request in flight; flushing the ledger and audit log, then exiting");
+        let shared = self.shared.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            if let Some(sinks) = shared.sinks.get() {
+                sinks.close(std::time::Duration::from_secs(10));
+            }
+        })
+        .await;
+        if let Err(e) = closed {
+            log::error!("closing the usage sinks failed: {e}");
+        }
+        std::process::exit(0);
     }
 }

@@ -446,6 +446,9 @@ pub struct Job<'a> {
     pub caller: &'a Caller,
     /// Balancing key: the session id's hash, or a random one.
     pub balance_key: u64,
+    /// The model the plan was resolved for (empty for an unparsed
+    /// passthrough body); a candidate without a rename sends it upstream.
+    pub model: &'a str,
     /// Builds a candidate's request (translation included).
     pub prepare: &'a (dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
     /// Upstream requests sent so far, kept up to date by the loop, so a
@@ -469,6 +472,31 @@ pub enum Failure {
     Upstream(Buffered),
 }
 
+impl Failure {
+    /// What the upstream said, in a line (a buffered body's error message).
+    fn message(&self) -> String {
+        let text = match self {
+            Failure::Gateway(e) => e.to_string(),
+            Failure::Upstream(b) => serde_json::from_slice::<serde_json::Value>(&b.body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&b.body).into_owned()),
+        };
+        let mut line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+        if line.is_empty() {
+            line.push_str("no detail");
+        }
+        line
+    }
+}
+
+/// Whether this attempt carried the client's own credential (an
+/// Anthropic-type provider without a key, in passthrough-auth), so that a
+/// 401/403 is the client's to fix (`/login`) and is relayed as it came.
+fn forwards_client_credential(caller: &Caller, account: &crate::config::snapshot::Account, prep: &Prepared) -> bool {
+    matches!(caller, Caller::Passthrough) && account.credential.is_none() && matches!(prep, Prepared::Anthropic { .. })
+}
+
 impl From<GatewayError> for Failure {
     fn from(e: GatewayError) -> Self {
         Failure::Gateway(e)
@@ -486,6 +514,11 @@ struct Target {
     account: usize,
 }
 
+/// The model a candidate is sent: what its 429 cool-downs are kept by.
+fn cooling_key<'a>(c: &'a Candidate, job: &'a Job<'_>) -> &'a str {
+    c.rename.as_deref().unwrap_or(job.model)
+}
+
 pub async fn run<'u>(
     upstreams: &'u Upstreams,
     health: &health::Registry,
@@ -497,6 +530,9 @@ pub async fn run<'u>(
     let base_delay = snap.config.retry_delay.0;
     let mut prepared: Vec<Option<Prepared>> = plan.candidates.iter().map(|_| None).collect();
     let mut tried: Vec<(usize, usize)> = Vec::new();
+    // Accounts whose upstream refused the gateway's credential (401/403):
+    // not asked again within this request.
+    let mut refused: Vec<(usize, usize)> = Vec::new();
     let mut last: Option<Failure> = None;
     let mut waited = Duration::ZERO;
     let ranks: Vec<Vec<usize>> = plan
@@ -515,7 +551,7 @@ pub async fn run<'u>(
 
     for attempt in 0..max_attempts {
         let now = Instant::now();
-        let target = match pick(plan, &ranks, health, &tried, now) {
+        let target = match pick(plan, job, &ranks, health, &tried, &refused, now) {
             Pick::Now(t) => t,
             Pick::Wait(t, until) => {
                 let wait = until.saturating_duration_since(now);
@@ -528,7 +564,9 @@ pub async fn run<'u>(
                 // half-open probe). Someone else may have taken it first.
                 let c = &plan.candidates[t.candidate];
                 let circuit = health.circuit(&c.provider.name, &c.provider.accounts[t.account].label);
-                if let Admission::Blocked(_) | Admission::Cooling(_) = circuit.admit(Instant::now()) {
+                if let Admission::Blocked(_) | Admission::Cooling(_) =
+                    circuit.admit(Instant::now(), cooling_key(c, job))
+                {
                     continue;
                 }
                 t
@@ -550,9 +588,17 @@ pub async fn run<'u>(
         let provider = &candidate.provider;
         let account = &provider.accounts[target.account];
         let circuit = health.circuit(&provider.name, &account.label);
+        let model = cooling_key(candidate, job);
         let prep = match &mut prepared[target.candidate] {
             Some(p) => p,
-            slot @ None => slot.insert((job.prepare)(candidate)?),
+            slot @ None => match (job.prepare)(candidate) {
+                Ok(p) => slot.insert(p),
+                Err(e) => {
+                    // Never sent: a probe slot this took goes back.
+                    circuit.release(Instant::now());
+                    return Err(e.into());
+                }
+            },
         };
         // Vertex accounts send a service account's OAuth token (cached by
         // the token source; fetched only when it is missing or expiring).
@@ -572,7 +618,7 @@ pub async fn run<'u>(
             },
             None => None,
         };
-        let head = match prep {
+        let built = match prep {
             Prepared::Anthropic { body, beta, .. } => anthropic_head(
                 &job.out,
                 job.caller,
@@ -580,7 +626,7 @@ pub async fn run<'u>(
                 account.credential.as_ref(),
                 *beta,
                 body.len(),
-            )?,
+            ),
             Prepared::OpenAi {
                 flavor,
                 upstream_model,
@@ -593,13 +639,13 @@ pub async fn run<'u>(
                 upstream_model,
                 translated.stream,
                 body.len(),
-            )?,
+            ),
             Prepared::Bedrock {
                 upstream_model,
                 call,
                 body,
                 ..
-            } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *call, body)?,
+            } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *call, body),
             Prepared::Gemini {
                 upstream_model,
                 call,
@@ -612,13 +658,20 @@ pub async fn run<'u>(
                 upstream_model,
                 *call,
                 body.len(),
-            )?,
+            ),
             Prepared::VertexClaude {
                 upstream_model,
                 call,
                 betas,
                 body,
-            } => vertex_claude_head(provider, bearer.as_deref(), upstream_model, *call, betas, body.len())?,
+            } => vertex_claude_head(provider, bearer.as_deref(), upstream_model, *call, betas, body.len()),
+        };
+        let head = match built {
+            Ok(head) => head,
+            Err(e) => {
+                circuit.release(Instant::now());
+                return Err(e.into());
+            }
         };
         job.sent.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
         // Boxed: sending (connect, write, read the head) is the largest
@@ -640,6 +693,10 @@ pub async fn run<'u>(
             }
         };
         let status = exchange.header().status.as_u16();
+        // The upstream refused a credential the gateway sent (its own key,
+        // or none where one was needed): the account's problem, never the
+        // client's, so it counts against the account and the next one is tried.
+        let refused_credential = matches!(status, 401 | 403) && !forwards_client_credential(job.caller, account, prep);
         // A success that has begun, or the client's own error (one no other
         // upstream would fix), is final; the account answered, so it counts
         // as healthy.
@@ -662,14 +719,14 @@ pub async fn run<'u>(
                     continue;
                 }
             }
-        } else if !RETRYABLE.contains(&status) {
+        } else if !RETRYABLE.contains(&status) && !refused_credential {
             Some("final_4xx")
         } else {
             None
         };
         if let Some(outcome) = settled {
             count(&provider.name, outcome);
-            circuit.success();
+            circuit.success(model);
             return Ok(commit(
                 exchange,
                 candidate,
@@ -679,8 +736,12 @@ pub async fn run<'u>(
             ));
         }
         let now = Instant::now();
-        count(&provider.name, if status == 429 { "status_429" } else { "status_5xx" });
-        if status == 429 {
+        if refused_credential {
+            count(&provider.name, "credential_refused");
+            circuit.failure(now);
+            refused.push((target.candidate, target.account));
+        } else if status == 429 {
+            count(&provider.name, "status_429");
             // The upstream's own `retry-after`; OpenAI's reset durations say
             // when a whole budget refills, too long for a cool-down.
             let retry_after = exchange
@@ -691,8 +752,9 @@ pub async fn run<'u>(
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs)
                 .unwrap_or(health::DEFAULT_THROTTLE);
-            circuit.throttled(now + retry_after);
+            circuit.throttled(model, now + retry_after);
         } else {
+            count(&provider.name, "status_5xx");
             circuit.failure(now);
         }
         log::info!(
@@ -700,12 +762,24 @@ pub async fn run<'u>(
             attempt + 1,
             account.label
         );
-        last = Some(match prep {
+        let failure = match prep {
             Prepared::Anthropic { .. } => Failure::Upstream(relay::buffer(exchange, &provider.name).await),
             Prepared::OpenAi { .. } => Failure::Gateway(relay::openai_error(exchange, &provider.name).await),
             Prepared::Bedrock { .. } => Failure::Gateway(relay::bedrock_error(exchange, &provider.name).await),
             Prepared::Gemini { .. } => Failure::Gateway(relay::gemini_error(exchange, &provider.name).await),
             Prepared::VertexClaude { .. } => relay::vertex_claude_error(exchange, &provider.name).await,
+        };
+        last = Some(if refused_credential {
+            let e = GatewayError::CredentialRefused {
+                provider: provider.name.clone(),
+                account: account.label.clone(),
+                status,
+                detail: failure.message(),
+            };
+            log::warn!("{e}");
+            Failure::Gateway(e)
+        } else {
+            failure
         });
     }
     Err(last.unwrap_or_else(|| {
@@ -713,7 +787,11 @@ pub async fn run<'u>(
             .candidates
             .iter()
             .flat_map(|c| c.provider.accounts.iter().map(move |a| (c, a)))
-            .filter_map(|(c, a)| health.circuit(&c.provider.name, &a.label).blocked_until(Instant::now()))
+            .filter_map(|(c, a)| {
+                health
+                    .circuit(&c.provider.name, &a.label)
+                    .blocked_until(Instant::now(), cooling_key(c, job))
+            })
             .min()
             .map(|u| u.saturating_duration_since(Instant::now()).as_secs().max(1));
         Failure::Gateway(GatewayError::Unavailable {
@@ -735,16 +813,24 @@ enum Pick {
 /// The next target: an untried account that is admitted now, in plan order;
 /// else a tried one admitted now (a retry); else the 429 cool-down that ends
 /// first.
-fn pick(plan: &Plan, ranks: &[Vec<usize>], health: &health::Registry, tried: &[(usize, usize)], now: Instant) -> Pick {
+fn pick(
+    plan: &Plan,
+    job: &Job<'_>,
+    ranks: &[Vec<usize>],
+    health: &health::Registry,
+    tried: &[(usize, usize)],
+    refused: &[(usize, usize)],
+    now: Instant,
+) -> Pick {
     let mut earliest: Option<(Target, Instant)> = None;
     for retry_pass in [false, true] {
         for (ci, c) in plan.candidates.iter().enumerate() {
             for &ai in &ranks[ci] {
-                if tried.contains(&(ci, ai)) != retry_pass {
+                if tried.contains(&(ci, ai)) != retry_pass || refused.contains(&(ci, ai)) {
                     continue;
                 }
                 let circuit = health.circuit(&c.provider.name, &c.provider.accounts[ai].label);
-                match circuit.admit(now) {
+                match circuit.admit(now, cooling_key(c, job)) {
                     Admission::Ready | Admission::Probe => {
                         return Pick::Now(Target {
                             candidate: ci,

@@ -61,6 +61,10 @@ pub fn status(
                 "remaining_seconds": v.remaining.map(|d| d.as_secs_f64()),
                 "consecutive_failures": v.consecutive_failures,
                 "opened_total": v.opened_total,
+                "cooling_down": v.cooling.iter().map(|(model, left)| json!({
+                    "model": model,
+                    "remaining_seconds": left.as_secs_f64(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -239,7 +239,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
-        self.shared.counters.in_flight.fetch_sub(1, Relaxed);
         if ctx.status >= 400 || ctx.error.is_some() {
             self.shared.counters.errors.fetch_add(1, Relaxed);
         }
@@ -254,6 +253,12 @@ impl ProxyHttp for Gateway {
         if let Some(snap) = &ctx.snapshot {
             deadline::answer_done(snap.config.client_timeouts.head.0);
         }
+        // Last: a draining process exits once this reaches zero, so the
+        // request's record must be queued by now.
+        self.shared
+            .counters
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -689,7 +694,7 @@ impl Gateway {
         };
         let remote_count = count_tokens && plan.candidates[0].provider.kind.dialect() != Dialect::Anthropic;
         let result = self
-            .attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, &request.model)
+            .attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, &request.model, &routing_model)
             .await;
         match result {
             // A cloud counter that failed (or does not serve this model):
@@ -726,6 +731,7 @@ impl Gateway {
         plan: &Plan,
         prepare: &(dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
         client_model: &str,
+        routing_model: &str,
     ) -> Result<(), GatewayError> {
         let sent = std::sync::atomic::AtomicU32::new(0);
         let result = {
@@ -744,6 +750,7 @@ impl Gateway {
                 },
                 caller,
                 balance_key,
+                model: routing_model,
                 prepare,
                 sent: &sent,
             };
@@ -836,7 +843,7 @@ impl Gateway {
                 upstream_model: None,
             })
         };
-        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "")
+        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "", "")
             .await
     }
 }

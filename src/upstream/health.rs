@@ -1,12 +1,18 @@
-//! Passive health: one circuit breaker per (provider, account).
+//! Passive health: one circuit breaker per (provider, account), and 429
+//! cool-downs per (provider, account, model).
 //!
 //! Outcomes of real requests feed the circuits; nothing here sends traffic.
 //! A circuit opens after [`FAILURES_TO_OPEN`] consecutive failures, or when
 //! at least half of the last [`WINDOW`] outcomes failed (with at least
 //! [`MIN_SAMPLES`] of them). An open circuit blocks its account for
 //! [`OPEN_FOR`]; then exactly one request probes it (half-open), and its
-//! outcome closes or re-opens the circuit. A 429 is not a failure of the
-//! account: it cools the account down until the upstream's `retry-after`.
+//! outcome closes or re-opens the circuit.
+//!
+//! A 429 is not a failure of the account: it cools down the one model it
+//! was for until the upstream's `retry-after`. Providers rate-limit each
+//! model apart (Opus, Sonnet and Haiku have separate limits) and Claude Code
+//! mixes models in one session, so a throttled Opus must not hold up the
+//! Haiku request that follows on the same account.
 //!
 //! Circuits are keyed by provider name and account label, so they survive
 //! config reloads that keep those names.
@@ -21,15 +27,15 @@ pub const MIN_SAMPLES: u32 = 10;
 pub const OPEN_FOR: Duration = Duration::from_secs(30);
 /// Cool-down after a 429 that carried no `retry-after`.
 pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(5);
+/// Models cooling down at once on one account; beyond it the cool-down
+/// that ends first makes room (model ids come from clients).
+const MAX_COOLING: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
-    /// Blocked until the instant (failures or a 429 cool-down).
-    Open {
-        until: Instant,
-        throttled: bool,
-    },
+    /// Blocked after failures until the instant.
+    Open { until: Instant },
     /// One probe is in flight; others wait for its outcome.
     HalfOpen,
 }
@@ -42,7 +48,7 @@ pub enum Admission {
     Probe,
     /// Out after failures (open or probing) until about this instant.
     Blocked(Instant),
-    /// Cooling down after a 429 until this instant: worth waiting for.
+    /// This model is cooling down after a 429 until this instant: worth waiting for.
     Cooling(Instant),
 }
 
@@ -54,6 +60,17 @@ struct Inner {
     recent: u32,
     samples: u32,
     opened_total: u64,
+    /// 429 cool-downs: (upstream model, until).
+    cooling: Vec<(Box<str>, Instant)>,
+}
+
+impl Inner {
+    fn cooling_until(&self, model: &str, now: Instant) -> Option<Instant> {
+        self.cooling
+            .iter()
+            .find(|(m, until)| &**m == model && *until > now)
+            .map(|(_, until)| *until)
+    }
 }
 
 #[derive(Debug)]
@@ -70,6 +87,7 @@ impl Default for Circuit {
                 recent: 0,
                 samples: 0,
                 opened_total: 0,
+                cooling: Vec::new(),
             }),
         }
     }
@@ -81,19 +99,19 @@ impl Circuit {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ask to use the account. A half-open probe slot, once taken, must be
-    /// answered with `success`, `failure` or `throttled`.
-    pub fn admit(&self, now: Instant) -> Admission {
+    /// Ask to use the account for `model`. A half-open probe slot, once
+    /// taken, must be answered with `success`, `failure`, `throttled` or
+    /// `release`.
+    pub fn admit(&self, now: Instant, model: &str) -> Admission {
         let mut c = self.lock();
+        // A cooling model never takes the probe slot it could not use.
+        if let Some(until) = c.cooling_until(model, now) {
+            return Admission::Cooling(until);
+        }
         match c.state {
             State::Closed => Admission::Ready,
             State::HalfOpen => Admission::Blocked(now + Duration::from_secs(1)),
-            State::Open { until, throttled: true } if now < until => Admission::Cooling(until),
-            State::Open { until, .. } if now < until => Admission::Blocked(until),
-            State::Open { throttled: true, .. } => {
-                c.state = State::Closed;
-                Admission::Ready
-            }
+            State::Open { until } if now < until => Admission::Blocked(until),
             State::Open { .. } => {
                 c.state = State::HalfOpen;
                 Admission::Probe
@@ -101,21 +119,26 @@ impl Circuit {
         }
     }
 
-    /// When the account is next usable (`None`: now).
-    pub fn blocked_until(&self, now: Instant) -> Option<Instant> {
-        match self.lock().state {
-            State::Open { until, .. } if until > now => Some(until),
+    /// When the account is next usable for `model` (`None`: now).
+    pub fn blocked_until(&self, now: Instant, model: &str) -> Option<Instant> {
+        let c = self.lock();
+        let failed = match c.state {
+            State::Open { until } if until > now => Some(until),
             State::HalfOpen => Some(now + Duration::from_secs(1)),
             _ => None,
-        }
+        };
+        failed.max(c.cooling_until(model, now))
     }
 
-    pub fn success(&self) {
+    /// The account answered `model`: the circuit closes, and that model's
+    /// cool-down (if any) is over.
+    pub fn success(&self, model: &str) {
         let mut c = self.lock();
         c.consecutive_failures = 0;
         c.recent <<= 1;
         c.samples = (c.samples + 1).min(WINDOW);
         c.state = State::Closed;
+        c.cooling.retain(|(m, _)| &**m != model);
     }
 
     pub fn failure(&self, now: Instant) {
@@ -130,50 +153,77 @@ impl Circuit {
         }
     }
 
+    /// A probe slot taken for a request that never reached the account (its
+    /// upstream request could not be built): the next request probes instead.
+    pub fn release(&self, now: Instant) {
+        let mut c = self.lock();
+        if c.state == State::HalfOpen {
+            c.state = State::Open { until: now };
+        }
+    }
+
     /// An active health check failed: open the circuit now.
     pub fn trip(&self, now: Instant) {
         open(&mut self.lock(), now);
     }
 
     /// An active health check passed: an open circuit may probe at once
-    /// instead of waiting out its cool-down. A 429 cool-down is kept.
+    /// instead of waiting out its cool-down. 429 cool-downs are kept.
     pub fn reachable(&self, now: Instant) {
         let mut c = self.lock();
-        if let State::Open {
-            until,
-            throttled: false,
-        } = c.state
-        {
+        if let State::Open { until } = c.state {
             if until > now {
-                c.state = State::Open {
-                    until: now,
-                    throttled: false,
-                };
+                c.state = State::Open { until: now };
             }
         }
     }
 
-    /// A 429: keep the account out until `until`, without counting a failure.
-    pub fn throttled(&self, until: Instant) {
+    /// A 429 for `model`: keep that model off the account until `until`,
+    /// without counting a failure. A probe that was throttled gives its
+    /// slot back: the account answered, so it is reachable.
+    pub fn throttled(&self, model: &str, until: Instant) {
         let mut c = self.lock();
-        let later = match c.state {
-            State::Open { until: u, .. } => u.max(until),
-            _ => until,
-        };
-        c.state = State::Open {
-            until: later,
-            throttled: true,
-        };
+        if c.state == State::HalfOpen {
+            c.state = State::Closed;
+        }
+        let now = Instant::now();
+        c.cooling.retain(|(_, u)| *u > now);
+        if let Some(entry) = c.cooling.iter_mut().find(|(m, _)| &**m == model) {
+            entry.1 = entry.1.max(until);
+            return;
+        }
+        if c.cooling.len() >= MAX_COOLING {
+            if let Some(first) = (0..c.cooling.len()).min_by_key(|&i| c.cooling[i].1) {
+                c.cooling.swap_remove(first);
+            }
+        }
+        c.cooling.push((model.into(), until));
+    }
+
+    /// Close the circuit and end every cool-down (an operator's override).
+    pub fn reset(&self) {
+        let mut c = self.lock();
+        c.state = State::Closed;
+        c.consecutive_failures = 0;
+        c.recent = 0;
+        c.samples = 0;
+        c.cooling.clear();
     }
 
     pub fn snapshot(&self, now: Instant) -> CircuitView {
         let c = self.lock();
+        let mut cooling: Vec<(String, Duration)> = c
+            .cooling
+            .iter()
+            .filter(|(_, until)| *until > now)
+            .map(|(m, until)| (m.to_string(), *until - now))
+            .collect();
+        cooling.sort();
         let (state, remaining) = match c.state {
+            State::Closed if !cooling.is_empty() => ("cooling_down", cooling.iter().map(|(_, d)| *d).max()),
             State::Closed => ("closed", None),
             State::HalfOpen => ("half_open", None),
-            State::Open { until, throttled } if until > now => {
-                (if throttled { "cooling_down" } else { "open" }, Some(until - now))
-            }
+            State::Open { until } if until > now => ("open", Some(until - now)),
             State::Open { .. } => ("half_open_pending", None),
         };
         CircuitView {
@@ -181,6 +231,7 @@ impl Circuit {
             remaining,
             consecutive_failures: c.consecutive_failures,
             opened_total: c.opened_total,
+            cooling,
         }
     }
 }
@@ -188,13 +239,10 @@ impl Circuit {
 /// Open (or keep open) for `OPEN_FOR`, with a fresh window: after the
 /// cool-down the probe decides.
 fn open(c: &mut Inner, now: Instant) {
-    if !matches!(c.state, State::Open { throttled: false, .. }) {
+    if !matches!(c.state, State::Open { .. }) {
         c.opened_total += 1;
     }
-    c.state = State::Open {
-        until: now + OPEN_FOR,
-        throttled: false,
-    };
+    c.state = State::Open { until: now + OPEN_FOR };
     c.recent = 0;
     c.samples = 0;
 }
@@ -205,6 +253,8 @@ pub struct CircuitView {
     pub remaining: Option<Duration>,
     pub consecutive_failures: u32,
     pub opened_total: u64,
+    /// Models cooling down after a 429, and for how long yet.
+    pub cooling: Vec<(String, Duration)>,
 }
 
 /// Every circuit, created on first use, by provider then account label
@@ -241,7 +291,7 @@ impl Registry {
         let map = self.circuits.read().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         for c in map.values().flat_map(|m| m.values()) {
-            c.success();
+            c.reset();
             n += 1;
         }
         n
@@ -273,21 +323,21 @@ mod tests {
         let t = Instant::now();
         for _ in 0..FAILURES_TO_OPEN - 1 {
             c.failure(t);
-            assert_eq!(c.admit(t), Admission::Ready);
+            assert_eq!(c.admit(t, "m"), Admission::Ready);
         }
         c.failure(t);
-        assert_eq!(c.admit(t), Admission::Blocked(t + OPEN_FOR));
+        assert_eq!(c.admit(t, "m"), Admission::Blocked(t + OPEN_FOR));
         let later = t + OPEN_FOR;
-        assert_eq!(c.admit(later), Admission::Probe);
-        assert!(matches!(c.admit(later), Admission::Blocked(_)), "only one probe");
+        assert_eq!(c.admit(later, "m"), Admission::Probe);
+        assert!(matches!(c.admit(later, "m"), Admission::Blocked(_)), "only one probe");
         c.failure(later);
         assert!(
-            matches!(c.admit(later), Admission::Blocked(_)),
+            matches!(c.admit(later, "m"), Admission::Blocked(_)),
             "a failed probe re-opens"
         );
-        assert_eq!(c.admit(later + OPEN_FOR), Admission::Probe);
-        c.success();
-        assert_eq!(c.admit(later + OPEN_FOR), Admission::Ready);
+        assert_eq!(c.admit(later + OPEN_FOR, "m"), Admission::Probe);
+        c.success("m");
+        assert_eq!(c.admit(later + OPEN_FOR, "m"), Admission::Ready);
         assert_eq!(c.snapshot(t).opened_total, 2);
     }
 
@@ -299,20 +349,48 @@ mod tests {
             if i % 2 == 0 {
                 c.failure(t);
             } else {
-                c.success();
+                c.success("m");
             }
         }
-        assert!(matches!(c.admit(t), Admission::Blocked(_)));
+        assert!(matches!(c.admit(t, "m"), Admission::Blocked(_)));
     }
 
     #[test]
-    fn throttle_cools_down_then_admits_without_probe() {
+    fn a_429_cools_down_that_model_only() {
         let c = Circuit::default();
         let t = Instant::now();
-        c.throttled(t + Duration::from_secs(2));
-        assert_eq!(c.admit(t), Admission::Cooling(t + Duration::from_secs(2)));
+        c.throttled("opus", t + Duration::from_secs(7));
+        assert_eq!(c.admit(t, "opus"), Admission::Cooling(t + Duration::from_secs(7)));
+        assert_eq!(c.admit(t, "haiku"), Admission::Ready, "another model is not held up");
         assert_eq!(c.snapshot(t).state, "cooling_down");
-        assert_eq!(c.admit(t + Duration::from_secs(2)), Admission::Ready);
-        assert_eq!(c.admit(t + Duration::from_secs(2)), Admission::Ready);
+        assert_eq!(c.snapshot(t).cooling[0].0, "opus");
+        assert_eq!(c.blocked_until(t, "haiku"), None);
+        assert_eq!(c.admit(t + Duration::from_secs(7), "opus"), Admission::Ready);
+        c.throttled("opus", t + Duration::from_secs(60));
+        c.success("opus");
+        assert_eq!(c.admit(t, "opus"), Admission::Ready, "an answer ends the cool-down");
+    }
+
+    #[test]
+    fn cool_downs_are_bounded() {
+        let c = Circuit::default();
+        let t = Instant::now() + Duration::from_secs(60);
+        for i in 0..(MAX_COOLING as u64 + 10) {
+            c.throttled(&format!("m{i}"), t + Duration::from_secs(i));
+        }
+        let view = c.snapshot(Instant::now());
+        assert_eq!(view.cooling.len(), MAX_COOLING);
+        assert!(view.cooling.iter().all(|(m, _)| m != "m0"), "the first to end made room");
+    }
+
+    #[test]
+    fn a_released_probe_lets_the_next_request_probe() {
+        let c = Circuit::default();
+        let t = Instant::now();
+        c.trip(t);
+        let later = t + OPEN_FOR;
+        assert_eq!(c.admit(later, "m"), Admission::Probe);
+        c.release(later);
+        assert_eq!(c.admit(later, "m"), Admission::Probe, "not stuck half-open");
     }
 }

@@ -94,6 +94,8 @@ pub struct Demand {
 #[derive(Debug)]
 pub struct Admission {
     charges: Vec<Charge>,
+    /// Names the reservation in the shared state (random per admission).
+    hold: u64,
 }
 
 #[derive(Debug)]
@@ -205,9 +207,10 @@ impl Policy {
             scopes: &windows,
             demand,
         };
+        let hold: u64 = rand::random();
         let outcome = match &self.backend {
             Backend::Memory(m) => Ok(m.admit(&ask)),
-            Backend::Redis(r) => r.admit(&ask).await,
+            Backend::Redis(r) => r.admit(&ask, hold).await,
         };
         let charges = || {
             scopes
@@ -226,7 +229,10 @@ impl Policy {
                 .collect()
         };
         match outcome {
-            Ok(Ok(())) => Ok(Admission { charges: charges() }),
+            Ok(Ok(())) => Ok(Admission {
+                charges: charges(),
+                hold,
+            }),
             Ok(Err(refusal)) => Err(refuse(&windows, refusal, now_ms)),
             Err(e) => {
                 crate::telemetry::METRICS
@@ -255,7 +261,10 @@ impl Policy {
                 }
                 // Unchecked, and not charged: a settlement would credit a
                 // reservation that was never made.
-                Ok(Admission { charges: Vec::new() })
+                Ok(Admission {
+                    charges: Vec::new(),
+                    hold,
+                })
             }
         }
     }
@@ -270,14 +279,14 @@ impl Policy {
                 m.settle(&admission.charges, &actual);
                 Ok(())
             }
-            Backend::Redis(r) => r.settle(&admission.charges, &actual).await,
+            Backend::Redis(r) => r.settle(&admission.charges, &actual, admission.hold).await,
         };
         if let Err(e) = result {
             crate::telemetry::METRICS
                 .state_errors
                 .with_label_values(&[self.backend_name(), "settle"])
                 .inc();
-            log_state_error(&e, "this request's cost is missing from the shared totals");
+            log_state_error(&e, "settling this request's cost is being retried in the background");
         }
     }
 

@@ -13,6 +13,21 @@
 //!   open reservations), `requests`, `input`, `output`, `cache_read`,
 //!   `cache_write` for the period starting at START_MS; expires 35 days
 //!   after the period ends (`total` never does).
+//! - `PREFIX:holds:key:NAME:START_MS` — the open budget reservations of
+//!   that period: a sorted set of `HOLD:NANOS` members scored by when the
+//!   hold lapses ([`HOLD_TTL`] after admission).
+//! - `PREFIX:settled:HOLD` — set once a request's settlement has been
+//!   applied (ten minutes), so a settlement retried after a timeout is
+//!   applied exactly once.
+//!
+//! A reservation is never counted for longer than its request needs. A
+//! settlement takes its hold out of the set and credits it back; an
+//! admission that timed out on the gateway's side (Redis may have applied
+//! it) is followed by a release that does the same if, and only if, the
+//! hold is there; a settlement that failed is retried in the background;
+//! and every admission first sweeps holds that have lapsed, whose requests
+//! ended without any settlement reaching Redis. A request that outlives its
+//! hold is charged its full cost when it settles.
 //!
 //! All Redis I/O runs on one small runtime of its own: the multiplexed
 //! connection's driver then never depends on which Pingora worker thread
@@ -32,9 +47,21 @@ use super::{Actual, Ask, Charge, Refusal, ScopeLimits, Standing};
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Spend keys outlive their period this long, for late reports.
 const KEEP_AFTER_PERIOD_MS: i64 = 35 * 24 * 3600 * 1000;
+/// How long a budget reservation holds without a settlement: longer than
+/// any request (streams included) runs.
+pub const HOLD_TTL: Duration = Duration::from_secs(3600);
+/// Background attempts at a settlement or release Redis did not take.
+const RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
 
-/// KEYS: (rate, spend) per scope. ARGV: n, tokens, reserve, then per scope
-/// rpm, tpm, budget (-1: none).
+/// KEYS: (rate, spend, holds) per scope. ARGV: n, tokens, reserve, hold
+/// member, hold ttl (ms), then per scope rpm, tpm, budget (-1: none),
+/// expire_at (0: never).
 /// Returns {0} admitted, {1, i, spent} budget refusal, {2, i, retry_ms,
 /// request_tat, token_tat, now} rate refusal.
 pub const ADMIT: &str = r#"
@@ -43,20 +70,33 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
 local tokens = tonumber(ARGV[2])
 local reserve = tonumber(ARGV[3])
+local member = ARGV[4]
+local ttl = tonumber(ARGV[5])
 local P = 60000
+local function arg(i, k) return tonumber(ARGV[5 + (i - 1) * 4 + k]) end
 for i = 1, n do
-  local budget = tonumber(ARGV[3 + (i - 1) * 3 + 3])
+  if arg(i, 3) >= 0 then
+    local lapsed = redis.call('ZRANGEBYSCORE', KEYS[3 * i], '-inf', now, 'LIMIT', 0, 100)
+    for _, m in ipairs(lapsed) do
+      local amount = tonumber(string.match(m, ':(%d+)$') or '0')
+      redis.call('HINCRBY', KEYS[3 * i - 1], 'spent', -amount)
+      redis.call('ZREM', KEYS[3 * i], m)
+    end
+  end
+end
+for i = 1, n do
+  local budget = arg(i, 3)
   if budget >= 0 then
-    local spent = tonumber(redis.call('HGET', KEYS[2 * i], 'spent') or '0')
+    local spent = tonumber(redis.call('HGET', KEYS[3 * i - 1], 'spent') or '0')
     if spent + reserve > budget then return {1, i, spent} end
   end
 end
 local worst, worst_i, rt, tt = 0, 0, 0, 0
 local new_r, new_t = {}, {}
 for i = 1, n do
-  local rpm = tonumber(ARGV[3 + (i - 1) * 3 + 1])
-  local tpm = tonumber(ARGV[3 + (i - 1) * 3 + 2])
-  local tats = redis.call('HMGET', KEYS[2 * i - 1], 'r', 't')
+  local rpm = arg(i, 1)
+  local tpm = arg(i, 2)
+  local tats = redis.call('HMGET', KEYS[3 * i - 2], 'r', 't')
   local r, tk = tonumber(tats[1] or '0'), tonumber(tats[2] or '0')
   local wait = 0
   if rpm > 0 then
@@ -71,41 +111,52 @@ for i = 1, n do
 end
 if worst > 0 then return {2, worst_i, math.ceil(worst), math.floor(rt), math.floor(tt), now} end
 for i = 1, n do
-  local ttl = 0
+  local ttl_rate = 0
   if new_r[i] then
-    redis.call('HSET', KEYS[2 * i - 1], 'r', string.format('%.3f', new_r[i]))
-    ttl = math.max(ttl, new_r[i] - now)
+    redis.call('HSET', KEYS[3 * i - 2], 'r', string.format('%.3f', new_r[i]))
+    ttl_rate = math.max(ttl_rate, new_r[i] - now)
   end
   if new_t[i] then
-    redis.call('HSET', KEYS[2 * i - 1], 't', string.format('%.3f', new_t[i]))
-    ttl = math.max(ttl, new_t[i] - now)
+    redis.call('HSET', KEYS[3 * i - 2], 't', string.format('%.3f', new_t[i]))
+    ttl_rate = math.max(ttl_rate, new_t[i] - now)
   end
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2 * i - 1], math.ceil(ttl) + P) end
-  if tonumber(ARGV[3 + (i - 1) * 3 + 3]) >= 0 and reserve > 0 then
-    redis.call('HINCRBY', KEYS[2 * i], 'spent', reserve)
+  if ttl_rate > 0 then redis.call('PEXPIRE', KEYS[3 * i - 2], math.ceil(ttl_rate) + P) end
+  if arg(i, 3) >= 0 and reserve > 0 then
+    redis.call('HINCRBY', KEYS[3 * i - 1], 'spent', reserve)
+    redis.call('ZADD', KEYS[3 * i], now + ttl, member)
+    local exp = arg(i, 4)
+    if exp > 0 then
+      redis.call('PEXPIREAT', KEYS[3 * i - 1], exp)
+      redis.call('PEXPIREAT', KEYS[3 * i], exp)
+    end
   end
 end
 return {0}
 "#;
 
-/// KEYS: (rate, spend) per scope. ARGV: n, used tokens, cost, input,
-/// output, cache_read, cache_write, then per scope tpm, charged tokens,
-/// reserved, expire_at (0: never).
+/// KEYS: (rate, spend, holds) per scope, then the settled marker. ARGV: n,
+/// used tokens, cost, input, output, cache_read, cache_write, hold member,
+/// then per scope tpm, charged tokens, reserved, expire_at (0: never).
+/// Returns 0 when applied, 1 when this settlement was applied before.
 pub const SETTLE: &str = r#"
 local n = tonumber(ARGV[1])
+if not redis.call('SET', KEYS[3 * n + 1], '1', 'NX', 'PX', 600000) then return 1 end
 local used, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
+local member = ARGV[8]
 for i = 1, n do
-  local b = 7 + (i - 1) * 4
+  local b = 8 + (i - 1) * 4
   local tpm, charged = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local reserved, exp = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   if tpm > 0 and used ~= charged then
-    local tat = tonumber(redis.call('HGET', KEYS[2 * i - 1], 't') or '0')
+    local tat = tonumber(redis.call('HGET', KEYS[3 * i - 2], 't') or '0')
     tat = math.max(tat + (used - charged) * 60000 / tpm, 0)
-    redis.call('HSET', KEYS[2 * i - 1], 't', string.format('%.3f', tat))
-    if redis.call('PTTL', KEYS[2 * i - 1]) < 0 then redis.call('PEXPIRE', KEYS[2 * i - 1], 120000) end
+    redis.call('HSET', KEYS[3 * i - 2], 't', string.format('%.3f', tat))
+    if redis.call('PTTL', KEYS[3 * i - 2]) < 0 then redis.call('PEXPIRE', KEYS[3 * i - 2], 120000) end
   end
-  local k = KEYS[2 * i]
-  redis.call('HINCRBY', k, 'spent', cost - reserved)
+  local credit = 0
+  if reserved > 0 and redis.call('ZREM', KEYS[3 * i], member) == 1 then credit = reserved end
+  local k = KEYS[3 * i - 1]
+  redis.call('HINCRBY', k, 'spent', cost - credit)
   redis.call('HINCRBY', k, 'requests', 1)
   redis.call('HINCRBY', k, 'input', ARGV[4])
   redis.call('HINCRBY', k, 'output', ARGV[5])
@@ -116,6 +167,27 @@ end
 return 0
 "#;
 
+/// KEYS: (spend, holds) per scope. ARGV: n, hold member, then per scope the
+/// reserved amount. Credits back a hold an admission may have taken, if it
+/// is there; nothing otherwise.
+pub const RELEASE: &str = r#"
+local n = tonumber(ARGV[1])
+local released = 0
+for i = 1, n do
+  local reserved = tonumber(ARGV[2 + i])
+  if reserved > 0 and redis.call('ZREM', KEYS[2 * i], ARGV[2]) == 1 then
+    redis.call('HINCRBY', KEYS[2 * i - 1], 'spent', -reserved)
+    released = released + 1
+  end
+end
+return released
+"#;
+
+/// A hold's member in the holds set: its id and the nano-dollars it reserves.
+fn hold_member(hold: u64, reserve: u64) -> String {
+    format!("{hold:016x}:{reserve}")
+}
+
 pub struct RedisState {
     client: redis::Client,
     /// Started on first use, in the serving process: a runtime's threads do
@@ -124,6 +196,7 @@ pub struct RedisState {
     prefix: String,
     admit: Script,
     settle: Script,
+    release: Script,
 }
 
 impl RedisState {
@@ -135,6 +208,7 @@ impl RedisState {
             prefix: prefix.to_string(),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
+            release: Script::new(RELEASE),
         })
     }
 
@@ -176,6 +250,10 @@ impl RedisState {
         format!("{}:spend:{}:{}", self.prefix, s.id, w.start_ms)
     }
 
+    fn holds_key(&self, s: &ScopeLimits, w: Window) -> String {
+        format!("{}:holds:{}:{}", self.prefix, s.id, w.start_ms)
+    }
+
     /// Run `op` on the state runtime, bounded by [`OP_TIMEOUT`].
     async fn run<T: Send + 'static>(
         &self,
@@ -197,7 +275,7 @@ impl RedisState {
         &self,
         script: &Script,
         keys: Vec<String>,
-        args: Vec<i64>,
+        args: Vec<String>,
     ) -> Result<T, String> {
         let script = script.clone();
         let mut conn = self.io()?.1.clone();
@@ -214,28 +292,60 @@ impl RedisState {
         .await
     }
 
-    pub(super) async fn admit(&self, ask: &Ask<'_>) -> Result<Result<(), Refusal>, String> {
-        let mut keys = Vec::with_capacity(ask.scopes.len() * 2);
-        let mut args = vec![
-            ask.scopes.len() as i64,
-            ask.demand.tokens as i64,
-            ask.demand.reserve_nanos as i64,
+    /// Check and charge every scope; `hold` names the reservation. When
+    /// Redis does not answer, the admission may still have been applied:
+    /// a release follows in the background, which credits the hold back
+    /// if it is there.
+    pub(super) async fn admit(&self, ask: &Ask<'_>, hold: u64) -> Result<Result<(), Refusal>, String> {
+        let member = hold_member(hold, ask.demand.reserve_nanos);
+        let mut keys = Vec::with_capacity(ask.scopes.len() * 3);
+        let mut args: Vec<String> = vec![
+            int(ask.scopes.len() as i64),
+            int(ask.demand.tokens as i64),
+            int(ask.demand.reserve_nanos as i64),
+            member.clone(),
+            int(HOLD_TTL.as_millis() as i64),
         ];
         for (s, w) in ask.scopes {
             keys.push(self.rate_key(s));
             keys.push(self.spend_key(s, *w));
-            args.push(s.rpm.map_or(0, |g| g.limit() as i64));
-            args.push(s.tpm.map_or(0, |g| g.limit() as i64));
-            args.push(s.budget_nanos.map_or(-1, |b| b as i64));
+            keys.push(self.holds_key(s, *w));
+            args.push(int(s.rpm.map_or(0, |g| g.limit() as i64)));
+            args.push(int(s.tpm.map_or(0, |g| g.limit() as i64)));
+            args.push(int(s.budget_nanos.map_or(-1, |b| b as i64)));
+            args.push(int(expire_at(*w)));
         }
-        let reply: Vec<i64> = self.invoke(&self.admit, keys, args).await?;
-        Ok(decode_admit(ask, &reply))
+        match self.invoke::<Vec<i64>>(&self.admit, keys, args).await {
+            Ok(reply) => Ok(decode_admit(ask, &reply)),
+            Err(e) => {
+                if ask.demand.reserve_nanos > 0 && ask.scopes.iter().any(|(s, _)| s.budget_nanos.is_some()) {
+                    let mut keys = Vec::with_capacity(ask.scopes.len() * 2);
+                    let mut args = vec![int(ask.scopes.len() as i64), member];
+                    for (s, w) in ask.scopes {
+                        keys.push(self.spend_key(s, *w));
+                        keys.push(self.holds_key(s, *w));
+                        let reserved = if s.budget_nanos.is_some() {
+                            ask.demand.reserve_nanos
+                        } else {
+                            0
+                        };
+                        args.push(int(reserved as i64));
+                    }
+                    self.retry_in_background("release", &self.release, keys, args);
+                }
+                Err(e)
+            }
+        }
     }
 
-    pub(super) async fn settle(&self, charges: &[Charge], actual: &Actual) -> Result<(), String> {
+    /// Replace `hold`'s reservation with the cost. Applied exactly once
+    /// (the settled marker); when Redis does not take it now, it is retried
+    /// in the background.
+    pub(super) async fn settle(&self, charges: &[Charge], actual: &Actual, hold: u64) -> Result<(), String> {
         let u = &actual.usage;
-        let mut keys = Vec::with_capacity(charges.len() * 2);
-        let mut args: Vec<i64> = vec![
+        let reserve = charges.iter().map(|c| c.reserved_nanos).max().unwrap_or(0);
+        let mut keys = Vec::with_capacity(charges.len() * 3 + 1);
+        let mut args: Vec<String> = [
             charges.len() as i64,
             u.total() as i64,
             actual.cost_nanos as i64,
@@ -243,16 +353,61 @@ impl RedisState {
             u.output_tokens as i64,
             u.cache_read_input_tokens as i64,
             u.cache_creation_input_tokens as i64,
-        ];
+        ]
+        .into_iter()
+        .map(int)
+        .collect();
+        args.push(hold_member(hold, reserve));
         for c in charges {
             keys.push(self.rate_key(&c.scope));
             keys.push(self.spend_key(&c.scope, c.window));
-            args.push(c.scope.tpm.map_or(0, |g| g.limit() as i64));
-            args.push(c.tokens as i64);
-            args.push(c.reserved_nanos as i64);
-            args.push(c.window.end_ms.map_or(0, |e| e + KEEP_AFTER_PERIOD_MS));
+            keys.push(self.holds_key(&c.scope, c.window));
+            args.push(int(c.scope.tpm.map_or(0, |g| g.limit() as i64)));
+            args.push(int(c.tokens as i64));
+            args.push(int(c.reserved_nanos as i64));
+            args.push(int(expire_at(c.window)));
         }
-        self.invoke::<i64>(&self.settle, keys, args).await.map(drop)
+        keys.push(format!("{}:settled:{hold:016x}", self.prefix));
+        match self.invoke::<i64>(&self.settle, keys.clone(), args.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.retry_in_background("settlement", &self.settle, keys, args);
+                Err(e)
+            }
+        }
+    }
+
+    /// Run `script` again a few times, apart, until Redis takes it. Only for
+    /// scripts that are safe to repeat (release, settle).
+    fn retry_in_background(&self, what: &'static str, script: &Script, keys: Vec<String>, args: Vec<String>) {
+        let Ok((runtime, conn)) = self.io() else { return };
+        let script = script.clone();
+        let conn = conn.clone();
+        runtime.spawn(async move {
+            for delay in RETRY_DELAYS {
+                tokio::time::sleep(delay).await;
+                let mut conn = conn.clone();
+                let mut inv = script.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                for a in &args {
+                    inv.arg(a);
+                }
+                match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async::<redis::Value>(&mut conn)).await {
+                    Ok(Ok(_)) => {
+                        log::info!("shared state: a {what} Redis missed went through on retry");
+                        return;
+                    }
+                    Ok(Err(e)) => log::debug!("shared state: {what} retry failed: {e}"),
+                    Err(_) => log::debug!("shared state: {what} retry timed out"),
+                }
+            }
+            log::warn!(
+                "shared state: a {what} never reached Redis; its reservation lapses within {} min",
+                HOLD_TTL.as_secs() / 60
+            );
+        });
     }
 
     pub(super) async fn standings(&self, scopes: &[(&ScopeLimits, Window)]) -> Result<Vec<Standing>, String> {
@@ -286,6 +441,16 @@ impl RedisState {
             })
             .collect())
     }
+}
+
+/// Script arguments travel as text; the scripts read numbers with `tonumber`.
+fn int(v: i64) -> String {
+    v.to_string()
+}
+
+/// When a period's keys may go: 35 days after its end (0: never, for `total`).
+fn expire_at(w: Window) -> i64 {
+    w.end_ms.map_or(0, |e| e + KEEP_AFTER_PERIOD_MS)
 }
 
 fn decode_admit(ask: &Ask<'_>, reply: &[i64]) -> Result<(), Refusal> {

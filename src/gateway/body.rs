@@ -40,9 +40,18 @@ async fn read_all(session: &mut Session, limit: u64) -> Result<Bytes, GatewayErr
     let mut buf: Option<BytesMut> = None;
     let mut total: u64 = 0;
     loop {
-        let chunk = session.read_request_body().await.map_err(|e| {
-            GatewayError::InvalidRequest(format!("could not read the request body: {}", e.etype().as_str()))
-        })?;
+        let chunk = match session.read_request_body().await {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // The framing is lost (a bad chunk size, a body cut short):
+                // whatever follows on this connection is not a request.
+                session.set_keepalive(None);
+                return Err(GatewayError::InvalidRequest(format!(
+                    "could not read the request body: {}",
+                    e.etype().as_str()
+                )));
+            }
+        };
         let Some(chunk) = chunk else { break };
         total += chunk.len() as u64;
         if total > limit {

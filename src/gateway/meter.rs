@@ -147,7 +147,12 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
         return;
     }
     let req = session.req_header();
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| bounded(v).to_string())
+    };
     let status = if ctx.status == 0 { 499 } else { ctx.status };
     let record = Arc::new(Record {
         ts_ms: period::now_ms() - ctx.started.elapsed().as_millis() as i64,
@@ -194,11 +199,28 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
             path: req.uri.path().to_string(),
             request_body: ctx.prompt.take(),
             response_body: reply.map(|(_, b)| b),
+            bodies_withheld: false,
         };
         if !audit.log(entry) {
             crate::telemetry::METRICS.audit_dropped.inc();
         }
     }
+}
+
+/// Client header values the records keep (session and agent ids, user
+/// agent) are cut to [`KEPT_HEADER_BYTES`]: each record holds them, and a
+/// client decides their size.
+pub const KEPT_HEADER_BYTES: usize = 256;
+
+pub fn bounded(v: &str) -> &str {
+    if v.len() <= KEPT_HEADER_BYTES {
+        return v;
+    }
+    let mut end = KEPT_HEADER_BYTES;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    &v[..end]
 }
 
 fn warn_unpriced(model: &str) {

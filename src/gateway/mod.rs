@@ -765,6 +765,9 @@ impl Gateway {
                 ctx.account = Some(committed.account);
                 ctx.attempts = committed.attempts;
                 ctx.upstream_model = committed.prepared.upstream_model().map(str::to_string);
+                // Priced as fast only if the request that answered was: a
+                // candidate without fast mode had `speed` taken out.
+                ctx.fast = matches!(committed.prepared, Prepared::Anthropic { beta: Some(_), .. });
                 let provider = committed.provider.name.as_str();
                 match committed.prepared {
                     Prepared::Anthropic { .. } => {

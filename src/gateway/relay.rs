@@ -21,11 +21,7 @@ use crate::upstream::{Exchange, UpstreamError};
 
 pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchange<'_>, provider: &str) {
     let upstream = exchange.header();
-    ctx.upstream_request_id = upstream
-        .headers
-        .get("request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    ctx.upstream_request_id = upstream_id(upstream, "request-id");
     let upstream_content_type = upstream.headers.get(http::header::CONTENT_TYPE).cloned();
     let is_sse = upstream_content_type
         .as_ref()
@@ -54,6 +50,13 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchan
     let outcome = relay_body(session, ctx, exchange, &mut tap, is_sse, provider).await;
     read_tap(ctx, &mut tap);
     outcome
+}
+
+/// The upstream's own request id (for correlating with its support), from
+/// header `name`, cut to the length records keep.
+fn upstream_id(head: &ResponseHeader, name: &str) -> Option<String> {
+    let v = head.headers.get(name)?.to_str().ok()?;
+    Some(super::meter::bounded(v).to_string())
 }
 
 /// Take the usage the tap read into `ctx` (once: the tap is off after).
@@ -278,11 +281,7 @@ pub async fn relay_bedrock(
     reply: Reply<'_>,
 ) -> Result<(), GatewayError> {
     let head = exchange.header();
-    ctx.upstream_request_id = head
-        .headers
-        .get("x-amzn-requestid")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    ctx.upstream_request_id = upstream_id(head, "x-amzn-requestid");
     if head.status.as_u16() >= 400 {
         return Err(bedrock_error(exchange, provider).await);
     }
@@ -453,11 +452,7 @@ pub async fn relay_gemini(
 ) -> Result<(), GatewayError> {
     use crate::dialects::gemini;
     let head = exchange.header();
-    ctx.upstream_request_id = head
-        .headers
-        .get("x-goog-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    ctx.upstream_request_id = upstream_id(head, "x-goog-request-id");
     let is_sse = head
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -584,7 +579,7 @@ pub async fn relay_openai(
     let head = exchange.header();
     let status = head.status.as_u16();
     let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
-    ctx.upstream_request_id = header_str("x-request-id").map(str::to_string);
+    ctx.upstream_request_id = upstream_id(head, "x-request-id");
     let is_sse = header_str("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
     if status >= 400 {
         return Err(openai_error(exchange, reply.provider).await);

@@ -40,6 +40,10 @@ const BODY_CAP: usize = 1 << 20;
 /// Bytes past the cap that are still scanned, so a credential straddling the
 /// cut is recognised (and cut away whole) rather than half-written.
 const CAP_SLACK: usize = 4096;
+/// Request and response bodies queued for the writer at most, in bytes. The
+/// queue's entry count alone would let `log_prompts` hold 65,536 bodies of up
+/// to 32 MiB each; past this, entries still go in, without their bodies.
+pub const MAX_QUEUED_BODY_BYTES: usize = 64 << 20;
 /// Warnings about drops and I/O errors: at most one per this interval, so a
 /// full disk or an overloaded writer cannot flood the process log.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -72,6 +76,26 @@ pub struct AuditEntry {
     /// Only set by the caller when log_prompts is on.
     pub request_body: Option<Bytes>,
     pub response_body: Option<Bytes>,
+    /// The bodies were left out: the queue already held
+    /// [`MAX_QUEUED_BODY_BYTES`] of them.
+    pub bodies_withheld: bool,
+}
+
+impl AuditEntry {
+    fn body_bytes(&self) -> usize {
+        self.request_body.as_ref().map_or(0, Bytes::len) + self.response_body.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// A body as queued: whole when it fits the line's cap, else a copy of the
+/// prefix the line can use (the rest of a 32 MiB prompt is not held).
+fn queued_body(b: Bytes) -> Bytes {
+    let keep = BODY_CAP + CAP_SLACK + 1;
+    if b.len() <= keep {
+        b
+    } else {
+        Bytes::copy_from_slice(&b[..keep])
+    }
 }
 
 enum Msg {
@@ -91,6 +115,8 @@ struct Shared {
     epoch: Instant,
     /// Last "queue full" warning, ms since `epoch` + 1 (0: never).
     last_drop_warn: AtomicU64,
+    /// Body bytes in the queue (see [`MAX_QUEUED_BODY_BYTES`]).
+    queued_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// The audit log's handle. Cheap to call from any thread; share it in an `Arc`.
@@ -130,6 +156,7 @@ impl AuditLog {
             log_prompts: AtomicBool::new(config.log_prompts),
             epoch: Instant::now(),
             last_drop_warn: AtomicU64::new(0),
+            queued_bytes: std::sync::atomic::AtomicUsize::new(0),
         });
         // A zero-capacity sync_channel is a rendezvous: every try_send would fail.
         let queue = queue.max(1);
@@ -174,9 +201,26 @@ impl AuditLog {
             entry.request_body = None;
             entry.response_body = None;
         }
+        entry.request_body = entry.request_body.take().map(queued_body);
+        entry.response_body = entry.response_body.take().map(queued_body);
+        let bytes = entry.body_bytes();
+        if bytes > 0 {
+            let queued = self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+            if queued + bytes > MAX_QUEUED_BODY_BYTES {
+                self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                entry.request_body = None;
+                entry.response_body = None;
+                entry.bodies_withheld = true;
+                if warn_due(&self.shared.last_drop_warn, self.shared.epoch) {
+                    log::warn!("audit: the writer is behind; entries are queued without their bodies for now");
+                }
+            }
+        }
+        let bytes = entry.body_bytes();
         match self.tx.try_send(Msg::Entry(entry)) {
             Ok(()) => true,
             Err(e) => {
+                self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 let n = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if warn_due(&self.shared.last_drop_warn, self.shared.epoch) {
                     let why = match e {
@@ -359,7 +403,9 @@ impl Writer {
         let Msg::Entry(entry) = msg else { return };
         self.line.clear();
         let rendered = render_line(&entry, &mut self.line);
+        let bytes = entry.body_bytes();
         drop(entry);
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         if !rendered {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -537,6 +583,8 @@ struct Line<'a> {
     response_body: Option<Value>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     truncated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    bodies_withheld: bool,
 }
 
 /// Append `entry` as one JSON line (with the trailing newline) to `out`.
@@ -585,6 +633,7 @@ fn render_line(entry: &AuditEntry, out: &mut Vec<u8>) -> bool {
         request_body,
         response_body,
         truncated,
+        bodies_withheld: entry.bodies_withheld,
     };
     // Serializing plain data into a Vec does not fail; if it somehow did,
     // the partial output is discarded rather than written as a broken line.

@@ -127,7 +127,10 @@ impl MessagesRequest {
         let offset = |r: &RawValue| r.get().as_ptr() as usize - text.as_ptr() as usize;
         let start = offset(raw);
         let model_span = start..start + raw.get().len();
-        let speed_fast = view.speed.is_some_and(|v| v.get() == "\"fast\"");
+        // Decoded, not compared as bytes: `"f\u0061st"` is fast mode upstream.
+        let speed_fast = view
+            .speed
+            .is_some_and(|v| serde_json::from_str::<std::borrow::Cow<'_, str>>(v.get()).is_ok_and(|s| s == "fast"));
         let speed_member = view
             .speed
             .and_then(|v| member_span(text, offset(v)..offset(v) + v.get().len()));
@@ -406,6 +409,8 @@ mod tests {
             &r.upstream_body(Some("x"), SpeedEdit::Remove)[..],
             br#"{  "model":"x"}"#
         );
+        assert!(parse(r#"{"model":"m","speed":"f\u0061st"}"#).speed_fast, "escapes are decoded");
+        assert!(!parse(r#"{"model":"m","speed":"standard"}"#).speed_fast);
         let r = parse(r#"{"model":"claude-opus-4-6-fast","max_tokens":1}"#);
         let out = r.upstream_body(Some("claude-opus-4-6"), SpeedEdit::Insert);
         assert_eq!(

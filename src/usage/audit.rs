@@ -919,6 +919,7 @@ mod tests {
             path: "/v1/messages?beta=true".into(),
             request_body: None,
             response_body: None,
+            bodies_withheld: false,
         };
         let v = line(&e);
         let expected = serde_json::json!({
@@ -1258,10 +1259,9 @@ mod tests {
         assert_eq!(files, 3);
     }
 
-    #[test]
-    fn full_queue_counts_drops() {
-        // A handle whose writer never drains: the test holds the receiver.
-        let (tx, rx) = mpsc::sync_channel(2);
+    /// A handle whose writer never drains (the caller holds the receiver).
+    fn stalled(queue: usize, log_prompts: bool) -> (AuditLog, Receiver<Msg>, mpsc::Sender<()>) {
+        let (tx, rx) = mpsc::sync_channel(queue);
         let (done_tx, done_rx) = mpsc::channel();
         let log = AuditLog {
             tx,
@@ -1270,13 +1270,46 @@ mod tests {
                 dropped: AtomicU64::new(0),
                 reopen: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
-                log_prompts: AtomicBool::new(false),
+                log_prompts: AtomicBool::new(log_prompts),
                 epoch: Instant::now(),
                 last_drop_warn: AtomicU64::new(0),
+                queued_bytes: std::sync::atomic::AtomicUsize::new(0),
             }),
             done: Mutex::new(Some(done_rx)),
             thread: Mutex::new(None),
         };
+        (log, rx, done_tx)
+    }
+
+    #[test]
+    fn queued_bodies_are_bounded_in_bytes() {
+        let (log, rx, done_tx) = stalled(1000, true);
+        let prompt = Bytes::from(vec![b'x'; 8 << 20]);
+        for i in 0..100 {
+            let mut e = entry(&i.to_string());
+            e.request_body = Some(prompt.clone());
+            e.response_body = Some(prompt.clone());
+            assert!(log.log(e), "entries still go in, bodies or not");
+        }
+        let queued = log.shared.queued_bytes.load(Ordering::Relaxed);
+        assert!(queued <= MAX_QUEUED_BODY_BYTES, "{queued} bytes of bodies queued");
+        let entries: Vec<AuditEntry> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                Msg::Entry(e) => Some(e),
+                Msg::Wake => None,
+            })
+            .collect();
+        assert_eq!(entries.len(), 100);
+        let kept = entries[0].request_body.as_ref().map_or(0, Bytes::len);
+        assert!(kept < (2 << 20), "a body is queued as the prefix its line can use, not 8 MiB");
+        assert!(entries.last().is_some_and(|e| e.bodies_withheld && e.request_body.is_none()));
+        drop(done_tx);
+    }
+
+    #[test]
+    fn full_queue_counts_drops() {
+        let (log, rx, done_tx) = stalled(2, false);
         assert!(log.log(entry("1")));
         assert!(log.log(entry("2")));
         assert!(!log.log(entry("3")));

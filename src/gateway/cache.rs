@@ -23,6 +23,7 @@ use hashlink::LruCache;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use crate::config::snapshot::Plan;
 use crate::config::Snapshot;
 
 /// Largest answer a store keeps.
@@ -100,12 +101,22 @@ pub struct Stats {
     pub max_entries: usize,
 }
 
-/// The cache key: who asks, the body, and the headers that change the
-/// answer. Entries are per caller: a gateway key's name, or — in
-/// passthrough-auth mode — the credential the client presented (hashed), so
-/// a hit never hands an answer to someone the upstream would have refused.
-pub fn key(caller: Option<&str>, body: &[u8], headers: &HeaderMap) -> [u8; 32] {
+/// The cache key: who asks, where the request is routed, the body, and the
+/// headers that change the answer. Entries are per caller: a gateway key's
+/// name, or — in passthrough-auth mode — the credential the client presented
+/// (hashed), so a hit never hands an answer to someone the upstream would
+/// have refused. The route is the plan's candidates (provider and upstream
+/// model, in order): a header-matched rule that sends the same body
+/// elsewhere gets its own entries.
+pub fn key(caller: Option<&str>, plan: &Plan, body: &[u8], headers: &HeaderMap) -> [u8; 32] {
     let mut h = Sha256::new();
+    for c in &plan.candidates {
+        h.update(c.provider.name.as_bytes());
+        h.update(b"\0");
+        h.update(c.rename.as_deref().unwrap_or("").as_bytes());
+        h.update(b"\0");
+    }
+    h.update(b"\x03");
     match caller {
         Some(name) => {
             h.update(b"key\0");
@@ -133,6 +144,19 @@ pub fn key(caller: Option<&str>, body: &[u8], headers: &HeaderMap) -> [u8; 32] {
     h.update(b"\x01");
     h.update(body);
     h.finalize().into()
+}
+
+/// Whether a relayed answer is whole and worth serving again: a JSON body,
+/// or an event stream that reached `message_stop` without an in-band
+/// `event: error` (an upstream that failed mid-stream still answered 200).
+pub fn is_complete_answer(stream: bool, body: &[u8]) -> bool {
+    if !stream {
+        return true;
+    }
+    let has_event = |name: &[u8]| {
+        memchr::memmem::find_iter(body, name).any(|at| at == 0 || body[at - 1] == b'\n')
+    };
+    has_event(b"event: message_stop") && !has_event(b"event: error")
 }
 
 fn settings(snap: &Snapshot, kind: Kind) -> (bool, Duration, usize) {
@@ -274,7 +298,8 @@ mod tests {
         let s = snap("cache:\n  response: {enabled: true, ttl: 1h, max_entries: 2}\n");
         let c = Caches::default();
         let h = HeaderMap::new();
-        let (k1, k2, k3) = (key(None, b"1", &h), key(None, b"2", &h), key(None, b"3", &h));
+        let p = plan(&s, "m");
+        let (k1, k2, k3) = (key(None, &p, b"1", &h), key(None, &p, b"2", &h), key(None, &p, b"3", &h));
         assert!(c.lookup(&s, Kind::Response, &k1).is_none());
         c.insert(&s, Kind::Response, k1, "application/json", Bytes::from_static(b"one"));
         c.insert(&s, Kind::Response, k2, "application/json", Bytes::from_static(b"two"));
@@ -298,23 +323,52 @@ mod tests {
 
     #[test]
     fn headers_that_change_the_answer_change_the_key() {
+        let s = snap("");
+        let p = plan(&s, "m");
         let mut h = HeaderMap::new();
-        let plain = key(None, b"{}", &h);
+        let plain = key(None, &p, b"{}", &h);
         h.insert("anthropic-beta", "context-1m-2025-08-07".parse().unwrap());
-        assert_ne!(plain, key(None, b"{}", &h));
+        assert_ne!(plain, key(None, &p, b"{}", &h));
         h.insert("user-agent", "x".parse().unwrap());
         // Callers never share entries.
-        assert_ne!(key(Some("alice"), b"{}", &h), key(Some("bob"), b"{}", &h));
+        assert_ne!(key(Some("alice"), &p, b"{}", &h), key(Some("bob"), &p, b"{}", &h));
         let mut other = h.clone();
         other.insert("x-api-key", "someone-else".parse().unwrap());
-        assert_ne!(key(None, b"{}", &h), key(None, b"{}", &other));
+        assert_ne!(key(None, &p, b"{}", &h), key(None, &p, b"{}", &other));
         assert_eq!(
-            key(None, b"{}", &h),
-            key(None, b"{}", &{
+            key(None, &p, b"{}", &h),
+            key(None, &p, b"{}", &{
                 let mut h2 = HeaderMap::new();
                 h2.insert("anthropic-beta", "context-1m-2025-08-07".parse().unwrap());
                 h2
             })
         );
+    }
+
+    fn plan(s: &Snapshot, model: &str) -> Plan {
+        s.resolve(model, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_route_is_part_of_the_key() {
+        let env = |_: &str| None;
+        let yaml = "providers:\n  a: {type: anthropic}\n  b: {type: anthropic}\ndefault_provider: a\nroutes:\n  - {header: {name: x-team, value: red}, provider: b}\n";
+        let s = Snapshot::build(parse_str(yaml, &env).unwrap(), &env).unwrap();
+        let red = s
+            .resolve("m", &|n| (n.as_str() == "x-team").then(|| "red".to_string()))
+            .unwrap();
+        let h = HeaderMap::new();
+        assert_ne!(key(None, &red, b"{}", &h), key(None, &plan(&s, "m"), b"{}", &h));
+    }
+
+    #[test]
+    fn only_whole_streams_are_worth_keeping() {
+        let whole = b"event: message_start\ndata: {}\n\nevent: message_stop\ndata: {}\n\n";
+        assert!(is_complete_answer(true, whole));
+        let failed = b"event: message_start\ndata: {}\n\nevent: error\ndata: {}\n\n";
+        assert!(!is_complete_answer(true, failed));
+        let cut = b"event: message_start\ndata: {\"text\":\"event: message_stop\"}\n\n";
+        assert!(!is_complete_answer(true, cut), "only at the start of a line");
+        assert!(is_complete_answer(false, b"{}"));
     }
 }

@@ -128,7 +128,9 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     }
     let reply = ctx.reply_capture.take().map(|c| (c.truncated, c.into_bytes()));
     if let (Some((kind, key)), Some((false, body))) = (ctx.cache_key.take(), &reply) {
-        if ctx.status == 200 && ctx.error.is_none() && !ctx.client_gone {
+        let streamed = ctx.stream && kind == super::cache::Kind::Response;
+        if ctx.status == 200 && ctx.error.is_none() && !ctx.client_gone && super::cache::is_complete_answer(streamed, body)
+        {
             let content_type = if ctx.stream && kind == super::cache::Kind::Response {
                 "text/event-stream; charset=utf-8"
             } else {

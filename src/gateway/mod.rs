@@ -489,7 +489,7 @@ impl Gateway {
         };
         if cache::Caches::enabled(snap, cache_kind) {
             let caller = ctx.principal.as_ref().map(|k| k.name.as_str());
-            let key = cache::key(caller, &request.body, &session.req_header().headers);
+            let key = cache::key(caller, &plan, &request.body, &session.req_header().headers);
             if let Some(hit) = self.shared.caches.lookup(snap, cache_kind, &key) {
                 ctx.provider = Some("cache".into());
                 let extra = [("x-modelgate-cache", "hit".to_string())];

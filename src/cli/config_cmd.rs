@@ -194,6 +194,9 @@ fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
             *v = "***".into();
         }
     }
+    if let Some(url) = config.state.redis_url.as_mut() {
+        *url = crate::config::load::redact_url_password(url);
+    }
     Ok(config)
 }
 

@@ -100,9 +100,13 @@ pub fn expand_str(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> 
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
+            // The value is never quoted in these messages: it may be a secret.
             let end = body.find('}').ok_or_else(|| ConfigError::Invalid {
                 key: path.to_string(),
-                message: format!("unterminated `${{` in `{s}`"),
+                message: format!(
+                    "unterminated `${{` at byte {} of the value (write `$${{` for a literal `${{`)",
+                    s.len() - after.len() - 1
+                ),
             })?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
@@ -112,7 +116,10 @@ pub fn expand_str(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> 
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(ConfigError::Invalid {
                     key: path.to_string(),
-                    message: format!("`${{{expr}}}` is not a valid variable reference"),
+                    message: format!(
+                        "the `${{…}}` at byte {} of the value is not a variable reference (names are letters, digits and `_`; write `$${{` for a literal `${{`)",
+                        s.len() - after.len() - 1
+                    ),
                 });
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
@@ -135,6 +142,19 @@ pub fn expand_str(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> 
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `url` with its password (if any) shown as `***`, for printing.
+pub fn redact_url_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL we can read: it is not printed at all.
+        Err(_) => "***".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +182,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("providers.x.api_key") && err.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_reference_never_quotes_the_value() {
+        for value in ["sk-ant-secret${", "sk-ant-secret${not a name}"] {
+            let err = expand_str(value, "providers.x.api_key", &env).unwrap_err().to_string();
+            assert!(!err.contains("sk-ant-secret"), "{err}");
+            assert!(err.contains("providers.x.api_key") && err.contains("byte 13"), "{err}");
+        }
+    }
+
+    #[test]
+    fn printed_urls_hide_their_password() {
+        assert_eq!(
+            redact_url_password("redis://:hunter2@redis.internal:6379/0"),
+            "redis://:***@redis.internal:6379/0"
+        );
+        assert_eq!(redact_url_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url_password("not a url hunter2"), "***");
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn run(
     opts: ServeOptions,
 ) {
     let conf = server_conf(&snapshot, opts.daemon);
+    let snapshot_grace = snapshot.config.grace_period.0;
     let listen = snapshot.listen;
     let admin_listen = snapshot.admin_listen;
     for w in &snapshot.warnings {
@@ -137,6 +138,7 @@ pub fn run(
         sinks: Default::default(),
         caches: Default::default(),
         recent_errors: Default::default(),
+        ledger_seeded_through: Default::default(),
         config: Arc::new(ConfigStore::new(snapshot, config_path, overrides)),
         upstreams: Upstreams::new(connector_opts),
         health: Default::default(),
@@ -156,6 +158,16 @@ pub fn run(
     let main = server.add_service(main);
     main.add_dependency(&bootstrap);
     main.add_dependency(&sinks);
+    if opts.upgrade && shared.policy.memory().is_some() {
+        let catch_up = server.add_service(pingora::services::background::background_service(
+            "budget catch-up",
+            CatchUp {
+                shared: shared.clone(),
+                grace: snapshot_grace,
+            },
+        ));
+        catch_up.add_dependency(&sinks);
+    }
     server.add_service(pingora::services::background::background_service(
         "drain watch",
         DrainWatch {
@@ -222,7 +234,9 @@ impl SinksService {
                 }
                 Err(e) => log::error!("usage sinks: {e}; requests are not recorded"),
             }
-            seed_budgets(&shared, &snap);
+            if let Some(last) = seed_budgets(&shared, &snap) {
+                let _ = shared.ledger_seeded_through.set(last);
+            }
         })
         .await;
         if let Err(e) = opened {
@@ -233,15 +247,13 @@ impl SinksService {
 
 /// Embedded backend: start each scope's current period from the ledger's
 /// history, so budgets hold across restarts. Scopes this process already
-/// counts are left alone. Runs on a blocking thread (SQLite).
-pub fn seed_budgets(shared: &Shared, snap: &Snapshot) {
-    use crate::policy::{period, Standing};
-    use crate::usage::ledger::{Reader, Scope};
-    let Some(memory) = shared.policy.memory() else { return };
+/// counts are left alone. Runs on a blocking thread (SQLite). Returns the
+/// last ledger row the seed saw, read in the same snapshot.
+pub fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
+    use crate::policy::period;
+    use crate::usage::ledger::Reader;
+    let memory = shared.policy.memory()?;
     let scopes = snap.all_scopes();
-    if scopes.is_empty() {
-        return;
-    }
     // Records still queued belong to this process's live counts already.
     if let Some(s) = shared.sinks.get() {
         let _ = s.ledger.flush(std::time::Duration::from_secs(5));
@@ -250,13 +262,35 @@ pub fn seed_budgets(shared: &Shared, snap: &Snapshot) {
         Ok(r) => r,
         Err(e) => {
             log::warn!("cannot read the usage ledger to restore budget spend: {e}");
-            return;
+            return None;
         }
     };
     let now = period::now_ms();
+    let seeded = reader.consistent(|reader| {
+        let last = reader.last_id()?;
+        seed_from(memory, reader, &scopes, now);
+        Ok(last)
+    });
+    match seeded {
+        Ok(last) => Some(last),
+        Err(e) => {
+            log::warn!("cannot read the usage ledger to restore budget spend: {e}");
+            None
+        }
+    }
+}
+
+fn seed_from(
+    memory: &crate::policy::memory::Memory,
+    reader: &crate::usage::ledger::Reader,
+    scopes: &[Arc<crate::policy::ScopeLimits>],
+    now: i64,
+) {
+    use crate::policy::{period, Standing};
+    use crate::usage::ledger::Scope;
     for s in scopes {
         let window = period::Window::of(s.period, now);
-        if !memory.needs_seed(&s, window) {
+        if !memory.needs_seed(s, window) {
             continue;
         }
         let (kind, name) = s.id.split_once(':').unwrap_or(("key", &s.id));
@@ -267,7 +301,7 @@ pub fn seed_budgets(shared: &Shared, snap: &Snapshot) {
         };
         match reader.spend_since(scope, window.start_ms) {
             Ok(t) => memory.seed(
-                &s,
+                s,
                 window,
                 Standing {
                     spent_nanos: crate::policy::usd_to_nanos(t.cost_usd) as i64,
@@ -283,6 +317,80 @@ pub fn seed_budgets(shared: &Shared, snap: &Snapshot) {
             Err(e) => log::warn!("cannot restore spend for {}: {e}", s.label),
         }
     }
+}
+
+/// After a graceful upgrade, the old process keeps serving its open streams
+/// and records them in the same ledger. The embedded budgets of this one
+/// were seeded before those records existed: this adds them as they land
+/// (rows another process wrote, after the ones the seed saw), once a
+/// second, until the old process's grace period is over.
+struct CatchUp {
+    shared: Arc<Shared>,
+    grace: std::time::Duration,
+}
+
+/// Rows read per catch-up round at most.
+const CATCH_UP_BATCH: usize = 10_000;
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for CatchUp {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let Some(&seen) = self.shared.ledger_seeded_through.get() else {
+            return;
+        };
+        let until = Instant::now() + self.grace + std::time::Duration::from_secs(10);
+        let mut after = seen;
+        while Instant::now() < until {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            let shared = self.shared.clone();
+            match tokio::task::spawn_blocking(move || catch_up(&shared, after)).await {
+                Ok(Some(last)) => after = last,
+                Ok(None) => {}
+                Err(e) => log::warn!("budget catch-up: {e}"),
+            }
+        }
+    }
+}
+
+/// One round of [`CatchUp`]: add the other process's rows after `after` to
+/// the embedded budgets; the last row's id, when there were any.
+fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
+    use crate::policy::{period, usd_to_nanos, Standing};
+    let memory = shared.policy.memory()?;
+    let snap = shared.config.snapshot();
+    let reader = crate::usage::ledger::Reader::open(std::path::Path::new(&snap.config.state.path)).ok()?;
+    let rows = match reader.others_after(after, CATCH_UP_BATCH) {
+        Ok(rows) => rows,
+        Err(e) => {
+            log::warn!("budget catch-up: {e}");
+            return None;
+        }
+    };
+    let scopes: std::collections::HashMap<Arc<str>, Arc<crate::policy::ScopeLimits>> =
+        snap.all_scopes().into_iter().map(|s| (s.id.clone(), s)).collect();
+    let now = period::now_ms();
+    for row in &rows {
+        let ids = [row.key.as_ref().map(|k| format!("key:{k}")), row.team.as_ref().map(|t| format!("team:{t}"))];
+        for id in ids.into_iter().flatten() {
+            let Some(scope) = scopes.get(id.as_str()) else { continue };
+            let window = period::Window::of(scope.period, now);
+            if row.ts_ms >= window.start_ms {
+                let delta = Standing {
+                    spent_nanos: usd_to_nanos(row.cost_usd) as i64,
+                    requests: 1,
+                    usage: row.usage,
+                };
+                memory.add(scope, window, delta);
+            }
+        }
+    }
+    if !rows.is_empty() {
+        log::info!("budget catch-up: added {} records the previous process wrote while draining", rows.len());
+    }
+    rows.last().map(|r| r.id)
 }
 
 /// Reload triggers: SIGHUP, and changes to the config file (debounced:

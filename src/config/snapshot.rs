@@ -367,6 +367,11 @@ impl KeyEntry {
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))
     }
+
+    /// Whether the key may use only some models (a `models:` allowlist).
+    pub fn restricted_models(&self) -> bool {
+        self.models.is_some()
+    }
 }
 
 pub struct Snapshot {

@@ -449,6 +449,11 @@ pub struct Job<'a> {
     /// The model the plan was resolved for (empty for an unparsed
     /// passthrough body); a candidate without a rename sends it upstream.
     pub model: &'a str,
+    /// Whether a request the upstream may have acted on can be sent again
+    /// (to another target, after a 5xx, 429 or a failure mid-exchange).
+    /// Messages requests can; a passthrough POST or DELETE (a batch, a file)
+    /// cannot: it is retried only when it never left the gateway.
+    pub resend: bool,
     /// Builds a candidate's request (translation included).
     pub prepare: &'a (dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
     /// Upstream requests sent so far, kept up to date by the loop, so a
@@ -681,13 +686,16 @@ pub async fn run<'u>(
             Ok(x) => x,
             Err(e) => {
                 log::info!("attempt {} to `{}` failed: {e}", attempt + 1, account.label);
-                let outcome = match e {
-                    GatewayError::UpstreamUnreachable { .. } => "connect_error",
-                    GatewayError::UpstreamTimeout { .. } => "timeout",
-                    _ => "broken",
+                let (outcome, sent) = match e {
+                    GatewayError::UpstreamUnreachable { .. } => ("connect_error", false),
+                    GatewayError::UpstreamTimeout { .. } => ("timeout", true),
+                    _ => ("broken", true),
                 };
                 count(&provider.name, outcome);
                 circuit.failure(Instant::now());
+                if sent && !job.resend {
+                    return Err(e.into());
+                }
                 last = Some(e.into());
                 continue;
             }
@@ -703,6 +711,8 @@ pub async fn run<'u>(
         let settled = if status < 300 {
             match exchange.peek().await {
                 Ok(true) => Some("ok"),
+                // An empty answer is an answer where one is expected.
+                Ok(false) if !job.resend || status == 204 || *job.out.method == http::Method::HEAD => Some("ok"),
                 Ok(false) | Err(_) => {
                     count(&provider.name, "broken");
                     log::info!(
@@ -756,6 +766,17 @@ pub async fn run<'u>(
         } else {
             count(&provider.name, "status_5xx");
             circuit.failure(now);
+        }
+        if !job.resend {
+            // Not safe to send again: the upstream may have acted on it.
+            // This answer, whatever it says, is the client's.
+            return Ok(commit(
+                exchange,
+                candidate,
+                account,
+                &mut prepared[target.candidate],
+                attempt,
+            ));
         }
         log::info!(
             "attempt {} to `{}` answered {status}; trying elsewhere",

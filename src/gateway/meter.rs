@@ -69,15 +69,36 @@ pub async fn admit(
             Ok(())
         }
         Err(e) => {
-            let reason = match &e {
-                GatewayError::BudgetExceeded { .. } => "budget",
-                GatewayError::RateLimited { .. } => "rate_limit",
-                _ => "state_unavailable",
-            };
-            crate::telemetry::METRICS.refusals.with_label_values(&[reason]).inc();
+            refused(&e);
             Err(e)
         }
     }
+}
+
+/// Admit a request the gateway cannot price beforehand (passthrough_mode):
+/// it counts against the key's and team's request rates, and is refused
+/// once a budget is spent; it reserves nothing.
+pub async fn admit_unpriced(shared: &Arc<Shared>, key: &Arc<KeyEntry>, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let scopes = policy::scopes_of(key);
+    match shared.policy.admit(&scopes, Demand::default(), period::now_ms()).await {
+        Ok(admission) => {
+            ctx.admission = Some((admission, shared.clone()));
+            Ok(())
+        }
+        Err(e) => {
+            refused(&e);
+            Err(e)
+        }
+    }
+}
+
+fn refused(e: &GatewayError) {
+    let reason = match e {
+        GatewayError::BudgetExceeded { .. } => "budget",
+        GatewayError::RateLimited { .. } => "rate_limit",
+        _ => "state_unavailable",
+    };
+    crate::telemetry::METRICS.refusals.with_label_values(&[reason]).inc();
 }
 
 /// What the request's usage cost, in USD; `None` when its model has no price.

@@ -81,6 +81,8 @@ pub struct Shared {
     pub caches: cache::Caches,
     /// The last failures, for `/admin/errors` (`modelgate health errors`).
     pub recent_errors: local::RecentErrors,
+    /// The last ledger row the embedded budgets were seeded from at start.
+    pub ledger_seeded_through: std::sync::OnceLock<i64>,
 }
 
 pub struct Gateway {
@@ -694,7 +696,17 @@ impl Gateway {
         };
         let remote_count = count_tokens && plan.candidates[0].provider.kind.dialect() != Dialect::Anthropic;
         let result = self
-            .attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, &request.model, &routing_model)
+            .attempt_and_relay(
+                session,
+                ctx,
+                snap,
+                &caller,
+                &plan,
+                &prepare,
+                &request.model,
+                &routing_model,
+                true,
+            )
             .await;
         match result {
             // A cloud counter that failed (or does not serve this model):
@@ -732,6 +744,7 @@ impl Gateway {
         prepare: &(dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
         client_model: &str,
         routing_model: &str,
+        resend: bool,
     ) -> Result<(), GatewayError> {
         let sent = std::sync::atomic::AtomicU32::new(0);
         let result = {
@@ -751,6 +764,7 @@ impl Gateway {
                 caller,
                 balance_key,
                 model: routing_model,
+                resend,
                 prepare,
                 sent: &sent,
             };
@@ -831,6 +845,20 @@ impl Gateway {
             .ok_or_else(|| {
                 GatewayError::NotFound("passthrough_mode needs an enabled Anthropic-type default_provider".into())
             })?;
+        if let auth::Caller::Key(key) = &caller {
+            // What these endpoints spend (a batch, say) is not known before
+            // the upstream acts, nor which models they use: a key limited to
+            // some models may not use them, and every use counts against the
+            // key's request rate and needs budget left.
+            if key.restricted_models() {
+                return Err(GatewayError::Permission(format!(
+                    "gateway key `{}` is limited to some models, so it may not use {} (passthrough_mode)",
+                    key.name,
+                    session.req_header().uri.path()
+                )));
+            }
+            meter::admit_unpriced(&self.shared, key, ctx).await?;
+        }
         let body = body::read(session, snap.max_request_size, snap.config.client_timeouts.body.0).await?;
         let plan = Plan {
             candidates: vec![Candidate {
@@ -846,7 +874,9 @@ impl Gateway {
                 upstream_model: None,
             })
         };
-        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "", "")
+        let method = &session.req_header().method;
+        let resend = matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
+        self.attempt_and_relay(session, ctx, snap, &caller, &plan, &prepare, "", "", resend)
             .await
     }
 }

@@ -141,6 +141,18 @@ impl Memory {
         self.lock().get(&scope.id).is_none_or(|c| c.window != Some(window))
     }
 
+    /// Add what another process recorded for `scope` in `window` (the old
+    /// gateway draining after an upgrade). A scope this process has not
+    /// counted yet is left alone: its seed from the ledger includes it.
+    pub fn add(&self, scope: &ScopeLimits, window: Window, delta: Standing) {
+        let mut cells = self.lock();
+        if let Some(cell) = cells.get_mut(&scope.id).filter(|c| c.window == Some(window)) {
+            cell.standing.spent_nanos += delta.spent_nanos;
+            cell.standing.requests += delta.requests;
+            add_usage(&mut cell.standing.usage, &delta.usage);
+        }
+    }
+
     /// Start a scope's period from history (the ledger), unless this process
     /// has already counted it (a reload must not double what it saw live).
     pub fn seed(&self, scope: &ScopeLimits, window: Window, history: Standing) {

@@ -89,8 +89,13 @@ CREATE INDEX IF NOT EXISTS requests_team_ts ON requests (team, ts_ms);
 
 const INSERT: &str = "INSERT INTO requests (ts_ms, request_id, \"key\", team, session_id, agent_id, model, provider,
     upstream_model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, ttft_ms,
-    status, attempts, stream, error)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+    status, attempts, stream, error, writer)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
+
+/// Which process wrote a row: random per process. During a graceful
+/// upgrade two gateways write one ledger; the new one adds to its budgets
+/// what the old one records while it drains (rows of another writer).
+pub static WRITER: std::sync::LazyLock<i64> = std::sync::LazyLock::new(rand::random);
 
 /// The columns of [`Totals`], in order, for the read queries.
 const TOTALS_COLUMNS: &str = "COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
@@ -420,6 +425,20 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
         tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
     }
     // Later versions: `if found < 2 { ALTER TABLE … }`, in order.
+    // Additive columns older builds ignore (they name the columns they
+    // read and write), so no version step that would refuse a rollback.
+    let has_writer: bool = tx
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('requests') WHERE name = 'writer'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(open_err)?;
+    if !has_writer {
+        tx.execute_batch("ALTER TABLE requests ADD COLUMN writer INTEGER")
+            .map_err(open_err)?;
+    }
     if found != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err)?;
@@ -546,6 +565,7 @@ fn insert_all(conn: &mut Connection, batch: &[Arc<Record>]) -> rusqlite::Result<
                 r.attempts,
                 r.stream,
                 r.error,
+                *WRITER,
             ])?;
         }
     }
@@ -559,6 +579,17 @@ fn int(v: u64) -> i64 {
 }
 
 /// Sums over a set of requests.
+/// A row another process wrote, as budgets count it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignRow {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub key: Option<String>,
+    pub team: Option<String>,
+    pub usage: crate::dialects::Usage,
+    pub cost_usd: f64,
+}
+
 #[derive(Default, Debug, Clone, Copy, PartialEq)]
 pub struct Totals {
     pub requests: u64,
@@ -698,6 +729,48 @@ impl Reader {
                 totals: Totals::from_row(row, 1)?,
                 errors: row.get::<_, i64>(7).map(|v| u64::try_from(v).unwrap_or(0))?,
                 avg_latency_ms: row.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Run `read` on one snapshot of the file (a read transaction), so what
+    /// it reads in several queries fits together.
+    pub fn consistent<T>(&self, read: impl FnOnce(&Self) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        self.conn.execute_batch("BEGIN")?;
+        let out = read(self);
+        let _ = self.conn.execute_batch("COMMIT");
+        out
+    }
+
+    /// The newest row's id (0: none).
+    pub fn last_id(&self) -> Result<i64, LedgerError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM requests", [], |r| r.get(0))?)
+    }
+
+    /// Up to `limit` rows after `after_id` that another process wrote (see
+    /// [`WRITER`]), oldest first.
+    pub fn others_after(&self, after_id: i64, limit: usize) -> Result<Vec<ForeignRow>, LedgerError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, ts_ms, \"key\", team, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd
+             FROM requests WHERE id > ?1 AND (writer IS NULL OR writer != ?2) ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after_id, *WRITER, limit as i64], |row| {
+            let n = |i: usize| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+            Ok(ForeignRow {
+                id: row.get(0)?,
+                ts_ms: row.get(1)?,
+                key: row.get(2)?,
+                team: row.get(3)?,
+                usage: crate::dialects::Usage {
+                    input_tokens: n(4)?,
+                    output_tokens: n(5)?,
+                    cache_read_input_tokens: n(6)?,
+                    cache_creation_input_tokens: n(7)?,
+                },
+                cost_usd: row.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

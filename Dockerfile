@@ -24,4 +24,9 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8080/health || exit 1
 ENTRYPOINT ["/usr/local/bin/modelgate"]
+# conf/modelgate.yaml on all interfaces. It starts as a passthrough-auth
+# gateway (each client's own Anthropic credential is forwarded); given a
+# provider key (ANTHROPIC_API_KEY) it refuses to start until the config has
+# gateway `keys` (or `allow_unauthenticated: true`), so the image is never an
+# open relay for the key. Mount your own config at /etc/modelgate.
 CMD ["serve", "-c", "/etc/modelgate/modelgate.yaml", "--listen", "0.0.0.0:8080"]

@@ -253,12 +253,14 @@ async fn a_wrong_secret_is_refused_by_the_signature_check() {
         None,
     )
     .await;
-    assert_eq!(r.status(), 500, "InvalidSignatureException is not the client's error");
+    // InvalidSignatureException is the gateway's credential refused: not the
+    // client's error, and said in words for the gateway's operator.
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-should-retry"], "false");
     let v: Value = r.json().await.unwrap();
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("signature mismatch"),
-        "{v}"
-    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("signature mismatch"), "{v}");
+    assert!(message.contains("refused the gateway's credential"), "{v}");
     assert_eq!(up.request_count(), 1);
     let logs = gw.logs();
     assert!(!logs.contains("not-the-secret") && !logs.contains(SECRET_KEY));

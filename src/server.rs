@@ -19,7 +19,7 @@ use pingora::server::Server;
 
 use crate::config::{Config, ConfigStore, Snapshot};
 use crate::gateway::health_check::ActiveHealth;
-use crate::gateway::deadline::HeadDeadlines;
+use crate::gateway::connection::Connections;
 use crate::gateway::{local::Counters, Gateway, Role, Shared};
 use crate::upstream::Upstreams;
 
@@ -69,18 +69,18 @@ fn plain_listener(addr: std::net::SocketAddr) -> ListenerConfig {
 }
 
 /// A listening service for `role`: the gateway as Pingora's HTTP
-/// application, each connection under its request-head deadline.
+/// application, with the connection behaviour of [`Connections`].
 fn http_service(
     conf: &Arc<ServerConf>,
     shared: &Arc<Shared>,
     role: Role,
     name: &str,
-) -> Service<HeadDeadlines<HttpProxy<Gateway>>> {
+) -> Service<Connections<HttpProxy<Gateway>>> {
     let gateway = Gateway {
         shared: shared.clone(),
         role,
     };
-    let app = HeadDeadlines {
+    let app = Connections {
         inner: Arc::new(http_proxy(conf, gateway)),
         shared: shared.clone(),
     };
@@ -139,6 +139,7 @@ pub fn run(
         caches: Default::default(),
         recent_errors: Default::default(),
         ledger_seeded_through: Default::default(),
+        services_draining: std::sync::atomic::AtomicUsize::new(1 + usize::from(admin_listen.is_some())),
         config: Arc::new(ConfigStore::new(snapshot, config_path, overrides)),
         upstreams: Upstreams::new(connector_opts),
         health: Default::default(),
@@ -492,11 +493,13 @@ fn watch_file(path: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Opti
 /// hand-over, busy or not, so an idle gateway would linger for 15 minutes
 /// (and `docker stop` would SIGKILL it first, losing the ledger and audit
 /// queues). Once Pingora has stopped accepting and entered its grace period,
-/// this watches the in-flight count: at zero it flushes the ledger and audit
-/// queues and exits. Streams still open keep the process up, bounded by
-/// `grace_period` as before. After a hand-over Pingora keeps accepting on
-/// the shared sockets for its fixed 5 s close window first, so no client
-/// meets a closed socket while the new process takes over.
+/// this waits until every listening service has drained its kept-alive
+/// connections (`gateway::connection`) and nothing is in flight; then it
+/// flushes the ledger and audit queues and exits. Streams still open keep
+/// the process up, bounded by `grace_period` as before. After a hand-over
+/// Pingora keeps accepting on the shared sockets for its fixed 5 s close
+/// window first, so no client meets a closed socket while the new process
+/// takes over.
 struct DrainWatch {
     phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
     shared: Arc<Shared>,
@@ -528,10 +531,11 @@ impl pingora::services::background::BackgroundService for DrainWatch {
         let counters = &self.shared.counters;
         loop {
             let open = counters.in_flight.load(std::sync::atomic::Ordering::Acquire);
-            if open == 0 {
+            let services = self.shared.services_draining.load(std::sync::atomic::Ordering::Acquire);
+            if open == 0 && services == 0 {
                 break;
             }
-            log::debug!("draining: {open} requests still in flight");
+            log::debug!("draining: {open} requests in flight, {services} services closing connections");
             tokio::time::sleep(DRAIN_POLL).await;
         }
         log::info!("drained: no request in flight; flushing the ledger and audit log, then exiting");

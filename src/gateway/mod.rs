@@ -24,7 +24,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod ctx;
-pub mod deadline;
+pub mod connection;
 pub mod guard;
 pub mod health_check;
 pub mod local;
@@ -83,6 +83,9 @@ pub struct Shared {
     pub recent_errors: local::RecentErrors,
     /// The last ledger row the embedded budgets were seeded from at start.
     pub ledger_seeded_through: std::sync::OnceLock<i64>,
+    /// Listening services whose drain has not finished closing their
+    /// kept-alive connections (`connection::Connections::cleanup`).
+    pub services_draining: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Gateway {
@@ -192,7 +195,7 @@ impl ProxyHttp for Gateway {
         if self.shared.draining.load(Relaxed) || session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
-        deadline::head_arrived();
+        connection::head_arrived();
         let limits = &snap.config.client_timeouts;
         session.set_write_timeout(Some(limits.write.0));
         // An early answer (a 401, say) drains the unread body for the next
@@ -253,7 +256,7 @@ impl ProxyHttp for Gateway {
         record_metrics(ctx);
         access_log(session, ctx);
         if let Some(snap) = &ctx.snapshot {
-            deadline::answer_done(snap.config.client_timeouts.head.0);
+            connection::answer_done(snap.config.client_timeouts.head.0);
         }
         // Last: a draining process exits once this reaches zero, so the
         // request's record must be queued by now.

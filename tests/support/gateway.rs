@@ -42,7 +42,8 @@ impl Gateway {
     }
 
     /// Write `yaml` to `<tempdir>/modelgate.yaml` (placeholders: `{listen}` →
-    /// `127.0.0.1:FREEPORT`, `{dir}` → the temp dir path), spawn
+    /// `127.0.0.1:FREEPORT`, `{port}` → FREEPORT alone (for a listener on
+    /// another address, e.g. `0.0.0.0:{port}`), `{dir}` → the temp dir path), spawn
     /// `modelgate serve -c <path> <extra_args…>` with `envs` (proxy variables
     /// removed), cwd = the temp dir, stdout/stderr to files there, then poll
     /// `GET /health` until it answers 200. Panics with the logs if the process
@@ -95,6 +96,7 @@ impl Gateway {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let config = yaml
             .replace("{listen}", &addr.to_string())
+            .replace("{port}", &port.to_string())
             .replace("{dir}", &dir.path().display().to_string());
         let config_path = dir.path().join(CONFIG_FILE);
         std::fs::write(&config_path, config).expect("write modelgate.yaml");

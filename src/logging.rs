@@ -37,7 +37,11 @@ pub fn init(level: LogLevel, format: LogFormat) {
     let env_level = logger.0.filter();
     // A second init (tests, or `serve` after a config command) is harmless.
     let _ = log::set_boxed_logger(Box::new(logger));
-    set_level(if from_env.is_some() { env_level } else { level.as_filter() });
+    set_level(if from_env.is_some() {
+        env_level
+    } else {
+        level.as_filter()
+    });
 }
 
 /// Change the process's log level now.
@@ -80,7 +84,10 @@ mod tests {
     #[test]
     fn pingora_trace_is_withheld_at_any_level() {
         let meta = |target, level| log::MetadataBuilder::new().target(target).level(level).build();
-        assert!(withheld(&meta("pingora_core::protocols::http::v1::client", log::Level::Trace)));
+        assert!(withheld(&meta(
+            "pingora_core::protocols::http::v1::client",
+            log::Level::Trace
+        )));
         assert!(withheld(&meta("pingora_proxy", log::Level::Trace)));
         assert!(!withheld(&meta("pingora_core::server", log::Level::Debug)));
         assert!(!withheld(&meta("modelgate::gateway", log::Level::Trace)));

@@ -13,13 +13,13 @@ use pingora::connectors::ConnectorOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{http_proxy, HttpProxy};
-use pingora::services::listening::Service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::listening::Service;
 
 use crate::config::{Config, ConfigStore, Snapshot};
-use crate::gateway::health_check::ActiveHealth;
 use crate::gateway::connection::Connections;
+use crate::gateway::health_check::ActiveHealth;
 use crate::gateway::{local::Counters, Gateway, Role, Shared};
 use crate::upstream::Upstreams;
 
@@ -374,7 +374,10 @@ fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
         snap.all_scopes().into_iter().map(|s| (s.id.clone(), s)).collect();
     let now = period::now_ms();
     for row in &rows {
-        let ids = [row.key.as_ref().map(|k| format!("key:{k}")), row.team.as_ref().map(|t| format!("team:{t}"))];
+        let ids = [
+            row.key.as_ref().map(|k| format!("key:{k}")),
+            row.team.as_ref().map(|t| format!("team:{t}")),
+        ];
         for id in ids.into_iter().flatten() {
             let Some(scope) = scopes.get(id.as_str()) else { continue };
             let window = period::Window::of(scope.period, now);
@@ -389,7 +392,10 @@ fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
         }
     }
     if !rows.is_empty() {
-        log::info!("budget catch-up: added {} records the previous process wrote while draining", rows.len());
+        log::info!(
+            "budget catch-up: added {} records the previous process wrote while draining",
+            rows.len()
+        );
     }
     rows.last().map(|r| r.id)
 }

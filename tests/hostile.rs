@@ -655,7 +655,10 @@ fn judge(
             if sent == 1 {
                 let got = ups.mock(route.provider).requests().pop().expect("recorded");
                 if got.body.len() > 4096 {
-                    return Err(format!("the unknown field reached the upstream: {} bytes", got.body.len()));
+                    return Err(format!(
+                        "the unknown field reached the upstream: {} bytes",
+                        got.body.len()
+                    ));
                 }
             }
         }

@@ -251,7 +251,11 @@ impl Provider {
             .aws
             .as_ref()
             .is_some_and(|a| a.access_key_id.is_some() && a.secret_access_key.is_some());
-        signs || self.accounts.iter().any(|a| a.credential.is_some() || a.google.is_some())
+        signs
+            || self
+                .accounts
+                .iter()
+                .any(|a| a.credential.is_some() || a.google.is_some())
     }
 
     /// Whether an account of this provider is called with no credential at

@@ -19,9 +19,15 @@ pub async fn read(session: &mut Session, limit: u64, deadline: Duration) -> Resu
     match pingora::prelude::fast_timeout::fast_timeout(deadline, read_all(session, limit)).await {
         Ok(read) => read,
         Err(_) => {
-            crate::telemetry::METRICS.client_timeouts.with_label_values(&["body"]).inc();
+            crate::telemetry::METRICS
+                .client_timeouts
+                .with_label_values(&["body"])
+                .inc();
             session.set_keepalive(None);
-            Err(GatewayError::ClientTimeout { phase: "body", after: deadline })
+            Err(GatewayError::ClientTimeout {
+                phase: "body",
+                after: deadline,
+            })
         }
     }
 }

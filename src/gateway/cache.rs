@@ -153,9 +153,7 @@ pub fn is_complete_answer(stream: bool, body: &[u8]) -> bool {
     if !stream {
         return true;
     }
-    let has_event = |name: &[u8]| {
-        memchr::memmem::find_iter(body, name).any(|at| at == 0 || body[at - 1] == b'\n')
-    };
+    let has_event = |name: &[u8]| memchr::memmem::find_iter(body, name).any(|at| at == 0 || body[at - 1] == b'\n');
     has_event(b"event: message_stop") && !has_event(b"event: error")
 }
 
@@ -299,7 +297,11 @@ mod tests {
         let c = Caches::default();
         let h = HeaderMap::new();
         let p = plan(&s, "m");
-        let (k1, k2, k3) = (key(None, &p, b"1", &h), key(None, &p, b"2", &h), key(None, &p, b"3", &h));
+        let (k1, k2, k3) = (
+            key(None, &p, b"1", &h),
+            key(None, &p, b"2", &h),
+            key(None, &p, b"3", &h),
+        );
         assert!(c.lookup(&s, Kind::Response, &k1).is_none());
         c.insert(&s, Kind::Response, k1, "application/json", Bytes::from_static(b"one"));
         c.insert(&s, Kind::Response, k2, "application/json", Bytes::from_static(b"two"));

@@ -78,7 +78,11 @@ pub async fn admit(
 /// Admit a request the gateway cannot price beforehand (passthrough_mode):
 /// it counts against the key's and team's request rates, and is refused
 /// once a budget is spent; it reserves nothing.
-pub async fn admit_unpriced(shared: &Arc<Shared>, key: &Arc<KeyEntry>, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub async fn admit_unpriced(
+    shared: &Arc<Shared>,
+    key: &Arc<KeyEntry>,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
     let scopes = policy::scopes_of(key);
     match shared.policy.admit(&scopes, Demand::default(), period::now_ms()).await {
         Ok(admission) => {
@@ -150,7 +154,10 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     let reply = ctx.reply_capture.take().map(|c| (c.truncated, c.into_bytes()));
     if let (Some((kind, key)), Some((false, body))) = (ctx.cache_key.take(), &reply) {
         let streamed = ctx.stream && kind == super::cache::Kind::Response;
-        if ctx.status == 200 && ctx.error.is_none() && !ctx.client_gone && super::cache::is_complete_answer(streamed, body)
+        if ctx.status == 200
+            && ctx.error.is_none()
+            && !ctx.client_gone
+            && super::cache::is_complete_answer(streamed, body)
         {
             let content_type = if ctx.stream && kind == super::cache::Kind::Response {
                 "text/event-stream; charset=utf-8"

@@ -67,7 +67,10 @@ pub async fn complete(
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) {
     ctx.error = Some(err.kind());
     ctx.error_message = Some(err.to_string());
-    if matches!(err, GatewayError::RequestTooLarge { .. } | GatewayError::ClientTimeout { .. }) {
+    if matches!(
+        err,
+        GatewayError::RequestTooLarge { .. } | GatewayError::ClientTimeout { .. }
+    ) {
         // The rest of an oversized or stalled body is not worth reading: close instead.
         session.set_keepalive(None);
     }

@@ -35,7 +35,9 @@ const MAX_COOLING: usize = 64;
 pub enum State {
     Closed,
     /// Blocked after failures until the instant.
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One probe is in flight; others wait for its outcome.
     HalfOpen,
 }
@@ -380,7 +382,10 @@ mod tests {
         }
         let view = c.snapshot(Instant::now());
         assert_eq!(view.cooling.len(), MAX_COOLING);
-        assert!(view.cooling.iter().all(|(m, _)| m != "m0"), "the first to end made room");
+        assert!(
+            view.cooling.iter().all(|(m, _)| m != "m0"),
+            "the first to end made room"
+        );
     }
 
     #[test]

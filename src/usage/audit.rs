@@ -1302,8 +1302,13 @@ mod tests {
             .collect();
         assert_eq!(entries.len(), 100);
         let kept = entries[0].request_body.as_ref().map_or(0, Bytes::len);
-        assert!(kept < (2 << 20), "a body is queued as the prefix its line can use, not 8 MiB");
-        assert!(entries.last().is_some_and(|e| e.bodies_withheld && e.request_body.is_none()));
+        assert!(
+            kept < (2 << 20),
+            "a body is queued as the prefix its line can use, not 8 MiB"
+        );
+        assert!(entries
+            .last()
+            .is_some_and(|e| e.bodies_withheld && e.request_body.is_none()));
         drop(done_tx);
     }
 

@@ -409,7 +409,10 @@ mod tests {
             &r.upstream_body(Some("x"), SpeedEdit::Remove)[..],
             br#"{  "model":"x"}"#
         );
-        assert!(parse(r#"{"model":"m","speed":"f\u0061st"}"#).speed_fast, "escapes are decoded");
+        assert!(
+            parse(r#"{"model":"m","speed":"f\u0061st"}"#).speed_fast,
+            "escapes are decoded"
+        );
         assert!(!parse(r#"{"model":"m","speed":"standard"}"#).speed_fast);
         let r = parse(r#"{"model":"claude-opus-4-6-fast","max_tokens":1}"#);
         let out = r.upstream_body(Some("claude-opus-4-6"), SpeedEdit::Insert);

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use modelgate::config::load::parse_str;
-use modelgate::config::Snapshot;
 use modelgate::dialects::anthropic::{forward_request_headers, MessagesRequest, UpstreamAuth};
+use modelgate::runtime::Snapshot;
 use modelgate::upstream::balance;
 
 fn fixture() -> Bytes {
@@ -132,12 +132,12 @@ fn reload(c: &mut Criterion) {
 fn policy(c: &mut Criterion) {
     use modelgate::dialects::Usage;
     use modelgate::gateway::auth::{authenticate, Caller};
-    use modelgate::policy::{period, scopes_of, Actual, Demand, Policy};
+    use modelgate::policy::{period, Actual, Demand, Policy};
     let mut yaml = String::from(
         "default_provider: a\nproviders:\n  a: {type: anthropic}\nteams:\n  t0: {rate_limit: {rpm: 1000000000}, budget: {usd: 1000000000, period: monthly}}\nkeys:\n",
     );
     for i in 0..1000 {
-        let hash = hex::encode(modelgate::config::snapshot::sha256(format!("mg-key-{i}").as_bytes()));
+        let hash = hex::encode(modelgate::runtime::snapshot::sha256(format!("mg-key-{i}").as_bytes()));
         yaml.push_str(&format!(
             "  - {{name: k{i}, team: t0, key_sha256: \"{hash}\", rate_limit: {{rpm: 1000000000, tpm: 1000000000000}}, budget: {{usd: 1000000000, period: daily}}}}\n"
         ));
@@ -168,7 +168,7 @@ fn policy(c: &mut Criterion) {
                     panic!("key")
                 };
                 rt.block_on(async {
-                    let scopes = scopes_of(&key);
+                    let scopes = key.scopes();
                     let demand = Demand {
                         tokens: 25_000,
                         reserve_nanos: 400_000_000,

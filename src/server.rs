@@ -17,10 +17,11 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
-use crate::config::{Config, ConfigStore, Snapshot};
+use crate::config::Config;
 use crate::gateway::connection::Connections;
 use crate::gateway::health_check::ActiveHealth;
 use crate::gateway::{local::Counters, Gateway, Role, Shared};
+use crate::runtime::{ConfigStore, Snapshot};
 use crate::upstream::Upstreams;
 
 pub struct ServeOptions {

@@ -3,8 +3,8 @@
 //! is dropped, and the paths. Gemini models on Vertex use the Gemini
 //! translator (`tests/gemini_golden.rs`). Review with `cargo insta review`.
 
-use modelgate::config::snapshot::VertexSite;
 use modelgate::dialects::anthropic::cloud::{edit_body, Capabilities, Platform};
+use modelgate::runtime::snapshot::VertexSite;
 use serde_json::{json, Value};
 
 fn edit(request: Value, betas: &[&str]) -> Value {

@@ -89,9 +89,14 @@ pub fn run(config: Option<PathBuf>, cmd: ConfigCommand) -> i32 {
     }
 }
 
-/// The config file's JSON Schema, pretty-printed.
+/// The config file's JSON Schema, pretty-printed, with the provider types
+/// this build speaks filled in as `providers.<name>.type`'s `enum` (the
+/// config types cannot know them: the provider table is a layer up).
 pub fn schema_json() -> String {
-    let schema = schemars::schema_for!(crate::config::Config);
+    let mut schema = serde_json::to_value(schemars::schema_for!(crate::config::Config)).unwrap_or_default();
+    if let Some(kind) = schema.pointer_mut("/$defs/ProviderConfig/properties/type") {
+        kind["enum"] = crate::runtime::ProviderKind::SUPPORTED.into();
+    }
     serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
 }
 

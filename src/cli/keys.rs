@@ -18,7 +18,7 @@ use rand::RngCore;
 
 use crate::config::edit::{self, EditError};
 use crate::config::schema::{BudgetPeriod, KeyConfig};
-use crate::config::snapshot::sha256;
+use crate::runtime::snapshot::sha256;
 
 use super::failure::{finish, Failure};
 
@@ -137,7 +137,7 @@ fn create(path: &Path, args: CreateArgs) -> Result<(), Failure> {
     let entry = render_entry(&args, &hex::encode(sha256(key.as_bytes())), budget);
 
     let mut first = false;
-    let edited = edit::edit_file(path, |text| {
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
         let names = edit::list_field_values(text, "keys", "name")?;
         if names.as_ref().is_some_and(|n| n.contains(&args.name)) {
             return Err(EditError::Refused(format!(
@@ -398,19 +398,21 @@ fn json_row(k: &KeyConfig) -> serde_json::Value {
 // revoke
 
 fn revoke(path: &Path, name: &str) -> Result<(), Failure> {
-    let edited =
-        edit::edit_file(path, |text| edit::remove_list_item(text, "keys", "name", name)).map_err(|e| match e {
-            EditError::NotFound { available, .. } => Failure::user(if available.is_empty() {
-                format!("no key named `{name}` in {}: it has no keys", path.display())
-            } else {
-                format!(
-                    "no key named `{name}` in {}; its keys: {} (see `modelgate keys list`)",
-                    path.display(),
-                    available.join(", ")
-                )
-            }),
-            e => Failure::edit(path, e),
-        })?;
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
+        edit::remove_list_item(text, "keys", "name", name)
+    })
+    .map_err(|e| match e {
+        EditError::NotFound { available, .. } => Failure::user(if available.is_empty() {
+            format!("no key named `{name}` in {}: it has no keys", path.display())
+        } else {
+            format!(
+                "no key named `{name}` in {}; its keys: {} (see `modelgate keys list`)",
+                path.display(),
+                available.join(", ")
+            )
+        }),
+        e => Failure::edit(path, e),
+    })?;
     eprintln!(
         "Revoked key `{name}`: removed from {}. A running gateway refuses it after its next config reload (automatic when the file changes, or send SIGHUP).",
         path.display()

@@ -30,7 +30,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::load::{default_config_path, load_file};
-use crate::config::{Config, ConfigError, Snapshot};
+use crate::config::{Config, ConfigError};
+use crate::runtime::Snapshot;
 
 #[derive(Parser, Debug)]
 #[command(name = "modelgate", version, about = "An LLM gateway for Claude Code and the Anthropic Messages API", long_about = None)]

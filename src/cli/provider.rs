@@ -18,7 +18,8 @@ use clap::{Args, Subcommand};
 
 use crate::config::edit::{self, EditError};
 use crate::config::schema::RouteConfig;
-use crate::config::{Config, ProviderKind};
+use crate::config::Config;
+use crate::runtime::ProviderKind;
 
 pub(super) use super::failure::{finish, Failure, CONFIG_ERROR, USER_ERROR};
 
@@ -294,7 +295,7 @@ pub fn run(config: Option<PathBuf>, cmd: ProviderCommand) -> i32 {
     }
 }
 
-fn load(path: &Path) -> Result<crate::config::Snapshot, i32> {
+fn load(path: &Path) -> Result<crate::runtime::Snapshot, i32> {
     super::load_snapshot(path, |_| {}).map_err(|e| {
         eprintln!("{}: {e}", path.display());
         CONFIG_ERROR
@@ -531,7 +532,7 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
     };
     let body = render_provider(&args, &key_envs);
 
-    let edited = edit::edit_file(path, |text| {
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         if c.providers.contains_key(&name) {
             return Err(EditError::Refused(format!(
@@ -590,7 +591,7 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
 
 fn remove(path: &Path, name: &str) -> Result<(), Failure> {
     let mut missing = None;
-    let edited = edit::edit_file(path, |text| {
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         if !c.providers.contains_key(name) {
             missing = Some(not_a_provider(path, name, &c));
@@ -620,7 +621,7 @@ fn set_default(path: &Path, name: &str) -> Result<(), Failure> {
     let mut missing = None;
     let mut unchanged = false;
     let mut disabled = false;
-    let result = edit::edit_file(path, |text| {
+    let result = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         let Some(p) = c.providers.get(name) else {
             missing = Some(not_a_provider(path, name, &c));
@@ -663,7 +664,7 @@ fn set_enabled(path: &Path, name: &str, enabled: bool) -> Result<(), Failure> {
     let mut missing = None;
     let mut unchanged = false;
     let mut refs = Vec::new();
-    let result = edit::edit_file(path, |text| {
+    let result = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         let Some(p) = c.providers.get(name) else {
             missing = Some(not_a_provider(path, name, &c));
@@ -721,7 +722,7 @@ fn update(path: &Path, args: UpdateArgs) -> Result<(), Failure> {
         changes.push(("models", models_value(&args.models)));
     }
     let mut missing = None;
-    let edited = edit::edit_file(path, |text| {
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         if !c.providers.contains_key(name) {
             missing = Some(not_a_provider(path, name, &c));

@@ -18,8 +18,9 @@ use super::provider::{describe_route, finish, flow_scalar, names_or_none, parse_
 use super::provider::{CONFIG_ERROR, USER_ERROR};
 use crate::config::edit::{self, EditError};
 use crate::config::schema::RouteConfig;
-use crate::config::snapshot::Plan;
-use crate::config::{Config, Snapshot};
+use crate::config::Config;
+use crate::runtime::snapshot::Plan;
+use crate::runtime::Snapshot;
 
 const RELOAD_NOTE: &str =
     "A running gateway applies it on its next config reload (automatic when the file changes, or send SIGHUP).";
@@ -409,7 +410,7 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
     let mut placed = None;
     let mut shadowed_by = Vec::new();
     let mut missing = None;
-    let edited = edit::edit_file(path, |text| {
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         let providers = names_or_none(c.providers.keys());
         let unknown = std::iter::once(&rule.provider)
@@ -519,7 +520,7 @@ fn remove(path: &Path, args: RemoveArgs) -> Result<(), Failure> {
         .map(|h| parse_header("--header", h))
         .transpose()?;
     let mut removed = None;
-    let edited = edit::edit_file(path, |text| {
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
         let c = parse_lenient(text)?;
         let index = match (&args.glob, args.index) {
             (_, Some(i)) => {

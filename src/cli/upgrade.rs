@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::Snapshot;
+use crate::runtime::Snapshot;
 
 #[derive(clap::Args, Debug)]
 pub struct UpgradeArgs {

@@ -12,8 +12,9 @@
 //! edit is checked against a real YAML parse: the new document must equal the
 //! old one with exactly the intended change, or nothing is returned.
 //!
-//! [`edit_file`] and [`write_validated`] then validate the result exactly as
-//! `serve` loads it and replace the file atomically.
+//! [`edit_file`] and [`write_validated`] then validate the result with the
+//! caller's [`Check`] (the commands pass `runtime::check`: exactly as
+//! `serve` loads a file) and replace the file atomically.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,12 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 use super::load::parse_str;
-use super::{ConfigError, Snapshot};
+use super::{Config, ConfigError};
+
+/// Validates a loaded config as `serve` would and gives back its warnings.
+/// The config module cannot build what a config means (it is a leaf), so
+/// the caller supplies this: `runtime::check`.
+pub type Check<'a> = &'a dyn Fn(Config) -> Result<Vec<String>, ConfigError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -1306,10 +1312,10 @@ pub fn yaml_scalar(s: &str) -> String {
 // ---------------------------------------------------------------------------
 // Validating and writing
 
-/// Load `text` exactly as `serve` does (process environment, then
-/// `Snapshot::build`). Failures are [`EditError::Invalid`], naming the key
-/// and, where it can be found, its line.
-pub fn validate_text(text: &str) -> Result<Snapshot, EditError> {
+/// Load `text` with the process environment and run `check` on it; its
+/// warnings when it passes. Failures are [`EditError::Invalid`], naming the
+/// key and, where it can be found, its line.
+pub fn validate_text(text: &str, check: Check<'_>) -> Result<Vec<String>, EditError> {
     let env = |name: &str| std::env::var(name).ok();
     let describe = |e: ConfigError| {
         EditError::Invalid(match &e {
@@ -1321,7 +1327,7 @@ pub fn validate_text(text: &str) -> Result<Snapshot, EditError> {
         })
     };
     let config = parse_str(text, &env).map_err(describe)?;
-    Snapshot::build(config, &env).map_err(describe)
+    check(config).map_err(describe)
 }
 
 fn read(path: &Path) -> Result<String, EditError> {
@@ -1333,8 +1339,8 @@ fn read(path: &Path) -> Result<String, EditError> {
 
 /// Validate `new_text` as `serve` would, and only then write it to `path`
 /// atomically ([`write_atomic`]).
-pub fn write_validated(path: &Path, new_text: &str) -> Result<(), EditError> {
-    validate_text(new_text)?;
+pub fn write_validated(path: &Path, new_text: &str, check: Check<'_>) -> Result<(), EditError> {
+    validate_text(new_text, check)?;
     write_atomic(path, new_text.as_bytes())
 }
 
@@ -1421,11 +1427,15 @@ pub struct Edited {
 /// or when the file changed meanwhile ([`EditError::Conflict`]: two edits at
 /// once must not silently lose one; the window left is the instant between
 /// the re-read and the rename).
-pub fn edit_file(path: &Path, edit: impl FnOnce(&str) -> Result<String, EditError>) -> Result<Edited, EditError> {
+pub fn edit_file(
+    path: &Path,
+    check: Check<'_>,
+    edit: impl FnOnce(&str) -> Result<String, EditError>,
+) -> Result<Edited, EditError> {
     let before = read(path)?;
     let after = edit(&before)?;
-    let old = validate_text(&before);
-    let new = match validate_text(&after) {
+    let old = validate_text(&before, check);
+    let new = match validate_text(&after, check) {
         Ok(s) => s,
         Err(EditError::Invalid(why)) => {
             return Err(match old {
@@ -1435,8 +1445,8 @@ pub fn edit_file(path: &Path, edit: impl FnOnce(&str) -> Result<String, EditErro
         }
         Err(e) => return Err(e),
     };
-    let old_warnings = old.map(|s| s.warnings).unwrap_or_default();
-    let new_warnings = new.warnings.into_iter().filter(|w| !old_warnings.contains(w)).collect();
+    let old_warnings = old.unwrap_or_default();
+    let new_warnings = new.into_iter().filter(|w| !old_warnings.contains(w)).collect();
     if read(path)? != before {
         return Err(EditError::Conflict(path.display().to_string()));
     }
@@ -2058,35 +2068,6 @@ routes: []
         assert_eq!(root(&out).unwrap()["keys"][0]["key_sha256"], Value::String(digits));
     }
 
-    #[test]
-    fn write_validated_refuses_invalid_text_and_keeps_permissions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("modelgate.yaml");
-        let good = "listen: 127.0.0.1:1\nkeys: []\n";
-        std::fs::write(&path, good).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        }
-        let bad = "listen: 127.0.0.1:1\nkeys:\n  - name: a\n    key_sha256: zz\n";
-        let e = write_validated(&path, bad).unwrap_err().to_string();
-        assert!(e.contains("keys[0].key_sha256 (line 3)"), "{e}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
-
-        let next = "listen: 127.0.0.1:2\nkeys: []\n";
-        write_validated(&path, next).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), next);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o640);
-        }
-        // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
     #[cfg(unix)]
     #[test]
     fn write_atomic_keeps_a_symlink() {
@@ -2098,53 +2079,5 @@ routes: []
         write_atomic(&link, b"a: 2\n").unwrap();
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "a: 2\n");
-    }
-
-    #[test]
-    fn edit_file_tells_a_broken_file_from_a_breaking_edit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("modelgate.yaml");
-        let good = "listen: 127.0.0.1:1\n";
-        std::fs::write(&path, good).unwrap();
-        let e = edit_file(&path, |t| Ok(format!("{t}timeout: 0\n"))).unwrap_err();
-        assert!(matches!(e, EditError::Invalid(ref m) if m.contains("timeout")), "{e}");
-        let e = edit_file(&path, |_| Err(EditError::Refused("no".into()))).unwrap_err();
-        assert_eq!(e.to_string(), "no");
-        let edited = edit_file(&path, |t| {
-            append_list_item(t, "keys", ALICE.replace("00ff", &"ab".repeat(32)).as_str())
-        })
-        .unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited.after);
-        assert_eq!(edited.before, good);
-
-        // A key_env whose variable is unset here is an error in build: the
-        // file does not load as it is, whatever the edit.
-        let broken = "listen: 127.0.0.1:1\nkeys:\n  - {name: a, key_env: MODELGATE_EDIT_TEST_UNSET_VAR}\n";
-        std::fs::write(&path, broken).unwrap();
-        let e = edit_file(&path, |t| append_list_item(t, "keys", "name: b\nkey_sha256: \"00\"")).unwrap_err();
-        assert!(
-            matches!(e, EditError::AlreadyInvalid(ref m) if m.contains("MODELGATE_EDIT_TEST_UNSET_VAR") && m.contains("line 3")),
-            "{e}"
-        );
-        // Removing the broken entry makes it load again: allowed.
-        edit_file(&path, |t| remove_list_item(t, "keys", "name", "a")).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "listen: 127.0.0.1:1\nkeys: []\n"
-        );
-    }
-
-    #[test]
-    fn edit_file_refuses_when_the_file_changed_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("modelgate.yaml");
-        std::fs::write(&path, "listen: 127.0.0.1:1\n").unwrap();
-        let e = edit_file(&path, |t| {
-            std::fs::write(&path, "listen: 127.0.0.1:3\n").unwrap();
-            set_top_level_scalar(t, "listen", "127.0.0.1:2")
-        })
-        .unwrap_err();
-        assert!(matches!(e, EditError::Conflict(_)), "{e}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "listen: 127.0.0.1:3\n");
     }
 }

@@ -80,12 +80,13 @@ impl JsonSchema for Dur {
     }
 }
 
-/// `providers.<name>.type`: the provider types this build speaks.
+/// `providers.<name>.type`. Which types this build speaks is not the
+/// schema's to know (config is a leaf): `modelgate config schema` fills in
+/// the `enum` from the provider table.
 fn provider_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "description": "The provider type: the wire format and the default `api_base`. `modelgate provider list --builtins` lists them.",
         "type": "string",
-        "enum": super::snapshot::ProviderKind::SUPPORTED,
     })
 }
 

@@ -19,13 +19,13 @@ use pingora::http::RequestHeader;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::snapshot::{Candidate, Plan, Provider};
-use crate::config::Snapshot;
 use crate::dialects::anthropic::{self, UpstreamAuth};
 use crate::dialects::openai::Flavor;
 use crate::error::GatewayError;
 use crate::gateway::auth::Caller;
 use crate::gateway::relay::{self, Buffered};
+use crate::runtime::snapshot::{Candidate, Plan, Provider};
+use crate::runtime::Snapshot;
 use crate::upstream::balance;
 use crate::upstream::health::{self, Admission};
 use crate::upstream::{Exchange, Limits, UpstreamError, Upstreams};
@@ -209,7 +209,7 @@ pub fn openai_head(
             let version = provider
                 .api_version
                 .as_deref()
-                .unwrap_or(crate::config::snapshot::DEFAULT_AZURE_API_VERSION);
+                .unwrap_or(crate::runtime::snapshot::DEFAULT_AZURE_API_VERSION);
             let path = provider
                 .base
                 .join(&format!("/openai/deployments/{encoded}/chat/completions"));
@@ -498,7 +498,7 @@ impl Failure {
 /// Whether this attempt carried the client's own credential (an
 /// Anthropic-type provider without a key, in passthrough-auth), so that a
 /// 401/403 is the client's to fix (`/login`) and is relayed as it came.
-fn forwards_client_credential(caller: &Caller, account: &crate::config::snapshot::Account, prep: &Prepared) -> bool {
+fn forwards_client_credential(caller: &Caller, account: &crate::runtime::snapshot::Account, prep: &Prepared) -> bool {
     matches!(caller, Caller::Passthrough) && account.credential.is_none() && matches!(prep, Prepared::Anthropic { .. })
 }
 
@@ -886,7 +886,7 @@ fn pick(
 fn commit<'u>(
     exchange: Exchange<'u>,
     candidate: &Candidate,
-    account: &crate::config::snapshot::Account,
+    account: &crate::runtime::snapshot::Account,
     prepared: &mut Option<Prepared>,
     attempt: u32,
 ) -> Committed<'u> {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, AUTHORIZATION};
 
-use crate::config::snapshot::{sha256, KeyEntry};
-use crate::config::Snapshot;
 use crate::error::GatewayError;
+use crate::runtime::snapshot::{sha256, KeyEntry};
+use crate::runtime::Snapshot;
 
 pub enum Caller {
     /// A configured gateway key.

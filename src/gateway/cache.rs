@@ -23,8 +23,8 @@ use hashlink::LruCache;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::snapshot::Plan;
-use crate::config::Snapshot;
+use crate::runtime::snapshot::Plan;
+use crate::runtime::Snapshot;
 
 /// Largest answer a store keeps.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::snapshot::KeyEntry;
-use crate::config::Snapshot;
 use crate::dialects::Usage;
 use crate::error::ErrorKind;
+use crate::runtime::snapshot::KeyEntry;
+use crate::runtime::Snapshot;
 
 pub struct RequestCtx {
     pub request_id: String,

@@ -20,7 +20,7 @@ use pingora::services::background::BackgroundService;
 
 use super::Shared;
 use crate::config::schema::HealthCheckKind;
-use crate::config::snapshot::{Account, Dialect, Provider};
+use crate::runtime::snapshot::{Account, Dialect, Provider};
 use crate::upstream::Limits;
 
 /// How often the service looks for due probes.

@@ -8,8 +8,8 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::config::Snapshot;
 use crate::error::GatewayError;
+use crate::runtime::Snapshot;
 
 pub fn health() -> Vec<u8> {
     br#"{"status":"ok"}"#.to_vec()
@@ -25,7 +25,7 @@ pub struct Counters {
 
 pub fn status(
     snap: &Snapshot,
-    store: &crate::config::ConfigStore,
+    store: &crate::runtime::ConfigStore,
     started: Instant,
     counters: &Counters,
     health: &crate::upstream::health::Registry,
@@ -44,7 +44,7 @@ pub fn status(
                 "accounts": p.accounts.iter().map(|a| json!({
                     "label": a.label,
                     "weight": a.weight,
-                    "credential": if a.credential.is_some() { "configured" } else if p.kind == crate::config::ProviderKind::Anthropic { "client passthrough" } else { "none" },
+                    "credential": if a.credential.is_some() { "configured" } else if p.kind == crate::runtime::ProviderKind::Anthropic { "client passthrough" } else { "none" },
                 })).collect::<Vec<_>>(),
                 "priority": p.priority,
             })

@@ -18,11 +18,11 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::Shared;
-use crate::config::snapshot::KeyEntry;
-use crate::config::Snapshot;
 use crate::dialects::Usage;
 use crate::error::GatewayError;
 use crate::policy::{self, period, Actual, Demand, RESERVE_OUTPUT_CAP};
+use crate::runtime::snapshot::KeyEntry;
+use crate::runtime::Snapshot;
 use crate::usage::audit::AuditEntry;
 use crate::usage::pricing::Price;
 use crate::usage::Record;
@@ -58,7 +58,7 @@ pub async fn admit(
     };
     let reserve = price(snap, Some(first_upstream_model), ctx.model.as_deref())
         .map_or(0, |p| policy::usd_to_nanos(p.cost_usd(&estimate, ctx.fast)));
-    let scopes = policy::scopes_of(key);
+    let scopes = key.scopes();
     let demand = Demand {
         tokens: input,
         reserve_nanos: reserve,
@@ -83,7 +83,7 @@ pub async fn admit_unpriced(
     key: &Arc<KeyEntry>,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    let scopes = policy::scopes_of(key);
+    let scopes = key.scopes();
     match shared.policy.admit(&scopes, Demand::default(), period::now_ms()).await {
         Ok(admission) => {
             ctx.admission = Some((admission, shared.clone()));
@@ -273,7 +273,7 @@ pub async fn report(
     query: Option<&str>,
 ) -> Result<(Vec<u8>, bool), GatewayError> {
     let now = period::now_ms();
-    let scopes = policy::scopes_of(key);
+    let scopes = key.scopes();
     let standings = shared.policy.standings(&scopes, now).await?;
     let describe = |s: &policy::ScopeLimits, st: &policy::Standing| {
         let w = period::Window::of(s.period, now);

@@ -40,13 +40,13 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
-use crate::config::snapshot::{Candidate, Dialect, Plan};
-use crate::config::{ConfigStore, ProviderKind, Snapshot};
 use crate::dialects::anthropic::cloud::{edit_body, Capabilities, Edited, Platform};
 use crate::dialects::anthropic::{supports_fast_mode, MessagesRequest, SpeedEdit, FAST_MODE_BETA};
 use crate::dialects::openai::request::{translate_request, RequestOptions};
 use crate::dialects::openai::tokens::{count_chat_tokens, Encoding};
 use crate::error::GatewayError;
+use crate::runtime::snapshot::{Candidate, Dialect, Plan};
+use crate::runtime::{ConfigStore, ProviderKind, Snapshot};
 use crate::telemetry;
 use crate::upstream::balance;
 use crate::upstream::Upstreams;

@@ -366,11 +366,6 @@ fn refuse(windows: &[(&ScopeLimits, Window)], refusal: Refusal, now_ms: i64) -> 
     }
 }
 
-/// The scopes a key is charged to: itself, then its team.
-pub fn scopes_of(key: &crate::config::snapshot::KeyEntry) -> Vec<&Arc<ScopeLimits>> {
-    std::iter::once(&key.scope).chain(key.team_scope.as_ref()).collect()
-}
-
 /// Whether admission can be skipped entirely (nothing limited, nothing to
 /// track): only for anonymous passthrough callers, who have no scope.
 pub fn any_limited(scopes: &[&Arc<ScopeLimits>]) -> bool {

@@ -9,6 +9,7 @@
 //! proxy phases later without touching the stages around it.
 
 pub mod balance;
+pub mod base;
 pub mod dns;
 pub mod google_auth;
 pub mod health;
@@ -28,7 +29,7 @@ use pingora::RetryType;
 use pingora::{Error as PError, ErrorType};
 use tokio::io::AsyncWriteExt;
 
-use crate::config::snapshot::UpstreamBase;
+pub use base::UpstreamBase;
 
 /// How long an idle pooled upstream connection is kept. Providers close idle
 /// keep-alive connections after roughly a minute; staying below that avoids

@@ -11,13 +11,14 @@ use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use http::header::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderConfig, TeamConfig};
-use super::ConfigError;
+use crate::config::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderConfig, TeamConfig};
+use crate::config::ConfigError;
 use crate::dialects::anthropic::cloud::{Capabilities, Platform};
 use crate::dialects::openai::Flavor;
 use crate::policy::ScopeLimits;
 use crate::secret::Secret;
 use crate::upstream::google_auth::{self, TokenSource};
+pub use crate::upstream::UpstreamBase;
 use crate::usage::pricing::PriceTable;
 
 /// Provider types this build can talk to. Types named in `spec/config.md` but
@@ -134,68 +135,6 @@ pub enum Dialect {
 
 /// Azure OpenAI's data-plane API version when the config names none.
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
-
-/// Where an upstream lives, split the way a connection needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamBase {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash (`""` for a bare host).
-    pub path_prefix: String,
-    /// The `Host` header value: host, plus the port when it is not the scheme's default.
-    pub authority: String,
-}
-
-impl UpstreamBase {
-    fn parse(key: &str, raw: &str) -> Result<Self, ConfigError> {
-        let url = url::Url::parse(raw).map_err(|e| ConfigError::invalid(key, format!("`{raw}` is not a URL: {e}")))?;
-        let tls = match url.scheme() {
-            "https" => true,
-            "http" => false,
-            s => {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("scheme `{s}` is not supported; use http or https"),
-                ))
-            }
-        };
-        let host = match url.host() {
-            Some(url::Host::Ipv6(ip)) => ip.to_string(),
-            Some(h) => h.to_string(),
-            None => return Err(ConfigError::invalid(key, format!("`{raw}` has no host"))),
-        };
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(ConfigError::invalid(key, "api_base must not carry a query or fragment"));
-        }
-        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or(&host)),
-            None => url.host_str().unwrap_or(&host).to_string(),
-        };
-        Ok(UpstreamBase {
-            tls,
-            host,
-            port,
-            path_prefix: url.path().trim_end_matches('/').to_string(),
-            authority,
-        })
-    }
-
-    /// The upstream path for a client path such as `/v1/messages`. A base that
-    /// already ends in `/v1` is not doubled (`https://host/v1` + `/v1/messages`).
-    pub fn join(&self, client_path: &str) -> String {
-        let prefix = if client_path.starts_with("/v1/") {
-            self.path_prefix.strip_suffix("/v1").unwrap_or(&self.path_prefix)
-        } else {
-            &self.path_prefix
-        };
-        let mut out = String::with_capacity(prefix.len() + client_path.len());
-        out.push_str(prefix);
-        out.push_str(client_path);
-        out
-    }
-}
 
 #[derive(Debug)]
 pub struct Provider {
@@ -370,6 +309,12 @@ pub struct KeyEntry {
 impl KeyEntry {
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))
+    }
+
+    /// The policy scopes a request with this key is charged to: the key's,
+    /// then its team's.
+    pub fn scopes(&self) -> Vec<&Arc<ScopeLimits>> {
+        std::iter::once(&self.scope).chain(self.team_scope.as_ref()).collect()
     }
 
     /// Whether the key may use only some models (a `models:` allowlist).
@@ -624,7 +569,7 @@ impl Snapshot {
             None => PriceTable::builtin(),
         };
         let version = hex::encode(&sha256(&canonical)[..8]);
-        if config.state.backend == super::schema::StateBackend::Redis {
+        if config.state.backend == crate::config::schema::StateBackend::Redis {
             let url =
                 config.state.redis_url.as_deref().ok_or_else(|| {
                     ConfigError::invalid("state.redis_url", "is required with `state.backend: redis`")
@@ -804,7 +749,7 @@ fn build_provider(
                 format!("required for type `{}`", kind.as_str()),
             )
         })?;
-    let base = UpstreamBase::parse(&format!("{key}.api_base"), base_raw)?;
+    let base = UpstreamBase::parse(base_raw).map_err(|e| ConfigError::invalid(format!("{key}.api_base"), e))?;
 
     let accounts = build_accounts(&key, name, kind, p, env, warnings)?;
     let mut headers = Vec::with_capacity(p.headers.len());

@@ -13,7 +13,8 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::{load, ConfigStore, Fixed, Snapshot};
+use super::{ConfigStore, Fixed, Snapshot};
+use crate::config::load;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReloadStatus {

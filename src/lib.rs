@@ -13,6 +13,7 @@ pub mod error;
 pub mod gateway;
 pub mod logging;
 pub mod policy;
+pub mod providers;
 pub mod runtime;
 pub mod secret;
 pub mod server;

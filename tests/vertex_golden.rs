@@ -4,7 +4,7 @@
 //! translator (`tests/gemini_golden.rs`). Review with `cargo insta review`.
 
 use modelgate::dialects::anthropic::cloud::{edit_body, Capabilities, Platform};
-use modelgate::runtime::snapshot::VertexSite;
+use modelgate::providers::vertex::VertexSite;
 use serde_json::{json, Value};
 
 fn edit(request: Value, betas: &[&str]) -> Value {

@@ -95,7 +95,7 @@ pub fn run(config: Option<PathBuf>, cmd: ConfigCommand) -> i32 {
 pub fn schema_json() -> String {
     let mut schema = serde_json::to_value(schemars::schema_for!(crate::config::Config)).unwrap_or_default();
     if let Some(kind) = schema.pointer_mut("/$defs/ProviderConfig/properties/type") {
-        kind["enum"] = crate::runtime::ProviderKind::SUPPORTED.into();
+        kind["enum"] = crate::providers::names().into();
     }
     serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
 }

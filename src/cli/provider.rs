@@ -19,7 +19,6 @@ use clap::{Args, Subcommand};
 use crate::config::edit::{self, EditError};
 use crate::config::schema::RouteConfig;
 use crate::config::Config;
-use crate::runtime::ProviderKind;
 
 pub(super) use super::failure::{finish, Failure, CONFIG_ERROR, USER_ERROR};
 
@@ -271,14 +270,13 @@ fn not_a_provider(path: &Path, name: &str, c: &Config) -> Failure {
 
 pub fn run(config: Option<PathBuf>, cmd: ProviderCommand) -> i32 {
     if let ProviderCommand::List { builtins: true } = cmd {
-        for kind in ProviderKind::ALL {
-            let base = match (kind.default_base(), kind.as_str()) {
+        for kind in crate::providers::TYPES {
+            let base = match (kind.default_base, kind.base_from) {
                 (Some(b), _) => b,
-                (None, "bedrock") => "(from region: https://bedrock-runtime.REGION.amazonaws.com)",
-                (None, "vertex") => "(from location: https://LOCATION-aiplatform.googleapis.com)",
-                (None, _) => "(none: give api_base)",
+                (None, Some(from)) => from.listed,
+                (None, None) => "(none: give api_base)",
             };
-            out!("{:<11} default api_base: {base}", kind.as_str());
+            out!("{:<11} default api_base: {base}", kind.name);
         }
         return 0;
     }
@@ -321,7 +319,7 @@ fn list(path: &Path) -> i32 {
         out!(
             "{:<20} {:<10} {:<40} {}{} priority {} accounts {}",
             p.name,
-            p.kind.as_str(),
+            p.kind.name,
             base,
             if p.enabled { "enabled" } else { "disabled" },
             if default == Some(p.name.as_str()) {
@@ -357,7 +355,7 @@ fn show(path: &Path, name: &str) -> i32 {
         return USER_ERROR;
     };
     out!("name:      {}", p.name);
-    out!("type:      {}", p.kind.as_str());
+    out!("type:      {}", p.kind.name);
     out!(
         "api_base:  {}://{}{}",
         if p.base.tls { "https" } else { "http" },
@@ -377,20 +375,17 @@ fn show(path: &Path, name: &str) -> i32 {
     if !p.models.is_empty() {
         out!("models:    {}", p.models.join(", "));
     }
-    if let Some(d) = &p.deployment {
-        out!("deployment: {d}");
-    }
-    if let Some(v) = &p.api_version {
-        out!("api_version: {v}");
+    for (setting, value) in p.adapter.details() {
+        out!("{setting}: {value}");
     }
     for (n, _) in &p.headers {
         out!("header:    {n}: ***");
     }
     for a in &p.accounts {
-        let credential = match (&a.credential, p.kind) {
-            (Some(_), _) => "credential configured",
-            (None, ProviderKind::Anthropic) => "no credential: clients' own are forwarded",
-            (None, _) => "no credential",
+        let credential = match p.credential_state(a) {
+            "configured" => "credential configured",
+            "client passthrough" => "no credential: clients' own are forwarded",
+            _ => "no credential",
         };
         out!("account:   {} (weight {}) — {credential}", a.label, a.weight);
     }
@@ -457,20 +452,9 @@ fn check_models(models: &[String]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn kind_of(kind: &str) -> Option<ProviderKind> {
-    ProviderKind::ALL.into_iter().find(|k| k.as_str() == kind)
-}
-
 /// The environment variable a type's credential usually lives in.
 fn default_key_env(kind: &str) -> Option<&'static str> {
-    match kind {
-        "anthropic" => Some("ANTHROPIC_API_KEY"),
-        "openai" => Some("OPENAI_API_KEY"),
-        "azure" => Some("AZURE_OPENAI_API_KEY"),
-        "openrouter" => Some("OPENROUTER_API_KEY"),
-        "gemini" => Some("GEMINI_API_KEY"),
-        _ => None,
-    }
+    crate::providers::by_name(kind).and_then(|t| t.key_env)
 }
 
 fn models_value(models: &[String]) -> String {
@@ -545,20 +529,19 @@ fn add(path: &Path, args: AddArgs) -> Result<(), Failure> {
     })
     .map_err(|e| Failure::edit(path, e))?;
 
-    let base = match (&args.api_base, kind_of(&args.kind).and_then(|k| k.default_base())) {
-        (Some(b), _) => b.clone(),
-        (None, Some(b)) => format!("{b} (the type's default)"),
-        (None, None) if args.kind == "bedrock" => "from the region".into(),
-        (None, None) if args.kind == "vertex" => "from the location".into(),
-        (None, None) => "none".into(),
+    let kind = crate::providers::by_name(&args.kind);
+    let base = match (
+        &args.api_base,
+        kind.and_then(|k| k.default_base),
+        kind.and_then(|k| k.base_from),
+    ) {
+        (Some(b), _, _) => b.clone(),
+        (None, Some(b), _) => format!("{b} (the type's default)"),
+        (None, None, Some(from)) => from.added.into(),
+        (None, None, None) => "none".into(),
     };
     let credential = match key_envs.as_slice() {
-        [] => match args.kind.as_str() {
-            "anthropic" => "none: clients' own credentials are forwarded".to_string(),
-            "bedrock" => "from the environment (AWS_BEARER_TOKEN_BEDROCK, else AWS SigV4 keys)".to_string(),
-            "vertex" => "the service account named by $GOOGLE_APPLICATION_CREDENTIALS".to_string(),
-            _ => "none".to_string(),
-        },
+        [] => kind.map_or("none", |k| k.without_key_note).to_string(),
         [one] => format!("from ${one}"),
         many => format!(
             "{} accounts, from {}",

@@ -245,7 +245,7 @@ fn print_plan(plan: &Plan, model: &str) {
             "  {}. {} [{}] model `{upstream}`; accounts: {}",
             i + 1,
             c.provider.name,
-            c.provider.kind.as_str(),
+            c.provider.kind.name,
             accounts.join(", ")
         );
     }

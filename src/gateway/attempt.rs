@@ -3,447 +3,36 @@
 //!
 //! For each attempt it picks a (provider, account) — plan order, accounts
 //! ranked by weighted rendezvous hashing on the Claude Code session id (so a
-//! session stays on one account), circuits permitting — builds the upstream
-//! request head for that provider's dialect and account, sends it, and
-//! classifies the answer: a 2xx whose first body chunk arrived is committed;
-//! connect errors, first-byte timeouts, 429, 500/502/503/504/529 and bodies
-//! that end before their first byte move on to the next target, with
-//! exponential full-jitter backoff when the same account is tried again and
-//! `retry-after` honoured; anything else (the client's own 4xx) is final.
-//! Nothing here touches the downstream session: the relay stage does.
+//! session stays on one account), circuits and per-model 429 cool-downs
+//! permitting — has the candidate's [`Call`] build the request head for that
+//! account, sends it, and judges the answer once ([`failure::judge`]): a 2xx
+//! whose first body chunk arrived, or the client's own error, is committed;
+//! anything else is a [`Failure`] whose retry rule, circuit effect and
+//! client answer the loop follows, with exponential full-jitter backoff when
+//! the same account is tried again and `retry-after` honoured.
+//!
+//! Nothing here knows a provider type (the [`Call`] does) or touches the
+//! downstream session (the relay does).
 
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
-
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dialects::anthropic::{self, UpstreamAuth};
-use crate::dialects::openai::Flavor;
+use super::failure::{self, Attempted, ClientAnswer, Failure, Health, Retry, Verdict};
+use super::relay::{self, Buffered};
 use crate::error::GatewayError;
-use crate::gateway::auth::Caller;
-use crate::gateway::relay::{self, Buffered};
-use crate::runtime::snapshot::{Candidate, Plan, Provider};
+use crate::providers::{Attempt, Call, Outbound, Refusal};
+use crate::runtime::snapshot::{Account, Candidate, Plan, Provider};
 use crate::runtime::Snapshot;
 use crate::upstream::balance;
-use crate::upstream::health::{self, Admission};
-use crate::upstream::{Exchange, Limits, UpstreamError, Upstreams};
-
-/// What the client asked for, in the form a passthrough attempt reads.
-pub struct Outbound<'r> {
-    pub method: &'r http::Method,
-    /// Client path without the query, e.g. `/v1/messages`.
-    pub path: &'r str,
-    pub query: Option<&'r str>,
-    pub headers: &'r HeaderMap,
-}
-
-fn internal(e: pingora::BError) -> GatewayError {
-    GatewayError::Internal(format!("cannot build the upstream request: {e}"))
-}
-
-/// The head of a passthrough request to an Anthropic-type provider: the
-/// client's method, path, query and headers under the header policy of
-/// [`anthropic::forward_request_headers`].
-pub fn anthropic_head(
-    out: &Outbound<'_>,
-    caller: &Caller,
-    provider: &Provider,
-    credential: Option<&crate::secret::Secret>,
-    beta: Option<&str>,
-    body_len: usize,
-) -> Result<RequestHeader, GatewayError> {
-    let auth = match (credential, caller) {
-        (Some(key), _) => UpstreamAuth::ProviderKey(key.expose()),
-        (None, Caller::Passthrough) => UpstreamAuth::ClientCredential,
-        (None, Caller::Key(_)) => UpstreamAuth::None,
-    };
-    let mut headers = anthropic::forward_request_headers(out.headers, auth, &provider.headers);
-    if let Some(beta) = beta {
-        anthropic::add_beta(&mut headers, beta);
-    }
-    let path = provider.base.join(out.path);
-    let target = match out.query {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let mut req =
-        RequestHeader::build(out.method.clone(), target.as_bytes(), Some(headers.len() + 2)).map_err(internal)?;
-    req.insert_header(http::header::HOST, &provider.base.authority)
-        .map_err(internal)?;
-    for (name, value) in headers {
-        req.append_header(name, value).map_err(internal)?;
-    }
-    if body_len > 0 || out.method == http::Method::POST {
-        req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
-            .map_err(internal)?;
-    }
-    Ok(req)
-}
-
-/// The head every translated or cloud request starts from: a JSON POST to
-/// `path` with the provider's extra headers. No client header crosses over:
-/// `anthropic-*` headers mean nothing to other dialects, and the client's
-/// credential is never sent to a provider it does not belong to.
-fn json_post(provider: &Provider, path: &str, accept: &str, body_len: usize) -> Result<RequestHeader, GatewayError> {
-    let mut req = RequestHeader::build(http::Method::POST, path.as_bytes(), Some(10 + provider.headers.len()))
-        .map_err(internal)?;
-    for (name, value) in [
-        ("host", provider.base.authority.as_str()),
-        ("content-type", "application/json"),
-        ("accept", accept),
-        ("accept-encoding", "identity"),
-        ("user-agent", concat!("modelgate/", env!("CARGO_PKG_VERSION"))),
-    ] {
-        req.insert_header(name, value).map_err(internal)?;
-    }
-    req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
-        .map_err(internal)?;
-    for (n, v) in &provider.headers {
-        req.insert_header(n.clone(), v.clone()).map_err(internal)?;
-    }
-    Ok(req)
-}
-
-/// Add a credential header, marked sensitive (kept out of Pingora's logs).
-fn credential_header(
-    req: &mut RequestHeader,
-    provider: &Provider,
-    name: HeaderName,
-    value: &str,
-) -> Result<(), GatewayError> {
-    let mut value = HeaderValue::from_str(value).map_err(|_| {
-        GatewayError::Internal(format!(
-            "provider `{}` has a credential that is not a valid header value",
-            provider.name
-        ))
-    })?;
-    value.set_sensitive(true);
-    req.insert_header(name, value).map_err(internal)?;
-    Ok(())
-}
-
-fn accept(stream: bool) -> &'static str {
-    if stream {
-        "text/event-stream"
-    } else {
-        "application/json"
-    }
-}
-
-/// The InvokeModel, Converse or count-tokens request: a Bedrock API key as
-/// a bearer token, or a SigV4 signature (service `bedrock`) over method,
-/// path, host, date and body hash. `aws-sigv4` encodes the path a second
-/// time for the canonical request, as Bedrock expects (`%3A` is signed as
-/// `%253A`).
-pub fn bedrock_head(
-    provider: &Provider,
-    credential: Option<&crate::secret::Secret>,
-    upstream_model: &str,
-    call: BedrockCall,
-    body: &[u8],
-) -> Result<RequestHeader, GatewayError> {
-    use crate::dialects::bedrock;
-    let (path, accept) = match call {
-        BedrockCall::Invoke { stream } => (bedrock::invoke_path(upstream_model, stream), stream),
-        BedrockCall::Converse { stream } => (bedrock::converse::converse_path(upstream_model, stream), stream),
-        BedrockCall::CountTokens => (bedrock::count_tokens_path(upstream_model), false),
-    };
-    let path = provider.base.join(&path);
-    let accept = if accept {
-        "application/vnd.amazon.eventstream"
-    } else {
-        "application/json"
-    };
-    let mut req = json_post(provider, &path, accept, body.len())?;
-    if let Some(key) = credential {
-        credential_header(
-            &mut req,
-            provider,
-            http::header::AUTHORIZATION,
-            &format!("Bearer {}", key.expose()),
-        )?;
-        return Ok(req);
-    }
-    let Some(aws) = provider.aws.as_deref() else {
-        return Ok(req);
-    };
-    let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) else {
-        return Ok(req);
-    };
-    let url = format!("https://{}{}", provider.base.authority, path);
-    let signed = crate::upstream::sigv4::sign(
-        &url,
-        &req,
-        body,
-        &crate::upstream::sigv4::Credentials {
-            access_key_id: id,
-            secret_access_key: secret.expose(),
-            session_token: aws.session_token.as_ref().map(|t| t.expose()),
-            region: &aws.region,
-        },
-        std::time::SystemTime::now(),
-    )
-    .map_err(|e| GatewayError::Internal(format!("cannot sign the request to `{}`: {e}", provider.name)))?;
-    for (name, value) in signed {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| GatewayError::Internal(e.to_string()))?;
-        credential_header(&mut req, provider, name, &value)?;
-    }
-    Ok(req)
-}
-
-/// A Chat Completions request (Azure: deployment in the path, `api-key`).
-pub fn openai_head(
-    provider: &Provider,
-    credential: Option<&crate::secret::Secret>,
-    flavor: Flavor,
-    upstream_model: &str,
-    stream: bool,
-    body_len: usize,
-) -> Result<RequestHeader, GatewayError> {
-    let target = match flavor {
-        Flavor::Azure => {
-            let deployment = provider.deployment.as_deref().unwrap_or(upstream_model);
-            let encoded: String = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
-            let version = provider
-                .api_version
-                .as_deref()
-                .unwrap_or(crate::runtime::snapshot::DEFAULT_AZURE_API_VERSION);
-            let path = provider
-                .base
-                .join(&format!("/openai/deployments/{encoded}/chat/completions"));
-            let version: String = url::form_urlencoded::byte_serialize(version.as_bytes()).collect();
-            format!("{path}?api-version={version}")
-        }
-        _ => provider.base.join("/chat/completions"),
-    };
-    let mut req = json_post(provider, &target, accept(stream), body_len)?;
-    if let Some(key) = credential {
-        match flavor {
-            Flavor::Azure => credential_header(&mut req, provider, HeaderName::from_static("api-key"), key.expose())?,
-            _ => credential_header(
-                &mut req,
-                provider,
-                http::header::AUTHORIZATION,
-                &format!("Bearer {}", key.expose()),
-            )?,
-        }
-    }
-    Ok(req)
-}
-
-/// A Gemini request: AI Studio with `x-goog-api-key`, or Vertex AI
-/// (`publishers/google`) with an OAuth bearer token.
-pub fn gemini_head(
-    provider: &Provider,
-    credential: Option<&crate::secret::Secret>,
-    bearer: Option<&str>,
-    upstream_model: &str,
-    call: GeminiCall,
-    body_len: usize,
-) -> Result<RequestHeader, GatewayError> {
-    use crate::dialects::gemini;
-    let path = match (&provider.vertex, call) {
-        (Some(site), GeminiCall::Generate { stream: true }) => {
-            site.model_path("google", upstream_model, "streamGenerateContent?alt=sse")
-        }
-        (Some(site), GeminiCall::Generate { stream: false }) => {
-            site.model_path("google", upstream_model, "generateContent")
-        }
-        (Some(site), GeminiCall::CountTokens) => site.model_path("google", upstream_model, "countTokens"),
-        (None, GeminiCall::Generate { stream }) => format!("/{}", gemini::generate_path(upstream_model, stream)),
-        (None, GeminiCall::CountTokens) => format!("/{}", gemini::count_tokens_path(upstream_model)),
-    };
-    let stream = matches!(call, GeminiCall::Generate { stream: true });
-    let mut req = json_post(provider, &provider.base.join(&path), accept(stream), body_len)?;
-    if let Some(token) = bearer {
-        credential_header(
-            &mut req,
-            provider,
-            http::header::AUTHORIZATION,
-            &format!("Bearer {token}"),
-        )?;
-    } else if let Some(key) = credential {
-        credential_header(
-            &mut req,
-            provider,
-            HeaderName::from_static("x-goog-api-key"),
-            key.expose(),
-        )?;
-    }
-    Ok(req)
-}
-
-/// Claude on Vertex AI (`publishers/anthropic`): `rawPredict`,
-/// `streamRawPredict`, or the `count-tokens` model, with the betas Vertex
-/// accepts in `anthropic-beta` and an OAuth bearer token.
-pub fn vertex_claude_head(
-    provider: &Provider,
-    bearer: Option<&str>,
-    upstream_model: &str,
-    call: VertexClaudeCall,
-    betas: &[String],
-    body_len: usize,
-) -> Result<RequestHeader, GatewayError> {
-    let Some(site) = &provider.vertex else {
-        return Err(GatewayError::Internal(format!(
-            "provider `{}` has no Vertex project",
-            provider.name
-        )));
-    };
-    let (model, method, stream) = match call {
-        VertexClaudeCall::Predict { stream: true } => (upstream_model, "streamRawPredict", true),
-        VertexClaudeCall::Predict { stream: false } => (upstream_model, "rawPredict", false),
-        VertexClaudeCall::CountTokens => ("count-tokens", "rawPredict", false),
-    };
-    let path = provider.base.join(&site.model_path("anthropic", model, method));
-    let mut req = json_post(provider, &path, accept(stream), body_len)?;
-    if !betas.is_empty() {
-        req.insert_header("anthropic-beta", betas.join(",")).map_err(internal)?;
-    }
-    if let Some(token) = bearer {
-        credential_header(
-            &mut req,
-            provider,
-            http::header::AUTHORIZATION,
-            &format!("Bearer {token}"),
-        )?;
-    }
-    Ok(req)
-}
-
-/// Send a built request to `provider` and wait for its response header.
-pub async fn send<'u>(
-    upstreams: &'u Upstreams,
-    snap: &Snapshot,
-    provider: &Provider,
-    head: RequestHeader,
-    body: Bytes,
-) -> Result<Exchange<'u>, GatewayError> {
-    let limits = Limits {
-        connect: snap.connect_timeout,
-        idle: snap.timeout,
-    };
-    upstreams
-        .send(&provider.base, head, body, limits)
-        .await
-        .map_err(|e| upstream_error(&provider.name, e, snap))
-}
-
-/// Map an upstream failure before any response byte to the client's error.
-pub fn upstream_error(provider: &str, e: UpstreamError, snap: &Snapshot) -> GatewayError {
-    match e {
-        UpstreamError::Connect(detail) => GatewayError::UpstreamUnreachable {
-            provider: provider.to_string(),
-            detail,
-        },
-        UpstreamError::Timeout => GatewayError::UpstreamTimeout {
-            provider: provider.to_string(),
-            after: snap.timeout,
-        },
-        UpstreamError::Io(detail) => GatewayError::UpstreamBroken {
-            provider: provider.to_string(),
-            detail,
-        },
-    }
-}
-
-/// How a candidate's request is sent: the body, and what the relay must know
-/// to read the answer. Built once per candidate, reused by its retries.
-pub enum Prepared {
-    Anthropic {
-        body: Bytes,
-        /// A beta to add to `anthropic-beta` (fast mode), if not already there.
-        beta: Option<&'static str>,
-        /// The model id sent upstream (`None`: the body passes unparsed).
-        upstream_model: Option<String>,
-    },
-    OpenAi {
-        flavor: Flavor,
-        upstream_model: String,
-        translated: crate::dialects::openai::request::Translated,
-        body: Bytes,
-    },
-    Bedrock {
-        upstream_model: String,
-        call: BedrockCall,
-        body: Bytes,
-        /// Converse: seeds `message_start` before Bedrock reports the count.
-        estimated_input_tokens: u64,
-    },
-    /// Gemini API or Vertex AI `publishers/google`.
-    Gemini {
-        upstream_model: String,
-        call: GeminiCall,
-        translated: crate::dialects::gemini::Translated,
-        body: Bytes,
-    },
-    /// Claude on Vertex AI (`publishers/anthropic`).
-    VertexClaude {
-        upstream_model: String,
-        call: VertexClaudeCall,
-        /// The accepted `anthropic-beta` values (sent as the header).
-        betas: Vec<String>,
-        body: Bytes,
-    },
-}
-
-/// Which Bedrock operation a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BedrockCall {
-    /// InvokeModel with the Messages body (Anthropic models).
-    Invoke {
-        stream: bool,
-    },
-    /// Converse / ConverseStream (every other model).
-    Converse {
-        stream: bool,
-    },
-    CountTokens,
-}
-
-/// Which Gemini operation a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GeminiCall {
-    Generate { stream: bool },
-    CountTokens,
-}
-
-/// Which Vertex `publishers/anthropic` operation a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VertexClaudeCall {
-    Predict { stream: bool },
-    CountTokens,
-}
-
-impl Prepared {
-    fn body(&self) -> Bytes {
-        match self {
-            Prepared::Anthropic { body, .. }
-            | Prepared::OpenAi { body, .. }
-            | Prepared::Bedrock { body, .. }
-            | Prepared::Gemini { body, .. }
-            | Prepared::VertexClaude { body, .. } => body.clone(),
-        }
-    }
-
-    /// The model id sent upstream (`None`: an unparsed passthrough body).
-    pub fn upstream_model(&self) -> Option<&str> {
-        match self {
-            Prepared::Anthropic { upstream_model, .. } => upstream_model.as_deref(),
-            Prepared::OpenAi { upstream_model, .. }
-            | Prepared::Bedrock { upstream_model, .. }
-            | Prepared::Gemini { upstream_model, .. }
-            | Prepared::VertexClaude { upstream_model, .. } => Some(upstream_model),
-        }
-    }
-}
+use crate::upstream::health::{self, Admission, Circuit};
+use crate::upstream::{Exchange, Limits, Upstreams};
 
 /// Everything an attempt needs besides the plan.
 pub struct Job<'a> {
     pub out: Outbound<'a>,
-    pub caller: &'a Caller,
+    /// No gateway key was presented (passthrough-auth).
+    pub passthrough_auth: bool,
     /// Balancing key: the session id's hash, or a random one.
     pub balance_key: u64,
     /// The model the plan was resolved for (empty for an unparsed
@@ -455,64 +44,27 @@ pub struct Job<'a> {
     /// cannot: it is retried only when it never left the gateway.
     pub resend: bool,
     /// Builds a candidate's request (translation included).
-    pub prepare: &'a (dyn Fn(&Candidate) -> Result<Prepared, GatewayError> + Sync),
+    pub prepare: &'a Prepare<'a>,
     /// Upstream requests sent so far, kept up to date by the loop, so a
     /// request that fails in the end still reports how many it took.
-    pub sent: &'a std::sync::atomic::AtomicU32,
+    pub sent: &'a AtomicU32,
 }
+
+/// Builds a candidate's request: its provider's adapter, given the request.
+pub type Prepare<'a> = dyn Fn(&Candidate) -> Result<Box<dyn Call>, GatewayError> + Sync + 'a;
 
 /// The answer the loop settled on; the relay takes it from here.
 pub struct Committed<'u> {
     pub exchange: Exchange<'u>,
     pub provider: Arc<Provider>,
     pub account: String,
-    pub prepared: Prepared,
+    pub call: Box<dyn Call>,
     pub attempts: u32,
-}
-
-/// Why the loop gave up: the last failure, shaped for the client.
-pub enum Failure {
-    Gateway(GatewayError),
-    /// An Anthropic-type upstream's own error response, relayed verbatim.
-    Upstream(Buffered),
-}
-
-impl Failure {
-    /// What the upstream said, in a line (a buffered body's error message).
-    fn message(&self) -> String {
-        let text = match self {
-            Failure::Gateway(e) => e.to_string(),
-            Failure::Upstream(b) => serde_json::from_slice::<serde_json::Value>(&b.body)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&b.body).into_owned()),
-        };
-        let mut line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-        if line.is_empty() {
-            line.push_str("no detail");
-        }
-        line
-    }
-}
-
-/// Whether this attempt carried the client's own credential (an
-/// Anthropic-type provider without a key, in passthrough-auth), so that a
-/// 401/403 is the client's to fix (`/login`) and is relayed as it came.
-fn forwards_client_credential(caller: &Caller, account: &crate::runtime::snapshot::Account, prep: &Prepared) -> bool {
-    matches!(caller, Caller::Passthrough) && account.credential.is_none() && matches!(prep, Prepared::Anthropic { .. })
-}
-
-impl From<GatewayError> for Failure {
-    fn from(e: GatewayError) -> Self {
-        Failure::Gateway(e)
-    }
 }
 
 /// The longest the loop waits, in total, for cool-downs (`retry-after`) and
 /// backoff. Claude Code itself gives up on a `retry-after` above 60 s.
 const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Statuses that mean "this upstream, not this request": try elsewhere.
-const RETRYABLE: [u16; 6] = [429, 500, 502, 503, 504, 529];
 
 struct Target {
     candidate: usize,
@@ -524,21 +76,36 @@ fn cooling_key<'a>(c: &'a Candidate, job: &'a Job<'_>) -> &'a str {
     c.rename.as_deref().unwrap_or(job.model)
 }
 
+/// Count a failed attempt and tell its account's circuit.
+fn record_failure(provider: &str, circuit: &Circuit, model: &str, f: &Failure) {
+    log::debug!("attempt to `{provider}`: {} ({:?} side)", f.label, f.origin);
+    record(provider, circuit, model, f.label, Some(f.health));
+}
+
+/// Count an attempt's outcome and tell its account's circuit.
+fn record(provider: &str, circuit: &Circuit, model: &str, label: &'static str, health: Option<Health>) {
+    count(provider, label);
+    match health {
+        None => circuit.success(model),
+        Some(Health::Failed) => circuit.failure(Instant::now()),
+        Some(Health::Throttled(until)) => circuit.throttled(model, until),
+    }
+}
+
 pub async fn run<'u>(
     upstreams: &'u Upstreams,
     health: &health::Registry,
     snap: &Snapshot,
     plan: &Plan,
     job: &Job<'_>,
-) -> Result<Committed<'u>, Failure> {
+) -> Result<Committed<'u>, ClientAnswer> {
     let max_attempts = 1 + snap.config.max_retries;
     let base_delay = snap.config.retry_delay.0;
-    let mut prepared: Vec<Option<Prepared>> = plan.candidates.iter().map(|_| None).collect();
+    let mut prepared: Vec<Option<Box<dyn Call>>> = plan.candidates.iter().map(|_| None).collect();
     let mut tried: Vec<(usize, usize)> = Vec::new();
-    // Accounts whose upstream refused the gateway's credential (401/403):
-    // not asked again within this request.
+    // Accounts that refused the gateway's credential: not asked again.
     let mut refused: Vec<(usize, usize)> = Vec::new();
-    let mut last: Option<Failure> = None;
+    let mut last: Option<ClientAnswer> = None;
     let mut waited = Duration::ZERO;
     let ranks: Vec<Vec<usize>> = plan
         .candidates
@@ -594,10 +161,10 @@ pub async fn run<'u>(
         let account = &provider.accounts[target.account];
         let circuit = health.circuit(&provider.name, &account.label);
         let model = cooling_key(candidate, job);
-        let prep = match &mut prepared[target.candidate] {
-            Some(p) => p,
+        let call = match &mut prepared[target.candidate] {
+            Some(call) => call,
             slot @ None => match (job.prepare)(candidate) {
-                Ok(p) => slot.insert(p),
+                Ok(call) => slot.insert(call),
                 Err(e) => {
                     // Never sent: a probe slot this took goes back.
                     circuit.release(Instant::now());
@@ -605,203 +172,121 @@ pub async fn run<'u>(
                 }
             },
         };
-        // Vertex accounts send a service account's OAuth token (cached by
-        // the token source; fetched only when it is missing or expiring).
+        // Service accounts send an OAuth token (cached by the token source;
+        // fetched only when it is missing or expiring).
         let bearer = match &account.google {
             Some(source) => match source.token().await {
                 Ok(token) => Some(token),
                 Err(e) => {
                     log::warn!("attempt {} to `{}`: {e}", attempt + 1, account.label);
-                    count(&provider.name, "auth_error");
-                    circuit.failure(Instant::now());
-                    last = Some(Failure::Gateway(GatewayError::UpstreamUnreachable {
-                        provider: provider.name.clone(),
-                        detail: "no Google access token for this account (see the gateway log)".into(),
-                    }));
+                    let f = failure::no_token(&provider.name);
+                    record_failure(&provider.name, &circuit, model, &f);
+                    last = Some(f.answer);
                     continue;
                 }
             },
             None => None,
         };
-        let built = match prep {
-            Prepared::Anthropic { body, beta, .. } => anthropic_head(
-                &job.out,
-                job.caller,
-                provider,
-                account.credential.as_ref(),
-                *beta,
-                body.len(),
-            ),
-            Prepared::OpenAi {
-                flavor,
-                upstream_model,
-                translated,
-                body,
-            } => openai_head(
-                provider,
-                account.credential.as_ref(),
-                *flavor,
-                upstream_model,
-                translated.stream,
-                body.len(),
-            ),
-            Prepared::Bedrock {
-                upstream_model,
-                call,
-                body,
-                ..
-            } => bedrock_head(provider, account.credential.as_ref(), upstream_model, *call, body),
-            Prepared::Gemini {
-                upstream_model,
-                call,
-                body,
-                ..
-            } => gemini_head(
-                provider,
-                account.credential.as_ref(),
-                bearer.as_deref(),
-                upstream_model,
-                *call,
-                body.len(),
-            ),
-            Prepared::VertexClaude {
-                upstream_model,
-                call,
-                betas,
-                body,
-            } => vertex_claude_head(provider, bearer.as_deref(), upstream_model, *call, betas, body.len()),
+        let to = Attempt {
+            base: &provider.base,
+            headers: &provider.headers,
+            credential: account.credential.as_ref(),
+            bearer: bearer.as_deref(),
+            client: &job.out,
+            client_credential: job.passthrough_auth,
         };
-        let head = match built {
+        let head = match call.head(&to) {
             Ok(head) => head,
             Err(e) => {
                 circuit.release(Instant::now());
                 return Err(e.into());
             }
         };
-        job.sent.store(attempt + 1, std::sync::atomic::Ordering::Relaxed);
+        job.sent.store(attempt + 1, Ordering::Relaxed);
         // Boxed: sending (connect, write, read the head) is the largest
         // future here, and inline it would size the request's future, and
         // so every open stream's memory, for the whole relay.
-        let mut exchange = match Box::pin(send(upstreams, snap, provider, head, prep.body())).await {
+        let mut exchange = match Box::pin(send(upstreams, snap, provider, head, call.body())).await {
             Ok(x) => x,
             Err(e) => {
                 log::info!("attempt {} to `{}` failed: {e}", attempt + 1, account.label);
-                let (outcome, sent) = match e {
-                    GatewayError::UpstreamUnreachable { .. } => ("connect_error", false),
-                    GatewayError::UpstreamTimeout { .. } => ("timeout", true),
-                    _ => ("broken", true),
-                };
-                count(&provider.name, outcome);
-                circuit.failure(Instant::now());
-                if sent && !job.resend {
-                    return Err(e.into());
+                let f = failure::unanswered(e, job.resend);
+                record_failure(&provider.name, &circuit, model, &f);
+                if f.retry == Retry::No {
+                    return Err(f.answer);
                 }
-                last = Some(e.into());
+                last = Some(f.answer);
                 continue;
             }
         };
         let status = exchange.header().status.as_u16();
-        // The upstream refused a credential the gateway sent (its own key,
-        // or none where one was needed): the account's problem, never the
-        // client's, so it counts against the account and the next one is tried.
-        let refused_credential = matches!(status, 401 | 403) && !forwards_client_credential(job.caller, account, prep);
-        // A success that has begun, or the client's own error (one no other
-        // upstream would fix), is final; the account answered, so it counts
-        // as healthy.
-        let settled = if status < 300 {
-            match exchange.peek().await {
-                Ok(true) => Some("ok"),
-                // An empty answer is an answer where one is expected.
-                Ok(false) if !job.resend || status == 204 || *job.out.method == http::Method::HEAD => Some("ok"),
-                Ok(false) | Err(_) => {
-                    count(&provider.name, "broken");
+        let attempted = Attempted {
+            resend: job.resend,
+            gateway_credential: !forwards_client_credential(job, account, provider),
+        };
+        let retry_after = crate::providers::retry_after(exchange.header()).map(Duration::from_secs);
+        match failure::judge(status, retry_after, attempted, Instant::now()) {
+            Verdict::Commit(label) => {
+                // A success must have begun: its first body chunk is read
+                // before the client hears anything. An empty answer is an
+                // answer where one is expected.
+                let empty_ok = !job.resend || status == 204 || *job.out.method == http::Method::HEAD;
+                let begun = status >= 300
+                    || match exchange.peek().await {
+                        Ok(true) => true,
+                        Ok(false) => empty_ok,
+                        Err(_) => false,
+                    };
+                if !begun {
                     log::info!(
                         "attempt {} to `{}`: the response ended before its first byte",
                         attempt + 1,
                         account.label
                     );
-                    circuit.failure(Instant::now());
                     exchange.abort().await;
-                    last = Some(Failure::Gateway(GatewayError::UpstreamBroken {
-                        provider: provider.name.clone(),
-                        detail: "the response ended before its first byte".into(),
-                    }));
+                    let f = failure::empty_answer(&provider.name, job.resend);
+                    record_failure(&provider.name, &circuit, model, &f);
+                    if f.retry == Retry::No {
+                        return Err(f.answer);
+                    }
+                    last = Some(f.answer);
                     continue;
                 }
+                // The account answered: it counts as healthy.
+                record(&provider.name, &circuit, model, label, None);
+                return commit(exchange, candidate, account, &mut prepared[target.candidate], attempt);
             }
-        } else if !RETRYABLE.contains(&status) && !refused_credential {
-            Some("final_4xx")
-        } else {
-            None
-        };
-        if let Some(outcome) = settled {
-            count(&provider.name, outcome);
-            circuit.success(model);
-            return Ok(commit(
-                exchange,
-                candidate,
-                account,
-                &mut prepared[target.candidate],
-                attempt,
-            ));
+            Verdict::Fail { label, retry, health } => {
+                record(&provider.name, &circuit, model, label, Some(health));
+                if retry == Retry::No {
+                    // The upstream may have acted on it: this answer,
+                    // whatever it says, is the client's.
+                    return commit(exchange, candidate, account, &mut prepared[target.candidate], attempt);
+                }
+                if retry == Retry::NotThisAccount {
+                    refused.push((target.candidate, target.account));
+                }
+                log::info!(
+                    "attempt {} to `{}` answered {status}; trying elsewhere",
+                    attempt + 1,
+                    account.label
+                );
+                let buffered = relay::buffer(exchange, &provider.name).await;
+                let answer = client_answer(call.as_ref(), buffered);
+                last = Some(if label == "credential_refused" {
+                    let e = GatewayError::CredentialRefused {
+                        provider: provider.name.clone(),
+                        account: account.label.clone(),
+                        status,
+                        detail: answer.message(),
+                    };
+                    log::warn!("{e}");
+                    e.into()
+                } else {
+                    answer
+                });
+            }
         }
-        let now = Instant::now();
-        if refused_credential {
-            count(&provider.name, "credential_refused");
-            circuit.failure(now);
-            refused.push((target.candidate, target.account));
-        } else if status == 429 {
-            count(&provider.name, "status_429");
-            // The upstream's own `retry-after`; OpenAI's reset durations say
-            // when a whole budget refills, too long for a cool-down.
-            let retry_after = exchange
-                .header()
-                .headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs)
-                .unwrap_or(health::DEFAULT_THROTTLE);
-            circuit.throttled(model, now + retry_after);
-        } else {
-            count(&provider.name, "status_5xx");
-            circuit.failure(now);
-        }
-        if !job.resend {
-            // Not safe to send again: the upstream may have acted on it.
-            // This answer, whatever it says, is the client's.
-            return Ok(commit(
-                exchange,
-                candidate,
-                account,
-                &mut prepared[target.candidate],
-                attempt,
-            ));
-        }
-        log::info!(
-            "attempt {} to `{}` answered {status}; trying elsewhere",
-            attempt + 1,
-            account.label
-        );
-        let failure = match prep {
-            Prepared::Anthropic { .. } => Failure::Upstream(relay::buffer(exchange, &provider.name).await),
-            Prepared::OpenAi { .. } => Failure::Gateway(relay::openai_error(exchange, &provider.name).await),
-            Prepared::Bedrock { .. } => Failure::Gateway(relay::bedrock_error(exchange, &provider.name).await),
-            Prepared::Gemini { .. } => Failure::Gateway(relay::gemini_error(exchange, &provider.name).await),
-            Prepared::VertexClaude { .. } => relay::vertex_claude_error(exchange, &provider.name).await,
-        };
-        last = Some(if refused_credential {
-            let e = GatewayError::CredentialRefused {
-                provider: provider.name.clone(),
-                account: account.label.clone(),
-                status,
-                detail: failure.message(),
-            };
-            log::warn!("{e}");
-            Failure::Gateway(e)
-        } else {
-            failure
-        });
     }
     Err(last.unwrap_or_else(|| {
         let wait = plan
@@ -815,14 +300,50 @@ pub async fn run<'u>(
             })
             .min()
             .map(|u| u.saturating_duration_since(Instant::now()).as_secs().max(1));
-        Failure::Gateway(GatewayError::Unavailable {
+        GatewayError::Unavailable {
             message: format!(
                 "every upstream for this request is unavailable ({}); retry shortly",
                 plan.reason
             ),
             retry_after: wait,
-        })
+        }
+        .into()
     }))
+}
+
+/// A refused answer, read whole, as the client would hear it.
+pub fn client_answer(call: &dyn Call, buffered: Buffered) -> ClientAnswer {
+    match call.refusal(&buffered.head, &buffered.body) {
+        Refusal::Verbatim => ClientAnswer::Verbatim(Box::new(buffered)),
+        Refusal::Mapped(e) => ClientAnswer::Error(e),
+    }
+}
+
+/// Whether this attempt carried the client's own credential (a provider
+/// that takes it, without a key of its own, in passthrough-auth), so that a
+/// 401/403 is the client's to fix (`/login`) and is relayed as it came.
+fn forwards_client_credential(job: &Job<'_>, account: &Account, provider: &Provider) -> bool {
+    job.passthrough_auth
+        && account.credential.is_none()
+        && provider.kind.without_key == crate::providers::WithoutKey::ForwardsClient
+}
+
+/// Send a built request to `provider` and wait for its response header.
+async fn send<'u>(
+    upstreams: &'u Upstreams,
+    snap: &Snapshot,
+    provider: &Provider,
+    head: pingora::http::RequestHeader,
+    body: bytes::Bytes,
+) -> Result<Exchange<'u>, GatewayError> {
+    let limits = Limits {
+        connect: snap.connect_timeout,
+        idle: snap.timeout,
+    };
+    upstreams
+        .send(&provider.base, head, body, limits)
+        .await
+        .map_err(|e| failure::upstream_error(&provider.name, e, snap.timeout))
 }
 
 enum Pick {
@@ -886,22 +407,21 @@ fn pick(
 fn commit<'u>(
     exchange: Exchange<'u>,
     candidate: &Candidate,
-    account: &crate::runtime::snapshot::Account,
-    prepared: &mut Option<Prepared>,
+    account: &Account,
+    prepared: &mut Option<Box<dyn Call>>,
     attempt: u32,
-) -> Committed<'u> {
-    Committed {
+) -> Result<Committed<'u>, ClientAnswer> {
+    // The slot was filled before this attempt was sent.
+    let call = prepared
+        .take()
+        .ok_or_else(|| GatewayError::Internal("an attempt was committed without its request".into()))?;
+    Ok(Committed {
         exchange,
         provider: candidate.provider.clone(),
         account: account.label.clone(),
-        // The slot was filled before this attempt was sent.
-        prepared: prepared.take().unwrap_or(Prepared::Anthropic {
-            body: Bytes::new(),
-            beta: None,
-            upstream_model: None,
-        }),
+        call,
         attempts: attempt + 1,
-    }
+    })
 }
 
 fn count(provider: &str, outcome: &str) {

@@ -20,7 +20,7 @@ use pingora::services::background::BackgroundService;
 
 use super::Shared;
 use crate::config::schema::HealthCheckKind;
-use crate::runtime::snapshot::{Account, Dialect, Provider};
+use crate::runtime::snapshot::{Account, Provider};
 use crate::upstream::Limits;
 
 /// How often the service looks for due probes.
@@ -115,23 +115,13 @@ impl ActiveHealth {
             http::header::USER_AGENT,
             concat!("modelgate-health/", env!("CARGO_PKG_VERSION")),
         );
-        if let Some(key) = &account.credential {
-            let _ = match provider.kind.dialect() {
-                Dialect::Anthropic => {
-                    let _ = head.insert_header("anthropic-version", "2023-06-01");
-                    head.insert_header("x-api-key", key.expose())
-                }
-                Dialect::OpenAi(crate::dialects::openai::Flavor::Azure) => head.insert_header("api-key", key.expose()),
-                Dialect::Gemini => head.insert_header("x-goog-api-key", key.expose()),
-                Dialect::OpenAi(_) | Dialect::Bedrock | Dialect::Vertex => {
-                    head.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose()))
-                }
-            };
-        }
-        if let Some(source) = &account.google {
-            let token = source.token().await.map_err(|e| e.to_string())?;
-            let _ = head.insert_header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let bearer = match &account.google {
+            Some(source) => Some(source.token().await.map_err(|e| e.to_string())?),
+            None => None,
+        };
+        provider
+            .adapter
+            .probe_auth(&mut head, account.credential.as_ref(), bearer.as_deref());
         for (n, v) in &provider.headers {
             let _ = head.insert_header(n.clone(), v.clone());
         }

@@ -38,13 +38,13 @@ pub fn status(
         .map(|p| {
             json!({
                 "name": p.name,
-                "type": p.kind.as_str(),
+                "type": p.kind.name,
                 "enabled": p.enabled,
                 "api_base": format!("{}://{}{}", if p.base.tls { "https" } else { "http" }, p.base.authority, p.base.path_prefix),
                 "accounts": p.accounts.iter().map(|a| json!({
                     "label": a.label,
                     "weight": a.weight,
-                    "credential": if a.credential.is_some() { "configured" } else if p.kind == crate::runtime::ProviderKind::Anthropic { "client passthrough" } else { "none" },
+                    "credential": p.credential_state(a),
                 })).collect::<Vec<_>>(),
                 "priority": p.priority,
             })

@@ -1,27 +1,93 @@
-//! Stage: relay the upstream response to the client as it arrives.
+//! Stage: relay the committed answer to the client as it arrives.
 //!
-//! Passthrough responses keep their status, body bytes and headers (minus
-//! hop-by-hop ones), so Anthropic error bodies, `retry-after`,
-//! `x-should-retry`, `request-id` and `anthropic-ratelimit-*` reach Claude
-//! Code untouched. Bodies are forwarded chunk by chunk and each chunk is
-//! flushed: SSE is never buffered. A body without a length goes out chunked.
+//! [`answer`] asks the candidate's `Call` how its answer becomes the
+//! client's (`providers::Answer`) and runs one of four generic engines:
+//! - **relay** ([`relay`]): the upstream's status, body bytes and headers
+//!   (minus hop-by-hop ones) as they come, so Anthropic error bodies,
+//!   `retry-after`, `x-should-retry`, `request-id` and
+//!   `anthropic-ratelimit-*` reach Claude Code untouched; usage is read on
+//!   the side. Chunks are flushed as they arrive: SSE is never buffered. A
+//!   body without a length goes out chunked.
+//! - **stream translation**: a `StreamTranslate` turns the upstream's
+//!   stream into Anthropic SSE chunk by chunk, with pings on silence.
+//! - **whole translation**: the body read (bounded) and translated at once.
+//! - **refusal**: the answer read whole (bounded) and judged by the `Call`:
+//!   relayed verbatim, or a mapped Anthropic error.
+//!
 //! Failures after the header are reported in-band (`event: error`) on event
-//! streams, and by closing the connection otherwise.
+//! streams, and by closing the connection otherwise. Nothing here knows a
+//! provider type.
 
 use pingora::http::ResponseHeader;
 use pingora::prelude::fast_timeout::{fast_sleep, fast_timeout};
 use pingora::proxy::Session;
 
-use super::attempt::{BedrockCall, Failure, GeminiCall};
+use super::attempt::Committed;
 use super::ctx::RequestCtx;
+use super::failure::ClientAnswer;
 use crate::dialects::anthropic::is_hop_by_hop;
 use crate::dialects::anthropic::usage::UsageTap;
 use crate::error::GatewayError;
+use crate::providers::{Answer, Reply, StreamTranslate, Translated};
 use crate::upstream::{Exchange, UpstreamError};
 
+/// Turn the committed answer into the client's (see the module docs).
+pub async fn answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    committed: Committed<'_>,
+    reply: &Reply<'_>,
+) -> Result<(), GatewayError> {
+    let Committed { exchange, call, .. } = committed;
+    let provider = reply.provider;
+    ctx.upstream_request_id = upstream_id(exchange.header(), call.request_id_header());
+    match call.answer(exchange.header(), reply) {
+        Answer::Relay => {
+            relay(session, ctx, exchange, provider).await;
+            Ok(())
+        }
+        Answer::Refuse => {
+            let buffered = buffer(exchange, provider).await;
+            match super::attempt::client_answer(call.as_ref(), buffered) {
+                ClientAnswer::Verbatim(buffered) => {
+                    relay_buffered(session, ctx, *buffered).await;
+                    Ok(())
+                }
+                ClientAnswer::Error(e) => Err(e),
+            }
+        }
+        Answer::Stream(translator) => relay_translated_stream(session, ctx, exchange, provider, translator).await,
+        Answer::Whole { limit, translate } => {
+            let mut exchange = exchange;
+            let body = read_body(&mut exchange, limit, provider).await?;
+            exchange.finish().await;
+            answer_translated(session, ctx, translate(&body)?).await;
+            Ok(())
+        }
+    }
+}
+
+/// A whole answer translated: metered (a count is not), captured, written.
+async fn answer_translated(session: &mut Session, ctx: &mut RequestCtx, translated: Translated) {
+    if let Some(usage) = translated.usage {
+        ctx.usage = Some(usage);
+        super::meter::settle(ctx).await;
+    }
+    let body = bytes::Bytes::from(translated.body);
+    if let Some(c) = ctx.reply_capture.as_mut() {
+        c.push(&body);
+    }
+    let note: Vec<(&'static str, String)> = translated
+        .counted_by
+        .map(|counter| ("x-modelgate-token-count", format!("upstream; {counter}")))
+        .into_iter()
+        .collect();
+    super::respond::complete(session, ctx, 200, "application/json", body, &note).await;
+}
+
+/// An Anthropic answer relayed as it comes.
 pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchange<'_>, provider: &str) {
     let upstream = exchange.header();
-    ctx.upstream_request_id = upstream_id(upstream, "request-id");
     let upstream_content_type = upstream.headers.get(http::header::CONTENT_TYPE).cloned();
     let is_sse = upstream_content_type
         .as_ref()
@@ -166,10 +232,6 @@ fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> R
 }
 
 const PING_FRAME: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
-/// Upper bound on an upstream error body the gateway reads to translate.
-const MAX_ERROR_BODY: usize = 1024 * 1024;
-/// Upper bound on a non-streaming upstream answer the gateway buffers to translate.
-const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
 
 /// Read the rest of an upstream body, refusing more than `cap` bytes.
 async fn read_body(exchange: &mut Exchange<'_>, cap: usize, provider: &str) -> Result<bytes::Bytes, GatewayError> {
@@ -202,310 +264,6 @@ async fn read_body(exchange: &mut Exchange<'_>, cap: usize, provider: &str) -> R
     }
 }
 
-/// Read an OpenAI-family error response and map it to the client's error,
-/// with an integer `retry-after` on 429s (OpenAI's reset durations when the
-/// upstream sent none).
-pub async fn openai_error(mut exchange: Exchange<'_>, provider: &str) -> GatewayError {
-    use crate::dialects::openai::error;
-    let head = exchange.header();
-    let status = head.status.as_u16();
-    let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
-    let retry_after = header_str("retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .or_else(|| {
-            error::retry_after_from_resets(
-                ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-                    .into_iter()
-                    .filter_map(header_str),
-            )
-        });
-    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
-        .await
-        .unwrap_or_default();
-    exchange.finish().await;
-    let mapped = error::map_error(status, &body);
-    GatewayError::Upstream {
-        status: mapped.status,
-        kind: mapped.kind,
-        message: mapped.message,
-        retry_after: if status == 429 { retry_after } else { None },
-    }
-}
-
-/// Read a Bedrock error (`{"message": …}`, the type in `x-amzn-ErrorType`)
-/// and map it to the client's error.
-pub async fn bedrock_error(mut exchange: Exchange<'_>, provider: &str) -> GatewayError {
-    let head = exchange.header();
-    let status = head.status.as_u16();
-    let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let kind = header_str("x-amzn-errortype").unwrap_or_else(|| match status {
-        429 => "ThrottlingException".into(),
-        400 => "ValidationException".into(),
-        403 => "AccessDeniedException".into(),
-        503 => "ServiceUnavailableException".into(),
-        _ => "InternalServerException".into(),
-    });
-    let retry_after = header_str("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
-    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
-        .await
-        .unwrap_or_default();
-    exchange.finish().await;
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .or_else(|| v.get("Message"))
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-    let (status, kind, message) = crate::dialects::bedrock::map_exception(&kind, &message);
-    GatewayError::Upstream {
-        status,
-        kind,
-        message,
-        retry_after: if status == 429 { retry_after } else { None },
-    }
-}
-
-/// Relay a Bedrock answer: errors mapped; InvokeModel's JSON message (the
-/// Anthropic shape already) passed through and its event stream decoded into
-/// Anthropic SSE; Converse's JSON and stream translated; a count-tokens
-/// answer rewritten. Pings on silence.
-pub async fn relay_bedrock(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    mut exchange: Exchange<'_>,
-    provider: &str,
-    call: BedrockCall,
-    reply: Reply<'_>,
-) -> Result<(), GatewayError> {
-    let head = exchange.header();
-    ctx.upstream_request_id = upstream_id(head, "x-amzn-requestid");
-    if head.status.as_u16() >= 400 {
-        return Err(bedrock_error(exchange, provider).await);
-    }
-    let eventstream = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/vnd.amazon.eventstream"));
-    match call {
-        BedrockCall::CountTokens => {
-            let body = read_body(&mut exchange, MAX_ERROR_BODY, provider).await?;
-            exchange.finish().await;
-            let n =
-                crate::dialects::bedrock::count_tokens_response(&body).map_err(|e| GatewayError::UpstreamBroken {
-                    provider: provider.to_string(),
-                    detail: e.to_string(),
-                })?;
-            answer_count(session, ctx, n, "Bedrock count-tokens").await;
-            Ok(())
-        }
-        BedrockCall::Converse { .. } => {
-            use crate::dialects::bedrock::converse::{converse_response, ConverseStream};
-            let message_id = crate::dialects::openai::message_id(None, &ctx.request_id);
-            if eventstream {
-                let t = ConverseStream::new(reply.client_model, &message_id, reply.estimated_input_tokens);
-                return relay_translated_stream(session, ctx, exchange, provider, Translator::Converse(t)).await;
-            }
-            let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, provider).await?;
-            exchange.finish().await;
-            let (body, usage) = converse_response(&body, reply.client_model, &message_id).map_err(|e| {
-                GatewayError::UpstreamBroken {
-                    provider: provider.to_string(),
-                    detail: e.to_string(),
-                }
-            })?;
-            answer_translated(session, ctx, body, usage).await;
-            Ok(())
-        }
-        BedrockCall::Invoke { .. } if eventstream => {
-            let translator = Translator::Bedrock(crate::dialects::bedrock::stream::BedrockStream::default());
-            relay_translated_stream(session, ctx, exchange, provider, translator).await
-        }
-        BedrockCall::Invoke { .. } => {
-            relay(session, ctx, exchange, provider).await;
-            Ok(())
-        }
-    }
-}
-
-/// What answering a translated request needs from the request side.
-pub struct Reply<'a> {
-    /// The model the client asked for; the translated answer names it.
-    pub client_model: &'a str,
-    /// Seeds `message_start` before the upstream reports the count.
-    pub estimated_input_tokens: u64,
-}
-
-/// A translated non-streaming answer: metered, captured, written.
-async fn answer_translated(session: &mut Session, ctx: &mut RequestCtx, body: Vec<u8>, usage: crate::dialects::Usage) {
-    ctx.usage = Some(usage);
-    super::meter::settle(ctx).await;
-    let body = bytes::Bytes::from(body);
-    if let Some(c) = ctx.reply_capture.as_mut() {
-        c.push(&body);
-    }
-    super::respond::complete(session, ctx, 200, "application/json", body, &[]).await;
-}
-
-/// A `count_tokens` answer from an upstream's own counter, in Anthropic
-/// shape; the header names the counter.
-async fn answer_count(session: &mut Session, ctx: &mut RequestCtx, n: u64, counter: &str) {
-    let body = bytes::Bytes::from(format!("{{\"input_tokens\":{n}}}"));
-    if let Some(c) = ctx.reply_capture.as_mut() {
-        c.push(&body);
-    }
-    let note = [("x-modelgate-token-count", format!("upstream; {counter}"))];
-    super::respond::complete(session, ctx, 200, "application/json", body, &note).await;
-}
-
-/// Read a Google error (`{"error": {"code", "message", "status"}}`) and map
-/// it, with `retry-after` from the header or `RetryInfo.retryDelay`.
-pub async fn gemini_error(mut exchange: Exchange<'_>, provider: &str) -> GatewayError {
-    let head = exchange.header();
-    let status = head.status.as_u16();
-    let header_retry = head
-        .headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
-        .await
-        .unwrap_or_default();
-    exchange.finish().await;
-    google_error(status, header_retry, &body)
-}
-
-fn google_error(status: u16, header_retry: Option<u64>, body: &[u8]) -> GatewayError {
-    use crate::dialects::gemini;
-    let mapped = gemini::map_error(status, body);
-    let retry_after = header_retry.or_else(|| gemini::retry_after(body));
-    GatewayError::Upstream {
-        status: mapped.status,
-        retry_after: if mapped.status == 429 { retry_after } else { None },
-        kind: mapped.kind,
-        message: mapped.message,
-    }
-}
-
-/// A failed Vertex `publishers/anthropic` answer: the model's own
-/// Anthropic-shaped errors are relayed verbatim (Claude Code reads their
-/// wording); Google's platform errors (quota, permissions) are mapped.
-pub async fn vertex_claude_error(exchange: Exchange<'_>, provider: &str) -> Failure {
-    let buffered = buffer(exchange, provider).await;
-    let anthropic_shaped = serde_json::from_slice::<serde_json::Value>(&buffered.body)
-        .is_ok_and(|v| v["type"] == "error" && v["error"]["type"].is_string());
-    if anthropic_shaped {
-        return Failure::Upstream(buffered);
-    }
-    let header_retry = buffered
-        .head
-        .headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    Failure::Gateway(google_error(
-        buffered.head.status.as_u16(),
-        header_retry,
-        &buffered.body,
-    ))
-}
-
-/// Relay Claude on Vertex: its answers are Anthropic's own (JSON or SSE,
-/// passed through with the usage tap); errors per [`vertex_claude_error`].
-pub async fn relay_vertex_claude(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    exchange: Exchange<'_>,
-    provider: &str,
-) -> Result<(), GatewayError> {
-    if exchange.header().status.as_u16() >= 400 {
-        return match vertex_claude_error(exchange, provider).await {
-            Failure::Upstream(buffered) => {
-                relay_buffered(session, ctx, buffered).await;
-                Ok(())
-            }
-            Failure::Gateway(e) => Err(e),
-        };
-    }
-    relay(session, ctx, exchange, provider).await;
-    Ok(())
-}
-
-/// What translating a Gemini answer needs from the request side.
-pub struct GeminiReply<'a> {
-    pub translated: &'a crate::dialects::gemini::Translated,
-    pub client_model: &'a str,
-    pub provider: &'a str,
-    pub call: GeminiCall,
-}
-
-/// Relay a Gemini answer (AI Studio or Vertex `publishers/google`) as an
-/// Anthropic one: errors mapped, JSON translated whole, SSE translated
-/// event by event with pings on silence, `countTokens` rewritten.
-pub async fn relay_gemini(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    mut exchange: Exchange<'_>,
-    reply: GeminiReply<'_>,
-) -> Result<(), GatewayError> {
-    use crate::dialects::gemini;
-    let head = exchange.header();
-    ctx.upstream_request_id = upstream_id(head, "x-goog-request-id");
-    let is_sse = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if head.status.as_u16() >= 400 {
-        return Err(gemini_error(exchange, reply.provider).await);
-    }
-    // An answer that cannot be translated, or one with no output (a
-    // malformed function call): a retryable `api_error`.
-    let broken = |e: gemini::GeminiError| {
-        let mapped = e.mapped();
-        GatewayError::Upstream {
-            status: mapped.status,
-            kind: mapped.kind,
-            message: format!("provider `{}`: {}", reply.provider, mapped.message),
-            retry_after: None,
-        }
-    };
-    match reply.call {
-        GeminiCall::CountTokens => {
-            let body = read_body(&mut exchange, MAX_ERROR_BODY, reply.provider).await?;
-            exchange.finish().await;
-            let n = gemini::count_tokens_response(&body).map_err(broken)?;
-            answer_count(session, ctx, n, "Gemini countTokens").await;
-            Ok(())
-        }
-        GeminiCall::Generate { stream: true } if is_sse => {
-            let t = gemini::GeminiStream::new(
-                reply.client_model,
-                &ctx.request_id,
-                reply.translated.estimated_input_tokens,
-                reply.translated.tool_names.clone(),
-            );
-            relay_translated_stream(session, ctx, exchange, reply.provider, Translator::Gemini(t)).await
-        }
-        GeminiCall::Generate { .. } => {
-            let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, reply.provider).await?;
-            exchange.finish().await;
-            let (body, usage, _) = gemini::translate_response(
-                &body,
-                &gemini::ResponseContext {
-                    model: reply.client_model,
-                    tool_names: &reply.translated.tool_names,
-                    seed: &ctx.request_id,
-                },
-            )
-            .map_err(broken)?;
-            answer_translated(session, ctx, body, usage).await;
-            Ok(())
-        }
-    }
-}
-
 /// A complete upstream response held in memory: a failed attempt's answer,
 /// kept in case it turns out to be the last one and must reach the client.
 pub struct Buffered {
@@ -516,7 +274,7 @@ pub struct Buffered {
 /// Read an (error) response whole, bounded, and release the connection.
 pub async fn buffer(mut exchange: Exchange<'_>, provider: &str) -> Buffered {
     let head = exchange.header().clone();
-    let body = read_body(&mut exchange, MAX_ERROR_BODY, provider)
+    let body = read_body(&mut exchange, crate::providers::MAX_SMALL_BODY, provider)
         .await
         .unwrap_or_default();
     exchange.finish().await;
@@ -559,138 +317,6 @@ pub async fn relay_buffered(session: &mut Session, ctx: &mut RequestCtx, buffere
     }
 }
 
-/// What translating an OpenAI-family answer needs from the request side.
-pub struct OpenAiReply<'a> {
-    pub translated: &'a crate::dialects::openai::request::Translated,
-    /// The model the client asked for; the translated answer names it.
-    pub client_model: &'a str,
-    pub provider: &'a str,
-}
-
-/// Relay a Chat Completions answer as an Anthropic one: errors mapped,
-/// JSON translated whole, SSE translated event by event with pings on silence.
-pub async fn relay_openai(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    mut exchange: Exchange<'_>,
-    reply: OpenAiReply<'_>,
-) -> Result<(), GatewayError> {
-    use crate::dialects::openai::{response, stream};
-    let head = exchange.header();
-    let status = head.status.as_u16();
-    let header_str = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
-    ctx.upstream_request_id = upstream_id(head, "x-request-id");
-    let is_sse = header_str("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
-    if status >= 400 {
-        return Err(openai_error(exchange, reply.provider).await);
-    }
-
-    if !(reply.translated.stream && is_sse) {
-        let body = read_body(&mut exchange, MAX_TRANSLATED_BODY, reply.provider).await?;
-        exchange.finish().await;
-        let t = response::translate_response(
-            &body,
-            &response::ResponseContext {
-                model: reply.client_model,
-                tool_names: &reply.translated.tool_names,
-                seed: &ctx.request_id,
-            },
-        )
-        .map_err(|e| GatewayError::UpstreamBroken {
-            provider: reply.provider.to_string(),
-            detail: e.to_string(),
-        })?;
-        answer_translated(session, ctx, t.body, t.usage).await;
-        return Ok(());
-    }
-
-    let translator = stream::StreamTranslator::new(stream::StreamContext {
-        model: reply.client_model.to_string(),
-        message_seed: ctx.request_id.clone(),
-        estimated_input_tokens: reply.translated.estimated_input_tokens,
-        tool_names: reply.translated.tool_names.clone(),
-    });
-    relay_translated_stream(session, ctx, exchange, reply.provider, Translator::OpenAi(translator)).await
-}
-
-/// A stream stage that turns an upstream dialect's stream into Anthropic SSE.
-pub enum Translator {
-    OpenAi(crate::dialects::openai::stream::StreamTranslator),
-    Bedrock(crate::dialects::bedrock::stream::BedrockStream),
-    Converse(crate::dialects::bedrock::converse::ConverseStream),
-    Gemini(crate::dialects::gemini::GeminiStream),
-}
-
-impl Translator {
-    fn start(&mut self, out: &mut Vec<u8>) {
-        match self {
-            Translator::OpenAi(t) => t.start(out),
-            Translator::Converse(t) => t.start(out),
-            Translator::Gemini(t) => t.start(out),
-            // InvokeModel's stream carries Anthropic's own message_start.
-            Translator::Bedrock(_) => {}
-        }
-    }
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        match self {
-            Translator::OpenAi(t) => t.push(chunk, out),
-            Translator::Bedrock(t) => t.push(chunk, out),
-            Translator::Converse(t) => t.push(chunk, out),
-            Translator::Gemini(t) => t.push(chunk, out),
-        }
-    }
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        match self {
-            Translator::OpenAi(t) => t.finish(out),
-            Translator::Bedrock(t) => t.finish(out),
-            Translator::Converse(t) => t.finish(out),
-            Translator::Gemini(t) => t.finish(out),
-        }
-    }
-    fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
-        match self {
-            Translator::OpenAi(t) => t.fail(kind, message, out),
-            Translator::Bedrock(t) => t.fail(kind, message, out),
-            Translator::Converse(t) => t.fail(kind, message, out),
-            Translator::Gemini(t) => t.fail(kind, message, out),
-        }
-    }
-    fn is_done(&self) -> bool {
-        match self {
-            Translator::OpenAi(t) => t.is_done(),
-            Translator::Bedrock(t) => t.is_done(),
-            Translator::Converse(t) => t.is_done(),
-            Translator::Gemini(t) => t.is_done(),
-        }
-    }
-    fn completed(&self) -> bool {
-        match self {
-            Translator::OpenAi(t) => t.stop_reason().is_some(),
-            Translator::Bedrock(t) => t.completed(),
-            Translator::Converse(t) => t.completed(),
-            Translator::Gemini(t) => t.completed(),
-        }
-    }
-    /// What the answer used when it ends before the translator's end: the
-    /// client left, so the upstream's final usage will never arrive.
-    fn usage_so_far(&mut self) -> crate::dialects::Usage {
-        match self {
-            Translator::OpenAi(t) => t.usage_so_far(),
-            Translator::Bedrock(t) => t.take_usage().unwrap_or_default(),
-            Translator::Converse(t) => t.usage_so_far(),
-            Translator::Gemini(t) => t.usage_so_far(),
-        }
-    }
-    fn usage(&mut self) -> Option<crate::dialects::Usage> {
-        match self {
-            Translator::OpenAi(t) => Some(t.usage()),
-            Translator::Bedrock(t) => t.take_usage(),
-            Translator::Converse(t) => Some(t.usage()),
-            Translator::Gemini(t) => Some(t.usage()),
-        }
-    }
-}
-
 /// Stream a translated answer: the SSE head, then the translator's output
 /// as the upstream's bytes arrive, with pings on silence, and an in-band
 /// error when the upstream breaks.
@@ -699,7 +325,7 @@ async fn relay_translated_stream(
     ctx: &mut RequestCtx,
     mut exchange: Exchange<'_>,
     provider: &str,
-    mut translator: Translator,
+    mut translator: Box<dyn StreamTranslate>,
 ) -> Result<(), GatewayError> {
     let mut head = ResponseHeader::build(200, Some(5)).map_err(|e| GatewayError::Internal(e.to_string()))?;
     let _ = head.insert_header("content-type", "text/event-stream");
@@ -715,7 +341,7 @@ async fn relay_translated_stream(
         return Ok(());
     }
     // Pings keep Claude Code's 300 s idle abort from firing while an
-    // upstream reasons quietly (OpenAI sends nothing during reasoning).
+    // upstream reasons quietly (some send nothing while they reason).
     let ping_after = ctx
         .snapshot
         .as_ref()

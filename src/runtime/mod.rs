@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{schema, Config, ConfigError};
-pub use snapshot::{Provider, ProviderKind, Snapshot};
+pub use snapshot::{Provider, Snapshot};
 
 /// Validate `config` as `serve` would load it (the process environment,
 /// then [`Snapshot::build`]), giving back its warnings: what config edits

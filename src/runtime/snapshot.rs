@@ -13,133 +13,22 @@ use sha2::{Digest, Sha256};
 
 use crate::config::schema::{BudgetConfig, Config, FallbackConfig, KeyConfig, ProviderConfig, TeamConfig};
 use crate::config::ConfigError;
-use crate::dialects::anthropic::cloud::{Capabilities, Platform};
-use crate::dialects::openai::Flavor;
 use crate::policy::ScopeLimits;
+use crate::providers::{Adapter, Build, CredentialKind, ProviderType, WithoutKey};
 use crate::secret::Secret;
 use crate::upstream::google_auth::{self, TokenSource};
 pub use crate::upstream::UpstreamBase;
 use crate::usage::pricing::PriceTable;
 
-/// Provider types this build can talk to. Types named in `spec/config.md` but
-/// not listed here are rejected by validation with a message saying so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    Anthropic,
-    OpenAi,
-    Azure,
-    OpenRouter,
-    Ollama,
-    Bedrock,
-    Gemini,
-    Vertex,
-}
-
-impl ProviderKind {
-    pub const SUPPORTED: &'static [&'static str] = &[
-        "anthropic",
-        "openai",
-        "azure",
-        "openrouter",
-        "ollama",
-        "bedrock",
-        "gemini",
-        "vertex",
-    ];
-
-    fn parse(key: &str, kind: &str) -> Result<Self, ConfigError> {
-        match kind {
-            "anthropic" => Ok(ProviderKind::Anthropic),
-            "openai" => Ok(ProviderKind::OpenAi),
-            "azure" => Ok(ProviderKind::Azure),
-            "openrouter" => Ok(ProviderKind::OpenRouter),
-            "ollama" => Ok(ProviderKind::Ollama),
-            "bedrock" => Ok(ProviderKind::Bedrock),
-            "gemini" => Ok(ProviderKind::Gemini),
-            "vertex" => Ok(ProviderKind::Vertex),
-            k => Err(ConfigError::invalid(
-                key,
-                format!(
-                    "unknown provider type `{k}` (available: {})",
-                    Self::SUPPORTED.join(", ")
-                ),
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::Azure => "azure",
-            ProviderKind::OpenRouter => "openrouter",
-            ProviderKind::Ollama => "ollama",
-            ProviderKind::Bedrock => "bedrock",
-            ProviderKind::Gemini => "gemini",
-            ProviderKind::Vertex => "vertex",
-        }
-    }
-
-    /// Every type this build supports.
-    pub const ALL: [ProviderKind; 8] = [
-        ProviderKind::Anthropic,
-        ProviderKind::OpenAi,
-        ProviderKind::Azure,
-        ProviderKind::OpenRouter,
-        ProviderKind::Ollama,
-        ProviderKind::Bedrock,
-        ProviderKind::Gemini,
-        ProviderKind::Vertex,
-    ];
-
-    /// `None` where there is no fixed default (Azure: the resource URL is
-    /// yours; Bedrock and Vertex: it follows the region or location).
-    pub fn default_base(self) -> Option<&'static str> {
-        match self {
-            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
-            ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
-            ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
-            ProviderKind::Ollama => Some("http://127.0.0.1:11434/v1"),
-            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
-            ProviderKind::Azure | ProviderKind::Bedrock | ProviderKind::Vertex => None,
-        }
-    }
-
-    /// The wire format this provider speaks.
-    pub fn dialect(self) -> Dialect {
-        match self {
-            ProviderKind::Anthropic => Dialect::Anthropic,
-            ProviderKind::OpenAi => Dialect::OpenAi(Flavor::OpenAi),
-            ProviderKind::Azure => Dialect::OpenAi(Flavor::Azure),
-            ProviderKind::OpenRouter => Dialect::OpenAi(Flavor::OpenRouter),
-            ProviderKind::Ollama => Dialect::OpenAi(Flavor::Ollama),
-            ProviderKind::Bedrock => Dialect::Bedrock,
-            ProviderKind::Gemini => Dialect::Gemini,
-            ProviderKind::Vertex => Dialect::Vertex,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Anthropic,
-    OpenAi(Flavor),
-    /// Bedrock InvokeModel (Anthropic models), SigV4 or a Bedrock API key.
-    Bedrock,
-    /// Gemini API (AI Studio) `generateContent`, `x-goog-api-key`.
-    Gemini,
-    /// Vertex AI: `publishers/google` models in the Gemini dialect,
-    /// `publishers/anthropic` (Claude) by `rawPredict`; Google OAuth.
-    Vertex,
-}
-
-/// Azure OpenAI's data-plane API version when the config names none.
-pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
-
+/// One configured provider: where it lives, its accounts, and its
+/// behaviour behind the provider seam (`crate::providers`).
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
-    pub kind: ProviderKind,
+    /// Its row in the provider table.
+    pub kind: &'static ProviderType,
+    /// Everything provider-specific: building requests, reading answers.
+    pub adapter: Arc<dyn Adapter>,
     pub base: UpstreamBase,
     /// The provider's accounts: one per configured credential, at least one.
     pub accounts: Vec<Account>,
@@ -147,38 +36,6 @@ pub struct Provider {
     pub enabled: bool,
     pub priority: i32,
     pub models: Vec<String>,
-    /// Azure: the deployment named in the path (default: the upstream model).
-    pub deployment: Option<String>,
-    /// Azure: the `api-version` query parameter.
-    pub api_version: Option<String>,
-    /// Bedrock: the region and, without an API key, SigV4 credentials.
-    pub aws: Option<Arc<AwsSigning>>,
-    /// Bedrock and Vertex: the betas (and so the paired body fields) their
-    /// Claude models accept.
-    pub capabilities: Option<Arc<Capabilities>>,
-    /// Vertex: the project and location in every path.
-    pub vertex: Option<VertexSite>,
-}
-
-/// Where a Vertex provider's models live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VertexSite {
-    pub project: String,
-    pub location: String,
-}
-
-impl VertexSite {
-    /// `/v1/projects/P/locations/L/publishers/PUB/models/M:METHOD`.
-    pub fn model_path(&self, publisher: &str, model: &str, method: &str) -> String {
-        use crate::dialects::path_segment;
-        format!(
-            "/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}:{method}",
-            path_segment(&self.project, b""),
-            path_segment(&self.location, b""),
-            // `@` in `claude-sonnet-4-5@20250929` stays as Google writes it.
-            path_segment(model, b"@"),
-        )
-    }
 }
 
 impl Provider {
@@ -186,11 +43,7 @@ impl Provider {
     /// holds (a key, a Google service account, AWS signing keys) rather than
     /// the client's own or none.
     pub fn sends_server_credential(&self) -> bool {
-        let signs = self
-            .aws
-            .as_ref()
-            .is_some_and(|a| a.access_key_id.is_some() && a.secret_access_key.is_some());
-        signs
+        self.adapter.signs()
             || self
                 .accounts
                 .iter()
@@ -198,34 +51,29 @@ impl Provider {
     }
 
     /// Whether an account of this provider is called with no credential at
-    /// all: none configured, and no SigV4 signing to fall back on. (An
-    /// Anthropic-type provider then forwards the client's own; Ollama needs none.)
+    /// all where the upstream needs one: none configured, and no signing to
+    /// fall back on. (Without one, an Anthropic-type provider forwards the
+    /// client's own; Ollama needs none.)
     pub fn lacks_credential(&self, account: &Account) -> bool {
-        let signs = self
-            .aws
-            .as_ref()
-            .is_some_and(|a| a.access_key_id.is_some() && a.secret_access_key.is_some());
         account.credential.is_none()
             && account.google.is_none()
-            && !signs
-            && !matches!(self.kind, ProviderKind::Anthropic | ProviderKind::Ollama)
+            && !self.adapter.signs()
+            && !matches!(
+                self.kind.without_key,
+                WithoutKey::ForwardsClient | WithoutKey::NeedsNone
+            )
     }
-}
 
-/// What SigV4 signs Bedrock requests with (from the standard AWS variables).
-pub struct AwsSigning {
-    pub region: String,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-}
-
-impl std::fmt::Debug for AwsSigning {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsSigning")
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id.is_some())
-            .finish_non_exhaustive()
+    /// How `/status` and `provider show` describe an account's credential.
+    pub fn credential_state(&self, account: &Account) -> &'static str {
+        match (
+            account.credential.is_some() || account.google.is_some(),
+            self.kind.without_key,
+        ) {
+            (true, _) => "configured",
+            (false, WithoutKey::ForwardsClient) => "client passthrough",
+            (false, _) => "none",
+        }
     }
 }
 
@@ -240,7 +88,7 @@ pub struct Account {
     /// an Anthropic-type upstream then receives the client's own credential
     /// (passthrough-auth), any other gets none.
     pub credential: Option<Secret>,
-    /// Vertex: the service account whose OAuth tokens this account sends.
+    /// A service account whose OAuth tokens this account sends (Vertex).
     pub google: Option<Arc<TokenSource>>,
     pub weight: u32,
 }
@@ -723,32 +571,29 @@ fn build_provider(
     warnings: &mut Vec<String>,
 ) -> Result<Provider, ConfigError> {
     let key = format!("providers.{name}");
-    let kind = ProviderKind::parse(&format!("{key}.type"), &p.kind)?;
-    let aws = match kind {
-        ProviderKind::Bedrock => Some(Arc::new(aws_signing(&key, name, p, env, warnings)?)),
-        _ => None,
-    };
-    let vertex = match kind {
-        ProviderKind::Vertex => Some(vertex_site(&key, p, env)?),
-        _ => None,
-    };
-    let regional = match (&aws, &vertex) {
-        (Some(a), _) => Some(format!("https://bedrock-runtime.{}.amazonaws.com", a.region)),
-        (_, Some(v)) if v.location == "global" => Some("https://aiplatform.googleapis.com".to_string()),
-        (_, Some(v)) => Some(format!("https://{}-aiplatform.googleapis.com", v.location)),
-        _ => None,
-    };
+    let kind = crate::providers::by_name(&p.kind).ok_or_else(|| {
+        ConfigError::invalid(
+            format!("{key}.type"),
+            format!(
+                "unknown provider type `{}` (available: {})",
+                p.kind,
+                crate::providers::names().join(", ")
+            ),
+        )
+    })?;
+    let built = (kind.build)(&mut Build {
+        key: &key,
+        name,
+        config: p,
+        env,
+        warnings,
+    })?;
     let base_raw = p
         .api_base
         .as_deref()
-        .or(kind.default_base())
-        .or(regional.as_deref())
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                format!("{key}.api_base"),
-                format!("required for type `{}`", kind.as_str()),
-            )
-        })?;
+        .or(kind.default_base)
+        .or(built.derived_base.as_deref())
+        .ok_or_else(|| ConfigError::invalid(format!("{key}.api_base"), format!("required for type `{}`", kind.name)))?;
     let base = UpstreamBase::parse(base_raw).map_err(|e| ConfigError::invalid(format!("{key}.api_base"), e))?;
 
     let accounts = build_accounts(&key, name, kind, p, env, warnings)?;
@@ -763,127 +608,29 @@ fn build_provider(
     Ok(Provider {
         name: name.to_string(),
         kind,
+        adapter: built.adapter,
         base,
         accounts,
         headers,
         enabled: p.enabled,
         priority: p.priority,
         models: p.models.clone(),
-        deployment: p.deployment.clone(),
-        api_version: match kind {
-            ProviderKind::Azure => Some(
-                p.api_version
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
-            ),
-            _ => p.api_version.clone(),
-        },
-        capabilities: match kind {
-            ProviderKind::Bedrock | ProviderKind::Vertex => Some(Arc::new(match &p.betas {
-                Some(list) => Capabilities { betas: list.clone() },
-                None if kind == ProviderKind::Bedrock => Capabilities::for_platform(Platform::Bedrock),
-                None => Capabilities::for_platform(Platform::Vertex),
-            })),
-            _ => None,
-        },
-        aws,
-        vertex,
-    })
-}
-
-/// Vertex's project (`project`, else `GOOGLE_CLOUD_PROJECT`) and location
-/// (`location`, else `GOOGLE_CLOUD_LOCATION`, else `global`).
-fn vertex_site(key: &str, p: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<VertexSite, ConfigError> {
-    let nonempty = |v: &str| env(v).filter(|s| !s.is_empty());
-    let project = p
-        .project
-        .clone()
-        .or_else(|| nonempty("GOOGLE_CLOUD_PROJECT"))
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                format!("{key}.project"),
-                "required for type `vertex` (or set GOOGLE_CLOUD_PROJECT)",
-            )
-        })?;
-    let location = p
-        .location
-        .clone()
-        .or_else(|| nonempty("GOOGLE_CLOUD_LOCATION"))
-        .unwrap_or_else(|| "global".to_string());
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    };
-    if !valid(&project) {
-        return Err(ConfigError::invalid(
-            format!("{key}.project"),
-            "not a Google Cloud project id",
-        ));
-    }
-    if !valid(&location) {
-        return Err(ConfigError::invalid(
-            format!("{key}.location"),
-            "not a Google Cloud location",
-        ));
-    }
-    Ok(VertexSite { project, location })
-}
-
-/// Bedrock's region (`region`, else `AWS_REGION`/`AWS_DEFAULT_REGION`) and
-/// SigV4 credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_SESSION_TOKEN`), used when no Bedrock API key is configured.
-fn aws_signing(
-    key: &str,
-    name: &str,
-    p: &ProviderConfig,
-    env: &dyn Fn(&str) -> Option<String>,
-    warnings: &mut Vec<String>,
-) -> Result<AwsSigning, ConfigError> {
-    let nonempty = |v: &str| env(v).filter(|s| !s.is_empty());
-    let region = p
-        .region
-        .clone()
-        .or_else(|| nonempty("AWS_REGION"))
-        .or_else(|| nonempty("AWS_DEFAULT_REGION"))
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                format!("{key}.region"),
-                "required for type `bedrock` (or set AWS_REGION)",
-            )
-        })?;
-    let has_api_key = p.api_key.is_some()
-        || p.api_key_env_var.is_some()
-        || !p.keys.is_empty()
-        || nonempty("AWS_BEARER_TOKEN_BEDROCK").is_some();
-    let access_key_id = nonempty("AWS_ACCESS_KEY_ID");
-    let secret_access_key = nonempty("AWS_SECRET_ACCESS_KEY").map(|s| Secret::new(&s));
-    if !has_api_key && (access_key_id.is_none() || secret_access_key.is_none()) {
-        warnings.push(format!(
-            "{key}: no Bedrock credentials: set AWS_BEARER_TOKEN_BEDROCK (or `api_key_env_var`), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; `{name}` will be called unsigned"
-        ));
-    }
-    Ok(AwsSigning {
-        region,
-        access_key_id,
-        secret_access_key,
-        session_token: nonempty("AWS_SESSION_TOKEN").map(|s| Secret::new(&s)),
     })
 }
 
 fn build_accounts(
     key: &str,
     name: &str,
-    kind: ProviderKind,
+    kind: &ProviderType,
     p: &ProviderConfig,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Account>, ConfigError> {
     let accounts = accounts_from_config(key, name, kind, p, env, warnings)?;
-    if kind != ProviderKind::Vertex {
+    if kind.credential != CredentialKind::ServiceAccountFile {
         return Ok(accounts);
     }
-    // A Vertex credential names a service-account file; its tokens are what
+    // Such a credential names a service-account file; its tokens are what
     // is sent. The file is read and checked now, so `config lint` and a
     // reload catch a bad one.
     accounts
@@ -905,12 +652,10 @@ fn build_accounts(
         .collect()
 }
 
-/// Each configured credential as an account (for Vertex, the value is a
-/// service-account file path, turned into a token source by the caller).
 fn accounts_from_config(
     key: &str,
     name: &str,
-    kind: ProviderKind,
+    kind: &ProviderType,
     p: &ProviderConfig,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
@@ -923,25 +668,21 @@ fn accounts_from_config(
             weight: 1,
         }]
     };
-    let unset = |what: String| match kind {
-        ProviderKind::Anthropic => format!("{what} is not set; clients' own credentials will be forwarded to `{name}`"),
+    let unset = |what: String| match kind.without_key {
+        WithoutKey::ForwardsClient => {
+            format!("{what} is not set; clients' own credentials will be forwarded to `{name}`")
+        }
         _ => format!("{what} is not set; `{name}` will be called without a credential"),
     };
     if let Some(k) = p.api_key.as_deref().filter(|k| !k.is_empty()) {
         return Ok(single(Some(Secret::new(k))));
     }
     // Some types have a standard variable of their own.
-    let default_var = match kind {
-        _ if !p.keys.is_empty() => None,
-        ProviderKind::Bedrock => Some("AWS_BEARER_TOKEN_BEDROCK".to_string()),
-        ProviderKind::Gemini => Some("GEMINI_API_KEY".to_string()),
-        ProviderKind::Vertex => Some(google_auth::CREDENTIALS_ENV.to_string()),
-        _ => None,
-    };
-    if let Some(var) = p.api_key_env_var.as_ref().or(default_var.as_ref()) {
+    let default_var = kind.standard_env.filter(|_| p.keys.is_empty());
+    if let Some(var) = p.api_key_env_var.as_deref().or(default_var) {
         let credential = env(var).filter(|v| !v.is_empty()).map(|v| Secret::new(&v));
-        if credential.is_none() && p.api_key_env_var.is_none() && kind == ProviderKind::Bedrock {
-            // SigV4 signs instead (see `aws_signing`).
+        if credential.is_none() && p.api_key_env_var.is_none() && kind.without_key == WithoutKey::Signs {
+            // It signs instead (SigV4 from the environment).
             return Ok(single(None));
         }
         if credential.is_none() {

@@ -1,0 +1,84 @@
+//! The logging phase's own output: the request's metrics and its one
+//! access-log line, from what the stages left in the context. Names, never
+//! secrets.
+
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::telemetry;
+
+/// Request metrics, from what the stages left in the context.
+pub fn record_metrics(ctx: &RequestCtx) {
+    let m = &*telemetry::METRICS;
+    m.in_flight.dec();
+    let provider = ctx.provider.as_deref().unwrap_or("local");
+    let model = ctx.route_label.as_deref().unwrap_or("-");
+    let status = if ctx.status == 0 { 499 } else { ctx.status };
+    let error = if ctx.client_gone {
+        "client_gone"
+    } else {
+        ctx.error.map_or("none", |e| e.as_str())
+    };
+    m.requests
+        .with_label_values(&[provider, model, telemetry::status_class(status), error])
+        .inc();
+    let elapsed = ctx.started.elapsed().as_secs_f64();
+    m.duration.with_label_values(&[provider]).observe(elapsed);
+    if let Some(first) = ctx.first_byte_at {
+        m.ttft
+            .with_label_values(&[provider])
+            .observe(first.duration_since(ctx.started).as_secs_f64());
+    }
+    if ctx.stream && ctx.provider.is_some() {
+        m.stream_duration.with_label_values(&[provider]).observe(elapsed);
+    }
+    if let Some(u) = ctx.usage {
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_read", u.cache_read_input_tokens),
+            ("cache_write", u.cache_creation_input_tokens),
+        ] {
+            if n > 0 {
+                m.tokens.with_label_values(&[provider, kind]).inc_by(n);
+            }
+        }
+    }
+    if let (Some(k), Some(snap)) = (&ctx.principal, &ctx.snapshot) {
+        if snap.config.metrics.per_key_labels {
+            m.key_requests.with_label_values(&[&k.name]).inc();
+        }
+    }
+}
+
+/// One line per request. Names, never secrets: the key's configured name,
+/// not the key.
+pub fn access_log(session: &Session, ctx: &RequestCtx) {
+    let req = session.req_header();
+    let status = if ctx.status == 0 { 499 } else { ctx.status };
+    let elapsed = ctx.started.elapsed();
+    let key = ctx.principal.as_ref().map(|k| k.name.as_str()).unwrap_or("-");
+    let outcome = if ctx.client_gone {
+        "client_gone"
+    } else {
+        ctx.error.map(|e| e.as_str()).unwrap_or("ok")
+    };
+    log::info!(
+        target: "access",
+        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} tokens_in={} tokens_out={} key={} outcome={} upstream_id={}",
+        ctx.request_id,
+        req.method,
+        req.uri.path(),
+        status,
+        ctx.model.as_deref().unwrap_or("-"),
+        ctx.provider.as_deref().unwrap_or("-"),
+        ctx.stream,
+        elapsed.as_secs_f64() * 1000.0,
+        ctx.bytes_out,
+        ctx.usage.map_or(0, |u| u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens),
+        ctx.usage.map_or(0, |u| u.output_tokens),
+        key,
+        outcome,
+        ctx.upstream_request_id.as_deref().unwrap_or("-"),
+    );
+}

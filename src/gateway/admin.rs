@@ -1,0 +1,103 @@
+//! The admin endpoints: `/status`, `/metrics`, `/admin/logging`,
+//! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`.
+//!
+//! On `admin_listen` they need no key; on the main listener each first
+//! passes [`auth::authorize_admin`] (an admin key, and never served on a
+//! non-loopback main listener without one). They read and reset process
+//! state; they never touch a request in flight.
+
+use std::time::Instant;
+
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::{auth, cache, local, meter, respond, Role, Shared};
+use crate::error::GatewayError;
+use crate::runtime::Snapshot;
+use crate::telemetry;
+
+/// One admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    Status,
+    Metrics,
+    Logging,
+    CircuitReset,
+    Cache,
+    Errors,
+}
+
+/// Answer an admin request.
+pub async fn serve(
+    shared: &Shared,
+    role: Role,
+    which: Admin,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    snap: &Snapshot,
+) -> Result<(), GatewayError> {
+    if role == Role::Main {
+        auth::authorize_admin(snap, &session.req_header().headers)?;
+    }
+    let body = match which {
+        Admin::Status => local::status(snap, &shared.config, shared.started, &shared.counters, &shared.health),
+        Admin::Metrics => {
+            for (provider, account, view) in shared.health.views(Instant::now()) {
+                let state = match view.state {
+                    "open" => 1,
+                    "half_open" | "half_open_pending" => 2,
+                    "cooling_down" => 3,
+                    _ => 0,
+                };
+                telemetry::METRICS
+                    .circuit_state
+                    .with_label_values(&[&provider, &account])
+                    .set(state);
+            }
+            meter::refresh_budget_gauges(shared, snap).await;
+            let body = telemetry::render();
+            respond::body(session, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", body).await;
+            return Ok(());
+        }
+        Admin::Logging => {
+            // PUT /admin/logging?level=debug
+            if session.req_header().method == http::Method::PUT {
+                let query = session.req_header().uri.query().unwrap_or("");
+                let level = url::form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "level")
+                    .and_then(|(_, v)| v.parse::<log::LevelFilter>().ok())
+                    .ok_or_else(|| {
+                        GatewayError::InvalidRequest("level: give ?level=off|error|warn|info|debug|trace".into())
+                    })?;
+                crate::logging::set_level(level);
+                log::warn!("log level set to {level} through the admin API");
+            }
+            json(serde_json::json!({"level": crate::logging::level().as_str().to_lowercase()}))
+        }
+        Admin::CircuitReset => {
+            let n = shared.health.reset_all();
+            log::warn!("{n} circuit breakers reset through the admin API");
+            json(serde_json::json!({ "reset": n }))
+        }
+        Admin::Cache => {
+            let caches = &shared.caches;
+            if session.req_header().method == http::Method::DELETE {
+                let n = caches.clear();
+                log::warn!("{n} cache entries cleared through the admin API");
+                json(serde_json::json!({ "cleared": n }))
+            } else {
+                json(serde_json::json!({
+                    "response": caches.stats(snap, cache::Kind::Response),
+                    "token_count": caches.stats(snap, cache::Kind::TokenCount),
+                }))
+            }
+        }
+        Admin::Errors => shared.recent_errors.to_json(),
+    };
+    respond::json(session, ctx, 200, body, &[]).await;
+    Ok(())
+}
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap_or_default()
+}

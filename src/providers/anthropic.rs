@@ -1,0 +1,144 @@
+//! `anthropic`: the Messages API itself, passed through.
+//!
+//! The body goes upstream as the client sent it, with at most the `model`
+//! string spliced (a route's rename) and `speed` added or removed for fast
+//! mode. The client's headers go through under the policy of
+//! `dialects::anthropic::forward_request_headers`, with the provider's key
+//! or, in passthrough-auth, the client's own credential. The answer, any
+//! status, is relayed byte for byte.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use super::{internal, Adapter, Answer, Attempt, Build, Built, Call, Outgoing, Refusal, Reply};
+use crate::dialects::anthropic::{self, supports_fast_mode, SpeedEdit, UpstreamAuth, FAST_MODE_BETA};
+use crate::error::GatewayError;
+use crate::secret::Secret;
+
+pub static TYPE: super::ProviderType = super::ProviderType {
+    name: "anthropic",
+    default_base: Some("https://api.anthropic.com"),
+    base_from: None,
+    key_env: Some("ANTHROPIC_API_KEY"),
+    standard_env: None,
+    credential: super::CredentialKind::Key,
+    without_key: super::WithoutKey::ForwardsClient,
+    without_key_note: "none: clients' own credentials are forwarded",
+    build,
+};
+
+fn build(_: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
+    Ok(Built {
+        adapter: Arc::new(Anthropic),
+        derived_base: None,
+    })
+}
+
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn forwards_raw(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, out: &Outgoing<'_>) -> Result<Box<dyn Call>, GatewayError> {
+        // Fast mode where the model has it (with its beta); elsewhere
+        // `speed` is dropped and the request runs at standard speed.
+        let request = out.claude_request();
+        let fast = out.wants_fast && supports_fast_mode(out.upstream_model);
+        let speed = match (out.wants_fast, fast, request.speed_fast) {
+            (true, true, false) => SpeedEdit::Insert,
+            (true, false, true) => SpeedEdit::Remove,
+            _ => SpeedEdit::Keep,
+        };
+        Ok(Box::new(Passthrough {
+            body: request.upstream_body(Some(out.upstream_model), speed),
+            beta: fast.then_some(FAST_MODE_BETA),
+            upstream_model: Some(out.upstream_model.to_string()),
+        }))
+    }
+
+    fn forward(&self, body: Bytes) -> Option<Box<dyn Call>> {
+        Some(Box::new(Passthrough {
+            body,
+            beta: None,
+            upstream_model: None,
+        }))
+    }
+
+    fn probe_auth(&self, head: &mut RequestHeader, key: Option<&Secret>, _bearer: Option<&str>) {
+        if let Some(key) = key {
+            let _ = head.insert_header("anthropic-version", "2023-06-01");
+            let _ = head.insert_header("x-api-key", key.expose());
+        }
+    }
+}
+
+/// A request to an Anthropic-type upstream.
+struct Passthrough {
+    body: Bytes,
+    /// A beta to add to `anthropic-beta` (fast mode), if not already there.
+    beta: Option<&'static str>,
+    upstream_model: Option<String>,
+}
+
+impl Call for Passthrough {
+    fn body(&self) -> Bytes {
+        self.body.clone()
+    }
+
+    fn upstream_model(&self) -> Option<&str> {
+        self.upstream_model.as_deref()
+    }
+
+    fn fast(&self) -> bool {
+        self.beta.is_some()
+    }
+
+    fn request_id_header(&self) -> &'static str {
+        "request-id"
+    }
+
+    /// The client's method, path, query and headers under the header policy
+    /// of [`anthropic::forward_request_headers`].
+    fn head(&self, to: &Attempt<'_>) -> Result<RequestHeader, GatewayError> {
+        let out = to.client;
+        let auth = match (to.credential, to.client_credential) {
+            (Some(key), _) => UpstreamAuth::ProviderKey(key.expose()),
+            (None, true) => UpstreamAuth::ClientCredential,
+            (None, false) => UpstreamAuth::None,
+        };
+        let mut headers = anthropic::forward_request_headers(out.headers, auth, to.headers);
+        if let Some(beta) = self.beta {
+            anthropic::add_beta(&mut headers, beta);
+        }
+        let path = to.base.join(out.path);
+        let target = match out.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut req =
+            RequestHeader::build(out.method.clone(), target.as_bytes(), Some(headers.len() + 2)).map_err(internal)?;
+        req.insert_header(http::header::HOST, &to.base.authority)
+            .map_err(internal)?;
+        for (name, value) in headers {
+            req.append_header(name, value).map_err(internal)?;
+        }
+        if !self.body.is_empty() || out.method == http::Method::POST {
+            req.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())
+                .map_err(internal)?;
+        }
+        Ok(req)
+    }
+
+    fn refusal(&self, _: &ResponseHeader, _: &[u8]) -> Refusal {
+        Refusal::Verbatim
+    }
+
+    fn answer(&self, _: &ResponseHeader, _: &Reply<'_>) -> Answer {
+        Answer::Relay
+    }
+}

@@ -15,13 +15,12 @@
 //! downstream session (the relay does).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::failure::{self, Attempted, ClientAnswer, Failure, Health, Retry, Verdict};
-use super::relay::{self, Buffered};
+use super::failure::{self, client_answer, Attempted, ClientAnswer, Failure, Health, Retry, Verdict};
+use super::relay::Committed;
 use crate::error::GatewayError;
-use crate::providers::{Attempt, Call, Outbound, Refusal};
+use crate::providers::{Attempt, Call, Outbound};
 use crate::runtime::snapshot::{Account, Candidate, Plan, Provider};
 use crate::runtime::Snapshot;
 use crate::upstream::balance;
@@ -52,15 +51,6 @@ pub struct Job<'a> {
 
 /// Builds a candidate's request: its provider's adapter, given the request.
 pub type Prepare<'a> = dyn Fn(&Candidate) -> Result<Box<dyn Call>, GatewayError> + Sync + 'a;
-
-/// The answer the loop settled on; the relay takes it from here.
-pub struct Committed<'u> {
-    pub exchange: Exchange<'u>,
-    pub provider: Arc<Provider>,
-    pub account: String,
-    pub call: Box<dyn Call>,
-    pub attempts: u32,
-}
 
 /// The longest the loop waits, in total, for cool-downs (`retry-after`) and
 /// backoff. Claude Code itself gives up on a `retry-after` above 60 s.
@@ -188,6 +178,7 @@ pub async fn run<'u>(
             None => None,
         };
         let to = Attempt {
+            provider: &provider.name,
             base: &provider.base,
             headers: &provider.headers,
             credential: account.credential.as_ref(),
@@ -271,7 +262,7 @@ pub async fn run<'u>(
                     attempt + 1,
                     account.label
                 );
-                let buffered = relay::buffer(exchange, &provider.name).await;
+                let buffered = exchange.buffer(crate::providers::MAX_SMALL_BODY).await;
                 let answer = client_answer(call.as_ref(), buffered);
                 last = Some(if label == "credential_refused" {
                     let e = GatewayError::CredentialRefused {
@@ -309,14 +300,6 @@ pub async fn run<'u>(
         }
         .into()
     }))
-}
-
-/// A refused answer, read whole, as the client would hear it.
-pub fn client_answer(call: &dyn Call, buffered: Buffered) -> ClientAnswer {
-    match call.refusal(&buffered.head, &buffered.body) {
-        Refusal::Verbatim => ClientAnswer::Verbatim(Box::new(buffered)),
-        Refusal::Mapped(e) => ClientAnswer::Error(e),
-    }
 }
 
 /// Whether this attempt carried the client's own credential (a provider

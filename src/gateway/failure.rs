@@ -11,8 +11,9 @@
 use std::time::{Duration, Instant};
 
 use crate::error::GatewayError;
+use crate::providers::{Call, Refusal};
 use crate::upstream::health::DEFAULT_THROTTLE;
-use crate::upstream::UpstreamError;
+use crate::upstream::{Buffered, UpstreamError};
 
 /// Statuses that mean "this upstream, not this request": try elsewhere.
 const RETRYABLE: [u16; 6] = [429, 500, 502, 503, 504, 529];
@@ -53,7 +54,7 @@ pub enum ClientAnswer {
     /// A gateway-made Anthropic error.
     Error(GatewayError),
     /// The upstream's own answer, as it came (Anthropic-shaped).
-    Verbatim(Box<super::relay::Buffered>),
+    Verbatim(Box<Buffered>),
 }
 
 impl ClientAnswer {
@@ -77,6 +78,15 @@ impl ClientAnswer {
 impl From<GatewayError> for ClientAnswer {
     fn from(e: GatewayError) -> Self {
         ClientAnswer::Error(e)
+    }
+}
+
+/// A refused answer, read whole, as the client would hear it: the
+/// candidate's `Call` says which.
+pub fn client_answer(call: &dyn Call, buffered: Buffered) -> ClientAnswer {
+    match call.refusal(&buffered.head, &buffered.body) {
+        Refusal::Verbatim => ClientAnswer::Verbatim(Box::new(buffered)),
+        Refusal::Mapped(e) => ClientAnswer::Error(e),
     }
 }
 

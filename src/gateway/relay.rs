@@ -22,14 +22,22 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::fast_timeout::{fast_sleep, fast_timeout};
 use pingora::proxy::Session;
 
-use super::attempt::Committed;
 use super::ctx::RequestCtx;
 use super::failure::ClientAnswer;
 use crate::dialects::anthropic::is_hop_by_hop;
 use crate::dialects::anthropic::usage::UsageTap;
 use crate::error::GatewayError;
 use crate::providers::{Answer, Reply, StreamTranslate, Translated};
-use crate::upstream::{Exchange, UpstreamError};
+use crate::upstream::{Buffered, Exchange, UpstreamError};
+
+/// The answer the attempt loop settled on; the relay takes it from here.
+pub struct Committed<'u> {
+    pub exchange: Exchange<'u>,
+    pub provider: std::sync::Arc<crate::runtime::Provider>,
+    pub account: String,
+    pub call: Box<dyn crate::providers::Call>,
+    pub attempts: u32,
+}
 
 /// Turn the committed answer into the client's (see the module docs).
 pub async fn answer(
@@ -47,8 +55,8 @@ pub async fn answer(
             Ok(())
         }
         Answer::Refuse => {
-            let buffered = buffer(exchange, provider).await;
-            match super::attempt::client_answer(call.as_ref(), buffered) {
+            let buffered = exchange.buffer(crate::providers::MAX_SMALL_BODY).await;
+            match super::failure::client_answer(call.as_ref(), buffered) {
                 ClientAnswer::Verbatim(buffered) => {
                     relay_buffered(session, ctx, *buffered).await;
                     Ok(())
@@ -59,7 +67,7 @@ pub async fn answer(
         Answer::Stream(translator) => relay_translated_stream(session, ctx, exchange, provider, translator).await,
         Answer::Whole { limit, translate } => {
             let mut exchange = exchange;
-            let body = read_body(&mut exchange, limit, provider).await?;
+            let body = read_body(&mut exchange, limit, provider, ctx).await?;
             exchange.finish().await;
             answer_translated(session, ctx, translate(&body)?).await;
             Ok(())
@@ -234,51 +242,17 @@ fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> R
 const PING_FRAME: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
 
 /// Read the rest of an upstream body, refusing more than `cap` bytes.
-async fn read_body(exchange: &mut Exchange<'_>, cap: usize, provider: &str) -> Result<bytes::Bytes, GatewayError> {
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        match exchange.next_chunk().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > cap {
-                    return Err(GatewayError::UpstreamBroken {
-                        provider: provider.to_string(),
-                        detail: format!("response body exceeds {cap} bytes"),
-                    });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Err(UpstreamError::Timeout) => {
-                return Err(GatewayError::UpstreamTimeout {
-                    provider: provider.to_string(),
-                    after: std::time::Duration::ZERO,
-                })
-            }
-            Err(UpstreamError::Connect(d) | UpstreamError::Io(d)) => {
-                return Err(GatewayError::UpstreamBroken {
-                    provider: provider.to_string(),
-                    detail: d,
-                })
-            }
-        }
-    }
-}
-
-/// A complete upstream response held in memory: a failed attempt's answer,
-/// kept in case it turns out to be the last one and must reach the client.
-pub struct Buffered {
-    pub head: ResponseHeader,
-    pub body: bytes::Bytes,
-}
-
-/// Read an (error) response whole, bounded, and release the connection.
-pub async fn buffer(mut exchange: Exchange<'_>, provider: &str) -> Buffered {
-    let head = exchange.header().clone();
-    let body = read_body(&mut exchange, crate::providers::MAX_SMALL_BODY, provider)
+async fn read_body(
+    exchange: &mut Exchange<'_>,
+    cap: usize,
+    provider: &str,
+    ctx: &RequestCtx,
+) -> Result<bytes::Bytes, GatewayError> {
+    let timeout = ctx.snapshot.as_ref().map(|s| s.timeout).unwrap_or_default();
+    exchange
+        .read_to_end(cap)
         .await
-        .unwrap_or_default();
-    exchange.finish().await;
-    Buffered { head, body }
+        .map_err(|e| super::failure::upstream_error(provider, e, timeout))
 }
 
 /// Write a buffered Anthropic-type response as it came: status, headers and

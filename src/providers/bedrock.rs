@@ -219,7 +219,7 @@ impl Call for BedrockCall {
         };
         let mut req = json_post(to, &path, accept, self.body.len())?;
         if let Some(key) = to.credential {
-            bearer_header(&mut req, key.expose())?;
+            bearer_header(&mut req, to, key.expose())?;
             return Ok(req);
         }
         let aws = &self.site.aws;
@@ -239,11 +239,11 @@ impl Call for BedrockCall {
             },
             std::time::SystemTime::now(),
         )
-        .map_err(|e| GatewayError::Internal(format!("cannot sign the Bedrock request: {e}")))?;
+        .map_err(|e| GatewayError::Internal(format!("cannot sign the request to `{}`: {e}", to.provider)))?;
         for (name, value) in signed {
             let name =
                 http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| GatewayError::Internal(e.to_string()))?;
-            credential_header(&mut req, name, &value)?;
+            credential_header(&mut req, to, name, &value)?;
         }
         Ok(req)
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::vertex::VertexSite;
+use super::google::{google_error, VertexSite};
 use super::{
     accept, bearer_header, content_type_is, counted, credential_header, json_post, log_notes, Adapter, Answer, Attempt,
     Build, Built, Call, CredentialKind, Outgoing, ProviderType, Refusal, Reply, StreamTranslate, Translated,
@@ -135,9 +135,9 @@ impl Call for GeminiCall {
         let stream = matches!(self.op, Op::Generate { stream: true });
         let mut req = json_post(to, &to.base.join(&path), accept(stream), self.body.len())?;
         if let Some(token) = to.bearer {
-            bearer_header(&mut req, token)?;
+            bearer_header(&mut req, to, token)?;
         } else if let Some(key) = to.credential {
-            credential_header(&mut req, HeaderName::from_static("x-goog-api-key"), key.expose())?;
+            credential_header(&mut req, to, HeaderName::from_static("x-goog-api-key"), key.expose())?;
         }
         Ok(req)
     }
@@ -205,19 +205,6 @@ fn untranslatable(provider: &str, e: GeminiError) -> GatewayError {
         kind: mapped.kind,
         message: format!("provider `{provider}`: {}", mapped.message),
         retry_after: None,
-    }
-}
-
-/// A Google error (`{"error": {"code", "message", "status"}}`) mapped, with
-/// `retry-after` from the header or `RetryInfo.retryDelay`.
-pub fn google_error(head: &ResponseHeader, body: &[u8]) -> GatewayError {
-    let mapped = gemini::map_error(head.status.as_u16(), body);
-    let retry_after = super::retry_after(head).or_else(|| gemini::retry_after(body));
-    GatewayError::Upstream {
-        status: mapped.status,
-        retry_after: if mapped.status == 429 { retry_after } else { None },
-        kind: mapped.kind,
-        message: mapped.message,
     }
 }
 

@@ -30,6 +30,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
+pub mod google;
 pub mod openai;
 pub mod vertex;
 
@@ -237,6 +238,8 @@ pub struct Outbound<'r> {
 
 /// Who and where one attempt goes to.
 pub struct Attempt<'a> {
+    /// The provider's name, for error messages.
+    pub provider: &'a str,
     pub base: &'a UpstreamBase,
     /// The provider's configured extra headers.
     pub headers: &'a [(HeaderName, HeaderValue)],
@@ -366,17 +369,26 @@ pub fn json_post(to: &Attempt<'_>, path: &str, accept: &str, body_len: usize) ->
 }
 
 /// Add a credential header, marked sensitive (kept out of Pingora's logs).
-pub fn credential_header(req: &mut RequestHeader, name: HeaderName, value: &str) -> Result<(), GatewayError> {
-    let mut value = HeaderValue::from_str(value)
-        .map_err(|_| GatewayError::Internal("a provider credential is not a valid header value".into()))?;
+pub fn credential_header(
+    req: &mut RequestHeader,
+    to: &Attempt<'_>,
+    name: HeaderName,
+    value: &str,
+) -> Result<(), GatewayError> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| {
+        GatewayError::Internal(format!(
+            "provider `{}` has a credential that is not a valid header value",
+            to.provider
+        ))
+    })?;
     value.set_sensitive(true);
     req.insert_header(name, value).map_err(internal)?;
     Ok(())
 }
 
 /// `Authorization: Bearer …`, marked sensitive.
-pub fn bearer_header(req: &mut RequestHeader, token: &str) -> Result<(), GatewayError> {
-    credential_header(req, http::header::AUTHORIZATION, &format!("Bearer {token}"))
+pub fn bearer_header(req: &mut RequestHeader, to: &Attempt<'_>, token: &str) -> Result<(), GatewayError> {
+    credential_header(req, to, http::header::AUTHORIZATION, &format!("Bearer {token}"))
 }
 
 /// The `accept` a request asks for.

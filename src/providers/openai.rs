@@ -226,8 +226,8 @@ impl Call for ChatCall {
         let mut req = json_post(to, &target, accept(self.stream), self.body.len())?;
         if let Some(key) = to.credential {
             match self.site.flavor {
-                Flavor::Azure => credential_header(&mut req, HeaderName::from_static("api-key"), key.expose())?,
-                _ => bearer_header(&mut req, key.expose())?,
+                Flavor::Azure => credential_header(&mut req, to, HeaderName::from_static("api-key"), key.expose())?,
+                _ => bearer_header(&mut req, to, key.expose())?,
             }
         }
         Ok(req)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
+pub use super::google::VertexSite;
 use super::{
     accept, bearer_header, capabilities, cloud_claude_body, internal, json_post, Adapter, Answer, Attempt, BaseFrom,
     Build, Built, Call, CredentialKind, Outgoing, ProviderType, Refusal, Reply, WithoutKey,
@@ -48,27 +49,6 @@ fn build(b: &mut Build<'_>) -> Result<Built, ConfigError> {
         }),
         derived_base,
     })
-}
-
-/// Where a Vertex provider's models live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VertexSite {
-    pub project: String,
-    pub location: String,
-}
-
-impl VertexSite {
-    /// `/v1/projects/P/locations/L/publishers/PUB/models/M:METHOD`.
-    pub fn model_path(&self, publisher: &str, model: &str, method: &str) -> String {
-        use crate::dialects::path_segment;
-        format!(
-            "/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}:{method}",
-            path_segment(&self.project, b""),
-            path_segment(&self.location, b""),
-            // `@` in `claude-sonnet-4-5@20250929` stays as Google writes it.
-            path_segment(model, b"@"),
-        )
-    }
 }
 
 fn vertex_site(b: &Build<'_>) -> Result<VertexSite, ConfigError> {
@@ -209,7 +189,7 @@ impl Call for ClaudeCall {
                 .map_err(internal)?;
         }
         if let Some(token) = to.bearer {
-            bearer_header(&mut req, token)?;
+            bearer_header(&mut req, to, token)?;
         }
         Ok(req)
     }
@@ -223,7 +203,7 @@ impl Call for ClaudeCall {
         if anthropic_shaped {
             Refusal::Verbatim
         } else {
-            Refusal::Mapped(super::gemini::google_error(head, body))
+            Refusal::Mapped(super::google::google_error(head, body))
         }
     }
 

@@ -81,6 +81,13 @@ fn describe(e: &PError) -> String {
     s
 }
 
+/// A complete upstream answer held in memory: a failed attempt's, kept in
+/// case it turns out to be the last one and must reach the client.
+pub struct Buffered {
+    pub head: ResponseHeader,
+    pub body: Bytes,
+}
+
 /// Per-attempt limits, from the request's config snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -422,6 +429,28 @@ impl Exchange<'_> {
             .read_response_body()
             .await
             .map_err(|e| UpstreamError::from_pingora(&e, false))
+    }
+
+    /// The rest of the body, at most `cap` bytes (more is an error).
+    pub async fn read_to_end(&mut self, cap: usize) -> Result<Bytes, UpstreamError> {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            if buf.len() + chunk.len() > cap {
+                return Err(UpstreamError::Io(format!("response body exceeds {cap} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// The whole answer, held in memory (at most `cap` bytes of body; a body
+    /// that breaks or is larger is kept as empty), and the connection given
+    /// back.
+    pub async fn buffer(mut self, cap: usize) -> Buffered {
+        let head = self.header().clone();
+        let body = self.read_to_end(cap).await.unwrap_or_default();
+        self.finish().await;
+        Buffered { head, body }
     }
 
     /// The upstream's body has been read to its end (the chunk just

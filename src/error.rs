@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-/// The Anthropic `error.type` values (`protocol.md` §2.4).
+/// The Anthropic `error.type` values (`docs/protocol-notes.md` §2.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     InvalidRequest,
@@ -42,7 +42,7 @@ impl ErrorKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// The HTTP status Anthropic pairs with this kind (`protocol.md` §2.4).
+    /// The HTTP status Anthropic pairs with this kind (`docs/protocol-notes.md` §2.4).
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,

@@ -1,7 +1,7 @@
-//! Golden tests for Bedrock InvokeModel (`protocol.md` §5.1): the body each
-//! Messages request becomes, the SSE each event-stream answer becomes, and
-//! the error each exception becomes. Review changes with `cargo insta review`
-//! (or INSTA_UPDATE=always).
+//! Golden tests for Bedrock InvokeModel (`docs/protocol-notes.md` §5.1): the
+//! body each Messages request becomes, the SSE each event-stream answer
+//! becomes, and the error each exception becomes. Review changes with
+//! `cargo insta review` (or INSTA_UPDATE=always).
 
 use modelgate::dialects::anthropic::cloud::{edit_body, Platform};
 use modelgate::dialects::bedrock::stream::{encode_chunk, encode_exception, BedrockStream};

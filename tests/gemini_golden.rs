@@ -1,5 +1,5 @@
-//! Golden tests for the Gemini dialect (`protocol.md` §4): the body each
-//! Messages request becomes, the Message or SSE each Gemini answer
+//! Golden tests for the Gemini dialect (`docs/protocol-notes.md` §4): the
+//! body each Messages request becomes, the Message or SSE each Gemini answer
 //! becomes, the legacy schema sanitiser, thought signatures going round,
 //! and the error each Google error becomes. Review changes with
 //! `cargo insta review` (or INSTA_UPDATE=always).

@@ -1,6 +1,7 @@
 //! Golden tests for the Anthropic ⇄ OpenAI Chat Completions mapping
-//! (`protocol.md` §3.1 and §3.3): each case pins the exact JSON produced.
-//! Review changes with `cargo insta review` (or INSTA_UPDATE=always).
+//! (`docs/protocol-notes.md` §3.1 and §3.3): each case pins the exact JSON
+//! produced. Review changes with `cargo insta review` (or
+//! INSTA_UPDATE=always).
 
 use modelgate::dialects::openai::request::{translate_request, RequestOptions};
 use modelgate::dialects::openai::response::{translate_response, ResponseContext};

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-/// What `config init` writes: the minimal file from `spec/config.md`.
+/// What `config init` writes: the minimal file (the keys of `conf/modelgate.yaml`;
+/// README.md#configuration describes every key).
 pub const MINIMAL_CONFIG: &str = "\
 # modelgate configuration. Reference: README.md#configuration
 listen: 127.0.0.1:8080

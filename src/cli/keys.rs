@@ -217,7 +217,7 @@ fn period_name(p: BudgetPeriod) -> &'static str {
     }
 }
 
-/// The new entry as YAML mapping lines, in the order `spec/config.md` uses.
+/// The new entry as YAML mapping lines, in the order `conf/example-full.yaml` uses.
 fn render_entry(args: &CreateArgs, hash_hex: &str, budget: Option<(f64, BudgetPeriod)>) -> String {
     let mut lines = vec![format!("name: {}", edit::yaml_scalar(&args.name))];
     if let Some(team) = &args.team {

@@ -462,7 +462,7 @@ fn models_value(models: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// The entry's body as YAML mapping lines, in the order `spec/config.md` uses.
+/// The entry's body as YAML mapping lines, in the order `conf/example-full.yaml` uses.
 fn render_provider(args: &AddArgs, key_envs: &[String]) -> String {
     let mut lines = vec![format!("type: {}", edit::yaml_scalar(&args.kind))];
     if let Some(base) = &args.api_base {

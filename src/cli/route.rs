@@ -329,7 +329,7 @@ struct NewRoute {
 }
 
 impl NewRoute {
-    /// The rule's fields in the order `spec/config.md` writes them.
+    /// The rule's fields in the order README.md#configuration lists them.
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![("match", edit::yaml_quote(&self.glob))];
         if let Some((n, v)) = &self.header {

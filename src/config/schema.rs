@@ -1,4 +1,5 @@
-//! The config file's shape, exactly as `spec/config.md` writes it.
+//! The config file's shape, exactly as the config contract writes it
+//! (README.md#configuration; `conf/example-full.yaml` uses every key).
 //!
 //! These are plain serde types with `deny_unknown_fields`, so a typo is an
 //! error that names the key. Nothing here resolves env vars, reads files or
@@ -90,7 +91,7 @@ fn provider_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// The modelgate configuration file (`modelgate.yaml`). Reference: README.md#configuration and `spec/config.md`.
+/// The modelgate configuration file (`modelgate.yaml`). Reference: README.md#configuration and `conf/example-full.yaml`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

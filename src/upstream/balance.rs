@@ -9,8 +9,9 @@
 //! a random key spreads requests in proportion to weight.
 //!
 //! pingora-load-balancing's Ketama identifies backends by socket address
-//! (`pingora.md` §3), and several accounts share one address, so it cannot
-//! tell them apart; rendezvous hashing needs no ring and no rebuild.
+//! (`docs/protocol-notes.md` §7.3), and several accounts share one address,
+//! so it cannot tell them apart; rendezvous hashing needs no ring and no
+//! rebuild.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 

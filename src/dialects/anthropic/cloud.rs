@@ -1,7 +1,7 @@
 //! Claude on the cloud platforms: the Messages body as Bedrock InvokeModel
 //! and Vertex `rawPredict` take it, and the capability table that decides
 //! which `anthropic-beta` values (and so which paired body fields) each
-//! platform accepts (`protocol.md` §5.1, pitfall 15).
+//! platform accepts (`docs/protocol-notes.md` §5.1, pitfall 15).
 //!
 //! The table is data: [`Capabilities::for_platform`] is the built-in one,
 //! and a provider's `betas:` list replaces it without a rebuild. A field

@@ -6,7 +6,8 @@
 //! same functions.
 //!
 //! Per-delta events are written by hand into `out`: no `Value` tree, no
-//! intermediate `String`. Field order follows Anthropic's (`protocol.md` §2.3).
+//! intermediate `String`. Field order follows Anthropic's
+//! (`docs/protocol-notes.md` §2.3).
 //!
 //! What [`Emitter`] guarantees, whatever its caller does: `message_start`
 //! first; block indices sequential from 0; a block stopped before the next

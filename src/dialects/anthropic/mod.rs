@@ -63,8 +63,9 @@ struct View<'a> {
     max_tokens: Option<serde_json::Value>,
 }
 
-/// The fast-mode beta (`protocol.md` §2.1) and the models that support it
-/// (capability data: Claude Opus 4.6 and 4.7, any dated snapshot).
+/// The fast-mode beta (`docs/protocol-notes.md` §2.1) and the models that
+/// support it (capability data: Claude Opus 4.6 and 4.7, any dated
+/// snapshot).
 pub const FAST_MODE_BETA: &str = "fast-mode-2026-02-01";
 const FAST_MODE_MODELS: &[&str] = &["claude-opus-4-6", "claude-opus-4-7"];
 
@@ -197,9 +198,9 @@ impl MessagesRequest {
 /// The history without thinking blocks another vendor's model produced:
 /// the gateway's Gemini blocks (signature [`GEMINI_THOUGHT`]-prefixed) and
 /// unsigned ones (OpenAI-family reasoning). A Claude upstream rejects both
-/// with "Invalid signature in thinking block" (`protocol.md` pitfall 8),
-/// which happens when a session moves from another vendor to Claude
-/// (failover, a route change). Claude's own blocks are never touched.
+/// with "Invalid signature in thinking block" (`docs/protocol-notes.md`
+/// pitfall 8), which happens when a session moves from another vendor to
+/// Claude (failover, a route change). Claude's own blocks are never touched.
 /// `None` (no copy, no parse) when the body holds no such block.
 pub fn strip_foreign_thinking(body: &[u8]) -> Option<Vec<u8>> {
     // One SIMD pass over the body: only thinking blocks carry `"signature"`.

@@ -1,7 +1,7 @@
 //! Anthropic Messages ⇄ Bedrock Converse / ConverseStream, for every
-//! Bedrock model that is not Anthropic's (`protocol.md` §5.2). Pure
-//! functions and one incremental stream state machine; the event-stream
-//! framing is [`super::stream::EventStreamToSse`]'s decoder.
+//! Bedrock model that is not Anthropic's (`docs/protocol-notes.md` §5.2).
+//! Pure functions and one incremental stream state machine; the
+//! event-stream framing is [`super::stream::EventStreamToSse`]'s decoder.
 //!
 //! Converse rejects blank text, so empty and whitespace-only text is
 //! dropped and a message left empty carries `"."`. Thinking blocks in the

@@ -1,8 +1,8 @@
 //! Anthropic models on AWS Bedrock through InvokeModel: the Messages body
-//! with Bedrock's edits (`protocol.md` §5.1), the `anthropic-beta` values and
-//! paired body fields Bedrock accepts ([`Capabilities`]), Bedrock's
-//! exceptions in Anthropic terms, and the event stream decoded into
-//! Anthropic SSE ([`stream`]). Pure functions: no I/O, no Pingora types.
+//! with Bedrock's edits (`docs/protocol-notes.md` §5.1), the `anthropic-beta`
+//! values and paired body fields Bedrock accepts ([`Capabilities`]),
+//! Bedrock's exceptions in Anthropic terms, and the event stream decoded
+//! into Anthropic SSE ([`stream`]). Pure functions: no I/O, no Pingora types.
 
 pub mod converse;
 pub mod stream;

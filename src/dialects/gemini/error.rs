@@ -1,4 +1,5 @@
-//! Google API errors → Anthropic error objects (`protocol.md` §1.5, §2.4).
+//! Google API errors → Anthropic error objects (`docs/protocol-notes.md`
+//! §1.5, §2.4, §4.3).
 //!
 //! Google's body is `{"error":{"code","message","status","details"}}`
 //! (Vertex sometimes wraps it in an array); `status` is the canonical

@@ -1,6 +1,6 @@
 //! The Gemini dialect: Anthropic Messages ⇄ `generateContent` /
 //! `streamGenerateContent?alt=sse`, for AI Studio and Vertex AI
-//! (`protocol.md` §4).
+//! (`docs/protocol-notes.md` §4).
 //!
 //! Pure functions only, one concern per file: `request` builds the Gemini
 //! body (roles, parts, tool pairing, tools, generation and thinking
@@ -187,9 +187,10 @@ impl ModelFamily {
     }
 }
 
-/// `finishReason` → `stop_reason` (§4.2). `None` for the reasons that mean
-/// "the model's tool call was unusable", which the caller turns into a
-/// retryable error when nothing was produced, `end_turn` otherwise.
+/// `finishReason` → `stop_reason` (`docs/protocol-notes.md` §4.2). `None`
+/// for the reasons that mean "the model's tool call was unusable", which
+/// the caller turns into a retryable error when nothing was produced,
+/// `end_turn` otherwise.
 pub fn stop_reason(finish_reason: &str, saw_tool_call: bool) -> Option<&'static str> {
     Some(match finish_reason {
         "MAX_TOKENS" => "max_tokens",
@@ -210,9 +211,10 @@ pub fn stop_reason(finish_reason: &str, saw_tool_call: bool) -> Option<&'static 
     })
 }
 
-/// `usageMetadata` in Anthropic terms (§4.2): input excludes cached
-/// tokens; output is derived from the total, since AI Studio and Vertex
-/// disagree on whether `candidatesTokenCount` includes thoughts. Tokens of
+/// `usageMetadata` in Anthropic terms (`docs/protocol-notes.md` §4.2):
+/// input excludes cached tokens; output is derived from the total, since
+/// AI Studio and Vertex disagree on whether `candidatesTokenCount` includes
+/// thoughts. Tokens of
 /// built-in tool results (`toolUsePromptTokenCount`, e.g. search results)
 /// are billed as input, so they count as input.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]

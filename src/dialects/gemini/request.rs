@@ -1,4 +1,5 @@
-//! Anthropic Messages request → Gemini `generateContent` body (§4.1).
+//! Anthropic Messages request → Gemini `generateContent` body
+//! (`docs/protocol-notes.md` §4.1).
 //!
 //! One pure function, [`translate_request`]. It owns every decision of the
 //! request direction: system text, roles and parts, tool-call/response
@@ -9,8 +10,9 @@
 //!
 //! Choices worth knowing:
 //! - Mid-conversation `role:"system"` entries become user text at their
-//!   position (`protocol.md` §1.3): Gemini has one `systemInstruction`, and
-//!   moving them there would reorder the conversation.
+//!   position (`docs/protocol-notes.md` §1.3): Gemini has one
+//!   `systemInstruction`, and moving them there would reorder the
+//!   conversation.
 //! - Claude Code's attribution block (`x-anthropic-billing-header: …`) is
 //!   left out of `systemInstruction`: it is billing metadata for Anthropic
 //!   and would only break Gemini's implicit prompt caching.
@@ -364,7 +366,7 @@ pub fn translate_request(body: &[u8], opts: &RequestOptions<'_>) -> Result<Trans
     }
 
     // Function names for results come from the calls, over the whole
-    // history: never derived from an id (pitfall 6).
+    // history: never derived from an id (`docs/protocol-notes.md` pitfall 6).
     let mut call_names: HashMap<&str, &str> = HashMap::new();
     for m in &req.messages {
         if let Content::Blocks(blocks) = &m.content {

@@ -1,7 +1,8 @@
-//! Gemini `GenerateContentResponse` JSON → Anthropic Message JSON (§4.2),
-//! for `stream: false` — which is also what Claude Code falls back to after
-//! a broken stream, so it must be a complete, valid Message. Also the wire
-//! shapes of a response, shared with [`super::stream`].
+//! Gemini `GenerateContentResponse` JSON → Anthropic Message JSON
+//! (`docs/protocol-notes.md` §4.2), for `stream: false` — which is also
+//! what Claude Code falls back to after a broken stream, so it must be a
+//! complete, valid Message. Also the wire shapes of a response, shared with
+//! [`super::stream`].
 //!
 //! Block order follows Anthropic's: thinking, then text, then tool_use.
 //! Function names are mapped back to the client's; each call's id is

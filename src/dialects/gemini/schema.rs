@@ -1,6 +1,6 @@
 //! JSON Schema → the OpenAPI-3.0 subset of Gemini's legacy
-//! `FunctionDeclaration.parameters` (and `responseSchema`), `protocol.md`
-//! §4.1 and pitfall 5.
+//! `FunctionDeclaration.parameters` (and `responseSchema`),
+//! `docs/protocol-notes.md` §4.1 and pitfall 5.
 //!
 //! Used only when a route asks for `legacy_schema`; by default tool schemas
 //! go to `parametersJsonSchema` untouched. The sanitiser is a recursive

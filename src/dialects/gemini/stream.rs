@@ -1,5 +1,5 @@
 //! Gemini `streamGenerateContent?alt=sse` → Anthropic Messages SSE
-//! (`protocol.md` §2.3, §4.2).
+//! (`docs/protocol-notes.md` §2.3, §4.2).
 //!
 //! [`GeminiStream`] owns the translation of one stream: it takes upstream
 //! bytes in any split (`\n` or `\r\n` lines), decodes `data:` events (each

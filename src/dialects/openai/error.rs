@@ -1,4 +1,5 @@
-//! OpenAI error responses → Anthropic error objects (`protocol.md` §1.5, §2.4).
+//! OpenAI error responses → Anthropic error objects (`docs/protocol-notes.md`
+//! §1.5, §2.4).
 //!
 //! Claude Code recovers from some errors by their wording, so a context
 //! overflow is rewritten to Anthropic's `prompt is too long: N tokens > M

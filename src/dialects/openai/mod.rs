@@ -1,5 +1,5 @@
 //! The OpenAI Chat Completions dialect, spoken by `openai`, `azure`,
-//! `openrouter` and `ollama` providers (`protocol.md` §3).
+//! `openrouter` and `ollama` providers (`docs/protocol-notes.md` §3).
 //!
 //! Pure functions only: `request` turns an Anthropic Messages body into a
 //! Chat Completions body, `response` turns a Chat Completions JSON answer
@@ -142,8 +142,9 @@ pub fn anthropic_tool_id(upstream_id: Option<&str>, fallback_seed: &str) -> Stri
     }
 }
 
-/// `finish_reason` → `stop_reason` (§3.3). `stop` with a tool call emitted is
-/// `tool_use`: several compatible servers report it that way.
+/// `finish_reason` → `stop_reason` (`docs/protocol-notes.md` §3.3). `stop`
+/// with a tool call emitted is `tool_use`: several compatible servers
+/// report it that way.
 pub fn stop_reason(finish_reason: Option<&str>, saw_tool_call: bool) -> &'static str {
     match finish_reason {
         Some("length") => "max_tokens",

@@ -1,4 +1,5 @@
-//! Anthropic Messages request → OpenAI Chat Completions request (§3.1).
+//! Anthropic Messages request → OpenAI Chat Completions request
+//! (`docs/protocol-notes.md` §3.1).
 //!
 //! One pure function, [`translate_request`]. It owns every mapping decision
 //! for the request direction: roles and block types, tool pairing and

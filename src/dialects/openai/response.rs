@@ -1,6 +1,7 @@
-//! OpenAI Chat Completions JSON → Anthropic Message JSON (§3.3), for
-//! `stream: false` — which is also what Claude Code falls back to after a
-//! broken stream, so it must be a complete, valid Message.
+//! OpenAI Chat Completions JSON → Anthropic Message JSON
+//! (`docs/protocol-notes.md` §3.3), for `stream: false` — which is also
+//! what Claude Code falls back to after a broken stream, so it must be a
+//! complete, valid Message.
 //!
 //! Block order follows Anthropic's: thinking, then text, then tool_use.
 //! Tool names are mapped back to the client's; tool inputs are parsed

@@ -1,5 +1,5 @@
-//! OpenAI Chat Completions stream → Anthropic Messages SSE (`protocol.md`
-//! §2.3, §3.2, §3.3).
+//! OpenAI Chat Completions stream → Anthropic Messages SSE
+//! (`docs/protocol-notes.md` §2.3, §3.2, §3.3).
 //!
 //! [`StreamTranslator`] owns the incremental state machine only: it takes the
 //! upstream body bytes as they arrive, in any split, and appends complete

@@ -184,6 +184,11 @@ impl EventStreamToSse {
                     out.extend_from_slice(v.to_string().as_bytes());
                     self.done = true;
                     self.stopped = true;
+                } else if memchr::memchr2(b'\n', b'\r', &event).is_some() {
+                    // SSE data is one line. In JSON that parsed, a line break
+                    // can only be whitespace between tokens (inside a string
+                    // it is escaped), so dropping it keeps the event intact.
+                    out.extend(event.iter().filter(|&&b| b != b'\n' && b != b'\r'));
                 } else {
                     out.extend_from_slice(&event);
                 }
@@ -365,6 +370,21 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"Too many tokens, please wait before trying again.\"}}\n\n"), "{text}");
         assert!(d.is_done());
+    }
+
+    /// Found by fuzz/fuzz_targets/bedrock_stream.rs: an event pretty-printed
+    /// over lines was written as it came, so its `data:` line ended at the
+    /// first line break and the client read a truncated event.
+    #[test]
+    fn an_event_over_several_lines_stays_one_data_line() {
+        let wire = encode_chunk("{\"type\":\r\n\"content_block_stop\",\n\n\"index\":0}\n");
+        let mut d = EventStreamToSse::new();
+        let mut out = Vec::new();
+        d.push(&wire, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+        );
     }
 
     #[test]

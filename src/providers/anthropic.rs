@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::{internal, Adapter, Answer, Attempt, Build, Built, Call, Outgoing, Refusal, Reply};
+use super::{internal, Adapter, Answer, Attempt, Build, Built, Call, Outgoing, Payload, Refusal, Reply};
 use crate::dialects::anthropic::{self, supports_fast_mode, SpeedEdit, UpstreamAuth, FAST_MODE_BETA};
 use crate::error::GatewayError;
 use crate::secret::Secret;
@@ -55,17 +55,21 @@ impl Adapter for Anthropic {
             _ => SpeedEdit::Keep,
         };
         Ok(Box::new(Passthrough {
-            body: request.upstream_body(Some(out.upstream_model), speed),
+            payload: Payload {
+                body: request.upstream_body(Some(out.upstream_model), speed),
+                upstream_model: Some(out.upstream_model.to_string()),
+            },
             beta: fast.then_some(FAST_MODE_BETA),
-            upstream_model: Some(out.upstream_model.to_string()),
         }))
     }
 
     fn forward(&self, body: Bytes) -> Option<Box<dyn Call>> {
         Some(Box::new(Passthrough {
-            body,
+            payload: Payload {
+                body,
+                upstream_model: None,
+            },
             beta: None,
-            upstream_model: None,
         }))
     }
 
@@ -79,19 +83,14 @@ impl Adapter for Anthropic {
 
 /// A request to an Anthropic-type upstream.
 struct Passthrough {
-    body: Bytes,
+    payload: Payload,
     /// A beta to add to `anthropic-beta` (fast mode), if not already there.
     beta: Option<&'static str>,
-    upstream_model: Option<String>,
 }
 
 impl Call for Passthrough {
-    fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    fn upstream_model(&self) -> Option<&str> {
-        self.upstream_model.as_deref()
+    fn payload(&self) -> &Payload {
+        &self.payload
     }
 
     fn fast(&self) -> bool {
@@ -127,8 +126,8 @@ impl Call for Passthrough {
         for (name, value) in headers {
             req.append_header(name, value).map_err(internal)?;
         }
-        if !self.body.is_empty() || out.method == http::Method::POST {
-            req.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())
+        if !self.payload.body.is_empty() || out.method == http::Method::POST {
+            req.insert_header(http::header::CONTENT_LENGTH, self.payload.body.len().to_string())
                 .map_err(internal)?;
         }
         Ok(req)

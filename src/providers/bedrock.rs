@@ -12,8 +12,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::{
     bearer_header, broken, capabilities, cloud_claude_body, content_type_is, counted, credential_header, header_str,
-    json_post, log_notes, Adapter, Answer, Attempt, BaseFrom, Build, Built, Call, CredentialKind, Outgoing,
-    ProviderType, Refusal, Reply, StreamTranslate, Translated, WithoutKey, MAX_SMALL_BODY, MAX_TRANSLATED_BODY,
+    json_post, log_notes, out_model, Adapter, Answer, Attempt, BaseFrom, Build, Built, Call, CredentialKind, Outgoing,
+    Payload, ProviderType, Refusal, Reply, StreamTranslate, Translated, WithoutKey, MAX_SMALL_BODY,
+    MAX_TRANSLATED_BODY,
 };
 use crate::config::ConfigError;
 use crate::dialects::anthropic::cloud::{Capabilities, Platform};
@@ -151,8 +152,10 @@ impl Adapter for Bedrock {
         Ok(Box::new(BedrockCall {
             site: self.site.clone(),
             op,
-            body: Bytes::from(body),
-            upstream_model: model.to_string(),
+            payload: Payload {
+                body: Bytes::from(body),
+                upstream_model: Some(model.to_string()),
+            },
             estimated_input_tokens,
         }))
     }
@@ -181,19 +184,14 @@ enum Op {
 struct BedrockCall {
     site: Arc<Site>,
     op: Op,
-    body: Bytes,
-    upstream_model: String,
+    payload: Payload,
     /// Converse: seeds `message_start` before Bedrock reports the count.
     estimated_input_tokens: u64,
 }
 
 impl Call for BedrockCall {
-    fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    fn upstream_model(&self) -> Option<&str> {
-        Some(&self.upstream_model)
+    fn payload(&self) -> &Payload {
+        &self.payload
     }
 
     fn request_id_header(&self) -> &'static str {
@@ -205,7 +203,7 @@ impl Call for BedrockCall {
     /// encodes the path a second time for the canonical request, as Bedrock
     /// expects (`%3A` is signed as `%253A`).
     fn head(&self, to: &Attempt<'_>) -> Result<RequestHeader, GatewayError> {
-        let model = &self.upstream_model;
+        let model = out_model(&self.payload);
         let (path, stream) = match self.op {
             Op::Invoke { stream } => (bedrock::invoke_path(model, stream), stream),
             Op::Converse { stream } => (converse::converse_path(model, stream), stream),
@@ -217,7 +215,7 @@ impl Call for BedrockCall {
         } else {
             "application/json"
         };
-        let mut req = json_post(to, &path, accept, self.body.len())?;
+        let mut req = json_post(to, &path, accept, self.payload.body.len())?;
         if let Some(key) = to.credential {
             bearer_header(&mut req, to, key.expose())?;
             return Ok(req);
@@ -230,7 +228,7 @@ impl Call for BedrockCall {
         let signed = crate::upstream::sigv4::sign(
             &url,
             &req,
-            &self.body,
+            &self.payload.body,
             &crate::upstream::sigv4::Credentials {
                 access_key_id: id,
                 secret_access_key: secret.expose(),

@@ -11,9 +11,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::google::{google_error, VertexSite};
 use super::{
-    accept, bearer_header, content_type_is, counted, credential_header, json_post, log_notes, Adapter, Answer, Attempt,
-    Build, Built, Call, CredentialKind, Outgoing, ProviderType, Refusal, Reply, StreamTranslate, Translated,
-    WithoutKey, MAX_SMALL_BODY, MAX_TRANSLATED_BODY,
+    accept, bearer_header, content_type_is, counted, credential_header, json_post, log_notes, out_model, Adapter,
+    Answer, Attempt, Build, Built, Call, CredentialKind, Outgoing, Payload, ProviderType, Refusal, Reply,
+    StreamTranslate, Translated, WithoutKey, MAX_SMALL_BODY, MAX_TRANSLATED_BODY,
 };
 use crate::config::ConfigError;
 use crate::dialects::gemini::{self, GeminiError, GeminiStream, ToolNames};
@@ -85,8 +85,10 @@ pub fn gemini_call(out: &Outgoing<'_>, vertex: Option<Arc<VertexSite>>) -> Resul
     Ok(Box::new(GeminiCall {
         vertex,
         op,
-        body: Bytes::from(body),
-        upstream_model: model.to_string(),
+        payload: Payload {
+            body: Bytes::from(body),
+            upstream_model: Some(model.to_string()),
+        },
         estimated_input_tokens: translated.estimated_input_tokens,
         tool_names: translated.tool_names,
     }))
@@ -102,19 +104,14 @@ enum Op {
 struct GeminiCall {
     vertex: Option<Arc<VertexSite>>,
     op: Op,
-    body: Bytes,
-    upstream_model: String,
+    payload: Payload,
     estimated_input_tokens: u64,
     tool_names: ToolNames,
 }
 
 impl Call for GeminiCall {
-    fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    fn upstream_model(&self) -> Option<&str> {
-        Some(&self.upstream_model)
+    fn payload(&self) -> &Payload {
+        &self.payload
     }
 
     fn request_id_header(&self) -> &'static str {
@@ -122,7 +119,7 @@ impl Call for GeminiCall {
     }
 
     fn head(&self, to: &Attempt<'_>) -> Result<RequestHeader, GatewayError> {
-        let model = &self.upstream_model;
+        let model = out_model(&self.payload);
         let path = match (&self.vertex, self.op) {
             (Some(site), Op::Generate { stream: true }) => {
                 site.model_path("google", model, "streamGenerateContent?alt=sse")
@@ -133,7 +130,7 @@ impl Call for GeminiCall {
             (None, Op::CountTokens) => format!("/{}", gemini::count_tokens_path(model)),
         };
         let stream = matches!(self.op, Op::Generate { stream: true });
-        let mut req = json_post(to, &to.base.join(&path), accept(stream), self.body.len())?;
+        let mut req = json_post(to, &to.base.join(&path), accept(stream), self.payload.body.len())?;
         if let Some(token) = to.bearer {
             bearer_header(&mut req, to, token)?;
         } else if let Some(key) = to.credential {

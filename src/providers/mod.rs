@@ -253,13 +253,31 @@ pub struct Attempt<'a> {
     pub client_credential: bool,
 }
 
+/// What every call sends with each attempt: the body, and the model id.
+pub struct Payload {
+    pub body: Bytes,
+    /// The model id sent upstream (`None`: an unparsed passthrough body).
+    pub upstream_model: Option<String>,
+}
+
+/// The model a translated or cloud call sends (always set for those).
+pub fn out_model(p: &Payload) -> &str {
+    p.upstream_model.as_deref().unwrap_or_default()
+}
+
 /// One candidate's request. See the module docs.
 pub trait Call: Send + Sync {
+    fn payload(&self) -> &Payload;
+
     /// The body sent with every attempt (a cheap clone).
-    fn body(&self) -> Bytes;
+    fn body(&self) -> Bytes {
+        self.payload().body.clone()
+    }
 
     /// The model id sent upstream (`None`: an unparsed passthrough body).
-    fn upstream_model(&self) -> Option<&str>;
+    fn upstream_model(&self) -> Option<&str> {
+        self.payload().upstream_model.as_deref()
+    }
 
     /// Whether the request runs in fast mode upstream (priced as such).
     fn fast(&self) -> bool {

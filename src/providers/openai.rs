@@ -13,9 +13,9 @@ use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::{
-    accept, bearer_header, broken, content_type_is, credential_header, header_str, json_post, log_notes, Adapter,
-    Answer, Attempt, Build, Built, Call, CredentialKind, Outgoing, ProviderType, Refusal, Reply, StreamTranslate,
-    Translated, WithoutKey, MAX_TRANSLATED_BODY,
+    accept, bearer_header, broken, content_type_is, credential_header, header_str, json_post, log_notes, out_model,
+    Adapter, Answer, Attempt, Build, Built, Call, CredentialKind, Outgoing, Payload, ProviderType, Refusal, Reply,
+    StreamTranslate, Translated, WithoutKey, MAX_TRANSLATED_BODY,
 };
 use crate::config::ConfigError;
 use crate::dialects::openai::request::{translate_request, RequestOptions};
@@ -160,8 +160,10 @@ impl Adapter for OpenAi {
         log_notes(out.request_id, "translating for", out.provider, &translated.notes);
         Ok(Box::new(ChatCall {
             site: self.site.clone(),
-            body: Bytes::from(std::mem::take(&mut translated.body)),
-            upstream_model: out.upstream_model.to_string(),
+            payload: Payload {
+                body: Bytes::from(std::mem::take(&mut translated.body)),
+                upstream_model: Some(out.upstream_model.to_string()),
+            },
             stream: translated.stream,
             estimated_input_tokens: translated.estimated_input_tokens,
             tool_names: translated.tool_names,
@@ -189,20 +191,15 @@ impl Adapter for OpenAi {
 /// A Chat Completions request.
 struct ChatCall {
     site: Arc<Site>,
-    body: Bytes,
-    upstream_model: String,
+    payload: Payload,
     stream: bool,
     estimated_input_tokens: u64,
     tool_names: ToolNames,
 }
 
 impl Call for ChatCall {
-    fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    fn upstream_model(&self) -> Option<&str> {
-        Some(&self.upstream_model)
+    fn payload(&self) -> &Payload {
+        &self.payload
     }
 
     fn request_id_header(&self) -> &'static str {
@@ -214,7 +211,7 @@ impl Call for ChatCall {
     fn head(&self, to: &Attempt<'_>) -> Result<RequestHeader, GatewayError> {
         let target = match self.site.flavor {
             Flavor::Azure => {
-                let deployment = self.site.deployment.as_deref().unwrap_or(&self.upstream_model);
+                let deployment = self.site.deployment.as_deref().unwrap_or(out_model(&self.payload));
                 let encoded: String = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
                 let version = self.site.api_version.as_deref().unwrap_or(DEFAULT_AZURE_API_VERSION);
                 let path = to.base.join(&format!("/openai/deployments/{encoded}/chat/completions"));
@@ -223,7 +220,7 @@ impl Call for ChatCall {
             }
             _ => to.base.join("/chat/completions"),
         };
-        let mut req = json_post(to, &target, accept(self.stream), self.body.len())?;
+        let mut req = json_post(to, &target, accept(self.stream), self.payload.body.len())?;
         if let Some(key) = to.credential {
             match self.site.flavor {
                 Flavor::Azure => credential_header(&mut req, to, HeaderName::from_static("api-key"), key.expose())?,

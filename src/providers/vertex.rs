@@ -12,8 +12,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 pub use super::google::VertexSite;
 use super::{
-    accept, bearer_header, capabilities, cloud_claude_body, internal, json_post, Adapter, Answer, Attempt, BaseFrom,
-    Build, Built, Call, CredentialKind, Outgoing, ProviderType, Refusal, Reply, WithoutKey,
+    accept, bearer_header, capabilities, cloud_claude_body, internal, json_post, out_model, Adapter, Answer, Attempt,
+    BaseFrom, Build, Built, Call, CredentialKind, Outgoing, Payload, ProviderType, Refusal, Reply, WithoutKey,
 };
 use crate::config::ConfigError;
 use crate::dialects::anthropic::cloud::{Capabilities, Platform};
@@ -124,8 +124,10 @@ impl Adapter for Vertex {
             site: self.site.clone(),
             op,
             betas: edited.betas,
-            body: Bytes::from(body),
-            upstream_model: model.to_string(),
+            payload: Payload {
+                body: Bytes::from(body),
+                upstream_model: Some(model.to_string()),
+            },
         }))
     }
 
@@ -157,17 +159,12 @@ struct ClaudeCall {
     op: Op,
     /// The accepted `anthropic-beta` values (sent as the header).
     betas: Vec<String>,
-    body: Bytes,
-    upstream_model: String,
+    payload: Payload,
 }
 
 impl Call for ClaudeCall {
-    fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    fn upstream_model(&self) -> Option<&str> {
-        Some(&self.upstream_model)
+    fn payload(&self) -> &Payload {
+        &self.payload
     }
 
     fn request_id_header(&self) -> &'static str {
@@ -178,12 +175,12 @@ impl Call for ClaudeCall {
     /// the accepted betas and an OAuth bearer token.
     fn head(&self, to: &Attempt<'_>) -> Result<RequestHeader, GatewayError> {
         let (model, method, stream) = match self.op {
-            Op::Predict { stream: true } => (self.upstream_model.as_str(), "streamRawPredict", true),
-            Op::Predict { stream: false } => (self.upstream_model.as_str(), "rawPredict", false),
+            Op::Predict { stream: true } => (out_model(&self.payload), "streamRawPredict", true),
+            Op::Predict { stream: false } => (out_model(&self.payload), "rawPredict", false),
             Op::CountTokens => ("count-tokens", "rawPredict", false),
         };
         let path = to.base.join(&self.site.model_path("anthropic", model, method));
-        let mut req = json_post(to, &path, accept(stream), self.body.len())?;
+        let mut req = json_post(to, &path, accept(stream), self.payload.body.len())?;
         if !self.betas.is_empty() {
             req.insert_header("anthropic-beta", self.betas.join(","))
                 .map_err(internal)?;

@@ -49,8 +49,9 @@ pub struct Job<'a> {
     pub sent: &'a AtomicU32,
 }
 
-/// Builds a candidate's request: its provider's adapter, given the request.
-pub type Prepare<'a> = dyn Fn(&Candidate) -> Result<Box<dyn Call>, GatewayError> + Sync + 'a;
+/// Builds a candidate's request: its provider's adapter, given the request
+/// (and the client's headers).
+pub type Prepare<'a> = dyn Fn(&Candidate, &http::HeaderMap) -> Result<Box<dyn Call>, GatewayError> + Sync + 'a;
 
 /// The longest the loop waits, in total, for cool-downs (`retry-after`) and
 /// backoff. Claude Code itself gives up on a `retry-after` above 60 s.
@@ -153,7 +154,7 @@ pub async fn run<'u>(
         let model = cooling_key(candidate, job);
         let call = match &mut prepared[target.candidate] {
             Some(call) => call,
-            slot @ None => match (job.prepare)(candidate) {
+            slot @ None => match (job.prepare)(candidate, job.out.headers) {
                 Ok(call) => slot.insert(call),
                 Err(e) => {
                     // Never sent: a probe slot this took goes back.

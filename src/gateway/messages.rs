@@ -161,19 +161,10 @@ impl Gateway {
         request: &MessagesRequest,
         count_tokens: bool,
     ) -> Result<(), GatewayError> {
-        // The client's betas, for adapters that filter them (shared bytes,
-        // no copy).
-        let betas: Vec<http::HeaderValue> = session
-            .req_header()
-            .headers
-            .get_all("anthropic-beta")
-            .iter()
-            .cloned()
-            .collect();
         // What Claude upstreams see, worked out once for every candidate.
         let for_claude = OnceLock::new();
         let request_id = ctx.request_id.clone();
-        let prepare = |c: &Candidate| -> Result<Box<dyn Call>, GatewayError> {
+        let prepare = |c: &Candidate, headers: &http::HeaderMap| -> Result<Box<dyn Call>, GatewayError> {
             c.provider.adapter.prepare(&Outgoing {
                 provider: &c.provider.name,
                 request_id: &request_id,
@@ -182,7 +173,7 @@ impl Gateway {
                 upstream_model: c.rename.as_deref().unwrap_or(&routed.model),
                 wants_fast: routed.wants_fast,
                 count_tokens,
-                betas: &betas,
+                headers,
             })
         };
         self.run_attempts(
@@ -306,7 +297,7 @@ impl Gateway {
             }],
             reason: "passthrough_mode".into(),
         };
-        let prepare = move |c: &Candidate| {
+        let prepare = move |c: &Candidate, _: &http::HeaderMap| {
             c.provider
                 .adapter
                 .forward(body.clone())

@@ -210,8 +210,9 @@ pub struct Outgoing<'a> {
     pub wants_fast: bool,
     /// `/v1/messages/count_tokens` rather than `/v1/messages`.
     pub count_tokens: bool,
-    /// The client's `anthropic-beta` header values.
-    pub betas: &'a [HeaderValue],
+    /// The client's request headers (`anthropic-beta`, for adapters that
+    /// filter the betas).
+    pub headers: &'a HeaderMap,
 }
 
 impl Outgoing<'_> {
@@ -476,7 +477,12 @@ pub fn cloud_claude_body(
     caps: &crate::dialects::anthropic::cloud::Capabilities,
     platform: crate::dialects::anthropic::cloud::Platform,
 ) -> Result<crate::dialects::anthropic::cloud::Edited, GatewayError> {
-    let betas: Vec<&str> = out.betas.iter().filter_map(|v| v.to_str().ok()).collect();
+    let betas: Vec<&str> = out
+        .headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let edited = crate::dialects::anthropic::cloud::edit_body(&out.claude_request().body, &betas, caps, platform)
         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
     if !edited.dropped.is_empty() {

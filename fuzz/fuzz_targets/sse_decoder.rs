@@ -34,6 +34,8 @@ fn decode(chunks: &[&[u8]], max: usize) -> Option<Vec<SseEvent>> {
     while let Some(e) = d.next_event() {
         events.push(e);
     }
+    // An oversized last event is reported, not dropped silently.
+    failed |= d.error().is_some();
     for e in &events {
         assert!(!e.data.contains('\r'), "{e:?}");
         if let Some(name) = &e.event {

@@ -197,7 +197,8 @@ impl SseDecoder {
 
     /// At EOF: a final event without its blank line is still delivered
     /// (return it). Should events pushed earlier not have been taken yet, the
-    /// oldest is returned and the rest stay for `next_event`.
+    /// oldest is returned and the rest stay for `next_event`. A final event
+    /// that outgrows the limit is not delivered: [`Self::error`] says so.
     pub fn finish(&mut self) -> Option<SseEvent> {
         if !self.failed {
             if !self.bom_checked {
@@ -214,6 +215,14 @@ impl SseDecoder {
             self.skip_lf = false;
         }
         self.events.pop_front()
+    }
+
+    /// The error an oversized event caused, if one did: the one `push`
+    /// returned, or the one `finish` found in the last, unterminated event
+    /// (its line can outgrow the limit only as it is decoded: each invalid
+    /// UTF-8 byte becomes a three-byte U+FFFD).
+    pub fn error(&self) -> Option<SseError> {
+        self.failed.then(|| self.too_large())
     }
 
     fn strip_bom(&mut self) {
@@ -383,6 +392,24 @@ mod tests {
             d.push(b"data: 0123456789\n\n").unwrap();
             assert_eq!(d.next_event(), Some(ev(None, "0123456789")));
         }
+    }
+
+    /// Found by fuzz/fuzz_targets/sse_decoder.rs: a last, unterminated line
+    /// within the limit as bytes but over it decoded (each invalid UTF-8
+    /// byte becomes a three-byte U+FFFD) was dropped at EOF without a word.
+    #[test]
+    fn oversized_last_event_at_eof_is_an_error() {
+        let mut d = SseDecoder::new(16);
+        d.push(b"data: ok\n\ndata: \xff\xff\xff\xff\xff\xff").unwrap();
+        assert_eq!(d.error(), None);
+        assert_eq!(d.finish(), Some(ev(None, "ok")));
+        assert_eq!(d.next_event(), None);
+        assert_eq!(d.error(), Some(SseError::EventTooLarge { limit: 16 }));
+        // Within the limit decoded too: delivered.
+        let mut d = SseDecoder::new(18);
+        d.push(b"data: \xff\xff\xff\xff\xff\xff").unwrap();
+        assert_eq!(d.finish(), Some(ev(None, &"\u{FFFD}".repeat(6))));
+        assert_eq!(d.error(), None);
     }
 
     #[test]

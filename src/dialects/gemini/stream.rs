@@ -103,6 +103,11 @@ impl GeminiStream {
         if self.emitter.is_done() {
             return;
         }
+        // The last event outgrew the limit: as `push` does with one.
+        if let Some(e) = self.decoder.error() {
+            self.fail("api_error", &format!("upstream stream is malformed: {e}"), out);
+            return;
+        }
         match self.stop {
             Some(stop) => self.emitter.end(stop, self.usage(), out),
             None => self.fail(
@@ -305,6 +310,26 @@ mod tests {
                 cache_read_input_tokens: 2000,
                 cache_creation_input_tokens: 0
             }
+        );
+    }
+
+    /// Found by fuzz/fuzz_targets/sse_decoder.rs: a last event without its
+    /// blank line that outgrew the limit only as it was decoded was dropped
+    /// at EOF, and a stream that had its finish reason ended as complete.
+    #[test]
+    fn oversized_last_event_at_eof_fails_the_stream() {
+        let mut s = GeminiStream::new("claude-sonnet-4-5", "req_1", 2500, ToolNames::default());
+        s.decoder = SseDecoder::new(200);
+        let mut out = Vec::new();
+        let done = r#"{"candidates": [{"content": {"parts": [{"text": "Hi"}],"role": "model"},"finishReason": "STOP","index": 0}]}"#;
+        s.push(format!("data: {done}\n\n").as_bytes(), &mut out);
+        s.push(&[&b"data: "[..], &[0xff; 150]].concat(), &mut out);
+        s.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!s.completed());
+        assert!(
+            text.ends_with("\"message\":\"upstream stream is malformed: SSE event larger than 200 bytes\"}}\n\n"),
+            "{text}"
         );
     }
 

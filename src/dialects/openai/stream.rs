@@ -171,6 +171,10 @@ impl StreamTranslator {
             self.on_event(event, out);
             next = self.decoder.next_event();
         }
+        // The last event outgrew the limit: as `push` does with one.
+        if let Some(e) = self.decoder.error() {
+            self.fail("api_error", &format!("upstream stream is malformed: {e}"), out);
+        }
         self.end(out);
     }
 
@@ -1143,6 +1147,30 @@ mod tests {
         assert!(out.ends_with(
             "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream stream is malformed: SSE event larger than 64 bytes\"}}\n\n"
         ));
+    }
+
+    /// Found by fuzz/fuzz_targets/sse_decoder.rs: a last event without its
+    /// blank line that outgrew the limit only as it was decoded (invalid
+    /// UTF-8 becomes U+FFFD) was dropped at EOF, and the stream ended as if
+    /// complete.
+    #[test]
+    fn oversized_last_event_at_eof_fails_the_stream() {
+        let mut t = StreamTranslator::new(ctx());
+        t.decoder = SseDecoder::new(64);
+        let mut out = Vec::new();
+        t.push(
+            body(&[r#"{"choices":[{"delta":{"content":"ok"}}]}"#]).as_bytes(),
+            &mut out,
+        );
+        t.push(&[&b"data: "[..], &[0xff; 58]].concat(), &mut out);
+        assert!(!t.is_done());
+        t.finish(&mut out);
+        assert!(t.is_done());
+        let out = String::from_utf8(out).unwrap();
+        assert_well_formed(&out);
+        assert!(out.ends_with(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream stream is malformed: SSE event larger than 64 bytes\"}}\n\n"
+        ), "{out}");
     }
 
     #[test]

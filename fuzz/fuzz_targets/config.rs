@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(snapshot) = Snapshot::build(config, &env) else {
         return;
     };
-    let header = |name: &HeaderName| (name.as_str().len() % 2 == 0).then(|| "yes".to_string());
+    let header = |name: &HeaderName| name.as_str().len().is_multiple_of(2).then(|| "yes".to_string());
     for model in MODELS {
         let _ = snapshot.resolve(model, &header);
         let _ = snapshot.explain(model, &header);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use modelgate::usage::ledger::Ledger;
+use modelgate::store::sqlite::Ledger;
 use modelgate::usage::Record;
 
 const N: usize = 10_000;

@@ -17,6 +17,7 @@ pub mod providers;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
 pub mod usage;

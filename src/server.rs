@@ -125,14 +125,11 @@ pub fn run(
             std::process::exit(2);
         }
     };
-    // Open the ledger and audit log once here, so a bad path fails before
-    // the listeners start; the serving process reopens them after any fork.
-    match crate::usage::Sinks::open(&snapshot.config.state, &snapshot.config.audit) {
-        Ok(s) => s.close(std::time::Duration::from_secs(5)),
-        Err(e) => {
-            eprintln!("modelgate: {e}");
-            std::process::exit(2);
-        }
+    // Check the ledger and audit log once here, so a bad path fails before
+    // the listeners start; the serving process opens them after any fork.
+    if let Err(e) = crate::store::Sinks::check(&snapshot.config.store, &snapshot.config.state, &snapshot.config.audit) {
+        eprintln!("modelgate: {e}");
+        std::process::exit(2);
     }
     let shared = Arc::new(Shared {
         policy,
@@ -230,37 +227,56 @@ impl SinksService {
         let shared = self.shared.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let snap = shared.config.snapshot();
-            match crate::usage::Sinks::open(&snap.config.state, &snap.config.audit) {
+            let c = &snap.config;
+            match crate::store::Sinks::open(&c.store, &c.state, &c.audit) {
                 Ok(s) => {
                     let _ = shared.sinks.set(s);
                 }
                 Err(e) => log::error!("usage sinks: {e}; requests are not recorded"),
-            }
-            if let Some(last) = seed_budgets(&shared, &snap) {
-                let _ = shared.ledger_seeded_through.set(last);
             }
         })
         .await;
         if let Err(e) = opened {
             log::error!("usage sinks: {e}");
         }
+        let snap = self.shared.config.snapshot();
+        if let Some(last) = seed_budgets(&self.shared, &snap).await {
+            let _ = self.shared.ledger_seeded_through.set(last);
+        }
     }
 }
 
+/// A reader on the ledger the sinks write (the shared pool for a
+/// PostgreSQL store), or a fresh one on the config's store.
+async fn ledger_reader(shared: &Shared, snap: &Snapshot) -> Result<crate::store::Reader, String> {
+    if let Some(sinks) = shared.sinks.get() {
+        return sinks.reader().await.map_err(|e| e.to_string());
+    }
+    let at = crate::store::Location::of(&snap.config.store, &snap.config.state)?;
+    crate::store::Reader::open(&at).await.map_err(|e| e.to_string())
+}
+
 /// Embedded backend: start each scope's current period from the ledger's
-/// history, so budgets hold across restarts. Scopes this process already
-/// counts are left alone. Runs on a blocking thread (SQLite). Returns the
-/// last ledger row the seed saw, read in the same snapshot.
-pub fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
+/// history, so budgets hold across restarts (and, with a PostgreSQL store,
+/// across the fleet's history). Scopes this process already counts are
+/// left alone. Returns the last ledger row the seed saw, read in the same
+/// snapshot.
+pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
     use crate::policy::period;
-    use crate::usage::ledger::Reader;
     let memory = shared.policy.memory()?;
-    let scopes = snap.all_scopes();
     // Records still queued belong to this process's live counts already.
     if let Some(s) = shared.sinks.get() {
-        let _ = s.ledger.flush(std::time::Duration::from_secs(5));
+        let flushed = match &s.ledger {
+            crate::store::Ledger::Sqlite(_) => s.ledger.flush(std::time::Duration::from_secs(5)),
+            // The PostgreSQL writer may be spooling; a flush that waits on
+            // it must not hold up the start.
+            crate::store::Ledger::Postgres(_) => Ok(()),
+        };
+        if let Err(e) = flushed {
+            log::warn!("usage ledger: {e}");
+        }
     }
-    let reader = match Reader::open(std::path::Path::new(&snap.config.state.path)) {
+    let reader = match ledger_reader(shared, snap).await {
         Ok(r) => r,
         Err(e) => {
             log::warn!("cannot read the usage ledger to restore budget spend: {e}");
@@ -268,57 +284,27 @@ pub fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
         }
     };
     let now = period::now_ms();
-    let seeded = reader.consistent(|reader| {
-        let last = reader.last_id()?;
-        seed_from(memory, reader, &scopes, now);
-        Ok(last)
-    });
-    match seeded {
-        Ok(last) => Some(last),
+    let scopes: Vec<_> = snap
+        .all_scopes()
+        .into_iter()
+        .map(|s| {
+            let window = period::Window::of(s.period, now);
+            (s, window)
+        })
+        .filter(|(s, window)| memory.needs_seed(s, *window))
+        .collect();
+    let asks = scopes.iter().map(|(s, w)| (s.id.to_string(), w.start_ms)).collect();
+    let history = match reader.history(asks).await {
+        Ok(h) => h,
         Err(e) => {
             log::warn!("cannot read the usage ledger to restore budget spend: {e}");
-            None
+            return None;
         }
+    };
+    for ((s, window), t) in scopes.iter().zip(&history.totals) {
+        memory.seed(s, *window, t.standing());
     }
-}
-
-fn seed_from(
-    memory: &crate::policy::memory::Memory,
-    reader: &crate::usage::ledger::Reader,
-    scopes: &[Arc<crate::policy::ScopeLimits>],
-    now: i64,
-) {
-    use crate::policy::{period, Standing};
-    use crate::usage::ledger::Scope;
-    for s in scopes {
-        let window = period::Window::of(s.period, now);
-        if !memory.needs_seed(s, window) {
-            continue;
-        }
-        let (kind, name) = s.id.split_once(':').unwrap_or(("key", &s.id));
-        let scope = if kind == "team" {
-            Scope::Team(name)
-        } else {
-            Scope::Key(name)
-        };
-        match reader.spend_since(scope, window.start_ms) {
-            Ok(t) => memory.seed(
-                s,
-                window,
-                Standing {
-                    spent_nanos: crate::policy::usd_to_nanos(t.cost_usd) as i64,
-                    requests: t.requests,
-                    usage: crate::dialects::Usage {
-                        input_tokens: t.input_tokens,
-                        output_tokens: t.output_tokens,
-                        cache_read_input_tokens: t.cache_read_tokens,
-                        cache_creation_input_tokens: t.cache_write_tokens,
-                    },
-                },
-            ),
-            Err(e) => log::warn!("cannot restore spend for {}: {e}", s.label),
-        }
-    }
+    Some(history.last_id)
 }
 
 /// After a graceful upgrade, the old process keeps serving its open streams
@@ -347,11 +333,8 @@ impl pingora::services::background::BackgroundService for CatchUp {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             }
-            let shared = self.shared.clone();
-            match tokio::task::spawn_blocking(move || catch_up(&shared, after)).await {
-                Ok(Some(last)) => after = last,
-                Ok(None) => {}
-                Err(e) => log::warn!("budget catch-up: {e}"),
+            if let Some(last) = catch_up(&self.shared, after).await {
+                after = last;
             }
         }
     }
@@ -359,12 +342,12 @@ impl pingora::services::background::BackgroundService for CatchUp {
 
 /// One round of [`CatchUp`]: add the other process's rows after `after` to
 /// the embedded budgets; the last row's id, when there were any.
-fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
+async fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
     use crate::policy::{period, usd_to_nanos, Standing};
     let memory = shared.policy.memory()?;
     let snap = shared.config.snapshot();
-    let reader = crate::usage::ledger::Reader::open(std::path::Path::new(&snap.config.state.path)).ok()?;
-    let rows = match reader.others_after(after, CATCH_UP_BATCH) {
+    let reader = ledger_reader(shared, &snap).await.ok()?;
+    let rows = match reader.others_after(after, CATCH_UP_BATCH).await {
         Ok(rows) => rows,
         Err(e) => {
             log::warn!("budget catch-up: {e}");
@@ -454,10 +437,14 @@ impl pingora::services::background::BackgroundService for ReloadTriggers {
                 if let Some(audit) = shared.sinks.get().and_then(|s| s.audit.as_ref()) {
                     audit.set_log_prompts(snap.config.audit.log_prompts);
                 }
-                seed_budgets(&shared, &snap);
+                snap
             });
-            if let Err(e) = reloaded.await {
-                log::error!("config reload task failed: {e}");
+            match reloaded.await {
+                // Scopes the new config adds start from their history.
+                Ok(snap) => {
+                    seed_budgets(&self.shared, &snap).await;
+                }
+                Err(e) => log::error!("config reload task failed: {e}"),
             }
         }
     }

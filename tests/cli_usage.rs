@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelgate::usage::ledger::Ledger;
+use modelgate::store::sqlite::Ledger;
 use modelgate::usage::Record;
 
 const DAY_MS: i64 = 86_400_000;
@@ -79,7 +79,7 @@ fn usage_by_model_prints_an_aligned_table_with_a_total() {
     assert_eq!(code, 0, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("usage since "), "{out}");
-    assert!(lines[0].ends_with(&format!("from {}", db.display())), "{out}");
+    assert!(lines[0].ends_with(&format!("from sqlite:{}", db.display())), "{out}");
     let cols = |line: &str| {
         line.split("  ")
             .map(str::trim)
@@ -250,10 +250,10 @@ fn an_empty_window_and_a_bad_since_are_reported() {
 }
 
 #[test]
-fn help_says_the_ledger_is_per_node() {
+fn help_says_which_ledger_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, _) = modelgate(&["usage", "--help"], dir.path());
     assert_eq!(code, 0);
-    assert!(out.contains("state.backend: redis"), "{out}");
+    assert!(out.contains("store.url"), "{out}");
     assert!(out.contains("this node's requests only"), "{out}");
 }

@@ -234,7 +234,7 @@ async fn the_ledger_keeps_every_record_across_a_restart_and_budgets_resume() {
     let before = usage_after(&gw, N as u64).await["usage"]["spend_usd"].as_f64().unwrap();
     assert!(gw.signal("TERM"));
     assert!(gw.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()));
-    let reader = modelgate::usage::ledger::Reader::open(&db).unwrap();
+    let reader = modelgate::store::sqlite::Reader::open(&db).unwrap();
     assert_eq!(reader.count().unwrap(), N as u64, "every request has its ledger row");
     let gw = Gateway::start_async(&yaml, &[]).await;
     let after = usage(&gw).await;

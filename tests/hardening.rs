@@ -1148,11 +1148,11 @@ async fn the_response_cache_keeps_only_whole_streams_and_keys_by_route() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn config_export_and_diff_hide_the_redis_password_and_broken_references_hide_the_value() {
+fn config_export_and_diff_hide_the_redis_and_store_passwords_and_broken_references_hide_the_value() {
     let dir = tempfile::tempdir().unwrap();
     let config = |port: u16| {
         format!(
-            "listen: 127.0.0.1:1\ndefault_provider: a\nproviders:\n  a: {{type: anthropic, api_key: sk-test}}\nstate:\n  backend: redis\n  redis_url: \"redis://:hunter2@127.0.0.1:{port}/0\"\n"
+            "listen: 127.0.0.1:1\ndefault_provider: a\nproviders:\n  a: {{type: anthropic, api_key: sk-test}}\nstate:\n  backend: redis\n  redis_url: \"redis://:hunter2@127.0.0.1:{port}/0\"\nstore:\n  url: \"postgres://mg:hunter3@db{port}.internal/mg?sslmode=require\"\n"
         )
     };
     let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
@@ -1162,13 +1162,18 @@ fn config_export_and_diff_hide_the_redis_password_and_broken_references_hide_the
     for format in ["yaml", "json"] {
         let (code, out) = modelgate(&["config", "export", "--format", format, "-c", a]);
         assert_eq!(code, Some(0), "{out}");
-        assert!(!out.contains("hunter2"), "{out}");
+        assert!(!out.contains("hunter2") && !out.contains("hunter3"), "{out}");
         assert!(out.contains("redis://:***@127.0.0.1:6379/0"), "{out}");
+        assert!(
+            out.contains("postgres://mg:***@db6379.internal/mg?sslmode=require"),
+            "{out}"
+        );
     }
     let (code, out) = modelgate(&["config", "diff", a, b]);
     assert!(code.is_some(), "{out}");
-    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!out.contains("hunter2") && !out.contains("hunter3"), "{out}");
     assert!(out.contains("state.redis_url") && out.contains("***"), "{out}");
+    assert!(out.contains("store.url"), "{out}");
 
     let broken = dir.path().join("broken.yaml");
     std::fs::write(

@@ -30,6 +30,13 @@ ensure_test_deps() {
   command -v redis-server >/dev/null 2>&1 || _apt_install redis-server
 }
 
+# PostgreSQL (initdb and postgres, Debian's /usr/lib/postgresql/*/bin) backs
+# the shared-store tests; each test starts its own server in a temp dir.
+ensure_postgres() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+    || _apt_install postgresql
+}
+
 # The official Anthropic Python SDK, in a git-ignored venv, for the
 # real-client conformance tests.
 ensure_python_sdk() {

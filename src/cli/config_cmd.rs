@@ -200,7 +200,10 @@ fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
             *v = "***".into();
         }
     }
-    if let Some(url) = config.state.redis_url.as_mut() {
+    for url in [config.state.redis_url.as_mut(), config.store.url.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         *url = crate::config::load::redact_url_password(url);
     }
     Ok(config)

@@ -1,19 +1,19 @@
-//! `modelgate usage`: requests, tokens and spend from this node's usage
-//! ledger (`state.path`), grouped by key, team, model or UTC day. It only
-//! reads the SQLite file, so it works with or without a running gateway.
+//! `modelgate usage`: requests, tokens and spend from the usage ledger
+//! (`store.url`: the fleet's PostgreSQL database, or this node's SQLite
+//! file at `state.path`), grouped by key, team, model or UTC day. It only
+//! reads the store, so it works with or without a running gateway.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::usage::ledger::{GroupBy, Reader, SummaryRow, Totals};
+use crate::store::{GroupBy, Location, Reader, Since, SummaryRow, Totals};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
-The ledger is the SQLite file at `state.path` (default ./modelgate.db), relative to the current \
-directory as for the gateway. It is per node: with `state.backend: redis` budgets and rate limits are \
-shared, but each gateway still writes its own ledger, so this shows this node's requests only.
+The ledger is where `store.url` says: a PostgreSQL database shared by the fleet (every replica's \
+requests), or by default the SQLite file at `state.path` (default ./modelgate.db, relative to the \
+current directory as for the gateway), which holds this node's requests only.
 
 Examples:
   modelgate usage --by team --since 24h
@@ -24,12 +24,12 @@ pub struct UsageArgs {
     by: By,
     /// Start of the window: a duration back from now (`7d`, `24h`, `30m`) or a date
     /// (`2026-11-01`, UTC midnight) or RFC 3339 time (`2026-11-01T09:00:00+01:00`).
-    #[arg(long, default_value = "30d", value_name = "WHEN", value_parser = parse_since)]
+    #[arg(long, default_value = "30d", value_name = "WHEN", value_parser = Since::parse)]
     since: Since,
     /// Print a JSON array (one object per row, no total) instead of a table.
     #[arg(long)]
     json: bool,
-    /// Read this ledger file instead of the config's `state.path`.
+    /// Read this SQLite ledger file instead of the config's store.
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
 }
@@ -65,49 +65,17 @@ impl By {
     }
 }
 
-/// `--since`, kept relative until `run` so "now" is read once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Since {
-    Ago(Duration),
-    /// Unix milliseconds.
-    At(i64),
-}
-
-impl Since {
-    fn to_ms(self, now_ms: i64) -> i64 {
-        match self {
-            Since::Ago(d) => now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            Since::At(ms) => ms,
-        }
-    }
-}
-
-fn parse_since(s: &str) -> Result<Since, String> {
-    let s = s.trim();
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(Since::Ago(d));
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(Since::At(t.timestamp_millis()));
-    }
-    if let Ok(date) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(Since::At(
-            date.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis(),
-        ));
-    }
-    Err(format!(
-        "`{s}` is neither a duration (`7d`, `24h`, `30m`) nor a date (`2026-11-01`, RFC 3339)"
-    ))
-}
-
 pub fn run(config: Option<PathBuf>, args: UsageArgs) -> i32 {
-    let db = match args.db {
-        Some(db) => db,
+    let at = match args.db {
+        Some(db) => Location::Sqlite(db),
         None => {
             let path = super::config_path(config);
-            match crate::config::load::load_file(&path) {
-                // Relative to the current directory, as the gateway opens it.
-                Ok(c) => PathBuf::from(c.state.path),
+            // Relative to the current directory, as the gateway opens it.
+            let location = crate::config::load::load_file(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| Location::of(&c.store, &c.state));
+            match location {
+                Ok(at) => at,
                 Err(e) => {
                     eprintln!("{}: {e}", path.display());
                     eprintln!("(or name the ledger file with --db PATH)");
@@ -116,54 +84,43 @@ pub fn run(config: Option<PathBuf>, args: UsageArgs) -> i32 {
             }
         }
     };
-    let reader = match Reader::open(&db) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("modelgate usage: {e}");
             return 1;
         }
     };
     let since_ms = args.since.to_ms(chrono::Utc::now().timestamp_millis());
-    let rows = match reader.summary(args.by.group(), since_ms) {
+    let rows = runtime.block_on(async {
+        let reader = Reader::open(&at).await?;
+        reader.summary(args.by.group(), since_ms).await
+    });
+    let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
-            eprintln!("{}: {e}", db.display());
+            eprintln!("{e}");
             return 1;
         }
     };
     if args.json {
         print_json(&rows);
     } else {
-        print_table(args.by, &rows, since_ms, &db);
+        print_table(args.by, &rows, since_ms, &at.describe());
     }
     0
 }
 
 fn print_json(rows: &[SummaryRow]) {
-    let array: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "group": r.group,
-                "requests": r.totals.requests,
-                "input_tokens": r.totals.input_tokens,
-                "output_tokens": r.totals.output_tokens,
-                "cache_read_tokens": r.totals.cache_read_tokens,
-                "cache_write_tokens": r.totals.cache_write_tokens,
-                "cost_usd": r.totals.cost_usd,
-                "errors": r.errors,
-                "avg_latency_ms": r.avg_latency_ms,
-            })
-        })
-        .collect();
+    let array: Vec<serde_json::Value> = rows.iter().map(SummaryRow::to_json).collect();
     out!("{}", serde_json::Value::Array(array));
 }
 
-fn print_table(by: By, rows: &[SummaryRow], since_ms: i64, db: &std::path::Path) {
+fn print_table(by: By, rows: &[SummaryRow], since_ms: i64, at: &str) {
     let since = chrono::DateTime::from_timestamp_millis(since_ms)
         .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_else(|| since_ms.to_string());
-    out!("usage since {since} from {}", db.display());
+    out!("usage since {since} from {at}");
     if rows.is_empty() {
         out!("no requests in this window");
         return;
@@ -234,18 +191,19 @@ fn print_table(by: By, rows: &[SummaryRow], since_ms: i64, db: &std::path::Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn since_takes_durations_dates_and_rfc3339() {
-        assert_eq!(parse_since("7d"), Ok(Since::Ago(Duration::from_secs(7 * 86_400))));
-        assert_eq!(parse_since("30m"), Ok(Since::Ago(Duration::from_secs(1800))));
+        assert_eq!(Since::parse("7d"), Ok(Since::Ago(Duration::from_secs(7 * 86_400))));
+        assert_eq!(Since::parse("30m"), Ok(Since::Ago(Duration::from_secs(1800))));
         // 2026-11-20T00:00:00Z
-        assert_eq!(parse_since("2026-11-20"), Ok(Since::At(1_795_132_800_000)));
+        assert_eq!(Since::parse("2026-11-20"), Ok(Since::At(1_795_132_800_000)));
         assert_eq!(
-            parse_since("2026-11-20T01:00:00+01:00"),
+            Since::parse("2026-11-20T01:00:00+01:00"),
             Ok(Since::At(1_795_132_800_000))
         );
-        assert!(parse_since("last tuesday").unwrap_err().contains("neither a duration"));
+        assert!(Since::parse("last tuesday").unwrap_err().contains("neither a duration"));
         assert_eq!(Since::Ago(Duration::from_secs(1)).to_ms(5_000), 4_000);
         assert_eq!(Since::Ago(Duration::MAX).to_ms(5_000), 5_000 - i64::MAX);
     }

@@ -173,6 +173,9 @@ pub struct Config {
     /// Where counters and the usage ledger live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Durable records (the usage ledger): an SQLite file (default) or a PostgreSQL database shared by every replica.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Response and token-count caches.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -568,6 +571,36 @@ impl Default for StateConfig {
             ledger_queue: default_ledger_queue(),
         }
     }
+}
+
+/// `store:` — where durable records live. Absent: the SQLite file at
+/// `state.path`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=require` (libpq URL; `sslrootcert=PATH` adds a CA to trust). Default: `sqlite:` + `state.path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Directory of the local spool that keeps ledger records while a PostgreSQL store is unreachable. Default: `spool/` beside `state.path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<String>,
+    /// The most the spool may hold on disk, in bytes; records beyond it are dropped (and counted). Default 1 GiB.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            spool: None,
+            spool_max_bytes: default_spool_max_bytes(),
+        }
+    }
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
 }
 
 fn default_redis_prefix() -> String {

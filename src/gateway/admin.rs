@@ -1,5 +1,5 @@
 //! The admin endpoints: `/status`, `/metrics`, `/admin/logging`,
-//! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`.
+//! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`, `/admin/usage`.
 //!
 //! On `admin_listen` they need no key; on the main listener each first
 //! passes [`auth::authorize_admin`] (an admin key, and never served on a
@@ -25,6 +25,7 @@ pub enum Admin {
     CircuitReset,
     Cache,
     Errors,
+    Usage,
 }
 
 /// Answer an admin request.
@@ -93,9 +94,49 @@ pub async fn serve(
             }
         }
         Admin::Errors => shared.recent_errors.to_json(),
+        Admin::Usage => usage(shared, session.req_header().uri.query()).await?,
     };
     respond::json(session, ctx, 200, body, &[]).await;
     Ok(())
+}
+
+/// `GET /admin/usage?by=key|team|model|day&since=30d`: the ledger's
+/// summary, as `modelgate usage --json` prints it. With a PostgreSQL store
+/// every replica answers with the fleet's figures.
+async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
+    use crate::store::{GroupBy, Since};
+    let (mut by, mut since) = (GroupBy::Key, Since::Ago(std::time::Duration::from_secs(30 * 86_400)));
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "by" => {
+                by = GroupBy::parse(&v)
+                    .ok_or_else(|| GatewayError::InvalidRequest("by: give key, team, model or day".into()))?
+            }
+            "since" => since = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("since: {e}")))?,
+            _ => {}
+        }
+    }
+    let sinks = shared
+        .sinks
+        .get()
+        .ok_or_else(|| GatewayError::Internal("the usage ledger is not open".into()))?;
+    let since_ms = since.to_ms(crate::policy::period::now_ms());
+    let rows = async { sinks.reader().await?.summary(by, since_ms).await }
+        .await
+        .map_err(|e| {
+            log::warn!("/admin/usage: {e}");
+            GatewayError::Unavailable {
+                message: "the usage store cannot be read just now".into(),
+                retry_after: Some(5),
+            }
+        })?;
+    Ok(json(serde_json::json!({
+        "store": sinks.location.describe(),
+        "shared": matches!(sinks.location, crate::store::Location::Postgres { .. }),
+        "by": by.name(),
+        "since": crate::policy::period::rfc3339(since_ms),
+        "rows": rows.iter().map(crate::store::SummaryRow::to_json).collect::<Vec<_>>(),
+    })))
 }
 
 fn json(v: serde_json::Value) -> Vec<u8> {

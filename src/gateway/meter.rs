@@ -274,7 +274,10 @@ pub async fn report(
 ) -> Result<(Vec<u8>, bool), GatewayError> {
     let now = period::now_ms();
     let scopes = key.scopes();
-    let standings = shared.policy.standings(&scopes, now).await?;
+    let standings = match fleet_standings(shared, &scopes, now).await {
+        Some(s) => s,
+        None => shared.policy.standings(&scopes, now).await?,
+    };
     let describe = |s: &policy::ScopeLimits, st: &policy::Standing| {
         let w = period::Window::of(s.period, now);
         let spent = policy::nanos_to_usd(st.spent_nanos.max(0));
@@ -329,6 +332,30 @@ pub async fn report(
         body["team_usage"] = describe(ts, st);
     }
     Ok((serde_json::to_vec(&body).unwrap_or_default(), false))
+}
+
+/// With a PostgreSQL store, what each scope's requests cost this period
+/// across the fleet, from the store (finished requests). `None` with an
+/// SQLite store, or when the store cannot be read: then the live counters
+/// answer.
+async fn fleet_standings(
+    shared: &Shared,
+    scopes: &[&Arc<policy::ScopeLimits>],
+    now: i64,
+) -> Option<Vec<policy::Standing>> {
+    let sinks = shared.sinks.get()?;
+    let reader = sinks.ledger.reader()?;
+    let asks = scopes
+        .iter()
+        .map(|s| (s.id.to_string(), period::Window::of(s.period, now).start_ms))
+        .collect();
+    match reader.history(asks).await {
+        Ok(h) => Some(h.totals.iter().map(|t| t.standing()).collect()),
+        Err(e) => {
+            log::warn!("/v1/usage: {e}; answering from this replica's counters");
+            None
+        }
+    }
 }
 
 fn round_cents(usd: f64) -> f64 {

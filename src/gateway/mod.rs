@@ -82,7 +82,7 @@ pub struct Shared {
     /// Rate limits and budgets (embedded or Redis).
     pub policy: crate::policy::Policy,
     /// The ledger and audit log, opened once the server runs.
-    pub sinks: std::sync::OnceLock<crate::usage::Sinks>,
+    pub sinks: std::sync::OnceLock<crate::store::Sinks>,
     /// Exact-match response and token-count caches.
     pub caches: cache::Caches,
     /// The last failures, for `/admin/errors` (`modelgate health errors`).
@@ -141,6 +141,10 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         (_, "/admin/cache") => match *method {
             M::GET | M::DELETE => Endpoint::Admin(Admin::Cache),
             _ => Endpoint::MethodNotAllowed("GET, DELETE"),
+        },
+        (_, "/admin/usage") => match *method {
+            M::GET => Endpoint::Admin(Admin::Usage),
+            _ => Endpoint::MethodNotAllowed("GET"),
         },
         (_, "/admin/errors") => match *method {
             M::GET => Endpoint::Admin(Admin::Errors),

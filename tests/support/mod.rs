@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod google;
 pub mod mock;
 pub mod model;
+pub mod postgres;
 pub mod redis;
 
 pub use gateway::{client, fixture, free_port, http_status, Gateway};

@@ -1,4 +1,5 @@
-//! The usage ledger: one [`Record`] per request, kept in an SQLite file (WAL).
+//! The usage ledger in an SQLite file (WAL): one [`Record`] per request,
+//! the default store of a single gateway.
 //!
 //! [`Ledger`] owns the write side. A request hands its record to a bounded
 //! channel ([`Ledger::record`] is a `try_send`); one thread, `ledger-writer`,
@@ -17,7 +18,7 @@
 //! understand.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::Record;
+use super::{Counters, ForeignRow, GroupBy, Scope, SummaryRow, Totals, NO_GROUP, WRITER};
+use crate::usage::Record;
 
 /// The schema this build writes and reads (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -47,7 +49,6 @@ const LINGER: Duration = Duration::from_millis(25);
 /// should not lose data, a broken disk should not stall the writer forever.
 const WRITE_ATTEMPTS: u32 = 4;
 const RETRY_BASE: Duration = Duration::from_millis(50);
-const WARN_EVERY: Duration = Duration::from_secs(10);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL pages between automatic checkpoints (4 KiB pages: 32 MiB).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
@@ -92,17 +93,9 @@ const INSERT: &str = "INSERT INTO requests (ts_ms, request_id, \"key\", team, se
     status, attempts, stream, error, writer)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
 
-/// Which process wrote a row: random per process. During a graceful
-/// upgrade two gateways write one ledger; the new one adds to its budgets
-/// what the old one records while it drains (rows of another writer).
-pub static WRITER: std::sync::LazyLock<i64> = std::sync::LazyLock::new(rand::random);
-
 /// The columns of [`Totals`], in order, for the read queries.
 const TOTALS_COLUMNS: &str = "COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
     COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(cost_usd), 0.0)";
-
-/// The group of a row that has no key or team (passthrough-auth mode).
-pub const NO_GROUP: &str = "(none)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -142,47 +135,6 @@ enum Msg {
     Record(Arc<Record>),
     Flush(SyncSender<()>),
     Stop,
-}
-
-/// Shared between the handles and the writer thread.
-struct Counters {
-    written: AtomicU64,
-    dropped: AtomicU64,
-    /// Accepted by `record` and not yet written or dropped.
-    queued: AtomicUsize,
-    /// Transactions committed (tests check that records are batched).
-    batches: AtomicU64,
-    /// Milliseconds since `epoch`, plus one, of the last drop warning (0: none yet).
-    last_warn: AtomicU64,
-    /// The same for write failures, throttled apart so a recent full-queue
-    /// warning never hides a failing disk.
-    last_error: AtomicU64,
-    epoch: Instant,
-}
-
-impl Counters {
-    /// Count `n` dropped records and log `why` with the running count, at
-    /// most once per [`WARN_EVERY`]: a full queue under load would otherwise
-    /// log once per request.
-    fn drop_records(&self, n: u64, error: bool, why: impl FnOnce() -> String) {
-        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let throttle = if error { &self.last_error } else { &self.last_warn };
-        let last = throttle.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_millis() as u64 {
-            return;
-        }
-        if throttle
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            if error {
-                log::error!("usage ledger: {}; {total} records dropped so far", why());
-            } else {
-                log::warn!("usage ledger: {}; {total} records dropped so far", why());
-            }
-        }
-    }
 }
 
 struct Writer {
@@ -246,15 +198,7 @@ impl Ledger {
         // wait for the writer, which is what this module exists to avoid.
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let (done_tx, done) = mpsc::channel::<()>();
-        let counters = Arc::new(Counters {
-            written: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
-            batches: AtomicU64::new(0),
-            last_warn: AtomicU64::new(0),
-            last_error: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
+        let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -294,6 +238,10 @@ impl Ledger {
                 false
             }
         }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Records lost: refused by a full queue or a closed ledger, or in a
@@ -578,81 +526,27 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Sums over a set of requests.
-/// A row another process wrote, as budgets count it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForeignRow {
-    pub id: i64,
-    pub ts_ms: i64,
-    pub key: Option<String>,
-    pub team: Option<String>,
-    pub usage: crate::dialects::Usage,
-    pub cost_usd: f64,
+/// [`Totals`] from the [`TOTALS_COLUMNS`] at `at..at+6` of `row`.
+fn totals_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
+    let n = |i: usize| row.get::<_, i64>(at + i).map(|v| u64::try_from(v).unwrap_or(0));
+    Ok(Totals {
+        requests: n(0)?,
+        input_tokens: n(1)?,
+        output_tokens: n(2)?,
+        cache_read_tokens: n(3)?,
+        cache_write_tokens: n(4)?,
+        cost_usd: row.get(at + 5)?,
+    })
 }
 
-#[derive(Default, Debug, Clone, Copy, PartialEq)]
-pub struct Totals {
-    pub requests: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub cost_usd: f64,
-}
-
-impl Totals {
-    /// From the [`TOTALS_COLUMNS`] at `at..at+6` of `row`.
-    fn from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Totals> {
-        let n = |i: usize| row.get::<_, i64>(at + i).map(|v| u64::try_from(v).unwrap_or(0));
-        Ok(Totals {
-            requests: n(0)?,
-            input_tokens: n(1)?,
-            output_tokens: n(2)?,
-            cache_read_tokens: n(3)?,
-            cache_write_tokens: n(4)?,
-            cost_usd: row.get(at + 5)?,
-        })
+/// The SQL of a [`GroupBy`] group.
+fn group_expr(by: GroupBy) -> String {
+    match by {
+        GroupBy::Key => format!("COALESCE(\"key\", '{NO_GROUP}')"),
+        GroupBy::Team => format!("COALESCE(team, '{NO_GROUP}')"),
+        GroupBy::Model => "model".into(),
+        GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')".into(),
     }
-}
-
-/// Whose spend [`Reader::spend_since`] sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope<'a> {
-    /// A gateway key, by its configured name.
-    Key(&'a str),
-    Team(&'a str),
-}
-
-/// What a [`Reader::summary`] row is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupBy {
-    Key,
-    Team,
-    /// The model the client asked for.
-    Model,
-    /// The UTC date, `YYYY-MM-DD`.
-    Day,
-}
-
-impl GroupBy {
-    fn expr(self) -> String {
-        match self {
-            GroupBy::Key => format!("COALESCE(\"key\", '{NO_GROUP}')"),
-            GroupBy::Team => format!("COALESCE(team, '{NO_GROUP}')"),
-            GroupBy::Model => "model".into(),
-            GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SummaryRow {
-    /// The key, team, model or day; [`NO_GROUP`] for requests without a key or team.
-    pub group: String,
-    pub totals: Totals,
-    /// Requests that ended in an error (status ≥ 400 or an error type).
-    pub errors: u64,
-    pub avg_latency_ms: f64,
 }
 
 /// The read side: a read-only connection, safe to use while a gateway writes
@@ -705,7 +599,7 @@ impl Reader {
         };
         let sql = format!("SELECT {TOTALS_COLUMNS} FROM requests WHERE {column} = ?1 AND ts_ms >= ?2");
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        Ok(stmt.query_row(params![name, since_ms], |row| Totals::from_row(row, 0))?)
+        Ok(stmt.query_row(params![name, since_ms], |row| totals_from_row(row, 0))?)
     }
 
     /// Totals per group from `since_ms` on: by day in date order, otherwise
@@ -720,13 +614,13 @@ impl Reader {
                 SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END),
                 COALESCE(AVG(latency_ms), 0.0)
              FROM requests WHERE ts_ms >= ?1 GROUP BY grp ORDER BY {order}",
-            by.expr()
+            group_expr(by)
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![since_ms], |row| {
             Ok(SummaryRow {
                 group: row.get::<_, Option<String>>(0)?.unwrap_or_else(|| NO_GROUP.to_string()),
-                totals: Totals::from_row(row, 1)?,
+                totals: totals_from_row(row, 1)?,
                 errors: row.get::<_, i64>(7).map(|v| u64::try_from(v).unwrap_or(0))?,
                 avg_latency_ms: row.get(8)?,
             })

@@ -1,0 +1,588 @@
+//! Durable records: where the usage ledger lives, written off the request
+//! path and read by budgets, `/v1/usage`, `/admin/usage` and `modelgate
+//! usage`.
+//!
+//! `store.url` picks the place ([`Location`]):
+//! - `sqlite:PATH` (the default, `state.path`): one file per gateway,
+//!   written by a thread of its own ([`sqlite`]).
+//! - `postgres://…`: one database for the whole fleet ([`postgres`]),
+//!   written in batches from a small runtime of its own, with versioned
+//!   migrations at start. While the database is unreachable, records go
+//!   to a bounded local [`spool`] and are replayed, exactly once (by request
+//!   id), when it is back.
+//!
+//! [`Ledger`] is the write side (a request only ever `try_send`s a record),
+//! [`Reader`] the read side, [`Sinks`] the ledger and the audit log a
+//! serving process writes to. The types the readers answer with
+//! ([`Totals`], [`SummaryRow`], …) are the same for both places.
+
+pub mod postgres;
+pub mod spool;
+pub mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::schema::{AuditConfig, StateConfig, StoreConfig};
+use crate::usage::audit::AuditLog;
+use crate::usage::Record;
+
+/// Where durable records live, from `store.url` (default `sqlite:` +
+/// `state.path`).
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres {
+        target: Box<postgres::Target>,
+        spool: PathBuf,
+        spool_max_bytes: u64,
+    },
+}
+
+impl Location {
+    /// Parse `store:`. Errors name the key, never the URL (it may carry a
+    /// password).
+    pub fn of(store: &StoreConfig, state: &StateConfig) -> Result<Location, String> {
+        let Some(url) = store.url.as_deref() else {
+            return Ok(Location::Sqlite(PathBuf::from(&state.path)));
+        };
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("store.url: `sqlite:` needs a path (sqlite:/var/lib/modelgate/usage.db)".into());
+            }
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let target = postgres::Target::parse(url).map_err(|e| format!("store.url: {e}"))?;
+            let spool = match &store.spool {
+                Some(dir) => PathBuf::from(dir),
+                None => Path::new(&state.path)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .join("spool"),
+            };
+            return Ok(Location::Postgres {
+                target: Box::new(target),
+                spool,
+                spool_max_bytes: store.spool_max_bytes,
+            });
+        }
+        Err("store.url: expected `sqlite:PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`".into())
+    }
+
+    /// What logs and `modelgate usage` may print: no password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Location::Postgres { target, .. } => target.describe(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::LedgerError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// Sums over a set of requests.
+#[derive(Default, Debug, Clone, Copy, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Totals {
+    /// As a budget counts it.
+    pub fn standing(&self) -> crate::policy::Standing {
+        crate::policy::Standing {
+            spent_nanos: crate::policy::usd_to_nanos(self.cost_usd) as i64,
+            requests: self.requests,
+            usage: crate::dialects::Usage {
+                input_tokens: self.input_tokens,
+                output_tokens: self.output_tokens,
+                cache_read_input_tokens: self.cache_read_tokens,
+                cache_creation_input_tokens: self.cache_write_tokens,
+            },
+        }
+    }
+}
+
+/// A row another process wrote, as budgets count it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignRow {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub key: Option<String>,
+    pub team: Option<String>,
+    pub usage: crate::dialects::Usage,
+    pub cost_usd: f64,
+}
+
+/// Whose spend a reader sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// A gateway key, by its name.
+    Key(&'a str),
+    Team(&'a str),
+}
+
+impl<'a> Scope<'a> {
+    /// From a policy scope id (`key:NAME`, `team:NAME`).
+    pub fn of_id(id: &'a str) -> Scope<'a> {
+        match id.split_once(':') {
+            Some(("team", name)) => Scope::Team(name),
+            Some((_, name)) => Scope::Key(name),
+            None => Scope::Key(id),
+        }
+    }
+}
+
+/// What a summary row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Team,
+    /// The model the client asked for.
+    Model,
+    /// The UTC date, `YYYY-MM-DD`.
+    Day,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    /// The key, team, model or day; [`NO_GROUP`] for requests without a key or team.
+    pub group: String,
+    pub totals: Totals,
+    /// Requests that ended in an error (status ≥ 400 or an error type).
+    pub errors: u64,
+    pub avg_latency_ms: f64,
+}
+
+impl SummaryRow {
+    /// One row as `modelgate usage --json` and `/admin/usage` print it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "group": self.group,
+            "requests": self.totals.requests,
+            "input_tokens": self.totals.input_tokens,
+            "output_tokens": self.totals.output_tokens,
+            "cache_read_tokens": self.totals.cache_read_tokens,
+            "cache_write_tokens": self.totals.cache_write_tokens,
+            "cost_usd": self.totals.cost_usd,
+            "errors": self.errors,
+            "avg_latency_ms": self.avg_latency_ms,
+        })
+    }
+}
+
+/// The start of a reading window (`--since`, `?since=`), kept relative
+/// until it is used so "now" is read once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    Ago(Duration),
+    /// Unix milliseconds.
+    At(i64),
+}
+
+impl Since {
+    /// A duration back from now (`7d`, `24h`, `30m`), a date (`2026-11-01`,
+    /// UTC midnight) or an RFC 3339 time.
+    pub fn parse(s: &str) -> Result<Since, String> {
+        let s = s.trim();
+        if let Ok(d) = humantime::parse_duration(s) {
+            return Ok(Since::Ago(d));
+        }
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            return Ok(Since::At(t.timestamp_millis()));
+        }
+        if let Ok(date) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            return Ok(Since::At(
+                date.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis(),
+            ));
+        }
+        Err(format!(
+            "`{}` is neither a duration (`7d`, `24h`, `30m`) nor a date (`2026-11-01`, RFC 3339)",
+            s.escape_debug()
+        ))
+    }
+
+    pub fn to_ms(self, now_ms: i64) -> i64 {
+        match self {
+            Since::Ago(d) => now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Since::At(ms) => ms,
+        }
+    }
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        Some(match s {
+            "key" => GroupBy::Key,
+            "team" => GroupBy::Team,
+            "model" => GroupBy::Model,
+            "day" => GroupBy::Day,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Team => "team",
+            GroupBy::Model => "model",
+            GroupBy::Day => "day",
+        }
+    }
+}
+
+/// The group of a row that has no key or team (passthrough-auth mode).
+pub const NO_GROUP: &str = "(none)";
+
+/// Which process wrote a row: random per process. During a graceful
+/// upgrade two gateways write one ledger; the new one adds to its budgets
+/// what the old one records while it drains (rows of another writer).
+pub static WRITER: std::sync::LazyLock<i64> = std::sync::LazyLock::new(rand::random);
+
+/// A writer's counts, shared between its handles and its thread or task.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Accepted by `record` and not yet written, spooled or dropped.
+    pub queued: AtomicUsize,
+    /// Transactions committed (tests check that records are batched).
+    pub batches: AtomicU64,
+    /// Records put in the spool (store unreachable), and replayed from it.
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    /// Milliseconds since `epoch`, plus one, of the last drop warning (0: none yet).
+    last_warn: AtomicU64,
+    /// The same for write failures, throttled apart so a recent full-queue
+    /// warning never hides a failing disk.
+    last_error: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            batches: AtomicU64::new(0),
+            spooled: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            last_warn: AtomicU64::new(0),
+            last_error: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Counters {
+    /// Count `n` dropped records and log `why` with the running count, at
+    /// most once per [`WARN_EVERY`]: a full queue under load would otherwise
+    /// log once per request.
+    pub fn drop_records(&self, n: u64, error: bool, why: impl FnOnce() -> String) {
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let throttle = if error { &self.last_error } else { &self.last_warn };
+        let last = throttle.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_millis() as u64 {
+            return;
+        }
+        if throttle
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            if error {
+                log::error!("usage ledger: {}; {total} records dropped so far", why());
+            } else {
+                log::warn!("usage ledger: {}; {total} records dropped so far", why());
+            }
+        }
+    }
+}
+
+/// The write side of the ledger, wherever it lives.
+pub enum Ledger {
+    Sqlite(sqlite::Ledger),
+    Postgres(postgres::Ledger),
+}
+
+impl Ledger {
+    /// Open the ledger at `at` with a queue of `queue` records. A PostgreSQL
+    /// store is not contacted here: a gateway starts (and spools) while the
+    /// database is down.
+    pub fn open(at: &Location, queue: usize) -> Result<Ledger, StoreError> {
+        Ok(match at {
+            Location::Sqlite(path) => Ledger::Sqlite(sqlite::Ledger::open(path, queue)?),
+            Location::Postgres {
+                target,
+                spool,
+                spool_max_bytes,
+            } => Ledger::Postgres(postgres::Ledger::open(target, spool, *spool_max_bytes, queue)?),
+        })
+    }
+
+    fn counters(&self) -> &Counters {
+        match self {
+            Ledger::Sqlite(l) => l.counters(),
+            Ledger::Postgres(l) => l.counters(),
+        }
+    }
+
+    /// Queue a record for the writer. Never blocks: when the queue is full
+    /// (or the ledger is closed) the record is counted as dropped, a warning
+    /// is logged at most every 10 s, and this returns false.
+    pub fn record(&self, r: Arc<Record>) -> bool {
+        match self {
+            Ledger::Sqlite(l) => l.record(r),
+            Ledger::Postgres(l) => l.record(r),
+        }
+    }
+
+    /// Records lost: refused by a full queue, a closed ledger or a full
+    /// spool, or in a batch the store kept refusing.
+    pub fn dropped(&self) -> u64 {
+        self.counters().dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records committed to the store by this process (replays included).
+    pub fn written(&self) -> u64 {
+        self.counters().written.load(Ordering::Relaxed)
+    }
+
+    /// Records accepted and not yet written (approximate).
+    pub fn queued(&self) -> usize {
+        self.counters().queued.load(Ordering::Relaxed)
+    }
+
+    /// Records this process put in the spool, and replayed from it.
+    pub fn spooled(&self) -> (u64, u64) {
+        let c = self.counters();
+        (c.spooled.load(Ordering::Relaxed), c.replayed.load(Ordering::Relaxed))
+    }
+
+    /// Wait until every record queued before this call is written, spooled
+    /// or counted dropped, for at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
+        match self {
+            Ledger::Sqlite(l) => Ok(l.flush(timeout)?),
+            Ledger::Postgres(l) => Ok(l.flush(timeout)?),
+        }
+    }
+
+    /// Write (or spool) everything queued and stop the writer, waiting at
+    /// most `timeout`. Idempotent.
+    pub fn close(&self, timeout: Duration) -> Result<(), StoreError> {
+        match self {
+            Ledger::Sqlite(l) => Ok(l.close(timeout)?),
+            Ledger::Postgres(l) => Ok(l.close(timeout)?),
+        }
+    }
+
+    /// A reader on the same store (the PostgreSQL pool is shared).
+    pub fn reader(&self) -> Option<Reader> {
+        match self {
+            Ledger::Sqlite(_) => None,
+            Ledger::Postgres(l) => Some(Reader::Postgres(l.reader())),
+        }
+    }
+}
+
+/// The read side, wherever the ledger lives. Every method is async: SQLite
+/// reads run on a blocking thread, PostgreSQL reads on the store's runtime.
+pub enum Reader {
+    Sqlite(Arc<std::sync::Mutex<sqlite::Reader>>),
+    Postgres(postgres::Reader),
+}
+
+/// Budget history for every scope, read in one snapshot.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The newest row the snapshot saw (0: none).
+    pub last_id: i64,
+    /// Per scope id, in the order asked.
+    pub totals: Vec<Totals>,
+}
+
+impl Reader {
+    /// A reader on `at`. A missing SQLite file is an error whose message
+    /// says so plainly ([`sqlite::LedgerError::Missing`]).
+    pub async fn open(at: &Location) -> Result<Reader, StoreError> {
+        match at {
+            Location::Sqlite(path) => {
+                let path = path.clone();
+                let reader = blocking(move || sqlite::Reader::open(&path)).await?;
+                Ok(Reader::Sqlite(Arc::new(std::sync::Mutex::new(reader))))
+            }
+            Location::Postgres { target, .. } => Ok(Reader::Postgres(postgres::Reader::connect(target).await?)),
+        }
+    }
+
+    /// Whether every replica reads the same records (a shared store).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Reader::Postgres(_))
+    }
+
+    async fn sqlite<T: Send + 'static>(
+        r: &Arc<std::sync::Mutex<sqlite::Reader>>,
+        read: impl FnOnce(&sqlite::Reader) -> Result<T, sqlite::LedgerError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let r = r.clone();
+        blocking(move || read(&r.lock().unwrap_or_else(|p| p.into_inner()))).await
+    }
+
+    /// What each of `scopes` (policy scope ids, `key:NAME` / `team:NAME`)
+    /// spent since its `since_ms`, and the newest row, in one snapshot.
+    pub async fn history(&self, scopes: Vec<(String, i64)>) -> Result<History, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                Self::sqlite(r, move |r| {
+                    r.consistent(|r| {
+                        let last_id = r.last_id()?;
+                        let totals = scopes
+                            .iter()
+                            .map(|(id, since)| r.spend_since(Scope::of_id(id), *since))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok(History { last_id, totals })
+                    })
+                })
+                .await
+            }
+            Reader::Postgres(r) => Ok(r.history(scopes).await?),
+        }
+    }
+
+    /// What `scope` (a policy scope id) spent since `since_ms`.
+    pub async fn spend_since(&self, scope: &str, since_ms: i64) -> Result<Totals, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let scope = scope.to_string();
+                Self::sqlite(r, move |r| r.spend_since(Scope::of_id(&scope), since_ms)).await
+            }
+            Reader::Postgres(r) => Ok(r.spend_since(scope, since_ms).await?),
+        }
+    }
+
+    /// Totals per group from `since_ms` on: by day in date order, otherwise
+    /// the biggest spender first.
+    pub async fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary(by, since_ms)).await,
+            Reader::Postgres(r) => Ok(r.summary(by, since_ms).await?),
+        }
+    }
+
+    /// Up to `limit` rows after `after_id` that another process wrote.
+    pub async fn others_after(&self, after_id: i64, limit: usize) -> Result<Vec<ForeignRow>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.others_after(after_id, limit)).await,
+            Reader::Postgres(r) => Ok(r.others_after(after_id, limit).await?),
+        }
+    }
+
+    /// Records in the ledger.
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        match self {
+            Reader::Sqlite(r) => Self::sqlite(r, |r| r.count()).await,
+            Reader::Postgres(r) => Ok(r.count().await?),
+        }
+    }
+}
+
+/// Run blocking `f` off the async workers.
+async fn blocking<T: Send + 'static, E: Into<StoreError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(StoreError::Sqlite(sqlite::LedgerError::Spawn(std::io::Error::other(
+            e.to_string(),
+        )))),
+    }
+}
+
+/// Where finished requests go: the ledger always, the audit log when
+/// `audit.path` is set. Opened once the server runs (after a daemon fork:
+/// their writer threads must live in the serving process).
+pub struct Sinks {
+    pub ledger: Ledger,
+    pub audit: Option<AuditLog>,
+    /// Where the ledger is, for readers.
+    pub location: Location,
+}
+
+impl Sinks {
+    pub fn open(store: &StoreConfig, state: &StateConfig, audit: &AuditConfig) -> Result<Sinks, String> {
+        let location = Location::of(store, state)?;
+        let key = match location {
+            Location::Sqlite(_) if store.url.is_none() => "state.path",
+            _ => "store.url",
+        };
+        let ledger = Ledger::open(&location, state.ledger_queue.max(1)).map_err(|e| format!("{key}: {e}"))?;
+        let audit = match audit.path {
+            Some(_) => Some(AuditLog::open(audit, state.ledger_queue.max(1)).map_err(|e| format!("audit.path: {e}"))?),
+            None => None,
+        };
+        Ok(Sinks {
+            ledger,
+            audit,
+            location,
+        })
+    }
+
+    /// Everything that can be checked before the server starts, without
+    /// connecting to a database: the SQLite ledger opens (and migrates),
+    /// a PostgreSQL URL parses and its CA file reads, the spool directory
+    /// and the audit log can be created.
+    pub fn check(store: &StoreConfig, state: &StateConfig, audit: &AuditConfig) -> Result<(), String> {
+        match Location::of(store, state)? {
+            Location::Sqlite(_) => Sinks::open(store, state, audit)?.close(Duration::from_secs(5)),
+            Location::Postgres { target, spool, .. } => {
+                target.check().map_err(|e| format!("store.url: {e}"))?;
+                std::fs::create_dir_all(&spool).map_err(|e| format!("store.spool {}: {e}", spool.display()))?;
+                if audit.path.is_some() {
+                    AuditLog::open(audit, 1)
+                        .map_err(|e| format!("audit.path: {e}"))?
+                        .close(Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader on the ledger these sinks write: the shared pool for a
+    /// PostgreSQL store, a read-only connection for SQLite.
+    pub async fn reader(&self) -> Result<Reader, StoreError> {
+        match self.ledger.reader() {
+            Some(r) => Ok(r),
+            None => Reader::open(&self.location).await,
+        }
+    }
+
+    /// Flush and stop both writers (graceful shutdown), bounded in time.
+    pub fn close(&self, timeout: Duration) {
+        if let Err(e) = self.ledger.close(timeout) {
+            log::error!("usage ledger: {e}");
+        }
+        if let Some(a) = &self.audit {
+            a.close(timeout);
+        }
+    }
+}

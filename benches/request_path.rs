@@ -160,11 +160,12 @@ fn policy(c: &mut Criterion) {
         };
         backends.push(("redis", state));
     }
+    let ring = modelgate::runtime::keyring::KeyRing::default();
     for (name, state) in backends {
         let policy = Policy::new(&state).expect("policy");
         c.bench_function(&format!("policy_auth_admit_settle_{name}"), |b| {
             b.iter(|| {
-                let Ok(Caller::Key(key)) = authenticate(&snap, black_box(&headers)) else {
+                let Ok(Caller::Key(key)) = authenticate(&snap, &ring, black_box(&headers)) else {
                     panic!("key")
                 };
                 rt.block_on(async {

@@ -227,7 +227,11 @@ impl GatewayError {
                 }
                 out
             }
-            GatewayError::CredentialRefused { .. } => vec![("x-should-retry", "false".to_string())],
+            // A credential the gateway refused is refused again on retry
+            // (unknown, revoked, expired).
+            GatewayError::CredentialRefused { .. } | GatewayError::Authentication(_) => {
+                vec![("x-should-retry", "false".to_string())]
+            }
             GatewayError::BudgetExceeded { retry_after, .. } => {
                 let mut out = vec![("x-should-retry", "false".to_string())];
                 if let Some(secs) = retry_after {

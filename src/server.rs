@@ -154,9 +154,17 @@ pub fn run(
         "usage sinks",
         SinksService { shared: shared.clone() },
     ));
+    // Keys created at run time (a PostgreSQL store): loaded (or given up
+    // on, bounded) before the listener takes its first request.
+    let store_keys = server.add_service(pingora::services::background::background_service(
+        "store keys",
+        KeySync { shared: shared.clone() },
+    ));
+    store_keys.add_dependency(&sinks);
     let main = server.add_service(main);
     main.add_dependency(&bootstrap);
     main.add_dependency(&sinks);
+    main.add_dependency(&store_keys);
     if opts.upgrade && shared.policy.memory().is_some() {
         let catch_up = server.add_service(pingora::services::background::background_service(
             "budget catch-up",
@@ -382,6 +390,109 @@ async fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
         );
     }
     rows.last().map(|r| r.id)
+}
+
+/// Keeps `ConfigStore::store_keys` in step with the store's keys table:
+/// at once when a change is notified (LISTEN), and every
+/// [`KEY_REFRESH`] regardless (a lost notification, a config reload that
+/// changed teams). Ready after the first load, or after [`KEY_FIRST_LOAD`]
+/// when the store does not answer: config keys work meanwhile.
+struct KeySync {
+    shared: Arc<Shared>,
+}
+
+const KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
+const KEY_FIRST_LOAD: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for KeySync {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: pingora::server::ShutdownWatch,
+        ready: pingora::services::ServiceReadyNotifier,
+    ) {
+        let Some(store) = self.shared.sinks.get().and_then(|s| s.ledger.key_store()) else {
+            ready.notify_ready();
+            return;
+        };
+        let mut last = KeyLoad::default();
+        let _ = tokio::time::timeout(KEY_FIRST_LOAD, last.refresh(&self.shared, &store)).await;
+        ready.notify_ready();
+        let mut watch = None;
+        loop {
+            if watch.is_none() {
+                watch = match store.watch().await {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        log::debug!("store keys: cannot listen for changes: {e}");
+                        None
+                    }
+                };
+            }
+            let notified = async {
+                match watch.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(KEY_REFRESH) => {}
+                n = notified => {
+                    if n.is_none() {
+                        // The listening connection ended: reconnect next round.
+                        watch = None;
+                    }
+                }
+            }
+            last.refresh(&self.shared, &store).await;
+        }
+    }
+}
+
+/// What the last refresh loaded, so only changes are logged.
+#[derive(Default)]
+struct KeyLoad {
+    keys: Option<Vec<crate::config::schema::KeyConfig>>,
+    version: String,
+    warnings: Vec<String>,
+    failing: bool,
+}
+
+impl KeyLoad {
+    async fn refresh(&mut self, shared: &Shared, store: &crate::store::keys::KeyStore) {
+        let rows = match store.active().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                if !self.failing {
+                    log::warn!(
+                        "store keys: {e}; keeping the {} loaded before",
+                        shared.config.store_keys.len()
+                    );
+                    self.failing = true;
+                }
+                return;
+            }
+        };
+        if self.failing {
+            log::info!("store keys: the store answers again");
+            self.failing = false;
+        }
+        let snap = shared.config.snapshot();
+        if self.keys.as_ref() == Some(&rows) && self.version == snap.version {
+            return;
+        }
+        let warnings = shared.config.store_keys.replace(&snap, &rows);
+        for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
+            log::warn!("{w}");
+        }
+        if self.keys.as_ref().map(Vec::len) != Some(rows.len()) || self.keys.is_none() {
+            log::info!("store keys: {} active", shared.config.store_keys.len());
+        }
+        self.keys = Some(rows);
+        self.version = snap.version.clone();
+        self.warnings = warnings;
+    }
 }
 
 /// Reload triggers: SIGHUP, and changes to the config file (debounced:

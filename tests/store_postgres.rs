@@ -4,7 +4,9 @@
 //! `modelgate usage` report the fleet's figures, the database can go away
 //! under load without a failed request or a lost or doubled row (the
 //! spool), a shutdown while it is away keeps the records for the next
-//! start, and migrations are safe with replicas starting at once.
+//! start, migrations are safe with replicas starting at once, and keys
+//! created, changed and revoked with `modelgate keys` reach every replica
+//! within seconds without a reload.
 
 mod support;
 
@@ -289,8 +291,9 @@ async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() 
         wait_count(&pg, &db, "SELECT COUNT(*) FROM requests", 3, Duration::from_secs(10)).await,
         3
     );
-    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM modelgate_schema"), 1);
-    assert_eq!(pg.count(&db, "SELECT MAX(version) FROM modelgate_schema"), 1);
+    // Every step once (1: requests, 2: gateway_keys), however many replicas raced.
+    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM modelgate_schema"), 2);
+    assert_eq!(pg.count(&db, "SELECT MAX(version) FROM modelgate_schema"), 2);
     for gw in &gws {
         assert!(!gw.logs().contains("ERROR"), "{}", gw.logs());
     }
@@ -310,4 +313,191 @@ async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("schema version 99 is newer"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
+}
+
+/// `modelgate ARGS -c CONFIG`: (exit code, stdout, stderr).
+fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env("USER", "ops-tester")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn status_with(gw: &Gateway, key: &str, model: &str) -> (u16, Option<String>) {
+    let body = format!(r#"{{"model":"{model}","max_tokens":8,"messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", key)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("x-should-retry")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = r.status().as_u16();
+    r.bytes().await.unwrap();
+    (status, retry)
+}
+
+/// Poll until every gateway answers `key` with `want`, bounded by 5 s (the
+/// contract), returning how long it took.
+async fn until_all(gws: &[&Gateway], key: &str, model: &str, want: u16) -> Duration {
+    let started = Instant::now();
+    for _ in 0..500 {
+        let mut all = true;
+        for gw in gws {
+            if status_with(gw, key, model).await.0 != want {
+                all = false;
+            }
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not {want} on every replica within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not {want} on every replica");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_created_changed_and_revoked_in_the_store_reach_every_replica() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = pg.create_db("keys");
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::json(200, anthropic_message_json("claude-sonnet-4-5", "ok")));
+    let yaml = config(&up.base_url(), &pg.url(&db));
+    let a = Gateway::start_async(&yaml, &[]).await;
+    let b = Gateway::start_async(&yaml, &[]).await;
+    let config_path = a.config_path();
+    let config_before = std::fs::read_to_string(&config_path).unwrap();
+
+    // Created through the CLI: printed once, only its hash stored.
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            &config_path,
+            &[
+                "keys",
+                "create",
+                "bob",
+                "--team",
+                "platform",
+                "--models",
+                "claude-*,gpt-4o",
+                "--rpm",
+                "100",
+                "--budget-usd",
+                "5",
+                "--period",
+                "daily",
+                "--expires",
+                "30d",
+            ],
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    let bob = out.trim().to_string();
+    assert!(bob.starts_with("mg-") && bob.len() == 46, "{out}");
+    assert!(err.contains("within seconds"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&config_path).unwrap(),
+        config_before,
+        "no config edit"
+    );
+    assert_eq!(
+        pg.count(
+            &db,
+            &format!("SELECT COUNT(*) FROM gateway_keys WHERE key_sha256 = '{}'", hash(&bob))
+        ),
+        1
+    );
+    let took = until_all(&[&a, &b], &bob, "claude-sonnet-4-5", 200).await;
+    eprintln!("a new key worked on both replicas after {took:?}");
+    // Its allowlist holds, its usage counts for its team.
+    assert_eq!(status_with(&a, &bob, "claude-opus-4").await.0, 200);
+    assert_eq!(status_with(&a, &bob, "mistral-large").await.0, 403);
+
+    // A duplicate name is refused; the config's own key names too.
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&config_path, &["keys", "create", "bob"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&config_path, &["keys", "create", "alice"]));
+    assert_eq!(code, 1, "{err}");
+
+    // Listed beside the config's keys, never a secret.
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&config_path, &["keys", "list", "--json"]));
+    assert_eq!(code, 0);
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let by_name = |n: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_name("alice")["source"], "config");
+    let b_row = by_name("bob");
+    assert_eq!(b_row["source"], "store");
+    assert_eq!(b_row["team"], "platform");
+    assert_eq!(b_row["rpm"], 100);
+    assert_eq!(b_row["budget"]["usd"], 5.0);
+    assert!(b_row["created_by"].as_str().unwrap().starts_with("ops-tester@"));
+    assert!(!out.contains(&bob) && !out.contains(&hash(&bob)));
+
+    // Changed: the new allowlist applies on every replica.
+    let (code, _, err) =
+        tokio::task::block_in_place(|| cli(&config_path, &["keys", "update", "bob", "--models", "gpt-*"]));
+    assert_eq!(code, 0, "{err}");
+    until_all(&[&a, &b], &bob, "claude-sonnet-4-5", 403).await;
+
+    // Revoked: 401, not to be retried, on every replica.
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&config_path, &["keys", "revoke", "bob"]));
+    assert_eq!(code, 0, "{err}");
+    let took = until_all(&[&a, &b], &bob, "gpt-4o", 401).await;
+    eprintln!("a revoked key was refused on both replicas after {took:?}");
+    assert_eq!(status_with(&b, &bob, "gpt-4o").await.1.as_deref(), Some("false"));
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&config_path, &["keys", "revoke", "bob"]));
+    assert_eq!(code, 1, "{err}");
+    let (_, out, _) = tokio::task::block_in_place(|| cli(&config_path, &["keys", "list", "--json", "--all"]));
+    assert!(out.contains("\"revoked_by\": \"ops-tester@"), "{out}");
+
+    // An expiring key stops by itself.
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&config_path, &["keys", "create", "carol", "--expires", "3s"]));
+    assert_eq!(code, 0, "{err}");
+    let carol = out.trim().to_string();
+    until_all(&[&a, &b], &carol, "claude-sonnet-4-5", 200).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = client()
+        .post(a.url("/v1/messages"))
+        .header("x-api-key", &carol)
+        .body(body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("expired"), "{v}");
+
+    for gw in [&a, &b] {
+        let logs = gw.logs();
+        assert!(
+            !logs.contains(&bob) && !logs.contains(&carol),
+            "a key leaked into the logs"
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! `modelgate keys create|list|revoke`: developers' gateway keys, kept in the
-//! config file's `keys:` section.
+//! `modelgate keys create|list|revoke|update`: developers' gateway keys,
+//! kept in the config file's `keys:` section, or, with a PostgreSQL store
+//! (`store.url`), in the store (`keys_store`), where every replica sees a
+//! change within seconds without a config edit or a reload.
 //!
 //! A key is shown once, when it is created, and only its sha256 is stored.
 //! Every change goes through `config::edit`: comments and order survive, the
@@ -56,7 +58,20 @@ Examples:
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// With a PostgreSQL store: also list revoked keys.
+        #[arg(long)]
+        all: bool,
     },
+
+    /// Change a key kept in a PostgreSQL store (team, models, limits, budget,
+    /// expiry); the key itself stays the same. Keys in the config file are
+    /// edited in the file.
+    #[command(after_long_help = "\
+Examples:
+  modelgate keys update alice --rpm 120 --budget-usd 300 --period monthly
+  modelgate keys update ci-bot --expires 30d
+  modelgate keys update bob --models 'claude-*' --no-budget")]
+    Update(UpdateArgs),
 
     /// Revoke a key: remove its entry from the config file.
     ///
@@ -77,47 +92,107 @@ Examples:
 pub struct CreateArgs {
     /// A name for the key, unique in the file: letters, digits and `. _ @ -`,
     /// at most 64 characters (e.g. a person's login or email address).
-    name: String,
+    pub(super) name: String,
     /// The team the key's usage and team limits count against.
     #[arg(long, value_name = "TEAM")]
-    team: Option<String>,
+    pub(super) team: Option<String>,
     /// Spending limit, `USD/PERIOD` with PERIOD one of daily, weekly, monthly,
     /// total. A bare amount is monthly: `--budget 50` = `--budget 50/monthly`.
     #[arg(long, value_name = "USD/PERIOD")]
-    budget: Option<String>,
+    pub(super) budget: Option<String>,
     /// Requests per minute allowed to this key.
     #[arg(long, value_name = "N")]
-    rpm: Option<u64>,
+    pub(super) rpm: Option<u64>,
     /// Tokens (input + output) per minute allowed to this key.
     #[arg(long, value_name = "N")]
-    tpm: Option<u64>,
+    pub(super) tpm: Option<u64>,
     /// Allow only models matching this glob (repeatable), e.g. 'claude-*'.
     /// Without it the key may use every model.
     #[arg(long = "model", value_name = "GLOB")]
-    models: Vec<String>,
+    pub(super) models: Vec<String>,
+    /// The same as `--model`, as one comma-separated list.
+    #[arg(long = "models", value_name = "GLOB,…", value_delimiter = ',')]
+    pub(super) models_list: Vec<String>,
+    /// Spending limit in US dollars (with `--period`; the same as `--budget USD/PERIOD`).
+    #[arg(long, value_name = "USD", conflicts_with = "budget")]
+    pub(super) budget_usd: Option<f64>,
+    /// The budget's period: daily, weekly, monthly (default) or total.
+    #[arg(long, value_name = "PERIOD", requires = "budget_usd")]
+    pub(super) period: Option<String>,
+    /// The key stops working this long from now (`30d`, `12h`) or at this
+    /// RFC 3339 time.
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub(super) expires: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The key's name, as `keys list` shows it.
+    pub name: String,
+    #[arg(long, value_name = "TEAM", conflicts_with = "no_team")]
+    pub team: Option<String>,
+    /// Take the key out of its team.
+    #[arg(long)]
+    pub no_team: bool,
+    /// Replace the model allowlist (comma-separated globs); `*` allows every model.
+    #[arg(long = "models", value_name = "GLOB,…", value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Remove the rpm and tpm limits.
+    #[arg(long, conflicts_with_all = ["rpm", "tpm"])]
+    pub no_rate_limit: bool,
+    #[arg(long, value_name = "USD")]
+    pub budget_usd: Option<f64>,
+    #[arg(long, value_name = "PERIOD", requires = "budget_usd")]
+    pub period: Option<String>,
+    /// Remove the budget.
+    #[arg(long, conflicts_with = "budget_usd")]
+    pub no_budget: bool,
+    /// A new expiry (`30d`, or an RFC 3339 time).
+    #[arg(long, value_name = "DURATION|TIME", conflicts_with = "no_expiry")]
+    pub expires: Option<String>,
+    /// The key never expires.
+    #[arg(long)]
+    pub no_expiry: bool,
 }
 
 pub fn run(config: Option<PathBuf>, command: KeysCommand) -> i32 {
     let path = super::config_path(config);
-    let result = match command {
-        KeysCommand::Create(args) => create(&path, args),
-        KeysCommand::List { json } => list(&path, json),
-        KeysCommand::Revoke { name } => revoke(&path, &name),
+    let result = match super::keys_store::target(&path) {
+        Ok(Some(target)) => super::keys_store::run(&path, &target, command),
+        Ok(None) => match command {
+            KeysCommand::Create(args) => create(&path, args),
+            KeysCommand::List { json, .. } => list(&path, json),
+            KeysCommand::Revoke { name } => revoke(&path, &name),
+            KeysCommand::Update(args) => Err(Failure::user(format!(
+                "`keys update` changes keys kept in a PostgreSQL store (`store.url`); key `{}` is in {}: edit its entry there",
+                args.name,
+                path.display()
+            ))),
+        },
+        Err(e) => Err(e),
     };
     finish(result)
 }
 
-// ---------------------------------------------------------------------------
-// create
+/// What `keys create` asks for, checked: the budget, the allowlist, the
+/// expiry (Unix ms).
+pub(super) struct Checked {
+    pub budget: Option<(f64, BudgetPeriod)>,
+    pub models: Vec<String>,
+    pub expires_at_ms: Option<i64>,
+}
 
-fn create(path: &Path, args: CreateArgs) -> Result<(), Failure> {
+pub(super) fn check_create(args: &CreateArgs) -> Result<Checked, Failure> {
     check_name(&args.name)?;
-    let budget = args
-        .budget
-        .as_deref()
-        .map(parse_budget)
-        .transpose()
-        .map_err(Failure::user)?;
+    let budget = match (args.budget.as_deref(), args.budget_usd) {
+        (Some(b), _) => Some(parse_budget(b).map_err(Failure::user)?),
+        (None, Some(usd)) => Some(budget_of(usd, args.period.as_deref()).map_err(Failure::user)?),
+        (None, None) => None,
+    };
     if args.rpm == Some(0) || args.tpm == Some(0) {
         return Err(Failure::user(
             "--rpm and --tpm must be at least 1 (to stop a key, revoke it)",
@@ -126,15 +201,64 @@ fn create(path: &Path, args: CreateArgs) -> Result<(), Failure> {
     if args.team.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err(Failure::user("--team must not be empty"));
     }
-    if args.models.iter().any(|m| m.trim().is_empty()) {
+    let models: Vec<String> = args.models.iter().chain(&args.models_list).cloned().collect();
+    if models.iter().any(|m| m.trim().is_empty()) {
         return Err(Failure::user(
             "--model must not be empty; give a glob such as 'claude-*'",
         ));
     }
+    let expires_at_ms = args
+        .expires
+        .as_deref()
+        .map(parse_expiry)
+        .transpose()
+        .map_err(Failure::user)?;
+    Ok(Checked {
+        budget,
+        models,
+        expires_at_ms,
+    })
+}
 
+/// `--budget-usd X --period P`.
+pub(super) fn budget_of(usd: f64, period: Option<&str>) -> Result<(f64, BudgetPeriod), String> {
+    parse_budget(&format!("{usd}/{}", period.unwrap_or("monthly")))
+}
+
+/// `30d` from now, or an RFC 3339 time; Unix ms. A time in the past is refused.
+pub(super) fn parse_expiry(s: &str) -> Result<i64, String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let at = if let Ok(d) = humantime::parse_duration(s.trim()) {
+        now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    } else if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        t.timestamp_millis()
+    } else {
+        return Err(format!(
+            "invalid --expires `{}`: give a duration from now (30d, 12h) or an RFC 3339 time (2027-03-31T00:00:00Z)",
+            s.escape_debug()
+        ));
+    };
+    if at <= now {
+        return Err(format!("--expires `{}` is in the past", s.escape_debug()));
+    }
+    Ok(at)
+}
+
+/// Unix ms as RFC 3339 (UTC, seconds).
+pub(super) fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// create
+
+fn create(path: &Path, args: CreateArgs) -> Result<(), Failure> {
+    let checked = check_create(&args)?;
     let key =
         new_key().map_err(|e| Failure::config(format!("cannot read the operating system's random generator: {e}")))?;
-    let entry = render_entry(&args, &hex::encode(sha256(key.as_bytes())), budget);
+    let entry = render_entry(&args, &hex::encode(sha256(key.as_bytes())), &checked);
 
     let mut first = false;
     let edited = edit::edit_file(path, &crate::runtime::check, |text| {
@@ -171,7 +295,7 @@ fn create(path: &Path, args: CreateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<(), Failure> {
+pub(super) fn check_name(name: &str) -> Result<(), Failure> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
     if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
         return Err(Failure::user(format!(
@@ -218,15 +342,15 @@ fn period_name(p: BudgetPeriod) -> &'static str {
 }
 
 /// The new entry as YAML mapping lines, in the order `conf/example-full.yaml` uses.
-fn render_entry(args: &CreateArgs, hash_hex: &str, budget: Option<(f64, BudgetPeriod)>) -> String {
+fn render_entry(args: &CreateArgs, hash_hex: &str, checked: &Checked) -> String {
     let mut lines = vec![format!("name: {}", edit::yaml_scalar(&args.name))];
     if let Some(team) = &args.team {
         lines.push(format!("team: {}", edit::yaml_scalar(team)));
     }
     // Always quoted: an all-digit digest would otherwise read as a number.
     lines.push(format!("key_sha256: {}", edit::yaml_quote(hash_hex)));
-    if !args.models.is_empty() {
-        let globs: Vec<String> = args.models.iter().map(|m| edit::yaml_quote(m)).collect();
+    if !checked.models.is_empty() {
+        let globs: Vec<String> = checked.models.iter().map(|m| edit::yaml_quote(m)).collect();
         lines.push(format!("models: [{}]", globs.join(", ")));
     }
     let limits: Vec<String> = [("rpm", args.rpm), ("tpm", args.tpm)]
@@ -236,8 +360,11 @@ fn render_entry(args: &CreateArgs, hash_hex: &str, budget: Option<(f64, BudgetPe
     if !limits.is_empty() {
         lines.push(format!("rate_limit: {{{}}}", limits.join(", ")));
     }
-    if let Some((usd, period)) = budget {
+    if let Some((usd, period)) = checked.budget {
         lines.push(format!("budget: {{usd: {usd}, period: {}}}", period_name(period)));
+    }
+    if let Some(at) = checked.expires_at_ms {
+        lines.push(format!("expires: {}", edit::yaml_quote(&rfc3339(at))));
     }
     lines.join("\n")
 }
@@ -247,7 +374,7 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 const KEY_DIGITS: usize = 43;
 
 /// `mg-` + 32 bytes from the OS CSPRNG in base62, always the same length.
-fn new_key() -> Result<String, rand::Error> {
+pub(super) fn new_key() -> Result<String, rand::Error> {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes)?;
     Ok(format!("mg-{}", base62(&bytes)))
@@ -359,7 +486,7 @@ fn budget_text(k: &KeyConfig) -> Option<String> {
         .map(|b| format!("${}/{}", b.usd, period_name(b.period)))
 }
 
-fn table_row(k: &KeyConfig) -> [String; 8] {
+pub(super) fn table_row(k: &KeyConfig) -> [String; 8] {
     let dash = || "-".to_string();
     let limit = |f: fn(&crate::config::schema::RateLimitConfig) -> Option<u64>| {
         k.rate_limit.as_ref().and_then(f).map_or_else(dash, |n| n.to_string())
@@ -380,7 +507,7 @@ fn table_row(k: &KeyConfig) -> [String; 8] {
     ]
 }
 
-fn json_row(k: &KeyConfig) -> serde_json::Value {
+pub(super) fn json_row(k: &KeyConfig) -> serde_json::Value {
     let rl = k.rate_limit.as_ref();
     serde_json::json!({
         "name": k.name,
@@ -490,10 +617,17 @@ mod tests {
             budget: None,
             rpm: Some(120),
             tpm: Some(400000),
-            models: vec!["claude-*".into(), "gpt-4o".into()],
+            models: vec!["claude-*".into()],
+            models_list: vec!["gpt-4o".into()],
+            budget_usd: Some(200.0),
+            period: None,
+            expires: None,
+        };
+        let Ok(checked) = check_create(&args) else {
+            panic!("valid arguments")
         };
         let digest = "1".repeat(64);
-        let text = render_entry(&args, &digest, Some((200.0, BudgetPeriod::Monthly)));
+        let text = render_entry(&args, &digest, &checked);
         assert_eq!(
             text,
             format!(

@@ -19,6 +19,7 @@ mod config_cmd;
 mod failure;
 mod health;
 mod keys;
+mod keys_store;
 mod provider;
 mod route;
 mod serve;

@@ -470,7 +470,7 @@ impl FallbackConfig {
 }
 
 /// A gateway key. Give exactly one of `key_sha256` and `key_env`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Unique name, shown in usage and logs.
@@ -494,6 +494,9 @@ pub struct KeyConfig {
     /// A disabled key is refused.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// When the key stops working (RFC 3339, e.g. `2027-03-31T00:00:00Z`): refused with 401 from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -505,7 +508,7 @@ pub struct TeamConfig {
     pub budget: Option<BudgetConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Requests per minute.
@@ -516,7 +519,7 @@ pub struct RateLimitConfig {
     pub tpm: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Spending limit in US dollars.
@@ -526,7 +529,7 @@ pub struct BudgetConfig {
     pub period: BudgetPeriod,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum BudgetPeriod {
     Daily,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use http::header::{HeaderMap, AUTHORIZATION};
 
 use crate::error::GatewayError;
+use crate::runtime::keyring::KeyRing;
 use crate::runtime::snapshot::{sha256, KeyEntry};
 use crate::runtime::Snapshot;
 
@@ -42,21 +43,36 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+/// The caller: a config key, else a store key (`ring`), else refused. Keys
+/// are on when the config has a `keys:` section (`[]` included); without one
+/// the gateway is in passthrough-auth mode and store keys are not used.
+pub fn authenticate(snap: &Snapshot, ring: &KeyRing, headers: &HeaderMap) -> Result<Caller, GatewayError> {
     if !snap.keys_enabled() {
         return Ok(Caller::Passthrough);
     }
     let mut any = false;
     for key in presented(headers) {
         any = true;
-        if let Some(entry) = snap.find_key(&sha256(key)) {
+        let hash = sha256(key);
+        let found = snap.find_key(&hash).cloned().or_else(|| ring.find(&hash));
+        if let Some(entry) = found {
             if !entry.enabled {
                 return Err(GatewayError::Permission(format!(
                     "gateway key `{}` is disabled",
                     entry.name
                 )));
             }
-            return Ok(Caller::Key(entry.clone()));
+            if entry.expired(crate::policy::period::now_ms()) {
+                return Err(GatewayError::Authentication(format!(
+                    "gateway key `{}` expired at {}; ask for a new key",
+                    entry.name,
+                    entry
+                        .expires_at_ms
+                        .map(crate::policy::period::rfc3339)
+                        .unwrap_or_default()
+                )));
+            }
+            return Ok(Caller::Key(entry));
         }
     }
     Err(GatewayError::Authentication(if any {
@@ -129,22 +145,34 @@ mod tests {
         let s = snap(&format!(
             "keys:\n  - {{name: alice, key_sha256: {hash}}}\n  - {{name: off, key_sha256: {off}, enabled: false}}\n"
         ));
-        assert!(matches!(authenticate(&s, &h(&[("x-api-key", "mg-alice")])), Ok(Caller::Key(k)) if k.name == "alice"));
+        assert!(
+            matches!(authenticate(&s, &KeyRing::default(), &h(&[("x-api-key", "mg-alice")])), Ok(Caller::Key(k)) if k.name == "alice")
+        );
         assert!(matches!(
-            authenticate(&s, &h(&[("authorization", "Bearer  mg-alice ")])),
+            authenticate(&s, &KeyRing::default(), &h(&[("authorization", "Bearer  mg-alice ")])),
             Ok(Caller::Key(_))
         ));
-        assert!(authenticate(&s, &h(&[("x-api-key", "nope"), ("authorization", "bearer mg-alice")])).is_ok());
-        assert!(matches!(authenticate(&s, &h(&[])), Err(GatewayError::Authentication(m)) if m.contains("missing")));
+        assert!(authenticate(
+            &s,
+            &KeyRing::default(),
+            &h(&[("x-api-key", "nope"), ("authorization", "bearer mg-alice")])
+        )
+        .is_ok());
+        assert!(
+            matches!(authenticate(&s, &KeyRing::default(), &h(&[])), Err(GatewayError::Authentication(m)) if m.contains("missing"))
+        );
         assert!(matches!(
-            authenticate(&s, &h(&[("x-api-key", "nope")])),
+            authenticate(&s, &KeyRing::default(), &h(&[("x-api-key", "nope")])),
             Err(GatewayError::Authentication(_))
         ));
         assert!(matches!(
-            authenticate(&s, &h(&[("x-api-key", "mg-off")])),
+            authenticate(&s, &KeyRing::default(), &h(&[("x-api-key", "mg-off")])),
             Err(GatewayError::Permission(_))
         ));
-        assert!(matches!(authenticate(&snap(""), &h(&[])), Ok(Caller::Passthrough)));
+        assert!(matches!(
+            authenticate(&snap(""), &KeyRing::default(), &h(&[])),
+            Ok(Caller::Passthrough)
+        ));
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl Gateway {
     }
 
     fn caller(&self, session: &Session, ctx: &mut RequestCtx, snap: &Snapshot) -> Result<auth::Caller, GatewayError> {
-        let caller = auth::authenticate(snap, &session.req_header().headers)?;
+        let caller = auth::authenticate(snap, &self.shared.config.store_keys, &session.req_header().headers)?;
         if let auth::Caller::Key(k) = &caller {
             ctx.principal = Some(k.clone());
         }

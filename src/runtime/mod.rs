@@ -9,6 +9,7 @@
 //! This layer sits above `policy`, `upstream` and `usage`, whose pieces a
 //! snapshot holds, and below `gateway`, which reads it.
 
+pub mod keyring;
 pub mod reload;
 pub mod snapshot;
 
@@ -37,6 +38,8 @@ pub struct ConfigStore {
     /// What the process was started with and a reload cannot change.
     boot: Fixed,
     status: std::sync::Mutex<reload::ReloadStatus>,
+    /// Gateway keys created at run time in the store.
+    pub store_keys: keyring::KeyRing,
 }
 
 /// Settings bound to the running process (listeners, threads, sockets):
@@ -86,6 +89,7 @@ impl ConfigStore {
             path,
             overrides,
             status: Default::default(),
+            store_keys: Default::default(),
         }
     }
 

@@ -152,9 +152,20 @@ pub struct KeyEntry {
     pub team_scope: Option<Arc<ScopeLimits>>,
     models: Option<GlobSet>,
     hash: [u8; 32],
+    /// Unix ms from which the key is refused.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl KeyEntry {
+    pub(crate) fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// Whether the key has expired at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))
     }
@@ -551,6 +562,48 @@ impl Snapshot {
         bool::from(entry.hash.ct_eq(presented_hash)).then_some(entry)
     }
 
+    /// Compile keys kept in the store (see `keyring`) against this
+    /// snapshot's teams, one at a time: a row that does not compile, or
+    /// whose name or secret a config key already has, is left out with a
+    /// warning.
+    pub fn compile_store_keys(&self, rows: &[KeyConfig]) -> (HashMap<[u8; 32], Arc<KeyEntry>>, Vec<String>) {
+        let mut out = HashMap::with_capacity(rows.len());
+        let mut warnings = Vec::new();
+        let config_names: std::collections::HashSet<&str> = self
+            .keys
+            .iter()
+            .flat_map(|k| k.values())
+            .map(|k| k.name.as_str())
+            .collect();
+        let no_env = |_: &str| None;
+        for row in rows {
+            if config_names.contains(row.name.as_str()) {
+                warnings.push(format!(
+                    "store key `{}`: a key of that name is in the config file, which wins",
+                    row.name
+                ));
+                continue;
+            }
+            let mut ignored = Vec::new();
+            match build_keys(std::slice::from_ref(row), &self.config.teams, &no_env, &mut ignored) {
+                Ok(one) => {
+                    for (hash, entry) in one {
+                        if self.keys.as_ref().is_some_and(|k| k.contains_key(&hash)) || out.contains_key(&hash) {
+                            warnings.push(format!(
+                                "store key `{}` has the same secret as another key; left out",
+                                row.name
+                            ));
+                            continue;
+                        }
+                        out.insert(hash, entry);
+                    }
+                }
+                Err(e) => warnings.push(format!("store key `{}`: {e}; left out", row.name)),
+            }
+        }
+        (out, warnings)
+    }
+
     pub fn has_admin_keys(&self) -> bool {
         !self.admin_keys.is_empty()
     }
@@ -795,6 +848,23 @@ fn build_keys(
         if let Some(b) = &k.budget {
             check_budget(&format!("{key}.budget"), b)?;
         }
+        let expires_at_ms = k
+            .expires
+            .as_deref()
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|e| {
+                        ConfigError::invalid(
+                            format!("{key}.expires"),
+                            format!(
+                                "`{}` is not an RFC 3339 time ({e}), e.g. 2027-03-31T00:00:00Z",
+                                t.escape_debug()
+                            ),
+                        )
+                    })
+            })
+            .transpose()?;
         let team_scope = k.team.as_deref().map(|t| {
             Arc::clone(team_scopes.entry(t).or_insert_with(|| {
                 if !teams.is_empty() {
@@ -818,6 +888,7 @@ fn build_keys(
             team_scope,
             models,
             hash,
+            expires_at_ms,
         });
         if out.insert(hash, entry).is_some() {
             return Err(ConfigError::invalid(

@@ -11,11 +11,15 @@
 //!   to a bounded local [`spool`] and are replayed, exactly once (by request
 //!   id), when it is back.
 //!
+//! With PostgreSQL the store also keeps gateway keys created at run time
+//! ([`keys`]).
+//!
 //! [`Ledger`] is the write side (a request only ever `try_send`s a record),
 //! [`Reader`] the read side, [`Sinks`] the ledger and the audit log a
 //! serving process writes to. The types the readers answer with
 //! ([`Totals`], [`SummaryRow`], …) are the same for both places.
 
+pub mod keys;
 pub mod postgres;
 pub mod spool;
 pub mod sqlite;
@@ -393,6 +397,14 @@ impl Ledger {
         match self {
             Ledger::Sqlite(l) => Ok(l.close(timeout)?),
             Ledger::Postgres(l) => Ok(l.close(timeout)?),
+        }
+    }
+
+    /// The keys table, with a PostgreSQL store (on the ledger's pool).
+    pub fn key_store(&self) -> Option<keys::KeyStore> {
+        match self {
+            Ledger::Sqlite(_) => None,
+            Ledger::Postgres(l) => Some(keys::KeyStore::on(l.reader().db())),
         }
     }
 

@@ -58,9 +58,10 @@ const MIGRATION_LOCK: i64 = 0x6d6f_6465_6c67_6174; // "modelgat"
 
 /// The schema steps, in order. Each runs once, in the transaction that
 /// records it in `modelgate_schema`.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE requests (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE requests (
         id BIGSERIAL PRIMARY KEY,
         ts_ms BIGINT NOT NULL,
         request_id TEXT NOT NULL UNIQUE,
@@ -87,7 +88,30 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
     CREATE INDEX requests_ts ON requests (ts_ms);
     CREATE INDEX requests_key_ts ON requests (\"key\", ts_ms);
     CREATE INDEX requests_team_ts ON requests (team, ts_ms);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE gateway_keys (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL,
+        team TEXT,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        models TEXT[] NOT NULL DEFAULT '{}',
+        rpm BIGINT,
+        tpm BIGINT,
+        budget_usd DOUBLE PRECISION,
+        budget_period TEXT,
+        expires_at_ms BIGINT,
+        created_at_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        updated_by TEXT NOT NULL,
+        revoked_at_ms BIGINT,
+        revoked_by TEXT
+    );
+    CREATE UNIQUE INDEX gateway_keys_active_name ON gateway_keys (name) WHERE revoked_at_ms IS NULL;",
+    ),
+];
 
 /// The schema this build writes and reads.
 pub fn schema_version() -> i32 {
@@ -287,6 +311,7 @@ impl Drop for OwnRuntime {
 
 /// The pool, on its own runtime.
 pub struct Db {
+    target: Target,
     handle: tokio::runtime::Handle,
     pool: Pool,
     migrated: tokio::sync::OnceCell<()>,
@@ -324,6 +349,7 @@ impl Db {
             .build()
             .map_err(|e| PgError::Config(e.to_string()))?;
         Ok(Arc::new(Db {
+            target: target.clone(),
             handle: runtime.handle().clone(),
             pool,
             migrated: tokio::sync::OnceCell::new(),
@@ -332,12 +358,12 @@ impl Db {
         }))
     }
 
-    fn query_err(&self, e: impl std::fmt::Display) -> PgError {
+    pub(crate) fn query_err(&self, e: impl std::fmt::Display) -> PgError {
         PgError::Query(self.describe.clone(), e.to_string())
     }
 
     /// A pooled connection on a migrated schema. Call on the store runtime.
-    async fn client(&self) -> Result<deadpool_postgres::Client, PgError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, PgError> {
         let mut client = self
             .pool
             .get()
@@ -350,7 +376,11 @@ impl Db {
     }
 
     /// Run `op` on the store runtime, bounded by `timeout`.
-    async fn run<T, F>(self: &Arc<Self>, timeout: Duration, op: impl FnOnce(Arc<Db>) -> F) -> Result<T, PgError>
+    pub(crate) async fn run<T, F>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        op: impl FnOnce(Arc<Db>) -> F,
+    ) -> Result<T, PgError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, PgError>> + Send + 'static,
@@ -366,8 +396,38 @@ impl Db {
         }
     }
 
+    /// A connection of its own (not pooled) that `LISTEN`s on `channel`:
+    /// the receiver gets `()` per notification and closes when the
+    /// connection ends. Keep the client: dropping it ends the connection.
+    pub(crate) async fn listen(
+        self: &Arc<Self>,
+        channel: &'static str,
+    ) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>), PgError> {
+        self.run(CONNECT_TIMEOUT * 2, move |db| async move {
+            let connect_err = |e: tokio_postgres::Error| PgError::Connect(db.describe.clone(), e.to_string());
+            match &db.target.tls {
+                None => {
+                    let (client, conn) = db
+                        .target
+                        .config
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(connect_err)?;
+                    listen_on(&db, client, conn, channel).await
+                }
+                Some(ca) => {
+                    let tls = db.target.rustls(ca.as_deref()).map_err(PgError::Config)?;
+                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                    let (client, conn) = db.target.config.connect(tls).await.map_err(connect_err)?;
+                    listen_on(&db, client, conn, channel).await
+                }
+            }
+        })
+        .await
+    }
+
     /// Whether the database answers (connecting and migrating if needed).
-    async fn ping(&self) -> Result<(), PgError> {
+    pub(crate) async fn ping(&self) -> Result<(), PgError> {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(|e| self.query_err(e))?;
         Ok(())
@@ -414,6 +474,34 @@ impl Db {
             }
         }
     }
+}
+
+/// Drive `conn` on this runtime, forwarding its notifications, and
+/// `LISTEN` on `channel`.
+async fn listen_on<S, T>(
+    db: &Db,
+    client: tokio_postgres::Client,
+    mut conn: tokio_postgres::Connection<S, T>,
+    channel: &str,
+) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>), PgError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                // A full channel already holds a wake-up: one is enough.
+                let _ = tx.try_send(());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .map_err(|e| db.query_err(e))?;
+    Ok((client, rx))
 }
 
 enum InsertError {
@@ -1017,6 +1105,10 @@ fn scope_column(id: &str) -> (&'static str, String) {
 }
 
 impl Reader {
+    pub(crate) fn db(&self) -> Arc<Db> {
+        self.db.clone()
+    }
+
     /// Connect (and migrate): `modelgate usage` fails plainly when the
     /// database is away.
     pub async fn connect(target: &Target) -> Result<Reader, PgError> {

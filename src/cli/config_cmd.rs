@@ -203,6 +203,9 @@ fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
     if let Some(url) = config.state.redis_url.as_mut() {
         *url = crate::config::load::redact_url_password(url);
     }
+    for url in config.state.redis_cluster.iter_mut().flatten() {
+        *url = crate::config::load::redact_url_password(url);
+    }
     Ok(config)
 }
 

@@ -39,9 +39,10 @@
 //! - A team and all its keys live in one slot, so on one node: the cluster
 //!   spreads teams (and keys without a team) over its nodes, not the
 //!   requests of one team. Each call is a few dozen hash and sorted-set
-//!   operations, so one node carries tens of thousands of admissions a
-//!   second: far above what one team's LLM traffic needs, but a single
-//!   very large team does not get faster from more nodes.
+//!   operations, so (an estimate, not a benchmark) one node carries well
+//!   over ten thousand admissions a second: far above what one team's LLM
+//!   traffic needs, but a single very large team does not get faster from
+//!   more nodes.
 //! - Moving a key to another team (or into or out of one) moves its state
 //!   to another slot: in cluster mode its current rate windows and period
 //!   spend start again from zero. The team's own state does not move.
@@ -72,8 +73,8 @@
 //! a connection to the primary of the moment, and following a failover
 //! (noticing it, asking the sentinels again, reconnecting) would be ours
 //! to build and test. Point `state.redis_url` at an address that follows
-//! the primary instead (a managed Redis endpoint, or a Sentinel-aware
-//! proxy), or use a cluster.
+//! the primary instead (a managed Redis endpoint, or a proxy that tracks
+//! the primary), or use a cluster.
 //!
 //! All Redis I/O runs on one small runtime of its own: the multiplexed
 //! connection's driver (and the cluster client's) then never depends on
@@ -294,9 +295,9 @@ impl KeyNames {
 /// Where the shared state lives, checked and ready to connect.
 pub enum Target {
     /// One Redis primary (`state.redis_url`).
-    Node(redis::Client),
+    Node(Box<redis::Client>),
     /// A Redis Cluster, found from its seed nodes (`state.redis_cluster`).
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Target {
@@ -356,7 +357,9 @@ impl Target {
                     Some(certs) => redis::Client::build_with_tls(url, certs),
                     None => redis::Client::open(url),
                 };
-                client.map(Target::Node).map_err(|e| (key.clone(), e.to_string()))
+                client
+                    .map(|c| Target::Node(Box::new(c)))
+                    .map_err(|e| (key.clone(), e.to_string()))
             }
             Some(_) => {
                 let mut builder = ClusterClientBuilder::new(urls.iter().map(|(_, u)| *u))
@@ -373,7 +376,7 @@ impl Target {
                 }
                 builder
                     .build()
-                    .map(Target::Cluster)
+                    .map(|c| Target::Cluster(Box::new(c)))
                     .map_err(|e| ("state.redis_cluster".into(), e.to_string()))
             }
         }
@@ -521,7 +524,7 @@ impl RedisState {
                                 .set_number_of_retries(1)
                                 .set_max_delay(Duration::from_millis(500));
                             Conn::Node(
-                                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                                ConnectionManager::new_lazy_with_config((**client).clone(), config)
                                     .map_err(|e| format!("state.redis_url: {e}"))?,
                             )
                         }

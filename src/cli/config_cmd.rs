@@ -206,6 +206,9 @@ fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
     {
         *url = crate::config::load::redact_url_password(url);
     }
+    for url in config.state.redis_cluster.iter_mut().flatten() {
+        *url = crate::config::load::redact_url_password(url);
+    }
     Ok(config)
 }
 

@@ -548,9 +548,20 @@ pub struct StateConfig {
     /// SQLite usage ledger, relative to the gateway's working directory.
     #[serde(default = "default_state_path")]
     pub path: String,
-    /// Required with `backend: redis`.
+    /// One Redis primary: `redis://[user:password@]host:port/db`, or
+    /// `rediss://…` for TLS. With `backend: redis`, give this or
+    /// `redis_cluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` or
+    /// `rediss://host:port`, all with the same scheme and credentials),
+    /// instead of `redis_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<Vec<String>>,
+    /// PEM file of CA certificates trusted for `rediss://`, in addition to
+    /// the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<String>,
     /// Prefix of every Redis key this gateway writes (several gateway
     /// fleets can share one Redis).
     #[serde(default = "default_redis_prefix")]
@@ -569,6 +580,8 @@ impl Default for StateConfig {
             backend: StateBackend::Embedded,
             path: default_state_path(),
             redis_url: None,
+            redis_cluster: None,
+            redis_ca_file: None,
             redis_prefix: default_redis_prefix(),
             on_redis_error: RedisFailurePolicy::default(),
             ledger_queue: default_ledger_queue(),

@@ -41,6 +41,11 @@ pub const BYTES_PER_TOKEN: u64 = 4;
 pub struct ScopeLimits {
     /// The state key: `key:NAME` or `team:NAME`.
     pub id: Arc<str>,
+    /// The scope whose state this scope's state is kept with: the team's
+    /// id for a key in a team, its own id otherwise. Every scope one
+    /// admission checks has the same group, so Redis Cluster can keep all
+    /// of it in one hash slot ([`redis`]).
+    pub group: Arc<str>,
     /// How messages name it: "key `alice`", "team `platform`".
     pub label: String,
     pub rpm: Option<Gcra>,
@@ -54,14 +59,24 @@ pub struct ScopeLimits {
 
 impl ScopeLimits {
     pub fn new(kind: &str, name: &str, rate: Option<&RateLimitConfig>, budget: Option<&BudgetConfig>) -> ScopeLimits {
+        let id: Arc<str> = Arc::from(format!("{kind}:{name}"));
         ScopeLimits {
-            id: Arc::from(format!("{kind}:{name}")),
+            group: Arc::clone(&id),
+            id,
             label: format!("{kind} `{name}`"),
             rpm: rate.and_then(|r| r.rpm).and_then(Gcra::per_minute),
             tpm: rate.and_then(|r| r.tpm).and_then(Gcra::per_minute),
             budget_nanos: budget.map(|b| usd_to_nanos(b.usd)),
             period: budget.map_or(BudgetPeriod::Monthly, |b| b.period),
         }
+    }
+
+    /// Keep this scope's state with `team`'s (a key in that team).
+    pub fn in_team(mut self, team: Option<&ScopeLimits>) -> ScopeLimits {
+        if let Some(t) = team {
+            self.group = Arc::clone(&t.group);
+        }
+        self
     }
 
     fn limited(&self) -> bool {
@@ -162,13 +177,7 @@ impl Policy {
     pub fn new(state: &StateConfig) -> Result<Policy, String> {
         let backend = match state.backend {
             StateBackend::Embedded => Backend::Memory(memory::Memory::default()),
-            StateBackend::Redis => {
-                let url = state
-                    .redis_url
-                    .as_deref()
-                    .ok_or("state.redis_url is required with state.backend: redis")?;
-                Backend::Redis(Box::new(redis::RedisState::new(url, &state.redis_prefix)?))
-            }
+            StateBackend::Redis => Backend::Redis(Box::new(redis::RedisState::new(state)?)),
         };
         Ok(Policy {
             backend,

@@ -1,12 +1,21 @@
 //! The shared state backend: rate-limit TATs and period spend in Redis, so
 //! every replica behind a load balancer enforces one limit and one budget.
 //!
+//! This module owns the connection to Redis ([`Target`]: one node by
+//! `state.redis_url`, or a Redis Cluster by `state.redis_cluster`, either
+//! over TLS with `rediss://`), the key layout ([`KeyNames`]) and the Lua
+//! scripts. [`super`] owns the decision and the refusal.
+//!
 //! Each admission is one `EVALSHA` of [`ADMIT`] (check every scope, then
 //! charge every scope, atomically), each settlement one of [`SETTLE`]. The
 //! scripts run the same steps as [`super::memory`] and [`super::gcra`], on
-//! Redis's clock so replicas with skewed clocks still agree.
+//! Redis's clock so replicas with skewed clocks still agree. A script that
+//! is not loaded on the node that gets the call (`NOSCRIPT`: a restarted
+//! node, a failover, a cluster node seen for the first time) is loaded
+//! there and called again (`Script::invoke_async`; in a cluster `SCRIPT
+//! LOAD` goes to every node).
 //!
-//! Keys (`PREFIX` is `state.redis_prefix`):
+//! Keys (`PREFIX` is `state.redis_prefix`), on one node:
 //! - `PREFIX:rate:key:NAME` / `PREFIX:rate:team:NAME` — hash `r` (request
 //!   TAT, ms) and `t` (token TAT, ms); expires a minute after it is idle.
 //! - `PREFIX:spend:key:NAME:START_MS` — hash `spent` (nano-USD, incl.
@@ -20,6 +29,29 @@
 //!   applied (ten minutes), so a settlement retried after a timeout is
 //!   applied exactly once.
 //!
+//! In a Redis Cluster, a script may only touch keys of one hash slot, and
+//! one admission touches the key's *and* its team's rate, spend and holds.
+//! So every name carries a hash tag after the prefix: the scope's group
+//! ([`ScopeLimits::group`]), which is the team for a key in a team and the
+//! key itself otherwise: `PREFIX:{team:T}:rate:key:NAME`,
+//! `PREFIX:{team:T}:spend:team:T:START_MS`, `PREFIX:{key:K}:holds:key:K:START_MS`,
+//! `PREFIX:{team:T}:settled:HOLD`, and so on. The costs of that choice:
+//! - A team and all its keys live in one slot, so on one node: the cluster
+//!   spreads teams (and keys without a team) over its nodes, not the
+//!   requests of one team. Each call is a few dozen hash and sorted-set
+//!   operations, so (an estimate, not a benchmark) one node carries well
+//!   over ten thousand admissions a second: far above what one team's LLM
+//!   traffic needs, but a single very large team does not get faster from
+//!   more nodes.
+//! - Moving a key to another team (or into or out of one) moves its state
+//!   to another slot: in cluster mode its current rate windows and period
+//!   spend start again from zero. The team's own state does not move.
+//!
+//! The single-node layout keeps the untagged names of earlier releases, so
+//! an upgrade loses nothing; switching one deployment from a single node to
+//! a cluster starts every current rate window and period from zero (the
+//! ledgers keep every request).
+//!
 //! A reservation is never counted for longer than its request needs. A
 //! settlement takes its hold out of the set and credits it back; an
 //! admission that timed out on the gateway's side (Redis may have applied
@@ -27,16 +59,35 @@
 //! hold is there; a settlement that failed is retried in the background;
 //! and every admission first sweeps holds that have lapsed, whose requests
 //! ended without any settlement reaching Redis. A request that outlives its
-//! hold is charged its full cost when it settles.
+//! hold is charged its full cost when it settles. An admission whose hold
+//! is already there (the cluster client resent it after a lost reply) is
+//! not charged again.
+//!
+//! TLS (`rediss://`) uses rustls with the system roots, plus the CA
+//! certificates of `state.redis_ca_file`; the server name sent (SNI) and
+//! checked is the URL's host (an IP address is checked against the
+//! certificate's IP names, and no SNI is sent). `rediss://…#insecure`,
+//! which would turn every check off, is refused when the config loads.
+//!
+//! Sentinel is not built in: the `redis` crate's Sentinel client hands out
+//! a connection to the primary of the moment, and following a failover
+//! (noticing it, asking the sentinels again, reconnecting) would be ours
+//! to build and test. Point `state.redis_url` at an address that follows
+//! the primary instead (a managed Redis endpoint, or a proxy that tracks
+//! the primary), or use a cluster.
 //!
 //! All Redis I/O runs on one small runtime of its own: the multiplexed
-//! connection's driver then never depends on which Pingora worker thread
-//! happens to be polling.
+//! connection's driver (and the cluster client's) then never depends on
+//! which Pingora worker thread happens to be polling.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Script, TlsCertificates};
+
+use crate::config::schema::StateConfig;
 
 use super::gcra::Quota;
 use super::period::Window;
@@ -45,6 +96,9 @@ use super::{Actual, Ask, Charge, Refusal, ScopeLimits, Standing};
 /// Upper bound on one state operation, connection included. A request never
 /// waits longer than this on Redis before `on_redis_error` decides.
 const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Connecting to one node, and waiting for one reply.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Spend keys outlive their period this long, for late reports.
 const KEEP_AFTER_PERIOD_MS: i64 = 35 * 24 * 3600 * 1000;
 /// How long a budget reservation holds without a settlement: longer than
@@ -63,7 +117,8 @@ const RETRY_DELAYS: [Duration; 5] = [
 /// member, hold ttl (ms), then per scope rpm, tpm, budget (-1: none),
 /// expire_at (0: never).
 /// Returns {0} admitted, {1, i, spent} budget refusal, {2, i, retry_ms,
-/// request_tat, token_tat, now} rate refusal.
+/// request_tat, token_tat, now} rate refusal. A call whose hold member is
+/// already in a holds set was applied before: {0}, nothing charged again.
 pub const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -74,6 +129,11 @@ local member = ARGV[4]
 local ttl = tonumber(ARGV[5])
 local P = 60000
 local function arg(i, k) return tonumber(ARGV[5 + (i - 1) * 4 + k]) end
+if reserve > 0 then
+  for i = 1, n do
+    if arg(i, 3) >= 0 and redis.call('ZSCORE', KEYS[3 * i], member) then return {0} end
+  end
+end
 for i = 1, n do
   if arg(i, 3) >= 0 then
     local lapsed = redis.call('ZRANGEBYSCORE', KEYS[3 * i], '-inf', now, 'LIMIT', 0, 100)
@@ -188,31 +248,264 @@ fn hold_member(hold: u64, reserve: u64) -> String {
     format!("{hold:016x}:{reserve}")
 }
 
+/// Key names. One node: the untagged layout of earlier releases. Cluster:
+/// the scope's group as a hash tag after the prefix, so that everything one
+/// script call touches is in one slot (see the module doc).
+pub struct KeyNames {
+    prefix: String,
+    tagged: bool,
+}
+
+impl KeyNames {
+    pub fn new(prefix: &str, cluster: bool) -> KeyNames {
+        KeyNames {
+            prefix: prefix.to_string(),
+            tagged: cluster,
+        }
+    }
+
+    /// `PREFIX`, or `PREFIX:{GROUP}` in a cluster.
+    fn head(&self, s: &ScopeLimits) -> String {
+        if self.tagged {
+            format!("{}:{{{}}}", self.prefix, s.group)
+        } else {
+            self.prefix.clone()
+        }
+    }
+
+    pub fn rate(&self, s: &ScopeLimits) -> String {
+        format!("{}:rate:{}", self.head(s), s.id)
+    }
+
+    pub fn spend(&self, s: &ScopeLimits, w: Window) -> String {
+        format!("{}:spend:{}:{}", self.head(s), s.id, w.start_ms)
+    }
+
+    pub fn holds(&self, s: &ScopeLimits, w: Window) -> String {
+        format!("{}:holds:{}:{}", self.head(s), s.id, w.start_ms)
+    }
+
+    /// The settled marker of `hold`, with the state of `s` (the request's
+    /// first scope).
+    pub fn settled(&self, s: &ScopeLimits, hold: u64) -> String {
+        format!("{}:settled:{hold:016x}", self.head(s))
+    }
+}
+
+/// Where the shared state lives, checked and ready to connect.
+pub enum Target {
+    /// One Redis primary (`state.redis_url`).
+    Node(Box<redis::Client>),
+    /// A Redis Cluster, found from its seed nodes (`state.redis_cluster`).
+    Cluster(Box<ClusterClient>),
+}
+
+impl Target {
+    /// Check `state.redis_url` / `state.redis_cluster` and
+    /// `state.redis_ca_file`, and build the client. An error names the
+    /// config key; it never quotes a URL (URLs may carry a password).
+    pub fn from_config(state: &StateConfig) -> Result<Target, (String, String)> {
+        let urls: Vec<(String, &str)> = match (&state.redis_url, &state.redis_cluster) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "state.redis_cluster".into(),
+                    "give either `state.redis_url` (one node) or `state.redis_cluster` (the seed nodes of a \
+                     cluster), not both"
+                        .into(),
+                ))
+            }
+            (None, None) => {
+                return Err((
+                    "state.redis_url".into(),
+                    "is required with `state.backend: redis` (or `state.redis_cluster` for a Redis Cluster)".into(),
+                ))
+            }
+            (Some(url), None) => vec![("state.redis_url".into(), url.as_str())],
+            (None, Some(seeds)) if seeds.is_empty() => {
+                return Err((
+                    "state.redis_cluster".into(),
+                    "lists no seed node; give at least one `redis://host:port` (or `rediss://`)".into(),
+                ))
+            }
+            (None, Some(seeds)) => seeds
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("state.redis_cluster[{i}]"), u.as_str()))
+                .collect(),
+        };
+        let mut tls = false;
+        for (key, url) in &urls {
+            tls |= check_url(url).map_err(|m| (key.clone(), m))?;
+        }
+        let certs = match &state.redis_ca_file {
+            None => None,
+            Some(_) if !tls => {
+                return Err((
+                    "state.redis_ca_file".into(),
+                    "is set, but no Redis URL uses TLS; write `rediss://` to connect over TLS".into(),
+                ))
+            }
+            Some(path) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(trust_bundle(path).map_err(|m| ("state.redis_ca_file".to_string(), m))?),
+            }),
+        };
+        match state.redis_cluster {
+            None => {
+                let (key, url) = (&urls[0].0, urls[0].1);
+                let client = match certs {
+                    Some(certs) => redis::Client::build_with_tls(url, certs),
+                    None => redis::Client::open(url),
+                };
+                client
+                    .map(|c| Target::Node(Box::new(c)))
+                    .map_err(|e| (key.clone(), e.to_string()))
+            }
+            Some(_) => {
+                let mut builder = ClusterClientBuilder::new(urls.iter().map(|(_, u)| *u))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .overall_response_timeout(Some(OP_TIMEOUT))
+                    // MOVED / ASK after a resharding, a failover: a few quick
+                    // tries, all within OP_TIMEOUT.
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200);
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                builder
+                    .build()
+                    .map(|c| Target::Cluster(Box::new(c)))
+                    .map_err(|e| ("state.redis_cluster".into(), e.to_string()))
+            }
+        }
+    }
+}
+
+/// Whether `url` is a TLS URL; an error when the redis client cannot use
+/// it or it asks for `#insecure`.
+fn check_url(url: &str) -> Result<bool, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    let tls = matches!(parsed.scheme(), "rediss" | "valkeys");
+    if parsed.fragment() == Some("insecure") {
+        return Err(concat!(
+            "`#insecure` (TLS without any certificate or host name check) is not supported; ",
+            "trust a private CA with `state.redis_ca_file` instead"
+        )
+        .into());
+    }
+    redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| e.to_string())?;
+    Ok(tls)
+}
+
+/// The system roots and the certificates of the PEM file at `path`, as one
+/// PEM bundle: the redis client takes its roots in that form, and trusts
+/// only them when given any.
+fn trust_bundle(path: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let extra = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path} is not a PEM certificate file: {e}"))?;
+    if extra.is_empty() {
+        return Err(format!("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    for (i, cert) in extra.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .map_err(|e| format!("certificate {} of {path} cannot be a trust anchor: {e}", i + 1))?;
+    }
+    // Roots that fail to load or parse are left out, as the redis client
+    // would refuse the whole set for one of them.
+    let system = rustls_native_certs::load_native_certs().certs;
+    let mut bundle = Vec::with_capacity(pem.len() + system.len() * 2048);
+    for cert in system {
+        if rustls::RootCertStore::empty().add(cert.clone()).is_ok() {
+            pem_encode(&cert, &mut bundle);
+        }
+    }
+    for cert in &extra {
+        pem_encode(cert, &mut bundle);
+    }
+    Ok(bundle)
+}
+
+fn pem_encode(der: &[u8], out: &mut Vec<u8>) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+}
+
+/// The connection every operation clones: a reconnecting connection to one
+/// node, or the cluster client's (which follows the slot map).
+#[derive(Clone)]
+enum Conn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisState {
-    client: redis::Client,
+    target: Target,
     /// Started on first use, in the serving process: a runtime's threads do
     /// not survive the daemon fork.
-    io: std::sync::OnceLock<Result<(tokio::runtime::Handle, ConnectionManager), String>>,
-    prefix: String,
+    io: std::sync::OnceLock<Result<(tokio::runtime::Handle, Conn), String>>,
+    keys: KeyNames,
     admit: Script,
     settle: Script,
     release: Script,
 }
 
 impl RedisState {
-    pub fn new(url: &str, prefix: &str) -> Result<RedisState, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("state.redis_url: {e}"))?;
+    pub fn new(state: &StateConfig) -> Result<RedisState, String> {
+        let target = Target::from_config(state).map_err(|(key, message)| format!("{key}: {message}"))?;
+        let cluster = matches!(target, Target::Cluster(_));
         Ok(RedisState {
-            client,
+            target,
             io: std::sync::OnceLock::new(),
-            prefix: prefix.to_string(),
+            keys: KeyNames::new(&state.redis_prefix, cluster),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             release: Script::new(RELEASE),
         })
     }
 
-    fn io(&self) -> Result<&(tokio::runtime::Handle, ConnectionManager), String> {
+    fn io(&self) -> Result<&(tokio::runtime::Handle, Conn), String> {
         self.io
             .get_or_init(|| {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -221,15 +514,30 @@ impl RedisState {
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start the Redis state runtime: {e}"))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(1)))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
                 let conn = {
                     let _inside = runtime.enter();
-                    ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                        .map_err(|e| format!("state.redis_url: {e}"))?
+                    match &self.target {
+                        Target::Node(client) => {
+                            let config = ConnectionManagerConfig::new()
+                                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                                .set_number_of_retries(1)
+                                .set_max_delay(Duration::from_millis(500));
+                            Conn::Node(
+                                ConnectionManager::new_lazy_with_config((**client).clone(), config)
+                                    .map_err(|e| format!("state.redis_url: {e}"))?,
+                            )
+                        }
+                        // Connects in the background; until it has, calls wait
+                        // (bounded by OP_TIMEOUT) or fail.
+                        Target::Cluster(client) => Conn::Cluster(
+                            client.get_pending_async_connection_with_config(
+                                ClusterConfig::new()
+                                    .set_connection_timeout(CONNECT_TIMEOUT)
+                                    .set_response_timeout(RESPONSE_TIMEOUT),
+                            ),
+                        ),
+                    }
                 };
                 let handle = runtime.handle().clone();
                 // The runtime lives as long as the process: it drives the
@@ -240,18 +548,6 @@ impl RedisState {
             })
             .as_ref()
             .map_err(Clone::clone)
-    }
-
-    fn rate_key(&self, s: &ScopeLimits) -> String {
-        format!("{}:rate:{}", self.prefix, s.id)
-    }
-
-    fn spend_key(&self, s: &ScopeLimits, w: Window) -> String {
-        format!("{}:spend:{}:{}", self.prefix, s.id, w.start_ms)
-    }
-
-    fn holds_key(&self, s: &ScopeLimits, w: Window) -> String {
-        format!("{}:holds:{}:{}", self.prefix, s.id, w.start_ms)
     }
 
     /// Run `op` on the state runtime, bounded by [`OP_TIMEOUT`].
@@ -307,9 +603,9 @@ impl RedisState {
             int(HOLD_TTL.as_millis() as i64),
         ];
         for (s, w) in ask.scopes {
-            keys.push(self.rate_key(s));
-            keys.push(self.spend_key(s, *w));
-            keys.push(self.holds_key(s, *w));
+            keys.push(self.keys.rate(s));
+            keys.push(self.keys.spend(s, *w));
+            keys.push(self.keys.holds(s, *w));
             args.push(int(s.rpm.map_or(0, |g| g.limit() as i64)));
             args.push(int(s.tpm.map_or(0, |g| g.limit() as i64)));
             args.push(int(s.budget_nanos.map_or(-1, |b| b as i64)));
@@ -322,8 +618,8 @@ impl RedisState {
                     let mut keys = Vec::with_capacity(ask.scopes.len() * 2);
                     let mut args = vec![int(ask.scopes.len() as i64), member];
                     for (s, w) in ask.scopes {
-                        keys.push(self.spend_key(s, *w));
-                        keys.push(self.holds_key(s, *w));
+                        keys.push(self.keys.spend(s, *w));
+                        keys.push(self.keys.holds(s, *w));
                         let reserved = if s.budget_nanos.is_some() {
                             ask.demand.reserve_nanos
                         } else {
@@ -342,6 +638,7 @@ impl RedisState {
     /// (the settled marker); when Redis does not take it now, it is retried
     /// in the background.
     pub(super) async fn settle(&self, charges: &[Charge], actual: &Actual, hold: u64) -> Result<(), String> {
+        let Some(first) = charges.first() else { return Ok(()) };
         let u = &actual.usage;
         let reserve = charges.iter().map(|c| c.reserved_nanos).max().unwrap_or(0);
         let mut keys = Vec::with_capacity(charges.len() * 3 + 1);
@@ -359,15 +656,15 @@ impl RedisState {
         .collect();
         args.push(hold_member(hold, reserve));
         for c in charges {
-            keys.push(self.rate_key(&c.scope));
-            keys.push(self.spend_key(&c.scope, c.window));
-            keys.push(self.holds_key(&c.scope, c.window));
+            keys.push(self.keys.rate(&c.scope));
+            keys.push(self.keys.spend(&c.scope, c.window));
+            keys.push(self.keys.holds(&c.scope, c.window));
             args.push(int(c.scope.tpm.map_or(0, |g| g.limit() as i64)));
             args.push(int(c.tokens as i64));
             args.push(int(c.reserved_nanos as i64));
             args.push(int(expire_at(c.window)));
         }
-        keys.push(format!("{}:settled:{hold:016x}", self.prefix));
+        keys.push(self.keys.settled(&first.scope, hold));
         match self.invoke::<i64>(&self.settle, keys.clone(), args.clone()).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -410,20 +707,22 @@ impl RedisState {
         });
     }
 
+    /// One `HMGET` per scope, all in flight at once: in a cluster the
+    /// scopes (all teams, for the budget gauges) live in different slots,
+    /// which one pipeline cannot span.
     pub(super) async fn standings(&self, scopes: &[(&ScopeLimits, Window)]) -> Result<Vec<Standing>, String> {
-        let mut pipe = redis::pipe();
-        for (s, w) in scopes {
-            pipe.cmd("HMGET").arg(self.spend_key(s, *w)).arg(&[
-                "spent",
-                "requests",
-                "input",
-                "output",
-                "cache_read",
-                "cache_write",
-            ]);
-        }
-        let mut conn = self.io()?.1.clone();
-        let rows: Vec<Vec<Option<i64>>> = self.run(async move { pipe.query_async(&mut conn).await }).await?;
+        const FIELDS: [&str; 6] = ["spent", "requests", "input", "output", "cache_read", "cache_write"];
+        let keys: Vec<String> = scopes.iter().map(|(s, w)| self.keys.spend(s, *w)).collect();
+        let conn = self.io()?.1.clone();
+        let rows: Vec<Vec<Option<i64>>> = self
+            .run(async move {
+                futures_util::future::try_join_all(keys.into_iter().map(|key| {
+                    let mut conn = conn.clone();
+                    async move { redis::cmd("HMGET").arg(key).arg(&FIELDS).query_async(&mut conn).await }
+                }))
+                .await
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -473,5 +772,209 @@ fn decode_admit(ask: &Ask<'_>, reply: &[i64]) -> Result<(), Refusal> {
             })
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::{BudgetPeriod, StateBackend};
+    use redis::cluster_routing::Slot;
+
+    fn scope(kind: &str, name: &str) -> ScopeLimits {
+        ScopeLimits::new(kind, name, None, None)
+    }
+
+    /// Every key one ADMIT and one SETTLE call touch, for these scopes.
+    fn script_keys(names: &KeyNames, scopes: &[&ScopeLimits]) -> Vec<String> {
+        let w = Window::of(BudgetPeriod::Monthly, 1_700_000_000_000);
+        let mut keys: Vec<String> = scopes
+            .iter()
+            .flat_map(|s| [names.rate(s), names.spend(s, w), names.holds(s, w)])
+            .collect();
+        keys.push(names.settled(scopes[0], 0xabc));
+        keys
+    }
+
+    #[test]
+    fn one_node_keeps_the_untagged_layout() {
+        let team = scope("team", "platform");
+        let alice = scope("key", "alice").in_team(Some(&team));
+        let names = KeyNames::new("modelgate", false);
+        assert_eq!(
+            script_keys(&names, &[&alice, &team]),
+            [
+                "modelgate:rate:key:alice",
+                "modelgate:spend:key:alice:1698796800000",
+                "modelgate:holds:key:alice:1698796800000",
+                "modelgate:rate:team:platform",
+                "modelgate:spend:team:platform:1698796800000",
+                "modelgate:holds:team:platform:1698796800000",
+                "modelgate:settled:0000000000000abc",
+            ]
+        );
+    }
+
+    #[test]
+    fn in_a_cluster_a_key_and_its_team_share_the_team_tag() {
+        let team = scope("team", "platform");
+        let alice = scope("key", "alice").in_team(Some(&team));
+        let carol = scope("key", "carol").in_team(None);
+        let names = KeyNames::new("modelgate", true);
+        let keys = script_keys(&names, &[&alice, &team]);
+        assert_eq!(keys[0], "modelgate:{team:platform}:rate:key:alice");
+        assert_eq!(keys[4], "modelgate:{team:platform}:spend:team:platform:1698796800000");
+        assert_eq!(keys[6], "modelgate:{team:platform}:settled:0000000000000abc");
+        assert!(keys.iter().all(|k| Slot::for_key(k) == Slot::for_key("team:platform")));
+        let keys = script_keys(&names, &[&carol]);
+        assert_eq!(keys[1], "modelgate:{key:carol}:spend:key:carol:1698796800000");
+        assert!(keys.iter().all(|k| Slot::for_key(k) == Slot::for_key("key:carol")));
+    }
+
+    #[test]
+    fn braces_in_names_or_the_prefix_still_keep_one_admission_in_one_slot() {
+        for prefix in ["mg", "m{g", "m{g}", "}{"] {
+            for (key, team) in [("a}b", "t{x}"), ("{", "}"), ("k", "{}"), ("}", "{")] {
+                let t = scope("team", team);
+                let k = scope("key", key).in_team(Some(&t));
+                let names = KeyNames::new(prefix, true);
+                let keys = script_keys(&names, &[&k, &t]);
+                let slot = Slot::for_key(&keys[0]);
+                assert!(
+                    keys.iter().all(|k| Slot::for_key(k) == slot),
+                    "{prefix} {key} {team}: {keys:?}"
+                );
+                let alone = scope("key", key);
+                let keys = script_keys(&names, &[&alone]);
+                let slot = Slot::for_key(&keys[0]);
+                assert!(keys.iter().all(|k| Slot::for_key(k) == slot), "{keys:?}");
+            }
+        }
+    }
+
+    fn state(url: Option<&str>, cluster: Option<&[&str]>, ca: Option<&str>) -> StateConfig {
+        StateConfig {
+            backend: StateBackend::Redis,
+            redis_url: url.map(str::to_string),
+            redis_cluster: cluster.map(|c| c.iter().map(|u| u.to_string()).collect()),
+            redis_ca_file: ca.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn error(s: StateConfig) -> (String, String) {
+        match Target::from_config(&s) {
+            Ok(_) => panic!("accepted {:?} {:?}", s.redis_url, s.redis_cluster),
+            Err(e) => e,
+        }
+    }
+
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
+    #[test]
+    fn exactly_one_of_url_and_cluster() {
+        let (key, msg) = error(state(None, None, None));
+        assert_eq!(key, "state.redis_url");
+        assert!(msg.contains("required") && msg.contains("state.redis_cluster"), "{msg}");
+        let (key, msg) = error(state(Some("redis://a:6379"), Some(&["redis://b:6379"]), None));
+        assert_eq!(key, "state.redis_cluster");
+        assert!(msg.contains("not both"), "{msg}");
+        let (key, msg) = error(state(None, Some(&[]), None));
+        assert_eq!(key, "state.redis_cluster");
+        assert!(msg.contains("no seed node"), "{msg}");
+        assert!(matches!(
+            Target::from_config(&state(Some("redis://a:6379/0"), None, None)),
+            Ok(Target::Node(_))
+        ));
+        assert!(matches!(
+            Target::from_config(&state(None, Some(&["redis://a:7000", "redis://b:7001"]), None)),
+            Ok(Target::Cluster(_))
+        ));
+    }
+
+    #[test]
+    fn insecure_tls_and_broken_urls_are_refused_without_quoting_them() {
+        let (key, msg) = error(state(
+            Some("rediss://:hunter2@cache.internal:6380/#insecure"),
+            None,
+            None,
+        ));
+        assert_eq!(key, "state.redis_url");
+        assert!(
+            msg.contains("#insecure") && msg.contains("state.redis_ca_file"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"));
+        let (key, msg) = error(state(
+            None,
+            Some(&["rediss://a:7000", "rediss://:hunter2@b:7001/#insecure"]),
+            None,
+        ));
+        assert_eq!(key, "state.redis_cluster[1]");
+        assert!(msg.contains("#insecure") && !msg.contains("hunter2"), "{msg}");
+        for bad in [
+            "redis://:hunter2@host:notaport/0",
+            "hunter2",
+            "redis://:hunter2@host:6379/x",
+        ] {
+            let (key, msg) = error(state(Some(bad), None, None));
+            assert_eq!(key, "state.redis_url");
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+        let (key, msg) = error(state(None, Some(&["redis://a:7000", "rediss://b:7001"]), None));
+        assert_eq!(key, "state.redis_cluster");
+        assert!(msg.contains("TLS"), "{msg}");
+    }
+
+    #[test]
+    fn the_ca_file_must_hold_certificates_and_serve_a_tls_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem()).unwrap();
+        let ca = ca.to_str().unwrap();
+        assert!(matches!(
+            Target::from_config(&state(Some("rediss://cache.internal:6380/0"), None, Some(ca))),
+            Ok(Target::Node(_))
+        ));
+        assert!(matches!(
+            Target::from_config(&state(None, Some(&["rediss://a:7000", "rediss://b:7001"]), Some(ca))),
+            Ok(Target::Cluster(_))
+        ));
+        let (key, msg) = error(state(Some("redis://cache.internal:6379/0"), None, Some(ca)));
+        assert_eq!(key, "state.redis_ca_file");
+        assert!(msg.contains("rediss://"), "{msg}");
+        let missing = dir.path().join("missing.pem");
+        let (key, msg) = error(state(Some("rediss://c:6380"), None, missing.to_str()));
+        assert_eq!(key, "state.redis_ca_file");
+        assert!(msg.contains("cannot read"), "{msg}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let (_, msg) = error(state(Some("rediss://c:6380"), None, junk.to_str()));
+        assert!(msg.contains("no PEM certificate"), "{msg}");
+    }
+
+    #[test]
+    fn the_trust_bundle_is_the_system_roots_plus_the_ca_file() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let pem = ca_pem();
+        std::fs::write(&path, &pem).unwrap();
+        let bundle = trust_bundle(path.to_str().unwrap()).unwrap();
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&bundle)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let ours = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(certs.last(), Some(&ours));
+        let system = rustls_native_certs::load_native_certs().certs.len();
+        assert!(
+            certs.len() <= system + 1 && certs.len() + 5 >= system,
+            "{} {system}",
+            certs.len()
+        );
     }
 }

@@ -429,11 +429,15 @@ impl Snapshot {
         };
         let version = hex::encode(&sha256(&canonical)[..8]);
         if config.state.backend == crate::config::schema::StateBackend::Redis {
-            let url =
-                config.state.redis_url.as_deref().ok_or_else(|| {
-                    ConfigError::invalid("state.redis_url", "is required with `state.backend: redis`")
-                })?;
-            redis::Client::open(url).map_err(|e| ConfigError::invalid("state.redis_url", e.to_string()))?;
+            crate::policy::redis::Target::from_config(&config.state)
+                .map_err(|(key, message)| ConfigError::invalid(key, message))?;
+            if config.state.redis_cluster.is_some() && config.state.redis_prefix.contains('{') {
+                warnings.push(
+                    "state.redis_prefix contains `{`: in Redis Cluster every key then hashes by the prefix, \
+                     so all shared state lands in one hash slot (one node)"
+                        .into(),
+                );
+            }
         }
         Ok(Snapshot {
             pricing,
@@ -879,12 +883,10 @@ fn build_keys(
             name: k.name.clone(),
             team: k.team.clone(),
             enabled: k.enabled,
-            scope: Arc::new(ScopeLimits::new(
-                "key",
-                &k.name,
-                k.rate_limit.as_ref(),
-                k.budget.as_ref(),
-            )),
+            scope: Arc::new(
+                ScopeLimits::new("key", &k.name, k.rate_limit.as_ref(), k.budget.as_ref())
+                    .in_team(team_scope.as_deref()),
+            ),
             team_scope,
             models,
             hash,
@@ -994,6 +996,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("routes[0].provider") && e.contains("zz"), "{e}");
+    }
+
+    #[test]
+    fn redis_state_needs_one_place_and_a_cluster_keeps_a_key_with_its_team() {
+        let e = snap(&format!("{BASE}state: {{backend: redis}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("state.redis_url") && e.contains("state.redis_cluster"),
+            "{e}"
+        );
+        let e = snap(&format!(
+            "{BASE}state: {{backend: redis, redis_url: 'redis://a:1', redis_cluster: ['redis://b:2']}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("state.redis_cluster") && e.contains("not both"), "{e}");
+        let e = snap(&format!(
+            "{BASE}state: {{backend: redis, redis_url: 'rediss://a:1/#insecure'}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("state.redis_url") && e.contains("#insecure"), "{e}");
+        let h = hex::encode(sha256(b"mg-alice"));
+        let s = snap(&format!(
+            "{BASE}state: {{backend: redis, redis_prefix: 'm{{x}}', redis_cluster: ['redis://b:2', 'redis://c:3']}}\nkeys:\n  - {{name: alice, team: t, key_sha256: {h}}}\n  - {{name: bob, key_sha256: {}}}\n",
+            hex::encode(sha256(b"mg-bob"))
+        ))
+        .unwrap();
+        assert!(
+            s.warnings.iter().any(|w| w.contains("state.redis_prefix")),
+            "{:?}",
+            s.warnings
+        );
+        let alice = s.find_key(&sha256(b"mg-alice")).unwrap();
+        assert_eq!(&*alice.scope.group, "team:t");
+        assert_eq!(&*alice.team_scope.as_ref().unwrap().group, "team:t");
+        assert_eq!(&*s.find_key(&sha256(b"mg-bob")).unwrap().scope.group, "key:bob");
     }
 
     #[test]

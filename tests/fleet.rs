@@ -131,27 +131,38 @@ impl Fleet {
         tokio::task::block_in_place(|| self.pg.count(&self.db, sql))
     }
 
-    /// Poll `COUNT(*) FROM requests` until it is `want`, bounded.
-    async fn wait_rows(&self, want: i64, within: Duration) -> i64 {
-        let deadline = Instant::now() + within;
-        let mut last = -1;
-        for _ in 0..1000 {
-            last = self.count("SELECT COUNT(*) FROM requests");
-            if last == want || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        last
+    /// The ledger's request ids, or the error (until the first replica's
+    /// writer has migrated the database, there is no table to read).
+    fn try_row_ids(&self) -> Result<HashSet<String>, String> {
+        let rows = tokio::task::block_in_place(|| self.pg.query_in(&self.db, "SELECT request_id FROM requests"))?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
+    /// Poll the ledger until it holds `want` rows, bounded; the count reached.
+    async fn wait_rows(&self, want: usize, within: Duration) -> usize {
+        self.wait_until(within, |ids| ids.len() == want).await.len()
     }
 
     /// Poll the ledger until it holds every id of `want`, bounded; the ids it holds.
     async fn wait_ids(&self, want: &HashSet<&str>, within: Duration) -> HashSet<String> {
+        self.wait_until(within, |ids| want.iter().all(|id| ids.contains(*id)))
+            .await
+    }
+
+    /// Poll the ledger's request ids until `done` says so or `within`
+    /// passes; the last ids read. Panics (with PostgreSQL's log) if the
+    /// ledger could never be read.
+    async fn wait_until(&self, within: Duration, done: impl Fn(&HashSet<String>) -> bool) -> HashSet<String> {
         let deadline = Instant::now() + within;
         loop {
-            let ids = self.row_ids();
-            if want.iter().all(|id| ids.contains(*id)) || Instant::now() >= deadline {
-                return ids;
+            let read = self.try_row_ids();
+            if let Ok(ids) = &read {
+                if done(ids) {
+                    return ids.clone();
+                }
+            }
+            if Instant::now() >= deadline {
+                return read.unwrap_or_else(|e| panic!("cannot read the ledger: {e}\n{}", tail(&self.pg.log(), 4000)));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -159,11 +170,8 @@ impl Fleet {
 
     /// Every request id in the ledger.
     fn row_ids(&self) -> HashSet<String> {
-        tokio::task::block_in_place(|| self.pg.query_in(&self.db, "SELECT request_id FROM requests"))
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect()
+        self.try_row_ids()
+            .unwrap_or_else(|e| panic!("{e}\n{}", tail(&self.pg.log(), 4000)))
     }
 
     /// Rows per writer (one random id per process).
@@ -389,8 +397,8 @@ async fn three_replicas_share_one_ledger_and_one_budget() {
     assert!(outcomes[N - BATCH..].iter().all(|o| o.status == Some(429)));
 
     // One ledger row per answered request (refusals included), by request id.
-    let rows = fleet.wait_rows(N as i64, Duration::from_secs(15)).await;
-    assert_eq!(rows, N as i64, "one ledger row per request\n{}", fleet.logs());
+    let rows = fleet.wait_rows(N, Duration::from_secs(15)).await;
+    assert_eq!(rows, N, "one ledger row per request\n{}", fleet.logs());
     assert_eq!(fleet.count("SELECT COUNT(DISTINCT request_id) FROM requests"), N as i64);
     let ids: HashSet<String> = outcomes.iter().filter_map(|o| o.request_id.clone()).collect();
     assert_eq!(ids.len(), N, "a request id per answer");
@@ -581,8 +589,8 @@ async fn rolling_restart_under_load_fails_nothing_and_loses_no_rows() {
     assert!(ok.len() >= 80, "too little load to mean anything: {}", ok.len());
 
     // Every answer has its row, once, and the upstream was asked once per answer.
-    let rows = fleet.wait_rows(ok.len() as i64, Duration::from_secs(15)).await;
-    assert_eq!(rows, ok.len() as i64, "rows vs answers\n{}", fleet.logs());
+    let rows = fleet.wait_rows(ok.len(), Duration::from_secs(15)).await;
+    assert_eq!(rows, ok.len(), "rows vs answers\n{}", fleet.logs());
     assert_eq!(
         fleet.count("SELECT COUNT(DISTINCT request_id) FROM requests"),
         ok.len() as i64

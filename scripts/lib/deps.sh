@@ -37,6 +37,12 @@ ensure_postgres() {
     || _apt_install postgresql
 }
 
+# HAProxy (Debian's `haproxy`) is the load balancer in front of a fleet of
+# gateways in the fleet tests; each test starts its own on free ports.
+ensure_haproxy() {
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || _apt_install haproxy
+}
+
 # The official Anthropic Python SDK, in a git-ignored venv, for the
 # real-client conformance tests.
 ensure_python_sdk() {

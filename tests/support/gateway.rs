@@ -87,12 +87,52 @@ impl Gateway {
         }
     }
 
+    /// Like [`Gateway::start`], but on the given port (a replica restarted
+    /// in place behind a load balancer): `{listen}` → `127.0.0.1:PORT`,
+    /// `{port}` → PORT. Retries a few times, 200 ms apart, while the port is
+    /// still taken (the previous process on it may be exiting).
+    pub fn start_on(port: u16, yaml: &str, envs: &[(&str, &str)]) -> Gateway {
+        let mut last = String::new();
+        for attempt in 1..=PORT_RETRIES {
+            match Gateway::try_start_on(port, yaml, envs, &[]) {
+                Ok(gw) => return gw,
+                Err(StartError::PortInUse(logs)) if attempt < PORT_RETRIES => {
+                    last = logs;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(StartError::PortInUse(logs)) | Err(StartError::Failed(logs)) => {
+                    panic!("gateway failed to start on port {port}:\n{logs}")
+                }
+            }
+        }
+        panic!("gateway failed to start (port {port} in use {PORT_RETRIES} times):\n{last}")
+    }
+
+    /// [`Gateway::start_on`] on tokio's blocking pool.
+    pub async fn start_on_async(port: u16, yaml: &str, envs: &[(&str, &str)]) -> Gateway {
+        let yaml = yaml.to_string();
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Gateway::start_on(port, &yaml, &envs)
+        })
+        .await;
+        match joined {
+            Ok(gw) => gw,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("gateway start task failed: {e}"),
+        }
+    }
+
     fn try_start(yaml: &str, envs: &[(&str, &str)], extra_args: &[&str]) -> Result<Gateway, StartError> {
+        Gateway::try_start_on(free_port(), yaml, envs, extra_args)
+    }
+
+    fn try_start_on(port: u16, yaml: &str, envs: &[(&str, &str)], extra_args: &[&str]) -> Result<Gateway, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("modelgate-test-")
             .tempdir()
             .expect("create temp dir");
-        let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let config = yaml
             .replace("{listen}", &addr.to_string())

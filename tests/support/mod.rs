@@ -8,6 +8,7 @@
 
 pub mod gateway;
 pub mod google;
+pub mod haproxy;
 pub mod mock;
 pub mod model;
 pub mod postgres;

@@ -16,8 +16,17 @@ fn validate(yaml: &str) -> (bool, String) {
     std::fs::write(&path, yaml).expect("write config");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelgate"));
     cmd.args(["config", "validate", "-c"]).arg(&path);
+    // What the fleet configs read from the environment (the Kubernetes
+    // Secret, the compose file's PGPASSWORD), with plausible values: only
+    // loaded and checked here, never connected to.
     let out = cmd
         .env("ANTHROPIC_API_KEY", "sk-ant-test-provider-key")
+        .env(
+            "MODELGATE_STORE_URL",
+            "postgres://modelgate:test-pg-password@postgres:5432/modelgate?sslmode=require",
+        )
+        .env("MODELGATE_REDIS_URL", "rediss://:test-redis-password@redis:6380/0")
+        .env("PGPASSWORD", "test-pg-password")
         .env_remove("RUST_LOG")
         .output()
         .expect("run modelgate");
@@ -64,6 +73,7 @@ fn without_keys(yaml: &str) -> String {
 fn shipped_deploy_configs_start_safe() {
     for path in [
         "deploy/compose/modelgate.yaml",
+        "deploy/compose/fleet/modelgate.yaml",
         "deploy/systemd/modelgate.yaml",
         "deploy/k8s/configmap.yaml",
     ] {
@@ -77,6 +87,24 @@ fn shipped_deploy_configs_start_safe() {
             "{path}: the refusal says what to add: {out}"
         );
         assert!(!out.contains("sk-ant-test-provider-key"), "{path}: {out}");
+        assert!(!out.contains("test-pg-password") && !out.contains("test-redis-password"), "{path}: {out}");
+    }
+}
+
+/// The fleet configs take the store and Redis from the environment and share
+/// them: a replica started without them must not quietly fall back to a
+/// per-pod SQLite file or per-process counters.
+#[test]
+fn fleet_configs_use_the_shared_store_and_redis() {
+    for path in ["deploy/compose/fleet/modelgate.yaml", "deploy/k8s/configmap.yaml"] {
+        let yaml = shipped(path);
+        let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).expect(path);
+        let url = doc["store"]["url"].as_str().unwrap_or_default();
+        assert!(url.starts_with("postgres://") || url.starts_with("${"), "{path}: store.url {url}");
+        assert!(doc["store"]["spool"].as_str().is_some(), "{path}: store.spool");
+        assert_eq!(doc["state"]["backend"].as_str(), Some("redis"), "{path}");
+        assert!(doc["state"]["redis_url"].as_str().is_some(), "{path}: state.redis_url");
+        assert!(doc["keys"].as_sequence().is_some_and(|k| k.is_empty()), "{path}: keys: []");
     }
 }
 

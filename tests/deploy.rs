@@ -87,7 +87,10 @@ fn shipped_deploy_configs_start_safe() {
             "{path}: the refusal says what to add: {out}"
         );
         assert!(!out.contains("sk-ant-test-provider-key"), "{path}: {out}");
-        assert!(!out.contains("test-pg-password") && !out.contains("test-redis-password"), "{path}: {out}");
+        assert!(
+            !out.contains("test-pg-password") && !out.contains("test-redis-password"),
+            "{path}: {out}"
+        );
     }
 }
 
@@ -100,11 +103,17 @@ fn fleet_configs_use_the_shared_store_and_redis() {
         let yaml = shipped(path);
         let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).expect(path);
         let url = doc["store"]["url"].as_str().unwrap_or_default();
-        assert!(url.starts_with("postgres://") || url.starts_with("${"), "{path}: store.url {url}");
+        assert!(
+            url.starts_with("postgres://") || url.starts_with("${"),
+            "{path}: store.url {url}"
+        );
         assert!(doc["store"]["spool"].as_str().is_some(), "{path}: store.spool");
         assert_eq!(doc["state"]["backend"].as_str(), Some("redis"), "{path}");
         assert!(doc["state"]["redis_url"].as_str().is_some(), "{path}: state.redis_url");
-        assert!(doc["keys"].as_sequence().is_some_and(|k| k.is_empty()), "{path}: keys: []");
+        assert!(
+            doc["keys"].as_sequence().is_some_and(|k| k.is_empty()),
+            "{path}: keys: []"
+        );
     }
 }
 

@@ -274,13 +274,7 @@ pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
     let memory = shared.policy.memory()?;
     // Records still queued belong to this process's live counts already.
     if let Some(s) = shared.sinks.get() {
-        let flushed = match &s.ledger {
-            crate::store::Ledger::Sqlite(_) => s.ledger.flush(std::time::Duration::from_secs(5)),
-            // The PostgreSQL writer may be spooling; a flush that waits on
-            // it must not hold up the start.
-            crate::store::Ledger::Postgres(_) => Ok(()),
-        };
-        if let Err(e) = flushed {
+        if let Err(e) = s.ledger.flush(std::time::Duration::from_secs(5)) {
             log::warn!("usage ledger: {e}");
         }
     }

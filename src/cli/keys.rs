@@ -20,6 +20,7 @@ use rand::RngCore;
 
 use crate::config::edit::{self, EditError};
 use crate::config::schema::{BudgetPeriod, KeyConfig};
+use crate::policy::period::{period_name, rfc3339};
 use crate::runtime::snapshot::sha256;
 
 use super::failure::{finish, Failure};
@@ -162,7 +163,7 @@ pub struct UpdateArgs {
 pub fn run(config: Option<PathBuf>, command: KeysCommand) -> i32 {
     let path = super::config_path(config);
     let result = match super::keys_store::target(&path) {
-        Ok(Some(target)) => super::keys_store::run(&path, &target, command),
+        Ok(Some((config, target))) => super::keys_store::run(&path, &config, &target, command),
         Ok(None) => match command {
             KeysCommand::Create(args) => create(&path, args),
             KeysCommand::List { json, .. } => list(&path, json),
@@ -244,13 +245,6 @@ pub(super) fn parse_expiry(s: &str) -> Result<i64, String> {
     Ok(at)
 }
 
-/// Unix ms as RFC 3339 (UTC, seconds).
-pub(super) fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| ms.to_string())
-}
-
 // ---------------------------------------------------------------------------
 // create
 
@@ -330,15 +324,6 @@ fn parse_budget(s: &str) -> Result<(f64, BudgetPeriod), String> {
         _ => return Err(bad("unknown period")),
     };
     Ok((usd, period))
-}
-
-fn period_name(p: BudgetPeriod) -> &'static str {
-    match p {
-        BudgetPeriod::Daily => "daily",
-        BudgetPeriod::Weekly => "weekly",
-        BudgetPeriod::Monthly => "monthly",
-        BudgetPeriod::Total => "total",
-    }
 }
 
 /// The new entry as YAML mapping lines, in the order `conf/example-full.yaml` uses.
@@ -451,24 +436,27 @@ fn list(path: &Path, json: bool) -> Result<(), Failure> {
     }
     let header = ["NAME", "TEAM", "ENABLED", "KEY", "MODELS", "RPM", "TPM", "BUDGET"].map(String::from);
     let rows: Vec<[String; 8]> = std::iter::once(header).chain(keys.iter().map(table_row)).collect();
-    let mut widths = [0usize; 8];
-    for row in &rows {
+    print_table(&rows);
+    Ok(())
+}
+
+/// Rows as left-aligned columns two spaces apart (the first row is the
+/// header), without trailing blanks.
+pub(super) fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
+    for row in rows {
+        let line: String = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}  "))
+            .collect();
         out!("{}", line.trim_end());
     }
-    Ok(())
 }
 
 /// Where the key's secret lives, never the secret or its hash.

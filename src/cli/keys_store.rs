@@ -11,13 +11,16 @@ use std::path::Path;
 
 use super::failure::Failure;
 use super::keys::{self, CreateArgs, KeysCommand, UpdateArgs};
+use crate::config::schema::Config;
+use crate::policy::period::{period_name, rfc3339};
 use crate::runtime::snapshot::sha256;
-use crate::store::keys::{period_name, KeyChange, KeyError, KeyStore, StoredKey};
+use crate::store::keys::{KeyChange, KeyError, KeyStore, StoredKey};
 use crate::store::postgres::Target;
 use crate::store::Location;
 
-/// The store's target when the config at `path` names a PostgreSQL store.
-pub fn target(path: &Path) -> Result<Option<Target>, Failure> {
+/// The config at `path` and its store's target, when it names a
+/// PostgreSQL store.
+pub fn target(path: &Path) -> Result<Option<(Config, Target)>, Failure> {
     let config = match crate::config::load::load_file(path) {
         Ok(c) => c,
         // Not loadable as the gateway would: the file-backed commands report
@@ -25,28 +28,45 @@ pub fn target(path: &Path) -> Result<Option<Target>, Failure> {
         Err(_) => return Ok(None),
     };
     match Location::of(&config.store, &config.state) {
-        Ok(Location::Postgres { target, .. }) => Ok(Some(*target)),
+        Ok(Location::Postgres { target, .. }) => Ok(Some((config, *target))),
         Ok(Location::Sqlite(_)) => Ok(None),
         Err(e) => Err(Failure::config(format!("{}: {e}", path.display()))),
     }
 }
 
-pub fn run(path: &Path, target: &Target, command: KeysCommand) -> Result<(), Failure> {
+pub fn run(path: &Path, config: &Config, target: &Target, command: KeysCommand) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::config(format!("cannot start a runtime: {e}")))?;
+    let file = FileKeys { path, config };
     runtime.block_on(async {
         let store = KeyStore::connect(target)
             .await
             .map_err(|e| Failure::config(e.to_string()))?;
         match command {
-            KeysCommand::Create(args) => create(path, target, &store, args).await,
-            KeysCommand::List { json, all } => list(path, &store, json, all).await,
-            KeysCommand::Revoke { name } => revoke(path, target, &store, &name).await,
+            KeysCommand::Create(args) => create(&file, target, &store, args).await,
+            KeysCommand::List { json, all } => list(&file, &store, json, all).await,
+            KeysCommand::Revoke { name } => revoke(&file, target, &store, &name).await,
             KeysCommand::Update(args) => update(target, &store, args).await,
         }
     })
+}
+
+/// The config file's own keys (read-only here; they win over the store's).
+struct FileKeys<'a> {
+    path: &'a Path,
+    config: &'a Config,
+}
+
+impl FileKeys<'_> {
+    fn keys(&self) -> &[crate::config::schema::KeyConfig] {
+        self.config.keys.as_deref().unwrap_or_default()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.keys().iter().any(|k| k.name == name)
+    }
 }
 
 /// Who made a change, for the rows' `created_by` / `revoked_by`: the
@@ -71,24 +91,13 @@ fn store_err(e: KeyError) -> Failure {
     }
 }
 
-/// Names the config file's keys use (they win over the store's).
-fn config_key_names(path: &Path) -> Vec<String> {
-    crate::config::load::load_file(path)
-        .ok()
-        .and_then(|c| c.keys)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|k| k.name)
-        .collect()
-}
-
-async fn create(path: &Path, target: &Target, store: &KeyStore, args: CreateArgs) -> Result<(), Failure> {
+async fn create(file: &FileKeys<'_>, target: &Target, store: &KeyStore, args: CreateArgs) -> Result<(), Failure> {
     let checked = keys::check_create(&args)?;
     let name = args.name.clone();
-    if config_key_names(path).contains(&name) {
+    if file.has(&name) {
         return Err(Failure::user(format!(
             "a key named `{name}` is in {}; pick another name",
-            path.display()
+            file.path.display()
         )));
     }
     let key = keys::new_key()
@@ -119,21 +128,18 @@ async fn create(path: &Path, target: &Target, store: &KeyStore, args: CreateArgs
          Every gateway on this store accepts it within seconds (no reload needed).",
         target.describe()
     );
-    if config_key_names(path).is_empty() && crate::config::load::load_file(path).is_ok_and(|c| c.keys.is_none()) {
+    if file.config.keys.is_none() {
         eprintln!(
             "Note: {} has no `keys:` section, so its gateways run in passthrough-auth mode and do not use store keys; add `keys: []` to turn gateway keys on.",
-            path.display()
+            file.path.display()
         );
     }
     Ok(())
 }
 
-async fn list(path: &Path, store: &KeyStore, json: bool, all: bool) -> Result<(), Failure> {
+async fn list(file: &FileKeys<'_>, store: &KeyStore, json: bool, all: bool) -> Result<(), Failure> {
     let stored = store.list(all).await.map_err(|e| Failure::config(e.to_string()))?;
-    let config_keys = crate::config::load::load_file(path)
-        .ok()
-        .and_then(|c| c.keys)
-        .unwrap_or_default();
+    let config_keys = file.keys();
     if json {
         let mut rows: Vec<serde_json::Value> = config_keys
             .iter()
@@ -156,7 +162,7 @@ async fn list(path: &Path, store: &KeyStore, json: bool, all: bool) -> Result<()
     ]
     .map(String::from);
     let mut rows: Vec<[String; 10]> = vec![header];
-    for k in &config_keys {
+    for k in config_keys {
         let t = keys::table_row(k);
         rows.push([
             t[0].clone(),
@@ -187,27 +193,15 @@ async fn list(path: &Path, store: &KeyStore, json: bool, all: bool) -> Result<()
             k.tpm.map_or_else(dash, |n| n.to_string()),
             k.budget
                 .map_or_else(dash, |(usd, p)| format!("${usd}/{}", period_name(p))),
-            k.expires_at_ms.map_or_else(dash, keys::rfc3339),
-            format!("{} by {}", keys::rfc3339(k.created_at_ms), k.created_by),
+            k.expires_at_ms.map_or_else(dash, rfc3339),
+            format!("{} by {}", rfc3339(k.created_at_ms), k.created_by),
         ]);
     }
     if rows.len() == 1 {
         eprintln!("No keys in the config file or the store.");
         return Ok(());
     }
-    let mut widths = [0usize; 10];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-        }
-        out!("{}", line.trim_end());
-    }
+    keys::print_table(&rows);
     Ok(())
 }
 
@@ -233,21 +227,21 @@ fn json_row(k: &StoredKey) -> serde_json::Value {
         "rpm": k.rpm,
         "tpm": k.tpm,
         "budget": k.budget.map(|(usd, p)| serde_json::json!({"usd": usd, "period": period_name(p)})),
-        "expires": k.expires_at_ms.map(keys::rfc3339),
-        "created": keys::rfc3339(k.created_at_ms),
+        "expires": k.expires_at_ms.map(rfc3339),
+        "created": rfc3339(k.created_at_ms),
         "created_by": k.created_by,
-        "updated": keys::rfc3339(k.updated_at_ms),
+        "updated": rfc3339(k.updated_at_ms),
         "updated_by": k.updated_by,
-        "revoked": k.revoked_at_ms.map(keys::rfc3339),
+        "revoked": k.revoked_at_ms.map(rfc3339),
         "revoked_by": k.revoked_by,
     })
 }
 
-async fn revoke(path: &Path, target: &Target, store: &KeyStore, name: &str) -> Result<(), Failure> {
-    if config_key_names(path).iter().any(|n| n == name) {
+async fn revoke(file: &FileKeys<'_>, target: &Target, store: &KeyStore, name: &str) -> Result<(), Failure> {
+    if file.has(name) {
         return Err(Failure::user(format!(
             "key `{name}` is in {}, not in the store: remove its entry there (or run `keys revoke` against a config without `store.url`)",
-            path.display()
+            file.path.display()
         )));
     }
     store.revoke(name, &operator()).await.map_err(store_err)?;

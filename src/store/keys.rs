@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::postgres::{Db, PgError, Target};
 use crate::config::schema::{BudgetConfig, BudgetPeriod, KeyConfig, RateLimitConfig};
+use crate::policy::period::{now_ms, period_name};
 
 /// The `LISTEN`/`NOTIFY` channel of key changes.
 pub const CHANNEL: &str = "modelgate_keys";
@@ -83,15 +84,6 @@ pub enum KeyError {
     Store(#[from] PgError),
 }
 
-pub fn period_name(p: BudgetPeriod) -> &'static str {
-    match p {
-        BudgetPeriod::Daily => "daily",
-        BudgetPeriod::Weekly => "weekly",
-        BudgetPeriod::Monthly => "monthly",
-        BudgetPeriod::Total => "total",
-    }
-}
-
 fn period_of(s: &str) -> BudgetPeriod {
     match s {
         "daily" => BudgetPeriod::Daily,
@@ -99,10 +91,6 @@ fn period_of(s: &str) -> BudgetPeriod {
         "total" => BudgetPeriod::Total,
         _ => BudgetPeriod::Monthly,
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn opt_i64(v: Option<u64>) -> Option<i64> {

@@ -259,6 +259,69 @@ pub const NO_GROUP: &str = "(none)";
 /// what the old one records while it drains (rows of another writer).
 pub static WRITER: std::sync::LazyLock<i64> = std::sync::LazyLock::new(rand::random);
 
+/// Records per batch (one transaction or statement) at most, for both
+/// stores. Large enough that the per-commit cost disappears, small enough
+/// that a batch is a few hundred KB at worst.
+pub const MAX_BATCH: usize = 1024;
+
+/// How long a writer lets records gather after the first one wakes it:
+/// one wake-up and one write per interval instead of per request (group
+/// commit). Records reach the store at most this much later.
+pub const LINGER: Duration = Duration::from_millis(25);
+
+/// What travels to a ledger writer. `Flush` and `Stop` ride the same FIFO
+/// as the records, so "everything sent before" is exactly what they wait
+/// for.
+pub(crate) enum Msg {
+    Record(Arc<Record>),
+    Flush(std::sync::mpsc::SyncSender<()>),
+    Stop,
+}
+
+/// A writer's batching, the same for both stores: a record opens a batch
+/// that lingers [`LINGER`] (not when the writer is behind: its last batch
+/// was full), then what else is queued joins it, up to [`MAX_BATCH`]
+/// records; flushes are answered once the batch is written.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    pub batch: Vec<Arc<Record>>,
+    acks: Vec<std::sync::mpsc::SyncSender<()>>,
+    /// `Stop` was seen: drain what is queued without waiting, then end.
+    pub stopping: bool,
+    behind: bool,
+}
+
+impl Batcher {
+    /// Whether the writer should wait [`LINGER`] before taking the batch
+    /// `first` opens (a flush or a stop goes at once).
+    pub fn lingers(&self, first: &Msg) -> bool {
+        matches!(first, Msg::Record(_)) && !self.stopping && !self.behind
+    }
+
+    /// `first`, then what `next` yields without blocking, up to
+    /// [`MAX_BATCH`] records.
+    pub fn gather(&mut self, first: Msg, mut next: impl FnMut() -> Option<Msg>) {
+        let mut msg = Some(first);
+        while let Some(m) = msg {
+            match m {
+                Msg::Record(r) => self.batch.push(r),
+                Msg::Flush(ack) => self.acks.push(ack),
+                Msg::Stop => self.stopping = true,
+            }
+            msg = if self.batch.len() < MAX_BATCH { next() } else { None };
+        }
+        self.behind = self.batch.len() >= MAX_BATCH;
+    }
+
+    /// The batch is written (or dropped): tell the flushers. One that timed
+    /// out and went has nothing to be told.
+    pub fn ack(&mut self) {
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
 /// A writer's counts, shared between its handles and its thread or task.
 #[derive(Debug)]
 pub(crate) struct Counters {
@@ -481,17 +544,6 @@ impl Reader {
         }
     }
 
-    /// What `scope` (a policy scope id) spent since `since_ms`.
-    pub async fn spend_since(&self, scope: &str, since_ms: i64) -> Result<Totals, StoreError> {
-        match self {
-            Reader::Sqlite(r) => {
-                let scope = scope.to_string();
-                Self::sqlite(r, move |r| r.spend_since(Scope::of_id(&scope), since_ms)).await
-            }
-            Reader::Postgres(r) => Ok(r.spend_since(scope, since_ms).await?),
-        }
-    }
-
     /// Totals per group from `since_ms` on: by day in date order, otherwise
     /// the biggest spender first.
     pub async fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, StoreError> {
@@ -506,14 +558,6 @@ impl Reader {
         match self {
             Reader::Sqlite(r) => Self::sqlite(r, move |r| r.others_after(after_id, limit)).await,
             Reader::Postgres(r) => Ok(r.others_after(after_id, limit).await?),
-        }
-    }
-
-    /// Records in the ledger.
-    pub async fn count(&self) -> Result<u64, StoreError> {
-        match self {
-            Reader::Sqlite(r) => Self::sqlite(r, |r| r.count()).await,
-            Reader::Postgres(r) => Ok(r.count().await?),
         }
     }
 }

@@ -15,8 +15,8 @@
 //! build refuses a database migrated by a newer one.
 //!
 //! [`Ledger`] is the write side. A request `try_send`s its record into a
-//! bounded queue; one task gathers up to [`MAX_BATCH`] records for
-//! [`LINGER`] and inserts them in one statement (`UNNEST` of column
+//! bounded queue; one task gathers up to [`super::MAX_BATCH`] records for
+//! [`super::LINGER`] and inserts them in one statement (`UNNEST` of column
 //! arrays, `ON CONFLICT (request_id) DO NOTHING`). When the database does
 //! not answer, the batch goes to the [`super::spool`] instead and the
 //! writer keeps spooling until a second task, the replayer, reaches the
@@ -30,7 +30,7 @@ use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, SyncSender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,13 +39,11 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_postgres::types::ToSql;
 
 use super::spool::{Segment, Spool};
-use super::{Counters, ForeignRow, GroupBy, History, SummaryRow, Totals, NO_GROUP, WRITER};
+use super::{
+    Batcher, Counters, ForeignRow, GroupBy, History, Msg, SummaryRow, Totals, LINGER, MAX_BATCH, NO_GROUP, WRITER,
+};
 use crate::usage::Record;
 
-/// Records per insert at most.
-pub const MAX_BATCH: usize = 1024;
-/// How long the writer lets records gather after the first one wakes it.
-pub const LINGER: Duration = Duration::from_millis(25);
 /// Connections in the pool: the writer, the replayer, and the readers.
 const POOL_SIZE: usize = 8;
 /// Connecting, waiting for a pooled connection, one statement.
@@ -705,12 +703,6 @@ impl Columns {
     }
 }
 
-enum Msg {
-    Record(Arc<Record>),
-    Flush(SyncSender<()>),
-    Stop,
-}
-
 /// The writer and replayer tasks' shared view.
 struct Shared {
     db: Arc<Db>,
@@ -900,12 +892,9 @@ impl Drop for Ledger {
 /// Gather records for [`LINGER`], write them (or spool them), answer
 /// flushes; after `Stop`, drain the queue, seal the spool and end.
 async fn run_writer(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Msg>, _done: std::sync::mpsc::Sender<()>) {
-    let mut batch: Vec<Arc<Record>> = Vec::with_capacity(MAX_BATCH);
-    let mut acks: Vec<SyncSender<()>> = Vec::new();
-    let mut stopping = false;
-    let mut behind = false;
+    let mut b = Batcher::default();
     loop {
-        let first = if stopping {
+        let first = if b.stopping {
             match rx.try_recv() {
                 Ok(m) => m,
                 Err(_) => break,
@@ -916,27 +905,12 @@ async fn run_writer(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Msg
                 None => break,
             }
         };
-        if matches!(first, Msg::Record(_)) && !stopping && !behind {
+        if b.lingers(&first) {
             tokio::time::sleep(LINGER).await;
         }
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Record(r) => batch.push(r),
-                Msg::Flush(ack) => acks.push(ack),
-                Msg::Stop => stopping = true,
-            }
-            next = if batch.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        behind = batch.len() >= MAX_BATCH;
-        write(&shared, std::mem::take(&mut batch)).await;
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
+        b.gather(first, || rx.try_recv().ok());
+        write(&shared, std::mem::take(&mut b.batch)).await;
+        b.ack();
     }
     let me = shared.clone();
     let sealed = tokio::task::spawn_blocking(move || me.spool.lock().unwrap_or_else(|p| p.into_inner()).seal()).await;
@@ -1117,21 +1091,6 @@ impl Reader {
         Ok(Reader { db })
     }
 
-    pub async fn spend_since(&self, scope: &str, since_ms: i64) -> Result<Totals, PgError> {
-        let (column, name) = scope_column(scope);
-        self.db
-            .run(STATEMENT_TIMEOUT, move |db| async move {
-                let client = db.client().await?;
-                let sql = format!("SELECT {TOTALS_COLUMNS} FROM requests WHERE {column} = $1 AND ts_ms >= $2");
-                let row = client
-                    .query_one(&sql, &[&name, &since_ms])
-                    .await
-                    .map_err(|e| db.query_err(e))?;
-                Ok(totals(&row, 0))
-            })
-            .await
-    }
-
     pub async fn history(&self, scopes: Vec<(String, i64)>) -> Result<History, PgError> {
         self.db
             .run(STATEMENT_TIMEOUT * 3, move |db| async move {
@@ -1223,20 +1182,6 @@ impl Reader {
                         }
                     })
                     .collect())
-            })
-            .await
-    }
-
-    pub async fn count(&self) -> Result<u64, PgError> {
-        self.db
-            .run(STATEMENT_TIMEOUT, move |db| async move {
-                let client = db.client().await?;
-                let n: i64 = client
-                    .query_one("SELECT COUNT(*)::int8 FROM requests", &[])
-                    .await
-                    .map_err(|e| db.query_err(e))?
-                    .get(0);
-                Ok(u64::try_from(n).unwrap_or(0))
             })
             .await
     }

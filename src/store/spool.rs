@@ -26,6 +26,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::policy::period::now_ms;
 use crate::usage::Record;
 
 /// A segment is sealed once it is this big, so a replay reads bounded files.
@@ -104,8 +105,10 @@ impl Spool {
     pub fn append(&mut self, records: &[Arc<Record>]) -> Result<(), SpoolError> {
         let mut buf = Vec::with_capacity(records.len() * 512);
         for r in records {
-            // A Record is plain data: serialising it cannot fail.
-            serde_json::to_writer(&mut buf, r.as_ref()).expect("a Record serialises");
+            serde_json::to_writer(&mut buf, r.as_ref()).map_err(|e| SpoolError::Io {
+                path: self.dir.clone(),
+                source: e.into(),
+            })?;
             buf.push(b'\n');
         }
         if self.bytes() + buf.len() as u64 > self.limit {
@@ -117,23 +120,28 @@ impl Spool {
         if self.open.as_ref().is_some_and(|o| o.bytes >= SEGMENT_BYTES) {
             self.seal()?;
         }
-        if self.open.is_none() {
-            self.seq += 1;
-            // Time first, so a directory listing sorts oldest first.
-            let name = format!("{:013}-{:016x}-{:06}.open", unix_ms(), self.writer, self.seq);
-            let path = self.dir.join(name);
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(self.io(&path))?;
-            file.try_lock().map_err(|e| SpoolError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            self.open = Some(Open { file, path, bytes: 0 });
-        }
-        let open = self.open.as_mut().expect("opened above");
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                self.seq += 1;
+                // Time first, so a directory listing sorts oldest first.
+                let name = format!("{:013}-{:016x}-{:06}.open", now_ms(), self.writer, self.seq);
+                let path = self.dir.join(name);
+                let file = OpenOptions::new()
+                    .create_new(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| SpoolError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                file.try_lock().map_err(|e| SpoolError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                self.open.insert(Open { file, path, bytes: 0 })
+            }
+        };
         let path = open.path.clone();
         let wrote = open.file.write_all(&buf).and_then(|()| open.file.sync_data());
         open.bytes += buf.len() as u64;
@@ -248,13 +256,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     out
-}
-
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 /// Make a rename or delete durable. Best effort: some file systems refuse

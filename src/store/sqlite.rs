@@ -3,7 +3,7 @@
 //!
 //! [`Ledger`] owns the write side. A request hands its record to a bounded
 //! channel ([`Ledger::record`] is a `try_send`); one thread, `ledger-writer`,
-//! drains the channel and inserts up to [`MAX_BATCH`] records per
+//! drains the channel and inserts up to [`super::MAX_BATCH`] records per
 //! transaction. No request waits on disk: when the channel is full the record
 //! is counted in [`Ledger::dropped`] and a warning says so (at most every
 //! 10 s). [`Ledger::close`] writes everything queued before it stops the
@@ -26,23 +26,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::{Counters, ForeignRow, GroupBy, Scope, SummaryRow, Totals, NO_GROUP, WRITER};
+use super::{Batcher, Counters, ForeignRow, GroupBy, Msg, Scope, SummaryRow, Totals, LINGER, NO_GROUP, WRITER};
 use crate::usage::Record;
 
 /// The schema this build writes and reads (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
-
-/// Records per transaction at most. Large enough that the per-commit cost
-/// (one WAL append, no fsync with `synchronous=NORMAL`) disappears, small
-/// enough that a batch is a few hundred KB at worst.
-pub const MAX_BATCH: usize = 1024;
-
-/// How long the writer lets records gather after the first one wakes it:
-/// one wake-up and one transaction per interval instead of per request
-/// (group commit). At 20,000 requests/s that is ~500 records a batch and
-/// 40 commits a second, where waking per record cost a context switch and
-/// a WAL append each. Records reach the file at most this much later.
-const LINGER: Duration = Duration::from_millis(25);
 
 /// A failing batch is tried this many times in all, with backoff, before its
 /// records are counted as dropped: a transient `SQLITE_BUSY`/`SQLITE_FULL`
@@ -127,14 +115,6 @@ pub enum LedgerError {
     Timeout { timeout: Duration, queued: usize },
     #[error("the ledger is closed")]
     Closed,
-}
-
-/// What travels to the writer. `Flush` and `Stop` ride the same FIFO as the
-/// records, so "everything sent before" is exactly what they wait for.
-enum Msg {
-    Record(Arc<Record>),
-    Flush(SyncSender<()>),
-    Stop,
 }
 
 struct Writer {
@@ -394,19 +374,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
     tx.commit().map_err(open_err)
 }
 
-/// The writer thread: block for a message, give a record [`LINGER`] for
-/// others to join it, take what else is queued (up to [`MAX_BATCH`]
+/// The writer thread: block for a message, give a record [`super::LINGER`] for
+/// others to join it, take what else is queued (up to [`super::MAX_BATCH`]
 /// records) without blocking, write it in one transaction, answer flushes,
 /// repeat. After `Stop` it drains the queue
 /// without blocking and returns, dropping the receiver: later records fail
 /// fast in `record`.
 fn run_writer(mut conn: Connection, rx: Receiver<Msg>, counters: &Counters) {
-    let mut batch: Vec<Arc<Record>> = Vec::with_capacity(MAX_BATCH);
-    let mut acks: Vec<SyncSender<()>> = Vec::new();
-    let mut stopping = false;
-    let mut behind = false;
+    let mut b = Batcher::default();
     loop {
-        let first = if stopping {
+        let first = if b.stopping {
             match rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -417,31 +394,12 @@ fn run_writer(mut conn: Connection, rx: Receiver<Msg>, counters: &Counters) {
                 Err(_) => break,
             }
         };
-        // A record (not a flush or stop, which go at once) opens a batch;
-        // let the others queue without waking this thread for each. A
-        // writer that is behind (its last batch was full) goes straight on.
-        if matches!(first, Msg::Record(_)) && !stopping && !behind {
+        if b.lingers(&first) {
             std::thread::sleep(LINGER);
         }
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Record(r) => batch.push(r),
-                Msg::Flush(ack) => acks.push(ack),
-                Msg::Stop => stopping = true,
-            }
-            next = if batch.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        behind = batch.len() >= MAX_BATCH;
-        write_batch(&mut conn, &mut batch, counters);
-        for ack in acks.drain(..) {
-            // The flusher may have timed out and gone; nothing to tell it.
-            let _ = ack.send(());
-        }
+        b.gather(first, || rx.try_recv().ok());
+        write_batch(&mut conn, &mut b.batch, counters);
+        b.ack();
     }
     log::debug!("usage ledger writer stopped");
 }
@@ -680,6 +638,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_BATCH;
 
     const DAY_MS: i64 = 86_400_000;
     /// 2026-11-20T00:00:00Z.

@@ -38,11 +38,11 @@
 //! `PREFIX:{team:T}:settled:HOLD`, and so on. The costs of that choice:
 //! - A team and all its keys live in one slot, so on one node: the cluster
 //!   spreads teams (and keys without a team) over its nodes, not the
-//!   requests of one team. Each call is a few dozen hash and sorted-set
-//!   operations, so (an estimate, not a benchmark) one node carries well
-//!   over ten thousand admissions a second: far above what one team's LLM
-//!   traffic needs, but a single very large team does not get faster from
-//!   more nodes.
+//!   requests of one team. Each call is one script of a few dozen hash
+//!   and sorted-set operations on that node (its cost on one node:
+//!   `MODELGATE_BENCH_REDIS_URL=redis://… cargo bench --bench request_path --
+//!   policy_auth_admit_settle_redis`); a single very large team does not
+//!   get faster from more nodes.
 //! - Moving a key to another team (or into or out of one) moves its state
 //!   to another slot: in cluster mode its current rate windows and period
 //!   spend start again from zero. The team's own state does not move.

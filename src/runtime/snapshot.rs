@@ -161,11 +161,6 @@ impl KeyEntry {
         &self.hash
     }
 
-    /// Whether the key has expired at `now_ms`.
-    pub fn expired(&self, now_ms: i64) -> bool {
-        self.expires_at_ms.is_some_and(|at| now_ms >= at)
-    }
-
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|set| set.is_match(model))
     }

@@ -1,6 +1,12 @@
-//! Usage ledger write throughput: 10k `Ledger::record` calls plus the flush
-//! that puts them on disk, into a temp-file SQLite database (WAL,
-//! `synchronous=NORMAL`). The gateway needs at least 20k records/s.
+//! Usage ledger write throughput, 10k records a round:
+//! - `record_and_flush_10k`: straight into the SQLite writer (WAL,
+//!   `synchronous=NORMAL`) and the flush that puts them on disk;
+//! - `intake_and_flush_10k`: the gateway's path, through the intake (each
+//!   record journaled before it is handed on) into the same writer;
+//! - `spool_append_10k`: the PostgreSQL store's spool, as it fills while
+//!   the database is away (batches of 1,024, each written and fdatasynced).
+//!
+//! The gateway needs at least 20k records/s.
 //!
 //! Run: `cargo bench --bench ledger`
 
@@ -8,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use modelgate::store::spool::Spool;
 use modelgate::store::sqlite::Ledger;
+use modelgate::store::Location;
 use modelgate::usage::Record;
 
 const N: usize = 10_000;
@@ -75,5 +83,57 @@ fn record_and_flush(c: &mut Criterion) {
     ledger.close(Duration::from_secs(60)).expect("close");
 }
 
-criterion_group!(benches, record_and_flush);
+fn intake_and_flush(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let at = Location::Sqlite(dir.path().join("bench.db"));
+    let ledger = modelgate::store::Ledger::open(&at, N).expect("open");
+    let mut round = 0;
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(20);
+    g.bench_function("intake_and_flush_10k", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                records(round)
+            },
+            |records| {
+                for r in records {
+                    ledger.submit(r, None);
+                }
+                ledger.flush(Duration::from_secs(60)).expect("flush");
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+    assert_eq!(ledger.dropped(), 0, "a round must fit the queue");
+    ledger.close(Duration::from_secs(60)).expect("close");
+}
+
+fn spool_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spool = Spool::open(dir.path(), u64::MAX, 1).expect("open");
+    let mut round = 0;
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(20);
+    g.bench_function("spool_append_10k", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                records(round)
+            },
+            |records| {
+                for batch in records.chunks(modelgate::store::MAX_BATCH) {
+                    spool.append(batch).expect("append");
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, record_and_flush, intake_and_flush, spool_append);
 criterion_main!(benches);

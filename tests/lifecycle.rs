@@ -93,3 +93,68 @@ fn invalid_config_fails_fast_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("providers.o.type"));
 }
+
+/// SIGKILL right after the answers: every answered request keeps its
+/// ledger row. Each record is in the intake's journal before its answer
+/// ends; the next start adopts what the killed process had not written.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_right_after_answers_loses_no_record() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::sse_message("claude-opus-4-8", &["ok"]));
+    // The ledger outlives the first gateway's directory.
+    let state = tempfile::tempdir().unwrap();
+    let db = state.path().join("usage.db");
+    let yaml = config(&up, &format!("state: {{path: \"{}\"}}\n", db.display()));
+    let mut first = Gateway::start_async(&yaml, &[]).await;
+    const ANSWERS: usize = 20;
+    let mut answered = 0;
+    for round in 0..ANSWERS / 4 {
+        let sends = (0..4).map(|_| {
+            client()
+                .post(first.url("/v1/messages"))
+                .body(r#"{"model":"claude-opus-4-8","max_tokens":10,"stream":true,"messages":[]}"#)
+                .send()
+        });
+        for resp in futures_util::future::join_all(sends).await {
+            let resp = resp.unwrap();
+            assert_eq!(resp.status(), 200, "round {round}");
+            let body = resp.text().await.unwrap();
+            assert!(body.contains("message_stop"), "{body}");
+            answered += 1;
+        }
+    }
+    // No drain, no flush: the last answers' records are at most journaled.
+    first.child.kill().unwrap();
+    assert!(tokio::task::block_in_place(|| first.wait_exit(WAIT)).is_some());
+
+    let second = Gateway::start_async(&yaml, &[]).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let rows = loop {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn.prepare("SELECT request_id FROM requests").unwrap();
+        let rows: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        if rows.len() >= answered || std::time::Instant::now() >= deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let written: std::collections::HashSet<String> = rows.iter().cloned().collect();
+    assert_eq!(rows.len(), written.len(), "a request has two rows");
+    assert_eq!(written.len(), ANSWERS, "answers with a row\n{}", second.logs());
+    // The adopted journal is gone once written.
+    let journal = state.path().join("usage.db.intake");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&journal)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        // The second gateway's own file (if it has one yet) is all there is.
+        if left.len() <= 1 || std::time::Instant::now() >= deadline {
+            assert!(left.len() <= 1, "{left:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/deps.sh
+. benches/e2e/lib.sh
 ensure_build_deps
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
 command -v wrk >/dev/null 2>&1 || _apt_install wrk
@@ -43,38 +44,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-json='{"id":"msg_bench","type":"message","role":"assistant","model":"claude-opus-4-8","content":[{"type":"text","text":"Hello from the benchmark upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}'
-sse=$(printf 'event: message_start\\ndata: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","content":[],"model":"claude-opus-4-8","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}\\n\\nevent: content_block_start\\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\\n\\nevent: content_block_delta\\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}\\n\\nevent: content_block_stop\\ndata: {"type":"content_block_stop","index":0}\\n\\nevent: message_delta\\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":12}}\\n\\nevent: message_stop\\ndata: {"type":"message_stop"}\\n\\n')
-
-oai_json='{"id":"chatcmpl-bench","object":"chat.completion","created":1763769600,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the benchmark upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":25,"completion_tokens":12,"total_tokens":37}}'
-oai_sse=""
-for part in Hello " from" " the" " benchmark" " upstream."; do
-  oai_sse+="data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"$part\"},\"finish_reason\":null}]}\\n\\n"
-done
-oai_sse+='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":25,"completion_tokens":12,"total_tokens":37}}\n\ndata: [DONE]\n\n'
-
-mkdir -p "$work/up/logs" "$work/hop/logs"
-cat > "$work/up/nginx.conf" <<NGX
-worker_processes 1;
-error_log logs/error.log warn;
-pid logs/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_max_body_size 64m;
-  client_body_buffer_size 256k;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    location = /v1/messages { default_type application/json; return 200 '$json'; }
-    location = /sse/v1/messages { default_type text/event-stream; return 200 '$sse'; }
-    location = /oai/v1/chat/completions { default_type application/json; return 200 '$oai_json'; }
-    location = /oai-sse/v1/chat/completions { default_type text/event-stream; return 200 '$oai_sse'; }
-    # A stream that stays open: the same events, sent at 64 bytes/s.
-    location = /slow/v1/messages { default_type text/event-stream; limit_rate 64; return 200 '$sse'; }
-  }
-}
-NGX
+mkdir -p "$work/hop/logs"
+write_upstream_conf "$work/up" "$UP_PORT"
 cat > "$work/hop/nginx.conf" <<NGX
 worker_processes auto;
 error_log logs/error.log warn;
@@ -143,39 +114,8 @@ echo '{"model":"claude-gpt-json","max_tokens":64,"messages":[{"role":"user","con
 oai_stream="$work/oai_stream.json"
 echo '{"model":"claude-gpt-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$oai_stream"
 big=tests/fixtures/claude_code_request.json
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-wrk.headers["anthropic-version"] = "2023-06-01"
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-LUA
+write_post_lua "$work/post.lua"
 
-# run NAME URL BODY CONNS THREADS [PID...] -> "rps p50 p99 cpu" (latencies in
-# ms; cpu = the PIDs' user+system CPU time per request in microseconds, or -)
-run() {
-  local out t0 t1
-  t0=$(cpu_ticks "${@:6}")
-  out=$(BODY_FILE="$3" wrk -t"$5" -c"$4" -d"$DURATION" --latency -s "$work/post.lua" "$2" 2>&1)
-  t1=$(cpu_ticks "${@:6}")
-  if ! grep -q "Requests/sec" <<<"$out"; then echo "wrk failed for $1: $out" >&2; exit 1; fi
-  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers in $1: $out" >&2; exit 1; fi
-  local rps p50 p99 n cpu=-
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
-  [ $# -gt 5 ] && cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
-}
-# cpu_ticks PID... -> their summed user+system time, in clock ticks.
-cpu_ticks() {
-  local p t=0
-  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
-}
-to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n+=0; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"

@@ -42,9 +42,15 @@ pub struct RequestCtx {
     pub fast: bool,
     /// A model request: it gets a ledger record and its usage is settled.
     pub metered: bool,
-    /// The budget and rate-limit charges to settle once usage is known,
-    /// and the state they are settled against ([`super::meter::settle`]).
-    pub admission: Option<(crate::policy::Admission, std::sync::Arc<super::Shared>)>,
+    /// The budget and rate-limit charges to settle once usage is known
+    /// ([`super::meter::settle`]).
+    pub admission: Option<crate::policy::Admission>,
+    /// The gateway state a metered or admitted request settles against and
+    /// records to.
+    pub shared: Option<Arc<super::Shared>>,
+    /// The ledger record made durable before the answer's end
+    /// ([`super::meter::before_end`]).
+    pub sealed: Option<Arc<crate::usage::Record>>,
     /// With `audit.log_prompts`: the request body, and the response as relayed (capped).
     pub prompt: Option<bytes::Bytes>,
     pub reply_capture: Option<Capture>,
@@ -107,6 +113,8 @@ impl RequestCtx {
             fast: false,
             metered: false,
             admission: None,
+            shared: None,
+            sealed: None,
             prompt: None,
             reply_capture: None,
             cache_key: None,

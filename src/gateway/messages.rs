@@ -94,6 +94,7 @@ impl Gateway {
         routed: &Routed,
     ) -> Result<(), GatewayError> {
         ctx.metered = true;
+        ctx.shared = Some(self.shared.clone());
         if snap.config.audit.log_prompts {
             ctx.prompt = Some(request.body.clone());
             ctx.reply_capture = Some(ctx::Capture::default());

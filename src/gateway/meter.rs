@@ -6,11 +6,15 @@
 //! and team. [`settle`] charges what the request used once the relay knows
 //! it, just before the response's last bytes go out, so a client that waits
 //! for one answer before sending the next always meets the settled state.
-//! [`finish`] runs from Pingora's `logging` phase for every request: it
-//! settles what the relay did not (errors, early exits), prices the usage
-//! for metrics, and hands one [`Record`] to the ledger and, with client
-//! details, to the audit log. Neither waits on disk: both sinks take
-//! records through bounded queues.
+//! [`before_end`] runs just before a metered answer's last bytes: it
+//! settles, and hands the request's [`Record`] to the ledger and waits until
+//! the ledger's intake has it in its journal (a `write` on another thread,
+//! see [`crate::store::intake`]), so a gateway killed right after a client
+//! has its answer does not lose the record. [`finish`] runs from Pingora's
+//! `logging` phase for every request: it settles and records what never
+//! reached an end (a client gone, an early exit) without waiting, counts
+//! the cost, and hands the record, with client details, to the audit log.
+//! Both sinks take records through bounded queues.
 
 use std::sync::Arc;
 
@@ -65,7 +69,8 @@ pub async fn admit(
     };
     match shared.policy.admit(&scopes, demand, period::now_ms()).await {
         Ok(admission) => {
-            ctx.admission = Some((admission, shared.clone()));
+            ctx.admission = Some(admission);
+            ctx.shared = Some(shared.clone());
             Ok(())
         }
         Err(e) => {
@@ -86,7 +91,8 @@ pub async fn admit_unpriced(
     let scopes = key.scopes();
     match shared.policy.admit(&scopes, Demand::default(), period::now_ms()).await {
         Ok(admission) => {
-            ctx.admission = Some((admission, shared.clone()));
+            ctx.admission = Some(admission);
+            ctx.shared = Some(shared.clone());
             Ok(())
         }
         Err(e) => {
@@ -112,10 +118,9 @@ fn cost_of(snap: &Snapshot, ctx: &RequestCtx) -> Option<f64> {
 }
 
 /// Settle the request's admission against what it used (`ctx.usage`, none
-/// on failures: the reservation is released). The relay calls this before
-/// it writes a response's last bytes; later calls do nothing.
+/// on failures: the reservation is released). Later calls do nothing.
 pub async fn settle(ctx: &mut RequestCtx) {
-    let Some((admission, shared)) = ctx.admission.take() else {
+    let (Some(admission), Some(shared)) = (ctx.admission.take(), ctx.shared.as_ref()) else {
         return;
     };
     let cost_usd = ctx
@@ -130,12 +135,51 @@ pub async fn settle(ctx: &mut RequestCtx) {
     shared.policy.settle(admission, actual).await;
 }
 
-/// Settle (when the relay has not), price and record a finished request.
-pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
-    let Some(snap) = ctx.snapshot.clone() else { return };
+/// How long an answer's end waits for its record to reach the journal.
+/// Past it the answer ends anyway (the record still goes to the store); it
+/// only happens when the journal's disk stalls or the store falls far behind.
+const JOURNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The answer is about to end for the client: settle its admission, and
+/// make its ledger record durable (in the intake's journal, see
+/// [`crate::store::intake`]) before the end goes out, so a gateway killed
+/// just after a client has its answer still has its record. Every relay
+/// calls this before a metered answer's last bytes; later calls do
+/// nothing, and [`finish`] records what never got here (a client gone, an
+/// answer cut).
+pub async fn before_end(session: &Session, ctx: &mut RequestCtx) {
     settle(ctx).await;
+    if !ctx.metered || ctx.sealed.is_some() {
+        return;
+    }
+    let (Some(snap), Some(shared)) = (ctx.snapshot.clone(), ctx.shared.clone()) else {
+        return;
+    };
+    let Some(sinks) = shared.sinks.get() else { return };
+    // The first byte goes out now at the latest.
+    ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
+    let record = record_of(&snap, session, ctx);
+    ctx.sealed = Some(record.clone());
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    if !sinks.ledger.submit(record, Some(ack)) {
+        crate::telemetry::METRICS.ledger_dropped.inc();
+        return;
+    }
+    if pingora::prelude::fast_timeout::fast_timeout(JOURNAL_WAIT, acked)
+        .await
+        .is_err()
+    {
+        log::debug!(
+            "{}: its ledger record was not journaled within {JOURNAL_WAIT:?}",
+            ctx.request_id
+        );
+    }
+}
+
+/// The request's ledger and audit record as things stand.
+fn record_of(snap: &Snapshot, session: &Session, ctx: &RequestCtx) -> Arc<Record> {
     let usage = ctx.usage.unwrap_or_default();
-    let cost_usd = match cost_of(&snap, ctx) {
+    let cost_usd = match cost_of(snap, ctx) {
         Some(cost) => cost,
         None => {
             if ctx.usage.is_some() {
@@ -145,12 +189,50 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
             0.0
         }
     };
-    if cost_usd > 0.0 {
-        crate::telemetry::METRICS
-            .cost
-            .with_label_values(&[ctx.provider.as_deref().unwrap_or("local")])
-            .inc_by(cost_usd);
-    }
+    let req = session.req_header();
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| bounded(v).to_string())
+    };
+    let latency_ms = ctx.started.elapsed().as_millis();
+    Arc::new(Record {
+        ts_ms: period::now_ms() - latency_ms as i64,
+        request_id: ctx.request_id.clone(),
+        key: ctx.principal.as_ref().map(|k| k.name.clone()),
+        team: ctx.principal.as_ref().and_then(|k| k.team.clone()),
+        session_id: header("x-claude-code-session-id"),
+        agent_id: header("x-claude-code-agent-id"),
+        model: ctx.model.clone().unwrap_or_default(),
+        provider: ctx.provider.clone(),
+        upstream_model: ctx.upstream_model.clone(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cache_read_tokens: usage.cache_read_input_tokens,
+        cache_write_tokens: usage.cache_creation_input_tokens,
+        cost_usd,
+        latency_ms: latency_ms as u64,
+        ttft_ms: ctx
+            .first_byte_at
+            .map(|t| t.duration_since(ctx.started).as_millis() as u64),
+        status: if ctx.status == 0 { 499 } else { ctx.status },
+        attempts: ctx.attempts,
+        stream: ctx.stream,
+        error: if ctx.client_gone {
+            Some("client_gone".into())
+        } else {
+            ctx.error.map(|e| e.as_str().to_string())
+        },
+    })
+}
+
+/// Settle (when the relay has not), record what [`before_end`] did not
+/// (without waiting: the answer is over), count the cost, cache a complete
+/// answer and hand the audit log its entry.
+pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
+    let Some(snap) = ctx.snapshot.clone() else { return };
+    settle(ctx).await;
     let reply = ctx.reply_capture.take().map(|c| (c.truncated, c.into_bytes()));
     if let (Some((kind, key)), Some((false, body))) = (ctx.cache_key.take(), &reply) {
         let streamed = ctx.stream && kind == super::cache::Kind::Response;
@@ -176,55 +258,37 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
     if !ctx.metered && audit.is_none() {
         return;
     }
-    let req = session.req_header();
-    let header = |name: &str| {
-        req.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| bounded(v).to_string())
-    };
-    let status = if ctx.status == 0 { 499 } else { ctx.status };
-    let record = Arc::new(Record {
-        ts_ms: period::now_ms() - ctx.started.elapsed().as_millis() as i64,
-        request_id: ctx.request_id.clone(),
-        key: ctx.principal.as_ref().map(|k| k.name.clone()),
-        team: ctx.principal.as_ref().and_then(|k| k.team.clone()),
-        session_id: header("x-claude-code-session-id"),
-        agent_id: header("x-claude-code-agent-id"),
-        model: ctx.model.clone().unwrap_or_default(),
-        provider: ctx.provider.clone(),
-        upstream_model: ctx.upstream_model.clone(),
-        input_tokens: usage.input_tokens,
-        output_tokens: usage.output_tokens,
-        cache_read_tokens: usage.cache_read_input_tokens,
-        cache_write_tokens: usage.cache_creation_input_tokens,
-        cost_usd,
-        latency_ms: ctx.started.elapsed().as_millis() as u64,
-        ttft_ms: ctx
-            .first_byte_at
-            .map(|t| t.duration_since(ctx.started).as_millis() as u64),
-        status,
-        attempts: ctx.attempts,
-        stream: ctx.stream,
-        error: if ctx.client_gone {
-            Some("client_gone".into())
-        } else {
-            ctx.error.map(|e| e.as_str().to_string())
-        },
-    });
-    if let (true, Some(sinks)) = (ctx.metered, shared.sinks.get()) {
-        if !sinks.ledger.record(record.clone()) {
-            crate::telemetry::METRICS.ledger_dropped.inc();
+    let record = match ctx.sealed.take() {
+        Some(sealed) => sealed,
+        None => {
+            let record = record_of(&snap, session, ctx);
+            if let (true, Some(sinks)) = (ctx.metered, shared.sinks.get()) {
+                if !sinks.ledger.submit(record.clone(), None) {
+                    crate::telemetry::METRICS.ledger_dropped.inc();
+                }
+            }
+            record
         }
+    };
+    if record.cost_usd > 0.0 {
+        crate::telemetry::METRICS
+            .cost
+            .with_label_values(&[ctx.provider.as_deref().unwrap_or("local")])
+            .inc_by(record.cost_usd);
     }
     if let Some(audit) = audit {
+        let req = session.req_header();
         let entry = AuditEntry {
             record,
             client_ip: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_string()),
-            user_agent: header("user-agent"),
+            user_agent: req
+                .headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| bounded(v).to_string()),
             method: req.method.to_string(),
             path: req.uri.path().to_string(),
             request_body: ctx.prompt.take(),

@@ -77,9 +77,9 @@ pub async fn answer(
 
 /// A whole answer translated: metered (a count is not), captured, written.
 async fn answer_translated(session: &mut Session, ctx: &mut RequestCtx, translated: Translated) {
+    // Settled and recorded by `respond::complete`, before the body goes out.
     if let Some(usage) = translated.usage {
         ctx.usage = Some(usage);
-        super::meter::settle(ctx).await;
     }
     let body = bytes::Bytes::from(translated.body);
     if let Some(c) = ctx.reply_capture.as_mut() {
@@ -139,11 +139,16 @@ fn read_tap(ctx: &mut RequestCtx, tap: &mut UsageTap) {
     ctx.usage = std::mem::replace(tap, UsageTap::Off).finish().or(ctx.usage);
 }
 
-/// Settle the request's usage before the response's end reaches the
-/// client ([`super::meter::settle`]); the tap's reading is final here.
-async fn settle_before_end(ctx: &mut RequestCtx, tap: &mut UsageTap) {
+/// Whether the answer's end still waits for [`super::meter::before_end`].
+fn end_pending(ctx: &RequestCtx) -> bool {
+    ctx.admission.is_some() || (ctx.metered && ctx.sealed.is_none())
+}
+
+/// Settle and record the request before the response's end reaches the
+/// client ([`super::meter::before_end`]); the tap's reading is final here.
+async fn before_end(session: &Session, ctx: &mut RequestCtx, tap: &mut UsageTap) {
     read_tap(ctx, tap);
-    super::meter::settle(ctx).await;
+    super::meter::before_end(session, ctx).await;
 }
 
 async fn relay_body(
@@ -164,8 +169,8 @@ async fn relay_body(
                 // Settle before the chunk that ends the answer for the
                 // client: a length-delimited body's last chunk, or the
                 // stream's final usage (`message_stop` follows it at once).
-                if ctx.admission.is_some() && (exchange.body_done() || tap.has_final_usage()) {
-                    settle_before_end(ctx, tap).await;
+                if end_pending(ctx) && (exchange.body_done() || tap.has_final_usage()) {
+                    before_end(session, ctx, tap).await;
                 }
                 let n = chunk.len() as u64;
                 ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
@@ -179,8 +184,8 @@ async fn relay_body(
                 ctx.bytes_out += n;
             }
             Ok(None) => {
-                if ctx.admission.is_some() {
-                    settle_before_end(ctx, tap).await;
+                if end_pending(ctx) {
+                    before_end(session, ctx, tap).await;
                 }
                 if let Err(e) = session.write_response_body(None, true).await {
                     log::debug!("{}: client gone at the end of the response: {e}", ctx.request_id);
@@ -205,6 +210,7 @@ async fn relay_body(
                 ctx.error_message = Some(err.to_string());
                 exchange.abort().await;
                 if is_sse {
+                    before_end(session, ctx, tap).await;
                     let frame = err.sse_frame(&ctx.request_id);
                     let _ = session.write_response_body(Some(frame.into()), true).await;
                 } else {
@@ -274,6 +280,7 @@ pub async fn relay_buffered(session: &mut Session, ctx: &mut RequestCtx, buffere
     let _ = head.remove_header(&http::header::TRANSFER_ENCODING);
     let _ = head.insert_header(http::header::CONTENT_LENGTH, buffered.body.len().to_string());
     ctx.status = head.status.as_u16();
+    super::meter::before_end(session, ctx).await;
     if session
         .write_response_header(Box::new(head), buffered.body.is_empty())
         .await
@@ -391,13 +398,16 @@ async fn relay_translated_stream(
         }
         let end = translator.is_done();
         if end {
-            // Settled before message_stop goes out (see `meter::settle`).
+            // Settled and recorded before message_stop goes out.
             ctx.usage = if translator.completed() {
                 translator.usage()
             } else {
                 Some(translator.usage_so_far())
             };
-            super::meter::settle(ctx).await;
+            if !translator.completed() {
+                ctx.error.get_or_insert(crate::error::ErrorKind::Api);
+            }
+            super::meter::before_end(session, ctx).await;
         }
         if !out.is_empty() || end {
             let n = out.len() as u64;
@@ -418,9 +428,6 @@ async fn relay_translated_stream(
             last_sent = std::time::Instant::now();
         }
         if end {
-            if !translator.completed() {
-                ctx.error.get_or_insert(crate::error::ErrorKind::Api);
-            }
             if upstream_failed {
                 exchange.abort().await;
             } else {

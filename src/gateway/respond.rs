@@ -51,6 +51,7 @@ pub async fn complete(
         let _ = head.insert_header(*name, value.as_str());
     }
     ctx.status = status;
+    super::meter::before_end(session, ctx).await;
     if let Err(e) = session.write_response_header(Box::new(head), len == 0).await {
         log::debug!("{}: client gone before the response header: {e}", ctx.request_id);
         return;

@@ -14,11 +14,13 @@
 //! With PostgreSQL the store also keeps gateway keys created at run time
 //! ([`keys`]).
 //!
-//! [`Ledger`] is the write side (a request only ever `try_send`s a record),
-//! [`Reader`] the read side, [`Sinks`] the ledger and the audit log a
-//! serving process writes to. The types the readers answer with
+//! [`Ledger`] is the write side: a request `try_send`s its record to the
+//! [`intake`], which journals it before the answer ends and hands it to the
+//! store's writer. [`Reader`] is the read side, [`Sinks`] the ledger and
+//! the audit log a serving process writes to. The types the readers answer with
 //! ([`Totals`], [`SummaryRow`], …) are the same for both places.
 
+pub mod intake;
 pub mod keys;
 pub mod postgres;
 pub mod spool;
@@ -94,6 +96,8 @@ pub enum StoreError {
     Postgres(#[from] postgres::PgError),
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    Intake(#[from] intake::IntakeError),
 }
 
 /// Sums over a set of requests.
@@ -273,7 +277,8 @@ pub const LINGER: Duration = Duration::from_millis(25);
 /// as the records, so "everything sent before" is exactly what they wait
 /// for.
 pub(crate) enum Msg {
-    Record(Arc<Record>),
+    /// A record, and its journal file when it came through the [`intake`].
+    Record(Arc<Record>, Option<intake::Hold>),
     Flush(std::sync::mpsc::SyncSender<()>),
     Stop,
 }
@@ -285,6 +290,12 @@ pub(crate) enum Msg {
 #[derive(Default)]
 pub(crate) struct Batcher {
     pub batch: Vec<Arc<Record>>,
+    /// The batch's journal files, released (and deleted when no other
+    /// record holds them) once the batch is written: [`Batcher::ack`].
+    pub holds: Vec<intake::Hold>,
+    /// Records adopted from a dead process's journal are in the batch: the
+    /// store may have some already.
+    pub adopted: bool,
     acks: Vec<std::sync::mpsc::SyncSender<()>>,
     /// `Stop` was seen: drain what is queued without waiting, then end.
     pub stopping: bool,
@@ -295,7 +306,7 @@ impl Batcher {
     /// Whether the writer should wait [`LINGER`] before taking the batch
     /// `first` opens (a flush or a stop goes at once).
     pub fn lingers(&self, first: &Msg) -> bool {
-        matches!(first, Msg::Record(_)) && !self.stopping && !self.behind
+        matches!(first, Msg::Record(..)) && !self.stopping && !self.behind
     }
 
     /// `first`, then what `next` yields without blocking, up to
@@ -304,7 +315,16 @@ impl Batcher {
         let mut msg = Some(first);
         while let Some(m) = msg {
             match m {
-                Msg::Record(r) => self.batch.push(r),
+                Msg::Record(r, hold) => {
+                    self.batch.push(r);
+                    if let Some(hold) = hold {
+                        self.adopted |= hold.adopted;
+                        // Consecutive records share a file: hold it once.
+                        if !self.holds.last().is_some_and(|h| Arc::ptr_eq(h, &hold)) {
+                            self.holds.push(hold);
+                        }
+                    }
+                }
                 Msg::Flush(ack) => self.acks.push(ack),
                 Msg::Stop => self.stopping = true,
             }
@@ -313,9 +333,12 @@ impl Batcher {
         self.behind = self.batch.len() >= MAX_BATCH;
     }
 
-    /// The batch is written (or dropped): tell the flushers. One that timed
-    /// out and went has nothing to be told.
+    /// The batch is written, spooled or dropped: let its journal files go
+    /// and tell the flushers. One that timed out and went has nothing to be
+    /// told.
     pub fn ack(&mut self) {
+        self.holds.clear();
+        self.adopted = false;
         for ack in self.acks.drain(..) {
             let _ = ack.send(());
         }
@@ -385,8 +408,15 @@ impl Counters {
     }
 }
 
-/// The write side of the ledger, wherever it lives.
-pub enum Ledger {
+/// The write side of the ledger, wherever it lives: the [`intake`] in
+/// front, the store's writer behind it.
+pub struct Ledger {
+    intake: intake::Intake,
+    writer: Writer,
+}
+
+/// The store's own writer.
+enum Writer {
     Sqlite(sqlite::Ledger),
     Postgres(postgres::Ledger),
 }
@@ -394,33 +424,46 @@ pub enum Ledger {
 impl Ledger {
     /// Open the ledger at `at` with a queue of `queue` records. A PostgreSQL
     /// store is not contacted here: a gateway starts (and spools) while the
-    /// database is down.
+    /// database is down. The intake's journal is `<file>.intake/` beside a
+    /// SQLite file, `intake/` in a PostgreSQL store's spool.
     pub fn open(at: &Location, queue: usize) -> Result<Ledger, StoreError> {
-        Ok(match at {
-            Location::Sqlite(path) => Ledger::Sqlite(sqlite::Ledger::open(path, queue)?),
+        let (writer, journal) = match at {
+            Location::Sqlite(path) => {
+                let mut dir = path.clone().into_os_string();
+                dir.push(".intake");
+                (Writer::Sqlite(sqlite::Ledger::open(path, queue)?), PathBuf::from(dir))
+            }
             Location::Postgres {
                 target,
                 spool,
                 spool_max_bytes,
-            } => Ledger::Postgres(postgres::Ledger::open(target, spool, *spool_max_bytes, queue)?),
-        })
+            } => (
+                Writer::Postgres(postgres::Ledger::open(target, spool, *spool_max_bytes, queue)?),
+                spool.join("intake"),
+            ),
+        };
+        let (counters, forward) = match &writer {
+            Writer::Sqlite(l) => (l.counters_arc(), l.forward()),
+            Writer::Postgres(l) => (l.counters_arc(), l.forward()),
+        };
+        let intake = intake::Intake::open(&journal, queue, counters, forward)?;
+        Ok(Ledger { intake, writer })
     }
 
     fn counters(&self) -> &Counters {
-        match self {
-            Ledger::Sqlite(l) => l.counters(),
-            Ledger::Postgres(l) => l.counters(),
+        match &self.writer {
+            Writer::Sqlite(l) => l.counters(),
+            Writer::Postgres(l) => l.counters(),
         }
     }
 
-    /// Queue a record for the writer. Never blocks: when the queue is full
+    /// Queue a record for the store. Never blocks: when the queue is full
     /// (or the ledger is closed) the record is counted as dropped, a warning
-    /// is logged at most every 10 s, and this returns false.
-    pub fn record(&self, r: Arc<Record>) -> bool {
-        match self {
-            Ledger::Sqlite(l) => l.record(r),
-            Ledger::Postgres(l) => l.record(r),
-        }
+    /// is logged at most every 10 s, and this returns false. With `ack`, the
+    /// ack is answered once the record is in the journal: from then on a
+    /// crash of this process does not lose it.
+    pub fn submit(&self, r: Arc<Record>, ack: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
+        self.intake.submit(r, ack)
     }
 
     /// Records lost: refused by a full queue, a closed ledger or a full
@@ -445,37 +488,42 @@ impl Ledger {
         (c.spooled.load(Ordering::Relaxed), c.replayed.load(Ordering::Relaxed))
     }
 
+    /// Where the intake keeps its journal.
+    pub fn journal(&self) -> &Path {
+        self.intake.dir()
+    }
+
     /// Wait until every record queued before this call is written, spooled
     /// or counted dropped, for at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
-        match self {
-            Ledger::Sqlite(l) => Ok(l.flush(timeout)?),
-            Ledger::Postgres(l) => Ok(l.flush(timeout)?),
-        }
+        Ok(self.intake.flush(timeout)?)
     }
 
-    /// Write (or spool) everything queued and stop the writer, waiting at
+    /// Write (or spool) everything queued and stop the writers, waiting at
     /// most `timeout`. Idempotent.
     pub fn close(&self, timeout: Duration) -> Result<(), StoreError> {
-        match self {
-            Ledger::Sqlite(l) => Ok(l.close(timeout)?),
-            Ledger::Postgres(l) => Ok(l.close(timeout)?),
+        let deadline = Instant::now() + timeout;
+        self.intake.close(timeout)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match &self.writer {
+            Writer::Sqlite(l) => Ok(l.close(left)?),
+            Writer::Postgres(l) => Ok(l.close(left)?),
         }
     }
 
     /// The keys table, with a PostgreSQL store (on the ledger's pool).
     pub fn key_store(&self) -> Option<keys::KeyStore> {
-        match self {
-            Ledger::Sqlite(_) => None,
-            Ledger::Postgres(l) => Some(keys::KeyStore::on(l.reader().db())),
+        match &self.writer {
+            Writer::Sqlite(_) => None,
+            Writer::Postgres(l) => Some(keys::KeyStore::on(l.reader().db())),
         }
     }
 
     /// A reader on the same store (the PostgreSQL pool is shared).
     pub fn reader(&self) -> Option<Reader> {
-        match self {
-            Ledger::Sqlite(_) => None,
-            Ledger::Postgres(l) => Some(Reader::Postgres(l.reader())),
+        match &self.writer {
+            Writer::Sqlite(_) => None,
+            Writer::Postgres(l) => Some(Reader::Postgres(l.reader())),
         }
     }
 }

@@ -14,8 +14,8 @@
 //! advisory lock, so replicas starting at once apply each step once, and a
 //! build refuses a database migrated by a newer one.
 //!
-//! [`Ledger`] is the write side. A request `try_send`s its record into a
-//! bounded queue; one task gathers up to [`super::MAX_BATCH`] records for
+//! [`Ledger`] is the write side. Records come from the [`super::intake`]
+//! through a bounded queue; one task gathers up to [`super::MAX_BATCH`] records for
 //! [`super::LINGER`] and inserts them in one statement (`UNNEST` of column
 //! arrays, `ON CONFLICT (request_id) DO NOTHING`). When the database does
 //! not answer, the batch goes to the [`super::spool`] instead and the
@@ -791,6 +791,17 @@ impl Ledger {
         &self.shared.counters
     }
 
+    pub(crate) fn counters_arc(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    /// How the intake hands records on: a blocking send (from its own
+    /// thread) into the writer's bounded queue.
+    pub(crate) fn forward(&self) -> super::intake::Forward {
+        let tx = self.tx.clone();
+        Box::new(move |m| tx.blocking_send(m).is_ok())
+    }
+
     /// A reader on the same pool.
     pub fn reader(&self) -> Reader {
         Reader {
@@ -802,7 +813,7 @@ impl Ledger {
     pub fn record(&self, r: Arc<Record>) -> bool {
         let counters = &self.shared.counters;
         counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Record(r)) {
+        match self.tx.try_send(Msg::Record(r, None)) {
             Ok(()) => true,
             Err(e) => {
                 counters.queued.fetch_sub(1, Ordering::Relaxed);

@@ -81,6 +81,16 @@ const INSERT: &str = "INSERT INTO requests (ts_ms, request_id, \"key\", team, se
     status, attempts, stream, error, writer)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
 
+/// [`INSERT`] unless a row of the same request (and time: the `ts_ms`
+/// index finds it) is there already: for records adopted from a journal,
+/// which a process may have written just before it died.
+const INSERT_IF_NEW: &str =
+    "INSERT INTO requests (ts_ms, request_id, \"key\", team, session_id, agent_id, model, provider,
+    upstream_model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, ttft_ms,
+    status, attempts, stream, error, writer)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21
+    WHERE NOT EXISTS (SELECT 1 FROM requests WHERE ts_ms = ?1 AND request_id = ?2)";
+
 /// The columns of [`Totals`], in order, for the read queries.
 const TOTALS_COLUMNS: &str = "COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
     COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(cost_usd), 0.0)";
@@ -206,7 +216,7 @@ impl Ledger {
         // Counted before the send so the writer's decrement can never come
         // first and wrap the counter.
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Record(r)) {
+        match self.tx.try_send(Msg::Record(r, None)) {
             Ok(()) => true,
             Err(e) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);
@@ -222,6 +232,17 @@ impl Ledger {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub(crate) fn counters_arc(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// How the intake hands records on: a blocking send into the writer's
+    /// bounded queue (the intake counted them as queued already).
+    pub(crate) fn forward(&self) -> super::intake::Forward {
+        let tx = self.tx.clone();
+        Box::new(move |m| tx.send(m).is_ok())
     }
 
     /// Records lost: refused by a full queue or a closed ledger, or in a
@@ -398,16 +419,18 @@ fn run_writer(mut conn: Connection, rx: Receiver<Msg>, counters: &Counters) {
             std::thread::sleep(LINGER);
         }
         b.gather(first, || rx.try_recv().ok());
-        write_batch(&mut conn, &mut b.batch, counters);
+        write_batch(&mut conn, &mut b.batch, b.adopted, counters);
         b.ack();
     }
     log::debug!("usage ledger writer stopped");
 }
 
 /// Insert `batch` in one transaction, retrying with backoff; then clear it.
-/// Errors are logged with the batch's first request id only: records carry
-/// key and team names, which do not belong in an error log.
-fn write_batch(conn: &mut Connection, batch: &mut Vec<Arc<Record>>, counters: &Counters) {
+/// With `adopted` records (from a dead process's journal) a record whose
+/// request the ledger already has is skipped. Errors are logged with the
+/// batch's first request id only: records carry key and team names, which
+/// do not belong in an error log.
+fn write_batch(conn: &mut Connection, batch: &mut Vec<Arc<Record>>, adopted: bool, counters: &Counters) {
     if batch.is_empty() {
         return;
     }
@@ -415,8 +438,8 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Arc<Record>>, counters: &C
     let mut delay = RETRY_BASE;
     let mut attempt = 1;
     let outcome = loop {
-        match insert_all(conn, batch) {
-            Ok(()) => break Ok(()),
+        match insert_all(conn, batch, adopted) {
+            Ok(inserted) => break Ok(inserted),
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 log::debug!(
                     "usage ledger: writing {n} records (first request {}) failed, attempt {attempt}: {e}",
@@ -430,8 +453,8 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Arc<Record>>, counters: &C
         }
     };
     match outcome {
-        Ok(()) => {
-            counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(inserted) => {
+            counters.written.fetch_add(inserted as u64, Ordering::Relaxed);
             counters.batches.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
@@ -445,12 +468,14 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Arc<Record>>, counters: &C
     batch.clear();
 }
 
-fn insert_all(conn: &mut Connection, batch: &[Arc<Record>]) -> rusqlite::Result<()> {
+/// The rows inserted: all but, with `adopted`, those already there.
+fn insert_all(conn: &mut Connection, batch: &[Arc<Record>], adopted: bool) -> rusqlite::Result<usize> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut inserted = 0;
     {
-        let mut stmt = tx.prepare_cached(INSERT)?;
+        let mut stmt = tx.prepare_cached(if adopted { INSERT_IF_NEW } else { INSERT })?;
         for r in batch {
-            stmt.execute(params![
+            inserted += stmt.execute(params![
                 r.ts_ms,
                 r.request_id,
                 r.key,
@@ -475,7 +500,8 @@ fn insert_all(conn: &mut Connection, batch: &[Arc<Record>]) -> rusqlite::Result<
             ])?;
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(inserted)
 }
 
 /// SQLite integers are i64. Saturate rather than fail: one absurd count must

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# What the ledger's store costs the request path: one gateway config run
+# twice in the same benchmark, once with the embedded SQLite store and once
+# with a PostgreSQL store (a local server started here, default durability),
+# measured alternately against the same nginx upstream.
+#
+#   benches/e2e/store.sh               # 10 s per run, 2 rounds
+#   DURATION=5s ROUNDS=3 benches/e2e/store.sh
+#
+# Output: RPS and p99 per scenario and store, the PostgreSQL/SQLite ratio,
+# the p99 each adds at c=1 over hitting the upstream directly, and whether
+# every answered request has its row in PostgreSQL. Every process listens
+# on 127.0.0.1 only and every load run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib/deps.sh
+. benches/e2e/lib.sh
+ensure_build_deps
+ensure_postgres
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
+command -v wrk >/dev/null 2>&1 || _apt_install wrk
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)")
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-2}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+UP_PORT=${UP_PORT:-18911}
+SQLITE_PORT=${SQLITE_PORT:-18912}
+PG_GW_PORT=${PG_GW_PORT:-18913}
+PG_PORT=${PG_PORT:-18914}
+GW_THREADS=${GW_THREADS:-$(nproc)}
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+TARGET=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin modelgate
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+# PostgreSQL refuses to run as root: as the `postgres` user then.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pg/data" -m fast stop >/dev/null 2>&1 || true
+  "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+write_upstream_conf "$work/up" "$UP_PORT"
+"$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
+write_post_lua "$work/post.lua"
+
+mkdir -p "$work/pg"
+pw=bench-$RANDOM$RANDOM
+echo "$pw" > "$work/pg/pw"
+[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/pg"
+as_pg "$PGBIN/initdb" -D "$work/pg/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+  -E UTF8 --pwfile="$work/pg/pw" >/dev/null
+as_pg "$PGBIN/postgres" -D "$work/pg/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
+  -c unix_socket_directories="$work/pg" >"$work/pg.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 1 100); do
+  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+  sleep 0.1
+done
+psql_() { as_pg "$PGBIN/psql" -X -q -A -t -h "$work/pg" -p "$PG_PORT" -U postgres "$@"; }
+psql_ -c "CREATE DATABASE bench" >/dev/null
+
+# gateway NAME PORT STORE_YAML: start one and wait for /health.
+gateway() {
+  mkdir -p "$work/$1"
+  cat > "$work/$1/gw.yaml" <<YAML
+listen: 127.0.0.1:$2
+log_level: warn
+threads: $GW_THREADS
+default_provider: up
+providers:
+  up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
+  up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
+routes:
+  - {match: claude-stream, provider: up-sse}
+state: {path: "$work/$1/usage.db"}
+$3
+YAML
+  PGPASSWORD=$pw "$TARGET"/release/modelgate serve -c "$work/$1/gw.yaml" >"$work/$1/gw.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$work/$1/gw.log" >&2
+  exit 1
+}
+gateway sqlite "$SQLITE_PORT" ""
+gateway postgres "$PG_GW_PORT" "store: {url: \"postgres://postgres:\${PGPASSWORD}@127.0.0.1:$PG_PORT/bench?sslmode=disable\", spool: \"$work/postgres/spool\"}"
+sqlite_pid=${pids[-2]}
+pg_pid=${pids[-1]}
+
+small="$work/small.json"
+echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
+stream="$work/stream.json"
+echo '{"model":"claude-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$stream"
+
+printf '\nledger store cost: %s per run, %s rounds, %s connections, %s cores\n\n' "$DURATION" "$ROUNDS" "$CONNS" "$(nproc)"
+printf '%-18s %-6s %-9s %10s %9s %9s %11s\n' scenario round store rps p50_ms p99_ms cpu_us/req
+for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
+  IFS=: read -r name body <<<"$scenario"
+  s_rps=0; p_rps=0; s_p99=0; p_p99=0
+  for round in $(seq 1 "$ROUNDS"); do
+    read -r r50 r99 rcpu rps < <(run "$name/sqlite" "http://127.0.0.1:$SQLITE_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$sqlite_pid" | awk '{print $2, $3, $4, $1}')
+    printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" sqlite "$rps" "$r50" "$r99" "$rcpu"
+    s_rps=$(awk -v a="$s_rps" -v b="$rps" 'BEGIN{print a+b}'); s_p99=$(awk -v a="$s_p99" -v b="$r99" 'BEGIN{print a+b}')
+    read -r r50 r99 rcpu rps < <(run "$name/postgres" "http://127.0.0.1:$PG_GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$pg_pid" | awk '{print $2, $3, $4, $1}')
+    printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" postgres "$rps" "$r50" "$r99" "$rcpu"
+    p_rps=$(awk -v a="$p_rps" -v b="$rps" 'BEGIN{print a+b}'); p_p99=$(awk -v a="$p_p99" -v b="$r99" 'BEGIN{print a+b}')
+  done
+  printf '%-18s postgres/sqlite: rps %.3fx, p99 %.3fx\n\n' "$name" \
+    "$(awk -v a="$p_rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p_p99" -v b="$s_p99" 'BEGIN{print a/b}')"
+done
+
+printf 'added latency at c=1 (sequential requests), small JSON body, over direct\n'
+read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
+for target in "sqlite:$SQLITE_PORT" "postgres:$PG_GW_PORT"; do
+  IFS=: read -r name port <<<"$target"
+  read -r _ g50 g99 _ < <(run "$name" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
+  printf '%-9s p50 %+8.3f ms  p99 %+8.3f ms\n' "$name" "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
+done
+
+# Every answer the PostgreSQL gateway gave has its row once its writer
+# catches up (wrk cuts the requests open when a run ends; those may or may
+# not have one).
+answered=$(curl -fsS "http://127.0.0.1:$PG_GW_PORT/metrics" | awk '$1 ~ /^modelgate_requests_total/ && $0 ~ /status_class="2xx"/ {n += $2} END {print n+0}')
+rows=0
+for _ in $(seq 1 100); do
+  rows=$(psql_ -d bench -c "SELECT COUNT(*) FROM requests")
+  [ "$rows" -ge "$answered" ] && break
+  sleep 0.1
+done
+printf '\nPostgreSQL ledger: %s rows for %s answers counted by the gateway\n' "$rows" "$answered"

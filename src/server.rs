@@ -154,8 +154,8 @@ pub fn run(
         "usage sinks",
         SinksService { shared: shared.clone() },
     ));
-    // Keys created at run time (a PostgreSQL store): loaded (or given up
-    // on, bounded) before the listener takes its first request.
+    // Keys and teams created at run time (a PostgreSQL store): loaded (or
+    // given up on, bounded) before the listener takes its first request.
     let store_keys = server.add_service(pingora::services::background::background_service(
         "store keys",
         KeySync { shared: shared.clone() },
@@ -266,10 +266,15 @@ async fn ledger_reader(shared: &Shared, snap: &Snapshot) -> Result<crate::store:
 
 /// Embedded backend: start each scope's current period from the ledger's
 /// history, so budgets hold across restarts (and, with a PostgreSQL store,
-/// across the fleet's history). Scopes this process already counts are
-/// left alone. Returns the last ledger row the seed saw, read in the same
-/// snapshot.
+/// across the fleet's history): the scopes of `snap` and of the store's
+/// keys and teams. Scopes this process already counts are left alone.
+/// Returns the last ledger row the seed saw, read in the same snapshot.
 pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
+    seed_scopes(shared, snap, shared.config.store_keys.scopes(snap)).await
+}
+
+/// [`seed_budgets`] for `scopes`.
+async fn seed_scopes(shared: &Shared, snap: &Snapshot, scopes: Vec<Arc<crate::policy::ScopeLimits>>) -> Option<i64> {
     use crate::policy::period;
     let memory = shared.policy.memory()?;
     // Records still queued belong to this process's live counts already.
@@ -286,8 +291,7 @@ pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
         }
     };
     let now = period::now_ms();
-    let scopes: Vec<_> = snap
-        .all_scopes()
+    let scopes: Vec<_> = scopes
         .into_iter()
         .map(|s| {
             let window = period::Window::of(s.period, now);
@@ -356,8 +360,13 @@ async fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
             return None;
         }
     };
-    let scopes: std::collections::HashMap<Arc<str>, Arc<crate::policy::ScopeLimits>> =
-        snap.all_scopes().into_iter().map(|s| (s.id.clone(), s)).collect();
+    let scopes: std::collections::HashMap<Arc<str>, Arc<crate::policy::ScopeLimits>> = shared
+        .config
+        .store_keys
+        .scopes(&snap)
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
     let now = period::now_ms();
     for row in &rows {
         let ids = [
@@ -386,11 +395,11 @@ async fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
     rows.last().map(|r| r.id)
 }
 
-/// Keeps `ConfigStore::store_keys` in step with the store's keys table:
-/// at once when a change is notified (LISTEN), and every
-/// [`KEY_REFRESH`] regardless (a lost notification, a config reload that
-/// changed teams). Ready after the first load, or after [`KEY_FIRST_LOAD`]
-/// when the store does not answer: config keys work meanwhile.
+/// Keeps `ConfigStore::store_keys` in step with the store's keys and teams
+/// tables: at once when a change is notified (LISTEN), and every
+/// [`KEY_REFRESH`] regardless (a lost notification). Ready after the first
+/// load, or after [`KEY_FIRST_LOAD`] when the store does not answer: config
+/// keys and teams work meanwhile.
 struct KeySync {
     shared: Arc<Shared>,
 }
@@ -447,7 +456,7 @@ impl pingora::services::background::BackgroundService for KeySync {
 /// What the last refresh loaded, so only changes are logged.
 #[derive(Default)]
 struct KeyLoad {
-    keys: Option<Vec<crate::config::schema::KeyConfig>>,
+    rows: Option<crate::runtime::keyring::StoreRows>,
     version: String,
     warnings: Vec<String>,
     failing: bool,
@@ -455,13 +464,16 @@ struct KeyLoad {
 
 impl KeyLoad {
     async fn refresh(&mut self, shared: &Shared, store: &crate::store::keys::KeyStore) {
-        let rows = match store.active().await {
-            Ok(rows) => rows,
+        let loaded =
+            async { Ok::<_, crate::store::postgres::PgError>((store.active().await?, store.teams().active().await?)) };
+        let rows = match loaded.await {
+            Ok((keys, teams)) => crate::runtime::keyring::StoreRows { keys, teams },
             Err(e) => {
                 if !self.failing {
                     log::warn!(
-                        "store keys: {e}; keeping the {} loaded before",
-                        shared.config.store_keys.len()
+                        "store keys: {e}; keeping the {} keys and {} teams loaded before",
+                        shared.config.store_keys.len(),
+                        shared.config.store_keys.teams()
                     );
                     self.failing = true;
                 }
@@ -473,17 +485,27 @@ impl KeyLoad {
             self.failing = false;
         }
         let snap = shared.config.snapshot();
-        if self.keys.as_ref() == Some(&rows) && self.version == snap.version {
+        if self.rows.as_ref() == Some(&rows) && self.version == snap.version {
             return;
         }
-        let warnings = shared.config.store_keys.replace(&snap, &rows);
+        let counts = (rows.keys.len(), rows.teams.len());
+        let (view, warnings) = crate::runtime::keyring::View::compile(&snap, rows.clone());
+        // Scopes new to this process start from the ledger's history before
+        // a request can charge them (embedded budgets).
+        seed_scopes(shared, &snap, view.scopes(&snap)).await;
+        shared.config.store_keys.install(view);
         for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
             log::warn!("{w}");
         }
-        if self.keys.as_ref().map(Vec::len) != Some(rows.len()) || self.keys.is_none() {
-            log::info!("store keys: {} active", shared.config.store_keys.len());
+        let before = self.rows.as_ref().map(|r| (r.keys.len(), r.teams.len()));
+        if before != Some(counts) {
+            log::info!(
+                "store keys: {} active, {} store teams",
+                shared.config.store_keys.len(),
+                shared.config.store_keys.teams()
+            );
         }
-        self.keys = Some(rows);
+        self.rows = Some(rows);
         self.version = snap.version.clone();
         self.warnings = warnings;
     }

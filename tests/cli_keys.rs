@@ -324,3 +324,28 @@ fn the_first_key_creates_the_section_and_says_auth_is_now_required() {
         "CRLF kept"
     );
 }
+
+#[test]
+fn teams_commands_need_a_postgres_store_and_say_to_edit_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("modelgate.yaml");
+    std::fs::write(&config, COMMENTED).unwrap();
+    for args in [
+        &["teams", "create", "research", "--rpm", "10"][..],
+        &["teams", "list"],
+        &["teams", "update", "research", "--no-rpm"],
+        &["teams", "delete", "research"],
+    ] {
+        let r = modelgate(&config, args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("need a PostgreSQL store") && r.stderr.contains("edit `teams:`"),
+            "{args:?}: {r:?}"
+        );
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), COMMENTED);
+    let r = modelgate(&dir.path().join("absent.yaml"), &["teams", "list"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("absent.yaml"), "{r:?}");
+}

@@ -4,9 +4,11 @@
 //! `modelgate usage` report the fleet's figures, the database can go away
 //! under load without a failed request or a lost or doubled row (the
 //! spool), a shutdown while it is away keeps the records for the next
-//! start, migrations are safe with replicas starting at once, and keys
-//! created, changed and revoked with `modelgate keys` reach every replica
-//! within seconds without a reload.
+//! start, migrations are safe with replicas starting at once, a new binary
+//! upgrades an old schema and keeps its rows, keys created, changed and
+//! revoked with `modelgate keys` reach every replica within seconds without
+//! a reload, and so do teams made with `modelgate teams`, whose budgets
+//! start from the fleet's history.
 
 mod support;
 
@@ -300,9 +302,12 @@ async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() 
         wait_count(&pg, &db, "SELECT COUNT(*) FROM requests", 3, Duration::from_secs(10)).await,
         3
     );
-    // Every step once (1: requests, 2: gateway_keys), however many replicas raced.
-    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM modelgate_schema"), 2);
-    assert_eq!(pg.count(&db, "SELECT MAX(version) FROM modelgate_schema"), 2);
+    // Every step once (1: requests, 2: gateway_keys, 3: gateway_teams),
+    // however many replicas raced.
+    let latest = i64::from(modelgate::store::postgres::schema_version());
+    assert_eq!(latest, 3);
+    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM modelgate_schema"), latest);
+    assert_eq!(pg.count(&db, "SELECT MAX(version) FROM modelgate_schema"), latest);
     for gw in &gws {
         assert!(!gw.logs().contains("ERROR"), "{}", gw.logs());
     }
@@ -509,4 +514,317 @@ async fn keys_created_changed_and_revoked_in_the_store_reach_every_replica() {
             "a key leaked into the logs"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_binary_on_a_schema_version_1_database_upgrades_it_and_keeps_its_rows() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = pg.create_db("oldschema");
+    // The database as the first build with a PostgreSQL store left it: the
+    // migrator's bookkeeping table at version 1, and the ledger with a row.
+    let (version, v1) = modelgate::store::postgres::MIGRATIONS[0];
+    assert_eq!(version, 1);
+    pg.query_in(
+        &db,
+        &format!(
+            "CREATE TABLE modelgate_schema (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                build TEXT NOT NULL
+            );
+            INSERT INTO modelgate_schema (version, build) VALUES (1, '0.0.1-old');
+            {v1};
+            INSERT INTO requests (ts_ms, request_id, \"key\", team, model, provider, input_tokens, output_tokens,
+                cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, status, attempts, stream)
+            VALUES ((extract(epoch from now()) * 1000)::bigint, 'req_from_version_1', 'alice', 'platform',
+                'claude-sonnet-4-5', 'anthropic', 1000, 200, 0, 0, 0.25, 42, 200, 1, false);"
+        ),
+    )
+    .unwrap();
+    assert_eq!(pg.count(&db, "SELECT MAX(version) FROM modelgate_schema"), 1);
+
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::sse_message("claude-sonnet-4-5", &["ok"]));
+    let gw = Gateway::start_async(&config(&up.base_url(), &pg.url(&db)), &[]).await;
+    let latest = i64::from(modelgate::store::postgres::schema_version());
+    assert_eq!(
+        wait_count(
+            &pg,
+            &db,
+            "SELECT MAX(version) FROM modelgate_schema",
+            latest,
+            Duration::from_secs(10)
+        )
+        .await,
+        latest,
+        "{}",
+        gw.logs()
+    );
+    // Each missing step once, after the old one.
+    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM modelgate_schema"), latest);
+    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM gateway_keys"), 0);
+    assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM gateway_teams"), 0);
+    assert!(gw.logs().contains(&format!("schema migrated to version {latest}")));
+
+    // The old row is still there and counts.
+    assert_eq!(
+        pg.count(
+            &db,
+            "SELECT COUNT(*) FROM requests WHERE request_id = 'req_from_version_1'"
+        ),
+        1
+    );
+    let u = get_json(&gw, "/v1/usage", ALICE).await;
+    assert_eq!(u["usage"]["requests"], 1, "{u}");
+    assert_eq!(u["usage"]["spend_usd"], 0.25, "{u}");
+    assert_eq!(u["team_usage"]["requests"], 1, "{u}");
+
+    // A new request is recorded beside it.
+    assert_eq!(post(&gw).await, 200);
+    assert_eq!(
+        wait_count(&pg, &db, "SELECT COUNT(*) FROM requests", 2, Duration::from_secs(10)).await,
+        2
+    );
+    let u = get_json(&gw, "/v1/usage", ALICE).await;
+    assert_eq!(u["usage"]["requests"], 2, "{u}");
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&gw.config_path(), &["usage", "--by", "key", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["group"], "alice", "{rows}");
+    assert_eq!(rows[0]["requests"], 2, "{rows}");
+    assert!(!gw.logs().contains("ERROR"), "{}", gw.logs());
+}
+
+/// Send `n` requests with `key` to `gw`; the last status and its answer.
+async fn last_of(gw: &Gateway, key: &str, n: usize) -> (u16, reqwest::header::HeaderMap, Value) {
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut last = None;
+    for _ in 0..n {
+        let r = client()
+            .post(gw.url("/v1/messages"))
+            .header("x-api-key", key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        last = Some((status, headers, v));
+    }
+    last.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teams_created_changed_and_deleted_in_the_store_reach_every_replica() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = pg.create_db("teams");
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::json(200, anthropic_message_json("claude-sonnet-4-5", "ok")));
+    // alice (a config key) names team `platform`, which is defined nowhere
+    // yet; the file defines team `ops`.
+    let yaml = format!(
+        "{}teams:\n  ops: {{rate_limit: {{rpm: 1000}}}}\n",
+        config(&up.base_url(), &pg.url(&db))
+    );
+    let a = Gateway::start_async(&yaml, &[]).await;
+    let b = Gateway::start_async(&yaml, &[]).await;
+    let config_path = a.config_path();
+    let config_before = std::fs::read_to_string(&config_path).unwrap();
+    assert_eq!(last_of(&a, ALICE, 3).await.0, 200, "no team limits yet");
+
+    // A store key in the same team: it works, and the CLI says the team
+    // exists nowhere yet.
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&config_path, &["keys", "create", "bob", "--team", "platform"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("modelgate teams create platform"), "{err}");
+    let bob = out.trim().to_string();
+    until_all(&[&a, &b], &bob, "claude-sonnet-4-5", 200).await;
+
+    // The team is created with an rpm of 2: within 5 s both replicas
+    // answer 429 for its keys, config key and store key alike.
+    let (code, _, err) =
+        tokio::task::block_in_place(|| cli(&config_path, &["teams", "create", "platform", "--rpm", "2"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("within seconds"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&config_path).unwrap(),
+        config_before,
+        "no config edit"
+    );
+    let took = until_all(&[&a, &b], ALICE, "claude-sonnet-4-5", 429).await;
+    eprintln!("a new team's rpm applied on both replicas after {took:?}");
+    let (status, headers, v) = last_of(&a, &bob, 1).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("team `platform`"),
+        "{v}"
+    );
+    assert_eq!(
+        headers
+            .get("anthropic-ratelimit-requests-limit")
+            .and_then(|h| h.to_str().ok()),
+        Some("2")
+    );
+    let u = get_json(&b, "/v1/usage", ALICE).await;
+    assert_eq!(u["team_usage"]["rate_limit"]["rpm"], 2, "{u}");
+
+    // Refusals: a duplicate, a team of the file, a bad name, a zero limit.
+    for (args, code_want, needle) in [
+        (&["teams", "create", "platform"][..], 1, "already exists"),
+        (&["teams", "create", "ops"], 1, "is in"),
+        (&["teams", "update", "ops", "--rpm", "5"], 1, "is in"),
+        (&["teams", "delete", "ops"], 1, "is in"),
+        (&["teams", "create", "two words"], 1, "invalid team name"),
+        (&["teams", "create", "zed", "--rpm", "0"], 1, "at least 1"),
+        (
+            &["teams", "update", "nobody", "--rpm", "5"],
+            1,
+            "no team named `nobody`",
+        ),
+        (&["teams", "update", "platform"], 1, "nothing to change"),
+    ] {
+        let (code, out, err) = tokio::task::block_in_place(|| cli(&config_path, args));
+        assert_eq!(code, code_want, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
+
+    // Listed beside the file's teams, with who made them.
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&config_path, &["teams", "list", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let row = |n: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no team {n} in {rows}"))
+    };
+    assert_eq!(row("ops")["source"], "config");
+    assert_eq!(row("ops")["rpm"], 1000);
+    let platform = row("platform");
+    assert_eq!(platform["source"], "store");
+    assert_eq!(platform["rpm"], 2);
+    assert_eq!(platform["keys"], 2, "alice and bob: {platform}");
+    assert!(platform["created_by"].as_str().unwrap().starts_with("ops-tester@"));
+    let (code, table, _) = tokio::task::block_in_place(|| cli(&config_path, &["teams", "list"]));
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("platform") && table.contains("store") && table.contains("ops"),
+        "{table}"
+    );
+
+    // The rpm cleared: lifted within 5 s; set again: back within 5 s.
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            &config_path,
+            &["teams", "update", "platform", "--no-rpm", "--tpm", "1000000"],
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    until_all(&[&a, &b], ALICE, "claude-sonnet-4-5", 200).await;
+    let (code, _, err) =
+        tokio::task::block_in_place(|| cli(&config_path, &["teams", "update", "platform", "--rpm", "2"]));
+    assert_eq!(code, 0, "{err}");
+    until_all(&[&a, &b], ALICE, "claude-sonnet-4-5", 429).await;
+    let (_, out, _) = tokio::task::block_in_place(|| cli(&config_path, &["teams", "list", "--json"]));
+    assert!(out.contains("\"tpm\": 1000000"), "{out}");
+
+    // Deleted: the limit is lifted on every replica within 5 s; the keys
+    // keep working; the row stays, marked.
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&config_path, &["teams", "delete", "platform"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 key(s) still name team `platform`"), "{err}");
+    let took = until_all(&[&a, &b], ALICE, "claude-sonnet-4-5", 200).await;
+    eprintln!("a deleted team's rpm was lifted on both replicas after {took:?}");
+    until_all(&[&a, &b], &bob, "claude-sonnet-4-5", 200).await;
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&config_path, &["teams", "delete", "platform"]));
+    assert_eq!(code, 1, "{err}");
+    let (_, out, _) = tokio::task::block_in_place(|| cli(&config_path, &["teams", "list", "--json", "--all"]));
+    assert!(out.contains("\"deleted_by\": \"ops-tester@"), "{out}");
+    assert_eq!(
+        pg.count(
+            &db,
+            "SELECT COUNT(*) FROM gateway_teams WHERE deleted_at_ms IS NOT NULL"
+        ),
+        1
+    );
+    for gw in [&a, &b] {
+        assert!(!gw.logs().contains(&bob), "a key leaked into the logs");
+        assert!(!gw.logs().contains(PASSWORD));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_teams_budget_starts_from_the_fleets_history() {
+    let Some(pg) = Postgres::start() else { return };
+    let db = pg.create_db("teambudget");
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::json(200, anthropic_message_json("claude-sonnet-4-5", "ok")));
+    let yaml = config(&up.base_url(), &pg.url(&db)).replace("team: platform", "team: research");
+    // The team made through the command line before any gateway runs (the
+    // CLI migrates the empty database), with a $0.50 budget for all time.
+    let path = tempfile::tempdir().unwrap();
+    let file = path.path().join("modelgate.yaml");
+    std::fs::write(&file, yaml.replace("{listen}", "127.0.0.1:1")).unwrap();
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            &file,
+            &[
+                "teams",
+                "create",
+                "research",
+                "--budget-usd",
+                "0.5",
+                "--period",
+                "total",
+            ],
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    // The fleet already spent $0.60 in that team.
+    pg.query_in(
+        &db,
+        "INSERT INTO requests (ts_ms, request_id, \"key\", team, model, input_tokens, output_tokens,
+            cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, status, attempts, stream)
+         VALUES ((extract(epoch from now()) * 1000)::bigint, 'req_earlier', 'someone', 'research',
+            'claude-sonnet-4-5', 1000, 200, 0, 0, 0.6, 42, 200, 1, false)",
+    )
+    .unwrap();
+
+    // A new gateway (embedded state) starts the team's budget from that.
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let (status, _, v) = last_of(&gw, ALICE, 1).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "billing_error", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("team `research`"),
+        "{v}"
+    );
+    assert_eq!(up.request_count(), 0, "nothing went upstream");
+    let u = get_json(&gw, "/v1/usage", ALICE).await;
+    assert_eq!(u["team_usage"]["budget_usd"], 0.5, "{u}");
+    assert_eq!(u["team_usage"]["remaining_usd"], 0.0, "{u}");
+
+    // Raised through the CLI: the key works again within 5 s.
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            &gw.config_path(),
+            &[
+                "teams",
+                "update",
+                "research",
+                "--budget-usd",
+                "100",
+                "--period",
+                "total",
+            ],
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    until_all(&[&gw], ALICE, "claude-sonnet-4-5", 200).await;
 }

@@ -48,7 +48,7 @@ pub fn run(path: &Path, config: &Config, target: &Target, command: KeysCommand) 
             KeysCommand::Create(args) => create(&file, target, &store, args).await,
             KeysCommand::List { json, all } => list(&file, &store, json, all).await,
             KeysCommand::Revoke { name } => revoke(&file, target, &store, &name).await,
-            KeysCommand::Update(args) => update(target, &store, args).await,
+            KeysCommand::Update(args) => update(&file, target, &store, args).await,
         }
     })
 }
@@ -71,7 +71,7 @@ impl FileKeys<'_> {
 
 /// Who made a change, for the rows' `created_by` / `revoked_by`: the
 /// operator's login on this machine.
-fn operator() -> String {
+pub(super) fn operator() -> String {
     let user = ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
@@ -134,7 +134,27 @@ async fn create(file: &FileKeys<'_>, target: &Target, store: &KeyStore, args: Cr
             file.path.display()
         );
     }
+    warn_unknown_team(file, store, args.team.as_deref()).await;
     Ok(())
+}
+
+/// A key may name a team defined nowhere (as in the file): it works, its
+/// usage is reported under that team name, and no team limits apply until
+/// the team is created. Say so.
+async fn warn_unknown_team(file: &FileKeys<'_>, store: &KeyStore, team: Option<&str>) {
+    let Some(team) = team else { return };
+    if file.config.teams.contains_key(team) {
+        return;
+    }
+    match store.teams().list(false).await {
+        Ok(teams) if teams.iter().any(|t| t.name == team) => {}
+        Ok(_) => eprintln!(
+            "warning: team `{team}` is neither under `teams:` in {} nor in the store: no team limits or budget apply \
+             to this key until it exists (`modelgate teams create {team}`); its usage is reported under that team name.",
+            file.path.display()
+        ),
+        Err(e) => eprintln!("warning: cannot check that team `{team}` exists: {e}"),
+    }
 }
 
 async fn list(file: &FileKeys<'_>, store: &KeyStore, json: bool, all: bool) -> Result<(), Failure> {
@@ -252,7 +272,7 @@ async fn revoke(file: &FileKeys<'_>, target: &Target, store: &KeyStore, name: &s
     Ok(())
 }
 
-async fn update(target: &Target, store: &KeyStore, args: UpdateArgs) -> Result<(), Failure> {
+async fn update(file: &FileKeys<'_>, target: &Target, store: &KeyStore, args: UpdateArgs) -> Result<(), Failure> {
     let mut change = KeyChange::default();
     if args.no_team {
         change.team = Some(None);
@@ -292,11 +312,13 @@ async fn update(target: &Target, store: &KeyStore, args: UpdateArgs) -> Result<(
     } else if let Some(e) = args.expires.as_deref() {
         change.expires_at_ms = Some(Some(keys::parse_expiry(e).map_err(Failure::user)?));
     }
+    let new_team = change.team.clone().flatten();
     let k = store.update(&args.name, change, &operator()).await.map_err(store_err)?;
     eprintln!(
         "Updated key `{}` in {}. Every gateway on this store applies it within seconds.",
         k.name,
         target.describe()
     );
+    warn_unknown_team(file, store, new_team.as_deref()).await;
     Ok(())
 }

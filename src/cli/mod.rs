@@ -23,6 +23,7 @@ mod keys_store;
 mod provider;
 mod route;
 mod serve;
+mod teams;
 mod upgrade;
 mod usage;
 
@@ -79,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Create, list, change and delete teams in a PostgreSQL store (no reload).
+    Teams {
+        #[command(subcommand)]
+        command: teams::TeamsCommand,
+    },
     /// Spend and tokens from the usage ledger.
     Usage(usage::UsageArgs),
     /// Inspect or clear a running gateway's response and token-count caches.
@@ -100,6 +106,7 @@ pub fn run() -> i32 {
         Command::Health { command } => health::run(cli.config, command),
         Command::Logging { command } => health::run_logging(cli.config, command),
         Command::Keys { command } => keys::run(cli.config, command),
+        Command::Teams { command } => teams::run(cli.config, command),
         Command::Usage(args) => usage::run(cli.config, args),
         Command::Cache { command } => cache::run(cli.config, command),
         Command::Upgrade(args) => upgrade::run(cli.config, args),

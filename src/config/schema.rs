@@ -499,7 +499,7 @@ pub struct KeyConfig {
     pub expires: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TeamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -43,7 +43,8 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-/// The caller: a config key, else a store key (`ring`), else refused. Keys
+/// The caller: a config key, else a store key (`ring`, which also gives a
+/// config key its store team's limits), else refused. Keys
 /// are on when the config has a `keys:` section (`[]` included); without one
 /// the gateway is in passthrough-auth mode and store keys are not used.
 pub fn authenticate(snap: &Snapshot, ring: &KeyRing, headers: &HeaderMap) -> Result<Caller, GatewayError> {
@@ -54,7 +55,7 @@ pub fn authenticate(snap: &Snapshot, ring: &KeyRing, headers: &HeaderMap) -> Res
     for key in presented(headers) {
         any = true;
         let hash = sha256(key);
-        let found = snap.find_key(&hash).cloned().or_else(|| ring.find(&hash));
+        let found = ring.find(snap, &hash);
         if let Some(entry) = found {
             if !entry.enabled {
                 return Err(GatewayError::Permission(format!(

@@ -437,7 +437,8 @@ fn human_count(n: u64) -> String {
 /// Refresh the per-team budget gauge (at scrape time).
 pub async fn refresh_budget_gauges(shared: &Shared, snap: &Snapshot) {
     let now = period::now_ms();
-    let teams: Vec<Arc<policy::ScopeLimits>> = snap.team_scopes().filter(|s| s.budget_nanos.is_some()).collect();
+    let mut teams = shared.config.store_keys.team_scopes(snap);
+    teams.retain(|s| s.budget_nanos.is_some());
     if teams.is_empty() {
         return;
     }

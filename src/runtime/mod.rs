@@ -38,7 +38,7 @@ pub struct ConfigStore {
     /// What the process was started with and a reload cannot change.
     boot: Fixed,
     status: std::sync::Mutex<reload::ReloadStatus>,
-    /// Gateway keys created at run time in the store.
+    /// Gateway keys and teams created at run time in the store.
     pub store_keys: keyring::KeyRing,
 }
 

@@ -82,6 +82,9 @@ impl ConfigStore {
                 if std::env::var_os("RUST_LOG").is_none() {
                     crate::logging::set_level(new.config.log_level.as_filter());
                 }
+                // Store keys and teams follow the new teams and keys from
+                // the snapshot's first request on.
+                self.store_keys.recompile(&new);
                 self.current.store(Arc::new(new));
                 status.succeeded += 1;
                 crate::telemetry::METRICS.reloads.with_label_values(&["applied"]).inc();

@@ -175,6 +175,36 @@ impl KeyEntry {
     pub fn restricted_models(&self) -> bool {
         self.models.is_some()
     }
+
+    /// The same key counting against `team` (the scope of the team it
+    /// names, defined in the store rather than in the file). Its own scope
+    /// stays as it is: its state is kept with the team's by name either way.
+    fn with_team_scope(&self, team: Arc<ScopeLimits>) -> KeyEntry {
+        KeyEntry {
+            name: self.name.clone(),
+            team: self.team.clone(),
+            enabled: self.enabled,
+            scope: Arc::clone(&self.scope),
+            team_scope: Some(team),
+            models: self.models.clone(),
+            hash: self.hash,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// What the store adds to a snapshot (`keyring`): its keys and teams,
+/// compiled against that snapshot's keys and teams.
+#[derive(Debug, Default)]
+pub struct StoreCompiled {
+    /// The version of the snapshot these were compiled against.
+    pub version: String,
+    /// Store keys by sha256.
+    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    /// Config keys whose team is a store team, counting against it.
+    pub config_keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    /// The store teams in use (those the file does not define), by name.
+    pub teams: BTreeMap<String, Arc<ScopeLimits>>,
 }
 
 pub struct Snapshot {
@@ -346,7 +376,19 @@ impl Snapshot {
 
         let keys = match &config.keys {
             None => None,
-            Some(list) => Some(build_keys(list, &config.teams, env, &mut warnings)?),
+            Some(list) => {
+                let mut teams = HashMap::with_capacity(config.teams.len());
+                for (name, t) in &config.teams {
+                    teams.insert(name.clone(), team_scope(&format!("teams.{name}"), name, t)?);
+                }
+                Some(build_keys(
+                    list,
+                    &mut teams,
+                    !config.teams.is_empty(),
+                    env,
+                    &mut warnings,
+                )?)
+            }
         };
         let admin_keys = config
             .admin_keys_sha256
@@ -544,10 +586,6 @@ impl Snapshot {
         out
     }
 
-    pub fn team_scopes(&self) -> impl Iterator<Item = Arc<ScopeLimits>> {
-        self.all_scopes().into_iter().filter(|s| s.id.starts_with("team:"))
-    }
-
     pub fn keys_enabled(&self) -> bool {
         self.keys.is_some()
     }
@@ -561,13 +599,48 @@ impl Snapshot {
         bool::from(entry.hash.ct_eq(presented_hash)).then_some(entry)
     }
 
-    /// Compile keys kept in the store (see `keyring`) against this
-    /// snapshot's teams, one at a time: a row that does not compile, or
-    /// whose name or secret a config key already has, is left out with a
-    /// warning.
-    pub fn compile_store_keys(&self, rows: &[KeyConfig]) -> (HashMap<[u8; 32], Arc<KeyEntry>>, Vec<String>) {
-        let mut out = HashMap::with_capacity(rows.len());
+    /// Compile the keys and teams kept in the store (see `keyring`)
+    /// against this snapshot, one at a time: a store team the file also
+    /// defines, a row that does not compile, or a store key whose name or
+    /// secret a config key already has, is left out with a warning. Keys
+    /// (the file's and the store's) that name a store team count against
+    /// its limits and budget, as they would against a team in the file.
+    pub fn compile_store(&self, keys: &[KeyConfig], teams: &[(String, TeamConfig)]) -> (StoreCompiled, Vec<String>) {
         let mut warnings = Vec::new();
+        // Every team by name: the file's (validated when this snapshot was
+        // built), then the store's the file does not define.
+        let mut scopes: HashMap<String, Arc<ScopeLimits>> = self
+            .config
+            .teams
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), team_scope(&format!("teams.{name}"), name, t).ok()?)))
+            .collect();
+        let mut store_teams = BTreeMap::new();
+        for (name, t) in teams {
+            if self.config.teams.contains_key(name) {
+                warnings.push(format!(
+                    "store team `{name}`: a team of that name is in the config file, which wins"
+                ));
+                continue;
+            }
+            if name.is_empty() {
+                warnings.push("a store team has an empty name; left out".into());
+                continue;
+            }
+            match team_scope(&format!("store team `{name}`"), name, t) {
+                Ok(scope) => {
+                    scopes.insert(name.clone(), Arc::clone(&scope));
+                    store_teams.insert(name.clone(), scope);
+                }
+                Err(e) => warnings.push(format!("{e}; left out")),
+            }
+        }
+        let mut config_keys = HashMap::new();
+        for (hash, k) in self.keys.iter().flatten() {
+            if let Some(scope) = k.team.as_deref().and_then(|t| store_teams.get(t)) {
+                config_keys.insert(*hash, Arc::new(k.with_team_scope(Arc::clone(scope))));
+            }
+        }
         let config_names: std::collections::HashSet<&str> = self
             .keys
             .iter()
@@ -575,7 +648,8 @@ impl Snapshot {
             .map(|k| k.name.as_str())
             .collect();
         let no_env = |_: &str| None;
-        for row in rows {
+        let mut out = HashMap::with_capacity(keys.len());
+        for row in keys {
             if config_names.contains(row.name.as_str()) {
                 warnings.push(format!(
                     "store key `{}`: a key of that name is in the config file, which wins",
@@ -583,8 +657,10 @@ impl Snapshot {
                 ));
                 continue;
             }
+            // A team named nowhere gets no limits, as for a config key; the
+            // command line said so when the key was made.
             let mut ignored = Vec::new();
-            match build_keys(std::slice::from_ref(row), &self.config.teams, &no_env, &mut ignored) {
+            match build_keys(std::slice::from_ref(row), &mut scopes, false, &no_env, &mut ignored) {
                 Ok(one) => {
                     for (hash, entry) in one {
                         if self.keys.as_ref().is_some_and(|k| k.contains_key(&hash)) || out.contains_key(&hash) {
@@ -600,7 +676,13 @@ impl Snapshot {
                 Err(e) => warnings.push(format!("store key `{}`: {e}; left out", row.name)),
             }
         }
-        (out, warnings)
+        let compiled = StoreCompiled {
+            version: self.version.clone(),
+            keys: out,
+            config_keys,
+            teams: store_teams,
+        };
+        (compiled, warnings)
     }
 
     pub fn has_admin_keys(&self) -> bool {
@@ -787,21 +869,31 @@ fn accounts_from_config(
     Ok(accounts)
 }
 
+/// A team's policy scope; `key` names it in an error.
+fn team_scope(key: &str, name: &str, t: &TeamConfig) -> Result<Arc<ScopeLimits>, ConfigError> {
+    if let Some(b) = &t.budget {
+        check_budget(&format!("{key}.budget"), b)?;
+    }
+    Ok(Arc::new(ScopeLimits::new(
+        "team",
+        name,
+        t.rate_limit.as_ref(),
+        t.budget.as_ref(),
+    )))
+}
+
+/// Compile `list` against `team_scopes` (every team by name). A key whose
+/// team is not there gets a team scope without limits (added to
+/// `team_scopes`, so its teammates share it), with a warning when
+/// `warn_unknown_team`.
 fn build_keys(
     list: &[KeyConfig],
-    teams: &BTreeMap<String, TeamConfig>,
+    team_scopes: &mut HashMap<String, Arc<ScopeLimits>>,
+    warn_unknown_team: bool,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<HashMap<[u8; 32], Arc<KeyEntry>>, ConfigError> {
     let mut out = HashMap::with_capacity(list.len());
-    let mut team_scopes: HashMap<&str, Arc<ScopeLimits>> = HashMap::new();
-    for (name, t) in teams {
-        if let Some(b) = &t.budget {
-            check_budget(&format!("teams.{name}.budget"), b)?;
-        }
-        let scope = ScopeLimits::new("team", name, t.rate_limit.as_ref(), t.budget.as_ref());
-        team_scopes.insert(name.as_str(), Arc::new(scope));
-    }
     let mut names = std::collections::HashSet::new();
     for (i, k) in list.iter().enumerate() {
         let key = format!("keys[{i}]");
@@ -865,8 +957,8 @@ fn build_keys(
             })
             .transpose()?;
         let team_scope = k.team.as_deref().map(|t| {
-            Arc::clone(team_scopes.entry(t).or_insert_with(|| {
-                if !teams.is_empty() {
+            Arc::clone(team_scopes.entry(t.to_string()).or_insert_with(|| {
+                if warn_unknown_team {
                     warnings.push(format!(
                         "{key}.team: team `{t}` is not under `teams:` (no team limits or budget apply)"
                     ));

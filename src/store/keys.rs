@@ -6,7 +6,8 @@
 //! it and when) and frees its name. Every change notifies channel
 //! [`CHANNEL`] in its own transaction, so replicas listening there reload
 //! at once; they also re-read every few seconds, in case a notification is
-//! lost with a connection.
+//! lost with a connection. Teams created at run time ([`super::teams`])
+//! announce their changes on the same channel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,10 @@ use super::postgres::{Db, PgError, Target};
 use crate::config::schema::{BudgetConfig, BudgetPeriod, KeyConfig, RateLimitConfig};
 use crate::policy::period::{now_ms, period_name};
 
-/// The `LISTEN`/`NOTIFY` channel of key changes.
+/// The `LISTEN`/`NOTIFY` channel of key and team changes.
 pub const CHANNEL: &str = "modelgate_keys";
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One row of `gateway_keys`.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +85,7 @@ pub enum KeyError {
     Store(#[from] PgError),
 }
 
-fn period_of(s: &str) -> BudgetPeriod {
+pub(super) fn period_of(s: &str) -> BudgetPeriod {
     match s {
         "daily" => BudgetPeriod::Daily,
         "weekly" => BudgetPeriod::Weekly,
@@ -93,7 +94,7 @@ fn period_of(s: &str) -> BudgetPeriod {
     }
 }
 
-fn opt_i64(v: Option<u64>) -> Option<i64> {
+pub(super) fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
@@ -289,13 +290,19 @@ impl KeyStore {
             .await?
     }
 
-    /// A connection listening for key changes (see [`Db::listen`]).
+    /// The teams table of the same store.
+    pub fn teams(&self) -> super::teams::TeamStore {
+        super::teams::TeamStore::on(self.db.clone())
+    }
+
+    /// A connection listening for key and team changes (see [`Db::listen`]).
     pub async fn watch(&self) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>), PgError> {
         self.db.listen(CHANNEL).await
     }
 }
 
-async fn notify(tx: &tokio_postgres::Transaction<'_>, db: &Db, name: &str) -> Result<(), PgError> {
+/// Announce a change of `name` on [`CHANNEL`] when `tx` commits.
+pub(super) async fn notify(tx: &tokio_postgres::Transaction<'_>, db: &Db, name: &str) -> Result<(), PgError> {
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name])
         .await
         .map_err(|e| db.query_err(e))?;

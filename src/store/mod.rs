@@ -11,8 +11,8 @@
 //!   to a bounded local [`spool`] and are replayed, exactly once (by request
 //!   id), when it is back.
 //!
-//! With PostgreSQL the store also keeps gateway keys created at run time
-//! ([`keys`]).
+//! With PostgreSQL the store also keeps gateway keys and teams created at
+//! run time ([`keys`], [`teams`]).
 //!
 //! [`Ledger`] is the write side: a request `try_send`s its record to the
 //! [`intake`], which journals it before the answer ends and hands it to the
@@ -25,6 +25,7 @@ pub mod keys;
 pub mod postgres;
 pub mod spool;
 pub mod sqlite;
+pub mod teams;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

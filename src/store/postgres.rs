@@ -109,6 +109,24 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     );
     CREATE UNIQUE INDEX gateway_keys_active_name ON gateway_keys (name) WHERE revoked_at_ms IS NULL;",
     ),
+    (
+        3,
+        "CREATE TABLE gateway_teams (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL,
+        rpm BIGINT,
+        tpm BIGINT,
+        budget_usd DOUBLE PRECISION,
+        budget_period TEXT,
+        created_at_ms BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        updated_by TEXT NOT NULL,
+        deleted_at_ms BIGINT,
+        deleted_by TEXT
+    );
+    CREATE UNIQUE INDEX gateway_teams_active_name ON gateway_teams (name) WHERE deleted_at_ms IS NULL;",
+    ),
 ];
 
 /// The schema this build writes and reads.

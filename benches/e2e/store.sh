@@ -6,6 +6,7 @@
 #
 #   benches/e2e/store.sh               # 10 s per run, 2 rounds
 #   DURATION=5s ROUNDS=3 benches/e2e/store.sh
+#   PG_OPTS="-c synchronous_commit=off" benches/e2e/store.sh   # server options
 #
 # Output: RPS and p99 per scenario and store, the PostgreSQL/SQLite ratio,
 # the p99 each adds at c=1 over hitting the upstream directly, and whether
@@ -37,14 +38,19 @@ TARGET=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet --bin modelgate
 work=$(mktemp -d)
 chmod 755 "$work"
+# The database's files: on a disk of their own where one exists (tmpfs by
+# default). On one shared disk PostgreSQL's commit fsyncs make the kernel
+# flush the gateway's own appends with them (ext4's journal), which a
+# database on its own host never does (PG_DIR=$work/pgdata to see it).
+PG_DIR=${PG_DIR:-$(mktemp -d -p /dev/shm modelgate-bench-pg.XXXXXX)}
 pids=()
 # PostgreSQL refuses to run as root: as the `postgres` user then.
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pg/data" -m fast stop >/dev/null 2>&1 || true
+  [ -f "$PG_DIR/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
   "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" "$PG_DIR"
 }
 trap cleanup EXIT
 
@@ -52,14 +58,17 @@ write_upstream_conf "$work/up" "$UP_PORT"
 "$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
 write_post_lua "$work/post.lua"
 
-mkdir -p "$work/pg"
+mkdir -p "$work/pg" "$PG_DIR"
 pw=bench-$RANDOM$RANDOM
 echo "$pw" > "$work/pg/pw"
-[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/pg"
-as_pg "$PGBIN/initdb" -D "$work/pg/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/pg" "$PG_DIR"
+as_pg "$PGBIN/initdb" -D "$PG_DIR/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
   -E UTF8 --pwfile="$work/pg/pw" >/dev/null
-as_pg "$PGBIN/postgres" -D "$work/pg/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
-  -c unix_socket_directories="$work/pg" >"$work/pg.log" 2>&1 &
+# The database shares this machine's cores with the gateway and the load
+# generator; at the lowest CPU priority it takes their idle time, as a
+# database on a host of its own would (PG_NICE=0 to compare).
+as_pg nice -n "${PG_NICE:-19}" "$PGBIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
+  -c unix_socket_directories="$work/pg" ${PG_OPTS:-} >"$work/pg.log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 100); do
   "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break

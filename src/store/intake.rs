@@ -121,6 +121,8 @@ struct Thread {
 pub struct Intake {
     tx: SyncSender<In>,
     counters: Arc<Counters>,
+    /// Records accepted and not yet written, at most.
+    limit: usize,
     dir: PathBuf,
     thread: Mutex<Thread>,
 }
@@ -166,6 +168,7 @@ impl Intake {
         Ok(Intake {
             tx,
             counters,
+            limit: queue.max(1),
             dir: dir.to_path_buf(),
             thread: Mutex::new(Thread {
                 handle: Some(handle),
@@ -184,8 +187,15 @@ impl Intake {
     /// a full queue or a closed ledger drops the record (counted, warned
     /// about at most every 10 s), drops `ack` and returns false.
     pub fn submit(&self, r: Arc<Record>, ack: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
-        // Counted before the send so the writer's decrement never comes first.
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        // Counted before the send so the writer's decrement never comes
+        // first. The count covers the writer's queue too: records wait there
+        // in batches, so this is what bounds them.
+        if self.counters.queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters
+                .drop_records(1, false, || "queue full (state.ledger_queue), record dropped".into());
+            return false;
+        }
         match self.tx.try_send(In::Record(r, ack)) {
             Ok(()) => true,
             Err(e) => {
@@ -430,10 +440,13 @@ fn adopt(journal: &Journal, forward: &Forward, counters: &Counters) {
             );
         }
         let hold: Hold = Arc::new(orphan);
-        for r in records {
-            counters.queued.fetch_add(1, Ordering::Relaxed);
-            if !forward(Msg::Record(Arc::new(r), Some(hold.clone()))) {
-                counters.queued.fetch_sub(1, Ordering::Relaxed);
+        let mut records = records.into_iter().map(Arc::new).peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<Arc<Record>> = records.by_ref().take(MAX_BATCH).collect();
+            let n = chunk.len();
+            counters.queued.fetch_add(n, Ordering::Relaxed);
+            if !forward(Msg::Records(chunk, Some(hold.clone()))) {
+                counters.queued.fetch_sub(n, Ordering::Relaxed);
                 return;
             }
         }
@@ -449,6 +462,7 @@ fn run(mut journal: Journal, rx: Receiver<In>, forward: Forward, counters: &Coun
     let mut stopping = false;
     let mut lines = Vec::new();
     let mut batch = Vec::with_capacity(64);
+    let mut out = Vec::with_capacity(4);
     loop {
         if !stopping && Instant::now() >= next_adopt {
             adopt(&journal, &forward, counters);
@@ -499,24 +513,37 @@ fn run(mut journal: Journal, rx: Receiver<In>, forward: Forward, counters: &Coun
                 }
             }
         };
+        // Acknowledge every record first (they are in the journal), then
+        // hand them on, in order around any flush, as few messages.
+        let mut records = Vec::with_capacity(batch.len());
         for m in batch.drain(..) {
-            let msg = match m {
+            match m {
                 In::Record(r, ack) => {
                     if let Some(ack) = ack {
                         let _ = ack.send(());
                     }
-                    Msg::Record(r, hold.clone())
+                    records.push(r);
                 }
-                In::Flush(ack) => Msg::Flush(ack),
-                In::Stop => {
-                    stopping = true;
-                    continue;
+                In::Flush(ack) => {
+                    if !records.is_empty() {
+                        out.push(Msg::Records(std::mem::take(&mut records), hold.clone()));
+                    }
+                    out.push(Msg::Flush(ack));
                 }
+                In::Stop => stopping = true,
+            }
+        }
+        if !records.is_empty() {
+            out.push(Msg::Records(records, hold));
+        }
+        for msg in out.drain(..) {
+            let n = match &msg {
+                Msg::Records(r, _) => r.len(),
+                _ => 0,
             };
-            let is_record = matches!(msg, Msg::Record(..));
-            if !forward(msg) && is_record {
-                counters.queued.fetch_sub(1, Ordering::Relaxed);
-                counters.drop_records(1, false, || "ledger writer gone, record dropped".into());
+            if !forward(msg) && n > 0 {
+                counters.queued.fetch_sub(n, Ordering::Relaxed);
+                counters.drop_records(n as u64, false, || "ledger writer gone, records dropped".into());
             }
         }
     }
@@ -557,11 +584,18 @@ mod tests {
         )
     }
 
-    fn next_record(rx: &Receiver<Msg>) -> (Arc<Record>, Option<Hold>) {
+    /// The next forwarded batch's records, and its journal file.
+    fn next_records(rx: &Receiver<Msg>) -> (Vec<Arc<Record>>, Option<Hold>) {
         match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
-            Msg::Record(r, h) => (r, h),
-            _ => panic!("expected a record"),
+            Msg::Records(r, h) => (r, h),
+            _ => panic!("expected records"),
         }
+    }
+
+    fn next_record(rx: &Receiver<Msg>) -> (Arc<Record>, Option<Hold>) {
+        let (mut records, hold) = next_records(rx);
+        assert_eq!(records.len(), 1);
+        (records.remove(0), hold)
     }
 
     #[tokio::test]
@@ -597,14 +631,14 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let intake = Intake::open(dir.path(), 64, counters.clone(), Box::new(move |m| tx.send(m).is_ok())).unwrap();
-        let (a, hold_a) = next_record(&rx);
-        let (b, hold_b) = next_record(&rx);
-        assert_eq!((a.request_id.as_str(), b.request_id.as_str()), ("req_1", "req_2"));
-        assert!(hold_a.as_ref().unwrap().adopted);
+        let (records, hold) = next_records(&rx);
+        let ids: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["req_1", "req_2"]);
+        assert!(hold.as_ref().unwrap().adopted);
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 1, "the torn line");
         intake.close(Duration::from_secs(5)).unwrap();
         assert!(dead.exists(), "kept until its records are written");
-        drop((hold_a, hold_b));
+        drop(hold);
         assert!(!dead.exists());
     }
 
@@ -640,7 +674,7 @@ mod tests {
         let mut seen = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
-                Msg::Record(r, _) => seen.push(r.request_id.clone()),
+                Msg::Records(r, _) => seen.extend(r.iter().map(|r| r.request_id.clone())),
                 Msg::Flush(ack) => {
                     ack.send(()).unwrap();
                     break;

@@ -278,8 +278,8 @@ pub const LINGER: Duration = Duration::from_millis(25);
 /// as the records, so "everything sent before" is exactly what they wait
 /// for.
 pub(crate) enum Msg {
-    /// A record, and its journal file when it came through the [`intake`].
-    Record(Arc<Record>, Option<intake::Hold>),
+    /// Records, and their journal file when they came through the [`intake`].
+    Records(Vec<Arc<Record>>, Option<intake::Hold>),
     Flush(std::sync::mpsc::SyncSender<()>),
     Stop,
 }
@@ -307,20 +307,20 @@ impl Batcher {
     /// Whether the writer should wait [`LINGER`] before taking the batch
     /// `first` opens (a flush or a stop goes at once).
     pub fn lingers(&self, first: &Msg) -> bool {
-        matches!(first, Msg::Record(..)) && !self.stopping && !self.behind
+        matches!(first, Msg::Records(..)) && !self.stopping && !self.behind
     }
 
-    /// `first`, then what `next` yields without blocking, up to
-    /// [`MAX_BATCH`] records.
+    /// `first`, then what `next` yields without blocking, until the batch
+    /// holds [`MAX_BATCH`] records (a message's records stay together).
     pub fn gather(&mut self, first: Msg, mut next: impl FnMut() -> Option<Msg>) {
         let mut msg = Some(first);
         while let Some(m) = msg {
             match m {
-                Msg::Record(r, hold) => {
-                    self.batch.push(r);
+                Msg::Records(records, hold) => {
+                    self.batch.extend(records);
                     if let Some(hold) = hold {
                         self.adopted |= hold.adopted;
-                        // Consecutive records share a file: hold it once.
+                        // Consecutive batches share a file: hold it once.
                         if !self.holds.last().is_some_and(|h| Arc::ptr_eq(h, &hold)) {
                             self.holds.push(hold);
                         }

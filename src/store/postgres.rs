@@ -831,7 +831,7 @@ impl Ledger {
     pub fn record(&self, r: Arc<Record>) -> bool {
         let counters = &self.shared.counters;
         counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Record(r, None)) {
+        match self.tx.try_send(Msg::Records(vec![r], None)) {
             Ok(()) => true,
             Err(e) => {
                 counters.queued.fetch_sub(1, Ordering::Relaxed);

@@ -216,7 +216,7 @@ impl Ledger {
         // Counted before the send so the writer's decrement can never come
         // first and wrap the counter.
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Record(r, None)) {
+        match self.tx.try_send(Msg::Records(vec![r], None)) {
             Ok(()) => true,
             Err(e) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);

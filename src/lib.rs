@@ -17,6 +17,7 @@ pub mod providers;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod signin;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -302,3 +302,86 @@ async fn wait_requests_sees_concurrent_requests() {
     ns.sort();
     assert_eq!(ns, (0..8).collect::<Vec<_>>());
 }
+
+/// The test IdP: authorization code + PKCE through its login and consent
+/// forms, an id_token that names the user's email and groups, a refresh, and
+/// `invalid_grant` on the refresh once the user is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_provider_signs_a_user_in_and_refuses_a_removed_one() {
+    use base64::Engine;
+    use sha2::Digest;
+    use support::oidc::json;
+    let redirect = "http://127.0.0.1:9/oauth/callback";
+    let users = serde_json::json!({"ada": {"email": "ada@corp.example", "name": "Ada", "groups": ["eng", "data"]}});
+    let Some(idp) = support::oidc::OidcProvider::start(redirect, &users, true) else {
+        return;
+    };
+    let browser = support::oidc::Browser::new();
+    let discovery = json(
+        browser
+            .http
+            .get(format!("{}/.well-known/openid-configuration", idp.issuer())),
+    )
+    .await;
+    assert_eq!(discovery["issuer"], idp.issuer());
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let verifier = "a-code-verifier-of-at-least-forty-three-characters-0123";
+    let challenge = b64.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let mut auth = reqwest::Url::parse(discovery["authorization_endpoint"].as_str().unwrap()).unwrap();
+    auth.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", support::oidc::CLIENT_ID)
+        .append_pair("redirect_uri", redirect)
+        .append_pair("scope", "openid email profile groups offline_access")
+        .append_pair("state", "st4te")
+        .append_pair("nonce", "n0nce")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("prompt", "consent");
+    let landed = browser.walk(auth.as_str(), redirect, "ada").await;
+    let back = reqwest::Url::parse(&landed.url).unwrap();
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    assert_eq!(q.get("state").map(String::as_str), Some("st4te"), "{landed:?}");
+    let code = q.get("code").expect("an authorization code").clone();
+
+    let token_endpoint = discovery["token_endpoint"].as_str().unwrap();
+    let tokens = json(
+        browser
+            .http
+            .post(token_endpoint)
+            .basic_auth(support::oidc::CLIENT_ID, Some(support::oidc::CLIENT_SECRET))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier),
+            ]),
+    )
+    .await;
+    let id_token = tokens["id_token"].as_str().expect("an id_token");
+    let payload: serde_json::Value =
+        serde_json::from_slice(&b64.decode(id_token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(payload["email"], "ada@corp.example");
+    assert_eq!(payload["groups"], serde_json::json!(["eng", "data"]));
+    assert_eq!(payload["nonce"], "n0nce");
+    let refresh = |token: String| {
+        let http = browser.http.clone();
+        async move {
+            http.post(token_endpoint)
+                .basic_auth(support::oidc::CLIENT_ID, Some(support::oidc::CLIENT_SECRET))
+                .form(&[("grant_type", "refresh_token"), ("refresh_token", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = tokens["refresh_token"].as_str().expect("a refresh token").to_string();
+    let r = refresh(first).await;
+    assert_eq!(r.status(), 200);
+    let rotated: serde_json::Value = r.json().await.unwrap();
+    // Deprovisioned at the IdP: the next refresh is refused.
+    idp.set_users(&serde_json::json!({}));
+    let r = refresh(rotated["refresh_token"].as_str().unwrap().to_string()).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "invalid_grant");
+}

@@ -2,6 +2,9 @@
 //!
 //! * [`mock`]: a scriptable mock upstream (hyper 1, HTTP/1.1, 127.0.0.1 only).
 //! * [`gateway`]: runs the real `modelgate` binary against a temp config.
+//! * [`postgres`], [`redis`], [`haproxy`], [`oidc`]: real servers on free
+//!   loopback ports (PostgreSQL, Redis, HAProxy, an OpenID provider with a
+//!   cookie-jar browser for its forms).
 //!
 //! Each test binary uses only part of this API, hence the blanket allows.
 #![allow(dead_code, unused_imports)]
@@ -11,6 +14,7 @@ pub mod google;
 pub mod haproxy;
 pub mod mock;
 pub mod model;
+pub mod oidc;
 pub mod postgres;
 pub mod redis;
 

@@ -23,6 +23,7 @@
 pub mod intake;
 pub mod keys;
 pub mod postgres;
+pub mod signin;
 pub mod spool;
 pub mod sqlite;
 pub mod teams;
@@ -517,6 +518,15 @@ impl Ledger {
         match &self.writer {
             Writer::Sqlite(_) => None,
             Writer::Postgres(l) => Some(keys::KeyStore::on(l.reader().db())),
+        }
+    }
+
+    /// Sign-in state on a PostgreSQL store's pool; `None` for SQLite, whose
+    /// [`signin::SigninStore::sqlite`] opens a connection of its own.
+    pub fn signin_store(&self) -> Option<signin::SigninStore> {
+        match &self.writer {
+            Writer::Sqlite(_) => None,
+            Writer::Postgres(l) => Some(signin::SigninStore::postgres(l.reader().db())),
         }
     }
 

@@ -127,6 +127,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     );
     CREATE UNIQUE INDEX gateway_teams_active_name ON gateway_teams (name) WHERE deleted_at_ms IS NULL;",
     ),
+    (4, super::signin::SCHEMA),
 ];
 
 /// The schema this build writes and reads.

@@ -302,10 +302,10 @@ async fn replicas_starting_at_once_migrate_once_and_a_newer_schema_is_refused() 
         wait_count(&pg, &db, "SELECT COUNT(*) FROM requests", 3, Duration::from_secs(10)).await,
         3
     );
-    // Every step once (1: requests, 2: gateway_keys, 3: gateway_teams),
-    // however many replicas raced.
+    // Every step once (1: requests, 2: gateway_keys, 3: gateway_teams,
+    // 4: the sign-in's tables), however many replicas raced.
     let latest = i64::from(modelgate::store::postgres::schema_version());
-    assert_eq!(latest, 3);
+    assert_eq!(latest, 4);
     assert_eq!(pg.count(&db, "SELECT COUNT(*) FROM modelgate_schema"), latest);
     assert_eq!(pg.count(&db, "SELECT MAX(version) FROM modelgate_schema"), latest);
     for gw in &gws {

@@ -4,7 +4,9 @@
 //! device flow that a person approves in the browser with the company's
 //! OpenID Connect provider.
 //!
-//! This layer holds the protocol's pure pieces, with no I/O:
+//! [`idp`] is the gateway's OpenID Connect client of the organisation's
+//! identity provider (the one part here that does I/O: HTTPS to the
+//! provider). The rest are the protocol's pure pieces:
 //! - [`tokens`]: the gateway's own access tokens (HS256 JWTs, audience
 //!   `claude-gateway`, several secrets for rotation);
 //! - [`codes`]: device codes, user codes people type, and the digests the
@@ -16,5 +18,6 @@
 //! device grants and sessions build on these (issue #17).
 
 pub mod codes;
+pub mod idp;
 pub mod settings;
 pub mod tokens;

@@ -20,6 +20,8 @@ pub struct OidcProvider {
     child: Child,
     pub port: u16,
     users: PathBuf,
+    redirect_uri: String,
+    groups_in_id_token: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -63,37 +65,30 @@ impl OidcProvider {
         let mut last = String::new();
         for _ in 0..3 {
             let port = super::free_port();
-            let mut child = Command::new("node")
-                .arg(clients_dir().join("oidc/provider.mjs"))
-                .current_dir(clients_dir())
-                .env("OIDC_PORT", port.to_string())
-                .env("OIDC_USERS", &users_path)
-                .env("OIDC_CLIENT_ID", CLIENT_ID)
-                .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
-                .env("OIDC_REDIRECT_URI", redirect_uri)
-                .env("OIDC_GROUPS_IN_ID_TOKEN", if groups_in_id_token { "1" } else { "0" })
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn node");
-            match wait_ready(&mut child) {
-                Ok(()) => {
+            match spawn(port, &users_path, redirect_uri, groups_in_id_token) {
+                Ok(child) => {
                     return Some(OidcProvider {
                         child,
                         port,
                         users: users_path,
+                        redirect_uri: redirect_uri.to_string(),
+                        groups_in_id_token,
                         _dir: dir,
                     })
                 }
-                Err(why) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = why;
-                }
+                Err(why) => last = why,
             }
         }
         panic!("oidc-provider did not start: {last}");
+    }
+
+    /// Stop it and start it again on the same port with a new signing key
+    /// (a key rotation; sessions and codes it held are gone).
+    pub fn restart_with_new_key(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.port, &self.users, &self.redirect_uri, self.groups_in_id_token)
+            .unwrap_or_else(|why| panic!("oidc-provider did not restart: {why}"));
     }
 
     /// `http://127.0.0.1:PORT`, the issuer.
@@ -107,6 +102,45 @@ impl OidcProvider {
         std::fs::write(&tmp, users.to_string()).expect("write users");
         std::fs::rename(&tmp, &self.users).expect("replace users");
     }
+}
+
+/// One provider process on `port`, ready.
+fn spawn(port: u16, users: &std::path::Path, redirect_uri: &str, groups_in_id_token: bool) -> Result<Child, String> {
+    let mut child = Command::new("node")
+        .arg(clients_dir().join("oidc/provider.mjs"))
+        .current_dir(clients_dir())
+        .env("OIDC_PORT", port.to_string())
+        .env("OIDC_USERS", users)
+        .env("OIDC_CLIENT_ID", CLIENT_ID)
+        .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
+        .env("OIDC_REDIRECT_URI", redirect_uri)
+        .env("OIDC_GROUPS_IN_ID_TOKEN", if groups_in_id_token { "1" } else { "0" })
+        .env("OIDC_KID", format!("key-{}", rand_kid()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn node: {e}"))?;
+    match wait_ready(&mut child) {
+        Ok(()) => Ok(child),
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(why)
+        }
+    }
+}
+
+fn rand_kid() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
 }
 
 /// Read the child's stdout until `READY`, for at most [`READY_TIMEOUT`]; its

@@ -12,12 +12,15 @@
 //! - [`codes`]: device codes, user codes people type, and the digests the
 //!   store keeps instead of secrets;
 //! - [`settings`]: the checksum and identity of a managed-settings
-//!   document, byte for byte as Claude Code computes them.
+//!   document, byte for byte as Claude Code computes them;
+//! - [`seal`]: sealing what the store keeps for the gateway alone (the
+//!   identity provider's refresh tokens).
 //!
 //! The endpoints, the browser pages, the IdP round trip and the store of
 //! device grants and sessions build on these (issue #17).
 
 pub mod codes;
 pub mod idp;
+pub mod seal;
 pub mod settings;
 pub mod tokens;

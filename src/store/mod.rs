@@ -668,16 +668,25 @@ impl Sinks {
     /// and the audit log can be created.
     pub fn check(store: &StoreConfig, state: &StateConfig, audit: &AuditConfig) -> Result<(), String> {
         match Location::of(store, state)? {
-            Location::Sqlite(_) => Sinks::open(store, state, audit)?.close(Duration::from_secs(5)),
+            // The writer alone (it opens and migrates the file): the intake
+            // would adopt a stopped gateway's journal, which is the next
+            // serving process's business, not a check's.
+            Location::Sqlite(path) => {
+                let key = if store.url.is_none() { "state.path" } else { "store.url" };
+                let ledger = sqlite::Ledger::open(&path, 1).map_err(|e| format!("{key}: {e}"))?;
+                ledger
+                    .close(Duration::from_secs(5))
+                    .map_err(|e| format!("{key}: {e}"))?;
+            }
             Location::Postgres { target, spool, .. } => {
                 target.check().map_err(|e| format!("store.url: {e}"))?;
                 std::fs::create_dir_all(&spool).map_err(|e| format!("store.spool {}: {e}", spool.display()))?;
-                if audit.path.is_some() {
-                    AuditLog::open(audit, 1)
-                        .map_err(|e| format!("audit.path: {e}"))?
-                        .close(Duration::from_secs(5));
-                }
             }
+        }
+        if audit.path.is_some() {
+            AuditLog::open(audit, 1)
+                .map_err(|e| format!("audit.path: {e}"))?
+                .close(Duration::from_secs(5));
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! A device code is 256 random bits, base64url: only Claude Code sees it,
 //! and the store keeps only its SHA-256. A user code is what a person
 //! reads and types: 8 letters from 20 consonants (RFC 8628 §6.1: no
-//! vowels, so no words; no look-alike digits), shown as `XXXX-XXXX`, about
-//! 34.6 bits. With a code valid for 10 minutes and the verification page
+//! vowels, so no words; no look-alike digits), shown as two groups of
+//! four (`WDJB-MJHT`), about 34.6 bits. With a code valid for 10 minutes and the verification page
 //! limited per IP, guessing a live code is out of reach; a user code is
 //! also only ever a pointer to a grant the person still has to approve.
 
@@ -22,7 +22,7 @@ pub fn device_code() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A new user code, `XXXX-XXXX`.
+/// A new user code: two groups of four letters, `WDJB-MJHT`.
 pub fn user_code() -> String {
     let mut rng = rand::thread_rng();
     let mut out = String::with_capacity(USER_CODE_LEN + 1);

@@ -36,10 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Counters, Msg, MAX_BATCH};
+use super::{Counters, Msg, NotSent, Sent, Worker, MAX_BATCH};
 use crate::usage::Record;
 
 /// A journal file is rotated once it is this old (and has records)...
@@ -110,13 +109,6 @@ enum In {
     Stop,
 }
 
-struct Thread {
-    handle: Option<JoinHandle<()>>,
-    /// Disconnects when the thread ends.
-    done: Receiver<()>,
-    stop_sent: bool,
-}
-
 /// The request side of the intake. Every method takes `&self`.
 pub struct Intake {
     tx: SyncSender<In>,
@@ -124,7 +116,7 @@ pub struct Intake {
     /// Records accepted and not yet written, at most.
     limit: usize,
     dir: PathBuf,
-    thread: Mutex<Thread>,
+    thread: Mutex<Worker>,
 }
 
 impl Intake {
@@ -170,11 +162,7 @@ impl Intake {
             counters,
             limit: queue.max(1),
             dir: dir.to_path_buf(),
-            thread: Mutex::new(Thread {
-                handle: Some(handle),
-                done,
-                stop_sent: false,
-            }),
+            thread: Mutex::new(Worker::new("ledger intake thread", done, Some(handle))),
         })
     }
 
@@ -218,20 +206,13 @@ impl Intake {
     }
 
     /// A blocking send bounded by `deadline` (flush and close only).
-    fn send_until(&self, mut msg: In, deadline: Instant, timeout: Duration) -> Result<(), IntakeError> {
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err(IntakeError::Closed),
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return Err(self.timeout(timeout));
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+    fn send_until(&self, msg: In, deadline: Instant) -> Sent {
+        super::send_until(msg, deadline, |m| {
+            self.tx.try_send(m).map_err(|e| match e {
+                TrySendError::Full(m) => NotSent::Full(m),
+                TrySendError::Disconnected(_) => NotSent::Closed,
+            })
+        })
     }
 
     /// Wait until every record submitted before this call is written,
@@ -239,12 +220,10 @@ impl Intake {
     /// `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), IntakeError> {
         let deadline = Instant::now() + timeout;
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        self.send_until(In::Flush(ack_tx), deadline, timeout)?;
-        match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => Ok(()),
-            Err(RecvTimeoutError::Timeout) => Err(self.timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(IntakeError::Closed),
+        match super::flush_until(deadline, |ack| self.send_until(In::Flush(ack), deadline)) {
+            Sent::Yes => Ok(()),
+            Sent::TimedOut => Err(self.timeout(timeout)),
+            Sent::Closed => Err(IntakeError::Closed),
         }
     }
 
@@ -254,25 +233,10 @@ impl Intake {
     pub fn close(&self, timeout: Duration) -> Result<(), IntakeError> {
         let deadline = Instant::now() + timeout;
         let mut t = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if t.handle.is_none() {
-            return Ok(());
-        }
-        if !t.stop_sent {
-            match self.send_until(In::Stop, deadline, timeout) {
-                Ok(()) | Err(IntakeError::Closed) => t.stop_sent = true,
-                Err(e) => return Err(e),
-            }
-        }
-        match t.done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Timeout) => Err(self.timeout(timeout)),
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if let Some(h) = t.handle.take() {
-                    if h.join().is_err() {
-                        log::error!("usage ledger: the intake thread panicked");
-                    }
-                }
-                Ok(())
-            }
+        if t.stop(deadline, || self.send_until(In::Stop, deadline)) {
+            Ok(())
+        } else {
+            Err(self.timeout(timeout))
         }
     }
 }

@@ -347,6 +347,112 @@ impl Batcher {
     }
 }
 
+/// How a send bounded in time went (flush and close only, never a request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Yes,
+    TimedOut,
+    /// The receiving thread or task is gone.
+    Closed,
+}
+
+/// What a `try_send` that did not go through says.
+pub(crate) enum NotSent<M> {
+    Full(M),
+    Closed,
+}
+
+/// Send `msg` with `try_send`, retrying every millisecond while the queue is
+/// full, until `deadline`: the writers' queues are bounded and a flush or a
+/// stop must queue behind the records already in them.
+pub(crate) fn send_until<M>(mut msg: M, deadline: Instant, try_send: impl Fn(M) -> Result<(), NotSent<M>>) -> Sent {
+    loop {
+        match try_send(msg) {
+            Ok(()) => return Sent::Yes,
+            Err(NotSent::Closed) => return Sent::Closed,
+            Err(NotSent::Full(m)) => {
+                if Instant::now() >= deadline {
+                    return Sent::TimedOut;
+                }
+                msg = m;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Ask for a flush (`send` queues the ack sender) and wait for its answer
+/// until `deadline`: [`Sent::Yes`] once everything queued before it is done.
+pub(crate) fn flush_until(deadline: Instant, send: impl FnOnce(std::sync::mpsc::SyncSender<()>) -> Sent) -> Sent {
+    let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+    match send(ack_tx) {
+        Sent::Yes => {}
+        other => return other,
+    }
+    match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(()) => Sent::Yes,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Sent::TimedOut,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Sent::Closed,
+    }
+}
+
+/// A writer thread's (or task's) end, waited for with a deadline: it holds
+/// the sender of `done`, which disconnects when it ends (`JoinHandle` has
+/// no timeout).
+pub(crate) struct Worker {
+    pub done: std::sync::mpsc::Receiver<()>,
+    pub thread: Option<std::thread::JoinHandle<()>>,
+    /// For the log line should the thread have panicked.
+    pub name: &'static str,
+    stop_sent: bool,
+    finished: bool,
+}
+
+impl Worker {
+    pub fn new(
+        name: &'static str,
+        done: std::sync::mpsc::Receiver<()>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    ) -> Worker {
+        Worker {
+            done,
+            thread,
+            name,
+            stop_sent: false,
+            finished: false,
+        }
+    }
+
+    /// Send the stop (once, with `send_stop`) and wait until the worker has
+    /// ended, for at most `deadline`. True once it has (idempotent); false
+    /// on a timeout, after which a later call waits again.
+    pub fn stop(&mut self, deadline: Instant, send_stop: impl FnOnce() -> Sent) -> bool {
+        if self.finished {
+            return true;
+        }
+        if !self.stop_sent {
+            match send_stop() {
+                // Closed: it already ended; wait for it below.
+                Sent::Yes | Sent::Closed => self.stop_sent = true,
+                Sent::TimedOut => return false,
+            }
+        }
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            return false;
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("usage ledger: the {} panicked", self.name);
+            }
+        }
+        self.finished = true;
+        true
+    }
+}
+
 /// A writer's counts, shared between its handles and its thread or task.
 #[derive(Debug)]
 pub(crate) struct Counters {

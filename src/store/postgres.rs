@@ -30,7 +30,6 @@ use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,8 @@ use tokio_postgres::types::ToSql;
 
 use super::spool::{Segment, Spool};
 use super::{
-    Batcher, Counters, ForeignRow, GroupBy, History, Msg, SummaryRow, Totals, LINGER, MAX_BATCH, NO_GROUP, WRITER,
+    Batcher, Counters, ForeignRow, GroupBy, History, Msg, NotSent, Sent, SummaryRow, Totals, Worker, LINGER, MAX_BATCH,
+    NO_GROUP, WRITER,
 };
 use crate::usage::Record;
 
@@ -760,18 +760,11 @@ impl Shared {
     }
 }
 
-struct WriterState {
-    /// Disconnects when the writer task ends.
-    done: std::sync::mpsc::Receiver<()>,
-    stop_sent: bool,
-    finished: bool,
-}
-
 /// The write side. Every method takes `&self` and never blocks a request.
 pub struct Ledger {
     tx: tokio::sync::mpsc::Sender<Msg>,
     shared: Arc<Shared>,
-    writer: Mutex<WriterState>,
+    writer: Mutex<Worker>,
 }
 
 impl Ledger {
@@ -798,11 +791,7 @@ impl Ledger {
         Ok(Ledger {
             tx,
             shared,
-            writer: Mutex::new(WriterState {
-                done,
-                stop_sent: false,
-                finished: false,
-            }),
+            writer: Mutex::new(Worker::new("ledger writer task", done, None)),
         })
     }
 
@@ -847,20 +836,13 @@ impl Ledger {
     }
 
     /// A send bounded by `deadline` (flush and close only, never a request).
-    fn send_until(&self, mut msg: Msg, deadline: Instant) -> Result<(), bool> {
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(_)) => return Err(true),
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return Err(false);
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+    fn send_until(&self, msg: Msg, deadline: Instant) -> Sent {
+        super::send_until(msg, deadline, |m| {
+            self.tx.try_send(m).map_err(|e| match e {
+                TrySendError::Full(m) => NotSent::Full(m),
+                TrySendError::Closed(_) => NotSent::Closed,
+            })
+        })
     }
 
     fn closing(&self, timeout: Duration) -> PgError {
@@ -874,16 +856,10 @@ impl Ledger {
     /// spooled, for at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), PgError> {
         let deadline = Instant::now() + timeout;
-        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
-        match self.send_until(Msg::Flush(ack_tx), deadline) {
-            Ok(()) => {}
-            Err(true) => return Err(PgError::Closed),
-            Err(false) => return Err(self.closing(timeout)),
-        }
-        match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => Ok(()),
-            Err(RecvTimeoutError::Timeout) => Err(self.closing(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(PgError::Closed),
+        match super::flush_until(deadline, |ack| self.send_until(Msg::Flush(ack), deadline)) {
+            Sent::Yes => Ok(()),
+            Sent::TimedOut => Err(self.closing(timeout)),
+            Sent::Closed => Err(PgError::Closed),
         }
     }
 
@@ -892,21 +868,10 @@ impl Ledger {
     pub fn close(&self, timeout: Duration) -> Result<(), PgError> {
         let deadline = Instant::now() + timeout;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if w.finished {
-            return Ok(());
-        }
-        if !w.stop_sent {
-            match self.send_until(Msg::Stop, deadline) {
-                Ok(()) | Err(true) => w.stop_sent = true,
-                Err(false) => return Err(self.closing(timeout)),
-            }
-        }
-        match w.done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Timeout) => Err(self.closing(timeout)),
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                w.finished = true;
-                Ok(())
-            }
+        if w.stop(deadline, || self.send_until(Msg::Stop, deadline)) {
+            Ok(())
+        } else {
+            Err(self.closing(timeout))
         }
     }
 }

@@ -19,14 +19,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::{Batcher, Counters, ForeignRow, GroupBy, Msg, Scope, SummaryRow, Totals, LINGER, NO_GROUP, WRITER};
+use super::{
+    Batcher, Counters, ForeignRow, GroupBy, Msg, NotSent, Scope, Sent, SummaryRow, Totals, Worker, LINGER, NO_GROUP,
+    WRITER,
+};
 use crate::usage::Record;
 
 /// The schema this build writes and reads (`PRAGMA user_version`).
@@ -127,20 +129,12 @@ pub enum LedgerError {
     Closed,
 }
 
-struct Writer {
-    thread: Option<JoinHandle<()>>,
-    /// Never sent on: it disconnects when the writer thread ends, which is
-    /// how `close` waits for it with a timeout (`JoinHandle` has none).
-    done: Receiver<()>,
-    stop_sent: bool,
-}
-
 /// The write side of the ledger. Cheap to share behind an `Arc`; every method
 /// takes `&self`.
 pub struct Ledger {
     tx: SyncSender<Msg>,
     counters: Arc<Counters>,
-    writer: Mutex<Writer>,
+    writer: Mutex<Worker>,
 }
 
 impl Ledger {
@@ -201,11 +195,7 @@ impl Ledger {
         Ok(Ledger {
             tx,
             counters,
-            writer: Mutex::new(Writer {
-                thread: Some(thread),
-                done,
-                stop_sent: false,
-            }),
+            writer: Mutex::new(Worker::new("ledger writer thread", done, Some(thread))),
         })
     }
 
@@ -265,16 +255,10 @@ impl Ledger {
     /// counted dropped), for at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
         let deadline = Instant::now() + timeout;
-        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-        match self.send_until(Msg::Flush(ack_tx), deadline) {
-            SendOutcome::Sent => {}
-            SendOutcome::TimedOut => return Err(self.timeout(timeout)),
-            SendOutcome::Closed => return Err(LedgerError::Closed),
-        }
-        match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => Ok(()),
-            Err(RecvTimeoutError::Timeout) => Err(self.timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(LedgerError::Closed),
+        match super::flush_until(deadline, |ack| self.send_until(Msg::Flush(ack), deadline)) {
+            Sent::Yes => Ok(()),
+            Sent::TimedOut => Err(self.timeout(timeout)),
+            Sent::Closed => Err(LedgerError::Closed),
         }
     }
 
@@ -284,30 +268,10 @@ impl Ledger {
     pub fn close(&self, timeout: Duration) -> Result<(), LedgerError> {
         let deadline = Instant::now() + timeout;
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if writer.thread.is_none() {
-            return Ok(());
-        }
-        if !writer.stop_sent {
-            match self.send_until(Msg::Stop, deadline) {
-                SendOutcome::Sent => writer.stop_sent = true,
-                SendOutcome::TimedOut => return Err(self.timeout(timeout)),
-                // The writer already ended; join it below.
-                SendOutcome::Closed => writer.stop_sent = true,
-            }
-        }
-        match writer
-            .done
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            Err(RecvTimeoutError::Timeout) => Err(self.timeout(timeout)),
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                if let Some(thread) = writer.thread.take() {
-                    if thread.join().is_err() {
-                        log::error!("usage ledger: the writer thread panicked");
-                    }
-                }
-                Ok(())
-            }
+        if writer.stop(deadline, || self.send_until(Msg::Stop, deadline)) {
+            Ok(())
+        } else {
+            Err(self.timeout(timeout))
         }
     }
 
@@ -318,29 +282,16 @@ impl Ledger {
         }
     }
 
-    /// A blocking send bounded by `deadline`: std's `SyncSender` has no
+    /// A send bounded by `deadline`: std's `SyncSender` has no
     /// `send_timeout`, and only `flush`/`close` (never a request) come here.
-    fn send_until(&self, mut msg: Msg, deadline: Instant) -> SendOutcome {
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => return SendOutcome::Sent,
-                Err(TrySendError::Disconnected(_)) => return SendOutcome::Closed,
-                Err(TrySendError::Full(m)) => {
-                    if Instant::now() >= deadline {
-                        return SendOutcome::TimedOut;
-                    }
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+    fn send_until(&self, msg: Msg, deadline: Instant) -> Sent {
+        super::send_until(msg, deadline, |m| {
+            self.tx.try_send(m).map_err(|e| match e {
+                TrySendError::Full(m) => NotSent::Full(m),
+                TrySendError::Disconnected(_) => NotSent::Closed,
+            })
+        })
     }
-}
-
-enum SendOutcome {
-    Sent,
-    TimedOut,
-    Closed,
 }
 
 impl Drop for Ledger {

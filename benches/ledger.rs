@@ -55,30 +55,35 @@ fn records(round: usize) -> Vec<Arc<Record>> {
         .collect()
 }
 
-fn record_and_flush(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Queue as large as a round, so the bench measures the writer, not drops.
-    let ledger = Ledger::open(&dir.path().join("bench.db"), N).expect("open");
+/// Bench `name`: `write` takes each round's 10k fresh records.
+fn rounds(c: &mut Criterion, name: &str, mut write: impl FnMut(Vec<Arc<Record>>)) {
     let mut round = 0;
     let mut g = c.benchmark_group("ledger");
     g.throughput(Throughput::Elements(N as u64));
     g.sample_size(20);
-    g.bench_function("record_and_flush_10k", |b| {
+    g.bench_function(name, |b| {
         b.iter_batched(
             || {
                 round += 1;
                 records(round)
             },
-            |records| {
-                for r in records {
-                    ledger.record(r);
-                }
-                ledger.flush(Duration::from_secs(60)).expect("flush");
-            },
+            &mut write,
             BatchSize::PerIteration,
         )
     });
     g.finish();
+}
+
+fn record_and_flush(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Queue as large as a round, so the bench measures the writer, not drops.
+    let ledger = Ledger::open(&dir.path().join("bench.db"), N).expect("open");
+    rounds(c, "record_and_flush_10k", |records| {
+        for r in records {
+            ledger.record(r);
+        }
+        ledger.flush(Duration::from_secs(60)).expect("flush");
+    });
     assert_eq!(ledger.dropped(), 0, "a round must fit the queue");
     ledger.close(Duration::from_secs(60)).expect("close");
 }
@@ -87,26 +92,12 @@ fn intake_and_flush(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let at = Location::Sqlite(dir.path().join("bench.db"));
     let ledger = modelgate::store::Ledger::open(&at, N).expect("open");
-    let mut round = 0;
-    let mut g = c.benchmark_group("ledger");
-    g.throughput(Throughput::Elements(N as u64));
-    g.sample_size(20);
-    g.bench_function("intake_and_flush_10k", |b| {
-        b.iter_batched(
-            || {
-                round += 1;
-                records(round)
-            },
-            |records| {
-                for r in records {
-                    ledger.submit(r, None);
-                }
-                ledger.flush(Duration::from_secs(60)).expect("flush");
-            },
-            BatchSize::PerIteration,
-        )
+    rounds(c, "intake_and_flush_10k", |records| {
+        for r in records {
+            ledger.submit(r, None);
+        }
+        ledger.flush(Duration::from_secs(60)).expect("flush");
     });
-    g.finish();
     assert_eq!(ledger.dropped(), 0, "a round must fit the queue");
     ledger.close(Duration::from_secs(60)).expect("close");
 }
@@ -114,25 +105,11 @@ fn intake_and_flush(c: &mut Criterion) {
 fn spool_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spool = Spool::open(dir.path(), u64::MAX, 1).expect("open");
-    let mut round = 0;
-    let mut g = c.benchmark_group("ledger");
-    g.throughput(Throughput::Elements(N as u64));
-    g.sample_size(20);
-    g.bench_function("spool_append_10k", |b| {
-        b.iter_batched(
-            || {
-                round += 1;
-                records(round)
-            },
-            |records| {
-                for batch in records.chunks(modelgate::store::MAX_BATCH) {
-                    spool.append(batch).expect("append");
-                }
-            },
-            BatchSize::PerIteration,
-        )
+    rounds(c, "spool_append_10k", |records| {
+        for batch in records.chunks(modelgate::store::MAX_BATCH) {
+            spool.append(batch).expect("append");
+        }
     });
-    g.finish();
 }
 
 criterion_group!(benches, record_and_flush, intake_and_flush, spool_append);

@@ -7,6 +7,7 @@
 #   benches/e2e/store.sh               # 10 s per run, 2 rounds
 #   DURATION=5s ROUNDS=3 benches/e2e/store.sh
 #   PG_OPTS="-c synchronous_commit=off" benches/e2e/store.sh   # server options
+#   PROFILE=1 benches/e2e/store.sh     # also each gateway's CPU per request (perf)
 #
 # Output: RPS and p99 per scenario and store, the PostgreSQL/SQLite ratio,
 # the p99 each adds at c=1 over hitting the upstream directly, and whether
@@ -136,6 +137,24 @@ for target in "sqlite:$SQLITE_PORT" "postgres:$PG_GW_PORT"; do
   read -r _ g50 g99 _ < <(run "$name" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
   printf '%-9s p50 %+8.3f ms  p99 %+8.3f ms\n' "$name" "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
 done
+
+# PROFILE=1: each gateway's own CPU per request, sampled by perf over 8 s
+# of a 14 s run (samples at 999 Hz, over the requests of that run).
+if [ "${PROFILE:-0}" = 1 ]; then
+  command -v perf >/dev/null 2>&1 || _apt_install linux-perf
+  printf '\ngateway CPU per request (perf record -F 999 -p PID, 8 s of a 14 s run), small JSON body\n'
+  for target in "sqlite:$SQLITE_PORT:$sqlite_pid" "postgres:$PG_GW_PORT:$pg_pid"; do
+    IFS=: read -r name port pid <<<"$target"
+    BODY_FILE="$small" wrk -t"$THREADS" -c"$CONNS" -d14s -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-$name.txt" 2>&1 &
+    wrk_pid=$!
+    sleep 3
+    perf record -q -F 999 -p "$pid" -o "$work/perf-$name.data" -- sleep 8 >/dev/null 2>&1
+    wait "$wrk_pid"
+    rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-$name.txt")
+    samples=$(perf report -i "$work/perf-$name.data" -n --stdio -q --sort pid 2>/dev/null | awk '{s += $2} END {print s + 0}')
+    printf '%-9s %8.0f rps  %6.1f us CPU/request\n' "$name" "$rps" "$(awk -v s="$samples" -v r="$rps" 'BEGIN { print s / 999 * 1e6 / (r * 8) }')"
+  done
+fi
 
 # Every model answer the PostgreSQL gateway gave (not its /health checks,
 # provider "local") has its row once its writer catches up.

@@ -94,6 +94,14 @@ pub(super) fn period_of(s: &str) -> BudgetPeriod {
     }
 }
 
+/// A budget as the tables keep it: USD and period name, or neither.
+pub(super) fn budget_columns(budget: Option<(f64, BudgetPeriod)>) -> (Option<f64>, Option<&'static str>) {
+    match budget {
+        Some((usd, p)) => (Some(usd), Some(period_name(p))),
+        None => (None, None),
+    }
+}
+
 pub(super) fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
@@ -165,10 +173,7 @@ impl KeyStore {
             .run(TIMEOUT, move |db| async move {
                 let mut client = db.client().await?;
                 let tx = client.transaction().await.map_err(|e| db.query_err(e))?;
-                let (usd, period) = match key.budget {
-                    Some((usd, p)) => (Some(usd), Some(period_name(p))),
-                    None => (None, None),
-                };
+                let (usd, period) = budget_columns(key.budget);
                 let inserted = tx
                     .execute(
                         "INSERT INTO gateway_keys (name, team, key_sha256, models, rpm, tpm, budget_usd, budget_period,
@@ -260,10 +265,7 @@ impl KeyStore {
                 }
                 k.updated_at_ms = now_ms();
                 k.updated_by = by;
-                let (usd, period) = match k.budget {
-                    Some((usd, p)) => (Some(usd), Some(period_name(p))),
-                    None => (None, None),
-                };
+                let (usd, period) = budget_columns(k.budget);
                 tx.execute(
                     "UPDATE gateway_keys SET team = $2, models = $3, rpm = $4, tpm = $5, budget_usd = $6,
                         budget_period = $7, expires_at_ms = $8, updated_at_ms = $9, updated_by = $10

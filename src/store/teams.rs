@@ -13,10 +13,10 @@
 
 use std::sync::Arc;
 
-use super::keys::{notify, opt_i64, period_of, TIMEOUT};
+use super::keys::{budget_columns, notify, opt_i64, period_of, TIMEOUT};
 use super::postgres::{Db, PgError, Target};
 use crate::config::schema::{BudgetConfig, BudgetPeriod, RateLimitConfig, TeamConfig};
-use crate::policy::period::{now_ms, period_name};
+use crate::policy::period::now_ms;
 
 /// One row of `gateway_teams`.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,13 +83,6 @@ fn row(r: &tokio_postgres::Row) -> StoredTeam {
         updated_by: r.get(8),
         deleted_at_ms: r.get(9),
         deleted_by: r.get(10),
-    }
-}
-
-fn budget_columns(budget: Option<(f64, BudgetPeriod)>) -> (Option<f64>, Option<&'static str>) {
-    match budget {
-        Some((usd, p)) => (Some(usd), Some(period_name(p))),
-        None => (None, None),
     }
 }
 

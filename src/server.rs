@@ -144,6 +144,8 @@ pub fn run(
         draining: Default::default(),
         started: Instant::now(),
         counters: Counters::default(),
+        signin: Default::default(),
+        otlp: Default::default(),
     });
     let conf = server.configuration.clone();
     let mut main = http_service(&conf, &shared, Role::Main, "modelgate");
@@ -185,6 +187,10 @@ pub fn run(
     server.add_service(pingora::services::background::background_service(
         "config reload",
         ReloadTriggers { shared: shared.clone() },
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "sign-in sessions",
+        crate::gateway::signin::SessionSync { shared: shared.clone() },
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
@@ -248,69 +254,10 @@ impl SinksService {
             log::error!("usage sinks: {e}");
         }
         let snap = self.shared.config.snapshot();
-        if let Some(last) = seed_budgets(&self.shared, &snap).await {
+        if let Some(last) = crate::gateway::meter::seed_budgets(&self.shared, &snap).await {
             let _ = self.shared.ledger_seeded_through.set(last);
         }
     }
-}
-
-/// A reader on the ledger the sinks write (the shared pool for a
-/// PostgreSQL store), or a fresh one on the config's store.
-async fn ledger_reader(shared: &Shared, snap: &Snapshot) -> Result<crate::store::Reader, String> {
-    if let Some(sinks) = shared.sinks.get() {
-        return sinks.reader().await.map_err(|e| e.to_string());
-    }
-    let at = crate::store::Location::of(&snap.config.store, &snap.config.state)?;
-    crate::store::Reader::open(&at).await.map_err(|e| e.to_string())
-}
-
-/// Embedded backend: start each scope's current period from the ledger's
-/// history, so budgets hold across restarts (and, with a PostgreSQL store,
-/// across the fleet's history): the scopes of `snap` and of the store's
-/// keys and teams. Scopes this process already counts are left alone.
-/// Returns the last ledger row the seed saw, read in the same snapshot.
-pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
-    seed_scopes(shared, snap, shared.config.store_keys.scopes(snap)).await
-}
-
-/// [`seed_budgets`] for `scopes`.
-async fn seed_scopes(shared: &Shared, snap: &Snapshot, scopes: Vec<Arc<crate::policy::ScopeLimits>>) -> Option<i64> {
-    use crate::policy::period;
-    let memory = shared.policy.memory()?;
-    // Records still queued belong to this process's live counts already.
-    if let Some(s) = shared.sinks.get() {
-        if let Err(e) = s.ledger.flush(std::time::Duration::from_secs(5)) {
-            log::warn!("usage ledger: {e}");
-        }
-    }
-    let reader = match ledger_reader(shared, snap).await {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!("cannot read the usage ledger to restore budget spend: {e}");
-            return None;
-        }
-    };
-    let now = period::now_ms();
-    let scopes: Vec<_> = scopes
-        .into_iter()
-        .map(|s| {
-            let window = period::Window::of(s.period, now);
-            (s, window)
-        })
-        .filter(|(s, window)| memory.needs_seed(s, *window))
-        .collect();
-    let asks = scopes.iter().map(|(s, w)| (s.id.to_string(), w.start_ms)).collect();
-    let history = match reader.history(asks).await {
-        Ok(h) => h,
-        Err(e) => {
-            log::warn!("cannot read the usage ledger to restore budget spend: {e}");
-            return None;
-        }
-    };
-    for ((s, window), t) in scopes.iter().zip(&history.totals) {
-        memory.seed(s, *window, t.standing());
-    }
-    Some(history.last_id)
 }
 
 /// After a graceful upgrade, the old process keeps serving its open streams
@@ -352,7 +299,7 @@ async fn catch_up(shared: &Shared, after: i64) -> Option<i64> {
     use crate::policy::{period, usd_to_nanos, Standing};
     let memory = shared.policy.memory()?;
     let snap = shared.config.snapshot();
-    let reader = ledger_reader(shared, &snap).await.ok()?;
+    let reader = crate::gateway::meter::ledger_reader(shared, &snap).await.ok()?;
     let rows = match reader.others_after(after, CATCH_UP_BATCH).await {
         Ok(rows) => rows,
         Err(e) => {
@@ -492,7 +439,7 @@ impl KeyLoad {
         let (view, warnings) = crate::runtime::keyring::View::compile(&snap, rows.clone());
         // Scopes new to this process start from the ledger's history before
         // a request can charge them (embedded budgets).
-        seed_scopes(shared, &snap, view.scopes(&snap)).await;
+        crate::gateway::meter::seed_scopes(shared, &snap, view.scopes(&snap)).await;
         shared.config.store_keys.install(view);
         for w in warnings.iter().filter(|w| !self.warnings.contains(w)) {
             log::warn!("{w}");
@@ -569,7 +516,7 @@ impl pingora::services::background::BackgroundService for ReloadTriggers {
             match reloaded.await {
                 // Scopes the new config adds start from their history.
                 Ok(snap) => {
-                    seed_budgets(&self.shared, &snap).await;
+                    crate::gateway::meter::seed_budgets(&self.shared, &snap).await;
                 }
                 Err(e) => log::error!("config reload task failed: {e}"),
             }

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub panics: IntCounter,
     pub client_timeouts: IntCounterVec,
     pub cache: IntCounterVec,
+    pub otlp_forwards: IntCounterVec,
 }
 
 /// Register a freshly built metric and hand back a handle to it.
@@ -199,6 +200,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "modelgate_client_timeouts_total",
             "Client connections cut off by client_timeouts, by phase (head, body, write).",
             &["phase"],
+        ),
+        otlp_forwards: counter(
+            &r,
+            "modelgate_client_telemetry_total",
+            "Claude Code telemetry exports posted to /v1/{metrics,logs,traces}, by signal and outcome (forwarded, refused, failed, dropped, unreadable).",
+            &["signal", "outcome"],
         ),
         panics: plain_counter(
             &r,

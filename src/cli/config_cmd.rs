@@ -209,6 +209,17 @@ fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
     for url in config.state.redis_cluster.iter_mut().flatten() {
         *url = crate::config::load::redact_url_password(url);
     }
+    if let Some(s) = config.signin.as_mut() {
+        if s.oidc.client_secret.is_some() {
+            s.oidc.client_secret = Some("***".into());
+        }
+        s.session.secret = crate::config::schema::OneOrMany::One("***".into());
+    }
+    if let Some(otlp) = config.telemetry.otlp.as_mut() {
+        for v in otlp.headers.values_mut() {
+            *v = "***".into();
+        }
+    }
     Ok(config)
 }
 

@@ -185,6 +185,12 @@ pub struct Config {
     /// Path of a price file (USD per million tokens per model: input, output, cache_read, cache_write). Default: the built-in table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<String>,
+    /// Developers sign in with the organisation's identity provider (OpenID Connect), through the Claude Code gateway protocol: `/login` → "Cloud gateway" in Claude Code. Absent: gateway keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signin: Option<SigninConfig>,
+    /// OpenTelemetry export.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 fn default_listen() -> String {
@@ -769,4 +775,170 @@ impl Default for AuditConfig {
             keep: default_audit_keep(),
         }
     }
+}
+
+/// `signin:` — the Claude Code gateway protocol's sign-in (device flow,
+/// OpenID Connect against the organisation's IdP, gateway-signed tokens)
+/// and the policies signed-in developers get from their groups.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SigninConfig {
+    /// The gateway's URL as developers' browsers and Claude Code reach it (`https://llm-gateway.corp.internal`). The IdP redirects back to `{public_url}/oauth/callback`. `http://` only on a loopback address.
+    pub public_url: String,
+    /// The organisation's OpenID Connect provider.
+    pub oidc: OidcConfig,
+    /// The gateway's own access tokens.
+    pub session: SessionConfig,
+    /// Groups allowed to sign in (any one of them). Absent: every user the IdP authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_groups: Option<Vec<String>>,
+    /// Policy by IdP group, in order: a user gets the first entry naming one of their groups.
+    #[serde(default)]
+    pub groups: indexmap::IndexMap<String, GroupPolicy>,
+    /// The device flow's codes.
+    #[serde(default)]
+    pub device: DeviceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The IdP's issuer URL; its discovery document is `{issuer}/.well-known/openid-configuration`. `http://` only on a loopback address.
+    pub issuer: String,
+    /// The client id registered at the IdP for the gateway.
+    pub client_id: String,
+    /// The client secret (a confidential client); absent for a public client (PKCE only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// The claim that lists a user's groups, in the id_token or from userinfo.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Scopes asked for besides `openid`. `offline_access` gets a refresh token from IdPs that want it asked for.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    ["email", "profile", "offline_access"].map(String::from).to_vec()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// HMAC secret(s) for the gateway's tokens, 32 characters or more: one, or a list whose first signs and all verify (rotation).
+    pub secret: OneOrMany,
+    /// Access-token lifetime; Claude Code refreshes it before it ends.
+    #[serde(default = "default_session_ttl")]
+    pub ttl: Dur,
+    /// How long a sign-in lasts, refreshes included; then the developer signs in again.
+    #[serde(default = "default_session_lifetime")]
+    pub lifetime: Dur,
+}
+
+fn default_session_ttl() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+
+fn default_session_lifetime() -> Dur {
+    Dur(Duration::from_secs(30 * 24 * 3600))
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// What members of an IdP group get.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPolicy {
+    /// The team (`teams:`) their usage counts against and is reported under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Allowlist of requested-model globs (default: every model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Each member's own rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Each member's own budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetConfig>,
+    /// Claude Code managed settings served to members at `/managed/settings` (a `managed-settings.json` object, e.g. `{env: {CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY: "1"}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_settings: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// How long a device code may wait for its approval.
+    #[serde(default = "default_device_ttl")]
+    pub ttl: Dur,
+    /// The least time between two token polls of one device code; faster polls get `slow_down`.
+    #[serde(default = "default_device_interval")]
+    pub interval: Dur,
+    /// Shown by Claude Code next to the code on its sign-in screen (plain text, 500 characters at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_notice: Option<String>,
+}
+
+fn default_device_ttl() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+
+fn default_device_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            ttl: default_device_ttl(),
+            interval: default_device_interval(),
+            login_notice: None,
+        }
+    }
+}
+
+/// `telemetry:` — OpenTelemetry export.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector. Signed-in Claude Code clients' own telemetry (`POST /v1/metrics|logs|traces`) is forwarded there with the user's verified identity; absent, it is accepted and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's base URL (`http://otel-collector:4318`); signals go to `{endpoint}/v1/{metrics,logs,traces}`.
+    pub endpoint: String,
+    /// `http/protobuf` or `http/json`: how the gateway's own exports are encoded. Forwarded client telemetry keeps the client's encoding.
+    #[serde(default = "default_otlp_protocol")]
+    pub protocol: String,
+    /// Headers sent with every export (an `authorization` for the collector, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_otlp_protocol() -> String {
+    "http/protobuf".into()
 }

@@ -1,7 +1,9 @@
 //! Stage: who is calling.
 //!
 //! Reads the gateway key from `x-api-key` or `Authorization: Bearer` and
-//! resolves it to a [`KeyEntry`] (the principal later stages meter and limit).
+//! resolves it to a [`KeyEntry`] (the principal later stages meter and limit);
+//! with `signin:`, a developer's signed-in access token (a JWT the gateway
+//! signed) resolves to one too ([`signed_in`]).
 //! With no `keys:` section the gateway runs in passthrough-auth mode and the
 //! caller is anonymous. This stage never forwards or logs the presented
 //! secret; only its sha256 is ever compared.
@@ -10,10 +12,12 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, AUTHORIZATION};
 
+use super::signin::SigninState;
 use crate::error::GatewayError;
 use crate::runtime::keyring::KeyRing;
 use crate::runtime::snapshot::{sha256, KeyEntry};
 use crate::runtime::Snapshot;
+use crate::signin::tokens::{self, Claims};
 
 pub enum Caller {
     /// A configured gateway key.
@@ -84,6 +88,51 @@ pub fn authenticate(snap: &Snapshot, ring: &KeyRing, headers: &HeaderMap) -> Res
         "invalid gateway key".into()
     } else {
         "missing gateway key: send it as `x-api-key` or `Authorization: Bearer`".into()
+    }))
+}
+
+/// A developer signed in through `signin:`: the principal their verified
+/// access token stands for, its claims, and whether the principal is new
+/// to this process (its budgets not yet read from the ledger).
+pub struct SignedIn {
+    pub principal: Arc<KeyEntry>,
+    pub claims: Arc<Claims>,
+    pub fresh: bool,
+}
+
+/// The caller, when it presents a token that looks like one of the
+/// gateway's own (a JWT) and sign-in is on: `None` otherwise (gateway keys
+/// then decide). A token this gateway did not sign, that expired, or whose
+/// session was revoked is refused (401, `x-should-retry: false`).
+pub fn signed_in(snap: &Snapshot, state: &SigninState, headers: &HeaderMap) -> Option<Result<SignedIn, GatewayError>> {
+    let signin = snap.signin.as_deref()?;
+    let token = presented(headers)
+        .filter_map(|t| std::str::from_utf8(t).ok())
+        .find(|t| tokens::looks_like_jwt(t))?;
+    let claims = match signin.signer.verify(token) {
+        Ok(c) => c,
+        Err(tokens::TokenError::Expired) => {
+            return Some(Err(GatewayError::Authentication(
+                "your gateway sign-in has expired; Claude Code refreshes it on its own, so if this persists run /login"
+                    .into(),
+            )))
+        }
+        Err(tokens::TokenError::Invalid) => return Some(Err(GatewayError::Authentication(
+            "this token was not issued by this gateway (or its signing secret has changed); sign in again with /login"
+                .into(),
+        ))),
+    };
+    if state.is_revoked(&claims.session_id) {
+        return Some(Err(GatewayError::Authentication(
+            "this sign-in has ended (signed out, or ended by an administrator or the identity provider); sign in again with /login"
+                .into(),
+        )));
+    }
+    let (principal, fresh) = state.principal(snap, signin, &claims);
+    Some(Ok(SignedIn {
+        principal,
+        claims: Arc::new(claims),
+        fresh,
     }))
 }
 

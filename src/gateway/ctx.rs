@@ -15,6 +15,8 @@ pub struct RequestCtx {
     /// reload mid-request changes nothing for it.
     pub snapshot: Option<Arc<Snapshot>>,
     pub principal: Option<Arc<KeyEntry>>,
+    /// A signed-in developer's verified token claims (`signin:`).
+    pub signed_in: Option<Arc<crate::signin::tokens::Claims>>,
     pub model: Option<String>,
     pub provider: Option<String>,
     /// The provider account that answered (a label, never the secret).
@@ -95,6 +97,7 @@ impl RequestCtx {
             started: Instant::now(),
             snapshot: None,
             principal: None,
+            signed_in: None,
             model: None,
             provider: None,
             account: None,

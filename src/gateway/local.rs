@@ -169,7 +169,13 @@ pub fn display_name(id: &str) -> String {
 }
 
 /// `GET /v1/models` with Anthropic's pagination (`limit`, `after_id`, `before_id`).
-pub fn list_models(snap: &Snapshot, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
+/// `GET /v1/models`: the models served, those the caller may use
+/// (`allowed`: a key's or a group policy's allowlist).
+pub fn list_models(
+    snap: &Snapshot,
+    query: Option<&str>,
+    allowed: &dyn Fn(&str) -> bool,
+) -> Result<Vec<u8>, GatewayError> {
     let mut limit = 20usize;
     let mut after = None;
     let mut before = None;
@@ -187,7 +193,8 @@ pub fn list_models(snap: &Snapshot, query: Option<&str>) -> Result<Vec<u8>, Gate
             _ => {}
         }
     }
-    let all = model_entries(snap);
+    let mut all = model_entries(snap);
+    all.retain(|m| allowed(&m.id));
     let position = |id: &str| {
         all.iter()
             .position(|m| m.id == id)
@@ -257,7 +264,7 @@ mod tests {
         let env = |_: &str| None;
         let yaml = "default_provider: a\nproviders:\n  a: {type: anthropic, models: [claude-opus-4-8, claude-sonnet-5]}\nroutes:\n  - {match: claude-gw-fast, provider: a, model: claude-haiku-4-5}\n  - {match: 'claude-*', provider: a}\n";
         let snap = Snapshot::build(crate::config::load::parse_str(yaml, &env).unwrap(), &env).unwrap();
-        let v: Value = serde_json::from_slice(&list_models(&snap, Some("limit=1000")).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&list_models(&snap, Some("limit=1000"), &|_| true).unwrap()).unwrap();
         let ids: Vec<_> = v["data"]
             .as_array()
             .unwrap()
@@ -269,10 +276,11 @@ mod tests {
         assert_eq!(v["first_id"], "claude-gw-fast");
         assert_eq!(v["data"][0]["description"], "routed to a:claude-haiku-4-5");
         let p: Value =
-            serde_json::from_slice(&list_models(&snap, Some("limit=1&after_id=claude-gw-fast")).unwrap()).unwrap();
+            serde_json::from_slice(&list_models(&snap, Some("limit=1&after_id=claude-gw-fast"), &|_| true).unwrap())
+                .unwrap();
         assert_eq!(p["data"][0]["id"], "claude-opus-4-8");
         assert_eq!(p["has_more"], true);
-        assert!(list_models(&snap, Some("limit=0")).is_err());
+        assert!(list_models(&snap, Some("limit=0"), &|_| true).is_err());
         assert!(get_model(&snap, "claude-sonnet-5").is_ok());
         assert!(matches!(get_model(&snap, "nope"), Err(GatewayError::NotFound(_))));
     }

@@ -48,7 +48,7 @@ impl Gateway {
         snap: &Arc<Snapshot>,
         count_tokens: bool,
     ) -> Result<(), GatewayError> {
-        let caller = self.caller(session, ctx, snap)?;
+        let caller = self.caller(session, ctx, snap).await?;
         let request = read_request(session, ctx, snap, &caller).await?;
         let routed = route(session, ctx, snap, &request)?;
         if !count_tokens {
@@ -268,7 +268,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         snap: &Arc<Snapshot>,
     ) -> Result<(), GatewayError> {
-        let caller = self.caller(session, ctx, snap)?;
+        let caller = self.caller(session, ctx, snap).await?;
         let provider = snap
             .default_provider
             .as_ref()
@@ -326,6 +326,23 @@ async fn read_request(
     ctx.stream = request.stream;
     if let auth::Caller::Key(k) = caller {
         if !k.allows_model(&request.model) {
+            // A signed-in developer is told which allowlist refused, as
+            // the gateway protocol asks (400 invalid_request_error).
+            let policy = ctx
+                .signed_in
+                .as_ref()
+                .zip(snap.signin.as_ref())
+                .and_then(|(claims, signin)| signin.policy_for(&claims.groups));
+            if let Some((_, p)) = policy {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "model `{}` is not in the allowlist of your group `{}` (signin.groups.{}.models: {}); \
+                     ask your administrator for access",
+                    request.model,
+                    p.group,
+                    p.group,
+                    p.models_text.join(", ")
+                )));
+            }
             return Err(GatewayError::Permission(format!(
                 "gateway key `{}` may not use model `{}`",
                 k.name, request.model

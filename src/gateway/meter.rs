@@ -454,3 +454,65 @@ pub async fn refresh_budget_gauges(shared: &Shared, snap: &Snapshot) {
         }
     }
 }
+/// A reader on the ledger the sinks write (the shared pool for a
+/// PostgreSQL store), or a fresh one on the config's store.
+pub async fn ledger_reader(shared: &Shared, snap: &Snapshot) -> Result<crate::store::Reader, String> {
+    if let Some(sinks) = shared.sinks.get() {
+        return sinks.reader().await.map_err(|e| e.to_string());
+    }
+    let at = crate::store::Location::of(&snap.config.store, &snap.config.state)?;
+    crate::store::Reader::open(&at).await.map_err(|e| e.to_string())
+}
+
+/// Embedded backend: start each scope's current period from the ledger's
+/// history, so budgets hold across restarts (and, with a PostgreSQL store,
+/// across the fleet's history): the scopes of `snap` and of the store's
+/// keys and teams. Scopes this process already counts are left alone.
+/// Returns the last ledger row the seed saw, read in the same snapshot.
+pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
+    seed_scopes(shared, snap, shared.config.store_keys.scopes(snap)).await
+}
+
+/// [`seed_budgets`] for `scopes`.
+pub async fn seed_scopes(
+    shared: &Shared,
+    snap: &Snapshot,
+    scopes: Vec<Arc<crate::policy::ScopeLimits>>,
+) -> Option<i64> {
+    use crate::policy::period;
+    let memory = shared.policy.memory()?;
+    // Records still queued belong to this process's live counts already.
+    if let Some(s) = shared.sinks.get() {
+        if let Err(e) = s.ledger.flush(std::time::Duration::from_secs(5)) {
+            log::warn!("usage ledger: {e}");
+        }
+    }
+    let reader = match ledger_reader(shared, snap).await {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("cannot read the usage ledger to restore budget spend: {e}");
+            return None;
+        }
+    };
+    let now = period::now_ms();
+    let scopes: Vec<_> = scopes
+        .into_iter()
+        .map(|s| {
+            let window = period::Window::of(s.period, now);
+            (s, window)
+        })
+        .filter(|(s, window)| memory.needs_seed(s, *window))
+        .collect();
+    let asks = scopes.iter().map(|(s, w)| (s.id.to_string(), w.start_ms)).collect();
+    let history = match reader.history(asks).await {
+        Ok(h) => h,
+        Err(e) => {
+            log::warn!("cannot read the usage ledger to restore budget spend: {e}");
+            return None;
+        }
+    };
+    for ((s, window), t) in scopes.iter().zip(&history.totals) {
+        memory.seed(s, *window, t.standing());
+    }
+    Some(history.last_id)
+}

@@ -41,8 +41,10 @@ pub mod health_check;
 pub mod local;
 pub mod messages;
 pub mod meter;
+pub mod otlp;
 pub mod relay;
 pub mod respond;
+pub mod signin;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -92,6 +94,10 @@ pub struct Shared {
     /// Listening services whose drain has not finished closing their
     /// kept-alive connections (`connection::Connections::cleanup`).
     pub services_draining: std::sync::atomic::AtomicUsize,
+    /// Sign-in (`signin:`): its store, identity provider and revoked sessions.
+    pub signin: signin::SigninState,
+    /// Where clients' own telemetry goes (`telemetry.otlp`).
+    pub otlp: otlp::Forwarder,
 }
 
 pub struct Gateway {
@@ -107,6 +113,9 @@ enum Endpoint<'a> {
     Models,
     Model(&'a str),
     Usage,
+    Signin(signin::Route),
+    /// `POST /v1/{metrics,logs,traces}`: a client's own OpenTelemetry export.
+    Telemetry(crate::signin::otlp::Signal),
     Messages,
     CountTokens,
     Passthrough,
@@ -155,6 +164,19 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
             _ => Endpoint::MethodNotAllowed("GET"),
         },
         (Role::Admin, _) => Endpoint::NotFound,
+        (Role::Main, p) if signin::route(method, p).is_some() => match signin::route(method, p) {
+            Some(Ok(r)) => Endpoint::Signin(r),
+            Some(Err(allow)) => Endpoint::MethodNotAllowed(allow),
+            None => Endpoint::NotFound,
+        },
+        (Role::Main, p @ ("/v1/metrics" | "/v1/logs" | "/v1/traces")) => match *method {
+            M::POST => Endpoint::Telemetry(match p {
+                "/v1/metrics" => crate::signin::otlp::Signal::Metrics,
+                "/v1/logs" => crate::signin::otlp::Signal::Logs,
+                _ => crate::signin::otlp::Signal::Traces,
+            }),
+            _ => Endpoint::MethodNotAllowed("POST"),
+        },
         (Role::Main, "/") => match *method {
             M::GET | M::HEAD => Endpoint::Probe,
             _ => Endpoint::NotFound,
@@ -290,17 +312,21 @@ impl Gateway {
             Endpoint::Probe => respond::json(session, ctx, 200, Vec::new(), &[]).await,
             Endpoint::Admin(which) => admin::serve(&self.shared, self.role, which, session, ctx, snap).await?,
             Endpoint::Models => {
-                self.caller(session, ctx, snap)?;
-                let body = local::list_models(snap, session.req_header().uri.query())?;
+                let caller = self.caller(session, ctx, snap).await?;
+                let allowed = |id: &str| match &caller {
+                    auth::Caller::Key(k) => k.allows_model(id),
+                    auth::Caller::Passthrough => true,
+                };
+                let body = local::list_models(snap, session.req_header().uri.query(), &allowed)?;
                 respond::json(session, ctx, 200, body, &[]).await;
             }
             Endpoint::Model(id) => {
-                self.caller(session, ctx, snap)?;
+                self.caller(session, ctx, snap).await?;
                 let body = local::get_model(snap, id)?;
                 respond::json(session, ctx, 200, body, &[]).await;
             }
             Endpoint::Usage => {
-                let auth::Caller::Key(key) = self.caller(session, ctx, snap)? else {
+                let auth::Caller::Key(key) = self.caller(session, ctx, snap).await? else {
                     return Err(GatewayError::NotFound(
                         "/v1/usage reports a gateway key's spend; this gateway has no `keys:` (passthrough-auth)"
                             .into(),
@@ -312,6 +338,24 @@ impl Gateway {
                 } else {
                     respond::json(session, ctx, 200, body, &[]).await;
                 }
+            }
+            Endpoint::Signin(route) => {
+                // Managed settings are per caller; the other endpoints are
+                // how a caller gets a credential in the first place.
+                let principal = if route == signin::Route::ManagedSettings && snap.signin.is_some() {
+                    let caller = self.caller(session, ctx, snap).await?;
+                    match caller {
+                        auth::Caller::Key(k) => Some((k, ctx.signed_in.clone())),
+                        auth::Caller::Passthrough => None,
+                    }
+                } else {
+                    None
+                };
+                signin::serve(&self.shared, route, session, ctx, snap, principal).await?
+            }
+            Endpoint::Telemetry(signal) => {
+                self.caller(session, ctx, snap).await?;
+                otlp::serve(&self.shared.otlp, session, ctx, snap, signal).await?
             }
             Endpoint::Messages => self.messages(session, ctx, snap, false).await?,
             Endpoint::CountTokens => self.messages(session, ctx, snap, true).await?,
@@ -330,8 +374,26 @@ impl Gateway {
         Ok(())
     }
 
-    fn caller(&self, session: &Session, ctx: &mut RequestCtx, snap: &Snapshot) -> Result<auth::Caller, GatewayError> {
-        let caller = auth::authenticate(snap, &self.shared.config.store_keys, &session.req_header().headers)?;
+    /// Stage: auth. A signed-in developer's token (`signin:`), else a
+    /// gateway key, else passthrough-auth. A developer new to this process
+    /// has their budgets' spend read from the ledger first (embedded state).
+    async fn caller(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+    ) -> Result<auth::Caller, GatewayError> {
+        let headers = &session.req_header().headers;
+        if let Some(user) = auth::signed_in(snap, &self.shared.signin, headers) {
+            let user = user?;
+            if user.fresh {
+                meter::seed_scopes(&self.shared, snap, vec![user.principal.scope.clone()]).await;
+            }
+            ctx.principal = Some(user.principal.clone());
+            ctx.signed_in = Some(user.claims);
+            return Ok(auth::Caller::Key(user.principal));
+        }
+        let caller = auth::authenticate(snap, &self.shared.config.store_keys, headers)?;
         if let auth::Caller::Key(k) = &caller {
             ctx.principal = Some(k.clone());
         }

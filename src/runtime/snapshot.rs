@@ -176,6 +176,49 @@ impl KeyEntry {
         self.models.is_some()
     }
 
+    /// A developer signed in through the identity provider (`signin:`),
+    /// named by `name` (their email), with their policy's team, model
+    /// allowlist and per-user limits (`user:NAME`).
+    /// The principal a verified sign-in token stands for: named by email
+    /// (the subject when the IdP gave none), under the first matching
+    /// group policy of `signin`.
+    pub fn of_claims(signin: &crate::signin::policy::Signin, claims: &crate::signin::tokens::Claims) -> KeyEntry {
+        let name = claims.email.as_deref().unwrap_or(&claims.sub);
+        match signin.policy_for(&claims.groups) {
+            Some((_, p)) => KeyEntry::signed_in(
+                name,
+                &claims.sub,
+                p.team.clone(),
+                p.team_scope.clone(),
+                p.models.clone(),
+                p.rate_limit.as_ref(),
+                p.budget.as_ref(),
+            ),
+            None => KeyEntry::signed_in(name, &claims.sub, None, None, None, None, None),
+        }
+    }
+
+    fn signed_in(
+        name: &str,
+        subject: &str,
+        team: Option<String>,
+        team_scope: Option<Arc<ScopeLimits>>,
+        models: Option<GlobSet>,
+        rate: Option<&crate::config::schema::RateLimitConfig>,
+        budget: Option<&BudgetConfig>,
+    ) -> KeyEntry {
+        KeyEntry {
+            name: name.to_string(),
+            team,
+            enabled: true,
+            scope: Arc::new(ScopeLimits::new("user", name, rate, budget).in_team(team_scope.as_deref())),
+            team_scope,
+            models,
+            hash: sha256(format!("user\0{subject}").as_bytes()),
+            expires_at_ms: None,
+        }
+    }
+
     /// The same key counting against `team` (the scope of the team it
     /// names, defined in the store rather than in the file). Its own scope
     /// stays as it is: its state is kept with the team's by name either way.
@@ -232,6 +275,8 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// USD per million tokens: `pricing:` when set, else the built-in table.
     pub pricing: Arc<PriceTable>,
+    /// `signin:`, compiled.
+    pub signin: Option<Arc<crate::signin::policy::Signin>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -374,22 +419,27 @@ impl Snapshot {
             });
         }
 
-        let keys = match &config.keys {
-            None => None,
-            Some(list) => {
-                let mut teams = HashMap::with_capacity(config.teams.len());
-                for (name, t) in &config.teams {
-                    teams.insert(name.clone(), team_scope(&format!("teams.{name}"), name, t)?);
-                }
-                Some(build_keys(
-                    list,
-                    &mut teams,
-                    !config.teams.is_empty(),
-                    env,
-                    &mut warnings,
-                )?)
-            }
+        let mut teams = HashMap::with_capacity(config.teams.len());
+        for (name, t) in &config.teams {
+            teams.insert(name.clone(), team_scope(&format!("teams.{name}"), name, t)?);
+        }
+        // With sign-in, every request needs a credential: gateway keys are
+        // on (none but the signed-in developers' tokens, without `keys:`).
+        let keys = match (&config.keys, &config.signin) {
+            (None, None) => None,
+            (list, _) => Some(build_keys(
+                list.as_deref().unwrap_or_default(),
+                &mut teams,
+                !config.teams.is_empty(),
+                env,
+                &mut warnings,
+            )?),
         };
+        let signin = config
+            .signin
+            .as_ref()
+            .map(|c| crate::signin::policy::Signin::build(c, &mut teams, &mut warnings).map(Arc::new))
+            .transpose()?;
         let admin_keys = config
             .admin_keys_sha256
             .iter()
@@ -478,6 +528,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             pricing,
+            signin,
             listen,
             admin_listen,
             providers,

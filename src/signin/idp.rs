@@ -50,7 +50,7 @@ pub enum IdpError {
 }
 
 /// How the gateway is registered at the provider.
-#[derive(Debug, Clone)]
+#[derive(Clone, PartialEq)]
 pub struct IdpConfig {
     pub issuer: String,
     pub client_id: String,
@@ -63,6 +63,17 @@ pub struct IdpConfig {
     /// The least time between two re-reads of the provider's keys when an
     /// id_token names one they lack ([`REDISCOVER_EVERY`]).
     pub rediscover_every: Duration,
+}
+
+impl std::fmt::Debug for IdpConfig {
+    /// Without the client secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdpConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An authorization request to send a browser to, and what the callback
@@ -113,6 +124,11 @@ impl Idp {
             http,
             discovered: ArcSwap::from_pointee(discovered),
         })
+    }
+
+    /// What it was discovered for.
+    pub fn config(&self) -> &IdpConfig {
+        &self.config
     }
 
     pub fn issuer(&self) -> &str {

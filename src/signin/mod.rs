@@ -21,6 +21,8 @@
 
 pub mod codes;
 pub mod idp;
+pub mod otlp;
+pub mod policy;
 pub mod seal;
 pub mod settings;
 pub mod tokens;

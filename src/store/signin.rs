@@ -467,6 +467,15 @@ impl SigninStore {
         Ok(rows.into_iter().map(Vec::into_iter).collect())
     }
 
+    /// Hear of revocations on other replicas (PostgreSQL's `LISTEN`);
+    /// `None` for SQLite, whose revocations come from this host.
+    pub async fn watch(&self) -> Option<Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>), PgError>> {
+        match self {
+            SigninStore::Sqlite(_) => None,
+            SigninStore::Postgres(db) => Some(db.listen(CHANNEL).await),
+        }
+    }
+
     /// Store a new grant; false when its user code is taken (draw another).
     pub async fn create_grant(&self, g: NewGrant) -> Result<bool, SigninError> {
         let n = self

@@ -1,0 +1,506 @@
+//! Sign-in through the binary (the Claude Code gateway protocol): a real
+//! OpenID provider (`tests/support/oidc.rs`), the gateway's device flow
+//! driven as Claude Code drives it, the browser side played by an HTTP
+//! client with a cookie jar; then the signed-in token on `/v1/messages`
+//! (JSON and stream), `/v1/models`, `/managed/settings`, telemetry,
+//! refresh, revocation, and every refusal the protocol names.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use support::oidc::{Browser, OidcProvider, CLIENT_ID, CLIENT_SECRET};
+use support::*;
+
+const PROVIDER_SECRET: &str = "sk-ant-api03-PROVIDERSECRETsignin000000000000";
+const CI_KEY: &str = "mg-ciJobKey0000000000000000000000000000000001";
+const SESSION_SECRET: &str = "session-secret-for-tests-0123456789abcdef";
+
+fn users() -> Value {
+    json!({
+        "ada": {"email": "ada@corp.example", "name": "Ada", "groups": ["eng"]},
+        "bob": {"email": "bob@corp.example", "name": "Bob", "groups": ["sales"]},
+    })
+}
+
+fn config(upstream: &str, idp: &str, port: u16, collector: &str, extra: &str) -> String {
+    format!(
+        r#"listen: "{{listen}}"
+grace_period: 0s
+log_level: debug
+default_provider: anthropic
+providers:
+  anthropic: {{type: anthropic, api_base: "{upstream}", api_key: {PROVIDER_SECRET}, models: [claude-sonnet-4-5, gpt-5-mini]}}
+keys:
+  - {{name: ci, key_sha256: "{ci}"}}
+teams:
+  eng: {{}}
+signin:
+  public_url: http://127.0.0.1:{port}
+  oidc: {{issuer: "{idp}", client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}, scopes: [email, profile, groups, offline_access]}}
+  session: {{secret: ["{SESSION_SECRET}"], ttl: 1h}}
+  allowed_groups: [eng]
+  device: {{interval: 1s, login_notice: "Usage is logged."}}
+  groups:
+    eng: {{team: eng, models: ["claude-*"], managed_settings: {{env: {{CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY: "1"}}}}}}
+telemetry:
+  otlp: {{endpoint: "{collector}", headers: {{x-collector-key: c0ll3ct}}}}
+{extra}"#,
+        ci = hex::encode(Sha256::digest(CI_KEY.as_bytes())),
+    )
+}
+
+struct Setup {
+    up: MockUpstream,
+    collector: MockUpstream,
+    idp: OidcProvider,
+    gw: Gateway,
+}
+
+async fn setup(extra: &str) -> Option<Setup> {
+    let port = free_port();
+    let idp = OidcProvider::start(&format!("http://127.0.0.1:{port}/oauth/callback"), &users(), true)?;
+    let up = MockUpstream::start().await;
+    let collector = MockUpstream::start().await;
+    collector.set_default(mock::Reply::json(200, "{}"));
+    let yaml = config(&up.base_url(), &idp.issuer(), port, &collector.base_url(), extra);
+    let gw = Gateway::start_on_async(port, &yaml, &[]).await;
+    Some(Setup { up, collector, idp, gw })
+}
+
+fn form_post(gw: &Gateway, path: &str, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    client()
+        .post(gw.url(path))
+        .header("user-agent", "claude-code/2.1.330")
+        .form(form)
+}
+
+/// `POST /oauth/device_authorization` as Claude Code sends it.
+async fn device(gw: &Gateway) -> Value {
+    let r = form_post(gw, "/oauth/device_authorization", &[("surface", "claude_code")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+async fn poll(gw: &Gateway, device_code: &str) -> (u16, Value) {
+    let r = form_post(
+        gw,
+        "/oauth/token",
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    (status, r.json().await.unwrap())
+}
+
+/// Poll as the client does (every `interval`, 5 s slower each time it is
+/// told to slow down) until the answer is not `authorization_pending`; at
+/// most 30 s.
+async fn poll_until_done(gw: &Gateway, device_code: &str, mut interval: Duration) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        tokio::time::sleep(interval).await;
+        let (status, body) = poll(gw, device_code).await;
+        match body["error"].as_str() {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += Duration::from_secs(5),
+            _ => return (status, body),
+        }
+    }
+    panic!("the device grant was still pending after 30 s");
+}
+
+/// The browser: open the verification link, submit the code, approve,
+/// and log in at the IdP as `login`; the callback page.
+async fn approve_in_browser(gw: &Gateway, grant: &Value, login: &str) -> (u16, String) {
+    let browser = Browser::new();
+    let page = browser
+        .http
+        .get(grant["verification_uri_complete"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let user_code = grant["user_code"].as_str().unwrap();
+    assert!(
+        html.contains(&format!("value=\"{user_code}\"")),
+        "the code is pre-filled: {html}"
+    );
+    let (action, mut fields) = support::oidc::form(&html).expect("the code form");
+    fields.retain(|(k, _)| k != "user_code");
+    fields.push(("user_code".into(), user_code.to_lowercase().replace('-', " ")));
+    // Pre-filled, never approved by opening the link: a confirmation first.
+    let confirm = browser.http.post(&action).form(&fields).send().await.unwrap();
+    assert_eq!(confirm.status(), 200);
+    let html = confirm.text().await.unwrap();
+    assert!(html.contains(user_code) && html.contains("Deny"), "{html}");
+    let (action, mut fields) = support::oidc::form(&html).expect("the confirmation form");
+    fields.push(("step".into(), "approve".into()));
+    let to_idp = browser.http.post(&action).form(&fields).send().await.unwrap();
+    assert_eq!(to_idp.status(), 303);
+    let idp_url = to_idp.headers()["location"].to_str().unwrap().to_string();
+    let landed = browser.walk(&idp_url, &gw.url("/oauth/callback"), login).await;
+    assert!(landed.url.contains("state="), "{landed:?}");
+    let back = browser.http.get(&landed.url).send().await.unwrap();
+    let status = back.status().as_u16();
+    (status, back.text().await.unwrap())
+}
+
+/// A whole sign-in as `login`: the token response.
+async fn sign_in(gw: &Gateway, login: &str) -> Value {
+    let grant = device(gw).await;
+    let (status, page) = approve_in_browser(gw, &grant, login).await;
+    assert_eq!(status, 200, "{page}");
+    let (status, token) = poll_until_done(gw, grant["device_code"].as_str().unwrap(), Duration::from_secs(1)).await;
+    assert_eq!(status, 200, "{token}");
+    token
+}
+
+fn bearer(req: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    req.header("authorization", format!("Bearer {token}"))
+        .header("anthropic-version", "2023-06-01")
+}
+
+async fn message(gw: &Gateway, token: &str, model: &str, stream: bool) -> reqwest::Response {
+    let body = json!({"model": model, "max_tokens": 16, "stream": stream,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    bearer(client().post(gw.url("/v1/messages?beta=true")), token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn assert_refused(r: &reqwest::Response) {
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers().get("x-should-retry").map(|v| v.to_str().unwrap()),
+        Some("false")
+    );
+}
+
+async fn refresh(gw: &Gateway, refresh_token: &str) -> (u16, Value) {
+    let r = form_post(
+        gw,
+        "/oauth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+    )
+    .send()
+    .await
+    .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_flow_signs_a_developer_in_and_their_token_works_everywhere() {
+    let Some(s) = setup("").await else { return };
+    let gw = &s.gw;
+
+    // Discovery: same-origin endpoints, no authorization_endpoint.
+    let meta = support::oidc::json(client().get(gw.url("/.well-known/oauth-authorization-server"))).await;
+    assert_eq!(meta["token_endpoint"], gw.url("/oauth/token"));
+    assert_eq!(
+        meta["device_authorization_endpoint"],
+        gw.url("/oauth/device_authorization")
+    );
+    assert_eq!(meta["revocation_endpoint"], gw.url("/oauth/revoke"));
+    assert_eq!(meta["gateway_protocol_version"], 1);
+    assert!(meta.get("authorization_endpoint").is_none());
+
+    // The device grant: a typeable code, the interval, the notice.
+    let grant = device(gw).await;
+    let user_code = grant["user_code"].as_str().unwrap();
+    assert_eq!(user_code.len(), 9);
+    assert!(grant["device_code"].as_str().unwrap().len() >= 43, "256 bits");
+    assert_eq!(grant["interval"], 1);
+    assert_eq!(grant["expires_in"], 600);
+    assert_eq!(grant["login_notice"], "Usage is logged.");
+    assert_eq!(grant["verification_uri"], gw.url("/device"));
+    // Pending; polling again at once is faster than the interval.
+    let (status, body) = poll(gw, grant["device_code"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{body}"
+    );
+    let (status, body) = poll(gw, grant["device_code"].as_str().unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("slow_down")), "{body}");
+    tokio::time::sleep(Duration::from_millis(6100)).await;
+    let (status, body) = poll(gw, grant["device_code"].as_str().unwrap()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("authorization_pending")),
+        "{body}"
+    );
+
+    let (status, page) = approve_in_browser(gw, &grant, "ada").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("ada@corp.example"), "{page}");
+    // The slow-down made the grant's interval 6 s.
+    let (status, token) = poll_until_done(gw, grant["device_code"].as_str().unwrap(), Duration::from_secs(6)).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 3600);
+    assert_eq!(token["email"], "ada@corp.example");
+    let access = token["access_token"].as_str().unwrap().to_string();
+    let refresh_token = token["refresh_token"].as_str().unwrap().to_string();
+    // A device code is used once.
+    let (status, body) = poll(gw, grant["device_code"].as_str().unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("expired_token")), "{body}");
+
+    // Messages, JSON and stream: the provider's key goes upstream, never the token.
+    let r = message(gw, &access, "claude-sonnet-4-5", false).await;
+    assert_eq!(r.status(), 200);
+    let seen = s.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-api-key").as_deref(), Some(PROVIDER_SECRET));
+    assert!(seen.header("authorization").is_none());
+    s.up.push(mock::Reply::sse_message("claude-sonnet-4-5", &["Hel", "lo"]));
+    let r = message(gw, &access, "claude-sonnet-4-5", true).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("message_stop"));
+    // Outside the group's allowlist: 400 naming it.
+    let r = message(gw, &access, "gpt-5-mini", false).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(e["error"]["message"].as_str().unwrap().contains("claude-*"), "{e}");
+
+    // Models: only what the group may use.
+    let models = support::oidc::json(bearer(client().get(gw.url("/v1/models?limit=1000")), &access)).await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"claude-sonnet-4-5") && !ids.contains(&"gpt-5-mini"),
+        "{ids:?}"
+    );
+
+    // Managed settings: the group's, with its checksum as ETag; 304 only when asked.
+    let r = bearer(client().get(gw.url("/managed/settings")), &access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let settings: Value = r.json().await.unwrap();
+    assert_eq!(
+        settings["settings"]["env"]["CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY"],
+        "1"
+    );
+    assert_eq!(etag, format!("\"{}\"", settings["checksum"].as_str().unwrap()));
+    assert!(settings["uuid"].is_string());
+    let r = bearer(client().get(gw.url("/managed/settings")), &access)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    // A gateway key has no group policy.
+    let r = client()
+        .get(gw.url("/managed/settings"))
+        .header("x-api-key", CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Telemetry: always 200; forwarded with the verified identity.
+    let export = json!({"resourceMetrics": [{"resource": {"attributes": [
+        {"key": "user.email", "value": {"stringValue": "someone@else.example"}}]}, "scopeMetrics": []}]});
+    let r = bearer(client().post(gw.url("/v1/metrics")), &access)
+        .json(&export)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.collector.request_count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = s.collector.requests().pop().expect("the export reached the collector");
+    assert_eq!(got.path(), "/v1/metrics");
+    assert_eq!(got.header("x-collector-key").as_deref(), Some("c0ll3ct"));
+    let body = got.body_str();
+    assert!(
+        body.contains("ada@corp.example") && !body.contains("someone@else"),
+        "{body}"
+    );
+    assert!(body.contains("modelgate.team") && !body.contains(&access), "{body}");
+
+    // The ledger attributes usage to the developer and their team.
+    let usage = support::oidc::json(bearer(client().get(gw.url("/v1/usage")), &access)).await;
+    assert!(usage.to_string().contains("ada@corp.example"), "{usage}");
+
+    // Refresh: new tokens; the new access token works.
+    let (status, next) = refresh(gw, &refresh_token).await;
+    assert_eq!(status, 200, "{next}");
+    let next_access = next["access_token"].as_str().unwrap().to_string();
+    let next_refresh = next["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(next_refresh, refresh_token);
+    assert_eq!(
+        message(gw, &next_access, "claude-sonnet-4-5", false).await.status(),
+        200
+    );
+
+    // Sign-out revokes the session: its tokens stop working at once.
+    for form in [
+        vec![("token", next_access.as_str())],
+        vec![("token", next_refresh.as_str()), ("token_type_hint", "refresh_token")],
+    ] {
+        let r = form_post(gw, "/oauth/revoke", &form).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_refused(&message(gw, &next_access, "claude-sonnet-4-5", false).await);
+    assert_refused(&message(gw, &access, "claude-sonnet-4-5", false).await);
+    let (status, body) = refresh(gw, &next_refresh).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_grant")), "{body}");
+
+    // Tampered and foreign tokens.
+    let mut tampered = access.clone();
+    tampered.pop();
+    tampered.push(if access.ends_with('A') { 'B' } else { 'A' });
+    assert_refused(&message(gw, &tampered, "claude-sonnet-4-5", false).await);
+    let foreign = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "ada", "aud": "claude-gateway", "exp": 4102444800u64, "session_id": "x"}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-0000"),
+    )
+    .unwrap();
+    assert_refused(&message(gw, &foreign, "claude-sonnet-4-5", false).await);
+    // The gateway key keeps working beside sign-in.
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", CI_KEY)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!gw.logs().contains(&access), "tokens never reach the logs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_outside_groups_deprovisioned_users_and_forged_forms() {
+    let Some(s) = setup("").await else { return };
+    let gw = &s.gw;
+
+    // Bob is not in an allowed group: told so, and the grant is denied.
+    let grant = device(gw).await;
+    let (status, page) = approve_in_browser(gw, &grant, "bob").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("not in a group allowed"), "{page}");
+    let (status, body) = poll_until_done(gw, grant["device_code"].as_str().unwrap(), Duration::from_secs(1)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+
+    // Ada signs in, then is removed at the IdP: her next refresh is refused,
+    // and the session it ended refuses her access token at once.
+    let token = sign_in(gw, "ada").await;
+    let access = token["access_token"].as_str().unwrap();
+    assert_eq!(message(gw, access, "claude-sonnet-4-5", false).await.status(), 200);
+    s.idp.set_users(&json!({"bob": users()["bob"]}));
+    let (status, body) = refresh(gw, token["refresh_token"].as_str().unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_grant")), "{body}");
+    assert_refused(&message(gw, access, "claude-sonnet-4-5", false).await);
+    s.idp.set_users(&users());
+
+    // CSRF: a form without this browser's token is refused; so is one
+    // from a browser without the binding cookie.
+    let grant = device(gw).await;
+    let browser = Browser::new();
+    let page = browser
+        .http
+        .get(gw.url("/device"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (action, _) = support::oidc::form(&page).unwrap();
+    let forged = browser
+        .http
+        .post(&action)
+        .form(&[
+            ("csrf", "Zm9yZ2Vk"),
+            ("user_code", grant["user_code"].as_str().unwrap()),
+            ("step", "approve"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let cookieless = client()
+        .post(gw.url("/device"))
+        .form(&[("user_code", grant["user_code"].as_str().unwrap()), ("step", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cookieless.status(), 400);
+
+    // A callback whose state was never issued (or is replayed) fails.
+    let r = browser
+        .http
+        .get(gw.url("/oauth/callback?code=abc&state=never-issued"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Unknown grant types and missing parameters: RFC 6749 errors.
+    let r = form_post(gw, "/oauth/token", &[("grant_type", "password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    let (status, body) = poll(gw, "not-a-device-code").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("expired_token")));
+    let r = form_post(gw, "/oauth/token", &[("x", "y")]).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+
+    // An unknown token is revoked "successfully" (RFC 7009 §2.2).
+    let r = form_post(gw, "/oauth/revoke", &[("token", "nothing-like-it")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // No bearer at all on a bearer endpoint.
+    let r = client().get(gw.url("/managed/settings")).send().await.unwrap();
+    assert_refused(&r);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_authorization_is_rate_limited_per_address() {
+    let Some(s) = setup("").await else { return };
+    let mut limited = None;
+    for n in 0..40 {
+        let r = form_post(&s.gw, "/oauth/device_authorization", &[("surface", "claude_code")])
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "slow_down");
+            limited = Some(n);
+            break;
+        }
+    }
+    let n = limited.expect("40 device authorizations in a row from one address are limited");
+    assert!(n >= 10, "the first few pass: {n}");
+}

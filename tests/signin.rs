@@ -44,7 +44,18 @@ signin:
   allowed_groups: [eng]
   device: {{interval: 1s, login_notice: "Usage is logged."}}
   groups:
-    eng: {{team: eng, models: ["claude-*"], managed_settings: {{env: {{CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY: "1"}}}}}}
+    eng:
+      team: eng
+      models: ["claude-*"]
+      managed_settings:
+        env:
+          CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY: "1"
+          CLAUDE_CODE_ENABLE_TELEMETRY: "1"
+          OTEL_METRICS_EXPORTER: otlp
+          OTEL_LOGS_EXPORTER: otlp
+          OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf
+          OTEL_METRIC_EXPORT_INTERVAL: "2000"
+          OTEL_LOGS_EXPORT_INTERVAL: "2000"
 telemetry:
   otlp: {{endpoint: "{collector}", headers: {{x-collector-key: c0ll3ct}}}}
 {extra}"#,
@@ -503,4 +514,182 @@ async fn device_authorization_is_rate_limited_per_address() {
     }
     let n = limited.expect("40 device authorizations in a row from one address are limited");
     assert!(n >= 10, "the first few pass: {n}");
+}
+
+/// What `claude auth login --gateway-json` said, and how it ended.
+struct Login {
+    transcript: Vec<Value>,
+    ok: bool,
+}
+
+/// Run `claude auth login --gateway-json` in `home` (whose settings name the
+/// gateway), answering its questions as the VS Code extension would; the
+/// verification link and code go to `polling` for the test's browser.
+fn claude_login(bin: &std::path::Path, home: &std::path::Path, polling: tokio::sync::mpsc::Sender<Value>) -> Login {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .args(["auth", "login", "--gateway-json"])
+        .current_dir(home)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn claude auth login");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut transcript = Vec::new();
+    // Bounded: the login ends in `done`, `error` or `cancelled`, and the
+    // child is killed after 120 s regardless.
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(120));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    for line in stdout.lines().map_while(Result::ok).take(100) {
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        transcript.push(msg.clone());
+        let state = msg["state"].as_str().unwrap_or_default().to_string();
+        match state.as_str() {
+            "url_input" | "trust_prompt" | "confirm_account" => {
+                let answer = json!({"state": state, "shown": msg["shown"], "accept": true});
+                writeln!(stdin, "{answer}").unwrap();
+                stdin.flush().unwrap();
+            }
+            "polling" => {
+                let _ = polling.blocking_send(msg.clone());
+            }
+            "done" | "error" | "cancelled" => break,
+            _ => {}
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    drop(watchdog);
+    Login {
+        transcript,
+        ok: status.success(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_claude_code_signs_in_and_works_through_the_gateway() {
+    let Some(bin) = support::claude::bin() else { return };
+    let Some(s) = setup("").await else { return };
+    s.up.set_default(mock::Reply::script(support::model::anthropic));
+    let gw = &s.gw;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".claude")).unwrap();
+    std::fs::write(
+        home.path().join(".claude/settings.json"),
+        json!({"forceLoginMethod": "gateway", "forceLoginGatewayUrl": gw.url("")}).to_string(),
+    )
+    .unwrap();
+
+    // Sign in: Claude Code asks for a device code and polls; the person
+    // opens the link it shows and approves at the IdP as Ada.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (b, h) = (bin.clone(), home.path().to_path_buf());
+    let login = tokio::task::spawn_blocking(move || claude_login(&b, &h, tx));
+    let polling = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("claude reached the polling state")
+        .expect("a polling line");
+    let grant = json!({
+        "verification_uri_complete": polling["browserUrl"],
+        "user_code": polling["userCode"],
+    });
+    let (status, page) = approve_in_browser(gw, &grant, "ada").await;
+    assert_eq!(status, 200, "{page}");
+    let login = login.await.unwrap();
+    let states: Vec<&str> = login.transcript.iter().filter_map(|m| m["state"].as_str()).collect();
+    assert!(
+        login.ok && states.last() == Some(&"done"),
+        "{:?}\n{}",
+        login.transcript,
+        gw.logs()
+    );
+    assert!(
+        states.contains(&"confirm_account"),
+        "the token named the account: {states:?}"
+    );
+    let creds: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.path().join(".claude/.credentials.json")).unwrap()).unwrap();
+    assert_eq!(creds["enterpriseGateway"]["email"], "ada@corp.example");
+    assert_eq!(
+        creds["enterpriseGateway"]["revocationEndpoint"],
+        gw.url("/oauth/revoke")
+    );
+
+    // Then work: a tool loop (Read) with the stored credentials, nothing else.
+    let work = tempfile::tempdir().unwrap();
+    let marker = "modelgate-signin-5be2d0";
+    let file = work.path().join("notes.txt");
+    std::fs::write(&file, format!("{marker}\n")).unwrap();
+    let prompt = format!("Please read the file {} and tell me what it says.", file.display());
+    let (b, h, w) = (bin.clone(), home.path().to_path_buf(), work.path().to_path_buf());
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&b)
+            .args(["-p", &prompt, "--model", "claude-sonnet-4-5", "--allowedTools", "Read"])
+            .args(["--output-format", "stream-json", "--verbose"])
+            .current_dir(&w)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &h)
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("claude -p finished within 180 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|v| v["type"] == "result")
+        .unwrap_or_else(|| panic!("no result\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["is_error"] == false, "{stdout}");
+    assert!(result["result"].as_str().unwrap_or("").contains(marker), "{result}");
+    assert!(
+        s.up.requests()
+            .iter()
+            .any(|q| q.body_str().contains(marker) && q.body_str().contains("tool_result")),
+        "the tool result went upstream"
+    );
+
+    // The managed settings reached it: it fetched them, then (as their env
+    // asks) discovered models and exported telemetry, stamped with Ada.
+    let logs = gw.logs();
+    let line = |what: &str| logs.lines().find(|l| l.contains(what)).map(str::to_string);
+    assert!(line("GET /managed/settings status=200").is_some(), "{logs}");
+    assert!(line("GET /v1/models status=200").is_some(), "{logs}");
+    let messages = line("POST /v1/messages status=200").unwrap_or_else(|| panic!("{logs}"));
+    assert!(messages.contains("key=ada@corp.example"), "{messages}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stamped = s
+            .collector
+            .requests()
+            .iter()
+            .any(|r| matches!(r.path(), "/v1/logs" | "/v1/metrics") && r.body_str().contains("ada@corp.example"));
+        if stamped {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no telemetry from Claude Code reached the collector\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

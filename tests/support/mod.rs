@@ -2,6 +2,7 @@
 //!
 //! * [`mock`]: a scriptable mock upstream (hyper 1, HTTP/1.1, 127.0.0.1 only).
 //! * [`gateway`]: runs the real `modelgate` binary against a temp config.
+//! * [`claude`]: the pinned Claude Code CLI.
 //! * [`postgres`], [`redis`], [`haproxy`], [`oidc`]: real servers on free
 //!   loopback ports (PostgreSQL, Redis, HAProxy, an OpenID provider with a
 //!   cookie-jar browser for its forms).
@@ -9,6 +10,7 @@
 //! Each test binary uses only part of this API, hence the blanket allows.
 #![allow(dead_code, unused_imports)]
 
+pub mod claude;
 pub mod gateway;
 pub mod google;
 pub mod haproxy;

@@ -693,3 +693,74 @@ async fn the_real_claude_code_signs_in_and_works_through_the_gateway() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flow_started_on_one_replica_finishes_on_another() {
+    let Some(pg) = tokio::task::block_in_place(support::postgres::Postgres::start) else {
+        return;
+    };
+    let db = pg.create_db("signin");
+    let (pa, pb) = (free_port(), free_port());
+    // Both replicas answer for one public URL (a load balancer's, in a
+    // deployment; replica A's here, where the IdP sends the browser back).
+    let Some(idp) = OidcProvider::start(&format!("http://127.0.0.1:{pa}/oauth/callback"), &users(), true) else {
+        return;
+    };
+    let up = MockUpstream::start().await;
+    let collector = MockUpstream::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let store = format!(
+        "store:\n  url: \"{}\"\n  spool: \"{}\"\n",
+        pg.url(&db),
+        spool.path().display()
+    );
+    let yaml = config(&up.base_url(), &idp.issuer(), pa, &collector.base_url(), &store);
+    let a = Gateway::start_on_async(pa, &yaml, &[]).await;
+    let b = Gateway::start_on_async(pb, &yaml, &[]).await;
+
+    // Claude Code talks to B; the browser to A; B hands out the token.
+    let grant = device(&b).await;
+    let (status, page) = approve_in_browser(&a, &grant, "ada").await;
+    assert_eq!(status, 200, "{page}");
+    let (status, token) = poll_until_done(&b, grant["device_code"].as_str().unwrap(), Duration::from_secs(1)).await;
+    assert_eq!(status, 200, "{token}");
+    let access = token["access_token"].as_str().unwrap();
+    for gw in [&a, &b] {
+        assert_eq!(message(gw, access, "claude-sonnet-4-5", false).await.status(), 200);
+    }
+    // A refresh on A of what B issued.
+    let (status, next) = refresh(&a, token["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{next}");
+    let access = next["access_token"].as_str().unwrap();
+
+    // Signed out on B: A refuses the token within seconds (NOTIFY).
+    let r = form_post(&b, "/oauth/revoke", &[("token", access)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked = Instant::now();
+    loop {
+        let r = message(&a, access, "claude-sonnet-4-5", false).await;
+        if r.status() == 401 {
+            assert_refused(&r);
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "replica A still accepts a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("revocation reached the other replica in {:?}", revoked.elapsed());
+    // Both replicas' requests are in the one ledger, under Ada.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sql = "SELECT count(*) FROM requests WHERE \"key\" = 'ada@corp.example' AND team = 'eng'";
+    while pg.count(&db, sql) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the ledger never had both replicas' rows for Ada"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

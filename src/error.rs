@@ -131,7 +131,13 @@ pub enum GatewayError {
     /// A gateway budget cannot cover the request. Claude Code stops
     /// retrying on `billing_error` with `x-should-retry: false`.
     #[error("{message}")]
-    BudgetExceeded { message: String, retry_after: Option<u64> },
+    BudgetExceeded {
+        message: String,
+        retry_after: Option<u64>,
+        /// A signed-in developer's cap, as the gateway protocol reports it
+        /// (`anthropic-ratelimit-unified-*`; `crate::signin::caps`).
+        headers: Vec<(&'static str, String)>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -232,11 +238,14 @@ impl GatewayError {
             GatewayError::CredentialRefused { .. } | GatewayError::Authentication(_) => {
                 vec![("x-should-retry", "false".to_string())]
             }
-            GatewayError::BudgetExceeded { retry_after, .. } => {
+            GatewayError::BudgetExceeded {
+                retry_after, headers, ..
+            } => {
                 let mut out = vec![("x-should-retry", "false".to_string())];
                 if let Some(secs) = retry_after {
                     out.push(("retry-after", secs.to_string()));
                 }
+                out.extend(headers.iter().cloned());
                 out
             }
             _ => Vec::new(),

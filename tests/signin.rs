@@ -26,6 +26,12 @@ fn users() -> Value {
 }
 
 fn config(upstream: &str, idp: &str, port: u16, collector: &str, extra: &str) -> String {
+    config_with(upstream, idp, port, collector, "", extra)
+}
+
+/// [`config`] with `policy` added to the `eng` group's policy (indented
+/// lines such as `      budget: {usd: 1, period: daily}`).
+fn config_with(upstream: &str, idp: &str, port: u16, collector: &str, policy: &str, extra: &str) -> String {
     format!(
         r#"listen: "{{listen}}"
 grace_period: 0s
@@ -47,7 +53,7 @@ signin:
     eng:
       team: eng
       models: ["claude-*"]
-      managed_settings:
+{policy}      managed_settings:
         env:
           CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY: "1"
           CLAUDE_CODE_ENABLE_TELEMETRY: "1"
@@ -71,12 +77,23 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Option<Setup> {
+    setup_with("", extra).await
+}
+
+async fn setup_with(policy: &str, extra: &str) -> Option<Setup> {
     let port = free_port();
     let idp = OidcProvider::start(&format!("http://127.0.0.1:{port}/oauth/callback"), &users(), true)?;
     let up = MockUpstream::start().await;
     let collector = MockUpstream::start().await;
     collector.set_default(mock::Reply::json(200, "{}"));
-    let yaml = config(&up.base_url(), &idp.issuer(), port, &collector.base_url(), extra);
+    let yaml = config_with(
+        &up.base_url(),
+        &idp.issuer(),
+        port,
+        &collector.base_url(),
+        policy,
+        extra,
+    );
     let gw = Gateway::start_on_async(port, &yaml, &[]).await;
     Some(Setup { up, collector, idp, gw })
 }
@@ -357,6 +374,14 @@ async fn device_flow_signs_a_developer_in_and_their_token_works_everywhere() {
     // The ledger attributes usage to the developer and their team.
     let usage = support::oidc::json(bearer(client().get(gw.url("/v1/usage")), &access)).await;
     assert!(usage.to_string().contains("ada@corp.example"), "{usage}");
+
+    // No cap: no unified headers, and the usage endpoint gives plain spend.
+    let r = message(gw, &access, "claude-sonnet-4-5", false).await;
+    assert!(r.headers().get("anthropic-ratelimit-unified-status").is_none());
+    let usage = support::oidc::json(bearer(client().get(gw.url("/api/oauth/usage")), &access)).await;
+    assert_eq!(usage["limits"], json!([]), "{usage}");
+    assert!(usage["extra_usage"]["monthly_limit"].is_null(), "{usage}");
+    assert!(usage["extra_usage"]["daily"]["used_credits"].is_number(), "{usage}");
 
     // Refresh: new tokens; the new access token works.
     let (status, next) = refresh(gw, &refresh_token).await;
@@ -763,4 +788,63 @@ async fn a_flow_started_on_one_replica_finishes_on_another() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capped_developer_sees_their_standing_and_is_refused_at_the_cap() {
+    // One mock answer costs about $0.0129 (see tests/governance.rs): the
+    // second answer passes 75 % of $0.015, the third is refused.
+    let Some(s) = setup_with("      budget: {usd: 0.015, period: daily}\n", "").await else {
+        return;
+    };
+    let gw = &s.gw;
+    let token = sign_in(gw, "ada").await;
+    let access = token["access_token"].as_str().unwrap();
+    let unified = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(format!("anthropic-ratelimit-unified-{name}"))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    // The provider account's own limits never reach the developer.
+    s.up.push(
+        mock::Reply::message("claude-sonnet-4-5", "one")
+            .with_header("anthropic-ratelimit-requests-limit", "4000")
+            .with_header("anthropic-ratelimit-unified-status", "allowed"),
+    );
+    let first = message(gw, access, "claude-sonnet-4-5", false).await;
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("anthropic-ratelimit-requests-limit").is_none());
+    assert_eq!(unified(&first, "status").as_deref(), Some("allowed"));
+    assert_eq!(unified(&first, "representative-claim").as_deref(), Some("overage"));
+    assert!(unified(&first, "overage-surpassed-threshold").is_none());
+    let second = message(gw, access, "claude-sonnet-4-5", false).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(unified(&second, "status").as_deref(), Some("allowed_warning"));
+    assert_eq!(unified(&second, "overage-surpassed-threshold").as_deref(), Some("0.75"));
+    let reset = unified(&second, "overage-reset").unwrap();
+
+    let usage = support::oidc::json(bearer(client().get(gw.url("/api/oauth/usage")), access)).await;
+    assert_eq!(usage["extra_usage"]["monthly_limit"], 2, "{usage}");
+    assert_eq!(usage["limits"][0]["group"], "daily", "{usage}");
+    let resets_at = chrono::DateTime::parse_from_rfc3339(usage["limits"][0]["resets_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        resets_at.timestamp().to_string(),
+        reset,
+        "the dollars pair with the percent"
+    );
+
+    let third = message(gw, access, "claude-sonnet-4-5", true).await;
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["x-should-retry"], "false");
+    assert!(third.headers().get("retry-after").is_some());
+    assert_eq!(unified(&third, "status").as_deref(), Some("rejected"));
+    assert_eq!(unified(&third, "overage-period").as_deref(), Some("daily"));
+    assert_eq!(
+        unified(&third, "overage-disabled-reason").as_deref(),
+        Some("org_spend_cap_reached")
+    );
+    assert!(unified(&third, "representative-claim").is_none() && unified(&third, "overage-status").is_none());
+    let e: Value = third.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "billing_error");
+    assert_eq!(s.up.request_count(), 2, "the refused request never went upstream");
 }

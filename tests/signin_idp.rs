@@ -28,6 +28,7 @@ fn config(idp: &OidcProvider, rediscover_every: Duration) -> IdpConfig {
         scopes: ["email", "profile", "groups", "offline_access"]
             .map(String::from)
             .to_vec(),
+        authorize_params: Vec::new(),
         rediscover_every,
     }
 }
@@ -121,6 +122,7 @@ async fn an_unreachable_provider_is_an_outage_not_a_refusal() {
         redirect_uri: REDIRECT.into(),
         groups_claim: "groups".into(),
         scopes: vec![],
+        authorize_params: Vec::new(),
         rediscover_every: Duration::from_secs(60),
     };
     let err = Idp::discover(config).await.err().expect("no provider there");

@@ -816,6 +816,9 @@ pub struct OidcConfig {
     /// Scopes asked for besides `openid`. `offline_access` gets a refresh token from IdPs that want it asked for.
     #[serde(default = "default_oidc_scopes")]
     pub scopes: Vec<String>,
+    /// Extra parameters of the authorization request, for IdPs that need them: Google issues a refresh token only with `{access_type: offline, prompt: consent}` (and wants `scopes: [email, profile]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorize_params: BTreeMap<String, String>,
 }
 
 fn default_groups_claim() -> String {
@@ -931,14 +934,7 @@ pub struct TelemetryConfig {
 pub struct OtlpConfig {
     /// The collector's base URL (`http://otel-collector:4318`); signals go to `{endpoint}/v1/{metrics,logs,traces}`.
     pub endpoint: String,
-    /// `http/protobuf` or `http/json`: how the gateway's own exports are encoded. Forwarded client telemetry keeps the client's encoding.
-    #[serde(default = "default_otlp_protocol")]
-    pub protocol: String,
     /// Headers sent with every export (an `authorization` for the collector, say).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-}
-
-fn default_otlp_protocol() -> String {
-    "http/protobuf".into()
 }

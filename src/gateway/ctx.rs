@@ -17,6 +17,10 @@ pub struct RequestCtx {
     pub principal: Option<Arc<KeyEntry>>,
     /// A signed-in developer's verified token claims (`signin:`).
     pub signed_in: Option<Arc<crate::signin::tokens::Claims>>,
+    /// A signed-in developer's spend-cap standing for a successful answer
+    /// (`anthropic-ratelimit-unified-*`, empty without caps). When set, the
+    /// upstream's own `anthropic-ratelimit-*` headers are not relayed.
+    pub unified: Option<Vec<(&'static str, String)>>,
     pub model: Option<String>,
     pub provider: Option<String>,
     /// The provider account that answered (a label, never the secret).
@@ -98,6 +102,7 @@ impl RequestCtx {
             snapshot: None,
             principal: None,
             signed_in: None,
+            unified: None,
             model: None,
             provider: None,
             account: None,

@@ -67,17 +67,56 @@ pub async fn admit(
         tokens: input,
         reserve_nanos: reserve,
     };
-    match shared.policy.admit(&scopes, demand, period::now_ms()).await {
+    let now = period::now_ms();
+    match shared.policy.admit(&scopes, demand, now).await {
         Ok(admission) => {
             ctx.admission = Some(admission);
             ctx.shared = Some(shared.clone());
+            if ctx.signed_in.is_some() {
+                let caps = caps(shared, key, now).await.unwrap_or_default();
+                ctx.unified = Some(crate::signin::caps::standing_headers(&caps));
+            }
             Ok(())
         }
-        Err(e) => {
+        Err(mut e) => {
             refused(&e);
+            if let (GatewayError::BudgetExceeded { headers, .. }, Some(_)) = (&mut e, &ctx.signed_in) {
+                if let Some(c) = caps(shared, key, now)
+                    .await
+                    .as_deref()
+                    .and_then(crate::signin::caps::blocking)
+                {
+                    *headers = crate::signin::caps::rejected_headers(c);
+                }
+            }
             Err(e)
         }
     }
+}
+
+/// The budgets a principal is charged against (its own, its team's, the
+/// pool its group shares), with what each has spent this period; `None`
+/// when the policy state cannot be read.
+pub async fn caps(shared: &Shared, key: &KeyEntry, now_ms: i64) -> Option<Vec<crate::signin::caps::Cap>> {
+    let budgeted: Vec<&Arc<crate::policy::ScopeLimits>> =
+        key.scopes().into_iter().filter(|s| s.budget_nanos.is_some()).collect();
+    if budgeted.is_empty() {
+        return Some(Vec::new());
+    }
+    let standings = shared.policy.standings(&budgeted, now_ms).await.ok()?;
+    Some(
+        budgeted
+            .iter()
+            .zip(standings)
+            .map(|(s, standing)| crate::signin::caps::Cap {
+                spent_nanos: standing.spent_nanos,
+                budget_nanos: s.budget_nanos.unwrap_or(0),
+                period: s.period,
+                reset_ms: period::Window::of(s.period, now_ms).end_ms,
+                group_pool: s.id.starts_with("team:"),
+            })
+            .collect(),
+    )
 }
 
 /// Admit a request the gateway cannot price beforehand (passthrough_mode):

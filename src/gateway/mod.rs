@@ -342,7 +342,7 @@ impl Gateway {
             Endpoint::Signin(route) => {
                 // Managed settings are per caller; the other endpoints are
                 // how a caller gets a credential in the first place.
-                let principal = if route == signin::Route::ManagedSettings && snap.signin.is_some() {
+                let principal = if route.needs_caller() && snap.signin.is_some() {
                     let caller = self.caller(session, ctx, snap).await?;
                     match caller {
                         auth::Caller::Key(k) => Some((k, ctx.signed_in.clone())),

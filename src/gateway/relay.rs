@@ -232,7 +232,17 @@ fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> R
         if is_hop_by_hop(name, connection) {
             continue;
         }
+        // A signed-in developer sees their own caps, never the provider
+        // account's limits as if they were theirs (the gateway protocol).
+        if ctx.unified.is_some() && name.as_str().starts_with("anthropic-ratelimit-") {
+            continue;
+        }
         head.append_header(name.clone(), value.clone()).map_err(internal)?;
+    }
+    if upstream.status.is_success() {
+        for (name, value) in ctx.unified.iter().flatten() {
+            head.insert_header(*name, value.as_str()).map_err(internal)?;
+        }
     }
     if !head.headers.contains_key("request-id") {
         head.insert_header("request-id", ctx.request_id.as_str())
@@ -312,6 +322,9 @@ async fn relay_translated_stream(
     let _ = head.insert_header("content-type", "text/event-stream");
     let _ = head.insert_header("cache-control", "no-cache");
     let _ = head.insert_header("request-id", ctx.request_id.as_str());
+    for (name, value) in ctx.unified.iter().flatten() {
+        let _ = head.insert_header(*name, value.as_str());
+    }
     if !session.as_downstream().is_http2() {
         let _ = head.insert_header("transfer-encoding", "chunked");
     }

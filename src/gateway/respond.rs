@@ -50,6 +50,11 @@ pub async fn complete(
     for (name, value) in extra {
         let _ = head.insert_header(*name, value.as_str());
     }
+    if status < 300 {
+        for (name, value) in ctx.unified.iter().flatten() {
+            let _ = head.insert_header(*name, value.as_str());
+        }
+    }
     ctx.status = status;
     super::meter::before_end(session, ctx).await;
     if let Err(e) = session.write_response_header(Box::new(head), len == 0).await {

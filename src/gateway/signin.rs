@@ -56,6 +56,15 @@ pub enum Route {
     DeviceForm,
     Callback,
     ManagedSettings,
+    /// `GET /api/oauth/usage`: the caller's spend against their caps.
+    Usage,
+}
+
+impl Route {
+    /// Whether the route answers for a signed-in caller (a bearer).
+    pub fn needs_caller(self) -> bool {
+        matches!(self, Route::ManagedSettings | Route::Usage)
+    }
 }
 
 /// The browser-binding cookie.
@@ -257,6 +266,10 @@ pub fn route(method: &http::Method, path: &str) -> Option<Result<Route, &'static
             M::GET | M::HEAD => Ok(Route::ManagedSettings),
             _ => Err("GET"),
         },
+        "/api/oauth/usage" => match *method {
+            M::GET => Ok(Route::Usage),
+            _ => Err("GET"),
+        },
         _ => return None,
     };
     Some(r)
@@ -285,6 +298,15 @@ pub async fn serve(
             Ok(())
         }
         Route::ManagedSettings => managed_settings(session, ctx, &signin, principal).await,
+        Route::Usage => {
+            let Some((key, _)) = principal else {
+                return Err(GatewayError::NotFound("usage is reported to a signed-in caller".into()));
+            };
+            let body = usage(shared, snap, &key).await?;
+            let extra = [("cache-control", "no-store".to_string())];
+            respond::complete(session, ctx, 200, "application/json", Bytes::from(body), &extra).await;
+            Ok(())
+        }
         Route::DeviceAuthorization | Route::Token | Route::Revoke => {
             let answer = match route {
                 Route::DeviceAuthorization => device_authorization(shared, session, snap, &signin).await,
@@ -639,6 +661,44 @@ async fn revoke(
         shared.signin.add_revoked(&ids);
     }
     Ok(b"{}".to_vec())
+}
+
+// ---------------------------------------------------------------------------
+// Usage against the caller's caps.
+
+/// `GET /api/oauth/usage`: the caller's caps as the headers describe them,
+/// or, without caps, what they spent this UTC month, day and week (from
+/// the ledger).
+async fn usage(shared: &Shared, snap: &Snapshot, key: &KeyEntry) -> Result<Vec<u8>, GatewayError> {
+    use crate::policy::period::Window;
+    let now = now_ms();
+    let caps = super::meter::caps(shared, key, now)
+        .await
+        .ok_or_else(|| GatewayError::Unavailable {
+            message: "the gateway cannot read its budget state right now; try again shortly".into(),
+            retry_after: Some(5),
+        })?;
+    let body = if caps.is_empty() {
+        let reader = super::meter::ledger_reader(shared, snap)
+            .await
+            .map_err(GatewayError::Internal)?;
+        let id = key.scope.id.to_string();
+        let starts = [
+            crate::config::schema::BudgetPeriod::Monthly,
+            crate::config::schema::BudgetPeriod::Daily,
+            crate::config::schema::BudgetPeriod::Weekly,
+        ]
+        .map(|p| (id.clone(), Window::of(p, now).start_ms));
+        let history = reader
+            .history(starts.to_vec())
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let spent = |n: usize| history.totals.get(n).map_or(0, |t| t.standing().spent_nanos);
+        crate::signin::caps::usage_without_caps(spent(0), spent(1), spent(2))
+    } else {
+        crate::signin::caps::usage_with_caps(&caps)
+    };
+    Ok(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 // ---------------------------------------------------------------------------

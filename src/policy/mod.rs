@@ -345,6 +345,7 @@ fn refuse(windows: &[(&ScopeLimits, Window)], refusal: Refusal, now_ms: i64) -> 
                     s.label,
                 ),
                 retry_after: w.seconds_left(now_ms),
+                headers: Vec::new(),
             }
         }
         Refusal::Rate {

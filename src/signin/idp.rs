@@ -60,6 +60,8 @@ pub struct IdpConfig {
     pub groups_claim: String,
     /// Besides `openid`.
     pub scopes: Vec<String>,
+    /// Extra parameters of the authorization request (Google's `access_type`).
+    pub authorize_params: Vec<(String, String)>,
     /// The least time between two re-reads of the provider's keys when an
     /// id_token names one they lack ([`REDISCOVER_EVERY`]).
     pub rediscover_every: Duration,
@@ -150,6 +152,9 @@ impl Idp {
             .set_pkce_challenge(challenge);
         for scope in &self.config.scopes {
             request = request.add_scope(Scope::new(scope.clone()));
+        }
+        for (name, value) in &self.config.authorize_params {
+            request = request.add_extra_param(name.clone(), value.clone());
         }
         let (url, state, nonce) = request.url();
         Authorization {

@@ -19,6 +19,7 @@
 //! The endpoints, the browser pages, the IdP round trip and the store of
 //! device grants and sessions build on these (issue #17).
 
+pub mod caps;
 pub mod codes;
 pub mod idp;
 pub mod otlp;

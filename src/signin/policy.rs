@@ -24,6 +24,20 @@ use crate::config::schema::{BudgetConfig, RateLimitConfig, SigninConfig};
 use crate::config::ConfigError;
 use crate::policy::ScopeLimits;
 
+/// Authorization parameters the gateway sets itself, never from
+/// `oidc.authorize_params`.
+const RESERVED_PARAMS: [&str; 9] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+];
+
 /// The shortest secret accepted for `signin.session.secret`.
 pub const MIN_SECRET_CHARS: usize = 32;
 
@@ -127,6 +141,17 @@ impl Signin {
         }
         if c.oidc.groups_claim.is_empty() {
             return Err(ConfigError::invalid("signin.oidc.groups_claim", "must not be empty"));
+        }
+        if let Some(k) = c
+            .oidc
+            .authorize_params
+            .keys()
+            .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
+        {
+            return Err(ConfigError::invalid(
+                format!("signin.oidc.authorize_params.{k}"),
+                "the gateway sets this parameter itself",
+            ));
         }
         let secrets = c.session.secret.as_slice();
         if secrets.is_empty() {
@@ -257,6 +282,12 @@ impl Signin {
                 redirect_uri: format!("{public_url}/oauth/callback"),
                 groups_claim: c.oidc.groups_claim.clone(),
                 scopes: c.oidc.scopes.clone(),
+                authorize_params: c
+                    .oidc
+                    .authorize_params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 rediscover_every: REDISCOVER_EVERY,
             },
             allowed_groups: c.allowed_groups.clone(),

@@ -848,3 +848,68 @@ async fn a_capped_developer_sees_their_standing_and_is_refused_at_the_cap() {
     assert_eq!(e["error"]["type"], "billing_error");
     assert_eq!(s.up.request_count(), 2, "the refused request never went upstream");
 }
+
+/// `modelgate ARGS… -c <the gateway's config>` in the gateway's directory.
+fn cli(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(args)
+        .arg("-c")
+        .arg(gw.config_path())
+        .current_dir(gw.dir.path())
+        .output()
+        .expect("run modelgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrator_checks_the_setup_and_ends_a_developers_sessions() {
+    let Some(s) = setup("").await else { return };
+    let gw = &s.gw;
+    let (code, out, err) = tokio::task::block_in_place(|| cli(gw, &["signin", "status"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&gw.url("/oauth/callback")) && out.contains("discovery:         ok"),
+        "{out}"
+    );
+    assert!(out.contains("members of eng"), "{out}");
+
+    let token = sign_in(gw, "ada").await;
+    let access = token["access_token"].as_str().unwrap();
+    let (code, out, _) = tokio::task::block_in_place(|| cli(gw, &["sessions", "list", "--json"]));
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["user"], "ada@corp.example", "{out}");
+    assert_eq!(listed[0]["state"], "active", "{out}");
+    assert!(!out.contains(access) && !out.contains(token["refresh_token"].as_str().unwrap()));
+
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            gw,
+            &["sessions", "revoke", "ada@corp.example", "--reason", "offboarded"],
+        )
+    });
+    assert_eq!(code, 0, "{out}{err}");
+    let revoked = Instant::now();
+    loop {
+        let r = message(gw, access, "claude-sonnet-4-5", false).await;
+        if r.status() == 401 {
+            assert_refused(&r);
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(10),
+            "the revoked token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = refresh(gw, token["refresh_token"].as_str().unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_grant")));
+    let (code, _, err) = tokio::task::block_in_place(|| cli(gw, &["sessions", "revoke", "ada@corp.example"]));
+    assert_eq!(code, 1, "nothing left to revoke: {err}");
+    let (_, out, _) = tokio::task::block_in_place(|| cli(gw, &["sessions", "list", "--all"]));
+    assert!(out.contains("revoked") && out.contains("offboarded"), "{out}");
+}

@@ -23,6 +23,7 @@ mod keys_store;
 mod provider;
 mod route;
 mod serve;
+mod signin;
 mod teams;
 mod upgrade;
 mod usage;
@@ -85,6 +86,16 @@ pub enum Command {
         #[command(subcommand)]
         command: teams::TeamsCommand,
     },
+    /// Check developers' sign-in with the organisation's identity provider (`signin:`).
+    Signin {
+        #[command(subcommand)]
+        command: signin::SigninCommand,
+    },
+    /// List and revoke developers' sign-ins (an administrator's offboarding).
+    Sessions {
+        #[command(subcommand)]
+        command: signin::SessionsCommand,
+    },
     /// Spend and tokens from the usage ledger.
     Usage(usage::UsageArgs),
     /// Inspect or clear a running gateway's response and token-count caches.
@@ -107,6 +118,8 @@ pub fn run() -> i32 {
         Command::Logging { command } => health::run_logging(cli.config, command),
         Command::Keys { command } => keys::run(cli.config, command),
         Command::Teams { command } => teams::run(cli.config, command),
+        Command::Signin { command } => signin::run_signin(cli.config, command),
+        Command::Sessions { command } => signin::run_sessions(cli.config, command),
         Command::Usage(args) => usage::run(cli.config, args),
         Command::Cache { command } => cache::run(cli.config, command),
         Command::Upgrade(args) => upgrade::run(cli.config, args),

@@ -48,6 +48,7 @@ signin:
   oidc: {{issuer: "{idp}", client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}, scopes: [email, profile, groups, offline_access]}}
   session: {{secret: ["{SESSION_SECRET}"], ttl: 1h}}
   allowed_groups: [eng]
+  billing_group_tag: billing_group
   device: {{interval: 1s, login_notice: "Usage is logged."}}
   groups:
     eng:
@@ -912,4 +913,67 @@ async fn an_administrator_checks_the_setup_and_ends_a_developers_sessions() {
     assert_eq!(code, 1, "nothing left to revoke: {err}");
     let (_, out, _) = tokio::task::block_in_place(|| cli(gw, &["sessions", "list", "--all"]));
     assert!(out.contains("revoked") && out.contains("offboarded"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_tags_stay_at_the_gateway_and_name_the_billing_group() {
+    let Some(s) = setup("audit: {path: audit.jsonl}\n").await else {
+        return;
+    };
+    let gw = &s.gw;
+    let token = sign_in(gw, "ada").await;
+    let access = token["access_token"].as_str().unwrap();
+    // The token tells Claude Code where to put the developer's project.
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["billing_group_tag"], "billing_group");
+    assert_eq!(claims["aud"], "claude-gateway");
+
+    let send = |token: &str, key: bool, group: &str| {
+        let body = format!(
+            r#"{{"model":"claude-sonnet-4-5","tags":{{"billing_group":"{group}"}},"max_tokens":8,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let req = client()
+            .post(gw.url("/v1/messages"))
+            .header("anthropic-beta", "request-tags-2026-08-21, fast-mode-2026-02-01")
+            .header("content-type", "application/json");
+        let req = if key {
+            req.header("x-api-key", token)
+        } else {
+            req.header("authorization", format!("Bearer {token}"))
+        };
+        req.body(body).send()
+    };
+    assert_eq!(send(access, false, "eng").await.unwrap().status(), 200);
+    let seen = s.up.requests().pop().unwrap();
+    assert!(!seen.body_str().contains("tags"), "{}", seen.body_str());
+    assert_eq!(seen.header("anthropic-beta").as_deref(), Some("fast-mode-2026-02-01"));
+    assert_eq!(send(access, false, "sales").await.unwrap().status(), 200);
+    // A gateway key's request passes as sent.
+    assert_eq!(send(CI_KEY, true, "eng").await.unwrap().status(), 200);
+    let seen = s.up.requests().pop().unwrap();
+    assert!(seen.body_str().contains(r#""tags":{"billing_group":"eng"}"#));
+
+    let audit = gw.dir.path().join("audit.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if lines.len() >= 3 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the audit log has {} lines", lines.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines[0]["billing_group"], "eng", "{}", lines[0]);
+    assert_eq!(lines[0]["key"], "ada@corp.example");
+    assert!(
+        lines[1].get("billing_group").is_none(),
+        "not one of Ada's groups: {}",
+        lines[1]
+    );
+    assert!(lines[2].get("billing_group").is_none());
 }

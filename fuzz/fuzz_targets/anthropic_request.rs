@@ -1,6 +1,7 @@
 //! The inbound parse every `/v1/messages` body goes through, and the byte
 //! splices made on it for Anthropic-type upstreams: model rename, `speed`
-//! added or removed, foreign thinking blocks stripped for Claude.
+//! added or removed, foreign thinking blocks stripped for Claude, request
+//! `tags` taken out for a signed-in developer.
 #![no_main]
 
 use bytes::Bytes;
@@ -46,6 +47,18 @@ fuzz_target!(|data: &[u8]| {
             let removed = again.upstream_body(None, SpeedEdit::Remove);
             assert!(!MessagesRequest::parse(removed).unwrap().speed_fast);
         }
+    }
+    // A body with a top-level `tags` always loses it, and only it.
+    let has_tags = serde_json::from_slice::<serde_json::Value>(data)
+        .is_ok_and(|v| v.as_object().is_some_and(|o| o.contains_key("tags")));
+    match req.without_tags() {
+        Some(untagged) => {
+            assert!(has_tags, "tags removed from a body without them");
+            let v: serde_json::Value = serde_json::from_slice(&untagged.body).expect("untagged body is JSON");
+            assert!(!v.as_object().unwrap().contains_key("tags"), "{:?}", untagged.body);
+            assert_eq!((untagged.model.as_str(), untagged.stream), (req.model.as_str(), req.stream));
+        }
+        None => assert!(!has_tags, "tags left in {data:?}"),
     }
     if let Some(claude) = req.for_claude() {
         assert_eq!(claude.model, req.model);

@@ -798,6 +798,9 @@ pub struct SigninConfig {
     /// The device flow's codes.
     #[serde(default)]
     pub device: DeviceConfig,
+    /// Request tags (the gateway protocol's billing group): with a name here, tokens carry `billing_group_tag`, Claude Code then tags each request with the developer's `attributionProject` under that name, and the audit log records it when it is one of the developer's groups. A signed-in developer's `tags` never reach an upstream either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_group_tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

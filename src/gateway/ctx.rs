@@ -21,6 +21,9 @@ pub struct RequestCtx {
     /// (`anthropic-ratelimit-unified-*`, empty without caps). When set, the
     /// upstream's own `anthropic-ratelimit-*` headers are not relayed.
     pub unified: Option<Vec<(&'static str, String)>>,
+    /// The billing group a signed-in developer's request tags named (one
+    /// of their groups), for the audit log.
+    pub billing_group: Option<String>,
     pub model: Option<String>,
     pub provider: Option<String>,
     /// The provider account that answered (a label, never the secret).
@@ -103,6 +106,7 @@ impl RequestCtx {
             principal: None,
             signed_in: None,
             unified: None,
+            billing_group: None,
             model: None,
             provider: None,
             account: None,

@@ -324,6 +324,20 @@ async fn read_request(
     check_model_id(&request.model, snap.config.limits.model_id_bytes)?;
     ctx.model = Some(request.model.clone());
     ctx.stream = request.stream;
+    let request = match (&ctx.signed_in, request.without_tags()) {
+        (Some(claims), Some(untagged)) => {
+            // A signed-in developer's request tags (the gateway protocol's
+            // billing group) are for the gateway, never for an upstream.
+            let tag = snap.signin.as_ref().and_then(|s| s.billing_group_tag.as_deref());
+            ctx.billing_group = tag
+                .zip(request.tags())
+                .and_then(|(tag, tags)| tags.get(tag).and_then(|v| v.as_str()).map(str::to_string))
+                .filter(|group| claims.groups.contains(group));
+            drop_beta(session, REQUEST_TAGS_BETA);
+            untagged
+        }
+        _ => request,
+    };
     if let auth::Caller::Key(k) = caller {
         if !k.allows_model(&request.model) {
             // A signed-in developer is told which allowlist refused, as
@@ -350,6 +364,32 @@ async fn read_request(
         }
     }
     Ok(request)
+}
+
+/// The beta that announces request tags.
+const REQUEST_TAGS_BETA: &str = "request-tags-2026-08-21";
+
+/// Take `beta` out of the request's `anthropic-beta` values (the header
+/// goes when nothing is left).
+fn drop_beta(session: &mut Session, beta: &str) {
+    let headers = &session.req_header().headers;
+    let values: Vec<&str> = headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    if !values.contains(&beta) {
+        return;
+    }
+    let kept = values.into_iter().filter(|v| *v != beta).collect::<Vec<_>>().join(",");
+    let head = session.req_header_mut();
+    let _ = head.remove_header("anthropic-beta");
+    if !kept.is_empty() {
+        let _ = head.insert_header("anthropic-beta", kept);
+    }
 }
 
 /// Stage: route. The snapshot's rules give the ordered candidates.

@@ -332,6 +332,7 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
             path: req.uri.path().to_string(),
             request_body: ctx.prompt.take(),
             response_body: reply.map(|(_, b)| b),
+            billing_group: ctx.billing_group.clone(),
             bodies_withheld: false,
         };
         if !audit.log(entry) {

@@ -520,6 +520,7 @@ fn tokens_answer(
         name: identity.name.clone(),
         groups: identity.groups.clone(),
         session_id: session_id.to_string(),
+        billing_group_tag: signin.billing_group_tag.clone(),
         iat: now / 1000,
         exp: now / 1000 + ttl,
     };

@@ -60,6 +60,8 @@ pub struct Signin {
     pub device_ttl: Duration,
     pub interval: Duration,
     pub login_notice: Option<String>,
+    /// `signin.billing_group_tag`.
+    pub billing_group_tag: Option<String>,
     /// `GET /.well-known/oauth-authorization-server`, rendered.
     pub metadata: Bytes,
 }
@@ -297,6 +299,7 @@ impl Signin {
             device_ttl: c.device.ttl.0,
             interval: c.device.interval.0,
             login_notice: c.device.login_notice.clone(),
+            billing_group_tag: c.billing_group_tag.clone().filter(|t| !t.is_empty()),
             metadata: Bytes::from(serde_json::to_vec(&metadata).unwrap_or_default()),
             public_url,
             secure_cookies,
@@ -394,6 +397,7 @@ mod tests {
             name: None,
             groups: g(&["eng"]),
             session_id: "s".into(),
+            billing_group_tag: None,
             iat: 0,
             exp: 0,
         };

@@ -34,6 +34,10 @@ pub struct Claims {
     pub groups: Vec<String>,
     /// The sign-in this token belongs to (revoking it ends the token).
     pub session_id: String,
+    /// Where Claude Code puts the developer's `attributionProject` in a
+    /// request's `tags` (`signin.billing_group_tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_group_tag: Option<String>,
     pub iat: i64,
     pub exp: i64,
 }
@@ -142,6 +146,7 @@ mod tests {
             name: None,
             groups: vec!["eng".into()],
             session_id: "s1".into(),
+            billing_group_tag: None,
             iat: now,
             exp: now + exp_in,
         }

@@ -76,6 +76,8 @@ pub struct AuditEntry {
     /// Only set by the caller when log_prompts is on.
     pub request_body: Option<Bytes>,
     pub response_body: Option<Bytes>,
+    /// The billing group a signed-in developer's request tags named.
+    pub billing_group: Option<String>,
     /// The bodies were left out: the queue already held
     /// [`MAX_QUEUED_BODY_BYTES`] of them.
     pub bodies_withheld: bool,
@@ -578,6 +580,8 @@ struct Line<'a> {
     method: Cow<'a, str>,
     path: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    billing_group: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_body: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_body: Option<Value>,
@@ -630,6 +634,7 @@ fn render_line(entry: &AuditEntry, out: &mut Vec<u8>) -> bool {
         user_agent: entry.user_agent.as_deref().map(redact),
         method: redact(&entry.method),
         path: redact(&entry.path),
+        billing_group: entry.billing_group.as_deref().map(redact),
         request_body,
         response_body,
         truncated,
@@ -919,6 +924,7 @@ mod tests {
             path: "/v1/messages?beta=true".into(),
             request_body: None,
             response_body: None,
+            billing_group: None,
             bodies_withheld: false,
         };
         let v = line(&e);

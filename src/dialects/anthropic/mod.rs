@@ -47,6 +47,10 @@ pub struct MessagesRequest {
     model_span: Range<usize>,
     /// Byte range of the whole `"speed": …` member, with one adjoining comma.
     speed_member: Option<Range<usize>>,
+    /// Byte ranges of the `tags` value and of its whole member (with one
+    /// adjoining comma): the request tags of the Claude Code gateway
+    /// protocol's billing group.
+    tags: Option<(Range<usize>, Range<usize>)>,
     /// Just after the body's opening `{`.
     object_start: usize,
 }
@@ -61,6 +65,8 @@ struct View<'a> {
     speed: Option<&'a RawValue>,
     #[serde(default)]
     max_tokens: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    tags: Option<&'a RawValue>,
 }
 
 /// The fast-mode beta (`docs/protocol-notes.md` §2.1) and the models that
@@ -135,8 +141,13 @@ impl MessagesRequest {
         let speed_member = view
             .speed
             .and_then(|v| member_span(text, offset(v)..offset(v) + v.get().len()));
+        let tags = view.tags.and_then(|v| {
+            let value = offset(v)..offset(v) + v.get().len();
+            Some((value.clone(), member_span(text, value)?))
+        });
         let object_start = text.len() - trimmed.len() + 1;
         Ok(MessagesRequest {
+            tags,
             model,
             stream: view.stream.unwrap_or(false),
             speed_fast,
@@ -186,6 +197,22 @@ impl MessagesRequest {
     pub fn for_claude(&self) -> Option<MessagesRequest> {
         let stripped = strip_foreign_thinking(&self.body)?;
         MessagesRequest::parse(Bytes::from(stripped)).ok()
+    }
+
+    /// The request's `tags` object, when it has one.
+    pub fn tags(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let (value, _) = self.tags.as_ref()?;
+        serde_json::from_slice(&self.body[value.clone()]).ok()
+    }
+
+    /// The same request without its `tags` member (the bytes around it
+    /// untouched); `None` when it has none.
+    pub fn without_tags(&self) -> Option<MessagesRequest> {
+        let (_, member) = self.tags.as_ref()?;
+        let mut out = BytesMut::with_capacity(self.body.len());
+        out.extend_from_slice(&self.body[..member.start]);
+        out.extend_from_slice(&self.body[member.end..]);
+        MessagesRequest::parse(out.freeze()).ok()
     }
 
     /// The body to send upstream: the client's bytes, with only the model
@@ -380,6 +407,34 @@ mod tests {
         assert_eq!(out["messages"][2]["content"][0]["signature"], "EqQB");
         let req = MessagesRequest::parse(Bytes::from_static(mixed)).unwrap();
         assert_eq!(req.for_claude().unwrap().model, "m");
+    }
+
+    #[test]
+    fn tags_come_out_with_the_bytes_around_them_untouched() {
+        for (body, want) in [
+            (
+                r#"{"model":"m","tags":{"billing_group":"proj-x"},"messages":[]}"#,
+                r#"{"model":"m","messages":[]}"#,
+            ),
+            (
+                r#"{ "tags" : {"a":"b"} , "model":"m","messages":[]}"#,
+                r#"{  "model":"m","messages":[]}"#,
+            ),
+            (r#"{"model":"m","tags":{}}"#, r#"{"model":"m"}"#),
+        ] {
+            let r = MessagesRequest::parse(Bytes::from(body)).unwrap();
+            assert!(r.tags().is_some(), "{body}");
+            let stripped = r.without_tags().unwrap();
+            assert_eq!(&stripped.body[..], want.as_bytes());
+            assert!(stripped.tags().is_none() && stripped.without_tags().is_none());
+            assert_eq!(stripped.model, "m");
+        }
+        let r = MessagesRequest::parse(Bytes::from_static(br#"{"model":"m","tags":{"billing_group":"p"}}"#)).unwrap();
+        assert_eq!(r.tags().unwrap()["billing_group"], "p");
+        assert!(MessagesRequest::parse(Bytes::from_static(br#"{"model":"m"}"#))
+            .unwrap()
+            .tags()
+            .is_none());
     }
 
     #[test]

@@ -499,6 +499,52 @@ async fn refusals_outside_groups_deprovisioned_users_and_forged_forms() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // The person denies in the browser: the next poll says so.
+    let grant = device(gw).await;
+    let browser = Browser::new();
+    let page = browser
+        .http
+        .get(grant["verification_uri_complete"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (action, mut fields) = support::oidc::form(&page).unwrap();
+    fields.push(("user_code".into(), grant["user_code"].as_str().unwrap().into()));
+    let confirm = browser
+        .http
+        .post(&action)
+        .form(&fields)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (action, mut fields) = support::oidc::form(&confirm).unwrap();
+    fields.push(("step".into(), "deny".into()));
+    let denied = browser.http.post(&action).form(&fields).send().await.unwrap();
+    assert_eq!(denied.status(), 200);
+    assert!(denied.text().await.unwrap().contains("not signed in"));
+    let (status, body) = poll_until_done(gw, grant["device_code"].as_str().unwrap(), Duration::from_secs(1)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+
+    // An expired token of this gateway's own making: 401, do not retry.
+    let now = chrono::Utc::now().timestamp();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"iss": gw.url(""), "aud": "claude-gateway", "sub": "ada", "email": "ada@corp.example",
+                "groups": ["eng"], "session_id": "s", "iat": now - 7200, "exp": now - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SESSION_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let r = message(gw, &expired, "claude-sonnet-4-5", false).await;
+    assert_refused(&r);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("expired"), "{e}");
+
     // Unknown grant types and missing parameters: RFC 6749 errors.
     let r = form_post(gw, "/oauth/token", &[("grant_type", "password")])
         .send()
@@ -692,6 +738,50 @@ async fn the_real_claude_code_signs_in_and_works_through_the_gateway() {
             .iter()
             .any(|q| q.body_str().contains(marker) && q.body_str().contains("tool_result")),
         "the tool result went upstream"
+    );
+
+    // Launcher mode (Claude Desktop's): the token handed over in the
+    // environment, in a home that never signed in.
+    let other_home = tempfile::tempdir().unwrap();
+    let jwt = creds["enterpriseGateway"]["jwt"].as_str().unwrap().to_string();
+    let (b, h, w, base) = (
+        bin.clone(),
+        other_home.path().to_path_buf(),
+        work.path().to_path_buf(),
+        gw.url(""),
+    );
+    let launched = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&b)
+            .args([
+                "-p",
+                "Say pong.",
+                "--model",
+                "claude-sonnet-4-5",
+                "--output-format",
+                "json",
+            ])
+            .current_dir(&w)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &h)
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("CLAUDE_CODE_USE_GATEWAY", "1")
+            .env("ANTHROPIC_BASE_URL", base)
+            .env("ANTHROPIC_AUTH_TOKEN", jwt)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let launched = tokio::time::timeout(Duration::from_secs(120), launched)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&launched.stdout);
+    assert!(
+        launched.status.success() && text.contains("pong"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&launched.stderr)
     );
 
     // The managed settings reached it: it fetched them, then (as their env

@@ -434,8 +434,21 @@ async fn device_flow_signs_a_developer_in_and_their_token_works_everywhere() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_outside_groups_deprovisioned_users_and_forged_forms() {
-    let Some(s) = setup("").await else { return };
+    let Some(mut s) = setup("").await else { return };
     let gw = &s.gw;
+
+    // A refresh token replaced moments ago (a lost answer, two processes
+    // refreshing at once) gets the rotation that happened, not another.
+    let token = sign_in(gw, "ada").await;
+    let first = token["refresh_token"].as_str().unwrap();
+    let (status, a) = refresh(gw, first).await;
+    assert_eq!(status, 200, "{a}");
+    let (status, b) = refresh(gw, first).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(a["refresh_token"], b["refresh_token"], "the same current token");
+    let second = b["refresh_token"].as_str().unwrap().to_string();
+    let (status, c) = refresh(gw, &second).await;
+    assert_eq!(status, 200, "{c}");
 
     // Bob is not in an allowed group: told so, and the grant is denied.
     let grant = device(gw).await;
@@ -482,6 +495,17 @@ async fn refusals_outside_groups_deprovisioned_users_and_forged_forms() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
+    // Posted from another site (a sibling host that planted a cookie, say).
+    let cross = browser
+        .http
+        .post(&action)
+        .header("origin", "https://evil.corp.example")
+        .header("sec-fetch-site", "same-site")
+        .form(&[("user_code", grant["user_code"].as_str().unwrap()), ("step", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
     let cookieless = client()
         .post(gw.url("/device"))
         .form(&[("user_code", grant["user_code"].as_str().unwrap()), ("step", "approve")])
@@ -566,6 +590,21 @@ async fn refusals_outside_groups_deprovisioned_users_and_forged_forms() {
     // No bearer at all on a bearer endpoint.
     let r = client().get(gw.url("/managed/settings")).send().await.unwrap();
     assert_refused(&r);
+
+    // An IdP outage is not a refusal: 503, and the session lives on.
+    s.idp.stop();
+    let latest = refresh(gw, &second).await; // just replaced: answered without the IdP
+    assert_eq!(latest.0, 200, "{}", latest.1);
+    assert_eq!(latest.1["refresh_token"], c["refresh_token"]);
+    let current = latest.1["refresh_token"].as_str().unwrap().to_string();
+    let (status, body) = refresh(gw, &current).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    let access = latest.1["access_token"].as_str().unwrap();
+    assert_eq!(message(gw, access, "claude-sonnet-4-5", false).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

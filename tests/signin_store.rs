@@ -21,6 +21,7 @@ fn ada() -> Identity {
         name: Some("Ada".into()),
         groups: vec!["eng".into()],
         idp_refresh: Some("sealed-idp-refresh".into()),
+        current_refresh: None,
     }
 }
 
@@ -145,7 +146,13 @@ async fn scenario(store: &SigninStore) {
     let mut moved = ada();
     moved.groups = vec!["data".into()];
     assert!(store
-        .rotate("s1".into(), "refresh-2".into(), moved.clone(), T0 + 3_600_000)
+        .rotate(
+            "s1".into(),
+            "refresh-1".into(),
+            "refresh-2".into(),
+            moved.clone(),
+            T0 + 3_600_000
+        )
         .await
         .unwrap());
     let r = store
@@ -202,7 +209,7 @@ async fn scenario(store: &SigninStore) {
         .is_none());
     let revoked = store
         .revoke(
-            RevokeBy::Email("ada@corp.example".into()),
+            RevokeBy::User("Ada@Corp.example".into()),
             "admin@host".into(),
             "offboarded".into(),
             T0 + 3_800_000,

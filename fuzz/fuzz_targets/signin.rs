@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         email: Some("ada@corp.example".into()),
         groups: vec!["eng".into()],
         team: Some("platform".into()),
+        source: "gateway-oidc",
     };
     for signal in [Signal::Metrics, Signal::Logs, Signal::Traces] {
         for encoding in [Encoding::Json, Encoding::Protobuf] {

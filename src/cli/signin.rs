@@ -214,7 +214,7 @@ fn sessions(path: &Path, command: SessionsCommand) -> Result<(), Failure> {
                     return Err(Failure::user(format!("{user} has no active sign-in")));
                 };
                 let ids = store
-                    .revoke(RevokeBy::Email(user.clone()), operator(), reason, now_ms())
+                    .revoke(RevokeBy::User(user.clone()), operator(), reason, now_ms())
                     .await
                     .map_err(|e| Failure::config(e.to_string()))?;
                 if ids.is_empty() {

@@ -324,16 +324,18 @@ async fn read_request(
     check_model_id(&request.model, snap.config.limits.model_id_bytes)?;
     ctx.model = Some(request.model.clone());
     ctx.stream = request.stream;
+    // A signed-in developer's request tags (the gateway protocol's billing
+    // group) are for the gateway, never for an upstream.
+    if ctx.signed_in.is_some() {
+        drop_beta(session, REQUEST_TAGS_BETA);
+    }
     let request = match (&ctx.signed_in, request.without_tags()) {
         (Some(claims), Some(untagged)) => {
-            // A signed-in developer's request tags (the gateway protocol's
-            // billing group) are for the gateway, never for an upstream.
             let tag = snap.signin.as_ref().and_then(|s| s.billing_group_tag.as_deref());
             ctx.billing_group = tag
                 .zip(request.tags())
                 .and_then(|(tag, tags)| tags.get(tag).and_then(|v| v.as_str()).map(str::to_string))
                 .filter(|group| claims.groups.contains(group));
-            drop_beta(session, REQUEST_TAGS_BETA);
             untagged
         }
         _ => request,

@@ -98,8 +98,12 @@ pub async fn admit(
 /// pool its group shares), with what each has spent this period; `None`
 /// when the policy state cannot be read.
 pub async fn caps(shared: &Shared, key: &KeyEntry, now_ms: i64) -> Option<Vec<crate::signin::caps::Cap>> {
-    let budgeted: Vec<&Arc<crate::policy::ScopeLimits>> =
-        key.scopes().into_iter().filter(|s| s.budget_nanos.is_some()).collect();
+    // A `total` budget has no period Claude Code can show.
+    let budgeted: Vec<&Arc<crate::policy::ScopeLimits>> = key
+        .scopes()
+        .into_iter()
+        .filter(|s| s.budget_nanos.is_some() && s.period != crate::config::schema::BudgetPeriod::Total)
+        .collect();
     if budgeted.is_empty() {
         return Some(Vec::new());
     }
@@ -519,7 +523,6 @@ pub async fn seed_scopes(
     snap: &Snapshot,
     scopes: Vec<Arc<crate::policy::ScopeLimits>>,
 ) -> Option<i64> {
-    use crate::policy::period;
     let memory = shared.policy.memory()?;
     // Records still queued belong to this process's live counts already.
     if let Some(s) = shared.sinks.get() {
@@ -527,6 +530,30 @@ pub async fn seed_scopes(
             log::warn!("usage ledger: {e}");
         }
     }
+    read_history(shared, snap, memory, scopes).await
+}
+
+/// [`seed_scopes`] for a principal new to this process, on the request
+/// path (a developer's first request since it started): only budgets not
+/// counted here yet are read, and nothing is flushed first (no record of
+/// a scope this process has not counted can be queued in it).
+pub async fn seed_new_scopes(shared: &Shared, snap: &Snapshot, mut scopes: Vec<Arc<crate::policy::ScopeLimits>>) {
+    let Some(memory) = shared.policy.memory() else { return };
+    let now = period::now_ms();
+    scopes.retain(|s| s.budget_nanos.is_some() && memory.needs_seed(s, period::Window::of(s.period, now)));
+    if !scopes.is_empty() {
+        read_history(shared, snap, memory, scopes).await;
+    }
+}
+
+/// Start each of `scopes` not counted yet from the ledger's history; the
+/// last ledger row read.
+async fn read_history(
+    shared: &Shared,
+    snap: &Snapshot,
+    memory: &crate::policy::memory::Memory,
+    scopes: Vec<Arc<crate::policy::ScopeLimits>>,
+) -> Option<i64> {
     let reader = match ledger_reader(shared, snap).await {
         Ok(r) => r,
         Err(e) => {

@@ -387,10 +387,14 @@ impl Gateway {
         if let Some(user) = auth::signed_in(snap, &self.shared.signin, headers) {
             let user = user?;
             if user.fresh {
-                meter::seed_scopes(&self.shared, snap, vec![user.principal.scope.clone()]).await;
+                let scopes = user.principal.scopes().into_iter().cloned().collect();
+                meter::seed_new_scopes(&self.shared, snap, scopes).await;
             }
             ctx.principal = Some(user.principal.clone());
             ctx.signed_in = Some(user.claims);
+            // The provider account's own limits never reach a developer as
+            // if they were theirs; admission adds their caps' standing.
+            ctx.unified = Some(Vec::new());
             return Ok(auth::Caller::Key(user.principal));
         }
         let caller = auth::authenticate(snap, &self.shared.config.store_keys, headers)?;

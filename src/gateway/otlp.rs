@@ -73,12 +73,14 @@ pub async fn serve(
             email: c.email.clone(),
             groups: c.groups.clone(),
             team: p.as_ref().and_then(|p| p.team.clone()),
+            source: "gateway-oidc",
         }),
         (None, Some(k)) => Some(Stamp {
             user_id: format!("key:{}", k.name),
             email: None,
             groups: Vec::new(),
             team: k.team.clone(),
+            source: "gateway-key",
         }),
         (None, None) => None,
     };

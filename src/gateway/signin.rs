@@ -67,8 +67,18 @@ impl Route {
     }
 }
 
-/// The browser-binding cookie.
+/// The browser-binding cookie: `__Host-` on https (no other host of the
+/// domain can set or shadow it), a plain name on loopback http.
 const COOKIE: &str = "mg_signin";
+const HOST_COOKIE: &str = "__Host-mg_signin";
+
+fn cookie_name(signin: &Signin) -> &'static str {
+    if signin.secure_cookies {
+        HOST_COOKIE
+    } else {
+        COOKIE
+    }
+}
 /// The largest form the sign-in endpoints read.
 const FORM_LIMIT: u64 = 16 * 1024;
 /// How long a browser round trip to the IdP may take.
@@ -120,6 +130,15 @@ impl Limiter {
                 self.tat.clear();
             }
         }
+        // An IPv6 client holds a whole /64: limit the prefix, not each address.
+        let ip = match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(o))
+            }
+            other => other,
+        };
         let tat = self.tat.get(&ip).copied().unwrap_or(0.0);
         match gcra.check(tat, now, 1) {
             Ok(next) => {
@@ -364,15 +383,35 @@ async fn read_form(session: &mut Session, snap: &Snapshot) -> Result<HashMap<Str
     let body = body::read(session, FORM_LIMIT, snap.config.client_timeouts.body.0)
         .await
         .map_err(|e| oauth(400, "invalid_request", e.to_string()))?;
-    // Parameters may not repeat (RFC 6749 §3.1); unknown ones are ignored.
+    // Unknown parameters are ignored; one the gateway reads may not repeat
+    // (RFC 6749 §3.1): a repeated one reads as absent-and-invalid.
     let mut form = HashMap::new();
+    let mut repeated = Vec::new();
     for (k, v) in url::form_urlencoded::parse(&body) {
         if form.insert(k.to_string(), v.to_string()).is_some() {
+            repeated.push(k.to_string());
+        }
+    }
+    for k in repeated {
+        if READ_PARAMS.contains(&k.as_str()) {
             return Err(oauth(400, "invalid_request", format!("parameter `{k}` is repeated")));
         }
+        form.remove(&k);
     }
     Ok(form)
 }
+
+/// The form parameters the sign-in endpoints read.
+const READ_PARAMS: [&str; 8] = [
+    "grant_type",
+    "device_code",
+    "refresh_token",
+    "token",
+    "surface",
+    "user_code",
+    "csrf",
+    "step",
+];
 
 fn unavailable(e: impl std::fmt::Display) -> OAuthError {
     log::warn!("sign-in: {e}");
@@ -410,7 +449,16 @@ async fn device_authorization(
             created_ms: now,
             expires_ms: now + signin.device_ttl.as_millis() as i64,
             interval_ms: signin.interval.as_millis() as i64,
-            surface: form.get("surface").map(|s| s.chars().take(64).collect()),
+            // What the client says it is, shown on the confirmation page:
+            // a short identifier, nothing a page could be made to say.
+            surface: form
+                .get("surface")
+                .filter(|s| !s.is_empty() && s.len() <= 32)
+                .filter(|s| {
+                    s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+                .cloned(),
         };
         if store.create_grant(grant).await.map_err(unavailable)? {
             let mut answer = serde_json::json!({
@@ -462,9 +510,10 @@ async fn token(
                     "waiting for the sign-in to be approved in the browser",
                 )),
                 Poll::Denied => Err(oauth(400, "access_denied", "the sign-in was denied in the browser")),
-                Poll::Approved { identity, surface } => {
+                Poll::Approved { mut identity, surface } => {
                     let session_id = codes::secret();
                     let refresh = codes::secret();
+                    identity.current_refresh = signin.sealer.seal(GATEWAY_REFRESH, &refresh);
                     let s = crate::store::signin::Session {
                         id: session_id.clone(),
                         identity: identity.clone(),
@@ -518,7 +567,7 @@ fn tokens_answer(
         sub: identity.subject.clone(),
         email: identity.email.clone(),
         name: identity.name.clone(),
-        groups: identity.groups.clone(),
+        groups: signin.relevant_groups(&identity.groups),
         session_id: session_id.to_string(),
         billing_group_tag: signin.billing_group_tag.clone(),
         iat: now / 1000,
@@ -549,13 +598,15 @@ async fn refresh(
     now: i64,
 ) -> Result<Vec<u8>, OAuthError> {
     let invalid = |why: &str| oauth(401, "invalid_grant", format!("{why}; sign in again"));
-    let Some(r) = store
-        .refreshing(codes::digest(refresh_token), now)
-        .await
-        .map_err(unavailable)?
-    else {
+    let presented = codes::digest(refresh_token);
+    let Some(r) = store.refreshing(presented.clone(), now).await.map_err(unavailable)? else {
         return Err(invalid("this refresh token is unknown, expired or revoked"));
     };
+    if r.replaced {
+        // Already rotated within the last minute (a lost answer, or two
+        // processes refreshing at once): the rotation that happened, again.
+        return again(signin, &r.session, now).ok_or_else(|| invalid("this refresh token was replaced"));
+    }
     let session = r.session;
     let who = session
         .identity
@@ -582,7 +633,7 @@ async fn refresh(
             "the identity provider issued no refresh token to check this sign-in with (the gateway asks for `offline_access`)",
         ));
     };
-    let Some(idp_refresh) = signin.sealer.open("idp-refresh", sealed) else {
+    let Some(idp_refresh) = signin.sealer.open(IDP_REFRESH, sealed) else {
         end("the sealed refresh token does not open (session secrets changed)").await;
         return Err(invalid("this sign-in was made under another session secret"));
     };
@@ -593,10 +644,6 @@ async fn refresh(
             end("the identity provider refused the refresh").await;
             log::info!("sign-in: the identity provider refused {who}'s refresh ({why}); session ended");
             return Err(invalid("the identity provider no longer accepts this sign-in"));
-        }
-        Err(e @ IdpError::Invalid(_)) => {
-            log::warn!("sign-in: {who}'s refresh: {e}");
-            return Err(unavailable(e));
         }
         Err(e) => return Err(unavailable(e)),
     };
@@ -611,6 +658,7 @@ async fn refresh(
             "your account is no longer in a group allowed to use this gateway",
         ));
     }
+    let next = codes::secret();
     let identity = Identity {
         subject: user.subject,
         email: user.email.or(session.identity.email.clone()),
@@ -618,18 +666,50 @@ async fn refresh(
         groups: user.groups,
         idp_refresh: user
             .refresh_token
-            .and_then(|t| signin.sealer.seal("idp-refresh", &t))
+            .and_then(|t| signin.sealer.seal(IDP_REFRESH, &t))
             .or(Some(sealed.to_string())),
+        current_refresh: signin.sealer.seal(GATEWAY_REFRESH, &next),
     };
-    let next = codes::secret();
-    if !store
-        .rotate(session.id.clone(), codes::digest(&next), identity.clone(), now)
+    if store
+        .rotate(
+            session.id.clone(),
+            presented.clone(),
+            codes::digest(&next),
+            identity.clone(),
+            now,
+        )
         .await
         .map_err(unavailable)?
     {
-        return Err(invalid("this sign-in was revoked"));
+        return Ok(tokens_answer(signin, &identity, &session.id, &next, now, false));
     }
-    Ok(tokens_answer(signin, &identity, &session.id, &next, now, false))
+    // Another refresh of the same token won the rotation: its result.
+    match store.refreshing(presented, now).await.map_err(unavailable)? {
+        Some(r) if r.replaced => {
+            again(signin, &r.session, now).ok_or_else(|| invalid("this refresh token was replaced"))
+        }
+        _ => Err(invalid("this sign-in was revoked")),
+    }
+}
+
+/// Seal purposes of the tokens a session keeps.
+const IDP_REFRESH: &str = "idp-refresh";
+const GATEWAY_REFRESH: &str = "gateway-refresh";
+
+/// The answer to a refresh token that a rotation replaced moments ago: a
+/// new access token and the session's current refresh token.
+fn again(signin: &Signin, session: &crate::store::signin::Session, now: i64) -> Option<Vec<u8>> {
+    let current = signin
+        .sealer
+        .open(GATEWAY_REFRESH, session.identity.current_refresh.as_deref()?)?;
+    Some(tokens_answer(
+        signin,
+        &session.identity,
+        &session.id,
+        &current,
+        now,
+        false,
+    ))
 }
 
 /// RFC 7009: an access token ends its session, a refresh token too.
@@ -819,13 +899,15 @@ async fn send_page(
 
 fn set_cookie(signin: &Signin, value: &str) -> String {
     format!(
-        "{COOKIE}={value}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax{}",
+        "{}={value}; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax{}",
+        cookie_name(signin),
         if signin.secure_cookies { "; Secure" } else { "" }
     )
 }
 
 /// The browser-binding cookie the request carries.
-fn cookie(session: &Session) -> Option<String> {
+fn cookie(session: &Session, signin: &Signin) -> Option<String> {
+    let wanted = cookie_name(signin);
     session
         .req_header()
         .headers
@@ -834,8 +916,24 @@ fn cookie(session: &Session) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, value)| *name == COOKIE && value.len() >= 32 && value.len() <= 64)
+        .find(|(name, value)| *name == wanted && value.len() >= 32 && value.len() <= 64)
         .map(|(_, value)| value.to_string())
+}
+
+/// Whether a form post comes from the gateway's own pages: a browser says
+/// where a post comes from (`Origin`, `Sec-Fetch-Site`); one from another
+/// site, even a sibling host of the same domain, is refused.
+fn same_origin(session: &Session, signin: &Signin) -> bool {
+    let h = &session.req_header().headers;
+    let origin_ok = h
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|o| o.trim_end_matches('/') == signin.origin);
+    let site_ok = h
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|s| matches!(s, "same-origin" | "none"));
+    origin_ok && site_ok
 }
 
 fn query(session: &Session) -> HashMap<String, String> {
@@ -860,7 +958,7 @@ fn code_form(signin: &Signin, cookie: &str, code: &str, note: &str) -> String {
 }
 
 fn device_page(session: &Session, signin: &Signin) -> (Page, Option<String>) {
-    let (cookie, fresh) = match cookie(session) {
+    let (cookie, fresh) = match cookie(session, signin) {
         Some(c) => (c, None),
         None => {
             let c = codes::secret();
@@ -888,7 +986,18 @@ async fn device_form(
     snap: &Snapshot,
     signin: &Signin,
 ) -> (Page, Option<String>) {
-    let Some(cookie) = cookie(session) else {
+    if !same_origin(session, signin) {
+        ctx.error_message = Some("verification form: posted from another site".into());
+        return (
+            Page::new(
+                403,
+                "Start again",
+                "This form was sent from another site. Open the link Claude Code shows and continue on this gateway's own page.",
+            ),
+            None,
+        );
+    }
+    let Some(cookie) = cookie(session, signin) else {
         return (
             Page::new(
                 400,
@@ -1061,7 +1170,9 @@ async fn callback(shared: &Shared, session: &mut Session, snap: &Snapshot, signi
         }
         Err(e) => return (service_down(e), None),
     };
-    if cookie(session).is_none_or(|c| codes::digest(&c) != flow.browser_hash) {
+    if cookie(session, signin).is_none_or(|c| codes::digest(&c) != flow.browser_hash) {
+        // Not this browser's: the flow stays for the one that started it.
+        let _ = store.put_flow(flow).await;
         return (
             Page::new(
                 400,
@@ -1113,10 +1224,7 @@ async fn callback(shared: &Shared, session: &mut Session, snap: &Snapshot, signi
     if !signin.allows(&user.groups) {
         let _ = store.decide(flow.user_code, Decision::Deny, now).await;
         log::info!("sign-in: refused {who}: not in signin.allowed_groups");
-        let text = format!(
-            "{who} is not in a group allowed to use this gateway ({}). Ask your administrator for access.",
-            signin.allowed_groups().join(", ")
-        );
+        let text = format!("{who} is not in a group allowed to use this gateway. Ask your administrator for access.");
         return (Page::new(403, "Not allowed", &text), None);
     }
     let identity = Identity {
@@ -1124,7 +1232,8 @@ async fn callback(shared: &Shared, session: &mut Session, snap: &Snapshot, signi
         email: user.email,
         name: user.name,
         groups: user.groups,
-        idp_refresh: user.refresh_token.and_then(|t| signin.sealer.seal("idp-refresh", &t)),
+        idp_refresh: user.refresh_token.and_then(|t| signin.sealer.seal(IDP_REFRESH, &t)),
+        current_refresh: None,
     };
     match store.decide(flow.user_code, Decision::Approve(identity), now).await {
         Ok(true) => (

@@ -180,20 +180,7 @@ impl Idp {
             .id_token()
             .ok_or_else(|| IdpError::Invalid("the token response has no id_token".into()))?;
         let nonce = Nonce::new(nonce.to_string());
-        let verified = match id_token.claims(&d.client.id_token_verifier(), &nonce) {
-            Ok(_) => Ok(()),
-            Err(first) => {
-                // Perhaps a key the provider rotated in since it was read.
-                match self.rediscover().await? {
-                    Some(fresh) => id_token
-                        .claims(&fresh.client.id_token_verifier(), &nonce)
-                        .map(|_| ())
-                        .map_err(|e| IdpError::Invalid(e.to_string())),
-                    None => Err(IdpError::Invalid(first.to_string())),
-                }
-            }
-        };
-        verified?;
+        self.verify(&d, id_token, &nonce).await?;
         // Verified above: its payload is what the provider signed.
         let claims = payload(&id_token.to_string())?;
         let refresh = response.refresh_token().map(|t| t.secret().clone());
@@ -216,11 +203,8 @@ impl Idp {
         // A refresh's id_token is optional; without one, userinfo says who.
         let claims = match response.id_token() {
             Some(id_token) => {
-                let verifier = d.client.id_token_verifier();
                 // No nonce on a refresh's id_token (OpenID Connect Core 12.2).
-                id_token
-                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-                    .map_err(|e| IdpError::Invalid(e.to_string()))?;
+                self.verify(&d, id_token, |_: Option<&Nonce>| Ok(())).await?;
                 payload(&id_token.to_string())?
             }
             None => serde_json::Value::Object(Default::default()),
@@ -254,9 +238,11 @@ impl Idp {
         };
         let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let subject = text("sub").ok_or_else(|| IdpError::Invalid("no subject".into()))?;
+        // An address the provider says it has not verified names no one.
+        let verified = claims.get("email_verified").and_then(|v| v.as_bool()) != Some(false);
         Ok(User {
             subject,
-            email: text("email"),
+            email: text("email").filter(|_| verified),
             name: text("name"),
             groups: groups(claims.get(&self.config.groups_claim)),
             refresh_token,
@@ -290,6 +276,27 @@ impl Idp {
             .await
             .map_err(unreachable)?;
         serde_json::from_slice(&body).map_err(|e| IdpError::Invalid(format!("userinfo: {e}")))
+    }
+
+    /// Check an id_token's signature and claims (issuer, audience, expiry
+    /// with clock skew, `nonce`); on a failure, once more with the
+    /// provider's keys read again, in case it rotated in a new one.
+    async fn verify<N: openidconnect::NonceVerifier + Copy>(
+        &self,
+        d: &Discovered,
+        id_token: &openidconnect::core::CoreIdToken,
+        nonce: N,
+    ) -> Result<(), IdpError> {
+        let Err(first) = id_token.claims(&d.client.id_token_verifier(), nonce) else {
+            return Ok(());
+        };
+        match self.rediscover().await? {
+            Some(fresh) => id_token
+                .claims(&fresh.client.id_token_verifier(), nonce)
+                .map(|_| ())
+                .map_err(|e| IdpError::Invalid(e.to_string())),
+            None => Err(IdpError::Invalid(first.to_string())),
+        }
     }
 
     /// Read the discovery document and keys again, unless that was done in
@@ -328,16 +335,38 @@ async fn fetch(config: &IdpConfig, http: &openidconnect::reqwest::Client) -> Res
     })
 }
 
-/// A token endpoint's failure: the provider's refusal, or an outage.
+/// A token endpoint's failure. Only `invalid_grant` is the provider
+/// refusing the user (removed, disabled, the grant revoked or used); any
+/// other answer (a 5xx's `server_error`, `invalid_client` after the
+/// gateway's client secret expired) is an outage, so that it never ends
+/// everyone's sign-in at once.
 fn token_error<RE: std::error::Error + 'static>(
     issuer: &str,
     e: RequestTokenError<RE, openidconnect::StandardErrorResponse<CoreErrorResponseType>>,
 ) -> IdpError {
     match e {
-        RequestTokenError::ServerResponse(r) => IdpError::Refused(match r.error_description() {
-            Some(d) => format!("{}: {d}", r.error().as_ref()),
-            None => r.error().as_ref().to_string(),
-        }),
+        RequestTokenError::ServerResponse(r) => {
+            let what = match r.error_description() {
+                Some(d) => format!("{}: {d}", r.error().as_ref()),
+                None => r.error().as_ref().to_string(),
+            };
+            if *r.error() == CoreErrorResponseType::InvalidGrant {
+                IdpError::Refused(what)
+            } else {
+                if matches!(
+                    r.error(),
+                    CoreErrorResponseType::InvalidClient | CoreErrorResponseType::UnauthorizedClient
+                ) {
+                    log::error!(
+                        "the identity provider at {issuer} refuses the gateway's client ({what}): check signin.oidc.client_id and client_secret"
+                    );
+                }
+                IdpError::Unreachable {
+                    issuer: issuer.to_string(),
+                    detail: format!("it answered {what}"),
+                }
+            }
+        }
         other => IdpError::Unreachable {
             issuer: issuer.to_string(),
             detail: other.to_string(),

@@ -4,9 +4,11 @@
 //!
 //! Claude Code labels its telemetry with `user.id`, `user.email` and
 //! `user.groups` read, unverified, from its token; whatever the client
-//! says there is overwritten on every resource (the protocol's advice:
-//! overwrite, never trust), and `modelgate.team` and
-//! `identity.source = gateway-oidc` are added. Everything else in the
+//! says under those keys, on a resource, a scope, a span, an event, a log
+//! record or a data point, is dropped, and every resource gets what the
+//! gateway verified (the protocol's advice: overwrite, never trust), with
+//! `modelgate.team` and `identity.source` (`gateway-oidc` for a signed-in
+//! developer, `gateway-key` for a gateway key). Everything else in the
 //! export is kept as sent. Pure functions over bytes.
 
 use opentelemetry_proto::tonic::collector::{
@@ -51,6 +53,8 @@ pub struct Stamp {
     pub email: Option<String>,
     pub groups: Vec<String>,
     pub team: Option<String>,
+    /// How the caller was verified: `gateway-oidc` or `gateway-key`.
+    pub source: &'static str,
 }
 
 impl Stamp {
@@ -58,7 +62,7 @@ impl Stamp {
     fn attributes(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![
             ("user.id", self.user_id.clone()),
-            ("identity.source", "gateway-oidc".to_string()),
+            ("identity.source", self.source.to_string()),
         ];
         if let Some(e) = &self.email {
             out.push(("user.email", e.clone()));
@@ -116,6 +120,9 @@ fn stamp_json(signal: Signal, body: &[u8], who: &Stamp) -> Result<Vec<u8>, Strin
         .get_mut(signal.json_list())
         .and_then(Value::as_array_mut)
         .ok_or_else(|| format!("not an OTLP {} export: no `{}`", signal.path(), signal.json_list()))?;
+    for entry in list.iter_mut() {
+        strip_owned(entry);
+    }
     for entry in list {
         let Some(entry) = entry.as_object_mut() else {
             return Err("a resource entry is not an object".into());
@@ -134,6 +141,28 @@ fn stamp_json(signal: Signal, body: &[u8], who: &Stamp) -> Result<Vec<u8>, Strin
         }
     }
     serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+/// Drop the gateway's keys from every `attributes` list under `v`.
+fn strip_owned(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "attributes" {
+                    if let Value::Array(attrs) = child {
+                        attrs.retain(|a| !a.get("key").and_then(Value::as_str).is_some_and(|k| OWNED.contains(&k)));
+                    }
+                }
+                strip_owned(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_owned),
+        _ => {}
+    }
+}
+
+fn strip_kv(attrs: &mut Vec<KeyValue>) {
+    attrs.retain(|a| !OWNED.contains(&a.key.as_str()));
 }
 
 fn stamp_resource(resource: &mut Option<Resource>, who: &Stamp) {
@@ -156,13 +185,45 @@ fn stamp_protobuf(signal: Signal, body: &[u8], who: &Stamp) -> Result<Vec<u8>, S
             let mut m = ExportTraceServiceRequest::decode(body).map_err(bad)?;
             for r in &mut m.resource_spans {
                 stamp_resource(&mut r.resource, who);
+                for s in &mut r.scope_spans {
+                    if let Some(scope) = &mut s.scope {
+                        strip_kv(&mut scope.attributes);
+                    }
+                    for span in &mut s.spans {
+                        strip_kv(&mut span.attributes);
+                        span.events.iter_mut().for_each(|e| strip_kv(&mut e.attributes));
+                        span.links.iter_mut().for_each(|l| strip_kv(&mut l.attributes));
+                    }
+                }
             }
             m.encode_to_vec()
         }
         Signal::Metrics => {
+            use opentelemetry_proto::tonic::metrics::v1::metric::Data;
             let mut m = ExportMetricsServiceRequest::decode(body).map_err(bad)?;
             for r in &mut m.resource_metrics {
                 stamp_resource(&mut r.resource, who);
+                for s in &mut r.scope_metrics {
+                    if let Some(scope) = &mut s.scope {
+                        strip_kv(&mut scope.attributes);
+                    }
+                    for metric in &mut s.metrics {
+                        match &mut metric.data {
+                            Some(Data::Gauge(g)) => g.data_points.iter_mut().for_each(|p| strip_kv(&mut p.attributes)),
+                            Some(Data::Sum(x)) => x.data_points.iter_mut().for_each(|p| strip_kv(&mut p.attributes)),
+                            Some(Data::Histogram(h)) => {
+                                h.data_points.iter_mut().for_each(|p| strip_kv(&mut p.attributes))
+                            }
+                            Some(Data::ExponentialHistogram(h)) => {
+                                h.data_points.iter_mut().for_each(|p| strip_kv(&mut p.attributes))
+                            }
+                            Some(Data::Summary(x)) => {
+                                x.data_points.iter_mut().for_each(|p| strip_kv(&mut p.attributes))
+                            }
+                            None => {}
+                        }
+                    }
+                }
             }
             m.encode_to_vec()
         }
@@ -170,6 +231,12 @@ fn stamp_protobuf(signal: Signal, body: &[u8], who: &Stamp) -> Result<Vec<u8>, S
             let mut m = ExportLogsServiceRequest::decode(body).map_err(bad)?;
             for r in &mut m.resource_logs {
                 stamp_resource(&mut r.resource, who);
+                for s in &mut r.scope_logs {
+                    if let Some(scope) = &mut s.scope {
+                        strip_kv(&mut scope.attributes);
+                    }
+                    s.log_records.iter_mut().for_each(|l| strip_kv(&mut l.attributes));
+                }
             }
             m.encode_to_vec()
         }
@@ -187,6 +254,7 @@ mod tests {
             email: Some("ada@corp.example".into()),
             groups: vec!["eng".into(), "data".into()],
             team: Some("platform".into()),
+            source: "gateway-oidc",
         }
     }
 
@@ -204,7 +272,9 @@ mod tests {
             {"resource": {"attributes": [
                 {"key": "user.email", "value": {"stringValue": "mallory@evil.example"}},
                 {"key": "service.name", "value": {"stringValue": "claude-code"}}]},
-             "scopeLogs": [{"logRecords": [{"body": {"stringValue": "hi"}}]}]},
+             "scopeLogs": [{"logRecords": [{"body": {"stringValue": "hi"},
+                 "attributes": [{"key": "user.email", "value": {"stringValue": "mallory@evil.example"}},
+                                {"key": "event.name", "value": {"stringValue": "api_request"}}]}]}]},
             {"scopeLogs": []}]});
         let out = stamp(
             Signal::Logs,

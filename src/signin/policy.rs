@@ -47,6 +47,8 @@ pub struct Signin {
     pub public_url: String,
     /// Cookies carry `Secure` (an `https://` public URL).
     pub secure_cookies: bool,
+    /// The scheme, host and port of `public_url`, as browsers send `Origin`.
+    pub origin: String,
     pub signer: Signer,
     pub sealer: Sealer,
     /// Keys the browser-binding cookie's CSRF tokens.
@@ -227,6 +229,12 @@ impl Signin {
                         "must be a non-negative amount of USD",
                     ));
                 }
+                if b.period == crate::config::schema::BudgetPeriod::Total {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.budget.period"),
+                        "a developer's budget is daily, weekly or monthly (Claude Code shows when it resets)",
+                    ));
+                }
             }
             let team_scope = p.team.as_deref().map(|t| {
                 Arc::clone(teams.entry(t.to_string()).or_insert_with(|| {
@@ -301,6 +309,9 @@ impl Signin {
             login_notice: c.device.login_notice.clone(),
             billing_group_tag: c.billing_group_tag.clone().filter(|t| !t.is_empty()),
             metadata: Bytes::from(serde_json::to_vec(&metadata).unwrap_or_default()),
+            origin: url::Url::parse(&public_url)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default(),
             public_url,
             secure_cookies,
         })
@@ -313,7 +324,21 @@ impl Signin {
             .is_none_or(|allowed| allowed.iter().any(|a| groups.contains(a)))
     }
 
-    /// The allowed groups, for the refusal page.
+    /// Of `groups`, those the gateway decides anything by (`allowed_groups`
+    /// and the policies'): what a token carries, so that a user in hundreds
+    /// of IdP groups still gets a token of a sensible size.
+    pub fn relevant_groups(&self, groups: &[String]) -> Vec<String> {
+        groups
+            .iter()
+            .filter(|g| {
+                self.allowed_groups.as_ref().is_some_and(|a| a.contains(g))
+                    || self.policies.iter().any(|p| &p.group == *g)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The allowed groups, for `signin status`.
     pub fn allowed_groups(&self) -> &[String] {
         self.allowed_groups.as_deref().unwrap_or_default()
     }

@@ -121,7 +121,7 @@ impl Signer {
 /// Whether `token` looks like a JWT (three base64url parts), as opposed to
 /// a gateway key: only those are tried as sign-in tokens.
 pub fn looks_like_jwt(token: &str) -> bool {
-    token.len() < 8192
+    token.len() < 16 * 1024
         && token.split('.').count() == 3
         && token.starts_with("eyJ")
         && token

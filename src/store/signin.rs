@@ -51,6 +51,12 @@ pub struct Identity {
     /// The identity provider's refresh token, sealed.
     #[serde(default)]
     pub idp_refresh: Option<String>,
+    /// The session's current refresh token of the gateway, sealed: what a
+    /// client that presents the one it replaced (within
+    /// [`ROTATION_GRACE_MS`]: a lost answer, or two processes refreshing
+    /// at once) is given again, instead of a second rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_refresh: Option<String>,
 }
 
 /// A new device authorization.
@@ -137,8 +143,8 @@ pub struct Refreshing {
 pub enum RevokeBy {
     Id(String),
     RefreshHash(String),
-    /// Every active session of a user, by email.
-    Email(String),
+    /// Every active session of a user: by email (any case) or subject.
+    User(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +242,7 @@ fn identity_of(json: &str) -> Identity {
         name: None,
         groups: Vec::new(),
         idp_refresh: None,
+        current_refresh: None,
     })
 }
 
@@ -683,22 +690,33 @@ impl SigninStore {
         }))
     }
 
-    /// A refresh: the session's refresh token becomes `new_hash` (the one
-    /// it replaces still works for a minute) and its identity `identity`.
-    /// False when the session is gone or revoked meanwhile.
+    /// A refresh: the session's refresh token `presented_hash` becomes
+    /// `new_hash` (the one it replaces still works for a minute) and its
+    /// identity `identity`. False when the session is gone, revoked, or was
+    /// rotated meanwhile from the same token (another replica or process
+    /// refreshing at once: only one rotation wins).
     pub async fn rotate(
         &self,
         id: String,
+        presented_hash: String,
         new_hash: String,
         identity: Identity,
         now_ms: i64,
     ) -> Result<bool, SigninError> {
+        let email = identity.email.clone();
         let n = self
             .exec(
                 "UPDATE signin_sessions SET previous_hash = refresh_hash, refresh_hash = ?2, rotated_ms = ?4,
-                    refreshed_ms = ?4, identity = ?3
-                 WHERE id = ?1 AND revoked_ms IS NULL",
-                vec![t(id), t(new_hash), t(identity_json(&identity)), i(now_ms)],
+                    refreshed_ms = ?4, identity = ?3, email = ?6
+                 WHERE id = ?1 AND refresh_hash = ?5 AND revoked_ms IS NULL",
+                vec![
+                    t(id),
+                    t(new_hash),
+                    t(identity_json(&identity)),
+                    i(now_ms),
+                    t(presented_hash),
+                    Val::Text(email),
+                ],
             )
             .await?;
         Ok(n == 1)
@@ -725,9 +743,9 @@ impl SigninStore {
                  WHERE (refresh_hash = ?1 OR previous_hash = ?1) AND revoked_ms IS NULL RETURNING id",
                 v,
             ),
-            RevokeBy::Email(v) => (
+            RevokeBy::User(v) => (
                 "UPDATE signin_sessions SET revoked_ms = ?2, revoked_by = ?3, revoked_why = ?4
-                 WHERE email = ?1 AND revoked_ms IS NULL RETURNING id",
+                 WHERE (lower(email) = lower(?1) OR subject = ?1) AND revoked_ms IS NULL RETURNING id",
                 v,
             ),
         };
@@ -767,7 +785,7 @@ impl SigninStore {
             "SELECT ",
             session_columns!(),
             " FROM signin_sessions
-             WHERE (CAST(?1 AS TEXT) IS NULL OR email = ?1)
+             WHERE (CAST(?1 AS TEXT) IS NULL OR lower(email) = lower(?1) OR subject = ?1)
                AND (CAST(?2 AS BIGINT) = 1 OR (revoked_ms IS NULL AND expires_ms > ?3))
              ORDER BY created_ms DESC, id"
         );

@@ -91,6 +91,13 @@ impl OidcProvider {
             .unwrap_or_else(|why| panic!("oidc-provider did not restart: {why}"));
     }
 
+    /// Stop it (an outage); [`OidcProvider::restart_with_new_key`] brings
+    /// it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `http://127.0.0.1:PORT`, the issuer.
     pub fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

@@ -90,7 +90,11 @@ pub fn status(
                 "restart_required": reloads.restart_required,
             },
         },
-        "auth_mode": if snap.keys_enabled() { "gateway_keys" } else { "passthrough" },
+        "auth_mode": match (snap.keys_enabled(), snap.signin.is_some()) {
+            (_, true) => "signin_and_gateway_keys",
+            (true, false) => "gateway_keys",
+            (false, false) => "passthrough",
+        },
         "providers": providers,
         "circuits": circuits,
         "counters": {

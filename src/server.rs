@@ -368,32 +368,11 @@ impl pingora::services::background::BackgroundService for KeySync {
         let mut last = KeyLoad::default();
         let _ = tokio::time::timeout(KEY_FIRST_LOAD, last.refresh(&self.shared, &store)).await;
         ready.notify_ready();
-        let mut watch = None;
+        let mut listening = crate::store::postgres::Listening::default();
         loop {
-            if watch.is_none() {
-                watch = match store.watch().await {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        log::debug!("store keys: cannot listen for changes: {e}");
-                        None
-                    }
-                };
-            }
-            let notified = async {
-                match watch.as_mut() {
-                    Some((_, rx)) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(KEY_REFRESH) => {}
-                n = notified => {
-                    if n.is_none() {
-                        // The listening connection ended: reconnect next round.
-                        watch = None;
-                    }
-                }
+                _ = listening.round(KEY_REFRESH, || async { Some(store.watch().await) }) => {}
             }
             last.refresh(&self.shared, &store).await;
         }

@@ -639,14 +639,7 @@ struct Login {
 fn claude_login(bin: &std::path::Path, home: &std::path::Path, polling: tokio::sync::mpsc::Sender<Value>) -> Login {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
-    let mut child = Command::new(bin)
-        .args(["auth", "login", "--gateway-json"])
-        .current_dir(home)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    let mut child = support::claude::command(bin, home, home, &["auth", "login", "--gateway-json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -747,15 +740,9 @@ async fn the_real_claude_code_signs_in_and_works_through_the_gateway() {
     let prompt = format!("Please read the file {} and tell me what it says.", file.display());
     let (b, h, w) = (bin.clone(), home.path().to_path_buf(), work.path().to_path_buf());
     let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&b)
-            .args(["-p", &prompt, "--model", "claude-sonnet-4-5", "--allowedTools", "Read"])
+        let args = ["-p", &prompt, "--model", "claude-sonnet-4-5", "--allowedTools", "Read"];
+        support::claude::command(&b, &h, &w, &args)
             .args(["--output-format", "stream-json", "--verbose"])
-            .current_dir(&w)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &h)
-            .env("DISABLE_AUTOUPDATER", "1")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
@@ -790,21 +777,15 @@ async fn the_real_claude_code_signs_in_and_works_through_the_gateway() {
         gw.url(""),
     );
     let launched = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&b)
-            .args([
-                "-p",
-                "Say pong.",
-                "--model",
-                "claude-sonnet-4-5",
-                "--output-format",
-                "json",
-            ])
-            .current_dir(&w)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &h)
-            .env("DISABLE_AUTOUPDATER", "1")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        let args = [
+            "-p",
+            "Say pong.",
+            "--model",
+            "claude-sonnet-4-5",
+            "--output-format",
+            "json",
+        ];
+        support::claude::command(&b, &h, &w, &args)
             .env("CLAUDE_CODE_USE_GATEWAY", "1")
             .env("ANTHROPIC_BASE_URL", base)
             .env("ANTHROPIC_AUTH_TOKEN", jwt)

@@ -1023,20 +1023,10 @@ async fn device_form(
         );
     }
     let Some(code) = form.get("user_code").and_then(|c| codes::normalize_user_code(c)) else {
-        let body = code_form(
+        return ask_again(
             signin,
             &cookie,
-            "",
-            "<p><strong>That is not a code Claude Code shows: it is eight letters, like WDJB-MJHT.</strong></p>",
-        );
-        return (
-            Page {
-                status: 400,
-                title: "Sign in Claude Code",
-                body,
-                location: None,
-            },
-            None,
+            "That is not a code Claude Code shows: it is eight letters, like WDJB-MJHT.",
         );
     };
     let store = match shared.signin.store(shared, snap).await {
@@ -1049,20 +1039,10 @@ async fn device_form(
         Err(e) => return (service_down(e), None),
     };
     let Some(grant) = pending else {
-        let body = code_form(
+        return ask_again(
             signin,
             &cookie,
-            "",
-            "<p><strong>That code is unknown, expired or already used. Check it, or start the sign-in in Claude Code again.</strong></p>",
-        );
-        return (
-            Page {
-                status: 400,
-                title: "Sign in Claude Code",
-                body,
-                location: None,
-            },
-            None,
+            "That code is unknown, expired or already used. Check it, or start the sign-in in Claude Code again.",
         );
     };
     match form.get("step").map(String::as_str) {
@@ -1130,6 +1110,18 @@ async fn device_form(
             )
         }
     }
+}
+
+/// The code form again, with why the last code was not taken.
+fn ask_again(signin: &Signin, cookie: &str, why: &str) -> (Page, Option<String>) {
+    let note = format!("<p><strong>{}</strong></p>", esc(why));
+    let page = Page {
+        status: 400,
+        title: "Sign in Claude Code",
+        body: code_form(signin, cookie, "", &note),
+        location: None,
+    };
+    (page, None)
 }
 
 fn service_down(e: impl std::fmt::Display) -> Page {
@@ -1272,51 +1264,37 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for SessionSync {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut watch = None;
+        let mut listening = crate::store::postgres::Listening::default();
         let mut swept = std::time::Instant::now();
         loop {
             let snap = self.shared.config.snapshot();
-            if let Some(signin) = &snap.signin {
-                if let Ok(store) = self.shared.signin.store(&self.shared, &snap).await {
-                    // Tokens live `ttl`: sessions revoked longer ago than that
-                    // (and a minute's skew) have no token left to refuse.
-                    let since = now_ms() - signin.access_ttl.as_millis() as i64 - 60_000;
-                    match store.revoked_since(since).await {
-                        Ok(ids) => self.shared.signin.set_revoked(ids.into_iter().collect()),
-                        Err(e) => log::debug!("sign-in: cannot read revoked sessions: {e}"),
-                    }
-                    if watch.is_none() {
-                        watch = match store.watch().await {
-                            Some(Ok(w)) => Some(w),
-                            Some(Err(e)) => {
-                                log::debug!("sign-in: cannot listen for revocations: {e}");
-                                None
-                            }
-                            None => None,
-                        };
-                    }
-                    if swept.elapsed() >= SWEEP_EVERY {
-                        swept = std::time::Instant::now();
-                        if let Err(e) = store.sweep(now_ms()).await {
-                            log::debug!("sign-in: sweep: {e}");
-                        }
+            let store = match &snap.signin {
+                Some(_) => self.shared.signin.store(&self.shared, &snap).await.ok(),
+                None => None,
+            };
+            if let (Some(signin), Some(store)) = (&snap.signin, store) {
+                // Tokens live `ttl`: sessions revoked longer ago than that
+                // (and a minute's skew) have no token left to refuse.
+                let since = now_ms() - signin.access_ttl.as_millis() as i64 - 60_000;
+                match store.revoked_since(since).await {
+                    Ok(ids) => self.shared.signin.set_revoked(ids.into_iter().collect()),
+                    Err(e) => log::debug!("sign-in: cannot read revoked sessions: {e}"),
+                }
+                if swept.elapsed() >= SWEEP_EVERY {
+                    swept = std::time::Instant::now();
+                    if let Err(e) = store.sweep(now_ms()).await {
+                        log::debug!("sign-in: sweep: {e}");
                     }
                 }
             }
-            let notified = async {
-                match watch.as_mut() {
-                    Some((_, rx)) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(REVOKED_REFRESH) => {}
-                n = notified => {
-                    if n.is_none() {
-                        watch = None;
+                _ = listening.round(REVOKED_REFRESH, || async {
+                    match store {
+                        Some(s) => s.watch().await,
+                        None => None,
                     }
-                }
+                }) => {}
             }
         }
     }

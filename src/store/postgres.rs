@@ -414,6 +414,7 @@ impl Db {
     }
 
     /// A connection of its own (not pooled) that `LISTEN`s on `channel`:
+    /// see [`Listening`] for keeping one across a refresh loop.
     /// the receiver gets `()` per notification and closes when the
     /// connection ends. Keep the client: dropping it ends the connection.
     pub(crate) async fn listen(
@@ -1230,5 +1231,46 @@ mod tests {
         assert_eq!(c.session_id[0].as_deref(), Some("a\u{FFFD}b"));
         assert_eq!(c.input[0], i64::MAX);
         assert_eq!(c.cost[0], 0.0);
+    }
+}
+
+/// A `LISTEN` connection ([`Db::listen`]) kept across the rounds of a
+/// refresh loop (the store's keys and teams, revoked sessions): each
+/// round waits its interval, or less when a change is announced, and
+/// opens the connection again when it has ended.
+#[derive(Default)]
+pub struct Listening(Option<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>)>);
+
+impl Listening {
+    /// Wait at most `every`; `listen` (re)opens the connection when there
+    /// is none (`None`: nothing to listen on, as with SQLite).
+    pub async fn round<F>(&mut self, every: Duration, listen: impl FnOnce() -> F)
+    where
+        F: std::future::Future<
+            Output = Option<Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>), PgError>>,
+        >,
+    {
+        if self.0.is_none() {
+            match listen().await {
+                Some(Ok(w)) => self.0 = Some(w),
+                Some(Err(e)) => log::debug!("cannot listen for changes in the store: {e}"),
+                None => {}
+            }
+        }
+        let notified = async {
+            match self.0.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            n = notified => {
+                if n.is_none() {
+                    // The connection ended: open another next round.
+                    self.0 = None;
+                }
+            }
+        }
     }
 }

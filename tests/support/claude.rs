@@ -1,6 +1,7 @@
 //! The pinned Claude Code CLI (`tests/clients`, installed by `scripts/test`).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The `claude` binary, or `None` with a note when it is not installed (a
 /// panic under `MODELGATE_REQUIRE_CLAUDE=1`, as `scripts/test` sets).
@@ -15,4 +16,19 @@ pub fn bin() -> Option<PathBuf> {
     );
     eprintln!("skipping: Claude Code is not installed (scripts/test installs it into tests/clients)");
     None
+}
+
+/// `claude ARGS…` run as a developer would in `home` from `work`, isolated:
+/// nothing of the test's environment but `PATH`, no updater and no
+/// traffic but the gateway's. Add the gateway's variables as needed.
+pub fn command(bin: &Path, home: &Path, work: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .current_dir(work)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    cmd
 }

@@ -98,6 +98,17 @@ fn model_reply(dialect: Dialect) -> Reply {
     }
 }
 
+/// How Claude Code is pointed at the gateway.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `ANTHROPIC_BASE_URL` and the key as `ANTHROPIC_AUTH_TOKEN`.
+    Direct,
+    /// Microsoft Foundry mode: `CLAUDE_CODE_USE_FOUNDRY=1`, the gateway's
+    /// `/foundry` prefix as `ANTHROPIC_FOUNDRY_BASE_URL`, the key as
+    /// `ANTHROPIC_FOUNDRY_API_KEY`.
+    Foundry,
+}
+
 struct Run {
     ok: bool,
     stdout: String,
@@ -105,7 +116,7 @@ struct Run {
 }
 
 /// `claude -p PROMPT ARGS…` against `gw`, isolated, bounded by [`RUN_LIMIT`].
-fn run_claude(bin: &Path, gw: &Gateway, prompt: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+fn run_claude(bin: &Path, gw: &Gateway, mode: Mode, prompt: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(bin);
@@ -117,7 +128,6 @@ fn run_claude(bin: &Path, gw: &Gateway, prompt: &str, args: &[&str], env: &[(&st
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home.path())
-        .env("ANTHROPIC_BASE_URL", gw.url(""))
         .env("DISABLE_AUTOUPDATER", "1")
         .env("DISABLE_TELEMETRY", "1")
         .env("DISABLE_ERROR_REPORTING", "1")
@@ -129,8 +139,18 @@ fn run_claude(bin: &Path, gw: &Gateway, prompt: &str, args: &[&str], env: &[(&st
     for (k, v) in env {
         cmd.env(k, v);
     }
-    if !env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY") {
-        cmd.env("ANTHROPIC_AUTH_TOKEN", KEY);
+    match mode {
+        Mode::Direct => {
+            cmd.env("ANTHROPIC_BASE_URL", gw.url(""));
+            if !env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY") {
+                cmd.env("ANTHROPIC_AUTH_TOKEN", KEY);
+            }
+        }
+        Mode::Foundry => {
+            cmd.env("CLAUDE_CODE_USE_FOUNDRY", "1")
+                .env("ANTHROPIC_FOUNDRY_BASE_URL", gw.url("/foundry"))
+                .env("ANTHROPIC_FOUNDRY_API_KEY", KEY);
+        }
     }
     let mut child = cmd.spawn().expect("spawn claude");
     let deadline = Instant::now() + RUN_LIMIT;
@@ -194,6 +214,7 @@ async fn one_shot_and_discovery(dialect: Dialect) {
         run_claude(
             &bin,
             &g,
+            Mode::Direct,
             "Say pong.",
             &["--output-format", "json"],
             &[
@@ -232,7 +253,7 @@ async fn one_shot_and_discovery(dialect: Dialect) {
     assert!(ms < 3000.0, "{listed}");
 }
 
-async fn read_a_file(dialect: Dialect) {
+async fn read_a_file(dialect: Dialect, mode: Mode) {
     let Some(bin) = claude() else { return };
     let up = MockUpstream::start().await;
     up.set_default(model_reply(dialect));
@@ -246,6 +267,7 @@ async fn read_a_file(dialect: Dialect) {
         run_claude(
             &bin,
             &g,
+            mode,
             &prompt,
             &["--output-format", "stream-json", "--verbose", "--allowedTools", "Read"],
             &[("MAX_THINKING_TOKENS", "2048")],
@@ -297,7 +319,7 @@ async fn read_a_file(dialect: Dialect) {
     );
 }
 
-async fn survives_a_429_by_failover(dialect: Dialect) {
+async fn survives_a_429_by_failover(dialect: Dialect, mode: Mode) {
     let Some(bin) = claude() else { return };
     let busy = MockUpstream::start().await;
     let error = match dialect {
@@ -325,7 +347,7 @@ async fn survives_a_429_by_failover(dialect: Dialect) {
     up.set_default(model_reply(dialect));
     let gw = std::sync::Arc::new(Gateway::start_async(&config(dialect, &busy, Some(&up)), &[]).await);
     let g = gw.clone();
-    let run = in_thread(move || run_claude(&bin, &g, "Say pong.", &["--output-format", "json"], &[])).await;
+    let run = in_thread(move || run_claude(&bin, &g, mode, "Say pong.", &["--output-format", "json"], &[])).await;
     let r = result(&run);
     assert!(
         run.ok && r["is_error"] == false,
@@ -335,6 +357,21 @@ async fn survives_a_429_by_failover(dialect: Dialect) {
     );
     assert!(r["result"].as_str().unwrap_or("").contains("pong"));
     assert!(busy.request_count() >= 1, "the primary was tried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foundry_mode_anthropic_read_tool_loop() {
+    read_a_file(Dialect::Anthropic, Mode::Foundry).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foundry_mode_openai_read_tool_loop() {
+    read_a_file(Dialect::OpenAi, Mode::Foundry).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foundry_mode_429_failover() {
+    survives_a_429_by_failover(Dialect::Anthropic, Mode::Foundry).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -349,22 +386,22 @@ async fn openai_one_shot_and_model_discovery() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn anthropic_read_tool_loop() {
-    read_a_file(Dialect::Anthropic).await;
+    read_a_file(Dialect::Anthropic, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_read_tool_loop() {
-    read_a_file(Dialect::OpenAi).await;
+    read_a_file(Dialect::OpenAi, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn anthropic_429_failover() {
-    survives_a_429_by_failover(Dialect::Anthropic).await;
+    survives_a_429_by_failover(Dialect::Anthropic, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_429_failover() {
-    survives_a_429_by_failover(Dialect::OpenAi).await;
+    survives_a_429_by_failover(Dialect::OpenAi, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,12 +411,12 @@ async fn bedrock_one_shot_and_model_discovery() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bedrock_read_tool_loop() {
-    read_a_file(Dialect::Bedrock).await;
+    read_a_file(Dialect::Bedrock, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bedrock_429_failover() {
-    survives_a_429_by_failover(Dialect::Bedrock).await;
+    survives_a_429_by_failover(Dialect::Bedrock, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,12 +429,12 @@ async fn gemini_one_shot_and_model_discovery() {
 /// if it survives the round trip through Claude Code.
 #[tokio::test(flavor = "multi_thread")]
 async fn gemini_read_tool_loop() {
-    read_a_file(Dialect::Gemini).await;
+    read_a_file(Dialect::Gemini, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gemini_429_failover() {
-    survives_a_429_by_failover(Dialect::Gemini).await;
+    survives_a_429_by_failover(Dialect::Gemini, Mode::Direct).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -429,7 +466,8 @@ async fn openai_context_error_reaches_claude_code_as_prompt_is_too_long() {
         "{v}"
     );
     let g = gw.clone();
-    let run = in_thread(move || run_claude(&bin, &g, "Say pong.", &["--output-format", "json"], &[])).await;
+    let run =
+        in_thread(move || run_claude(&bin, &g, Mode::Direct, "Say pong.", &["--output-format", "json"], &[])).await;
     let r = result(&run);
     assert_eq!(r["is_error"], true, "{}", run.stdout);
     assert!(

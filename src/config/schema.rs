@@ -191,6 +191,9 @@ pub struct Config {
     /// OpenTelemetry export.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Claude's cloud formats served to clients (Claude Code's cloud modes pointed at the gateway).
+    #[serde(default)]
+    pub inbound: InboundConfig,
 }
 
 fn default_listen() -> String {
@@ -940,4 +943,26 @@ pub struct OtlpConfig {
     /// Headers sent with every export (an `authorization` for the collector, say).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+}
+
+/// `inbound:` — the clouds' own API formats, served under path prefixes so
+/// that Claude Code's cloud modes can be pointed at the gateway.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Microsoft Foundry's format (the Messages API under a prefix), for `CLAUDE_CODE_USE_FOUNDRY=1` with `ANTHROPIC_FOUNDRY_BASE_URL=<gateway>/foundry`. `null` turns it off.
+    #[serde(default = "default_foundry_prefix")]
+    pub foundry: Option<String>,
+}
+
+fn default_foundry_prefix() -> Option<String> {
+    Some("/foundry".into())
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            foundry: default_foundry_prefix(),
+        }
+    }
 }

@@ -301,6 +301,9 @@ impl Gateway {
         ctx: &mut RequestCtx,
         snap: &Arc<Snapshot>,
     ) -> Result<(), GatewayError> {
+        if self.role == Role::Main {
+            inbound(session, snap);
+        }
         let req = session.req_header();
         let path = req.uri.path().to_string();
         match endpoint(&req.method, &path, self.role) {
@@ -402,6 +405,27 @@ impl Gateway {
             ctx.principal = Some(k.clone());
         }
         Ok(caller)
+    }
+}
+
+/// A request in a cloud's format (`inbound:`) becomes the gateway's own:
+/// Microsoft Foundry's is the Messages API under a prefix, which comes off
+/// the path (the query stays) before dispatch, so every stage and every
+/// upstream sees `/v1/…`.
+fn inbound(session: &mut Session, snap: &Snapshot) {
+    let Some(prefix) = snap.config.inbound.foundry.as_deref() else {
+        return;
+    };
+    let uri = &session.req_header().uri;
+    let Some(rest) = uri.path().strip_prefix(prefix).filter(|r| r.starts_with("/v1/")) else {
+        return;
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        session.req_header_mut().set_uri(uri);
     }
 }
 

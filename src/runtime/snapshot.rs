@@ -337,6 +337,9 @@ impl Snapshot {
         if config.connect_timeout.0.is_zero() {
             return Err(ConfigError::invalid("connect_timeout", "must be greater than 0"));
         }
+        if let Some(prefix) = &config.inbound.foundry {
+            check_prefix("inbound.foundry", prefix)?;
+        }
 
         let mut providers = BTreeMap::new();
         for (name, p) in &config.providers {
@@ -918,6 +921,49 @@ fn accounts_from_config(
         return Ok(single(None));
     }
     Ok(accounts)
+}
+
+/// Paths the gateway serves itself, which an inbound prefix may not shadow.
+const OWN_PATHS: [&str; 11] = [
+    "/v1",
+    "/admin",
+    "/oauth",
+    "/device",
+    "/health",
+    "/status",
+    "/metrics",
+    "/managed",
+    "/api",
+    "/.well-known",
+    "/dashboard",
+];
+
+/// An `inbound` path prefix: `/name`, one or more segments of URL-safe
+/// characters, not a path the gateway serves itself.
+fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    let ok = prefix.len() > 1
+        && prefix.starts_with('/')
+        && !prefix.ends_with('/')
+        && !prefix.contains("//")
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{}` is not a path prefix like /foundry", prefix.escape_debug()),
+        ));
+    }
+    if let Some(own) = OWN_PATHS
+        .iter()
+        .find(|own| prefix == **own || prefix.starts_with(&format!("{own}/")))
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{prefix}` is under `{own}`, which the gateway serves itself"),
+        ));
+    }
+    Ok(())
 }
 
 /// A team's policy scope; `key` names it in an error.

@@ -107,6 +107,10 @@ enum Mode {
     /// `/foundry` prefix as `ANTHROPIC_FOUNDRY_BASE_URL`, the key as
     /// `ANTHROPIC_FOUNDRY_API_KEY`.
     Foundry,
+    /// Google Vertex AI mode: `CLAUDE_CODE_USE_VERTEX=1`, the gateway's
+    /// `/vertex` prefix as `ANTHROPIC_VERTEX_BASE_URL`, no Google auth, the
+    /// key as `ANTHROPIC_AUTH_TOKEN`.
+    Vertex,
 }
 
 struct Run {
@@ -150,6 +154,14 @@ fn run_claude(bin: &Path, gw: &Gateway, mode: Mode, prompt: &str, args: &[&str],
             cmd.env("CLAUDE_CODE_USE_FOUNDRY", "1")
                 .env("ANTHROPIC_FOUNDRY_BASE_URL", gw.url("/foundry"))
                 .env("ANTHROPIC_FOUNDRY_API_KEY", KEY);
+        }
+        Mode::Vertex => {
+            cmd.env("CLAUDE_CODE_USE_VERTEX", "1")
+                .env("ANTHROPIC_VERTEX_BASE_URL", gw.url("/vertex"))
+                .env("CLAUDE_CODE_SKIP_VERTEX_AUTH", "1")
+                .env("ANTHROPIC_VERTEX_PROJECT_ID", "modelgate-test")
+                .env("CLOUD_ML_REGION", "us-east5")
+                .env("ANTHROPIC_AUTH_TOKEN", KEY);
         }
     }
     let mut child = cmd.spawn().expect("spawn claude");
@@ -293,6 +305,19 @@ async fn read_a_file(dialect: Dialect, mode: Mode) {
             }
     });
     assert!(carried, "{dialect:?}: no upstream request carried the tool result");
+    let format = match mode {
+        Mode::Direct => None,
+        Mode::Foundry => Some("inbound=foundry"),
+        Mode::Vertex => Some("inbound=vertex"),
+    };
+    if let Some(format) = format {
+        let logs = gw.logs();
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("POST /v1/messages status=200") && l.contains(format)),
+            "{mode:?}: the requests did not come in the cloud's format\n{logs}"
+        );
+    }
     if matches!(dialect, Dialect::Anthropic | Dialect::Bedrock) {
         // Thinking was on: the signed thinking block came back unchanged.
         let last = up.requests().last().unwrap().json();
@@ -367,6 +392,21 @@ async fn foundry_mode_anthropic_read_tool_loop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn foundry_mode_openai_read_tool_loop() {
     read_a_file(Dialect::OpenAi, Mode::Foundry).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vertex_mode_anthropic_read_tool_loop() {
+    read_a_file(Dialect::Anthropic, Mode::Vertex).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vertex_mode_openai_read_tool_loop() {
+    read_a_file(Dialect::OpenAi, Mode::Vertex).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vertex_mode_429_failover() {
+    survives_a_429_by_failover(Dialect::Anthropic, Mode::Vertex).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -953,6 +953,16 @@ pub struct InboundConfig {
     /// Microsoft Foundry's format (the Messages API under a prefix), for `CLAUDE_CODE_USE_FOUNDRY=1` with `ANTHROPIC_FOUNDRY_BASE_URL=<gateway>/foundry`. `null` turns it off.
     #[serde(default = "default_foundry_prefix")]
     pub foundry: Option<String>,
+    /// Google Vertex AI's format (`…/publishers/anthropic/models/{model}:rawPredict`, `:streamRawPredict`, `count-tokens:rawPredict`), for `CLAUDE_CODE_USE_VERTEX=1` with `ANTHROPIC_VERTEX_BASE_URL=<gateway>/vertex`. `null` turns it off.
+    #[serde(default = "default_vertex_prefix")]
+    pub vertex: Option<String>,
+    /// Cloud model ids and the gateway model ids they stand for; ids not listed lose their cloud decorations (`claude-sonnet-4-5@20250929` → `claude-sonnet-4-5`, `us.anthropic.claude-opus-4-5-20251101-v1:0` → `claude-opus-4-5-20251101`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_map: BTreeMap<String, String>,
+}
+
+fn default_vertex_prefix() -> Option<String> {
+    Some("/vertex".into())
 }
 
 fn default_foundry_prefix() -> Option<String> {
@@ -963,6 +973,8 @@ impl Default for InboundConfig {
     fn default() -> Self {
         InboundConfig {
             foundry: default_foundry_prefix(),
+            vertex: default_vertex_prefix(),
+            model_map: BTreeMap::new(),
         }
     }
 }

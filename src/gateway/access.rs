@@ -65,7 +65,7 @@ pub fn access_log(session: &Session, ctx: &RequestCtx) {
     };
     log::info!(
         target: "access",
-        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} tokens_in={} tokens_out={} key={} outcome={} upstream_id={}",
+        "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} tokens_in={} tokens_out={} key={} outcome={} upstream_id={}{}",
         ctx.request_id,
         req.method,
         req.uri.path(),
@@ -80,5 +80,6 @@ pub fn access_log(session: &Session, ctx: &RequestCtx) {
         key,
         outcome,
         ctx.upstream_request_id.as_deref().unwrap_or("-"),
+        ctx.inbound_format.map(|f| format!(" inbound={f}")).unwrap_or_default(),
     );
 }

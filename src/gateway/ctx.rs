@@ -21,6 +21,12 @@ pub struct RequestCtx {
     /// (`anthropic-ratelimit-unified-*`, empty without caps). When set, the
     /// upstream's own `anthropic-ratelimit-*` headers are not relayed.
     pub unified: Option<Vec<(&'static str, String)>>,
+    /// A request that came in a cloud's format (`inbound:`), made a
+    /// Messages request when its body is read.
+    pub inbound: Option<Inbound>,
+    /// The cloud format the request came in (`foundry`, `vertex`), for the
+    /// access log.
+    pub inbound_format: Option<&'static str>,
     /// The billing group a signed-in developer's request tags named (one
     /// of their groups), for the audit log.
     pub billing_group: Option<String>,
@@ -107,6 +113,8 @@ impl RequestCtx {
             signed_in: None,
             unified: None,
             billing_group: None,
+            inbound: None,
+            inbound_format: None,
             model: None,
             provider: None,
             account: None,
@@ -151,4 +159,14 @@ pub fn new_request_id() -> String {
         id.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
     }
     id
+}
+
+/// What a cloud-format request's path said, for its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// The gateway model id (mapped from the cloud's); `None` when the body
+    /// names the model (a count-tokens request).
+    pub model: Option<String>,
+    /// `Some` when the endpoint decides streaming (`streamRawPredict`).
+    pub stream: Option<bool>,
 }

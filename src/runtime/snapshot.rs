@@ -337,8 +337,21 @@ impl Snapshot {
         if config.connect_timeout.0.is_zero() {
             return Err(ConfigError::invalid("connect_timeout", "must be greater than 0"));
         }
-        if let Some(prefix) = &config.inbound.foundry {
-            check_prefix("inbound.foundry", prefix)?;
+        for (key, prefix) in [
+            ("inbound.foundry", &config.inbound.foundry),
+            ("inbound.vertex", &config.inbound.vertex),
+        ] {
+            if let Some(prefix) = prefix {
+                check_prefix(key, prefix)?;
+            }
+        }
+        if let (Some(f), Some(v)) = (&config.inbound.foundry, &config.inbound.vertex) {
+            if f == v || f.starts_with(&format!("{v}/")) || v.starts_with(&format!("{f}/")) {
+                return Err(ConfigError::invalid(
+                    "inbound.vertex",
+                    "must not overlap inbound.foundry",
+                ));
+            }
         }
 
         let mut providers = BTreeMap::new();

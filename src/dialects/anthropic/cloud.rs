@@ -174,9 +174,105 @@ pub fn edit_body(
     })
 }
 
+/// A cloud-format request body as the Messages API takes it: the inverse
+/// of [`edit_body`], for clients that speak a cloud's format to the
+/// gateway. `anthropic_version` goes, `model` (from the path) comes first,
+/// `stream` is set as the endpoint says (`None`: as the body says), and a
+/// Bedrock body's `anthropic_beta` list is returned for the
+/// `anthropic-beta` header.
+pub fn messages_body(body: &[u8], model: &str, stream: Option<bool>) -> Result<(Vec<u8>, Vec<String>), EditError> {
+    let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
+    obj.remove("anthropic_version");
+    obj.remove("model");
+    let betas = match obj.remove("anthropic_beta") {
+        Some(Value::Array(list)) => list
+            .into_iter()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(one)) => vec![one],
+        _ => Vec::new(),
+    };
+    let mut out = Map::with_capacity(obj.len() + 2);
+    out.insert("model".into(), Value::from(model));
+    if let Some(stream) = stream {
+        obj.insert("stream".into(), Value::from(stream));
+    }
+    out.extend(obj);
+    let body = serde_json::to_vec(&Value::Object(out)).map_err(|e| EditError(e.to_string()))?;
+    Ok((body, betas))
+}
+
+/// Bedrock's cross-region inference-profile prefixes.
+const REGION_PREFIXES: [&str; 8] = ["us.", "eu.", "apac.", "global.", "jp.", "au.", "ca.", "us-gov."];
+
+/// The Anthropic model id a cloud model id stands for, when no
+/// `inbound.model_map` entry says otherwise: Vertex's `@version` suffix,
+/// Bedrock's region prefix, `anthropic.` and `-vN[:M]` suffix come off
+/// (`us.anthropic.claude-opus-4-5-20251101-v1:0` → `claude-opus-4-5-20251101`,
+/// `claude-sonnet-4-5@20250929` → `claude-sonnet-4-5`).
+pub fn anthropic_model_id(cloud: &str) -> String {
+    let id = cloud.split('@').next().unwrap_or(cloud);
+    let id = REGION_PREFIXES
+        .iter()
+        .find_map(|p| id.strip_prefix(p).filter(|rest| rest.starts_with("anthropic.")))
+        .unwrap_or(id);
+    let id = id.strip_prefix("anthropic.").unwrap_or(id);
+    let id = match id.rfind("-v") {
+        Some(at)
+            if id[at + 2..]
+                .split(':')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            &id[..at]
+        }
+        _ => id,
+    };
+    id.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloud_model_ids_map_to_anthropic_ids() {
+        for (cloud, want) in [
+            ("us.anthropic.claude-opus-4-5-20251101-v1:0", "claude-opus-4-5-20251101"),
+            (
+                "anthropic.claude-3-5-sonnet-20240620-v1:0",
+                "claude-3-5-sonnet-20240620",
+            ),
+            ("global.anthropic.claude-sonnet-4-5", "claude-sonnet-4-5"),
+            ("claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
+            ("claude-opus-4-5", "claude-opus-4-5"),
+            ("us.meta.llama3", "us.meta.llama3"),
+            ("claude-v2", "claude"),
+            ("claude-vx", "claude-vx"),
+        ] {
+            assert_eq!(anthropic_model_id(cloud), want, "{cloud}");
+        }
+    }
+
+    #[test]
+    fn cloud_bodies_become_messages_bodies() {
+        let bedrock = br#"{"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["a-1","b-2"],"max_tokens":5,"messages":[]}"#;
+        let (body, betas) = messages_body(bedrock, "claude-x", Some(true)).unwrap();
+        assert_eq!(betas, ["a-1", "b-2"]);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with(r#"{"model":"claude-x""#), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["stream"], true);
+        assert!(v.get("anthropic_version").is_none() && v.get("anthropic_beta").is_none());
+        let vertex = br#"{"anthropic_version":"vertex-2023-10-16","stream":true,"max_tokens":5,"messages":[]}"#;
+        let (body, betas) = messages_body(vertex, "claude-y", None).unwrap();
+        assert!(betas.is_empty());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["stream"].as_bool()),
+            (Some("claude-y"), Some(true))
+        );
+        assert!(messages_body(b"[1]", "m", None).is_err());
+    }
 
     /// Bedrock, where betas travel in the body.
     #[test]

@@ -1,0 +1,156 @@
+//! Claude's cloud formats served to clients (`inbound:`), through the
+//! binary: Vertex AI's rawPredict / streamRawPredict / count-tokens paths
+//! and Foundry's prefix become Messages requests (model from the path,
+//! mapped; `anthropic_version` out), answered by any upstream. The real
+//! Claude Code in these modes is in `tests/conformance.rs`.
+
+mod support;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use support::*;
+
+const KEY: &str = "mg-inboundKey0000000000000000000000000000001";
+
+fn config(upstream: &str, extra: &str) -> String {
+    format!(
+        "listen: \"{{listen}}\"\ndefault_provider: a\nproviders:\n  a: {{type: anthropic, api_base: \"{upstream}\", api_key: sk-ant-test}}\nkeys:\n  - {{name: dev, key_sha256: \"{}\"}}\n{extra}",
+        hex::encode(Sha256::digest(KEY.as_bytes()))
+    )
+}
+
+const VERTEX: &str = "/vertex/projects/p1/locations/us-east5/publishers/anthropic/models";
+
+async fn post(gw: &Gateway, path: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(gw.url(path))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn vertex_paths_become_messages_requests() {
+    let up = MockUpstream::start().await;
+    let gw = Gateway::start_async(
+        &config(
+            &up.base_url(),
+            "inbound:\n  model_map: {claude-team-alias@1: claude-opus-4-5}\n",
+        ),
+        &[],
+    )
+    .await;
+    let body = json!({"anthropic_version": "vertex-2023-10-16", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(
+        &gw,
+        &format!("{VERTEX}/claude-sonnet-4-5@20250929:rawPredict"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.path(), "/v1/messages");
+    let sent = seen.json();
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["stream"], false);
+    assert!(sent.get("anthropic_version").is_none());
+    assert_eq!(
+        seen.header("anthropic-beta").as_deref(),
+        Some("interleaved-thinking-2025-05-14")
+    );
+    assert_eq!(seen.header("x-api-key").as_deref(), Some("sk-ant-test"));
+
+    up.push(Reply::sse_message("claude-opus-4-5", &["Hel", "lo"]));
+    let r = post(
+        &gw,
+        &format!("{VERTEX}/claude-team-alias@1:streamRawPredict"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("message_stop"));
+    let sent = up.requests().pop().unwrap().json();
+    assert_eq!(
+        (sent["model"].as_str(), sent["stream"].as_bool()),
+        (Some("claude-opus-4-5"), Some(true))
+    );
+
+    up.push(Reply::json(200, r#"{"input_tokens":12}"#));
+    let mut counted = body.clone();
+    counted["model"] = json!("claude-sonnet-4-5@20250929");
+    let r = post(&gw, &format!("{VERTEX}/count-tokens:rawPredict"), counted).await;
+    assert_eq!(r.status(), 200);
+    let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.path(), "/v1/messages/count_tokens");
+    assert_eq!(seen.json()["model"], "claude-sonnet-4-5");
+
+    // Not a path Vertex serves Claude on, or no key: the usual answers.
+    let r = post(
+        &gw,
+        "/vertex/projects/p1/locations/l/publishers/google/models/gemini:rawPredict",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = client()
+        .post(gw.url(&format!("{VERTEX}/claude-sonnet-4-5:rawPredict")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let logs = gw.logs();
+    assert!(logs.contains("inbound=vertex"), "{logs}");
+}
+
+#[tokio::test]
+async fn prefixes_are_configurable_and_can_be_off() {
+    let up = MockUpstream::start().await;
+    let gw = Gateway::start_async(
+        &config(&up.base_url(), "inbound: {foundry: /azure, vertex: null}\n"),
+        &[],
+    )
+    .await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
+    let r = client()
+        .post(gw.url("/azure/v1/messages?beta=true"))
+        .header("x-api-key", KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.requests().pop().unwrap().path(), "/v1/messages");
+    assert_eq!(post(&gw, "/foundry/v1/messages", body.clone()).await.status(), 404);
+    assert_eq!(
+        post(&gw, &format!("{VERTEX}/claude-sonnet-4-5:rawPredict"), body)
+            .await
+            .status(),
+        404
+    );
+}
+
+#[test]
+fn a_prefix_under_the_gateways_own_paths_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["config", "validate", "-c", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(
+                b"providers: {a: {type: anthropic}}\ndefault_provider: a\ninbound: {vertex: /v1/vertex}\n",
+            )?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inbound.vertex") && err.contains("/v1"), "{err}");
+}

@@ -352,9 +352,15 @@ pub struct ProviderConfig {
     /// Extra headers sent upstream.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// Bedrock region.
+    /// Bedrock region; Claude Platform on AWS (`claude_aws`) region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Microsoft Foundry resource (`foundry`): the base is `https://{resource}.services.ai.azure.com/anthropic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Claude Platform on AWS (`claude_aws`) workspace, sent as `anthropic-workspace-id` (`wrkspc_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
     /// Vertex project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,

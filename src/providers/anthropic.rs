@@ -1,4 +1,10 @@
-//! `anthropic`: the Messages API itself, passed through.
+//! `anthropic`: the Messages API itself, passed through; and the clouds
+//! that serve Claude with the same API under another base URL:
+//! `foundry` (Microsoft Foundry, `https://{resource}.services.ai.azure.com/anthropic`)
+//! and `claude_aws` (Claude Platform on AWS,
+//! `https://aws-external-anthropic.{region}.api.aws`, with its
+//! `anthropic-workspace-id`), each with an API key as `x-api-key`
+//! (`docs/protocol-notes.md` §5.3).
 //!
 //! The body goes upstream as the client sent it, with at most the `model`
 //! string spliced (a route's rename) and `speed` added or removed for fast
@@ -31,13 +37,111 @@ pub static TYPE: super::ProviderType = super::ProviderType {
 
 fn build(_: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
     Ok(Built {
-        adapter: Arc::new(Anthropic),
+        adapter: Arc::new(Anthropic::default()),
         derived_base: None,
     })
 }
 
-#[derive(Debug)]
-pub struct Anthropic;
+pub static FOUNDRY: super::ProviderType = super::ProviderType {
+    name: "foundry",
+    default_base: None,
+    base_from: Some(super::BaseFrom {
+        listed: "(from resource: https://RESOURCE.services.ai.azure.com/anthropic)",
+        added: "from the resource",
+    }),
+    key_env: Some("ANTHROPIC_FOUNDRY_API_KEY"),
+    standard_env: None,
+    credential: super::CredentialKind::Key,
+    without_key: super::WithoutKey::Nothing,
+    without_key_note: "none: set api_key_env_var (the Foundry resource's key)",
+    build: build_foundry,
+};
+
+fn build_foundry(b: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
+    let derived_base = match (&b.config.resource, &b.config.api_base) {
+        (Some(r), _) => Some(format!(
+            "https://{}.services.ai.azure.com/anthropic",
+            host_label(b, "resource", r)?
+        )),
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(crate::config::ConfigError::invalid(
+                b.key,
+                "a foundry provider needs `resource` (the Foundry resource name) or `api_base`",
+            ))
+        }
+    };
+    Ok(Built {
+        adapter: Arc::new(Anthropic::default()),
+        derived_base,
+    })
+}
+
+pub static CLAUDE_AWS: super::ProviderType = super::ProviderType {
+    name: "claude_aws",
+    default_base: None,
+    base_from: Some(super::BaseFrom {
+        listed: "(from region: https://aws-external-anthropic.REGION.api.aws)",
+        added: "from the region",
+    }),
+    key_env: Some("ANTHROPIC_AWS_API_KEY"),
+    standard_env: None,
+    credential: super::CredentialKind::Key,
+    without_key: super::WithoutKey::Nothing,
+    without_key_note: "none: set api_key_env_var (the workspace's API key)",
+    build: build_claude_aws,
+};
+
+fn build_claude_aws(b: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
+    let Some(workspace) = &b.config.workspace_id else {
+        return Err(crate::config::ConfigError::invalid(
+            format!("{}.workspace_id", b.key),
+            "Claude Platform on AWS needs the workspace (wrkspc_…)",
+        ));
+    };
+    let value = http::HeaderValue::from_str(workspace).map_err(|_| {
+        crate::config::ConfigError::invalid(format!("{}.workspace_id", b.key), "not a valid header value")
+    })?;
+    let derived_base = match (&b.config.region, &b.config.api_base) {
+        (Some(r), _) => Some(format!(
+            "https://aws-external-anthropic.{}.api.aws",
+            host_label(b, "region", r)?
+        )),
+        (None, Some(_)) => None,
+        (None, None) => {
+            return Err(crate::config::ConfigError::invalid(
+                b.key,
+                "a claude_aws provider needs `region` (or `api_base`)",
+            ))
+        }
+    };
+    Ok(Built {
+        adapter: Arc::new(Anthropic {
+            headers: vec![(http::HeaderName::from_static("anthropic-workspace-id"), value)],
+        }),
+        derived_base,
+    })
+}
+
+/// A config value that becomes part of a host name: letters, digits, `-`.
+fn host_label<'a>(b: &Build<'_>, field: &str, v: &'a str) -> Result<&'a str, crate::config::ConfigError> {
+    let ok = !v.is_empty() && v.len() <= 63 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+    if ok {
+        Ok(v)
+    } else {
+        Err(crate::config::ConfigError::invalid(
+            format!("{}.{field}", b.key),
+            format!("`{}` is not a host-name label (letters, digits, `-`)", v.escape_debug()),
+        ))
+    }
+}
+
+/// The Messages API passed through, with the headers a platform needs
+/// besides the client's (Claude Platform on AWS's workspace).
+#[derive(Debug, Default)]
+pub struct Anthropic {
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
 
 impl Adapter for Anthropic {
     fn forwards_raw(&self) -> bool {
@@ -60,6 +164,7 @@ impl Adapter for Anthropic {
                 upstream_model: Some(out.upstream_model.to_string()),
             },
             beta: fast.then_some(FAST_MODE_BETA),
+            headers: self.headers.clone(),
         }))
     }
 
@@ -70,6 +175,7 @@ impl Adapter for Anthropic {
                 upstream_model: None,
             },
             beta: None,
+            headers: self.headers.clone(),
         }))
     }
 
@@ -77,6 +183,9 @@ impl Adapter for Anthropic {
         if let Some(key) = key {
             let _ = head.insert_header("anthropic-version", "2023-06-01");
             let _ = head.insert_header("x-api-key", key.expose());
+        }
+        for (name, value) in &self.headers {
+            let _ = head.insert_header(name.clone(), value.clone());
         }
     }
 }
@@ -86,6 +195,8 @@ struct Passthrough {
     payload: Payload,
     /// A beta to add to `anthropic-beta` (fast mode), if not already there.
     beta: Option<&'static str>,
+    /// The platform's own headers.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Call for Passthrough {
@@ -125,6 +236,9 @@ impl Call for Passthrough {
             .map_err(internal)?;
         for (name, value) in headers {
             req.append_header(name, value).map_err(internal)?;
+        }
+        for (name, value) in &self.headers {
+            req.insert_header(name.clone(), value.clone()).map_err(internal)?;
         }
         if !self.payload.body.is_empty() || out.method == http::Method::POST {
             req.insert_header(http::header::CONTENT_LENGTH, self.payload.body.len().to_string())

@@ -104,8 +104,10 @@ pub enum WithoutKey {
 }
 
 /// Every provider type this build speaks, in the order they are listed.
-pub static TYPES: [&ProviderType; 8] = [
+pub static TYPES: [&ProviderType; 10] = [
     &anthropic::TYPE,
+    &anthropic::FOUNDRY,
+    &anthropic::CLAUDE_AWS,
     &openai::OPENAI,
     &openai::AZURE,
     &openai::OPENROUTER,

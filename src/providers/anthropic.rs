@@ -4,7 +4,7 @@
 //! and `claude_aws` (Claude Platform on AWS,
 //! `https://aws-external-anthropic.{region}.api.aws`, with its
 //! `anthropic-workspace-id`), each with an API key as `x-api-key`
-//! (`docs/protocol-notes.md` §5.3).
+//! (`docs/protocol-notes.md` §5.5).
 //!
 //! The body goes upstream as the client sent it, with at most the `model`
 //! string spliced (a route's rename) and `speed` added or removed for fast

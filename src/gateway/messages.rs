@@ -321,7 +321,7 @@ async fn read_request(
 ) -> Result<MessagesRequest, GatewayError> {
     let mut body = body::read(session, snap.max_request_size, snap.config.client_timeouts.body.0).await?;
     if let Some(inbound) = ctx.inbound.clone() {
-        body = from_cloud(session, snap, inbound, &body)?;
+        body = super::inbound::messages_body(session, snap, inbound, &body)?;
     }
     let request = MessagesRequest::parse(body).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
     check_model_id(&request.model, snap.config.limits.model_id_bytes)?;
@@ -369,46 +369,6 @@ async fn read_request(
         }
     }
     Ok(request)
-}
-
-/// A cloud-format body (`inbound:`) as a Messages body: the model from the
-/// path (or, for count-tokens, the body's own, mapped), `anthropic_version`
-/// out, a Bedrock body's betas into `anthropic-beta`.
-fn from_cloud(
-    session: &mut Session,
-    snap: &Snapshot,
-    inbound: super::ctx::Inbound,
-    body: &[u8],
-) -> Result<bytes::Bytes, GatewayError> {
-    let invalid = |e: String| GatewayError::InvalidRequest(e);
-    let model = match inbound.model {
-        Some(m) => m,
-        None => {
-            #[derive(serde::Deserialize)]
-            struct Named {
-                model: String,
-            }
-            let named: Named = serde_json::from_slice(body)
-                .map_err(|e| invalid(format!("the count-tokens body needs a `model`: {e}")))?;
-            super::cloud_model(&snap.config.inbound.model_map, &named.model)
-        }
-    };
-    let (body, betas) = crate::dialects::anthropic::cloud::messages_body(body, &model, inbound.stream)
-        .map_err(|e| invalid(e.to_string()))?;
-    if !betas.is_empty() {
-        let head = session.req_header_mut();
-        let mut all: Vec<String> = head
-            .headers
-            .get_all("anthropic-beta")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect();
-        all.extend(betas);
-        let _ = head.remove_header("anthropic-beta");
-        let _ = head.insert_header("anthropic-beta", all.join(","));
-    }
-    Ok(bytes::Bytes::from(body))
 }
 
 /// The beta that announces request tags.

@@ -38,6 +38,7 @@ pub mod ctx;
 pub mod failure;
 pub mod guard;
 pub mod health_check;
+pub mod inbound;
 pub mod local;
 pub mod messages;
 pub mod meter;
@@ -302,7 +303,7 @@ impl Gateway {
         snap: &Arc<Snapshot>,
     ) -> Result<(), GatewayError> {
         if self.role == Role::Main {
-            inbound(session, ctx, snap);
+            inbound::recognize(session, ctx, snap);
         }
         let req = session.req_header();
         let path = req.uri.path().to_string();
@@ -408,105 +409,9 @@ impl Gateway {
     }
 }
 
-/// A request in a cloud's format (`inbound:`) becomes the gateway's own
-/// before dispatch, so that every stage and every upstream sees `/v1/…`:
-/// Microsoft Foundry's is the Messages API under a prefix, which comes off
-/// the path (the query stays); Vertex AI's names the model and the method
-/// in the path, which becomes `/v1/messages` (or `count_tokens`) with
-/// `ctx.inbound` saying what the body needs when it is read.
-fn inbound(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
-    let config = &snap.config.inbound;
-    let uri = &session.req_header().uri;
-    let path = uri.path();
-    let target = if let Some(rest) = config
-        .foundry
-        .as_deref()
-        .and_then(|p| path.strip_prefix(p))
-        .filter(|r| r.starts_with("/v1/"))
-    {
-        ctx.inbound_format = Some("foundry");
-        rest.to_string()
-    } else if let Some((model, method)) = config
-        .vertex
-        .as_deref()
-        .and_then(|p| path.strip_prefix(p))
-        .and_then(vertex_target)
-    {
-        let count = model == "count-tokens";
-        ctx.inbound_format = Some("vertex");
-        ctx.inbound = Some(ctx::Inbound {
-            model: (!count).then(|| cloud_model(&config.model_map, model)),
-            stream: (!count).then_some(method == "streamRawPredict"),
-        });
-        if count {
-            "/v1/messages/count_tokens".to_string()
-        } else {
-            "/v1/messages".to_string()
-        }
-    } else {
-        return;
-    };
-    let target = match uri.query() {
-        Some(q) => format!("{target}?{q}"),
-        None => target,
-    };
-    if let Ok(uri) = target.parse::<http::Uri>() {
-        session.req_header_mut().set_uri(uri);
-    }
-}
-
-/// `/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:{method}`
-/// with a method Vertex AI's Claude endpoints take: the model and the method.
-fn vertex_target(rest: &str) -> Option<(&str, &str)> {
-    let mut parts = rest.strip_prefix("/projects/")?.splitn(6, '/');
-    let (_project, locations, _location, publishers, anthropic, models) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if (locations, publishers, anthropic) != ("locations", "publishers", "anthropic") {
-        return None;
-    }
-    let (model, method) = models.strip_prefix("models/")?.rsplit_once(':')?;
-    let known = matches!(method, "rawPredict" | "streamRawPredict");
-    (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
-}
-
-/// The gateway model id of a cloud model id: `inbound.model_map`, else the
-/// id without its cloud decorations.
-pub(crate) fn cloud_model(map: &std::collections::BTreeMap<String, String>, id: &str) -> String {
-    map.get(id)
-        .cloned()
-        .unwrap_or_else(|| crate::dialects::anthropic::cloud::anthropic_model_id(id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vertex_paths() {
-        assert_eq!(
-            vertex_target("/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"),
-            Some(("claude-sonnet-4-5@20250929", "streamRawPredict"))
-        );
-        assert_eq!(
-            vertex_target("/projects/p/locations/global/publishers/anthropic/models/count-tokens:rawPredict"),
-            Some(("count-tokens", "rawPredict"))
-        );
-        assert_eq!(
-            vertex_target("/projects/p/locations/l/publishers/google/models/gemini:rawPredict"),
-            None
-        );
-        assert_eq!(
-            vertex_target("/projects/p/locations/l/publishers/anthropic/models/m:predict"),
-            None
-        );
-        assert_eq!(vertex_target("/projects/p"), None);
-    }
 
     #[test]
     fn dispatch_by_method_and_path() {

@@ -1,0 +1,161 @@
+//! Claude's cloud formats served to clients (`inbound:`), so that Claude
+//! Code's cloud modes can be pointed at the gateway: a request in a
+//! cloud's format is recognised from its path before dispatch and becomes
+//! a Messages request, run through the same stages as `/v1/messages`.
+//!
+//! - Microsoft Foundry: the Messages API under a prefix; the prefix comes
+//!   off the path.
+//! - Vertex AI: `…/publishers/anthropic/models/{model}:rawPredict`,
+//!   `:streamRawPredict`, `count-tokens:rawPredict`; the path becomes
+//!   `/v1/messages` (or `count_tokens`) and `ctx.inbound` says what the
+//!   body needs when it is read ([`messages_body`]): the model from the
+//!   path, mapped to a gateway model id, and `anthropic_version` out
+//!   (`dialects::anthropic::cloud::messages_body`). Vertex's answers are
+//!   the Messages API's, so nothing changes on the way back.
+
+use pingora::proxy::Session;
+
+use super::ctx::{Inbound, RequestCtx};
+use crate::error::GatewayError;
+use crate::runtime::Snapshot;
+
+/// A request in a cloud's format (`inbound:`) becomes the gateway's own
+/// before dispatch, so that every stage and every upstream sees `/v1/…`:
+/// Microsoft Foundry's is the Messages API under a prefix, which comes off
+/// the path (the query stays); Vertex AI's names the model and the method
+/// in the path, which becomes `/v1/messages` (or `count_tokens`) with
+/// `ctx.inbound` saying what the body needs when it is read.
+pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
+    let config = &snap.config.inbound;
+    let uri = &session.req_header().uri;
+    let path = uri.path();
+    let target = if let Some(rest) = config
+        .foundry
+        .as_deref()
+        .and_then(|p| path.strip_prefix(p))
+        .filter(|r| r.starts_with("/v1/"))
+    {
+        ctx.inbound_format = Some("foundry");
+        rest.to_string()
+    } else if let Some((model, method)) = config
+        .vertex
+        .as_deref()
+        .and_then(|p| path.strip_prefix(p))
+        .and_then(vertex_target)
+    {
+        let count = model == "count-tokens";
+        ctx.inbound_format = Some("vertex");
+        ctx.inbound = Some(Inbound {
+            model: (!count).then(|| cloud_model(&config.model_map, model)),
+            stream: (!count).then_some(method == "streamRawPredict"),
+        });
+        if count {
+            "/v1/messages/count_tokens".to_string()
+        } else {
+            "/v1/messages".to_string()
+        }
+    } else {
+        return;
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{target}?{q}"),
+        None => target,
+    };
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        session.req_header_mut().set_uri(uri);
+    }
+}
+
+/// `/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:{method}`
+/// with a method Vertex AI's Claude endpoints take: the model and the method.
+fn vertex_target(rest: &str) -> Option<(&str, &str)> {
+    let mut parts = rest.strip_prefix("/projects/")?.splitn(6, '/');
+    let (_project, locations, _location, publishers, anthropic, models) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if (locations, publishers, anthropic) != ("locations", "publishers", "anthropic") {
+        return None;
+    }
+    let (model, method) = models.strip_prefix("models/")?.rsplit_once(':')?;
+    let known = matches!(method, "rawPredict" | "streamRawPredict");
+    (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
+}
+
+/// The gateway model id of a cloud model id: `inbound.model_map`, else the
+/// id without its cloud decorations.
+pub(crate) fn cloud_model(map: &std::collections::BTreeMap<String, String>, id: &str) -> String {
+    map.get(id)
+        .cloned()
+        .unwrap_or_else(|| crate::dialects::anthropic::cloud::anthropic_model_id(id))
+}
+
+/// A cloud-format body (`inbound:`) as a Messages body: the model from the
+/// path (or, for count-tokens, the body's own, mapped), `anthropic_version`
+/// out, a Bedrock body's betas into `anthropic-beta`.
+pub fn messages_body(
+    session: &mut Session,
+    snap: &Snapshot,
+    inbound: Inbound,
+    body: &[u8],
+) -> Result<bytes::Bytes, GatewayError> {
+    let invalid = |e: String| GatewayError::InvalidRequest(e);
+    let model = match inbound.model {
+        Some(m) => m,
+        None => {
+            #[derive(serde::Deserialize)]
+            struct Named {
+                model: String,
+            }
+            let named: Named = serde_json::from_slice(body)
+                .map_err(|e| invalid(format!("the count-tokens body needs a `model`: {e}")))?;
+            cloud_model(&snap.config.inbound.model_map, &named.model)
+        }
+    };
+    let (body, betas) = crate::dialects::anthropic::cloud::messages_body(body, &model, inbound.stream)
+        .map_err(|e| invalid(e.to_string()))?;
+    if !betas.is_empty() {
+        let head = session.req_header_mut();
+        let mut all: Vec<String> = head
+            .headers
+            .get_all("anthropic-beta")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
+        all.extend(betas);
+        let _ = head.remove_header("anthropic-beta");
+        let _ = head.insert_header("anthropic-beta", all.join(","));
+    }
+    Ok(bytes::Bytes::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vertex_paths() {
+        assert_eq!(
+            vertex_target("/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"),
+            Some(("claude-sonnet-4-5@20250929", "streamRawPredict"))
+        );
+        assert_eq!(
+            vertex_target("/projects/p/locations/global/publishers/anthropic/models/count-tokens:rawPredict"),
+            Some(("count-tokens", "rawPredict"))
+        );
+        assert_eq!(
+            vertex_target("/projects/p/locations/l/publishers/google/models/gemini:rawPredict"),
+            None
+        );
+        assert_eq!(
+            vertex_target("/projects/p/locations/l/publishers/anthropic/models/m:predict"),
+            None
+        );
+        assert_eq!(vertex_target("/projects/p"), None);
+    }
+}

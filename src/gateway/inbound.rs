@@ -41,7 +41,7 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
         .vertex
         .as_deref()
         .and_then(|p| path.strip_prefix(p))
-        .and_then(vertex_target)
+        .and_then(crate::dialects::anthropic::cloud::vertex_path)
     {
         let count = model == "count-tokens";
         ctx.inbound_format = Some("vertex");
@@ -64,26 +64,6 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
     if let Ok(uri) = target.parse::<http::Uri>() {
         session.req_header_mut().set_uri(uri);
     }
-}
-
-/// `/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:{method}`
-/// with a method Vertex AI's Claude endpoints take: the model and the method.
-fn vertex_target(rest: &str) -> Option<(&str, &str)> {
-    let mut parts = rest.strip_prefix("/projects/")?.splitn(6, '/');
-    let (_project, locations, _location, publishers, anthropic, models) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if (locations, publishers, anthropic) != ("locations", "publishers", "anthropic") {
-        return None;
-    }
-    let (model, method) = models.strip_prefix("models/")?.rsplit_once(':')?;
-    let known = matches!(method, "rawPredict" | "streamRawPredict");
-    (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
 }
 
 /// The gateway model id of a cloud model id: `inbound.model_map`, else the
@@ -132,30 +112,4 @@ pub fn messages_body(
         let _ = head.insert_header("anthropic-beta", all.join(","));
     }
     Ok(bytes::Bytes::from(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vertex_paths() {
-        assert_eq!(
-            vertex_target("/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"),
-            Some(("claude-sonnet-4-5@20250929", "streamRawPredict"))
-        );
-        assert_eq!(
-            vertex_target("/projects/p/locations/global/publishers/anthropic/models/count-tokens:rawPredict"),
-            Some(("count-tokens", "rawPredict"))
-        );
-        assert_eq!(
-            vertex_target("/projects/p/locations/l/publishers/google/models/gemini:rawPredict"),
-            None
-        );
-        assert_eq!(
-            vertex_target("/projects/p/locations/l/publishers/anthropic/models/m:predict"),
-            None
-        );
-        assert_eq!(vertex_target("/projects/p"), None);
-    }
 }

@@ -202,6 +202,26 @@ pub fn messages_body(body: &[u8], model: &str, stream: Option<bool>) -> Result<(
     Ok((body, betas))
 }
 
+/// `/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:{method}`
+/// with a method Vertex AI's Claude endpoints take: the model and the method.
+pub fn vertex_path(rest: &str) -> Option<(&str, &str)> {
+    let mut parts = rest.strip_prefix("/projects/")?.splitn(6, '/');
+    let (_project, locations, _location, publishers, anthropic, models) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if (locations, publishers, anthropic) != ("locations", "publishers", "anthropic") {
+        return None;
+    }
+    let (model, method) = models.strip_prefix("models/")?.rsplit_once(':')?;
+    let known = matches!(method, "rawPredict" | "streamRawPredict");
+    (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
+}
+
 /// Bedrock's cross-region inference-profile prefixes.
 const REGION_PREFIXES: [&str; 8] = ["us.", "eu.", "apac.", "global.", "jp.", "au.", "ca.", "us-gov."];
 
@@ -233,6 +253,27 @@ pub fn anthropic_model_id(cloud: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vertex_paths() {
+        assert_eq!(
+            vertex_path("/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"),
+            Some(("claude-sonnet-4-5@20250929", "streamRawPredict"))
+        );
+        assert_eq!(
+            vertex_path("/projects/p/locations/global/publishers/anthropic/models/count-tokens:rawPredict"),
+            Some(("count-tokens", "rawPredict"))
+        );
+        assert_eq!(
+            vertex_path("/projects/p/locations/l/publishers/google/models/gemini:rawPredict"),
+            None
+        );
+        assert_eq!(
+            vertex_path("/projects/p/locations/l/publishers/anthropic/models/m:predict"),
+            None
+        );
+        assert_eq!(vertex_path("/projects/p"), None);
+    }
 
     #[test]
     fn cloud_model_ids_map_to_anthropic_ids() {

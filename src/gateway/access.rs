@@ -80,6 +80,6 @@ pub fn access_log(session: &Session, ctx: &RequestCtx) {
         key,
         outcome,
         ctx.upstream_request_id.as_deref().unwrap_or("-"),
-        ctx.inbound_format.map(|f| format!(" inbound={f}")).unwrap_or_default(),
+        ctx.inbound_format.map(|f| format!(" inbound={}", f.name())).unwrap_or_default(),
     );
 }

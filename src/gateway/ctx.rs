@@ -26,7 +26,7 @@ pub struct RequestCtx {
     pub inbound: Option<Inbound>,
     /// The cloud format the request came in (`foundry`, `vertex`), for the
     /// access log.
-    pub inbound_format: Option<&'static str>,
+    pub inbound_format: Option<crate::dialects::anthropic::cloud::ClientFormat>,
     /// The billing group a signed-in developer's request tags named (one
     /// of their groups), for the audit log.
     pub billing_group: Option<String>,

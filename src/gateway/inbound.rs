@@ -16,6 +16,7 @@
 use pingora::proxy::Session;
 
 use super::ctx::{Inbound, RequestCtx};
+use crate::dialects::anthropic::cloud::ClientFormat;
 use crate::error::GatewayError;
 use crate::runtime::Snapshot;
 
@@ -35,7 +36,7 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
         .and_then(|p| path.strip_prefix(p))
         .filter(|r| r.starts_with("/v1/"))
     {
-        ctx.inbound_format = Some("foundry");
+        ctx.inbound_format = Some(ClientFormat::Foundry);
         rest.to_string()
     } else if let Some((model, method)) = config
         .vertex
@@ -44,7 +45,7 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
         .and_then(crate::dialects::anthropic::cloud::vertex_path)
     {
         let count = model == "count-tokens";
-        ctx.inbound_format = Some("vertex");
+        ctx.inbound_format = Some(ClientFormat::Vertex);
         ctx.inbound = Some(Inbound {
             model: (!count).then(|| cloud_model(&config.model_map, model)),
             stream: (!count).then_some(method == "streamRawPredict"),

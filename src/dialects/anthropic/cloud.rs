@@ -222,6 +222,25 @@ pub fn vertex_path(rest: &str) -> Option<(&str, &str)> {
     (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
 }
 
+/// A cloud's format a client speaks to the gateway (`inbound:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFormat {
+    /// Microsoft Foundry: the Messages API under a prefix.
+    Foundry,
+    /// Vertex AI's `rawPredict` / `streamRawPredict`.
+    Vertex,
+}
+
+impl ClientFormat {
+    /// How logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientFormat::Foundry => "foundry",
+            ClientFormat::Vertex => "vertex",
+        }
+    }
+}
+
 /// Bedrock's cross-region inference-profile prefixes.
 const REGION_PREFIXES: [&str; 8] = ["us.", "eu.", "apac.", "global.", "jp.", "au.", "ca.", "us-gov."];
 

@@ -111,6 +111,10 @@ enum Mode {
     /// `/vertex` prefix as `ANTHROPIC_VERTEX_BASE_URL`, no Google auth, the
     /// key as `ANTHROPIC_AUTH_TOKEN`.
     Vertex,
+    /// Amazon Bedrock mode: `CLAUDE_CODE_USE_BEDROCK=1`, the gateway's
+    /// `/bedrock` prefix as `ANTHROPIC_BEDROCK_BASE_URL`, no AWS auth, the
+    /// key as `ANTHROPIC_AUTH_TOKEN`; streams come back as event-stream frames.
+    Bedrock,
 }
 
 struct Run {
@@ -161,6 +165,13 @@ fn run_claude(bin: &Path, gw: &Gateway, mode: Mode, prompt: &str, args: &[&str],
                 .env("CLAUDE_CODE_SKIP_VERTEX_AUTH", "1")
                 .env("ANTHROPIC_VERTEX_PROJECT_ID", "modelgate-test")
                 .env("CLOUD_ML_REGION", "us-east5")
+                .env("ANTHROPIC_AUTH_TOKEN", KEY);
+        }
+        Mode::Bedrock => {
+            cmd.env("CLAUDE_CODE_USE_BEDROCK", "1")
+                .env("ANTHROPIC_BEDROCK_BASE_URL", gw.url("/bedrock"))
+                .env("CLAUDE_CODE_SKIP_BEDROCK_AUTH", "1")
+                .env("AWS_REGION", "us-east-1")
                 .env("ANTHROPIC_AUTH_TOKEN", KEY);
         }
     }
@@ -309,6 +320,7 @@ async fn read_a_file(dialect: Dialect, mode: Mode) {
         Mode::Direct => None,
         Mode::Foundry => Some("inbound=foundry"),
         Mode::Vertex => Some("inbound=vertex"),
+        Mode::Bedrock => Some("inbound=bedrock"),
     };
     if let Some(format) = format {
         let logs = gw.logs();
@@ -407,6 +419,21 @@ async fn vertex_mode_openai_read_tool_loop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn vertex_mode_429_failover() {
     survives_a_429_by_failover(Dialect::Anthropic, Mode::Vertex).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_mode_anthropic_read_tool_loop() {
+    read_a_file(Dialect::Anthropic, Mode::Bedrock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_mode_openai_read_tool_loop() {
+    read_a_file(Dialect::OpenAi, Mode::Bedrock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bedrock_mode_429_failover() {
+    survives_a_429_by_failover(Dialect::Anthropic, Mode::Bedrock).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

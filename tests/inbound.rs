@@ -154,3 +154,55 @@ fn a_prefix_under_the_gateways_own_paths_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("inbound.vertex") && err.contains("/v1"), "{err}");
 }
+
+#[tokio::test]
+async fn bedrock_invoke_paths_and_event_stream_answers() {
+    let up = MockUpstream::start().await;
+    let gw = Gateway::start_async(&config(&up.base_url(), ""), &[]).await;
+    let body = json!({"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["context-1m-2025-08-07"],
+                      "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    up.push(Reply::sse_message("claude-opus-4-5-20251101", &["Hel", "lo"]));
+    let r = client()
+        .post(gw.url("/bedrock/model/us.anthropic.claude-opus-4-5-20251101-v1%3A0/invoke-with-response-stream"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/vnd.amazon.eventstream");
+    let frames = r.bytes().await.unwrap();
+    let mut decoded = Vec::new();
+    let mut reader = modelgate::dialects::bedrock::stream::BedrockStream::default();
+    reader.push(&frames, &mut decoded);
+    let text = String::from_utf8(decoded).unwrap();
+    assert!(
+        text.contains("\"text\":\"Hel\"") && text.contains("message_stop"),
+        "{text}"
+    );
+    let seen = up.requests().pop().unwrap();
+    let sent = seen.json();
+    assert_eq!(
+        (sent["model"].as_str(), sent["stream"].as_bool()),
+        (Some("claude-opus-4-5-20251101"), Some(true))
+    );
+    assert!(sent.get("anthropic_beta").is_none() && sent.get("anthropic_version").is_none());
+    assert_eq!(seen.header("anthropic-beta").as_deref(), Some("context-1m-2025-08-07"));
+
+    // InvokeModel: the message as JSON, as Bedrock answers it.
+    let r = client()
+        .post(gw.url("/bedrock/model/anthropic.claude-sonnet-4-5-20250929-v1:0/invoke"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        up.requests().pop().unwrap().json()["model"],
+        "claude-sonnet-4-5-20250929"
+    );
+    assert!(gw.logs().contains("inbound=bedrock"));
+}

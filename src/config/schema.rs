@@ -962,6 +962,9 @@ pub struct InboundConfig {
     /// Google Vertex AI's format (`…/publishers/anthropic/models/{model}:rawPredict`, `:streamRawPredict`, `count-tokens:rawPredict`), for `CLAUDE_CODE_USE_VERTEX=1` with `ANTHROPIC_VERTEX_BASE_URL=<gateway>/vertex`. `null` turns it off.
     #[serde(default = "default_vertex_prefix")]
     pub vertex: Option<String>,
+    /// Amazon Bedrock's InvokeModel format (`/model/{model}/invoke`, `/invoke-with-response-stream`, answered in AWS event-stream frames), for `CLAUDE_CODE_USE_BEDROCK=1` with `ANTHROPIC_BEDROCK_BASE_URL=<gateway>/bedrock`. `null` turns it off.
+    #[serde(default = "default_bedrock_prefix")]
+    pub bedrock: Option<String>,
     /// Cloud model ids and the gateway model ids they stand for; ids not listed lose their cloud decorations (`claude-sonnet-4-5@20250929` → `claude-sonnet-4-5`, `us.anthropic.claude-opus-4-5-20251101-v1:0` → `claude-opus-4-5-20251101`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_map: BTreeMap<String, String>,
@@ -969,6 +972,10 @@ pub struct InboundConfig {
 
 fn default_vertex_prefix() -> Option<String> {
     Some("/vertex".into())
+}
+
+fn default_bedrock_prefix() -> Option<String> {
+    Some("/bedrock".into())
 }
 
 fn default_foundry_prefix() -> Option<String> {
@@ -980,6 +987,7 @@ impl Default for InboundConfig {
         InboundConfig {
             foundry: default_foundry_prefix(),
             vertex: default_vertex_prefix(),
+            bedrock: default_bedrock_prefix(),
             model_map: BTreeMap::new(),
         }
     }

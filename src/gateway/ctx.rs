@@ -27,6 +27,9 @@ pub struct RequestCtx {
     /// The cloud format the request came in (`foundry`, `vertex`), for the
     /// access log.
     pub inbound_format: Option<crate::dialects::anthropic::cloud::ClientFormat>,
+    /// A streamed answer re-framed for the client's format (Bedrock's
+    /// event stream); dropped when the answer is not a stream.
+    pub reframe: Option<Box<dyn crate::dialects::anthropic::cloud::Reframe>>,
     /// The billing group a signed-in developer's request tags named (one
     /// of their groups), for the audit log.
     pub billing_group: Option<String>,
@@ -115,6 +118,7 @@ impl RequestCtx {
             billing_group: None,
             inbound: None,
             inbound_format: None,
+            reframe: None,
             model: None,
             provider: None,
             account: None,

@@ -12,6 +12,11 @@
 //!   path, mapped to a gateway model id, and `anthropic_version` out
 //!   (`dialects::anthropic::cloud::messages_body`). Vertex's answers are
 //!   the Messages API's, so nothing changes on the way back.
+//! - Amazon Bedrock: `/model/{model}/invoke` and
+//!   `/invoke-with-response-stream`, made Messages requests the same way
+//!   (the body's `anthropic_beta` into `anthropic-beta`); a streamed answer
+//!   reaches the client re-framed as AWS event-stream frames
+//!   (`ctx.reframe`, applied where the relay writes).
 
 use pingora::proxy::Session;
 
@@ -55,6 +60,22 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
         } else {
             "/v1/messages".to_string()
         }
+    } else if let Some((model, method)) = config
+        .bedrock
+        .as_deref()
+        .and_then(|p| path.strip_prefix(p))
+        .and_then(crate::dialects::anthropic::cloud::bedrock_path)
+    {
+        let stream = method == "invoke-with-response-stream";
+        ctx.inbound_format = Some(ClientFormat::Bedrock);
+        ctx.inbound = Some(Inbound {
+            model: Some(cloud_model(&config.model_map, &model)),
+            stream: Some(stream),
+        });
+        if stream {
+            ctx.reframe = ClientFormat::Bedrock.stream_reframer();
+        }
+        "/v1/messages".to_string()
     } else {
         return;
     };

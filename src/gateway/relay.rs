@@ -100,7 +100,8 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchan
     let is_sse = upstream_content_type
         .as_ref()
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let head = match downstream_header(upstream, ctx, session.as_downstream().is_http2()) {
+    let h2 = session.as_downstream().is_http2();
+    let mut head = match downstream_header(upstream, ctx, h2) {
         Ok(h) => h,
         Err(e) => {
             exchange.abort().await;
@@ -108,6 +109,7 @@ pub async fn relay(session: &mut Session, ctx: &mut RequestCtx, exchange: Exchan
             return;
         }
     };
+    reframe_head(&mut head, ctx, h2);
     ctx.status = head.status.as_u16();
     if let Err(e) = session.write_response_header(Box::new(head), false).await {
         log::debug!("{}: client gone before the response header: {e}", ctx.request_id);
@@ -172,6 +174,10 @@ async fn relay_body(
                 if end_pending(ctx) && (exchange.body_done() || tap.has_final_usage()) {
                     before_end(session, ctx, tap).await;
                 }
+                let chunk = reframe(ctx, chunk, false);
+                if chunk.is_empty() {
+                    continue;
+                }
                 let n = chunk.len() as u64;
                 ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
@@ -187,7 +193,11 @@ async fn relay_body(
                 if end_pending(ctx) {
                     before_end(session, ctx, tap).await;
                 }
-                if let Err(e) = session.write_response_body(None, true).await {
+                let tail = reframe(ctx, bytes::Bytes::new(), true);
+                if let Err(e) = session
+                    .write_response_body((!tail.is_empty()).then_some(tail), true)
+                    .await
+                {
                     log::debug!("{}: client gone at the end of the response: {e}", ctx.request_id);
                     ctx.client_gone = true;
                 }
@@ -211,8 +221,8 @@ async fn relay_body(
                 exchange.abort().await;
                 if is_sse {
                     before_end(session, ctx, tap).await;
-                    let frame = err.sse_frame(&ctx.request_id);
-                    let _ = session.write_response_body(Some(frame.into()), true).await;
+                    let frame = reframe(ctx, err.sse_frame(&ctx.request_id).into(), true);
+                    let _ = session.write_response_body(Some(frame), true).await;
                 } else {
                     // A truncated JSON body must not look complete: close the connection.
                     session.set_keepalive(None);
@@ -256,6 +266,38 @@ fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> R
 }
 
 const PING_FRAME: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+
+/// The head of an answer re-framed for the client's format (`ctx.reframe`:
+/// Bedrock's event stream): its content type, and no length (the frames'
+/// differs). An answer that is not a successful stream goes as it is.
+fn reframe_head(head: &mut ResponseHeader, ctx: &mut RequestCtx, h2: bool) {
+    let Some(r) = ctx.reframe.as_ref() else { return };
+    let sse = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !(head.status.is_success() && sse) {
+        ctx.reframe = None;
+        return;
+    }
+    let _ = head.insert_header(http::header::CONTENT_TYPE, r.content_type());
+    let _ = head.remove_header(&http::header::CONTENT_LENGTH);
+    if !h2 {
+        let _ = head.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+}
+
+/// A piece of the answer's body as the client's format has it
+/// (`ctx.reframe`), with what the stream's end adds when `end`.
+pub(super) fn reframe(ctx: &mut RequestCtx, chunk: bytes::Bytes, end: bool) -> bytes::Bytes {
+    let Some(r) = ctx.reframe.as_mut() else { return chunk };
+    let mut out = Vec::with_capacity(chunk.len() + 64);
+    r.push(&chunk, &mut out);
+    if end {
+        r.finish(&mut out);
+    }
+    bytes::Bytes::from(out)
+}
 
 /// Read the rest of an upstream body, refusing more than `cap` bytes.
 async fn read_body(
@@ -325,9 +367,11 @@ async fn relay_translated_stream(
     for (name, value) in ctx.unified.iter().flatten() {
         let _ = head.insert_header(*name, value.as_str());
     }
-    if !session.as_downstream().is_http2() {
+    let h2 = session.as_downstream().is_http2();
+    if !h2 {
         let _ = head.insert_header("transfer-encoding", "chunked");
     }
+    reframe_head(&mut head, ctx, h2);
     ctx.status = 200;
     if session.write_response_header(Box::new(head), false).await.is_err() {
         ctx.client_gone = true;
@@ -372,9 +416,9 @@ async fn relay_translated_stream(
                             continue;
                         }
                         out.extend_from_slice(PING_FRAME);
-                        let data = bytes::Bytes::from(std::mem::take(&mut out));
+                        let data = reframe(ctx, bytes::Bytes::from(std::mem::take(&mut out)), false);
                         ctx.bytes_out += data.len() as u64;
-                        if session.write_response_body(Some(data), false).await.is_err() {
+                        if !data.is_empty() && session.write_response_body(Some(data), false).await.is_err() {
                             break None;
                         }
                         last_sent = std::time::Instant::now();
@@ -423,12 +467,13 @@ async fn relay_translated_stream(
             super::meter::before_end(session, ctx).await;
         }
         if !out.is_empty() || end {
-            let n = out.len() as u64;
             ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
             let data = bytes::Bytes::from(std::mem::take(&mut out));
             if let Some(c) = ctx.reply_capture.as_mut() {
                 c.push(&data);
             }
+            let data = reframe(ctx, data, end);
+            let n = data.len() as u64;
             if session.write_response_body(Some(data), end).await.is_err() {
                 ctx.client_gone = true;
                 if !end {

@@ -36,6 +36,16 @@ pub async fn complete(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) {
+    // A stream answered locally (a cache hit) in the client's format.
+    let (body, content_type) = match ctx.reframe.as_ref().map(|r| r.content_type()) {
+        Some(framed) if status < 300 && content_type.starts_with("text/event-stream") => {
+            (super::relay::reframe(ctx, body, true), framed)
+        }
+        _ => {
+            ctx.reframe = None;
+            (body, content_type)
+        }
+    };
     let mut head = match ResponseHeader::build(status, Some(4 + extra.len())) {
         Ok(h) => h,
         Err(e) => {

@@ -337,20 +337,21 @@ impl Snapshot {
         if config.connect_timeout.0.is_zero() {
             return Err(ConfigError::invalid("connect_timeout", "must be greater than 0"));
         }
-        for (key, prefix) in [
+        let prefixes: Vec<(&str, &String)> = [
             ("inbound.foundry", &config.inbound.foundry),
             ("inbound.vertex", &config.inbound.vertex),
-        ] {
-            if let Some(prefix) = prefix {
-                check_prefix(key, prefix)?;
-            }
-        }
-        if let (Some(f), Some(v)) = (&config.inbound.foundry, &config.inbound.vertex) {
-            if f == v || f.starts_with(&format!("{v}/")) || v.starts_with(&format!("{f}/")) {
-                return Err(ConfigError::invalid(
-                    "inbound.vertex",
-                    "must not overlap inbound.foundry",
-                ));
+            ("inbound.bedrock", &config.inbound.bedrock),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| Some((k, p.as_ref()?)))
+        .collect();
+        for (i, (key, prefix)) in prefixes.iter().enumerate() {
+            check_prefix(key, prefix)?;
+            for (other_key, other) in &prefixes[..i] {
+                let nested = prefix.starts_with(&format!("{other}/")) || other.starts_with(&format!("{prefix}/"));
+                if prefix == other || nested {
+                    return Err(ConfigError::invalid(*key, format!("must not overlap {other_key}")));
+                }
             }
         }
 

@@ -229,6 +229,8 @@ pub enum ClientFormat {
     Foundry,
     /// Vertex AI's `rawPredict` / `streamRawPredict`.
     Vertex,
+    /// Bedrock's InvokeModel / InvokeModelWithResponseStream.
+    Bedrock,
 }
 
 impl ClientFormat {
@@ -237,8 +239,68 @@ impl ClientFormat {
         match self {
             ClientFormat::Foundry => "foundry",
             ClientFormat::Vertex => "vertex",
+            ClientFormat::Bedrock => "bedrock",
         }
     }
+
+    /// How a streamed answer (Anthropic SSE) reaches a client of this
+    /// format: `None` as it is; Bedrock's clients get event-stream frames.
+    pub fn stream_reframer(self) -> Option<Box<dyn Reframe>> {
+        match self {
+            ClientFormat::Bedrock => Some(Box::new(crate::dialects::bedrock::stream::SseToEventStream::default())),
+            ClientFormat::Foundry | ClientFormat::Vertex => None,
+        }
+    }
+}
+
+/// A streamed answer re-framed for a client's format, as its bytes come.
+pub trait Reframe: Send + Sync {
+    /// The `content-type` of the re-framed stream.
+    fn content_type(&self) -> &'static str;
+    /// The re-framed bytes of what `bytes` completes, appended to `out`.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>);
+    /// The rest, at the end of the stream.
+    fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+impl Reframe for crate::dialects::bedrock::stream::SseToEventStream {
+    fn content_type(&self) -> &'static str {
+        "application/vnd.amazon.eventstream"
+    }
+
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        crate::dialects::bedrock::stream::SseToEventStream::push(self, bytes, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        crate::dialects::bedrock::stream::SseToEventStream::finish(self, out)
+    }
+}
+
+/// `/model/{model}/{method}` with a method InvokeModel takes: the model
+/// (percent-decoded: `…-v1%3A0` is `…-v1:0`) and the method.
+pub fn bedrock_path(rest: &str) -> Option<(String, &str)> {
+    let (model, method) = rest.strip_prefix("/model/")?.rsplit_once('/')?;
+    let known = matches!(method, "invoke" | "invoke-with-response-stream");
+    let model = percent_decode(model)?;
+    (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Bedrock's cross-region inference-profile prefixes.
@@ -292,6 +354,24 @@ mod tests {
             None
         );
         assert_eq!(vertex_path("/projects/p"), None);
+    }
+
+    #[test]
+    fn bedrock_paths() {
+        assert_eq!(
+            bedrock_path("/model/us.anthropic.claude-opus-4-5-20251101-v1%3A0/invoke-with-response-stream"),
+            Some((
+                "us.anthropic.claude-opus-4-5-20251101-v1:0".to_string(),
+                "invoke-with-response-stream"
+            ))
+        );
+        assert_eq!(
+            bedrock_path("/model/claude-sonnet-4-5/invoke"),
+            Some(("claude-sonnet-4-5".to_string(), "invoke"))
+        );
+        assert_eq!(bedrock_path("/model/m/converse"), None);
+        assert_eq!(bedrock_path("/model/%zz/invoke"), None);
+        assert_eq!(bedrock_path("/models/m/invoke"), None);
     }
 
     #[test]

@@ -315,10 +315,113 @@ pub fn encode_exception(kind: &str, message: &str) -> Vec<u8> {
     encode_frame("exception", (":exception-type", kind), &payload.to_string())
 }
 
+/// Anthropic SSE re-framed as InvokeModelWithResponseStream's event
+/// stream, for a client that speaks Bedrock to the gateway (Claude Code's
+/// Bedrock mode): each event's JSON in a `chunk` frame, an `error` event
+/// as an exception frame (`:exception-type` from the error's type), pings
+/// dropped (Bedrock sends none). Events are re-framed as they complete;
+/// the bytes of one split across pushes wait for the rest.
+pub struct SseToEventStream {
+    sse: crate::dialects::sse::SseDecoder,
+    failed: bool,
+}
+
+impl Default for SseToEventStream {
+    fn default() -> Self {
+        SseToEventStream {
+            sse: crate::dialects::sse::SseDecoder::new(MAX_FRAME_BYTES),
+            failed: false,
+        }
+    }
+}
+
+impl SseToEventStream {
+    /// Frames for the events `bytes` completes, appended to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.failed {
+            return;
+        }
+        if self.sse.push(bytes).is_err() {
+            self.failed = true;
+            out.extend(encode_exception(
+                "internalServerException",
+                "a stream event was larger than the gateway relays",
+            ));
+            return;
+        }
+        while let Some(event) = self.sse.next_event() {
+            frame(&event, out);
+        }
+    }
+
+    /// Frames for an event the stream ended in the middle of.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if let Some(event) = self.sse.finish().filter(|_| !self.failed) {
+            frame(&event, out);
+        }
+    }
+}
+
+fn frame(event: &crate::dialects::sse::SseEvent, out: &mut Vec<u8>) {
+    match event.event.as_deref() {
+        Some("ping") => {}
+        Some("error") => {
+            let v: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+            let kind = match v["error"]["type"].as_str().unwrap_or("") {
+                "rate_limit_error" => "throttlingException",
+                "overloaded_error" => "serviceUnavailableException",
+                "invalid_request_error" | "request_too_large" => "validationException",
+                "timeout_error" => "modelTimeoutException",
+                _ => "internalServerException",
+            };
+            let message = v["error"]["message"].as_str().unwrap_or("the stream failed");
+            out.extend(encode_exception(kind, message));
+        }
+        _ if event.data.is_empty() => {}
+        _ => out.extend(encode_chunk(&event.data)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn anthropic_sse_becomes_bedrock_frames_and_back() {
+        let (_, sse) = sample();
+        let with_ping = sse.replacen("\n\n", "\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n", 1);
+        for cut in [1, 7, 64, with_ping.len()] {
+            let mut writer = SseToEventStream::default();
+            let mut frames = Vec::new();
+            for piece in with_ping.as_bytes().chunks(cut) {
+                writer.push(piece, &mut frames);
+            }
+            writer.finish(&mut frames);
+            // Decoded again by the gateway's own Bedrock reader: the same events.
+            let mut back = BedrockStream::default();
+            let mut decoded = Vec::new();
+            back.push(&frames, &mut decoded);
+            let text = String::from_utf8(decoded).unwrap();
+            for line in sse.lines().filter(|l| l.starts_with("data: ")) {
+                assert!(text.contains(line), "{line} missing (cut {cut})");
+            }
+            assert!(!text.contains("ping"));
+        }
+        let mut writer = SseToEventStream::default();
+        let mut out = Vec::new();
+        writer.push(
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n",
+            &mut out,
+        );
+        let mut reader = FrameReader::default();
+        reader.push(&out);
+        let message = reader.next_message().unwrap().unwrap();
+        assert_eq!(
+            header(&message, ":exception-type").as_deref(),
+            Some("serviceUnavailableException")
+        );
+    }
 
     fn sample() -> (Vec<u8>, String) {
         let events = [

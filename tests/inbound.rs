@@ -206,3 +206,38 @@ async fn bedrock_invoke_paths_and_event_stream_answers() {
     );
     assert!(gw.logs().contains("inbound=bedrock"));
 }
+
+#[tokio::test]
+async fn bedrock_inference_profiles_list_the_routes_without_credentials() {
+    let up = MockUpstream::start().await;
+    let routes = "routes:\n  - {match: claude-sonnet-4-5, provider: a}\n  - {match: 'claude-*', provider: a}\n";
+    let gw = Gateway::start_async(&config(&up.base_url(), routes), &[]).await;
+    let list: Value = client()
+        .get(gw.url("/bedrock/inference-profiles?type=SYSTEM_DEFINED"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["inferenceProfileSummaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["inferenceProfileId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["claude-sonnet-4-5"], "route names only, no globs");
+    let r = client()
+        .get(gw.url("/bedrock/inference-profiles/claude-sonnet-4-5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(gw.url("/bedrock/inference-profiles/gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(up.request_count(), 0);
+}

@@ -88,6 +88,25 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
     }
 }
 
+/// Bedrock's `GET {prefix}/inference-profiles[/{id}]`, served without
+/// credentials (as Claude Code sends it): `Some(answer)` for such a
+/// request (`None` inside: no such profile), `None` for any other.
+pub fn inference_profiles(session: &Session, snap: &Snapshot) -> Option<Option<Vec<u8>>> {
+    let req = session.req_header();
+    if req.method != http::Method::GET {
+        return None;
+    }
+    let rest = req
+        .uri
+        .path()
+        .strip_prefix(snap.config.inbound.bedrock.as_deref()?)?
+        .strip_prefix("/inference-profiles")?;
+    match rest {
+        "" | "/" => Some(super::local::inference_profiles(snap, None)),
+        one => Some(super::local::inference_profiles(snap, Some(one.strip_prefix('/')?))),
+    }
+}
+
 /// The gateway model id of a cloud model id: `inbound.model_map`, else the
 /// id without its cloud decorations.
 pub(crate) fn cloud_model(map: &std::collections::BTreeMap<String, String>, id: &str) -> String {

@@ -111,6 +111,31 @@ struct ModelEntry {
     description: String,
 }
 
+/// Bedrock's `GET /inference-profiles` (a Bedrock-format client's first
+/// request, sent without credentials): the model ids the gateway serves,
+/// route names only, each as a system-defined profile of itself.
+/// `GET /inference-profiles/{id}`: one of them, or `None`.
+pub fn inference_profiles(snap: &Snapshot, one: Option<&str>) -> Option<Vec<u8>> {
+    let profile = |id: &str| {
+        serde_json::json!({
+            "inferenceProfileId": id,
+            "inferenceProfileName": id,
+            "inferenceProfileArn": format!("arn:aws:bedrock:modelgate::inference-profile/{id}"),
+            "models": [{"modelArn": format!("arn:aws:bedrock:modelgate::foundation-model/{id}")}],
+            "status": "ACTIVE",
+            "type": "SYSTEM_DEFINED",
+        })
+    };
+    let entries = model_entries(snap);
+    let body = match one {
+        Some(id) => profile(&entries.iter().find(|m| m.id == id)?.id),
+        None => serde_json::json!({
+            "inferenceProfileSummaries": entries.iter().map(|m| profile(&m.id)).collect::<Vec<_>>(),
+        }),
+    };
+    Some(serde_json::to_vec(&body).unwrap_or_default())
+}
+
 /// Model ids a client may request: literal route patterns (no glob
 /// characters) first, in route order, then each provider's `models`.
 fn model_entries(snap: &Snapshot) -> Vec<ModelEntry> {

@@ -303,6 +303,15 @@ impl Gateway {
         snap: &Arc<Snapshot>,
     ) -> Result<(), GatewayError> {
         if self.role == Role::Main {
+            if let Some(listed) = inbound::inference_profiles(session, snap) {
+                return match listed {
+                    Some(body) => {
+                        respond::json(session, ctx, 200, body, &[]).await;
+                        Ok(())
+                    }
+                    None => Err(GatewayError::NotFound("no such inference profile".into())),
+                };
+            }
             inbound::recognize(session, ctx, snap);
         }
         let req = session.req_header();

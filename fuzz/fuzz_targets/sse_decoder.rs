@@ -1,7 +1,10 @@
 //! The SSE decoder every translated stream reads through
 //! (`dialects::sse::SseDecoder`), against a plain reference implementation
 //! of the same rules, for a body fed in fuzzer-chosen chunks (see
-//! `modelgate_fuzz::Plan`; flag bits 3-5 pick the event size limit).
+//! `modelgate_fuzz::Plan`; flag bits 3-5 pick the event size limit); and
+//! the same body re-framed for a Bedrock-format client
+//! (`bedrock::stream::SseToEventStream`): every frame reads back, one
+//! `chunk` per event that is not a ping, carrying the event's data.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -123,8 +126,40 @@ fn reference(body: &[u8]) -> Vec<SseEvent> {
     events
 }
 
+/// The body re-framed as event-stream frames, chunk by chunk, and read
+/// back: the `chunk` frames' payloads, decoded.
+fn reframed(chunks: &[&[u8]]) -> Vec<String> {
+    use base64::Engine;
+    use modelgate::dialects::bedrock::stream::{FrameReader, SseToEventStream};
+    let mut writer = SseToEventStream::default();
+    let mut frames = Vec::new();
+    for c in chunks {
+        writer.push(c, &mut frames);
+    }
+    writer.finish(&mut frames);
+    let mut reader = FrameReader::default();
+    reader.push(&frames);
+    let mut out = Vec::new();
+    while let Some(message) = reader.next_message().expect("a frame the writer made reads back") {
+        let payload: serde_json::Value = serde_json::from_slice(message.payload()).expect("a JSON payload");
+        if let Some(b64) = payload["bytes"].as_str() {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+            out.push(String::from_utf8(bytes).expect("UTF-8"));
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let plan = Plan::parse(data);
+    if let Some(events) = decode(&[plan.body], SseDecoder::DEFAULT_MAX_EVENT) {
+        let expected: Vec<String> = events
+            .iter()
+            .filter(|e| !matches!(e.event.as_deref(), Some("ping") | Some("error")) && !e.data.is_empty())
+            .map(|e| e.data.clone())
+            .collect();
+        assert_eq!(reframed(&plan.chunks()), expected, "re-framing lost or changed events");
+    }
     let max = LIMITS[usize::from(data.first().copied().unwrap_or(0) >> 3) % LIMITS.len()];
     let split = decode(&plan.chunks(), max);
     let whole = decode(&[plan.body], max);

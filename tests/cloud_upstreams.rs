@@ -76,3 +76,49 @@ fn bases_come_from_the_resource_and_the_region() {
         assert!(modelgate::runtime::Snapshot::build(config, &env).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn provider_add_writes_the_platform_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modelgate.yaml");
+    std::fs::write(&path, "listen: 127.0.0.1:8080\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .args(args)
+            .arg("-c")
+            .arg(&path)
+            .env("FOUNDRY_API_KEY", "k")
+            .env("ANTHROPIC_AWS_API_KEY", "k")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "provider",
+        "add",
+        "foundry",
+        "--resource",
+        "my-res",
+        "--key-env",
+        "FOUNDRY_API_KEY",
+    ]);
+    run(&[
+        "provider",
+        "add",
+        "claude_aws",
+        "--region",
+        "us-east-1",
+        "--workspace-id",
+        "wrkspc_1",
+    ]);
+    run(&["config", "validate"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("resource: my-res") && text.contains("workspace_id: wrkspc_1"),
+        "{text}"
+    );
+}

@@ -80,6 +80,8 @@ Examples:
   modelgate provider add ollama --name local --model llama3.1:8b --priority 10
   modelgate provider add anthropic --name claude-direct --no-key
   modelgate provider add bedrock --region us-east-1 --model anthropic.claude-sonnet-4-5-20250929-v1:0
+  modelgate provider add foundry --resource my-foundry-resource --key-env FOUNDRY_API_KEY
+  modelgate provider add claude_aws --region us-east-1 --workspace-id wrkspc_01AbCd
   modelgate provider add gemini --model gemini-2.5-pro
   modelgate provider add vertex --project my-project --location us-east5 --model claude-sonnet-4-5@20250929")]
     Add(AddArgs),
@@ -165,9 +167,16 @@ pub struct AddArgs {
     /// Order among providers serving the same model id: lower first (default 0).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     priority: Option<i32>,
-    /// The cloud region (bedrock: e.g. us-east-1; default AWS_REGION).
+    /// The cloud region (bedrock: e.g. us-east-1, default AWS_REGION;
+    /// claude_aws: the region of Claude Platform on AWS).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
+    /// The Microsoft Foundry resource (foundry).
+    #[arg(long, value_name = "NAME")]
+    resource: Option<String>,
+    /// The Claude Platform on AWS workspace, wrkspc_… (claude_aws).
+    #[arg(long, value_name = "ID")]
+    workspace_id: Option<String>,
     /// The Google Cloud project (vertex; default GOOGLE_CLOUD_PROJECT).
     #[arg(long, value_name = "PROJECT")]
     project: Option<String>,
@@ -470,6 +479,8 @@ fn render_provider(args: &AddArgs, key_envs: &[String]) -> String {
     }
     for (key, value) in [
         ("region", &args.region),
+        ("resource", &args.resource),
+        ("workspace_id", &args.workspace_id),
         ("project", &args.project),
         ("location", &args.location),
     ] {
@@ -744,6 +755,8 @@ mod tests {
             models: Vec::new(),
             priority: None,
             region: None,
+            resource: None,
+            workspace_id: None,
             project: None,
             location: None,
             disabled: false,

@@ -987,6 +987,11 @@ async fn an_administrator_checks_the_setup_and_ends_a_developers_sessions() {
         "{out}"
     );
     assert!(out.contains("members of eng"), "{out}");
+    // The test's secrets are written into its file: lint says so.
+    let (code, out, _) = tokio::task::block_in_place(|| cli(gw, &["config", "lint"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("signin.session.secret: a literal secret"), "{out}");
+    assert!(out.contains("signin.oidc.client_secret: a literal secret"), "{out}");
 
     let token = sign_in(gw, "ada").await;
     let access = token["access_token"].as_str().unwrap();

@@ -284,6 +284,7 @@ fn lint(path: &Path) -> i32 {
     if c.grace_period.0 < c.timeout.0 {
         findings.push("grace_period is shorter than timeout: a long stream can be cut during an upgrade".into());
     }
+    findings.extend(literal_signin_secrets(path));
     if findings.is_empty() {
         out!("{}: no findings", path.display());
     }
@@ -291,6 +292,40 @@ fn lint(path: &Path) -> i32 {
         out!("lint: {f}");
     }
     0
+}
+
+/// Sign-in's secrets written into the file as they are rather than read
+/// from the environment (`${VAR}`): the raw file, before expansion.
+fn literal_signin_secrets(path: &Path) -> Vec<String> {
+    let Ok(raw) = std::fs::read_to_string(path)
+        .map_err(|_| ())
+        .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).map_err(|_| ()))
+    else {
+        return Vec::new();
+    };
+    let literal = |v: &serde_yaml::Value| v.as_str().is_some_and(|s| !s.contains("${"));
+    let mut out = Vec::new();
+    let signin = &raw["signin"];
+    let secret = &signin["session"]["secret"];
+    let secrets: Vec<&serde_yaml::Value> = match secret.as_sequence() {
+        Some(list) => list.iter().collect(),
+        None => vec![secret],
+    };
+    if secrets.into_iter().any(literal) {
+        out.push(
+            "signin.session.secret: a literal secret in the file (anyone who reads it can sign tokens); use ${VAR}"
+                .into(),
+        );
+    }
+    if literal(&signin["oidc"]["client_secret"]) {
+        out.push("signin.oidc.client_secret: a literal secret in the file; use ${VAR}".into());
+    }
+    if let Some(headers) = raw["telemetry"]["otlp"]["headers"].as_mapping() {
+        if headers.values().any(literal) {
+            out.push("telemetry.otlp.headers: literal values in the file (a collector token?); use ${VAR}".into());
+        }
+    }
+    out
 }
 
 /// Every environment variable the file reads, and whether it is set.

@@ -226,6 +226,7 @@ impl Call for BedrockCall {
         };
         let url = format!("https://{}{}", to.base.authority, path);
         let signed = crate::upstream::sigv4::sign(
+            crate::upstream::sigv4::BEDROCK,
             &url,
             &req,
             &self.payload.body,

@@ -1,5 +1,5 @@
-//! AWS Signature Version 4 for Bedrock requests, by the `aws-sigv4` crate:
-//! service `bedrock`, headers signed (`host`, `x-amz-date`,
+//! AWS Signature Version 4, by the `aws-sigv4` crate, for the service a
+//! provider names (Bedrock Runtime's is `bedrock`): headers signed (`host`, `x-amz-date`,
 //! `x-amz-content-sha256`, `content-type`, `x-amz-security-token` for
 //! temporary credentials), and the canonical path percent-encoded a second
 //! time, as Bedrock verifies it.
@@ -11,7 +11,7 @@ use aws_sigv4::sign::v4;
 use pingora::http::RequestHeader;
 
 /// The signing service name for Bedrock Runtime (not `bedrock-runtime`).
-pub const SERVICE: &str = "bedrock";
+pub const BEDROCK: &str = "bedrock";
 
 pub struct Credentials<'a> {
     pub access_key_id: &'a str,
@@ -21,8 +21,9 @@ pub struct Credentials<'a> {
 }
 
 /// The headers to add to `req` (sent to `url`) so it carries a valid
-/// signature over `body` at `time`.
+/// signature for `service` over `body` at `time`.
 pub fn sign(
+    service: &str,
     url: &str,
     req: &RequestHeader,
     body: &[u8],
@@ -43,7 +44,7 @@ pub fn sign(
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(creds.region)
-        .name(SERVICE)
+        .name(service)
         .time(time)
         .settings(settings)
         .build()

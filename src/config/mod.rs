@@ -8,6 +8,7 @@
 //! which also holds the live snapshot and reloads it. Edits that must be
 //! validated "as `serve` would load them" take that check as an argument.
 
+pub mod check;
 pub mod edit;
 pub mod load;
 pub mod schema;

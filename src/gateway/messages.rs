@@ -332,7 +332,9 @@ async fn read_request(
     if ctx.signed_in.is_some() {
         drop_beta(session, REQUEST_TAGS_BETA);
     }
-    let request = match (&ctx.signed_in, request.without_tags()) {
+    // Only a signed-in request is looked at: a key's passes as sent.
+    let untagged = ctx.signed_in.as_ref().and_then(|_| request.without_tags());
+    let request = match (&ctx.signed_in, untagged) {
         (Some(claims), Some(untagged)) => {
             let tag = snap.signin.as_ref().and_then(|s| s.billing_group_tag.as_deref());
             ctx.billing_group = tag
@@ -378,6 +380,14 @@ const REQUEST_TAGS_BETA: &str = "request-tags-2026-08-21";
 /// goes when nothing is left).
 fn drop_beta(session: &mut Session, beta: &str) {
     let headers = &session.req_header().headers;
+    // The common case, decided without allocating: the beta is not there.
+    let named = headers
+        .get_all("anthropic-beta")
+        .iter()
+        .any(|v| v.as_bytes().windows(beta.len()).any(|w| w == beta.as_bytes()));
+    if !named {
+        return;
+    }
     let values: Vec<&str> = headers
         .get_all("anthropic-beta")
         .iter()

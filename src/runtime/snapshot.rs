@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
+use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
 use http::header::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
@@ -305,10 +305,6 @@ fn parse_addr(key: &str, raw: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::invalid(key, format!("`{raw}` is not an address like 127.0.0.1:8080")))
 }
 
-fn compile_glob(key: &str, pattern: &str) -> Result<Glob, ConfigError> {
-    Glob::new(pattern).map_err(|e| ConfigError::invalid(key, format!("bad glob `{pattern}`: {e}")))
-}
-
 impl Snapshot {
     /// Validate and compile `config`. `env` resolves provider and key env vars.
     pub fn build(config: Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Snapshot, ConfigError> {
@@ -385,7 +381,7 @@ impl Snapshot {
             let glob = r
                 .model_glob
                 .as_deref()
-                .map(|g| compile_glob(&format!("{key}.match"), g).map(|g| g.compile_matcher()))
+                .map(|g| crate::config::check::glob(&format!("{key}.match"), g).map(|g| g.compile_matcher()))
                 .transpose()?;
             let header = r
                 .header
@@ -418,7 +414,7 @@ impl Snapshot {
             .into();
             let glob_slot = match &r.model_glob {
                 Some(g) => {
-                    route_globs.add(compile_glob(&format!("{key}.match"), g)?);
+                    route_globs.add(crate::config::check::glob(&format!("{key}.match"), g)?);
                     globs_added += 1;
                     Some(globs_added - 1)
                 }
@@ -983,7 +979,7 @@ fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
 /// A team's policy scope; `key` names it in an error.
 fn team_scope(key: &str, name: &str, t: &TeamConfig) -> Result<Arc<ScopeLimits>, ConfigError> {
     if let Some(b) = &t.budget {
-        check_budget(&format!("{key}.budget"), b)?;
+        crate::config::check::budget(&format!("{key}.budget"), b)?;
     }
     Ok(Arc::new(ScopeLimits::new(
         "team",
@@ -1035,20 +1031,9 @@ fn build_keys(
                 ))
             }
         };
-        let models = if k.models.is_empty() {
-            None
-        } else {
-            let mut b = GlobSetBuilder::new();
-            for (j, m) in k.models.iter().enumerate() {
-                b.add(compile_glob(&format!("{key}.models[{j}]"), m)?);
-            }
-            Some(
-                b.build()
-                    .map_err(|e| ConfigError::invalid(format!("{key}.models"), e.to_string()))?,
-            )
-        };
+        let models = crate::config::check::model_allowlist(&key, &k.models)?;
         if let Some(b) = &k.budget {
-            check_budget(&format!("{key}.budget"), b)?;
+            crate::config::check::budget(&format!("{key}.budget"), b)?;
         }
         let expires_at_ms = k
             .expires
@@ -1098,16 +1083,6 @@ fn build_keys(
         }
     }
     Ok(out)
-}
-
-fn check_budget(key: &str, b: &BudgetConfig) -> Result<(), ConfigError> {
-    if !b.usd.is_finite() || b.usd < 0.0 {
-        return Err(ConfigError::invalid(
-            format!("{key}.usd"),
-            "must be a non-negative amount of USD",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use globset::{GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 
 use super::idp::{IdpConfig, REDISCOVER_EVERY};
 use super::seal::Sealer;
@@ -208,27 +208,9 @@ impl Signin {
         let mut policies = Vec::with_capacity(c.groups.len());
         for (group, p) in &c.groups {
             let key = format!("signin.groups.{group}");
-            let models = if p.models.is_empty() {
-                None
-            } else {
-                let mut b = GlobSetBuilder::new();
-                for (j, m) in p.models.iter().enumerate() {
-                    let glob = globset::Glob::new(m)
-                        .map_err(|e| ConfigError::invalid(format!("{key}.models[{j}]"), e.to_string()))?;
-                    b.add(glob);
-                }
-                Some(
-                    b.build()
-                        .map_err(|e| ConfigError::invalid(format!("{key}.models"), e.to_string()))?,
-                )
-            };
+            let models = crate::config::check::model_allowlist(&key, &p.models)?;
             if let Some(b) = &p.budget {
-                if !b.usd.is_finite() || b.usd < 0.0 {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.budget.usd"),
-                        "must be a non-negative amount of USD",
-                    ));
-                }
+                crate::config::check::budget(&format!("{key}.budget"), b)?;
                 if b.period == crate::config::schema::BudgetPeriod::Total {
                     return Err(ConfigError::invalid(
                         format!("{key}.budget.period"),

@@ -58,6 +58,24 @@ impl ErrorKind {
         }
     }
 
+    /// The Anthropic status and kind for an upstream's HTTP status, when
+    /// its body names no kind of its own.
+    pub fn for_status(status: u16) -> (u16, ErrorKind) {
+        match status {
+            400 | 422 => (400, ErrorKind::InvalidRequest),
+            401 => (401, ErrorKind::Authentication),
+            402 => (402, ErrorKind::Billing),
+            403 => (403, ErrorKind::Permission),
+            404 => (404, ErrorKind::NotFound),
+            413 => (413, ErrorKind::RequestTooLarge),
+            429 => (429, ErrorKind::RateLimit),
+            408 | 504 => (504, ErrorKind::Timeout),
+            503 | 529 => (529, ErrorKind::Overloaded),
+            s if (400..500).contains(&s) => (s, ErrorKind::InvalidRequest),
+            _ => (500, ErrorKind::Api),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request_error",

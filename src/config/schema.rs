@@ -352,19 +352,25 @@ pub struct ProviderConfig {
     /// Extra headers sent upstream.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// Bedrock region; Claude Platform on AWS (`claude_aws`) region.
+    /// AWS region: Bedrock (`bedrock`, `bedrock_messages`), Claude Platform on AWS (`claude_aws`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// `bedrock_messages`: which host serves the Messages API: `runtime` (`https://bedrock-runtime.{region}.amazonaws.com/anthropic`) or `mantle` (`https://bedrock-mantle.{region}.api.aws/anthropic`). Default: `mantle` with an API key, `runtime` when signing with SigV4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<BedrockEndpoint>,
     /// Microsoft Foundry resource (`foundry`): the base is `https://{resource}.services.ai.azure.com/anthropic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
-    /// Claude Platform on AWS (`claude_aws`) workspace, sent as `anthropic-workspace-id` (`wrkspc_…`).
+    /// Microsoft Foundry (`foundry`): a Microsoft Entra ID application whose client-credentials tokens are sent instead of a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<EntraConfig>,
+    /// The workspace: Claude Platform on AWS (`claude_aws`, sent as `anthropic-workspace-id`, `wrkspc_…`) and Anthropic-operated Claude on Google Cloud (`claude_gcp`, part of the path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<String>,
-    /// Vertex project.
+    /// Google Cloud project: Vertex (`vertex`), Claude on Google Cloud (`claude_gcp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
-    /// Vertex location.
+    /// Google Cloud location: Vertex (`vertex`), Claude on Google Cloud (`claude_gcp`, default `global`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// Azure deployment (default: the upstream model id).
@@ -376,11 +382,48 @@ pub struct ProviderConfig {
     /// Optional active health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
-    /// Bedrock: the `anthropic-beta` values this upstream accepts (their
-    /// paired body fields travel with them); replaces the built-in table,
-    /// so a newly supported beta needs no rebuild.
+    /// Bedrock, Vertex and `bedrock_messages`: the `anthropic-beta` values
+    /// this upstream accepts (their paired body fields travel with them);
+    /// replaces the built-in table, so a newly supported beta needs no
+    /// rebuild.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub betas: Option<Vec<String>>,
+}
+
+/// Which Bedrock host serves `bedrock_messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BedrockEndpoint {
+    /// `https://bedrock-runtime.{region}.amazonaws.com/anthropic`: SigV4 (service `bedrock`) or an API key as a bearer token.
+    Runtime,
+    /// `https://bedrock-mantle.{region}.api.aws/anthropic`: an API key as `x-api-key`, or SigV4 (service `bedrock-mantle`).
+    Mantle,
+}
+
+/// A Microsoft Entra ID application (client credentials) for Microsoft Foundry.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntraConfig {
+    /// The directory (tenant) id or domain.
+    pub tenant_id: String,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The client secret; write `${VAR}` rather than the value.
+    pub client_secret: String,
+    /// The sign-in authority (sovereign clouds: `https://login.microsoftonline.us`). Plain `http://` only to a loopback address.
+    #[serde(default = "default_entra_authority")]
+    pub authority: String,
+    /// The scope asked for.
+    #[serde(default = "default_entra_scope")]
+    pub scope: String,
+}
+
+fn default_entra_authority() -> String {
+    "https://login.microsoftonline.com".into()
+}
+
+fn default_entra_scope() -> String {
+    "https://ai.azure.com/.default".into()
 }
 
 /// One account of a provider: `{env: VAR}` or `{api_key: ...}`, with a weight.

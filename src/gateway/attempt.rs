@@ -165,7 +165,7 @@ pub async fn run<'u>(
         };
         // Service accounts send an OAuth token (cached by the token source;
         // fetched only when it is missing or expiring).
-        let bearer = match &account.google {
+        let bearer = match &account.bearer {
             Some(source) => match source.token().await {
                 Ok(token) => Some(token),
                 Err(e) => {

@@ -115,7 +115,7 @@ impl ActiveHealth {
             http::header::USER_AGENT,
             concat!("modelgate-health/", env!("CARGO_PKG_VERSION")),
         );
-        let bearer = match &account.google {
+        let bearer = match &account.bearer {
             Some(source) => Some(source.token().await.map_err(|e| e.to_string())?),
             None => None,
         };

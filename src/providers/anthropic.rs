@@ -1,26 +1,43 @@
 //! `anthropic`: the Messages API itself, passed through; and the clouds
-//! that serve Claude with the same API under another base URL:
-//! `foundry` (Microsoft Foundry, `https://{resource}.services.ai.azure.com/anthropic`)
-//! and `claude_aws` (Claude Platform on AWS,
-//! `https://aws-external-anthropic.{region}.api.aws`, with its
-//! `anthropic-workspace-id`), each with an API key as `x-api-key`
-//! (`docs/protocol-notes.md` §5.5).
+//! that serve Claude with the same API under another base URL and their
+//! own authentication (`docs/protocol-notes.md` §5.5):
+//! - `foundry`: Microsoft Foundry,
+//!   `https://{resource}.services.ai.azure.com/anthropic`; a key as
+//!   `x-api-key`, or a Microsoft Entra ID token (`entra:`);
+//! - `claude_aws`: Claude Platform on AWS,
+//!   `https://aws-external-anthropic.{region}.api.aws`, with its
+//!   `anthropic-workspace-id`; a key as `x-api-key`, or SigV4 (service
+//!   `aws-external-anthropic`);
+//! - `bedrock_messages`: Claude in Amazon Bedrock's Messages API, on
+//!   Bedrock Runtime (`…/anthropic`, SigV4 service `bedrock` or a key as a
+//!   bearer token) or the Mantle endpoint (a key as `x-api-key`, or SigV4
+//!   service `bedrock-mantle`); Bedrock's model ids, and only the betas its
+//!   table (`betas:`) lists, their paired fields stripped with them;
+//! - `claude_gcp`: Claude on Google Cloud operated by Anthropic,
+//!   `https://claude.googleapis.com/v1alpha/projects/{p}/locations/{l}/workspaces/{w}/invoke`,
+//!   with a Google service account's OAuth token.
 //!
 //! The body goes upstream as the client sent it, with at most the `model`
 //! string spliced (a route's rename) and `speed` added or removed for fast
-//! mode. The client's headers go through under the policy of
-//! `dialects::anthropic::forward_request_headers`, with the provider's key
-//! or, in passthrough-auth, the client's own credential. The answer, any
-//! status, is relayed byte for byte.
+//! mode, and on Bedrock only, unaccepted fields removed. The client's
+//! headers go through under the policy of
+//! `dialects::anthropic::forward_request_headers`, with the provider's
+//! credential or, in passthrough-auth to Anthropic's own API, the client's.
+//! The answer, any status, is relayed byte for byte; a cloud's error that
+//! is not in Anthropic's shape (its front door's, say) is mapped to one.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use super::{internal, Adapter, Answer, Attempt, Build, Built, Call, Outgoing, Payload, Refusal, Reply};
+use super::aws::{self, AwsSigning};
+use super::{bearer_header, internal, Adapter, Answer, Attempt, Build, Built, Call, Outgoing, Payload, Refusal, Reply};
+use crate::config::schema::BedrockEndpoint;
+use crate::config::ConfigError;
+use crate::dialects::anthropic::cloud::{self, Capabilities};
 use crate::dialects::anthropic::{self, supports_fast_mode, SpeedEdit, UpstreamAuth, FAST_MODE_BETA};
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::secret::Secret;
 
 pub static TYPE: super::ProviderType = super::ProviderType {
@@ -35,10 +52,14 @@ pub static TYPE: super::ProviderType = super::ProviderType {
     build,
 };
 
-fn build(_: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
+fn build(_: &mut Build<'_>) -> Result<Built, ConfigError> {
     Ok(Built {
-        adapter: Arc::new(Anthropic::default()),
+        adapter: Arc::new(Anthropic::new(Site {
+            first_party: true,
+            ..Site::default()
+        })),
         derived_base: None,
+        bearer: None,
     })
 }
 
@@ -57,7 +78,7 @@ pub static FOUNDRY: super::ProviderType = super::ProviderType {
     build: build_foundry,
 };
 
-fn build_foundry(b: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
+fn build_foundry(b: &mut Build<'_>) -> Result<Built, ConfigError> {
     let derived_base = match (&b.config.resource, &b.config.api_base) {
         (Some(r), _) => Some(format!(
             "https://{}.services.ai.azure.com/anthropic",
@@ -65,15 +86,33 @@ fn build_foundry(b: &mut Build<'_>) -> Result<Built, crate::config::ConfigError>
         )),
         (None, Some(_)) => None,
         (None, None) => {
-            return Err(crate::config::ConfigError::invalid(
+            return Err(ConfigError::invalid(
                 b.key,
                 "a foundry provider needs `resource` (the Foundry resource name) or `api_base`",
             ))
         }
     };
+    let p = b.config;
+    let bearer = match &p.entra {
+        Some(_) if p.api_key.is_some() || p.api_key_env_var.is_some() || !p.keys.is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{}.entra", b.key),
+                "give either a key (`api_key_env_var`, `keys`) or `entra`, not both",
+            ))
+        }
+        Some(entra) => Some(crate::upstream::Bearer::Entra(Arc::new(
+            crate::upstream::entra::TokenSource::new(entra)
+                .map_err(|e| ConfigError::invalid(format!("{}.entra", b.key), e.to_string()))?,
+        ))),
+        None => None,
+    };
     Ok(Built {
-        adapter: Arc::new(Anthropic::default()),
+        adapter: Arc::new(Anthropic::new(Site {
+            auth_note: if bearer.is_some() { "Entra ID token" } else { "x-api-key" },
+            ..Site::default()
+        })),
         derived_base,
+        bearer,
     })
 }
 
@@ -85,23 +124,22 @@ pub static CLAUDE_AWS: super::ProviderType = super::ProviderType {
         added: "from the region",
     }),
     key_env: Some("ANTHROPIC_AWS_API_KEY"),
-    standard_env: None,
+    standard_env: Some("ANTHROPIC_AWS_API_KEY"),
     credential: super::CredentialKind::Key,
-    without_key: super::WithoutKey::Nothing,
-    without_key_note: "none: set api_key_env_var (the workspace's API key)",
+    without_key: super::WithoutKey::Signs,
+    without_key_note: "from the environment (ANTHROPIC_AWS_API_KEY, else AWS SigV4 keys)",
     build: build_claude_aws,
 };
 
-fn build_claude_aws(b: &mut Build<'_>) -> Result<Built, crate::config::ConfigError> {
+fn build_claude_aws(b: &mut Build<'_>) -> Result<Built, ConfigError> {
     let Some(workspace) = &b.config.workspace_id else {
-        return Err(crate::config::ConfigError::invalid(
+        return Err(ConfigError::invalid(
             format!("{}.workspace_id", b.key),
             "Claude Platform on AWS needs the workspace (wrkspc_…)",
         ));
     };
-    let value = http::HeaderValue::from_str(workspace).map_err(|_| {
-        crate::config::ConfigError::invalid(format!("{}.workspace_id", b.key), "not a valid header value")
-    })?;
+    let value = http::HeaderValue::from_str(workspace)
+        .map_err(|_| ConfigError::invalid(format!("{}.workspace_id", b.key), "not a valid header value"))?;
     let derived_base = match (&b.config.region, &b.config.api_base) {
         (Some(r), _) => Some(format!(
             "https://aws-external-anthropic.{}.api.aws",
@@ -109,38 +147,219 @@ fn build_claude_aws(b: &mut Build<'_>) -> Result<Built, crate::config::ConfigErr
         )),
         (None, Some(_)) => None,
         (None, None) => {
-            return Err(crate::config::ConfigError::invalid(
+            return Err(ConfigError::invalid(
                 b.key,
                 "a claude_aws provider needs `region` (or `api_base`)",
             ))
         }
     };
+    let has_key = aws::has_api_key(b, "ANTHROPIC_AWS_API_KEY");
+    let signing = AwsSigning::from_build(b, has_key, "ANTHROPIC_AWS_API_KEY");
     Ok(Built {
-        adapter: Arc::new(Anthropic {
+        adapter: Arc::new(Anthropic::new(Site {
             headers: vec![(http::HeaderName::from_static("anthropic-workspace-id"), value)],
-        }),
+            signing: signing.map(|s| (s, SIGV4_CLAUDE_AWS)),
+            auth_note: "x-api-key, else SigV4 (aws-external-anthropic)",
+            ..Site::default()
+        })),
         derived_base,
+        bearer: None,
+    })
+}
+
+/// SigV4 service names (`docs/protocol-notes.md` §5.5).
+const SIGV4_CLAUDE_AWS: &str = "aws-external-anthropic";
+const SIGV4_MANTLE: &str = "bedrock-mantle";
+
+pub static BEDROCK_MESSAGES: super::ProviderType = super::ProviderType {
+    name: "bedrock_messages",
+    default_base: None,
+    base_from: Some(super::BaseFrom {
+        listed: "(from region: https://bedrock-runtime.REGION.amazonaws.com/anthropic, or bedrock-mantle.REGION.api.aws/anthropic)",
+        added: "from the region",
+    }),
+    key_env: Some("AWS_BEARER_TOKEN_BEDROCK"),
+    standard_env: Some("AWS_BEARER_TOKEN_BEDROCK"),
+    credential: super::CredentialKind::Key,
+    without_key: super::WithoutKey::Signs,
+    without_key_note: "from the environment (AWS_BEARER_TOKEN_BEDROCK, else AWS SigV4 keys)",
+    build: build_bedrock_messages,
+};
+
+fn build_bedrock_messages(b: &mut Build<'_>) -> Result<Built, ConfigError> {
+    let has_key = aws::has_api_key(b, "AWS_BEARER_TOKEN_BEDROCK");
+    let signing = AwsSigning::required(b, has_key, "AWS_BEARER_TOKEN_BEDROCK")?;
+    let endpoint = b.config.endpoint.unwrap_or(if has_key {
+        BedrockEndpoint::Mantle
+    } else {
+        BedrockEndpoint::Runtime
+    });
+    let region = host_label(b, "region", &signing.region)?;
+    let (derived_base, service, key_as_bearer, auth_note) = match endpoint {
+        BedrockEndpoint::Runtime => (
+            format!("https://bedrock-runtime.{region}.amazonaws.com/anthropic"),
+            crate::upstream::sigv4::BEDROCK,
+            true,
+            "Bedrock API key as a bearer token, else SigV4 (bedrock)",
+        ),
+        BedrockEndpoint::Mantle => (
+            format!("https://bedrock-mantle.{region}.api.aws/anthropic"),
+            SIGV4_MANTLE,
+            false,
+            "Bedrock API key as x-api-key, else SigV4 (bedrock-mantle)",
+        ),
+    };
+    let caps = match &b.config.betas {
+        Some(list) => Capabilities { betas: list.clone() },
+        None => Capabilities::none(),
+    };
+    Ok(Built {
+        adapter: Arc::new(Anthropic::new(Site {
+            signing: Some((signing, service)),
+            key_as_bearer,
+            caps: Some(caps),
+            bedrock_ids: true,
+            platform: "Claude in Amazon Bedrock",
+            auth_note,
+            ..Site::default()
+        })),
+        derived_base: Some(derived_base),
+        bearer: None,
+    })
+}
+
+pub static CLAUDE_GCP: super::ProviderType = super::ProviderType {
+    name: "claude_gcp",
+    default_base: None,
+    base_from: Some(super::BaseFrom {
+        listed: "(from project, location, workspace_id: https://claude.googleapis.com/v1alpha/projects/P/locations/L/workspaces/W/invoke)",
+        added: "from the project, location and workspace",
+    }),
+    key_env: None,
+    standard_env: Some(crate::upstream::google_auth::CREDENTIALS_ENV),
+    credential: super::CredentialKind::ServiceAccountFile,
+    without_key: super::WithoutKey::Nothing,
+    without_key_note: "the service account named by $GOOGLE_APPLICATION_CREDENTIALS",
+    build: build_claude_gcp,
+};
+
+fn build_claude_gcp(b: &mut Build<'_>) -> Result<Built, ConfigError> {
+    let p = b.config;
+    let derived_base = if p.api_base.is_some() {
+        None
+    } else {
+        let project = p
+            .project
+            .clone()
+            .or_else(|| b.nonempty_env("ANTHROPIC_GOOGLE_CLOUD_PROJECT"))
+            .or_else(|| b.nonempty_env("GOOGLE_CLOUD_PROJECT"))
+            .ok_or_else(|| ConfigError::invalid(format!("{}.project", b.key), "required for type `claude_gcp`"))?;
+        let workspace = p
+            .workspace_id
+            .clone()
+            .or_else(|| b.nonempty_env("ANTHROPIC_GOOGLE_CLOUD_WORKSPACE_ID"))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{}.workspace_id", b.key),
+                    "required for type `claude_gcp` (the Claude workspace on Google Cloud)",
+                )
+            })?;
+        let location = p.location.clone().unwrap_or_else(|| "global".to_string());
+        Some(format!(
+            "https://claude.googleapis.com/v1alpha/projects/{}/locations/{}/workspaces/{}/invoke",
+            host_label(b, "project", &project)?,
+            host_label(b, "location", &location)?,
+            path_label(b, "workspace_id", &workspace)?,
+        ))
+    };
+    Ok(Built {
+        adapter: Arc::new(Anthropic::new(Site {
+            platform: "Claude on Google Cloud",
+            auth_note: "Google service-account token",
+            ..Site::default()
+        })),
+        derived_base,
+        bearer: None,
     })
 }
 
 /// A config value that becomes part of a host name: letters, digits, `-`.
-fn host_label<'a>(b: &Build<'_>, field: &str, v: &'a str) -> Result<&'a str, crate::config::ConfigError> {
+fn host_label<'a>(b: &Build<'_>, field: &str, v: &'a str) -> Result<&'a str, ConfigError> {
     let ok = !v.is_empty() && v.len() <= 63 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
     if ok {
         Ok(v)
     } else {
-        Err(crate::config::ConfigError::invalid(
+        Err(ConfigError::invalid(
             format!("{}.{field}", b.key),
             format!("`{}` is not a host-name label (letters, digits, `-`)", v.escape_debug()),
         ))
     }
 }
 
-/// The Messages API passed through, with the headers a platform needs
-/// besides the client's (Claude Platform on AWS's workspace).
-#[derive(Debug, Default)]
+/// A config value that becomes one path segment: letters, digits, `-`, `_`.
+fn path_label<'a>(b: &Build<'_>, field: &str, v: &'a str) -> Result<&'a str, ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    if ok {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            format!("{}.{field}", b.key),
+            format!("`{}` is not a path segment (letters, digits, `-`, `_`)", v.escape_debug()),
+        ))
+    }
+}
+
+/// The Messages API passed through, on Anthropic's API or a cloud's.
+#[derive(Debug)]
 pub struct Anthropic {
+    site: Arc<Site>,
+}
+
+/// What differs between the platforms that serve the Messages API.
+#[derive(Debug)]
+struct Site {
+    /// Anthropic's own API: fast mode, the client's own credential in
+    /// passthrough-auth, and every error relayed as it comes.
+    first_party: bool,
+    /// Headers the platform needs besides the client's (Claude Platform on
+    /// AWS's workspace).
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// A configured key goes as `Authorization: Bearer` rather than
+    /// `x-api-key` (Bedrock Runtime's API keys).
+    key_as_bearer: bool,
+    /// SigV4 for accounts without a key: the keys and the service name.
+    signing: Option<(AwsSigning, &'static str)>,
+    /// The betas the platform takes, when it does not take them all.
+    caps: Option<Capabilities>,
+    /// Model ids in Bedrock's form (`anthropic.claude-…`).
+    bedrock_ids: bool,
+    /// How logs and `provider show` name the platform.
+    platform: &'static str,
+    /// How `provider show` describes the credential.
+    auth_note: &'static str,
+}
+
+impl Default for Site {
+    fn default() -> Site {
+        Site {
+            first_party: false,
+            headers: Vec::new(),
+            key_as_bearer: false,
+            signing: None,
+            caps: None,
+            bedrock_ids: false,
+            platform: "the Messages API",
+            auth_note: "x-api-key",
+        }
+    }
+}
+
+impl Anthropic {
+    fn new(site: Site) -> Anthropic {
+        Anthropic { site: Arc::new(site) }
+    }
 }
 
 impl Adapter for Anthropic {
@@ -148,45 +367,112 @@ impl Adapter for Anthropic {
         true
     }
 
+    fn signs(&self) -> bool {
+        self.site.signing.as_ref().is_some_and(|(aws, _)| aws.can_sign())
+    }
+
     fn prepare(&self, out: &Outgoing<'_>) -> Result<Box<dyn Call>, GatewayError> {
+        let site = &self.site;
         // Fast mode where the model has it (with its beta); elsewhere
         // `speed` is dropped and the request runs at standard speed.
         let request = out.claude_request();
-        let fast = out.wants_fast && supports_fast_mode(out.upstream_model);
+        let fast = site.first_party && out.wants_fast && supports_fast_mode(out.upstream_model);
         let speed = match (out.wants_fast, fast, request.speed_fast) {
             (true, true, false) => SpeedEdit::Insert,
             (true, false, true) => SpeedEdit::Remove,
             _ => SpeedEdit::Keep,
         };
+        let model = if site.bedrock_ids {
+            cloud::bedrock_messages_model(out.upstream_model)
+        } else {
+            std::borrow::Cow::Borrowed(out.upstream_model)
+        };
+        let mut body = request.upstream_body(Some(&model), speed);
+        let mut betas = None;
+        if let Some(caps) = &site.caps {
+            let sent: Vec<&str> = out
+                .headers
+                .get_all("anthropic-beta")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let stripped = cloud::strip_unaccepted(&body, &sent, caps, site.platform)
+                .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+            if !stripped.dropped.is_empty() {
+                log::info!(
+                    "{}: for {} `{}`: dropped {}",
+                    out.request_id,
+                    site.platform,
+                    out.provider,
+                    stripped.dropped.join(", ")
+                );
+            }
+            if let Some(edited) = stripped.body {
+                body = Bytes::from(edited);
+            }
+            betas = Some(
+                (!stripped.betas.is_empty())
+                    .then(|| http::HeaderValue::from_str(&stripped.betas.join(",")).ok())
+                    .flatten(),
+            );
+        }
         Ok(Box::new(Passthrough {
             payload: Payload {
-                body: request.upstream_body(Some(out.upstream_model), speed),
-                upstream_model: Some(out.upstream_model.to_string()),
+                body,
+                upstream_model: Some(model.into_owned()),
             },
             beta: fast.then_some(FAST_MODE_BETA),
-            headers: self.headers.clone(),
+            betas,
+            site: site.clone(),
         }))
     }
 
+    /// An unparsed body goes only where no body edit is needed.
     fn forward(&self, body: Bytes) -> Option<Box<dyn Call>> {
+        if self.site.caps.is_some() || self.site.bedrock_ids {
+            return None;
+        }
         Some(Box::new(Passthrough {
             payload: Payload {
                 body,
                 upstream_model: None,
             },
             beta: None,
-            headers: self.headers.clone(),
+            betas: None,
+            site: self.site.clone(),
         }))
     }
 
-    fn probe_auth(&self, head: &mut RequestHeader, key: Option<&Secret>, _bearer: Option<&str>) {
-        if let Some(key) = key {
-            let _ = head.insert_header("anthropic-version", "2023-06-01");
-            let _ = head.insert_header("x-api-key", key.expose());
+    fn probe_auth(&self, head: &mut RequestHeader, key: Option<&Secret>, bearer: Option<&str>) {
+        let _ = head.insert_header("anthropic-version", "2023-06-01");
+        match (key, bearer) {
+            (Some(key), _) if self.site.key_as_bearer => {
+                let _ = head.insert_header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose()));
+            }
+            (Some(key), _) => {
+                let _ = head.insert_header("x-api-key", key.expose());
+            }
+            (None, Some(token)) => {
+                let _ = head.insert_header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            (None, None) => {}
         }
-        for (name, value) in &self.headers {
+        for (name, value) in &self.site.headers {
             let _ = head.insert_header(name.clone(), value.clone());
         }
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("credential", self.site.auth_note.to_string())];
+        if let Some(caps) = &self.site.caps {
+            let list = if caps.betas.is_empty() {
+                "none".to_string()
+            } else {
+                caps.betas.join(", ")
+            };
+            out.push(("betas", list));
+        }
+        out
     }
 }
 
@@ -195,8 +481,10 @@ struct Passthrough {
     payload: Payload,
     /// A beta to add to `anthropic-beta` (fast mode), if not already there.
     beta: Option<&'static str>,
-    /// The platform's own headers.
-    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The `anthropic-beta` a platform that filters betas gets instead of
+    /// the client's (`Some(None)`: none at all).
+    betas: Option<Option<http::HeaderValue>>,
+    site: Arc<Site>,
 }
 
 impl Call for Passthrough {
@@ -213,15 +501,24 @@ impl Call for Passthrough {
     }
 
     /// The client's method, path, query and headers under the header policy
-    /// of [`anthropic::forward_request_headers`].
+    /// of [`anthropic::forward_request_headers`], and the platform's
+    /// credential: a key (`x-api-key`, or a bearer token), an OAuth token,
+    /// or a SigV4 signature over the final head and body.
     fn head(&self, to: &Attempt<'_>) -> Result<RequestHeader, GatewayError> {
         let out = to.client;
-        let auth = match (to.credential, to.client_credential) {
-            (Some(key), _) => UpstreamAuth::ProviderKey(key.expose()),
+        let site = &*self.site;
+        let auth = match (to.credential, to.client_credential && site.first_party) {
+            (Some(key), _) if !site.key_as_bearer => UpstreamAuth::ProviderKey(key.expose()),
             (None, true) => UpstreamAuth::ClientCredential,
-            (None, false) => UpstreamAuth::None,
+            _ => UpstreamAuth::None,
         };
         let mut headers = anthropic::forward_request_headers(out.headers, auth, to.headers);
+        if let Some(betas) = &self.betas {
+            headers.retain(|(n, _)| n.as_str() != "anthropic-beta");
+            if let Some(v) = betas {
+                headers.push((http::HeaderName::from_static("anthropic-beta"), v.clone()));
+            }
+        }
         if let Some(beta) = self.beta {
             anthropic::add_beta(&mut headers, beta);
         }
@@ -231,27 +528,70 @@ impl Call for Passthrough {
             None => path,
         };
         let mut req =
-            RequestHeader::build(out.method.clone(), target.as_bytes(), Some(headers.len() + 2)).map_err(internal)?;
+            RequestHeader::build(out.method.clone(), target.as_bytes(), Some(headers.len() + 4)).map_err(internal)?;
         req.insert_header(http::header::HOST, &to.base.authority)
             .map_err(internal)?;
         for (name, value) in headers {
             req.append_header(name, value).map_err(internal)?;
         }
-        for (name, value) in &self.headers {
+        for (name, value) in &site.headers {
             req.insert_header(name.clone(), value.clone()).map_err(internal)?;
         }
         if !self.payload.body.is_empty() || out.method == http::Method::POST {
             req.insert_header(http::header::CONTENT_LENGTH, self.payload.body.len().to_string())
                 .map_err(internal)?;
         }
+        match (to.credential, to.bearer) {
+            (Some(key), _) if site.key_as_bearer => bearer_header(&mut req, to, key.expose())?,
+            (None, Some(token)) => bearer_header(&mut req, to, token)?,
+            (None, None) => {
+                if let Some((aws, service)) = &site.signing {
+                    aws.sign(service, &mut req, to, &target, &self.payload.body)?;
+                }
+            }
+            _ => {}
+        }
         Ok(req)
     }
 
-    fn refusal(&self, _: &ResponseHeader, _: &[u8]) -> Refusal {
-        Refusal::Verbatim
+    /// Anthropic's own errors, and a cloud's in Anthropic's shape, go to the
+    /// client as they came (Claude Code's recovery reads their wording); a
+    /// cloud's other errors (its front door's signature or quota refusals)
+    /// are mapped to one.
+    fn refusal(&self, head: &ResponseHeader, body: &[u8]) -> Refusal {
+        if self.site.first_party || anthropic_error_shape(body) {
+            return Refusal::Verbatim;
+        }
+        let status = head.status.as_u16();
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                ["message", "Message", "error_description"]
+                    .iter()
+                    .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
+                    .or_else(|| {
+                        v.pointer("/error/message")
+                            .and_then(|m| m.as_str())
+                            .map(str::to_string)
+                    })
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).trim().to_string());
+        let (status, kind) = ErrorKind::for_status(status);
+        Refusal::Mapped(GatewayError::Upstream {
+            status,
+            kind,
+            message: format!("{}: {message}", self.site.platform),
+            retry_after: if status == 429 { super::retry_after(head) } else { None },
+        })
     }
 
     fn answer(&self, _: &ResponseHeader, _: &Reply<'_>) -> Answer {
         Answer::Relay
     }
+}
+
+/// Whether `body` is an Anthropic error: `{"type": "error", "error": {"type": …}}`.
+fn anthropic_error_shape(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v["type"] == "error" && v["error"]["type"].is_string())
 }

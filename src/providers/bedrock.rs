@@ -10,8 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use super::aws::AwsSigning;
 use super::{
-    bearer_header, broken, capabilities, cloud_claude_body, content_type_is, counted, credential_header, header_str,
+    bearer_header, broken, capabilities, cloud_claude_body, content_type_is, counted, header_str,
     json_post, log_notes, out_model, Adapter, Answer, Attempt, BaseFrom, Build, Built, Call, CredentialKind, Outgoing,
     Payload, ProviderType, Refusal, Reply, StreamTranslate, Translated, WithoutKey, MAX_SMALL_BODY,
     MAX_TRANSLATED_BODY,
@@ -39,7 +40,8 @@ pub static TYPE: ProviderType = ProviderType {
 };
 
 fn build(b: &mut Build<'_>) -> Result<Built, ConfigError> {
-    let aws = aws_signing(b)?;
+    let has_key = super::aws::has_api_key(b, "AWS_BEARER_TOKEN_BEDROCK");
+    let aws = AwsSigning::required(b, has_key, "AWS_BEARER_TOKEN_BEDROCK")?;
     let derived_base = Some(format!("https://bedrock-runtime.{}.amazonaws.com", aws.region));
     Ok(Built {
         adapter: Arc::new(Bedrock {
@@ -49,55 +51,7 @@ fn build(b: &mut Build<'_>) -> Result<Built, ConfigError> {
             }),
         }),
         derived_base,
-    })
-}
-
-/// What SigV4 signs Bedrock requests with (from the standard AWS variables).
-struct AwsSigning {
-    region: String,
-    access_key_id: Option<String>,
-    secret_access_key: Option<Secret>,
-    session_token: Option<Secret>,
-}
-
-impl std::fmt::Debug for AwsSigning {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsSigning")
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-fn aws_signing(b: &mut Build<'_>) -> Result<AwsSigning, ConfigError> {
-    let (key, name, p) = (b.key, b.name, b.config);
-    let region = p
-        .region
-        .clone()
-        .or_else(|| b.nonempty_env("AWS_REGION"))
-        .or_else(|| b.nonempty_env("AWS_DEFAULT_REGION"))
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                format!("{key}.region"),
-                "required for type `bedrock` (or set AWS_REGION)",
-            )
-        })?;
-    let has_api_key = p.api_key.is_some()
-        || p.api_key_env_var.is_some()
-        || !p.keys.is_empty()
-        || b.nonempty_env("AWS_BEARER_TOKEN_BEDROCK").is_some();
-    let access_key_id = b.nonempty_env("AWS_ACCESS_KEY_ID");
-    let secret_access_key = b.nonempty_env("AWS_SECRET_ACCESS_KEY").map(|s| Secret::new(&s));
-    if !has_api_key && (access_key_id.is_none() || secret_access_key.is_none()) {
-        b.warnings.push(format!(
-            "{key}: no Bedrock credentials: set AWS_BEARER_TOKEN_BEDROCK (or `api_key_env_var`), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; `{name}` will be called unsigned"
-        ));
-    }
-    Ok(AwsSigning {
-        region,
-        access_key_id,
-        secret_access_key,
-        session_token: b.nonempty_env("AWS_SESSION_TOKEN").map(|s| Secret::new(&s)),
+        bearer: None,
     })
 }
 
@@ -115,7 +69,7 @@ struct Site {
 
 impl Adapter for Bedrock {
     fn signs(&self) -> bool {
-        self.site.aws.access_key_id.is_some() && self.site.aws.secret_access_key.is_some()
+        self.site.aws.can_sign()
     }
 
     fn prepare(&self, out: &Outgoing<'_>) -> Result<Box<dyn Call>, GatewayError> {
@@ -220,30 +174,9 @@ impl Call for BedrockCall {
             bearer_header(&mut req, to, key.expose())?;
             return Ok(req);
         }
-        let aws = &self.site.aws;
-        let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) else {
-            return Ok(req);
-        };
-        let url = format!("https://{}{}", to.base.authority, path);
-        let signed = crate::upstream::sigv4::sign(
-            crate::upstream::sigv4::BEDROCK,
-            &url,
-            &req,
-            &self.payload.body,
-            &crate::upstream::sigv4::Credentials {
-                access_key_id: id,
-                secret_access_key: secret.expose(),
-                session_token: aws.session_token.as_ref().map(|t| t.expose()),
-                region: &aws.region,
-            },
-            std::time::SystemTime::now(),
-        )
-        .map_err(|e| GatewayError::Internal(format!("cannot sign the request to `{}`: {e}", to.provider)))?;
-        for (name, value) in signed {
-            let name =
-                http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| GatewayError::Internal(e.to_string()))?;
-            credential_header(&mut req, to, name, &value)?;
-        }
+        self.site
+            .aws
+            .sign(crate::upstream::sigv4::BEDROCK, &mut req, to, &path, &self.payload.body)?;
         Ok(req)
     }
 

@@ -37,6 +37,7 @@ fn build(_: &mut Build<'_>) -> Result<Built, ConfigError> {
     Ok(Built {
         adapter: Arc::new(Gemini),
         derived_base: None,
+        bearer: None,
     })
 }
 

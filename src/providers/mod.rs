@@ -28,6 +28,7 @@
 //! has the checklist.
 
 pub mod anthropic;
+pub mod aws;
 pub mod bedrock;
 pub mod gemini;
 pub mod google;
@@ -104,10 +105,12 @@ pub enum WithoutKey {
 }
 
 /// Every provider type this build speaks, in the order they are listed.
-pub static TYPES: [&ProviderType; 10] = [
+pub static TYPES: [&ProviderType; 12] = [
     &anthropic::TYPE,
     &anthropic::FOUNDRY,
     &anthropic::CLAUDE_AWS,
+    &anthropic::BEDROCK_MESSAGES,
+    &anthropic::CLAUDE_GCP,
     &openai::OPENAI,
     &openai::AZURE,
     &openai::OPENROUTER,
@@ -150,6 +153,10 @@ pub struct Built {
     /// The base URL when the config names none and the type has no fixed
     /// default (Bedrock's from its region, Vertex's from its location).
     pub derived_base: Option<String>,
+    /// Where the bearer tokens of accounts without a key come from, when
+    /// the type gets them from a provider-wide identity (Foundry's Entra ID
+    /// application).
+    pub bearer: Option<crate::upstream::Bearer>,
 }
 
 /// One configured provider's behaviour. See the module docs.

@@ -108,6 +108,7 @@ fn build(b: &mut Build<'_>, flavor: Flavor) -> Result<Built, ConfigError> {
             }),
         }),
         derived_base: None,
+        bearer: None,
     })
 }
 

@@ -48,6 +48,7 @@ fn build(b: &mut Build<'_>) -> Result<Built, ConfigError> {
             caps: Arc::new(capabilities(b.config, Platform::Vertex)),
         }),
         derived_base,
+        bearer: None,
     })
 }
 

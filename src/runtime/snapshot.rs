@@ -16,7 +16,7 @@ use crate::config::ConfigError;
 use crate::policy::ScopeLimits;
 use crate::providers::{Adapter, Build, CredentialKind, ProviderType, WithoutKey};
 use crate::secret::Secret;
-use crate::upstream::google_auth::{self, TokenSource};
+use crate::upstream::{google_auth, Bearer};
 pub use crate::upstream::UpstreamBase;
 use crate::usage::pricing::PriceTable;
 
@@ -47,7 +47,7 @@ impl Provider {
             || self
                 .accounts
                 .iter()
-                .any(|a| a.credential.is_some() || a.google.is_some())
+                .any(|a| a.credential.is_some() || a.bearer.is_some())
     }
 
     /// Whether an account of this provider is called with no credential at
@@ -56,7 +56,7 @@ impl Provider {
     /// client's own; Ollama needs none.)
     pub fn lacks_credential(&self, account: &Account) -> bool {
         account.credential.is_none()
-            && account.google.is_none()
+            && account.bearer.is_none()
             && !self.adapter.signs()
             && !matches!(
                 self.kind.without_key,
@@ -67,7 +67,7 @@ impl Provider {
     /// How `/status` and `provider show` describe an account's credential.
     pub fn credential_state(&self, account: &Account) -> &'static str {
         match (
-            account.credential.is_some() || account.google.is_some(),
+            account.credential.is_some() || account.bearer.is_some(),
             self.kind.without_key,
         ) {
             (true, _) => "configured",
@@ -88,8 +88,10 @@ pub struct Account {
     /// an Anthropic-type upstream then receives the client's own credential
     /// (passthrough-auth), any other gets none.
     pub credential: Option<Secret>,
-    /// A service account whose OAuth tokens this account sends (Vertex).
-    pub google: Option<Arc<TokenSource>>,
+    /// Where the OAuth tokens this account sends come from: a Google
+    /// service account (Vertex, Claude on Google Cloud) or an Entra ID
+    /// application (Foundry).
+    pub bearer: Option<Bearer>,
     pub weight: u32,
 }
 
@@ -794,7 +796,12 @@ fn build_provider(
         .ok_or_else(|| ConfigError::invalid(format!("{key}.api_base"), format!("required for type `{}`", kind.name)))?;
     let base = UpstreamBase::parse(base_raw).map_err(|e| ConfigError::invalid(format!("{key}.api_base"), e))?;
 
-    let accounts = build_accounts(&key, name, kind, p, env, warnings)?;
+    let mut accounts = build_accounts(&key, name, kind, p, env, warnings)?;
+    if let Some(bearer) = &built.bearer {
+        for a in accounts.iter_mut().filter(|a| a.credential.is_none() && a.bearer.is_none()) {
+            a.bearer = Some(bearer.clone());
+        }
+    }
     let mut headers = Vec::with_capacity(p.headers.len());
     for (h, v) in &p.headers {
         let n = HeaderName::from_bytes(h.as_bytes())
@@ -834,16 +841,16 @@ fn build_accounts(
     accounts
         .into_iter()
         .map(|a| {
-            let google = match &a.credential {
-                Some(path) => Some(
+            let bearer = match &a.credential {
+                Some(path) => Some(Bearer::Google(
                     google_auth::source_for(std::path::Path::new(path.expose()))
                         .map_err(|e| ConfigError::invalid(key, e.to_string()))?,
-                ),
+                )),
                 None => None,
             };
             Ok(Account {
                 credential: None,
-                google,
+                bearer,
                 ..a
             })
         })
@@ -862,7 +869,7 @@ fn accounts_from_config(
         vec![Account {
             label: name.to_string(),
             credential,
-            google: None,
+            bearer: None,
             weight: 1,
         }]
     };
@@ -915,7 +922,7 @@ fn accounts_from_config(
             Some(v) => accounts.push(Account {
                 label: format!("{name}#{}", i + 1),
                 credential: Some(Secret::new(&v)),
-                google: None,
+                bearer: None,
                 weight: k.weight,
             }),
             None => warnings.push(format!(

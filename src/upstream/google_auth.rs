@@ -46,7 +46,7 @@
 
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -172,7 +172,7 @@ impl TokenSource {
 
     /// Ask `gcp_auth` (cache first) on the auth runtime, one call at a time.
     async fn fetch(&self) -> Result<Arc<gcp_auth::Token>, GoogleAuthError> {
-        let runtime = auth_runtime()?;
+        let runtime = super::token_runtime().map_err(GoogleAuthError::Runtime)?;
         let account = self.account.clone();
         let one_fetch = self.one_fetch.clone();
         let timeout = self.timeout;
@@ -261,7 +261,7 @@ fn check_token_uri(uri: &str) -> Result<(), String> {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -299,27 +299,6 @@ fn describe(e: &gcp_auth::Error) -> String {
         cause = c.source();
     }
     text
-}
-
-/// The runtime token fetches run on, started on first use.
-fn auth_runtime() -> Result<&'static tokio::runtime::Handle, GoogleAuthError> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("google-auth")
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            let handle = runtime.handle().clone();
-            // Lives as long as the process; dropping a runtime from inside
-            // an async context would panic at shutdown.
-            std::mem::forget(runtime);
-            Ok(handle)
-        })
-        .as_ref()
-        .map_err(|e| GoogleAuthError::Runtime(e.clone()))
 }
 
 /// A source handed out by [`source_for`], and the file contents it was made from.

@@ -11,6 +11,7 @@
 pub mod balance;
 pub mod base;
 pub mod dns;
+pub mod entra;
 pub mod google_auth;
 pub mod health;
 pub mod sigv4;
@@ -30,6 +31,52 @@ use pingora::{Error as PError, ErrorType};
 use tokio::io::AsyncWriteExt;
 
 pub use base::UpstreamBase;
+
+/// Where an account's OAuth bearer tokens come from: a Google service
+/// account (Vertex, Claude on Google Cloud) or a Microsoft Entra ID
+/// application (Microsoft Foundry). Each source caches its token and
+/// refreshes it before it expires; a request waits only when there is none.
+#[derive(Debug, Clone)]
+pub enum Bearer {
+    Google(std::sync::Arc<google_auth::TokenSource>),
+    Entra(std::sync::Arc<entra::TokenSource>),
+}
+
+impl Bearer {
+    /// A valid token. The error names the account and the endpoint, never
+    /// a secret.
+    pub async fn token(&self) -> Result<String, String> {
+        match self {
+            Bearer::Google(source) => source.token().await.map_err(|e| e.to_string()),
+            Bearer::Entra(source) => source.token().await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The runtime token fetches (Google, Entra) run on, started on first use
+/// (so after the daemon fork): a token endpoint's pooled connection is then
+/// driven by one thread, not by whichever Pingora worker happened to
+/// refresh first, and a fetch goes on to fill the cache when the request
+/// that started it goes away.
+pub(crate) fn token_runtime() -> Result<&'static tokio::runtime::Handle, String> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Handle, String>> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("token-fetch")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let handle = runtime.handle().clone();
+            // Lives as long as the process; dropping a runtime from inside
+            // an async context would panic at shutdown.
+            std::mem::forget(runtime);
+            Ok(handle)
+        })
+        .as_ref()
+        .map_err(String::clone)
+}
 
 /// How long an idle pooled upstream connection is kept. Providers close idle
 /// keep-alive connections after roughly a minute; staying below that avoids

@@ -87,6 +87,12 @@ impl Capabilities {
         }
     }
 
+    /// A platform that takes no `anthropic-beta` at all (Claude in Amazon
+    /// Bedrock's Messages API, per Anthropic's platform table).
+    pub fn none() -> Capabilities {
+        Capabilities { betas: Vec::new() }
+    }
+
     /// What Bedrock's InvokeModel accepts for Anthropic models.
     pub fn bedrock() -> Capabilities {
         Self::for_platform(Platform::Bedrock)
@@ -172,6 +178,88 @@ pub fn edit_body(
         betas: kept.into_iter().map(str::to_string).collect(),
         dropped,
     })
+}
+
+/// A Messages body for a platform that serves the Messages API itself but
+/// takes only some betas (Claude in Amazon Bedrock's Messages API): the
+/// betas it takes, and the body without the fields whose beta is not
+/// among them (`body: None` when it has none of them, so the bytes go
+/// unchanged; a body is parsed only when a field name appears in it).
+#[derive(Debug)]
+pub struct Stripped {
+    pub body: Option<Vec<u8>>,
+    pub betas: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+pub fn strip_unaccepted(
+    body: &[u8],
+    beta_headers: &[&str],
+    caps: &Capabilities,
+    platform: &str,
+) -> Result<Stripped, EditError> {
+    let sent: Vec<&str> = beta_headers
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .collect();
+    let kept: Vec<&str> = sent.iter().copied().filter(|b| caps.accepts(b)).collect();
+    let mut dropped: Vec<String> = sent
+        .iter()
+        .filter(|b| !caps.accepts(b))
+        .map(|b| format!("beta `{b}` (not accepted by {platform})"))
+        .collect();
+    let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
+    let candidates = PAIRED_FIELDS
+        .iter()
+        .chain(PAIRED_TOOL_FIELDS)
+        .filter(|(_, beta)| !usable(*beta))
+        .any(|(field, _)| memchr::memmem::find(body, format!("\"{field}\"").as_bytes()).is_some());
+    let mut edited = None;
+    if candidates {
+        let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
+        let before = dropped.len();
+        for (field, beta) in PAIRED_FIELDS {
+            if !usable(*beta) && obj.remove(*field).is_some() {
+                dropped.push(format!("`{field}`"));
+            }
+        }
+        if let Some(Value::Array(tools)) = obj.get_mut("tools") {
+            for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
+                for (field, beta) in PAIRED_TOOL_FIELDS {
+                    if !usable(*beta) && tool.remove(*field).is_some() {
+                        dropped.push(format!("tool field `{field}`"));
+                    }
+                }
+            }
+        }
+        if dropped.len() > before {
+            edited = Some(serde_json::to_vec(&Value::Object(obj)).map_err(|e| EditError(e.to_string()))?);
+        }
+    }
+    dropped.dedup();
+    Ok(Stripped {
+        body: edited,
+        betas: kept.into_iter().map(str::to_string).collect(),
+        dropped,
+    })
+}
+
+/// The model id Claude in Amazon Bedrock's Messages API takes for a
+/// first-party id: `anthropic.` and the name without a date
+/// (`claude-haiku-4-5-20251001` → `anthropic.claude-haiku-4-5`). An id
+/// that already names a vendor (`anthropic.…`, `us.anthropic.…`) or an
+/// ARN is left as it is.
+pub fn bedrock_messages_model(model: &str) -> std::borrow::Cow<'_, str> {
+    if model.contains('.') || model.starts_with("arn:") {
+        return std::borrow::Cow::Borrowed(model);
+    }
+    let bare = match model.rsplit_once('-') {
+        Some((head, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => model,
+    };
+    std::borrow::Cow::Owned(format!("anthropic.{bare}"))
 }
 
 /// A cloud-format request body as the Messages API takes it: the inverse
@@ -334,6 +422,40 @@ pub fn anthropic_model_id(cloud: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bedrock_messages_models() {
+        for (from, to) in [
+            ("claude-haiku-4-5-20251001", "anthropic.claude-haiku-4-5"),
+            ("claude-opus-5", "anthropic.claude-opus-5"),
+            ("anthropic.claude-sonnet-5", "anthropic.claude-sonnet-5"),
+            ("us.anthropic.claude-sonnet-4-6", "us.anthropic.claude-sonnet-4-6"),
+            ("claude-3-5-sonnet-2024", "anthropic.claude-3-5-sonnet-2024"),
+        ] {
+            assert_eq!(bedrock_messages_model(from), to);
+        }
+    }
+
+    #[test]
+    fn stripping_leaves_a_clean_body_alone_and_drops_unaccepted_pairs() {
+        let clean = br#"{"model":"m","max_tokens":5,"messages":[]}"#;
+        let s = strip_unaccepted(clean, &["interleaved-thinking-2025-05-14"], &Capabilities::none(), "X").unwrap();
+        assert!(s.body.is_none() && s.betas.is_empty());
+        assert_eq!(s.dropped, ["beta `interleaved-thinking-2025-05-14` (not accepted by X)"]);
+
+        let body = br#"{"model":"m","context_management":{"edits":[]},"tools":[{"name":"t","input_schema":{},"defer_loading":true}],"messages":[]}"#;
+        let caps = Capabilities {
+            betas: vec!["context-management-2025-06-27".into()],
+        };
+        let s = strip_unaccepted(body, &["context-management-2025-06-27, tool-search-tool-2025-10-19"], &caps, "X").unwrap();
+        assert_eq!(s.betas, ["context-management-2025-06-27"]);
+        let v: Value = serde_json::from_slice(&s.body.unwrap()).unwrap();
+        assert!(v.get("context_management").is_some(), "its beta is kept");
+        assert!(v["tools"][0].get("defer_loading").is_none());
+        // A field name only inside text parses, changes nothing, and keeps the bytes.
+        let text = br#"{"model":"m","messages":[{"role":"user","content":"what is \"speed\"?"}]}"#;
+        assert!(strip_unaccepted(text, &[], &Capabilities::none(), "X").unwrap().body.is_none());
+    }
 
     #[test]
     fn vertex_paths() {

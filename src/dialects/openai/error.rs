@@ -77,18 +77,8 @@ pub fn map_error_parts(status: u16, code: &str, etype: &str, message: &str) -> M
         _ => status,
     };
     let (status, kind) = match status {
-        400 | 422 => (400, ErrorKind::InvalidRequest),
-        401 => (401, ErrorKind::Authentication),
-        402 => (402, ErrorKind::Billing),
-        403 => (403, ErrorKind::Permission),
-        404 => (404, ErrorKind::NotFound),
-        413 => (413, ErrorKind::RequestTooLarge),
         429 if code == "insufficient_quota" || etype == "insufficient_quota" => (429, ErrorKind::Billing),
-        429 => (429, ErrorKind::RateLimit),
-        408 | 504 => (504, ErrorKind::Timeout),
-        503 | 529 => (529, ErrorKind::Overloaded),
-        s if (400..500).contains(&s) => (s, ErrorKind::InvalidRequest),
-        _ => (500, ErrorKind::Api),
+        s => ErrorKind::for_status(s),
     };
     MappedError {
         status,

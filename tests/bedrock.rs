@@ -5,56 +5,18 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use modelgate::dialects::bedrock::stream::{encode_chunk, encode_exception};
 use serde_json::Value;
+use support::clouds::{ACCESS_KEY, SECRET_KEY};
 use support::*;
 
-const ACCESS_KEY: &str = "AKIDMODELGATETEST01";
-const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYmodelgateKEY";
 const MODEL: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
-
-fn header(rec: &Recorded, name: &str) -> String {
-    rec.header(name).unwrap_or_default()
-}
 
 /// Recompute the request's SigV4 signature; `None` when it matches.
 fn signature_problem(rec: &Recorded) -> Option<String> {
-    use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
-    let auth = header(rec, "authorization");
-    if !auth.starts_with("AWS4-HMAC-SHA256 ") {
-        return Some(format!("no SigV4 authorization header: {auth:?}"));
-    }
-    let date = header(rec, "x-amz-date");
-    let time = chrono::NaiveDateTime::parse_from_str(&date, "%Y%m%dT%H%M%SZ")
-        .ok()?
-        .and_utc();
-    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(time.timestamp() as u64);
-    let identity = aws_credential_types::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test").into();
-    let mut settings = SigningSettings::default();
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-east-1")
-        .name("bedrock")
-        .time(time)
-        .settings(settings)
-        .build()
-        .unwrap()
-        .into();
-    let host = header(rec, "host");
-    let content_type = header(rec, "content-type");
-    let url = format!("https://{host}{}", rec.uri);
-    let headers = [("host", host.as_str()), ("content-type", content_type.as_str())];
-    let signable = SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(&rec.body)).unwrap();
-    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    let want = instructions
-        .headers()
-        .find(|(n, _)| *n == "authorization")
-        .map(|(_, v)| v.to_string())
-        .unwrap();
-    (want != auth).then(|| format!("signature mismatch:\n got  {auth}\n want {want}"))
+    support::clouds::sigv4_problem(rec, "bedrock", "us-east-1")
 }
 
 fn events(texts: &[&str]) -> Vec<SseStep> {

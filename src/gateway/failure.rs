@@ -199,7 +199,7 @@ pub fn no_token(provider: &str) -> Failure {
         health: Health::Failed,
         answer: GatewayError::UpstreamUnreachable {
             provider: provider.to_string(),
-            detail: "no Google access token for this account (see the gateway log)".into(),
+            detail: "no OAuth access token for this account (see the gateway log)".into(),
         }
         .into(),
     }

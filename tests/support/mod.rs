@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod claude;
+pub mod clouds;
 pub mod gateway;
 pub mod google;
 pub mod haproxy;

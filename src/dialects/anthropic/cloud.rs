@@ -149,7 +149,7 @@ pub fn edit_body(
     }
     let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
     for (field, beta) in PAIRED_FIELDS {
-        if !usable(*beta) && obj.remove(*field).is_some() {
+        if !usable(*beta) && obj.shift_remove(*field).is_some() {
             dropped.push(format!("`{field}`"));
         }
     }
@@ -159,7 +159,7 @@ pub fn edit_body(
                 tool.remove("type");
             }
             for (field, beta) in PAIRED_TOOL_FIELDS {
-                if !usable(*beta) && tool.remove(*field).is_some() {
+                if !usable(*beta) && tool.shift_remove(*field).is_some() {
                     dropped.push(format!("tool field `{field}`"));
                 }
             }
@@ -221,14 +221,14 @@ pub fn strip_unaccepted(
         let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
         let before = dropped.len();
         for (field, beta) in PAIRED_FIELDS {
-            if !usable(*beta) && obj.remove(*field).is_some() {
+            if !usable(*beta) && obj.shift_remove(*field).is_some() {
                 dropped.push(format!("`{field}`"));
             }
         }
         if let Some(Value::Array(tools)) = obj.get_mut("tools") {
             for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
                 for (field, beta) in PAIRED_TOOL_FIELDS {
-                    if !usable(*beta) && tool.remove(*field).is_some() {
+                    if !usable(*beta) && tool.shift_remove(*field).is_some() {
                         dropped.push(format!("tool field `{field}`"));
                     }
                 }

@@ -241,3 +241,71 @@ async fn bedrock_inference_profiles_list_the_routes_without_credentials() {
     assert_eq!(r.status(), 404);
     assert_eq!(up.request_count(), 0);
 }
+
+#[tokio::test]
+async fn bedrock_count_tokens_is_counted_and_answered_in_bedrock_shape() {
+    use base64::Engine;
+    let up = MockUpstream::start().await;
+    let openai = MockUpstream::start().await;
+    let yaml = format!(
+        "listen: \"{{listen}}\"\ndefault_provider: a\nproviders:\n  a: {{type: anthropic, api_base: \"{}\", api_key: sk-ant-test}}\n  o: {{type: openai, api_base: \"{}\", api_key: sk-openai-test}}\nroutes:\n  - {{match: 'gpt-*', provider: o}}\nkeys:\n  - {{name: dev, key_sha256: \"{}\"}}\n",
+        up.base_url(),
+        openai.base_url(),
+        hex::encode(Sha256::digest(KEY.as_bytes()))
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let invoke = json!({"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["context-1m-2025-08-07"],
+                        "max_tokens": 32000, "temperature": 1, "system": [{"type": "text", "text": "You are Claude Code."}],
+                        "messages": [{"role": "user", "content": "count me"}]});
+    let wrapped = |invoke: &Value| {
+        json!({"input": {"invokeModel": {"body": base64::engine::general_purpose::STANDARD.encode(invoke.to_string())}}})
+    };
+    let count = |path: &'static str, body: Value| {
+        let gw = &gw;
+        async move {
+            client()
+                .post(gw.url(path))
+                .header("authorization", format!("Bearer {KEY}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // Anthropic's counter: `{"input_tokens"}` comes back as `{"inputTokens"}`.
+    up.push(Reply::json(200, r#"{"input_tokens":42}"#));
+    let r = count("/bedrock/model/us.anthropic.claude-opus-4-5-20251101-v1%3A0/count-tokens", wrapped(&invoke)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"inputTokens": 42}));
+    let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.path(), "/v1/messages/count_tokens");
+    assert_eq!(seen.header("anthropic-beta").as_deref(), Some("context-1m-2025-08-07"));
+    let sent = seen.json();
+    assert_eq!(sent["model"], "claude-opus-4-5-20251101");
+    for gone in ["max_tokens", "temperature", "anthropic_version", "anthropic_beta"] {
+        assert!(sent.get(gone).is_none(), "{gone} in {sent}");
+    }
+    assert_eq!(sent["system"][0]["text"], "You are Claude Code.");
+
+    // An upstream's refusal goes as it came (an Anthropic error).
+    up.push(Reply::error(400, "invalid_request_error", "prompt is too long"));
+    let r = count("/bedrock/model/claude-sonnet-4-5/count-tokens", wrapped(&invoke)).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["message"], "prompt is too long");
+
+    // No counter upstream (OpenAI): the gateway's own count, in Bedrock's shape.
+    let r = count("/bedrock/model/gpt-4o/count-tokens", wrapped(&invoke)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["inputTokens"].as_u64().is_some_and(|n| n > 0), "{v}");
+    assert_eq!(openai.request_count(), 0);
+
+    // A body that is not CountTokens' InvokeModel form.
+    let r = count("/bedrock/model/claude-sonnet-4-5/count-tokens", json!({"input": {"converse": {}}})).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert!(v["error"]["message"].as_str().unwrap().contains("input.invokeModel.body"), "{v}");
+}

@@ -173,4 +173,7 @@ pub struct Inbound {
     pub model: Option<String>,
     /// `Some` when the endpoint decides streaming (`streamRawPredict`).
     pub stream: Option<bool>,
+    /// Bedrock's CountTokens: the InvokeModel body is wrapped
+    /// (`{"input": {"invokeModel": {"body": <base64>}}}`).
+    pub wrapped: bool,
 }

@@ -16,7 +16,9 @@
 //!   `/invoke-with-response-stream`, made Messages requests the same way
 //!   (the body's `anthropic_beta` into `anthropic-beta`); a streamed answer
 //!   reaches the client re-framed as AWS event-stream frames
-//!   (`ctx.reframe`, applied where the relay writes).
+//!   (`ctx.reframe`, applied where the relay writes). `/count-tokens`
+//!   unwraps CountTokens' InvokeModel body for `count_tokens`, and its
+//!   answer is re-framed as `{"inputTokens": N}`.
 
 use pingora::proxy::Session;
 
@@ -54,6 +56,7 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
         ctx.inbound = Some(Inbound {
             model: (!count).then(|| cloud_model(&config.model_map, model)),
             stream: (!count).then_some(method == "streamRawPredict"),
+            wrapped: false,
         });
         if count {
             "/v1/messages/count_tokens".to_string()
@@ -67,15 +70,22 @@ pub fn recognize(session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot) {
         .and_then(crate::dialects::anthropic::cloud::bedrock_path)
     {
         let stream = method == "invoke-with-response-stream";
+        let count = method == "count-tokens";
         ctx.inbound_format = Some(ClientFormat::Bedrock);
         ctx.inbound = Some(Inbound {
             model: Some(cloud_model(&config.model_map, &model)),
-            stream: Some(stream),
+            stream: (!count).then_some(stream),
+            wrapped: count,
         });
-        if stream {
-            ctx.reframe = ClientFormat::Bedrock.stream_reframer();
+        if count {
+            ctx.reframe = ClientFormat::Bedrock.count_reframer();
+            "/v1/messages/count_tokens".to_string()
+        } else {
+            if stream {
+                ctx.reframe = ClientFormat::Bedrock.stream_reframer();
+            }
+            "/v1/messages".to_string()
         }
-        "/v1/messages".to_string()
     } else {
         return;
     };
@@ -136,6 +146,13 @@ pub fn messages_body(
                 .map_err(|e| invalid(format!("the count-tokens body needs a `model`: {e}")))?;
             cloud_model(&snap.config.inbound.model_map, &named.model)
         }
+    };
+    let unwrapped;
+    let body = if inbound.wrapped {
+        unwrapped = crate::dialects::anthropic::cloud::bedrock_count_tokens_input(body).map_err(|e| invalid(e.to_string()))?;
+        &unwrapped[..]
+    } else {
+        body
     };
     let (body, betas) = crate::dialects::anthropic::cloud::messages_body(body, &model, inbound.stream)
         .map_err(|e| invalid(e.to_string()))?;

@@ -268,15 +268,16 @@ fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> R
 const PING_FRAME: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
 
 /// The head of an answer re-framed for the client's format (`ctx.reframe`:
-/// Bedrock's event stream): its content type, and no length (the frames'
-/// differs). An answer that is not a successful stream goes as it is.
+/// Bedrock's event stream, or its token count): its content type, and no
+/// length (the re-framed one differs). An answer the re-framer does not
+/// take (an error, say) goes as it is.
 fn reframe_head(head: &mut ResponseHeader, ctx: &mut RequestCtx, h2: bool) {
     let Some(r) = ctx.reframe.as_ref() else { return };
-    let sse = head
+    let taken = head
         .headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if !(head.status.is_success() && sse) {
+        .is_some_and(|v| r.reframes(v.as_bytes()));
+    if !(head.status.is_success() && taken) {
         ctx.reframe = None;
         return;
     }

@@ -36,11 +36,15 @@ pub async fn complete(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) {
-    // A stream answered locally (a cache hit) in the client's format.
-    let (body, content_type) = match ctx.reframe.as_ref().map(|r| r.content_type()) {
-        Some(framed) if status < 300 && content_type.starts_with("text/event-stream") => {
-            (super::relay::reframe(ctx, body, true), framed)
-        }
+    // An answer made here (a cache hit, a translated or local token
+    // count) in the client's format.
+    let framed = ctx
+        .reframe
+        .as_ref()
+        .filter(|r| r.reframes(content_type.as_bytes()))
+        .map(|r| r.content_type());
+    let (body, content_type) = match framed {
+        Some(framed) if status < 300 => (super::relay::reframe(ctx, body, true), framed),
         _ => {
             ctx.reframe = None;
             (body, content_type)

@@ -262,6 +262,36 @@ pub fn bedrock_messages_model(model: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("anthropic.{bare}"))
 }
 
+/// The InvokeModel body inside a Bedrock CountTokens request
+/// (`{"input": {"invokeModel": {"body": <base64 blob>}}}`), with the fields
+/// a token count does not take removed (`max_tokens`, sampling, `stream`).
+/// A body given as a JSON object or a JSON text rather than base64 is
+/// taken too.
+pub fn bedrock_count_tokens_input(body: &[u8]) -> Result<Vec<u8>, EditError> {
+    use base64::Engine;
+    let v: Value = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
+    let inner = v
+        .pointer("/input/invokeModel/body")
+        .ok_or_else(|| EditError("a CountTokens body needs `input.invokeModel.body` (only InvokeModel bodies are counted here)".into()))?;
+    let mut obj: Map<String, Value> = match inner {
+        Value::Object(o) => o.clone(),
+        Value::String(s) if s.trim_start().starts_with('{') => {
+            serde_json::from_str(s).map_err(|e| EditError(e.to_string()))?
+        }
+        Value::String(s) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|e| EditError(format!("`input.invokeModel.body` is not base64: {e}")))?;
+            serde_json::from_slice(&raw).map_err(|e| EditError(format!("`input.invokeModel.body`: {e}")))?
+        }
+        _ => return Err(EditError("`input.invokeModel.body` must be a string".into())),
+    };
+    for field in ["max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata"] {
+        obj.shift_remove(field);
+    }
+    serde_json::to_vec(&Value::Object(obj)).map_err(|e| EditError(e.to_string()))
+}
+
 /// A cloud-format request body as the Messages API takes it: the inverse
 /// of [`edit_body`], for clients that speak a cloud's format to the
 /// gateway. `anthropic_version` goes, `model` (from the path) comes first,
@@ -331,6 +361,15 @@ impl ClientFormat {
         }
     }
 
+    /// How a token count (`{"input_tokens": N}`) reaches a client of this
+    /// format: `None` as it is; Bedrock's clients get `{"inputTokens": N}`.
+    pub fn count_reframer(self) -> Option<Box<dyn Reframe>> {
+        match self {
+            ClientFormat::Bedrock => Some(Box::new(crate::dialects::bedrock::CountAnswer::default())),
+            ClientFormat::Foundry | ClientFormat::Vertex => None,
+        }
+    }
+
     /// How a streamed answer (Anthropic SSE) reaches a client of this
     /// format: `None` as it is; Bedrock's clients get event-stream frames.
     pub fn stream_reframer(self) -> Option<Box<dyn Reframe>> {
@@ -341,9 +380,14 @@ impl ClientFormat {
     }
 }
 
-/// A streamed answer re-framed for a client's format, as its bytes come.
+/// A successful answer re-framed for a client's format, as its bytes come.
 pub trait Reframe: Send + Sync {
-    /// The `content-type` of the re-framed stream.
+    /// Whether an answer of this `content-type` is re-framed (others go as
+    /// they are: errors, say).
+    fn reframes(&self, content_type: &[u8]) -> bool {
+        content_type.starts_with(b"text/event-stream")
+    }
+    /// The `content-type` of the re-framed answer.
     fn content_type(&self) -> &'static str;
     /// The re-framed bytes of what `bytes` completes, appended to `out`.
     fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>);
@@ -365,11 +409,30 @@ impl Reframe for crate::dialects::bedrock::stream::SseToEventStream {
     }
 }
 
-/// `/model/{model}/{method}` with a method InvokeModel takes: the model
+impl Reframe for crate::dialects::bedrock::CountAnswer {
+    fn reframes(&self, content_type: &[u8]) -> bool {
+        content_type.starts_with(b"application/json")
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        crate::dialects::bedrock::CountAnswer::push(self, bytes, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        crate::dialects::bedrock::CountAnswer::finish(self, out)
+    }
+}
+
+/// `/model/{model}/{method}` with a method Bedrock Runtime takes for
+/// Claude (InvokeModel, its stream, CountTokens): the model
 /// (percent-decoded: `…-v1%3A0` is `…-v1:0`) and the method.
 pub fn bedrock_path(rest: &str) -> Option<(String, &str)> {
     let (model, method) = rest.strip_prefix("/model/")?.rsplit_once('/')?;
-    let known = matches!(method, "invoke" | "invoke-with-response-stream");
+    let known = matches!(method, "invoke" | "invoke-with-response-stream" | "count-tokens");
     let model = percent_decode(model)?;
     (known && !model.is_empty() && !model.contains('/')).then_some((model, method))
 }
@@ -422,6 +485,36 @@ pub fn anthropic_model_id(cloud: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_tokens_input_in_every_form_and_its_answer() {
+        use base64::Engine;
+        let invoke = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":5,"stream":true,"messages":[]}"#;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(invoke);
+        for body in [
+            serde_json::json!({"input": {"invokeModel": {"body": b64}}}),
+            serde_json::json!({"input": {"invokeModel": {"body": invoke}}}),
+            serde_json::json!({"input": {"invokeModel": {"body": serde_json::from_str::<Value>(invoke).unwrap()}}}),
+        ] {
+            let out = bedrock_count_tokens_input(body.to_string().as_bytes()).unwrap();
+            assert_eq!(out, br#"{"anthropic_version":"bedrock-2023-05-31","messages":[]}"#);
+        }
+        for bad in [r#"{"input":{"converse":{}}}"#, r#"{"input":{"invokeModel":{"body":"!!"}}}"#, "[]"] {
+            assert!(bedrock_count_tokens_input(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let mut c = crate::dialects::bedrock::CountAnswer::default();
+        let mut out = Vec::new();
+        for piece in [&b"{\"input_"[..], b"tokens\":", b"1234}"] {
+            c.push(piece, &mut out);
+        }
+        c.finish(&mut out);
+        assert_eq!(out, br#"{"inputTokens":1234}"#);
+        let mut c = crate::dialects::bedrock::CountAnswer::default();
+        let mut out = Vec::new();
+        c.push(b"not a count", &mut out);
+        c.finish(&mut out);
+        assert_eq!(out, b"not a count");
+    }
 
     #[test]
     fn bedrock_messages_models() {

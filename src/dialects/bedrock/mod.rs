@@ -77,6 +77,44 @@ pub fn count_tokens_response(body: &[u8]) -> Result<u64, BedrockError> {
         .map_err(|e| BedrockError::Malformed(format!("not a CountTokens answer: {e}")))
 }
 
+/// A token count (`{"input_tokens": N}`, Anthropic's) as Bedrock's
+/// CountTokens answers it (`{"inputTokens": N}`), for clients that speak
+/// Bedrock's API to the gateway. The answer is small; more than
+/// [`CountAnswer::LIMIT`] bytes is not a count and goes as it came.
+#[derive(Debug, Default)]
+pub struct CountAnswer {
+    buf: Vec<u8>,
+    overflow: bool,
+}
+
+impl CountAnswer {
+    pub const LIMIT: usize = 64 * 1024;
+
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.overflow {
+            out.extend_from_slice(bytes);
+        } else if self.buf.len() + bytes.len() > Self::LIMIT {
+            self.overflow = true;
+            out.append(&mut self.buf);
+            out.extend_from_slice(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        #[derive(serde::Deserialize)]
+        struct Count {
+            input_tokens: u64,
+        }
+        match serde_json::from_slice::<Count>(&self.buf) {
+            Ok(c) if !self.overflow => out.extend_from_slice(format!("{{\"inputTokens\":{}}}", c.input_tokens).as_bytes()),
+            _ => out.append(&mut self.buf),
+        }
+        self.buf.clear();
+    }
+}
+
 /// A Bedrock exception (a stream frame's `:exception-type`, or a
 /// non-streaming error's `x-amzn-ErrorType`) as the Anthropic error Claude
 /// Code acts on. Bedrock's own words are kept: Claude Code recognises

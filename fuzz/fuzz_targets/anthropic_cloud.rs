@@ -1,11 +1,16 @@
 //! Claude on Bedrock (InvokeModel) and Vertex AI (`rawPredict`): the body
 //! edits and the beta table (`anthropic::cloud::edit_body`), and the
-//! CountTokens body wrapped around an InvokeModel body.
+//! CountTokens body wrapped around an InvokeModel body. Claude in Bedrock's
+//! Messages API: what it refuses stripped (`strip_unaccepted`). Clients in
+//! Bedrock's format: a CountTokens body unwrapped
+//! (`bedrock_count_tokens_input`) and its answer re-framed (`CountAnswer`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelgate::dialects::anthropic::cloud::{edit_body, Capabilities, Platform};
-use modelgate::dialects::bedrock::count_tokens_invoke;
+use modelgate::dialects::anthropic::cloud::{
+    bedrock_count_tokens_input, edit_body, strip_unaccepted, Capabilities, Platform,
+};
+use modelgate::dialects::bedrock::{count_tokens_invoke, CountAnswer};
 use serde_json::Value;
 
 const BETAS: [&[&str]; 3] = [
@@ -38,5 +43,32 @@ fuzz_target!(|data: &[u8]| {
             let count: Value = serde_json::from_slice(&count_tokens_invoke(&edited.body)).unwrap();
             assert!(count["input"]["invokeModel"]["body"].is_string());
         }
+    }
+    for betas in BETAS {
+        if let Ok(s) = strip_unaccepted(data, betas, &Capabilities::none(), "Bedrock") {
+            assert!(s.betas.is_empty());
+            if let Some(body) = s.body {
+                let v: Value = serde_json::from_slice(&body).expect("stripped body is not JSON");
+                for field in ["context_management", "output_config", "speed", "service_tier", "container", "mcp_servers"] {
+                    assert!(v.get(field).is_none(), "{field} kept");
+                }
+            }
+        }
+    }
+    if let Ok(inner) = bedrock_count_tokens_input(data) {
+        let v: Value = serde_json::from_slice(&inner).expect("unwrapped body is not JSON");
+        assert!(v.get("max_tokens").is_none() && v.get("stream").is_none());
+    }
+    // The answer re-framed in two pieces: the whole input comes out, as a
+    // count or as it was.
+    let mut answer = CountAnswer::default();
+    let mut out = Vec::new();
+    let (a, b) = data.split_at(data.len() / 2);
+    answer.push(a, &mut out);
+    answer.push(b, &mut out);
+    answer.finish(&mut out);
+    if out != data {
+        let v: Value = serde_json::from_slice(&out).expect("a count is JSON");
+        assert!(v["inputTokens"].is_u64(), "{v}");
     }
 });

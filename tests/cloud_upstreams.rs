@@ -154,6 +154,7 @@ fn provider_add_writes_the_platform_fields() {
             .arg(&path)
             .env("FOUNDRY_API_KEY", "k")
             .env("ANTHROPIC_AWS_API_KEY", "k")
+            .env("BEDROCK_KEY", "k")
             .output()
             .unwrap();
         assert!(
@@ -180,12 +181,39 @@ fn provider_add_writes_the_platform_fields() {
         "--workspace-id",
         "wrkspc_1",
     ]);
+    run(&[
+        "provider",
+        "add",
+        "bedrock_messages",
+        "--region",
+        "us-west-2",
+        "--endpoint",
+        "mantle",
+        "--key-env",
+        "BEDROCK_KEY",
+    ]);
+    run(&[
+        "provider",
+        "add",
+        "claude_gcp",
+        "--project",
+        "proj-1",
+        "--workspace-id",
+        "wrkspc_g1",
+        "--no-key",
+    ]);
     run(&["config", "validate"]);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        text.contains("resource: my-res") && text.contains("workspace_id: wrkspc_1"),
-        "{text}"
-    );
+    for want in [
+        "resource: my-res",
+        "workspace_id: wrkspc_1",
+        "type: bedrock_messages",
+        "endpoint: mantle",
+        "type: claude_gcp",
+        "workspace_id: wrkspc_g1",
+    ] {
+        assert!(text.contains(want), "{want} not in {text}");
+    }
 }
 
 #[tokio::test]

@@ -320,6 +320,16 @@ fn literal_signin_secrets(path: &Path) -> Vec<String> {
     if literal(&signin["oidc"]["client_secret"]) {
         out.push("signin.oidc.client_secret: a literal secret in the file; use ${VAR}".into());
     }
+    if let Some(providers) = raw["providers"].as_mapping() {
+        for (name, p) in providers {
+            if literal(&p["entra"]["client_secret"]) {
+                out.push(format!(
+                    "providers.{}.entra.client_secret: a literal secret in the file; use ${{VAR}}",
+                    name.as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
     if let Some(headers) = raw["telemetry"]["otlp"]["headers"].as_mapping() {
         if headers.values().any(literal) {
             out.push("telemetry.otlp.headers: literal values in the file (a collector token?); use ${VAR}".into());

@@ -167,21 +167,25 @@ pub struct AddArgs {
     /// Order among providers serving the same model id: lower first (default 0).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     priority: Option<i32>,
-    /// The cloud region (bedrock: e.g. us-east-1, default AWS_REGION;
-    /// claude_aws: the region of Claude Platform on AWS).
+    /// The cloud region (bedrock, bedrock_messages: e.g. us-east-1, default
+    /// AWS_REGION; claude_aws: the region of Claude Platform on AWS).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
+    /// Which Bedrock host serves the Messages API (bedrock_messages).
+    #[arg(long, value_name = "HOST", value_parser = ["runtime", "mantle"])]
+    endpoint: Option<String>,
     /// The Microsoft Foundry resource (foundry).
     #[arg(long, value_name = "NAME")]
     resource: Option<String>,
-    /// The Claude Platform on AWS workspace, wrkspc_… (claude_aws).
+    /// The workspace (claude_aws: wrkspc_…, sent as anthropic-workspace-id;
+    /// claude_gcp: the Claude workspace on Google Cloud).
     #[arg(long, value_name = "ID")]
     workspace_id: Option<String>,
-    /// The Google Cloud project (vertex; default GOOGLE_CLOUD_PROJECT).
+    /// The Google Cloud project (vertex, claude_gcp; default GOOGLE_CLOUD_PROJECT).
     #[arg(long, value_name = "PROJECT")]
     project: Option<String>,
     /// The Google Cloud location (vertex: e.g. us-east5, or global; default
-    /// GOOGLE_CLOUD_LOCATION, else global).
+    /// GOOGLE_CLOUD_LOCATION, else global; claude_gcp: default global).
     #[arg(long, value_name = "LOCATION")]
     location: Option<String>,
     /// Add it disabled (`enabled: false`); `provider enable` turns it on.
@@ -279,13 +283,14 @@ fn not_a_provider(path: &Path, name: &str, c: &Config) -> Failure {
 
 pub fn run(config: Option<PathBuf>, cmd: ProviderCommand) -> i32 {
     if let ProviderCommand::List { builtins: true } = cmd {
+        let width = crate::providers::TYPES.iter().map(|k| k.name.len()).max().unwrap_or(0);
         for kind in crate::providers::TYPES {
             let base = match (kind.default_base, kind.base_from) {
                 (Some(b), _) => b,
                 (None, Some(from)) => from.listed,
                 (None, None) => "(none: give api_base)",
             };
-            out!("{:<11} default api_base: {base}", kind.name);
+            out!("{:<width$} default api_base: {base}", kind.name);
         }
         return 0;
     }
@@ -385,7 +390,7 @@ fn show(path: &Path, name: &str) -> i32 {
         out!("models:    {}", p.models.join(", "));
     }
     for (setting, value) in p.adapter.details() {
-        out!("{setting}: {value}");
+        out!("{:<10} {value}", format!("{setting}:"));
     }
     for (n, _) in &p.headers {
         out!("header:    {n}: ***");
@@ -479,6 +484,7 @@ fn render_provider(args: &AddArgs, key_envs: &[String]) -> String {
     }
     for (key, value) in [
         ("region", &args.region),
+        ("endpoint", &args.endpoint),
         ("resource", &args.resource),
         ("workspace_id", &args.workspace_id),
         ("project", &args.project),
@@ -755,6 +761,7 @@ mod tests {
             models: Vec::new(),
             priority: None,
             region: None,
+            endpoint: None,
             resource: None,
             workspace_id: None,
             project: None,

@@ -56,6 +56,7 @@ fn build(_: &mut Build<'_>) -> Result<Built, ConfigError> {
     Ok(Built {
         adapter: Arc::new(Anthropic::new(Site {
             first_party: true,
+            auth_note: "x-api-key, else the client's own (passthrough-auth)",
             ..Site::default()
         })),
         derived_base: None,

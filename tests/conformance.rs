@@ -115,6 +115,10 @@ enum Mode {
     /// `/bedrock` prefix as `ANTHROPIC_BEDROCK_BASE_URL`, no AWS auth, the
     /// key as `ANTHROPIC_AUTH_TOKEN`; streams come back as event-stream frames.
     Bedrock,
+    /// Claude Platform on AWS mode: `CLAUDE_CODE_USE_ANTHROPIC_AWS=1`, the
+    /// gateway itself as `ANTHROPIC_AWS_BASE_URL` (the Messages API, with
+    /// the workspace header), no AWS auth, the key as `ANTHROPIC_AUTH_TOKEN`.
+    ClaudeAws,
 }
 
 struct Run {
@@ -171,6 +175,14 @@ fn run_claude(bin: &Path, gw: &Gateway, mode: Mode, prompt: &str, args: &[&str],
             cmd.env("CLAUDE_CODE_USE_BEDROCK", "1")
                 .env("ANTHROPIC_BEDROCK_BASE_URL", gw.url("/bedrock"))
                 .env("CLAUDE_CODE_SKIP_BEDROCK_AUTH", "1")
+                .env("AWS_REGION", "us-east-1")
+                .env("ANTHROPIC_AUTH_TOKEN", KEY);
+        }
+        Mode::ClaudeAws => {
+            cmd.env("CLAUDE_CODE_USE_ANTHROPIC_AWS", "1")
+                .env("ANTHROPIC_AWS_BASE_URL", gw.url(""))
+                .env("ANTHROPIC_AWS_WORKSPACE_ID", "wrkspc_conformance")
+                .env("CLAUDE_CODE_SKIP_ANTHROPIC_AWS_AUTH", "1")
                 .env("AWS_REGION", "us-east-1")
                 .env("ANTHROPIC_AUTH_TOKEN", KEY);
         }
@@ -316,8 +328,17 @@ async fn read_a_file(dialect: Dialect, mode: Mode) {
             }
     });
     assert!(carried, "{dialect:?}: no upstream request carried the tool result");
+    if matches!((mode, dialect), (Mode::ClaudeAws, Dialect::Anthropic)) {
+        // The workspace header reaches an Anthropic-type upstream.
+        assert!(
+            up.requests()
+                .iter()
+                .all(|q| q.header("anthropic-workspace-id").as_deref() == Some("wrkspc_conformance")),
+            "the workspace header was not forwarded"
+        );
+    }
     let format = match mode {
-        Mode::Direct => None,
+        Mode::Direct | Mode::ClaudeAws => None,
         Mode::Foundry => Some("inbound=foundry"),
         Mode::Vertex => Some("inbound=vertex"),
         Mode::Bedrock => Some("inbound=bedrock"),
@@ -434,6 +455,16 @@ async fn bedrock_mode_openai_read_tool_loop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bedrock_mode_429_failover() {
     survives_a_429_by_failover(Dialect::Anthropic, Mode::Bedrock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_platform_on_aws_mode_anthropic_read_tool_loop() {
+    read_a_file(Dialect::Anthropic, Mode::ClaudeAws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_platform_on_aws_mode_openai_read_tool_loop() {
+    read_a_file(Dialect::OpenAi, Mode::ClaudeAws).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -426,3 +426,24 @@ async fn count_tokens_goes_through_count_tokens_and_falls_back_to_an_estimate() 
     let n = r.json::<Value>().await.unwrap()["input_tokens"].as_u64().unwrap();
     assert!((5..100).contains(&n), "{n}");
 }
+
+/// `anthropic-version: 2026-10-21` (no sampling parameters) on the legacy
+/// InvokeModel path: the request is valid under the platform's own version,
+/// which the body names; the client's header does not go to Bedrock.
+#[tokio::test]
+async fn a_newer_anthropic_version_is_sent_under_the_platforms_own() {
+    let up = MockUpstream::start().await;
+    up.set_default(verifying(|_| Reply::message("claude-sonnet-4-5-20250929", "ok")));
+    let gw = Gateway::start_async(&config(&up, ""), ENV).await;
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("anthropic-version", "2026-10-21")
+        .body(r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.requests().pop().unwrap();
+    assert!(seen.header("anthropic-version").is_none());
+    assert_eq!(seen.json()["anthropic_version"], "bedrock-2023-05-31");
+}

@@ -383,6 +383,7 @@ mod tests {
             "anthropic.claude-sonnet-4-5-20250929-v1:0",
             "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
             "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "anthropic.claude-sonnet-4-5",
             "claude-sonnet-4-5@20250929",
             "Claude-Sonnet-4-5",
         ] {

@@ -275,7 +275,10 @@ async fn bedrock_messages_on_runtime_signs_with_sigv4_and_maps_aws_refusals() {
     drop(gw);
     let gw = Gateway::start_async(
         &yaml,
-        &[("AWS_ACCESS_KEY_ID", support::clouds::ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", "not-the-secret")],
+        &[
+            ("AWS_ACCESS_KEY_ID", support::clouds::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+        ],
     )
     .await;
     let r = client().post(gw.url("/v1/messages")).json(&body).send().await.unwrap();
@@ -285,7 +288,8 @@ async fn bedrock_messages_on_runtime_signs_with_sigv4_and_maps_aws_refusals() {
     assert_eq!(v["error"]["type"], "api_error");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("refused the gateway's credential") && message.contains("Claude in Amazon Bedrock: signature mismatch"),
+        message.contains("refused the gateway's credential")
+            && message.contains("Claude in Amazon Bedrock: signature mismatch"),
         "{message}"
     );
     assert!(!message.contains("not-the-secret"));
@@ -298,7 +302,9 @@ async fn claude_platform_on_aws_signs_with_its_own_service_and_keeps_the_betas()
         Auth::SigV4("aws-external-anthropic", "us-west-2"),
         "/v1/messages",
     );
-    platform.required.push(("anthropic-workspace-id", "wrkspc_01abc".into()));
+    platform
+        .required
+        .push(("anthropic-workspace-id", "wrkspc_01abc".into()));
     let up = platform.start().await;
     let yaml = format!(
         "listen: \"{{listen}}\"\nmax_retries: 0\ndefault_provider: aws\nproviders:\n  aws: {{type: claude_aws, region: us-west-2, workspace_id: wrkspc_01abc, api_base: \"{}\"}}\n",
@@ -311,6 +317,21 @@ async fn claude_platform_on_aws_signs_with_its_own_service_and_keeps_the_betas()
     assert_eq!(status, 200, "{}", r.text().await.unwrap());
     let seen = up.requests().pop().unwrap();
     assert_eq!(seen.json(), body, "the body as the client sent it");
+    // A client's own AWS signing headers never go upstream (a session token
+    // is a credential; the rest would clash with the gateway's signature).
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-amz-security-token", "client-session-token")
+        .header("x-amz-date", "20200101T000000Z")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let signed = up.requests().pop().unwrap();
+    assert!(signed.header("x-amz-security-token").is_none());
+    assert_ne!(signed.header("x-amz-date").as_deref(), Some("20200101T000000Z"));
     insta::assert_json_snapshot!("claude_aws_sigv4_request", shape(&seen));
 }
 
@@ -340,17 +361,40 @@ async fn foundry_with_entra_id_sends_one_cached_token() {
     assert!(seen.header("x-api-key").is_none());
     insta::assert_json_snapshot!("foundry_entra_request", shape(&seen));
     let form = entra.mock.requests().pop().unwrap().body_str();
-    assert!(form.contains("grant_type=client_credentials") && form.contains("scope=https%3A%2F%2Fai.azure.com%2F.default"), "{form}");
+    assert!(
+        form.contains("grant_type=client_credentials") && form.contains("scope=https%3A%2F%2Fai.azure.com%2F.default"),
+        "{form}"
+    );
+
+    // `config export` shows the application, never its secret.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("modelgate.yaml");
+    std::fs::write(&file, yaml("ENTRA_SECRET").replace("{listen}", "127.0.0.1:1")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["config", "export", "-c"])
+        .arg(&file)
+        .env("ENTRA_SECRET", "s3cr3t-entra-value")
+        .output()
+        .unwrap();
+    let exported = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && exported.contains("app-1234"), "{exported}");
+    assert!(!exported.contains("s3cr3t-entra-value"), "{exported}");
 
     // A secret Entra refuses: the client hears the gateway could not get a
     // token; the log says why (Microsoft's code), and no secret is anywhere.
+    // The refusal answers for a while: three requests ask Entra once.
     drop(gw);
+    let asked = entra.mock.request_count();
     let gw = Gateway::start_async(&yaml("ENTRA_SECRET"), &[("ENTRA_SECRET", "wrong-entra-secret")]).await;
     let r = send_as_claude_code(&gw, &body).await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     assert!(status >= 500, "{status} {text}");
     assert!(text.contains("no OAuth access token"), "{text}");
+    for _ in 0..2 {
+        assert!(send_as_claude_code(&gw, &body).await.status().as_u16() >= 500);
+    }
+    assert_eq!(entra.mock.request_count(), asked + 1, "one fetch for three requests");
     let logs = gw.logs();
     assert!(logs.contains("AADSTS7000215") && logs.contains("app-1234"), "{logs}");
     assert!(!logs.contains("wrong-entra-secret") && !text.contains("wrong-entra-secret"));
@@ -404,15 +448,24 @@ fn bedrock_messages_and_claude_gcp_bases() {
         format!("https://{}{}", b.host, b.join("/v1/messages"))
     };
     assert_eq!(
-        base("providers:\n  p: {type: bedrock_messages, region: eu-west-1}\n", AWS_ENV),
+        base(
+            "providers:\n  p: {type: bedrock_messages, region: eu-west-1}\n",
+            AWS_ENV
+        ),
         "https://bedrock-runtime.eu-west-1.amazonaws.com/anthropic/v1/messages"
     );
     assert_eq!(
-        base("providers:\n  p: {type: bedrock_messages, region: eu-west-1, api_key: k}\n", &[]),
+        base(
+            "providers:\n  p: {type: bedrock_messages, region: eu-west-1, api_key: k}\n",
+            &[]
+        ),
         "https://bedrock-mantle.eu-west-1.api.aws/anthropic/v1/messages"
     );
     assert_eq!(
-        base("providers:\n  p: {type: bedrock_messages, endpoint: mantle}\n", &[("AWS_REGION", "us-east-2")]),
+        base(
+            "providers:\n  p: {type: bedrock_messages, endpoint: mantle}\n",
+            &[("AWS_REGION", "us-east-2")]
+        ),
         "https://bedrock-mantle.us-east-2.api.aws/anthropic/v1/messages"
     );
     let dir = tempfile::tempdir().unwrap();

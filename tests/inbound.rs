@@ -257,9 +257,7 @@ async fn bedrock_count_tokens_is_counted_and_answered_in_bedrock_shape() {
     let invoke = json!({"anthropic_version": "bedrock-2023-05-31", "anthropic_beta": ["context-1m-2025-08-07"],
                         "max_tokens": 32000, "temperature": 1, "system": [{"type": "text", "text": "You are Claude Code."}],
                         "messages": [{"role": "user", "content": "count me"}]});
-    let wrapped = |invoke: &Value| {
-        json!({"input": {"invokeModel": {"body": base64::engine::general_purpose::STANDARD.encode(invoke.to_string())}}})
-    };
+    let wrapped = |invoke: &Value| json!({"input": {"invokeModel": {"body": base64::engine::general_purpose::STANDARD.encode(invoke.to_string())}}});
     let count = |path: &'static str, body: Value| {
         let gw = &gw;
         async move {
@@ -275,7 +273,11 @@ async fn bedrock_count_tokens_is_counted_and_answered_in_bedrock_shape() {
 
     // Anthropic's counter: `{"input_tokens"}` comes back as `{"inputTokens"}`.
     up.push(Reply::json(200, r#"{"input_tokens":42}"#));
-    let r = count("/bedrock/model/us.anthropic.claude-opus-4-5-20251101-v1%3A0/count-tokens", wrapped(&invoke)).await;
+    let r = count(
+        "/bedrock/model/us.anthropic.claude-opus-4-5-20251101-v1%3A0/count-tokens",
+        wrapped(&invoke),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"inputTokens": 42}));
@@ -293,7 +295,10 @@ async fn bedrock_count_tokens_is_counted_and_answered_in_bedrock_shape() {
     up.push(Reply::error(400, "invalid_request_error", "prompt is too long"));
     let r = count("/bedrock/model/claude-sonnet-4-5/count-tokens", wrapped(&invoke)).await;
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["message"], "prompt is too long");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["message"],
+        "prompt is too long"
+    );
 
     // No counter upstream (OpenAI): the gateway's own count, in Bedrock's shape.
     let r = count("/bedrock/model/gpt-4o/count-tokens", wrapped(&invoke)).await;
@@ -303,9 +308,19 @@ async fn bedrock_count_tokens_is_counted_and_answered_in_bedrock_shape() {
     assert_eq!(openai.request_count(), 0);
 
     // A body that is not CountTokens' InvokeModel form.
-    let r = count("/bedrock/model/claude-sonnet-4-5/count-tokens", json!({"input": {"converse": {}}})).await;
+    let r = count(
+        "/bedrock/model/claude-sonnet-4-5/count-tokens",
+        json!({"input": {"converse": {}}}),
+    )
+    .await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("input.invokeModel.body"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input.invokeModel.body"),
+        "{v}"
+    );
 }

@@ -35,13 +35,20 @@ fn bedrock_frames(stream: &str, split: usize) -> Value {
         let headers: Vec<(String, String)> = m
             .headers()
             .iter()
-            .map(|h| (h.name().as_str().to_string(), h.value().as_string().unwrap().as_str().to_string()))
+            .map(|h| {
+                (
+                    h.name().as_str().to_string(),
+                    h.value().as_string().unwrap().as_str().to_string(),
+                )
+            })
             .collect();
         let payload: Value = serde_json::from_slice(m.payload()).unwrap();
         let event = payload["bytes"].as_str().map(|b| {
             serde_json::from_slice::<Value>(&base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap()
         });
-        frames.push(json!({"headers": headers, "event": event, "payload": if event.is_none() { payload } else { Value::Null }}));
+        frames.push(
+            json!({"headers": headers, "event": event, "payload": if event.is_none() { payload } else { Value::Null }}),
+        );
     }
     Value::Array(frames)
 }
@@ -72,7 +79,10 @@ fn bedrock_stream_with_thinking_and_a_tool_call() {
     }
     // Every event but the ping comes back, unchanged.
     let events: Vec<&Value> = whole.as_array().unwrap().iter().map(|f| &f["event"]).collect();
-    let sent: Vec<Value> = thinking_tool_stream().into_iter().filter(|e| e["type"] != "ping").collect();
+    let sent: Vec<Value> = thinking_tool_stream()
+        .into_iter()
+        .filter(|e| e["type"] != "ping")
+        .collect();
     assert_eq!(events, sent.iter().collect::<Vec<_>>());
     insta::assert_json_snapshot!("bedrock_stream_with_thinking_and_a_tool_call", whole);
 }

@@ -199,6 +199,9 @@ fn redacted(path: &Path) -> Result<crate::config::Config, i32> {
         for v in p.headers.values_mut() {
             *v = "***".into();
         }
+        if let Some(entra) = p.entra.as_mut() {
+            entra.client_secret = "***".into();
+        }
     }
     for url in [config.state.redis_url.as_mut(), config.store.url.as_mut()]
         .into_iter()

@@ -149,7 +149,8 @@ pub fn messages_body(
     };
     let unwrapped;
     let body = if inbound.wrapped {
-        unwrapped = crate::dialects::anthropic::cloud::bedrock_count_tokens_input(body).map_err(|e| invalid(e.to_string()))?;
+        unwrapped =
+            crate::dialects::anthropic::cloud::bedrock_count_tokens_input(body).map_err(|e| invalid(e.to_string()))?;
         &unwrapped[..]
     } else {
         body

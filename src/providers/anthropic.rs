@@ -101,15 +101,19 @@ fn build_foundry(b: &mut Build<'_>) -> Result<Built, ConfigError> {
                 "give either a key (`api_key_env_var`, `keys`) or `entra`, not both",
             ))
         }
-        Some(entra) => Some(crate::upstream::Bearer::Entra(Arc::new(
-            crate::upstream::entra::TokenSource::new(entra)
+        Some(entra) => Some(crate::upstream::Bearer::Entra(
+            crate::upstream::entra::source_for(entra)
                 .map_err(|e| ConfigError::invalid(format!("{}.entra", b.key), e.to_string()))?,
-        ))),
+        )),
         None => None,
     };
     Ok(Built {
         adapter: Arc::new(Anthropic::new(Site {
-            auth_note: if bearer.is_some() { "Entra ID token" } else { "x-api-key" },
+            auth_note: if bearer.is_some() {
+                "Entra ID token"
+            } else {
+                "x-api-key"
+            },
             ..Site::default()
         })),
         derived_base,
@@ -156,6 +160,12 @@ fn build_claude_aws(b: &mut Build<'_>) -> Result<Built, ConfigError> {
     };
     let has_key = aws::has_api_key(b, "ANTHROPIC_AWS_API_KEY");
     let signing = AwsSigning::from_build(b, has_key, "ANTHROPIC_AWS_API_KEY");
+    if signing.is_none() && !has_key {
+        b.warnings.push(format!(
+            "{}: no API key (ANTHROPIC_AWS_API_KEY) and no region to sign in (`region` or AWS_REGION); `{}` will be called without a credential",
+            b.key, b.name
+        ));
+    }
     Ok(Built {
         adapter: Arc::new(Anthropic::new(Site {
             headers: vec![(http::HeaderName::from_static("anthropic-workspace-id"), value)],
@@ -299,15 +309,16 @@ fn host_label<'a>(b: &Build<'_>, field: &str, v: &'a str) -> Result<&'a str, Con
 
 /// A config value that becomes one path segment: letters, digits, `-`, `_`.
 fn path_label<'a>(b: &Build<'_>, field: &str, v: &'a str) -> Result<&'a str, ConfigError> {
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    let ok = !v.is_empty() && v.len() <= 128 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
     if ok {
         Ok(v)
     } else {
         Err(ConfigError::invalid(
             format!("{}.{field}", b.key),
-            format!("`{}` is not a path segment (letters, digits, `-`, `_`)", v.escape_debug()),
+            format!(
+                "`{}` is not a path segment (letters, digits, `-`, `_`)",
+                v.escape_debug()
+            ),
         ))
     }
 }
@@ -515,8 +526,11 @@ impl Call for Passthrough {
         };
         let mut headers = anthropic::forward_request_headers(out.headers, auth, to.headers);
         if let Some(betas) = &self.betas {
-            headers.retain(|(n, _)| n.as_str() != "anthropic-beta");
-            if let Some(v) = betas {
+            // The client's betas give way to the accepted ones; an
+            // `anthropic-beta` the operator configured stays.
+            let configured = to.headers.iter().any(|(n, _)| n.as_str() == "anthropic-beta");
+            headers.retain(|(n, _)| configured || n.as_str() != "anthropic-beta");
+            if let (Some(v), false) = (betas, configured) {
                 headers.push((http::HeaderName::from_static("anthropic-beta"), v.clone()));
             }
         }
@@ -570,13 +584,23 @@ impl Call for Passthrough {
                 ["message", "Message", "error_description"]
                     .iter()
                     .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
-                    .or_else(|| {
-                        v.pointer("/error/message")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_string)
-                    })
+                    .or_else(|| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).trim().to_string());
+        // AWS's signature refusals go on to quote the canonical request,
+        // signed headers (a session token) included: the first paragraph,
+        // at most 300 characters.
+        let message: String = message
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .split("The Canonical String")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(300)
+            .collect();
         let (status, kind) = ErrorKind::for_status(status);
         Refusal::Mapped(GatewayError::Upstream {
             status,

@@ -12,10 +12,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::aws::AwsSigning;
 use super::{
-    bearer_header, broken, capabilities, cloud_claude_body, content_type_is, counted, header_str,
-    json_post, log_notes, out_model, Adapter, Answer, Attempt, BaseFrom, Build, Built, Call, CredentialKind, Outgoing,
-    Payload, ProviderType, Refusal, Reply, StreamTranslate, Translated, WithoutKey, MAX_SMALL_BODY,
-    MAX_TRANSLATED_BODY,
+    bearer_header, broken, capabilities, cloud_claude_body, content_type_is, counted, header_str, json_post, log_notes,
+    out_model, Adapter, Answer, Attempt, BaseFrom, Build, Built, Call, CredentialKind, Outgoing, Payload, ProviderType,
+    Refusal, Reply, StreamTranslate, Translated, WithoutKey, MAX_SMALL_BODY, MAX_TRANSLATED_BODY,
 };
 use crate::config::ConfigError;
 use crate::dialects::anthropic::cloud::{Capabilities, Platform};

@@ -16,8 +16,8 @@ use crate::config::ConfigError;
 use crate::policy::ScopeLimits;
 use crate::providers::{Adapter, Build, CredentialKind, ProviderType, WithoutKey};
 use crate::secret::Secret;
-use crate::upstream::{google_auth, Bearer};
 pub use crate::upstream::UpstreamBase;
+use crate::upstream::{google_auth, Bearer};
 use crate::usage::pricing::PriceTable;
 
 /// One configured provider: where it lives, its accounts, and its
@@ -798,7 +798,10 @@ fn build_provider(
 
     let mut accounts = build_accounts(&key, name, kind, p, env, warnings)?;
     if let Some(bearer) = &built.bearer {
-        for a in accounts.iter_mut().filter(|a| a.credential.is_none() && a.bearer.is_none()) {
+        for a in accounts
+            .iter_mut()
+            .filter(|a| a.credential.is_none() && a.bearer.is_none())
+        {
             a.bearer = Some(bearer.clone());
         }
     }

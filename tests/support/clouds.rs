@@ -49,8 +49,7 @@ pub fn sigv4_problem(rec: &Recorded, service: &str, region: &str) -> Option<Stri
     let content_type = header("content-type");
     let url = format!("https://{host}{}", rec.uri);
     let headers = [("host", host.as_str()), ("content-type", content_type.as_str())];
-    let signable =
-        SignableRequest::new(&rec.method, url, headers.into_iter(), SignableBody::Bytes(&rec.body)).unwrap();
+    let signable = SignableRequest::new(&rec.method, url, headers.into_iter(), SignableBody::Bytes(&rec.body)).unwrap();
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
     let want = instructions
         .headers()
@@ -101,7 +100,13 @@ impl Platform {
             auth,
             path: path.to_string(),
             betas: Some(Vec::new()),
-            refused_fields: vec!["context_management", "output_config", "speed", "container", "mcp_servers"],
+            refused_fields: vec![
+                "context_management",
+                "output_config",
+                "speed",
+                "container",
+                "mcp_servers",
+            ],
             refused_tool_fields: vec!["defer_loading", "input_examples", "strict", "eager_input_streaming"],
             model_prefix: "anthropic.",
             required: vec![("anthropic-version", "2023-06-01".into())],
@@ -157,7 +162,11 @@ impl Platform {
             }
         }
         if rec.method != "POST" || rec.path() != self.path {
-            return Some(anthropic(404, "not_found_error", format!("no route {} {}", rec.method, rec.path())));
+            return Some(anthropic(
+                404,
+                "not_found_error",
+                format!("no route {} {}", rec.method, rec.path()),
+            ));
         }
         for (name, value) in &self.required {
             if rec.header(name).as_deref() != Some(value.as_str()) {

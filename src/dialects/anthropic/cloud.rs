@@ -238,7 +238,8 @@ pub fn strip_unaccepted(
             edited = Some(serde_json::to_vec(&Value::Object(obj)).map_err(|e| EditError(e.to_string()))?);
         }
     }
-    dropped.dedup();
+    let mut seen = std::collections::HashSet::new();
+    dropped.retain(|d| seen.insert(d.clone()));
     Ok(Stripped {
         body: edited,
         betas: kept.into_iter().map(str::to_string).collect(),
@@ -270,9 +271,9 @@ pub fn bedrock_messages_model(model: &str) -> std::borrow::Cow<'_, str> {
 pub fn bedrock_count_tokens_input(body: &[u8]) -> Result<Vec<u8>, EditError> {
     use base64::Engine;
     let v: Value = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
-    let inner = v
-        .pointer("/input/invokeModel/body")
-        .ok_or_else(|| EditError("a CountTokens body needs `input.invokeModel.body` (only InvokeModel bodies are counted here)".into()))?;
+    let inner = v.pointer("/input/invokeModel/body").ok_or_else(|| {
+        EditError("a CountTokens body needs `input.invokeModel.body` (only InvokeModel bodies are counted here)".into())
+    })?;
     let mut obj: Map<String, Value> = match inner {
         Value::Object(o) => o.clone(),
         Value::String(s) if s.trim_start().starts_with('{') => {
@@ -286,7 +287,15 @@ pub fn bedrock_count_tokens_input(body: &[u8]) -> Result<Vec<u8>, EditError> {
         }
         _ => return Err(EditError("`input.invokeModel.body` must be a string".into())),
     };
-    for field in ["max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata"] {
+    for field in [
+        "max_tokens",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+    ] {
         obj.shift_remove(field);
     }
     serde_json::to_vec(&Value::Object(obj)).map_err(|e| EditError(e.to_string()))
@@ -499,7 +508,11 @@ mod tests {
             let out = bedrock_count_tokens_input(body.to_string().as_bytes()).unwrap();
             assert_eq!(out, br#"{"anthropic_version":"bedrock-2023-05-31","messages":[]}"#);
         }
-        for bad in [r#"{"input":{"converse":{}}}"#, r#"{"input":{"invokeModel":{"body":"!!"}}}"#, "[]"] {
+        for bad in [
+            r#"{"input":{"converse":{}}}"#,
+            r#"{"input":{"invokeModel":{"body":"!!"}}}"#,
+            "[]",
+        ] {
             assert!(bedrock_count_tokens_input(bad.as_bytes()).is_err(), "{bad}");
         }
         let mut c = crate::dialects::bedrock::CountAnswer::default();
@@ -534,20 +547,32 @@ mod tests {
         let clean = br#"{"model":"m","max_tokens":5,"messages":[]}"#;
         let s = strip_unaccepted(clean, &["interleaved-thinking-2025-05-14"], &Capabilities::none(), "X").unwrap();
         assert!(s.body.is_none() && s.betas.is_empty());
-        assert_eq!(s.dropped, ["beta `interleaved-thinking-2025-05-14` (not accepted by X)"]);
+        assert_eq!(
+            s.dropped,
+            ["beta `interleaved-thinking-2025-05-14` (not accepted by X)"]
+        );
 
         let body = br#"{"model":"m","context_management":{"edits":[]},"tools":[{"name":"t","input_schema":{},"defer_loading":true}],"messages":[]}"#;
         let caps = Capabilities {
             betas: vec!["context-management-2025-06-27".into()],
         };
-        let s = strip_unaccepted(body, &["context-management-2025-06-27, tool-search-tool-2025-10-19"], &caps, "X").unwrap();
+        let s = strip_unaccepted(
+            body,
+            &["context-management-2025-06-27, tool-search-tool-2025-10-19"],
+            &caps,
+            "X",
+        )
+        .unwrap();
         assert_eq!(s.betas, ["context-management-2025-06-27"]);
         let v: Value = serde_json::from_slice(&s.body.unwrap()).unwrap();
         assert!(v.get("context_management").is_some(), "its beta is kept");
         assert!(v["tools"][0].get("defer_loading").is_none());
         // A field name only inside text parses, changes nothing, and keeps the bytes.
         let text = br#"{"model":"m","messages":[{"role":"user","content":"what is \"speed\"?"}]}"#;
-        assert!(strip_unaccepted(text, &[], &Capabilities::none(), "X").unwrap().body.is_none());
+        assert!(strip_unaccepted(text, &[], &Capabilities::none(), "X")
+            .unwrap()
+            .body
+            .is_none());
     }
 
     #[test]

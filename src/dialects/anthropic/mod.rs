@@ -312,7 +312,9 @@ pub enum UpstreamAuth<'a> {
 /// The headers an Anthropic-type upstream receives: every client header
 /// except hop-by-hop ones, `host`, `content-length` (the caller frames the
 /// body), `accept-encoding` (replaced by `identity` so the gateway can read
-/// the stream) and, unless passthrough-auth applies, the client's credential.
+/// the stream) and, unless passthrough-auth applies, the client's credential
+/// and its AWS signing headers (`x-amz-*`: a session token is a credential,
+/// and the rest would clash with the gateway's own signature).
 /// `anthropic-*`, `x-claude-code-*` and unknown headers go through verbatim.
 pub fn forward_request_headers(
     client: &HeaderMap,
@@ -327,7 +329,7 @@ pub fn forward_request_headers(
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::ACCEPT_ENCODING
-            || (!keep_client_credential && is_credential(name))
+            || (!keep_client_credential && (is_credential(name) || name.as_str().starts_with("x-amz-")))
         {
             continue;
         }

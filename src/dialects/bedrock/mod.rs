@@ -108,7 +108,9 @@ impl CountAnswer {
             input_tokens: u64,
         }
         match serde_json::from_slice::<Count>(&self.buf) {
-            Ok(c) if !self.overflow => out.extend_from_slice(format!("{{\"inputTokens\":{}}}", c.input_tokens).as_bytes()),
+            Ok(c) if !self.overflow => {
+                out.extend_from_slice(format!("{{\"inputTokens\":{}}}", c.input_tokens).as_bytes())
+            }
             _ => out.append(&mut self.buf),
         }
         self.buf.clear();

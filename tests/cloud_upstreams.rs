@@ -390,7 +390,7 @@ async fn foundry_with_entra_id_sends_one_cached_token() {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     assert!(status >= 500, "{status} {text}");
-    assert!(text.contains("no OAuth access token"), "{text}");
+    assert!(text.contains("no Entra ID access token"), "{text}");
     for _ in 0..2 {
         assert!(send_as_claude_code(&gw, &body).await.status().as_u16() >= 500);
     }

@@ -468,6 +468,13 @@ async fn claude_platform_on_aws_mode_openai_read_tool_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cloud_modes_429_failover_through_openai() {
+    for mode in [Mode::Foundry, Mode::Vertex, Mode::Bedrock] {
+        survives_a_429_by_failover(Dialect::OpenAi, mode).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn foundry_mode_429_failover() {
     survives_a_429_by_failover(Dialect::Anthropic, Mode::Foundry).await;
 }

@@ -170,7 +170,7 @@ pub async fn run<'u>(
                 Ok(token) => Some(token),
                 Err(e) => {
                     log::warn!("attempt {} to `{}`: {e}", attempt + 1, account.label);
-                    let f = failure::no_token(&provider.name);
+                    let f = failure::no_token(&provider.name, source.kind());
                     record_failure(&provider.name, &circuit, model, &f);
                     last = Some(f.answer);
                     continue;

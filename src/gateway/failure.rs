@@ -191,7 +191,7 @@ pub fn empty_answer(provider: &str, resend: bool) -> Failure {
 }
 
 /// The account's OAuth token could not be had: no request was sent.
-pub fn no_token(provider: &str) -> Failure {
+pub fn no_token(provider: &str, kind: &str) -> Failure {
     Failure {
         origin: Origin::Gateway,
         label: "auth_error",
@@ -199,7 +199,7 @@ pub fn no_token(provider: &str) -> Failure {
         health: Health::Failed,
         answer: GatewayError::UpstreamUnreachable {
             provider: provider.to_string(),
-            detail: "no OAuth access token for this account (see the gateway log)".into(),
+            detail: format!("no {kind} access token for this account (see the gateway log)"),
         }
         .into(),
     }

@@ -43,6 +43,14 @@ pub enum Bearer {
 }
 
 impl Bearer {
+    /// Whose tokens these are, as errors name them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Bearer::Google(_) => "Google",
+            Bearer::Entra(_) => "Entra ID",
+        }
+    }
+
     /// A valid token. The error names the account and the endpoint, never
     /// a secret.
     pub async fn token(&self) -> Result<String, String> {

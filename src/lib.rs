@@ -12,6 +12,7 @@ pub mod dialects;
 pub mod error;
 pub mod gateway;
 pub mod logging;
+pub mod otel;
 pub mod policy;
 pub mod providers;
 pub mod runtime;

@@ -146,6 +146,7 @@ pub fn run(
         counters: Counters::default(),
         signin: Default::default(),
         otlp: Default::default(),
+        otel: Default::default(),
     });
     let conf = server.configuration.clone();
     let mut main = http_service(&conf, &shared, Role::Main, "modelgate");
@@ -196,6 +197,10 @@ pub fn run(
         "health checks",
         ActiveHealth { shared: shared.clone() },
     ));
+    server.add_service(pingora::services::background::background_service(
+        "otlp export",
+        OtelService { shared: shared.clone() },
+    ));
     if let Some(admin) = admin_listen {
         let mut svc = http_service(&conf, &shared, Role::Admin, "modelgate-admin");
         svc.add_listener(plain_listener(admin));
@@ -214,7 +219,48 @@ pub fn run(
     if let Some(sinks) = shared.sinks.get() {
         sinks.close(std::time::Duration::from_secs(10));
     }
+    if let Some(otel) = shared.otel.get() {
+        otel.shutdown();
+    }
     std::process::exit(0);
+}
+
+/// Starts the gateway's own OTLP export (`telemetry.otlp`) in the serving
+/// process. The SDK's export threads start here, after the daemon fork, on
+/// a thread outside every runtime (the HTTP exporter's blocking client
+/// needs one). Changing `telemetry.otlp` takes a restart.
+struct OtelService {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for OtelService {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let snap = self.shared.config.snapshot();
+        let Some(config) = snap.config.telemetry.otlp.clone() else {
+            return;
+        };
+        if !(config.traces || config.metrics || config.propagate) {
+            return;
+        }
+        let opened = tokio::task::spawn_blocking(move || {
+            std::thread::Builder::new()
+                .name("otlp-open".into())
+                .spawn(move || crate::otel::Otel::open(&config))
+                .map_err(|e| e.to_string())?
+                .join()
+                .map_err(|_| "the OTLP exporter panicked while starting".to_string())?
+        })
+        .await;
+        match opened {
+            Ok(Ok(otel)) => {
+                log::info!("OTLP export: {otel:?}");
+                let _ = self.shared.otel.set(otel);
+            }
+            Ok(Err(e)) => log::error!("OTLP export: {e}; the gateway's traces and metrics are not exported"),
+            Err(e) => log::error!("OTLP export: {e}"),
+        }
+    }
 }
 
 /// Opens the ledger and audit log in the serving process, and rebuilds the

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub client_timeouts: IntCounterVec,
     pub cache: IntCounterVec,
     pub otlp_forwards: IntCounterVec,
+    pub otlp_exports: IntCounterVec,
 }
 
 /// Register a freshly built metric and hand back a handle to it.
@@ -205,6 +206,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "modelgate_client_telemetry_total",
             "Claude Code telemetry exports posted to /v1/{metrics,logs,traces}, by signal and outcome (forwarded, refused, failed, dropped, unreadable).",
+            &["signal", "outcome"],
+        ),
+        otlp_exports: counter(
+            &r,
+            "modelgate_otlp_exports_total",
+            "The gateway's own OTLP export batches, by signal (traces, metrics) and outcome (ok, failed). Spans that do not fit the export queue are dropped and counted by the SDK.",
             &["signal", "outcome"],
         ),
         panics: plain_counter(

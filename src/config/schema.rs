@@ -987,11 +987,40 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
-    /// The collector's base URL (`http://otel-collector:4318`); signals go to `{endpoint}/v1/{metrics,logs,traces}`.
+    /// The collector's base URL: OTLP/HTTP `http://otel-collector:4318` (signals go to `{endpoint}/v1/{metrics,logs,traces}`), or gRPC `http://otel-collector:4317`.
     pub endpoint: String,
+    /// `http/protobuf` or `grpc`. Clients' own telemetry is forwarded only over `http/protobuf`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
     /// Headers sent with every export (an `authorization` for the collector, say).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Export the gateway's traces: a span per request, a child per upstream attempt (OpenTelemetry GenAI conventions).
+    #[serde(default = "default_true")]
+    pub traces: bool,
+    /// Export the gateway's metrics (GenAI token usage, operation duration, time to first token).
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// How often metrics are exported.
+    #[serde(default = "default_otlp_interval")]
+    pub interval: Dur,
+    /// Send W3C `traceparent` to upstreams (each attempt's span as the parent).
+    #[serde(default)]
+    pub propagate: bool,
+}
+
+/// How the gateway's own telemetry reaches the collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+fn default_otlp_interval() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 /// `inbound:` — the clouds' own API formats, served under path prefixes so

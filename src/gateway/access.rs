@@ -83,3 +83,51 @@ pub fn access_log(session: &Session, ctx: &RequestCtx) {
         ctx.inbound_format.map(|f| format!(" inbound={}", f.name())).unwrap_or_default(),
     );
 }
+
+/// The request to the gateway's own OTLP export (`telemetry.otlp`): its
+/// spans and measurements, for model requests. Names, never secrets.
+pub fn export(otel: &crate::otel::Otel, session: &Session, ctx: &mut RequestCtx) {
+    let Some(model) = ctx.model.as_deref() else { return };
+    if ctx.trace.is_none() && otel.traces() {
+        let traceparent = session.req_header().headers.get("traceparent").map(|v| v.as_bytes());
+        ctx.trace = Some(std::sync::Arc::new(crate::otel::RequestTrace::new(traceparent)));
+    }
+    let req = session.req_header();
+    let end = std::time::SystemTime::now();
+    let elapsed = ctx.started.elapsed();
+    let cache_hit = ctx.provider.as_deref() == Some("cache");
+    let system = ctx
+        .provider
+        .as_deref()
+        .filter(|_| !cache_hit)
+        .and_then(|p| ctx.snapshot.as_ref()?.providers.get(p))
+        .map(|p| p.kind.gen_ai_system);
+    let error = if ctx.client_gone {
+        Some("client_gone")
+    } else {
+        ctx.error.map(|e| e.as_str())
+    };
+    otel.record(&crate::otel::Finished {
+        trace: ctx.trace.as_deref(),
+        start: end.checked_sub(elapsed).unwrap_or(end),
+        end,
+        ttft: ctx.first_byte_at.map(|t| t.duration_since(ctx.started)),
+        request_id: &ctx.request_id,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status: if ctx.status == 0 { 499 } else { ctx.status },
+        system,
+        provider: ctx.provider.as_deref(),
+        account: ctx.account.as_deref(),
+        request_model: Some(model),
+        response_model: ctx.upstream_model.as_deref(),
+        key: ctx.principal.as_ref().map(|k| k.name.as_str()),
+        team: ctx.principal.as_ref().and_then(|k| k.team.as_deref()),
+        attempts: ctx.attempts,
+        cache_hit,
+        stream: ctx.stream,
+        error,
+        usage: ctx.usage,
+        cost_usd: ctx.sealed.as_ref().map(|r| r.cost_usd),
+    });
+}

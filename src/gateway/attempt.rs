@@ -47,6 +47,11 @@ pub struct Job<'a> {
     /// Upstream requests sent so far, kept up to date by the loop, so a
     /// request that fails in the end still reports how many it took.
     pub sent: &'a AtomicU32,
+    /// The request's trace, when traces are exported or propagated: each
+    /// attempt is recorded as a child span.
+    pub trace: Option<&'a crate::otel::RequestTrace>,
+    /// Send each attempt's span as `traceparent` upstream.
+    pub propagate: bool,
 }
 
 /// Builds a candidate's request: its provider's adapter, given the request
@@ -187,11 +192,29 @@ pub async fn run<'u>(
             client: &job.out,
             client_credential: job.passthrough_auth,
         };
-        let head = match call.head(&to) {
+        let mut head = match call.head(&to) {
             Ok(head) => head,
             Err(e) => {
                 circuit.release(Instant::now());
                 return Err(e.into());
+            }
+        };
+        let span = job.trace.map(|t| {
+            let id = t.begin_attempt(
+                attempt + 1,
+                &provider.name,
+                &account.label,
+                &provider.base.host,
+                call.upstream_model(),
+            );
+            if job.propagate {
+                let _ = head.insert_header("traceparent", t.traceparent(id));
+            }
+            (t, id)
+        });
+        let ended = |status: Option<u16>, label: &'static str| {
+            if let Some((t, id)) = span {
+                t.end_attempt(id, status, label);
             }
         };
         job.sent.store(attempt + 1, Ordering::Relaxed);
@@ -203,6 +226,7 @@ pub async fn run<'u>(
             Err(e) => {
                 log::info!("attempt {} to `{}` failed: {e}", attempt + 1, account.label);
                 let f = failure::unanswered(e, job.resend);
+                ended(None, f.label);
                 record_failure(&provider.name, &circuit, model, &f);
                 if f.retry == Retry::No {
                     return Err(f.answer);
@@ -237,6 +261,7 @@ pub async fn run<'u>(
                     );
                     exchange.abort().await;
                     let f = failure::empty_answer(&provider.name, job.resend);
+                    ended(Some(status), f.label);
                     record_failure(&provider.name, &circuit, model, &f);
                     if f.retry == Retry::No {
                         return Err(f.answer);
@@ -245,10 +270,12 @@ pub async fn run<'u>(
                     continue;
                 }
                 // The account answered: it counts as healthy.
+                ended(Some(status), label);
                 record(&provider.name, &circuit, model, label, None);
                 return commit(exchange, candidate, account, &mut prepared[target.candidate], attempt);
             }
             Verdict::Fail { label, retry, health } => {
+                ended(Some(status), label);
                 record(&provider.name, &circuit, model, label, Some(health));
                 if retry == Retry::No {
                     // The upstream may have acted on it: this answer,

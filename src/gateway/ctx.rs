@@ -74,6 +74,9 @@ pub struct RequestCtx {
     pub reply_capture: Option<Capture>,
     /// Where a complete answer is to be cached (a miss that may be stored).
     pub cache_key: Option<(super::cache::Kind, [u8; 32])>,
+    /// The request's trace ids and upstream attempts, when the gateway
+    /// exports traces or propagates `traceparent` (`telemetry.otlp`).
+    pub trace: Option<Arc<crate::otel::RequestTrace>>,
 }
 
 /// The first [`Capture::CAP`] bytes of a response, as references to the
@@ -142,6 +145,7 @@ impl RequestCtx {
             prompt: None,
             reply_capture: None,
             cache_key: None,
+            trace: None,
         }
     }
 }

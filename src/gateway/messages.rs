@@ -207,6 +207,12 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let sent = AtomicU32::new(0);
         let request_id = ctx.request_id.clone();
+        let otel = self.shared.otel.get().filter(|o| o.traces());
+        if let (None, Some(_)) = (&ctx.trace, otel) {
+            let traceparent = session.req_header().headers.get("traceparent").map(|v| v.as_bytes());
+            ctx.trace = Some(Arc::new(crate::otel::RequestTrace::new(traceparent)));
+        }
+        let trace = ctx.trace.clone();
         let result = {
             let req = session.req_header();
             let balance_key = req
@@ -227,6 +233,8 @@ impl Gateway {
                 resend,
                 prepare,
                 sent: &sent,
+                trace: trace.as_deref(),
+                propagate: otel.is_some_and(|o| o.propagate),
             };
             super::attempt::run(&self.shared.upstreams, &self.shared.health, snap, plan, &job).await
         };

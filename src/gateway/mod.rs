@@ -99,6 +99,8 @@ pub struct Shared {
     pub signin: signin::SigninState,
     /// Where clients' own telemetry goes (`telemetry.otlp`).
     pub otlp: otlp::Forwarder,
+    /// The gateway's own traces and metrics (`telemetry.otlp`), once started.
+    pub otel: std::sync::OnceLock<crate::otel::Otel>,
 }
 
 pub struct Gateway {
@@ -283,6 +285,9 @@ impl ProxyHttp for Gateway {
         }
         access::record_metrics(ctx);
         access::access_log(session, ctx);
+        if let Some(otel) = self.shared.otel.get() {
+            access::export(otel, session, ctx);
+        }
         if let Some(snap) = &ctx.snapshot {
             connection::answer_done(snap.config.client_timeouts.head.0);
         }

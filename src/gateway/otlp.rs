@@ -84,7 +84,13 @@ pub async fn serve(
         }),
         (None, None) => None,
     };
-    if let (Some(collector), Some(encoding), Some(who)) = (&snap.config.telemetry.otlp, encoding, who) {
+    let collector = snap
+        .config
+        .telemetry
+        .otlp
+        .as_ref()
+        .filter(|c| c.protocol == crate::config::schema::OtlpProtocol::HttpProtobuf);
+    if let (Some(collector), Some(encoding), Some(who)) = (collector, encoding, who) {
         match otlp::stamp(signal, encoding, &body, &who) {
             Ok(stamped) => forward(forwarder, collector, signal, &content_type, stamped),
             Err(e) => {

@@ -42,6 +42,8 @@ use crate::secret::Secret;
 
 pub static TYPE: super::ProviderType = super::ProviderType {
     name: "anthropic",
+
+    gen_ai_system: "anthropic",
     default_base: Some("https://api.anthropic.com"),
     base_from: None,
     key_env: Some("ANTHROPIC_API_KEY"),
@@ -66,6 +68,8 @@ fn build(_: &mut Build<'_>) -> Result<Built, ConfigError> {
 
 pub static FOUNDRY: super::ProviderType = super::ProviderType {
     name: "foundry",
+
+    gen_ai_system: "az.ai.inference",
     default_base: None,
     base_from: Some(super::BaseFrom {
         listed: "(from resource: https://RESOURCE.services.ai.azure.com/anthropic)",
@@ -123,6 +127,8 @@ fn build_foundry(b: &mut Build<'_>) -> Result<Built, ConfigError> {
 
 pub static CLAUDE_AWS: super::ProviderType = super::ProviderType {
     name: "claude_aws",
+
+    gen_ai_system: "anthropic",
     default_base: None,
     base_from: Some(super::BaseFrom {
         listed: "(from region: https://aws-external-anthropic.REGION.api.aws)",
@@ -184,6 +190,8 @@ const SIGV4_MANTLE: &str = "bedrock-mantle";
 
 pub static BEDROCK_MESSAGES: super::ProviderType = super::ProviderType {
     name: "bedrock_messages",
+
+    gen_ai_system: "aws.bedrock",
     default_base: None,
     base_from: Some(super::BaseFrom {
         listed: "(from region: https://bedrock-runtime.REGION.amazonaws.com/anthropic, or bedrock-mantle.REGION.api.aws/anthropic)",
@@ -241,6 +249,8 @@ fn build_bedrock_messages(b: &mut Build<'_>) -> Result<Built, ConfigError> {
 
 pub static CLAUDE_GCP: super::ProviderType = super::ProviderType {
     name: "claude_gcp",
+
+    gen_ai_system: "anthropic",
     default_base: None,
     base_from: Some(super::BaseFrom {
         listed: "(from project, location, workspace_id: https://claude.googleapis.com/v1alpha/projects/P/locations/L/workspaces/W/invoke)",

@@ -25,6 +25,8 @@ use crate::secret::Secret;
 
 pub static TYPE: ProviderType = ProviderType {
     name: "bedrock",
+
+    gen_ai_system: "aws.bedrock",
     default_base: None,
     base_from: Some(BaseFrom {
         listed: "(from region: https://bedrock-runtime.REGION.amazonaws.com)",

@@ -23,6 +23,8 @@ use crate::secret::Secret;
 
 pub static TYPE: ProviderType = ProviderType {
     name: "gemini",
+
+    gen_ai_system: "gcp.gemini",
     default_base: Some("https://generativelanguage.googleapis.com/v1beta"),
     base_from: None,
     key_env: Some("GEMINI_API_KEY"),

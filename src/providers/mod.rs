@@ -54,6 +54,8 @@ use crate::upstream::UpstreamBase;
 pub struct ProviderType {
     /// `providers.<name>.type`.
     pub name: &'static str,
+    /// The OpenTelemetry GenAI `gen_ai.system` of its answers.
+    pub gen_ai_system: &'static str,
     /// `api_base` when the config gives none.
     pub default_base: Option<&'static str>,
     /// Where the base comes from when there is no fixed default, as

@@ -29,6 +29,7 @@ pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
 const fn row(
     name: &'static str,
+    gen_ai_system: &'static str,
     default_base: Option<&'static str>,
     key_env: Option<&'static str>,
     without_key: WithoutKey,
@@ -36,6 +37,7 @@ const fn row(
 ) -> ProviderType {
     ProviderType {
         name,
+        gen_ai_system,
         default_base,
         base_from: None,
         key_env,
@@ -49,6 +51,7 @@ const fn row(
 
 pub static OPENAI: ProviderType = row(
     "openai",
+    "openai",
     Some("https://api.openai.com/v1"),
     Some("OPENAI_API_KEY"),
     WithoutKey::Nothing,
@@ -56,6 +59,7 @@ pub static OPENAI: ProviderType = row(
 );
 pub static AZURE: ProviderType = row(
     "azure",
+    "az.ai.openai",
     None,
     Some("AZURE_OPENAI_API_KEY"),
     WithoutKey::Nothing,
@@ -63,12 +67,14 @@ pub static AZURE: ProviderType = row(
 );
 pub static OPENROUTER: ProviderType = row(
     "openrouter",
+    "openrouter",
     Some("https://openrouter.ai/api/v1"),
     Some("OPENROUTER_API_KEY"),
     WithoutKey::Nothing,
     build_openrouter,
 );
 pub static OLLAMA: ProviderType = row(
+    "ollama",
     "ollama",
     Some("http://127.0.0.1:11434/v1"),
     None,

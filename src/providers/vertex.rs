@@ -22,6 +22,8 @@ use crate::secret::Secret;
 
 pub static TYPE: ProviderType = ProviderType {
     name: "vertex",
+
+    gen_ai_system: "gcp.vertex_ai",
     default_base: None,
     base_from: Some(BaseFrom {
         listed: "(from location: https://LOCATION-aiplatform.googleapis.com)",

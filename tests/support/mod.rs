@@ -18,6 +18,7 @@ pub mod haproxy;
 pub mod mock;
 pub mod model;
 pub mod oidc;
+pub mod otlp;
 pub mod postgres;
 pub mod redis;
 

@@ -173,3 +173,32 @@ async fn a_collector_that_is_down_costs_requests_nothing_but_a_counter() {
     assert!(seen, "no failed export counted\n{}", gw.logs());
     assert_eq!(ask(&gw).await.status(), 200);
 }
+
+#[tokio::test]
+async fn the_same_over_grpc() {
+    let collector = support::otlp::GrpcCollector::start().await;
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::message("claude-sonnet-4-5-20250929", "hello"));
+    let yaml =
+        config(&up.base_url(), &collector.endpoint()).replace("interval: 200ms", "protocol: grpc, interval: 200ms");
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    assert_eq!(ask(&gw).await.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let spans = collector.spans();
+            spans
+                .iter()
+                .any(|s| s.kind == 2 && attr(&s.attributes, "gen_ai.system").as_deref() == Some("anthropic"))
+                && spans.iter().any(|s| s.kind == 3)
+                && collector
+                    .metric_names()
+                    .iter()
+                    .any(|n| n == "gen_ai.client.token.usage")
+        })
+        .await,
+        "spans {:?}, metrics {:?}\n{}",
+        collector.spans(),
+        collector.metric_names(),
+        gw.logs()
+    );
+}

@@ -22,7 +22,7 @@
 //!   `modelgate_otlp_exports_total{outcome="failed"}`.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
@@ -48,6 +48,8 @@ pub struct Otel {
     meters: Option<(SdkMeterProvider, Instruments)>,
     /// Send `traceparent` to upstreams.
     pub propagate: bool,
+    /// The share of requests without a client `traceparent` that are sampled.
+    sample_ratio: f64,
     /// The gRPC exporters' runtime, kept alive with them.
     _runtime: Option<tokio::runtime::Runtime>,
 }
@@ -258,10 +260,17 @@ impl Otel {
             None
         };
         drop(_entered);
+        if !(0.0..=1.0).contains(&config.sample_ratio) {
+            return Err(format!(
+                "telemetry.otlp.sample_ratio {} is not between 0 and 1",
+                config.sample_ratio
+            ));
+        }
         Ok(Otel {
             tracer,
             meters,
             propagate: config.propagate,
+            sample_ratio: config.sample_ratio,
             _runtime: runtime,
         })
     }
@@ -271,10 +280,17 @@ impl Otel {
         self.tracer.is_some() || self.propagate
     }
 
+    /// A new request's trace: under the client's `traceparent` (and its
+    /// sampling decision) when it sent a valid one, else sampled at
+    /// `sample_ratio`.
+    pub fn begin(&self, traceparent: Option<&[u8]>) -> RequestTrace {
+        RequestTrace::new(traceparent, self.sample_ratio)
+    }
+
     /// A finished request: its spans to the batch queue, its measurements
     /// to the aggregators. Cheap and non-blocking.
     pub fn record(&self, f: &Finished<'_>) {
-        if let (Some((_, tracer)), Some(trace)) = (&self.tracer, f.trace) {
+        if let (Some((_, tracer)), Some(trace)) = (&self.tracer, f.trace.filter(|t| t.sampled)) {
             spans(tracer, f, trace);
         }
         if let Some((_, m)) = &self.meters {
@@ -306,6 +322,8 @@ pub struct RequestTrace {
     pub span_id: [u8; 8],
     /// The client's span, when it sent a `traceparent`.
     pub parent: Option<[u8; 8]>,
+    /// Whether this request's spans are exported (and `traceparent` says so).
+    pub sampled: bool,
     attempts: Mutex<Vec<AttemptRecord>>,
 }
 
@@ -326,16 +344,18 @@ pub struct AttemptRecord {
 }
 
 impl RequestTrace {
-    /// New ids, under the client's `traceparent` when it is valid.
-    pub fn new(traceparent: Option<&[u8]>) -> RequestTrace {
-        let (trace_id, parent) = match traceparent.and_then(parse_traceparent) {
-            Some((t, p)) => (t, Some(p)),
-            None => (random_nonzero(), None),
+    /// New ids, under the client's `traceparent` when it is valid (its
+    /// sampled flag decides), else sampled at `ratio`.
+    pub fn new(traceparent: Option<&[u8]>, ratio: f64) -> RequestTrace {
+        let (trace_id, parent, sampled) = match traceparent.and_then(parse_traceparent) {
+            Some((t, p, sampled)) => (t, Some(p), sampled),
+            None => (random_nonzero(), None, ratio >= 1.0 || rand::random::<f64>() < ratio),
         };
         RequestTrace {
             trace_id,
             span_id: random_nonzero(),
             parent,
+            sampled,
             attempts: Mutex::new(Vec::new()),
         }
     }
@@ -374,7 +394,8 @@ impl RequestTrace {
 
     /// The W3C `traceparent` naming `span` as the parent.
     pub fn traceparent(&self, span: [u8; 8]) -> String {
-        format!("00-{}-{}-01", hex::encode(self.trace_id), hex::encode(span))
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", hex::encode(self.trace_id), hex::encode(span))
     }
 
     fn attempts(&self) -> Vec<AttemptRecord> {
@@ -393,8 +414,9 @@ fn random_nonzero<const N: usize>() -> [u8; N] {
     id
 }
 
-/// `00-{32 hex}-{16 hex}-{2 hex}` with non-zero ids (W3C Trace Context).
-fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8])> {
+/// `00-{32 hex}-{16 hex}-{2 hex}` with non-zero ids (W3C Trace Context):
+/// the trace, the parent span and the sampled flag.
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     let s = std::str::from_utf8(v).ok()?.trim();
     let mut parts = s.split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -403,9 +425,11 @@ fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8])> {
     }
     let mut t = [0u8; 16];
     let mut p = [0u8; 8];
+    let mut f = [0u8; 1];
     hex::decode_to_slice(trace, &mut t).ok()?;
     hex::decode_to_slice(span, &mut p).ok()?;
-    (t.iter().any(|b| *b != 0) && p.iter().any(|b| *b != 0)).then_some((t, p))
+    hex::decode_to_slice(flags, &mut f).ok()?;
+    (t.iter().any(|b| *b != 0) && p.iter().any(|b| *b != 0)).then_some((t, p, f[0] & 1 == 1))
 }
 
 /// A finished request as the exporters see it: names, never secrets.
@@ -596,9 +620,6 @@ fn measure(m: &Instruments, f: &Finished<'_>) {
     m.requests.add(1, &with_outcome);
 }
 
-/// A shared handle for the gateway, set once the server runs.
-pub type Handle = Arc<Otel>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,7 +627,8 @@ mod tests {
     #[test]
     fn traceparent_is_parsed_as_w3c_says() {
         let ok = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (t, p) = parse_traceparent(ok).unwrap();
+        let (t, p, sampled) = parse_traceparent(ok).unwrap();
+        assert!(sampled);
         assert_eq!(hex::encode(t), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex::encode(p), "00f067aa0ba902b7");
         for bad in [
@@ -620,11 +642,14 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }
-        let trace = RequestTrace::new(Some(ok));
+        let trace = RequestTrace::new(Some(ok), 0.0);
         assert_eq!(trace.parent, Some(p));
+        assert!(trace.sampled, "the client's decision wins");
         let span = trace.begin_attempt(1, "a", "a", "h", None);
-        assert!(trace
-            .traceparent(span)
-            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        let sent = trace.traceparent(span);
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
+        let unsampled = RequestTrace::new(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"), 1.0);
+        assert!(!unsampled.sampled && unsampled.traceparent(span).ends_with("-00"));
+        assert!(!RequestTrace::new(None, 0.0).sampled && RequestTrace::new(None, 1.0).sampled);
     }
 }

@@ -202,3 +202,33 @@ async fn the_same_over_grpc() {
         gw.logs()
     );
 }
+
+#[tokio::test]
+async fn unsampled_requests_export_metrics_and_propagate_but_no_spans() {
+    let collector = Collector::start().await;
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::message("claude-sonnet-4-5-20250929", "hello"));
+    let yaml =
+        config(&up.base_url(), &collector.endpoint()).replace("propagate: true", "propagate: true, sample_ratio: 0");
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    for _ in 0..3 {
+        let r = client()
+            .post(gw.url("/v1/messages"))
+            .header("x-api-key", KEY)
+            .body(r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || collector
+            .metric_names()
+            .iter()
+            .any(|n| n == "modelgate.requests"))
+        .await
+    );
+    assert!(collector.spans().is_empty(), "{:?}", collector.spans());
+    let sent = up.requests().pop().unwrap().header("traceparent").unwrap_or_default();
+    assert!(sent.starts_with("00-") && sent.ends_with("-00"), "{sent}");
+}

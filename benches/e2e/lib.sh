@@ -34,6 +34,8 @@ write_upstream_conf() {
       location = /oai-sse/v1/chat/completions { default_type text/event-stream; return 200 '$oai_sse'; }
       # A stream that stays open: the same events, sent at 64 bytes/s.
       location = /slow/v1/messages { default_type text/event-stream; limit_rate 64; return 200 '$sse'; }
+      # An OTLP/HTTP collector that takes every export (the gateway's traces and metrics).
+      location /otlp/ { default_type application/x-protobuf; return 200 ''; }
     }
   }
 NGX

@@ -4,6 +4,7 @@
 #
 #   benches/e2e/run.sh                 # 10 s per scenario
 #   DURATION=5s CONNS=32 benches/e2e/run.sh
+#   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
 #
 # The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
 # process listens on 127.0.0.1 only and every load run is bounded by
@@ -27,6 +28,7 @@ UP_PORT=${UP_PORT:-18901}
 HOP_PORT=${HOP_PORT:-18902}
 GW_PORT=${GW_PORT:-18903}
 BARE_PORT=${BARE_PORT:-18904}
+OTEL_PORT=${OTEL_PORT:-18905}
 STREAMS=${STREAMS:-1000}
 GW_THREADS=${GW_THREADS:-$(nproc)}
 # 1,000 open streams need 2,000+ descriptors in wrk and in the gateway.
@@ -118,6 +120,38 @@ write_post_lua "$work/post.lua"
 
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 
+# The same gateway with its own OTLP export on (traces of every request,
+# metrics every second) to a collector that takes everything (the upstream
+# nginx's /otlp/): what exporting costs.
+sed -e "s/^listen: .*/listen: 127.0.0.1:$OTEL_PORT/" "$work/gw.yaml" > "$work/gw-otel.yaml"
+cat >> "$work/gw-otel.yaml" <<YAML
+telemetry:
+  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: true}
+YAML
+"$TARGET"/release/modelgate serve -c "$work/gw-otel.yaml" >"$work/gw-otel.log" 2>&1 &
+otel_pid=$!
+pids+=("$otel_pid")
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$OTEL_PORT/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+otlp_rows() {
+  printf '\nOTLP export (same run): modelgate with telemetry.otlp on, against modelgate without it\n'
+  printf '%-26s %-16s %12s %10s %10s %14s %12s\n' scenario target rps p50_ms p99_ms vs_otlp_off cpu_us/req
+  for scenario in "passthrough-json:$small" "passthrough-sse:$stream" "translated-sse:$oai_stream"; do
+    IFS=: read -r name body <<<"$scenario"
+    read -r off_rps off50 off99 off_cpu < <(run "$name/otlp-off" "http://127.0.0.1:$GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$gw_pid")
+    read -r on_rps on50 on99 on_cpu < <(run "$name/otlp-on" "http://127.0.0.1:$OTEL_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$otel_pid")
+    printf '%-26s %-16s %12.0f %10s %10s %14s %12s\n' "$name" modelgate "$off_rps" "$off50" "$off99" "1.00x" "$off_cpu"
+    printf '%-26s %-16s %12.0f %10s %10s %13.2fx %12s\n' "$name" modelgate+otlp "$on_rps" "$on50" "$on99" "$(awk -v a="$on_rps" -v b="$off_rps" 'BEGIN{print a/b}')" "$on_cpu"
+  done
+  printf 'OTLP exports: %s\n' "$(curl -fsS "http://127.0.0.1:$OTEL_PORT/metrics" | grep '^modelgate_otlp_exports_total' | tr '\n' ' ')"
+}
+if [ "${ONLY:-}" = otlp ]; then
+  otlp_rows
+  exit 0
+fi
+
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
 # nginx's CPU is its workers'.
 hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
@@ -139,6 +173,7 @@ for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/
   printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$gw_cpu"
 done
 printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
+otlp_rows
 
 # Memory with $STREAMS streams open at once: the upstream trickles each one
 # out at 64 bytes/s, so they stay open while wrk holds $STREAMS connections.

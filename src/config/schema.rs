@@ -1007,6 +1007,13 @@ pub struct OtlpConfig {
     /// Send W3C `traceparent` to upstreams (each attempt's span as the parent).
     #[serde(default)]
     pub propagate: bool,
+    /// The share of requests whose spans are exported, 0.0–1.0. A request that arrives with a `traceparent` follows its sampled flag instead.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 /// How the gateway's own telemetry reaches the collector.

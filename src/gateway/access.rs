@@ -90,7 +90,7 @@ pub fn export(otel: &crate::otel::Otel, session: &Session, ctx: &mut RequestCtx)
     let Some(model) = ctx.model.as_deref() else { return };
     if ctx.trace.is_none() && otel.traces() {
         let traceparent = session.req_header().headers.get("traceparent").map(|v| v.as_bytes());
-        ctx.trace = Some(std::sync::Arc::new(crate::otel::RequestTrace::new(traceparent)));
+        ctx.trace = Some(std::sync::Arc::new(otel.begin(traceparent)));
     }
     let req = session.req_header();
     let end = std::time::SystemTime::now();

@@ -210,7 +210,7 @@ impl Gateway {
         let otel = self.shared.otel.get().filter(|o| o.traces());
         if let (None, Some(_)) = (&ctx.trace, otel) {
             let traceparent = session.req_header().headers.get("traceparent").map(|v| v.as_bytes());
-            ctx.trace = Some(Arc::new(crate::otel::RequestTrace::new(traceparent)));
+            ctx.trace = otel.map(|o| Arc::new(o.begin(traceparent)));
         }
         let trace = ctx.trace.clone();
         let result = {

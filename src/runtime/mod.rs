@@ -58,6 +58,8 @@ pub struct Fixed {
     pub state: String,
     /// `audit.path` with its rotation settings.
     pub audit_path: Option<String>,
+    /// `telemetry.otlp`: the gateway's own export is started once.
+    pub otlp: String,
 }
 
 impl Fixed {
@@ -71,6 +73,7 @@ impl Fixed {
             grace_period: s.config.grace_period.0,
             log_format: s.config.log_format,
             state: serde_json::to_string(&s.config.state).unwrap_or_default(),
+            otlp: serde_json::to_string(&s.config.telemetry.otlp).unwrap_or_default(),
             audit_path: s.config.audit.path.as_ref().map(|p| {
                 format!(
                     "{p} (max_bytes {:?}, keep {})",

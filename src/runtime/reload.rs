@@ -125,5 +125,9 @@ fn restart_required(boot: &Fixed, new: &Fixed) -> Vec<String> {
     if boot.audit_path != new.audit_path {
         out.push("audit.path/max_bytes/keep".to_string());
     }
+    if boot.otlp != new.otlp {
+        // Clients' forwarded telemetry follows the new settings at once.
+        out.push("telemetry.otlp (the gateway's own traces and metrics)".to_string());
+    }
     out
 }

@@ -147,6 +147,7 @@ pub fn run(
         signin: Default::default(),
         otlp: Default::default(),
         otel: Default::default(),
+        live: Default::default(),
     });
     let conf = server.configuration.clone();
     let mut main = http_service(&conf, &shared, Role::Main, "modelgate");

@@ -95,6 +95,7 @@ async fn a_request_is_a_server_span_with_a_client_span_per_attempt_and_genai_met
         assert_eq!(attr(&root.attributes, key).as_deref(), Some(want), "{key}: {root:?}");
     }
     assert!(attr(&root.attributes, "gen_ai.usage.input_tokens").is_some());
+    assert!(attr(&root.attributes, "modelgate.cost_usd").is_some_and(|c| c.parse::<f64>().is_ok_and(|c| c > 0.0)));
     assert!(attr(&root.attributes, "gen_ai.usage.output_tokens").is_some());
     let mut children: Vec<_> = spans.iter().filter(|s| s.parent_span_id == root.span_id).collect();
     children.sort_by_key(|s| attr(&s.attributes, "modelgate.attempt"));

@@ -1,5 +1,6 @@
 //! The admin endpoints: `/status`, `/metrics`, `/admin/logging`,
-//! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`, `/admin/usage`.
+//! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`, `/admin/usage`,
+//! `/admin/live` (the feed itself is `live.rs`).
 //!
 //! On `admin_listen` they need no key; on the main listener each first
 //! passes [`auth::authorize_admin`] (an admin key, and never served on a
@@ -26,6 +27,7 @@ pub enum Admin {
     Cache,
     Errors,
     Usage,
+    Live,
 }
 
 /// Answer an admin request.
@@ -95,6 +97,7 @@ pub async fn serve(
         }
         Admin::Errors => shared.recent_errors.to_json(),
         Admin::Usage => usage(shared, session.req_header().uri.query()).await?,
+        Admin::Live => return super::live::serve(shared, session, ctx).await,
     };
     respond::json(session, ctx, 200, body, &[]).await;
     Ok(())

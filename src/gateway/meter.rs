@@ -313,6 +313,9 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
             record
         }
     };
+    // Kept for what the logging phase reports after this (the live feed,
+    // the OTLP span's cost).
+    ctx.sealed = Some(record.clone());
     if record.cost_usd > 0.0 {
         crate::telemetry::METRICS
             .cost

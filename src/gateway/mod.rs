@@ -39,6 +39,7 @@ pub mod failure;
 pub mod guard;
 pub mod health_check;
 pub mod inbound;
+pub mod live;
 pub mod local;
 pub mod messages;
 pub mod meter;
@@ -101,6 +102,8 @@ pub struct Shared {
     pub otlp: otlp::Forwarder,
     /// The gateway's own traces and metrics (`telemetry.otlp`), once started.
     pub otel: std::sync::OnceLock<crate::otel::Otel>,
+    /// Finished requests for `/admin/live`.
+    pub live: live::Live,
 }
 
 pub struct Gateway {
@@ -156,6 +159,10 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         },
         (_, "/admin/usage") => match *method {
             M::GET => Endpoint::Admin(Admin::Usage),
+            _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (_, "/admin/live") => match *method {
+            M::GET => Endpoint::Admin(Admin::Live),
             _ => Endpoint::MethodNotAllowed("GET"),
         },
         (_, "/admin/errors") => match *method {
@@ -288,6 +295,7 @@ impl ProxyHttp for Gateway {
         if let Some(otel) = self.shared.otel.get() {
             access::export(otel, session, ctx);
         }
+        self.shared.live.publish(session, ctx);
         if let Some(snap) = &ctx.snapshot {
             connection::answer_done(snap.config.client_timeouts.head.0);
         }

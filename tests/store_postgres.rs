@@ -118,6 +118,17 @@ async fn replicas_write_one_ledger_and_every_replica_reports_the_fleet() {
         assert_eq!(admin["rows"][0]["group"], "platform", "{admin}");
         assert_eq!(admin["rows"][0]["requests"], 5, "{admin}");
         assert!(!admin.to_string().contains(PASSWORD));
+        // The dashboard's windows and groups, read in PostgreSQL.
+        let hours = get_json(gw, "/admin/usage?group_by=hour&from=2h&to=0s", ADMIN).await;
+        let rows = hours["rows"].as_array().unwrap();
+        let total: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        assert_eq!(total, 5, "{hours}");
+        for r in rows {
+            let g = r["group"].as_str().unwrap();
+            assert!(g.len() == 17 && g.ends_with(":00Z") && g.as_bytes()[10] == b'T', "{g}");
+        }
+        let providers = get_json(gw, "/admin/usage?group_by=provider&from=1h&limit=1", ADMIN).await;
+        assert_eq!(providers["rows"].as_array().unwrap().len(), 1, "{providers}");
     }
     let bad = client()
         .get(a.url("/admin/usage?by=colour"))

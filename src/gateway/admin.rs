@@ -103,19 +103,37 @@ pub async fn serve(
     Ok(())
 }
 
-/// `GET /admin/usage?by=key|team|model|day&since=30d`: the ledger's
-/// summary, as `modelgate usage --json` prints it. With a PostgreSQL store
-/// every replica answers with the fleet's figures.
+/// `GET /admin/usage?group_by=key|team|model|provider|session|day|hour&from=…&to=…&limit=N`
+/// (`by` and `since` are the older names of `group_by` and `from`): the
+/// ledger's totals per group in the window, as `modelgate usage --json`
+/// prints them. `from` and `to` are durations back from now (`7d`), dates
+/// or RFC 3339 times; `to` is exclusive and defaults to now. With a
+/// PostgreSQL store every replica answers with the fleet's figures.
 async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
-    use crate::store::{GroupBy, Since};
-    let (mut by, mut since) = (GroupBy::Key, Since::Ago(std::time::Duration::from_secs(30 * 86_400)));
+    use crate::store::{GroupBy, Since, Window};
+    let mut by = GroupBy::Key;
+    let mut from = Since::Ago(std::time::Duration::from_secs(30 * 86_400));
+    let mut to: Option<Since> = None;
+    let mut limit: Option<u32> = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
-            "by" => {
-                by = GroupBy::parse(&v)
-                    .ok_or_else(|| GatewayError::InvalidRequest("by: give key, team, model or day".into()))?
+            "by" | "group_by" => {
+                by = GroupBy::parse(&v).ok_or_else(|| {
+                    GatewayError::InvalidRequest(format!("{k}: give key, team, model, provider, session, day or hour"))
+                })?
             }
-            "since" => since = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("since: {e}")))?,
+            "since" | "from" => {
+                from = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("{k}: {e}")))?
+            }
+            "to" => to = Some(Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("to: {e}")))?),
+            "limit" => {
+                limit = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| GatewayError::InvalidRequest("limit: give 1 to 10000".into()))?,
+                )
+            }
             _ => {}
         }
     }
@@ -123,8 +141,16 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
         .sinks
         .get()
         .ok_or_else(|| GatewayError::Internal("the usage ledger is not open".into()))?;
-    let since_ms = since.to_ms(crate::policy::period::now_ms());
-    let rows = async { sinks.reader().await?.summary(by, since_ms).await }
+    let now = crate::policy::period::now_ms();
+    let window = Window {
+        from_ms: from.to_ms(now),
+        to_ms: to.map_or(i64::MAX, |t| t.to_ms(now)),
+        limit,
+    };
+    if window.to_ms <= window.from_ms {
+        return Err(GatewayError::InvalidRequest("to: must be after from".into()));
+    }
+    let rows = async { sinks.reader().await?.summary_in(by, window).await }
         .await
         .map_err(|e| {
             log::warn!("/admin/usage: {e}");
@@ -137,7 +163,8 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
         "store": sinks.location.describe(),
         "shared": matches!(sinks.location, crate::store::Location::Postgres { .. }),
         "by": by.name(),
-        "since": crate::policy::period::rfc3339(since_ms),
+        "since": crate::policy::period::rfc3339(window.from_ms),
+        "to": (window.to_ms != i64::MAX).then(|| crate::policy::period::rfc3339(window.to_ms)),
         "rows": rows.iter().map(crate::store::SummaryRow::to_json).collect::<Vec<_>>(),
     })))
 }

@@ -166,8 +166,40 @@ pub enum GroupBy {
     Team,
     /// The model the client asked for.
     Model,
+    /// The provider that answered (`cache` for a cache hit).
+    Provider,
+    /// Claude Code's session id (`x-claude-code-session-id`).
+    Session,
     /// The UTC date, `YYYY-MM-DD`.
     Day,
+    /// The UTC hour, `YYYY-MM-DDTHH:00Z`.
+    Hour,
+}
+
+/// The rows a summary reads: `from_ms` (inclusive) to `to_ms` (exclusive),
+/// at most `limit` groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: Option<u32>,
+}
+
+impl Window {
+    /// Everything from `since_ms` on.
+    pub fn since(since_ms: i64) -> Window {
+        Window {
+            from_ms: since_ms,
+            to_ms: i64::MAX,
+            limit: None,
+        }
+    }
+
+    /// `LIMIT`'s value (-1 in SQLite and NULL-free PostgreSQL both need a
+    /// number: the largest is "no limit").
+    pub fn limit_sql(&self) -> i64 {
+        self.limit.map_or(i64::MAX, i64::from)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -242,9 +274,20 @@ impl GroupBy {
             "key" => GroupBy::Key,
             "team" => GroupBy::Team,
             "model" => GroupBy::Model,
+            "provider" => GroupBy::Provider,
+            "session" => GroupBy::Session,
             "day" => GroupBy::Day,
+            "hour" => GroupBy::Hour,
             _ => return None,
         })
+    }
+
+    /// Time groups in time order; the others biggest spender first.
+    pub fn order(self) -> &'static str {
+        match self {
+            GroupBy::Day | GroupBy::Hour => "grp",
+            _ => "SUM(cost_usd) DESC, COUNT(*) DESC, grp",
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -252,7 +295,10 @@ impl GroupBy {
             GroupBy::Key => "key",
             GroupBy::Team => "team",
             GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
+            GroupBy::Session => "session",
             GroupBy::Day => "day",
+            GroupBy::Hour => "hour",
         }
     }
 }
@@ -712,9 +758,14 @@ impl Reader {
     /// Totals per group from `since_ms` on: by day in date order, otherwise
     /// the biggest spender first.
     pub async fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, StoreError> {
+        self.summary_in(by, Window::since(since_ms)).await
+    }
+
+    /// Totals per group within a window (`/admin/usage`).
+    pub async fn summary_in(&self, by: GroupBy, w: Window) -> Result<Vec<SummaryRow>, StoreError> {
         match self {
-            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary(by, since_ms)).await,
-            Reader::Postgres(r) => Ok(r.summary(by, since_ms).await?),
+            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary_in(by, w)).await,
+            Reader::Postgres(r) => Ok(r.summary_in(by, w).await?),
         }
     }
 

@@ -1062,7 +1062,12 @@ fn group_expr(by: GroupBy) -> String {
         GroupBy::Key => format!("COALESCE(\"key\", '{NO_GROUP}')"),
         GroupBy::Team => format!("COALESCE(team, '{NO_GROUP}')"),
         GroupBy::Model => "model".into(),
+        GroupBy::Provider => format!("COALESCE(provider, '{NO_GROUP}')"),
+        GroupBy::Session => format!("COALESCE(session_id, '{NO_GROUP}')"),
         GroupBy::Day => "to_char(to_timestamp(ts_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')".into(),
+        GroupBy::Hour => {
+            "to_char(to_timestamp(ts_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00\"Z\"')".into()
+        }
     }
 }
 
@@ -1118,21 +1123,25 @@ impl Reader {
     }
 
     pub async fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, PgError> {
+        self.summary_in(by, super::Window::since(since_ms)).await
+    }
+
+    pub async fn summary_in(&self, by: GroupBy, w: super::Window) -> Result<Vec<SummaryRow>, PgError> {
         self.db
             .run(STATEMENT_TIMEOUT, move |db| async move {
                 let client = db.client().await?;
-                let order = match by {
-                    GroupBy::Day => "grp",
-                    _ => "SUM(cost_usd) DESC, COUNT(*) DESC, grp",
-                };
                 let sql = format!(
                     "SELECT {} AS grp, {TOTALS_COLUMNS},
                         SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END)::int8,
                         COALESCE(AVG(latency_ms), 0)::float8
-                     FROM requests WHERE ts_ms >= $1 GROUP BY grp ORDER BY {order}",
-                    group_expr(by)
+                     FROM requests WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY grp ORDER BY {} LIMIT $3",
+                    group_expr(by),
+                    by.order()
                 );
-                let rows = client.query(&sql, &[&since_ms]).await.map_err(|e| db.query_err(e))?;
+                let rows = client
+                    .query(&sql, &[&w.from_ms, &w.to_ms, &w.limit_sql()])
+                    .await
+                    .map_err(|e| db.query_err(e))?;
                 Ok(rows
                     .iter()
                     .map(|row| SummaryRow {

@@ -480,7 +480,10 @@ fn group_expr(by: GroupBy) -> String {
         GroupBy::Key => format!("COALESCE(\"key\", '{NO_GROUP}')"),
         GroupBy::Team => format!("COALESCE(team, '{NO_GROUP}')"),
         GroupBy::Model => "model".into(),
+        GroupBy::Provider => format!("COALESCE(provider, '{NO_GROUP}')"),
+        GroupBy::Session => format!("COALESCE(session_id, '{NO_GROUP}')"),
         GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')".into(),
+        GroupBy::Hour => "strftime('%Y-%m-%dT%H:00Z', ts_ms / 1000, 'unixepoch')".into(),
     }
 }
 
@@ -540,19 +543,22 @@ impl Reader {
     /// Totals per group from `since_ms` on: by day in date order, otherwise
     /// the biggest spender first.
     pub fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, LedgerError> {
-        let order = match by {
-            GroupBy::Day => "grp",
-            _ => "SUM(cost_usd) DESC, COUNT(*) DESC, grp",
-        };
+        self.summary_in(by, super::Window::since(since_ms))
+    }
+
+    /// Totals per group within `w`: by day or hour in time order, otherwise
+    /// the biggest spender first, at most `w.limit` rows.
+    pub fn summary_in(&self, by: GroupBy, w: super::Window) -> Result<Vec<SummaryRow>, LedgerError> {
         let sql = format!(
             "SELECT {} AS grp, {TOTALS_COLUMNS},
                 SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END),
                 COALESCE(AVG(latency_ms), 0.0)
-             FROM requests WHERE ts_ms >= ?1 GROUP BY grp ORDER BY {order}",
-            group_expr(by)
+             FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY grp ORDER BY {} LIMIT ?3",
+            group_expr(by),
+            by.order()
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![since_ms], |row| {
+        let rows = stmt.query_map(params![w.from_ms, w.to_ms, w.limit_sql()], |row| {
             Ok(SummaryRow {
                 group: row.get::<_, Option<String>>(0)?.unwrap_or_else(|| NO_GROUP.to_string()),
                 totals: totals_from_row(row, 1)?,

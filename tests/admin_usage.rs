@@ -1,6 +1,7 @@
 //! `/admin/usage` (the dashboard's JSON) on a seeded SQLite ledger, through
 //! the binary: totals per key, team, model, provider, session, day and
-//! hour within `from`/`to`, with `limit`; golden. The same reads on
+//! hour within `from`/`to`, with `limit`; golden. `/admin/budgets` after
+//! real traffic, closest to its limit first. The same usage reads on
 //! PostgreSQL are in `tests/store_postgres.rs`.
 
 mod support;
@@ -168,4 +169,63 @@ async fn totals_per_group_in_a_window() {
         assert_eq!(status, 400, "{bad}: {v}");
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
+}
+
+#[tokio::test]
+async fn budgets_closest_to_their_limit_first() {
+    use sha2::{Digest, Sha256};
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::message("claude-sonnet-4-5-20250929", "hello"));
+    let admin = free_port();
+    let sha = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
+    let yaml = format!(
+        "listen: \"{{listen}}\"\nadmin_listen: \"127.0.0.1:{admin}\"\ndefault_provider: a\nproviders:\n  a: {{type: anthropic, api_base: \"{}\", api_key: sk-ant-test}}\n\
+         keys:\n  - {{name: alice, team: platform, key_sha256: \"{}\", budget: {{usd: 1, period: monthly}}}}\n  - {{name: bob, key_sha256: \"{}\", budget: {{usd: 0.001, period: daily}}}}\n  - {{name: carol, key_sha256: \"{}\"}}\n\
+         teams:\n  platform: {{budget: {{usd: 10, period: total}}}}\n",
+        up.base_url(),
+        sha("mg-alice-budget-key-0000000000000000000000001"),
+        sha("mg-bob-budget-key-000000000000000000000000001"),
+        sha("mg-carol-budget-key-0000000000000000000000001"),
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    for key in [
+        "mg-alice-budget-key-0000000000000000000000001",
+        "mg-bob-budget-key-000000000000000000000000001",
+    ] {
+        let r = client()
+            .post(gw.url("/v1/messages"))
+            .header("x-api-key", key)
+            .body(r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let v: Value = client()
+        .get(format!("http://127.0.0.1:{admin}/admin/budgets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = v["budgets"].as_array().unwrap();
+    let names: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["scope"].as_str().unwrap(), r["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("key", "bob"), ("key", "alice"), ("team", "platform")], "{v}");
+    let bob = &rows[0];
+    assert_eq!(bob["period"], "daily");
+    assert_eq!(bob["limit_usd"], 0.001);
+    assert!(
+        bob["spent_usd"].as_f64().unwrap() > 0.001 && bob["left_usd"].as_f64().unwrap() < 0.0,
+        "{bob}"
+    );
+    assert_eq!(bob["requests"], 1);
+    let platform = &rows[2];
+    assert_eq!(platform["period"], "total");
+    assert!(platform["period_start"].is_null());
+    assert!((platform["left_usd"].as_f64().unwrap() + platform["spent_usd"].as_f64().unwrap() - 10.0).abs() < 1e-9);
 }

@@ -1,6 +1,6 @@
 //! The admin endpoints: `/status`, `/metrics`, `/admin/logging`,
 //! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`, `/admin/usage`,
-//! `/admin/live` (the feed itself is `live.rs`).
+//! `/admin/live` (the feed itself is `live.rs`), `/admin/budgets`.
 //!
 //! On `admin_listen` they need no key; on the main listener each first
 //! passes [`auth::authorize_admin`] (an admin key, and never served on a
@@ -28,6 +28,7 @@ pub enum Admin {
     Errors,
     Usage,
     Live,
+    Budgets,
 }
 
 /// Answer an admin request.
@@ -98,6 +99,7 @@ pub async fn serve(
         Admin::Errors => shared.recent_errors.to_json(),
         Admin::Usage => usage(shared, session.req_header().uri.query()).await?,
         Admin::Live => return super::live::serve(shared, session, ctx).await,
+        Admin::Budgets => budgets(shared, snap).await?,
     };
     respond::json(session, ctx, 200, body, &[]).await;
     Ok(())
@@ -166,6 +168,53 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
         "since": crate::policy::period::rfc3339(window.from_ms),
         "to": (window.to_ms != i64::MAX).then(|| crate::policy::period::rfc3339(window.to_ms)),
         "rows": rows.iter().map(crate::store::SummaryRow::to_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /admin/budgets`: every key and team with a budget (the file's and
+/// the store's), its limit, spend in the current period and what is left,
+/// closest to its limit first. Spend is the policy backend's (this
+/// process's counters, or Redis's for the fleet).
+async fn budgets(shared: &Shared, snap: &Snapshot) -> Result<Vec<u8>, GatewayError> {
+    use crate::policy::{nanos_to_usd, period};
+    let now = period::now_ms();
+    let mut scopes = shared.config.store_keys.scopes(snap);
+    scopes.retain(|s| s.budget_nanos.is_some());
+    let refs: Vec<&std::sync::Arc<crate::policy::ScopeLimits>> = scopes.iter().collect();
+    let standings = shared.policy.standings(&refs, now).await?;
+    let mut rows: Vec<(f64, serde_json::Value)> = scopes
+        .iter()
+        .zip(standings)
+        .map(|(s, st)| {
+            let limit = s.budget_nanos.unwrap_or(0);
+            let (kind, name) = s.id.split_once(':').unwrap_or(("", &s.id));
+            let used = if limit == 0 {
+                1.0
+            } else {
+                st.spent_nanos as f64 / limit as f64
+            };
+            let window = period::Window::of(s.period, now);
+            (
+                used,
+                serde_json::json!({
+                    "scope": kind,
+                    "name": name,
+                    "period": period::period_name(s.period),
+                    "period_start": (s.period != crate::config::schema::BudgetPeriod::Total)
+                        .then(|| period::rfc3339(window.start_ms)),
+                    "period_end": window.end_ms.map(period::rfc3339),
+                    "limit_usd": nanos_to_usd(limit as i64),
+                    "spent_usd": nanos_to_usd(st.spent_nanos),
+                    "left_usd": nanos_to_usd(limit as i64 - st.spent_nanos),
+                    "used": used,
+                    "requests": st.requests,
+                }),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(json(serde_json::json!({
+        "budgets": rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     })))
 }
 

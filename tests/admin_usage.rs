@@ -1,7 +1,7 @@
 //! `/admin/usage` (the dashboard's JSON) on a seeded SQLite ledger, through
 //! the binary: totals per key, team, model, provider, session, day and
 //! hour within `from`/`to`, with `limit`; golden. `/admin/budgets` after
-//! real traffic, closest to its limit first. The same usage reads on
+//! real traffic, closest to its limit first; `/admin/reliability`, golden. The same usage reads on
 //! PostgreSQL are in `tests/store_postgres.rs`.
 
 mod support;
@@ -46,7 +46,8 @@ fn record(
         latency_ms: 400 * u64::from(i),
         ttft_ms: Some(100),
         status,
-        attempts: 1,
+        // The second request failed over.
+        attempts: if i == 2 { 2 } else { 1 },
         error: (status >= 400).then(|| "overloaded_error".to_string()),
         ..Record::default()
     })
@@ -149,6 +150,17 @@ async fn totals_per_group_in_a_window() {
         golden.insert(by.to_string(), v);
     }
     insta::assert_json_snapshot!("admin_usage_windows", golden);
+
+    // Reliability in the same window: errors and failovers per provider,
+    // TTFT percentiles per model.
+    let r = client()
+        .get(format!("http://127.0.0.1:{admin}/admin/reliability?{window}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    insta::assert_json_snapshot!("admin_reliability_window", v);
 
     // `limit` keeps the biggest spenders; the older names still work.
     let (_, v) = get(&gw, admin, &format!("group_by=session&limit=1&{window}")).await;

@@ -129,6 +129,14 @@ async fn replicas_write_one_ledger_and_every_replica_reports_the_fleet() {
         }
         let providers = get_json(gw, "/admin/usage?group_by=provider&from=1h&limit=1", ADMIN).await;
         assert_eq!(providers["rows"].as_array().unwrap().len(), 1, "{providers}");
+        let rel = get_json(gw, "/admin/reliability?from=1h", ADMIN).await;
+        let total: u64 = rel["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 5, "{rel}");
     }
     let bad = client()
         .get(a.url("/admin/usage?by=colour"))

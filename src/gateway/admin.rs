@@ -1,6 +1,7 @@
 //! The admin endpoints: `/status`, `/metrics`, `/admin/logging`,
 //! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`, `/admin/usage`,
-//! `/admin/live` (the feed itself is `live.rs`), `/admin/budgets`.
+//! `/admin/live` (the feed itself is `live.rs`), `/admin/budgets`,
+//! `/admin/reliability`.
 //!
 //! On `admin_listen` they need no key; on the main listener each first
 //! passes [`auth::authorize_admin`] (an admin key, and never served on a
@@ -29,6 +30,7 @@ pub enum Admin {
     Usage,
     Live,
     Budgets,
+    Reliability,
 }
 
 /// Answer an admin request.
@@ -100,6 +102,7 @@ pub async fn serve(
         Admin::Usage => usage(shared, session.req_header().uri.query()).await?,
         Admin::Live => return super::live::serve(shared, session, ctx).await,
         Admin::Budgets => budgets(shared, snap).await?,
+        Admin::Reliability => reliability(shared, session.req_header().uri.query()).await?,
     };
     respond::json(session, ctx, 200, body, &[]).await;
     Ok(())
@@ -168,6 +171,90 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
         "since": crate::policy::period::rfc3339(window.from_ms),
         "to": (window.to_ms != i64::MAX).then(|| crate::policy::period::rfc3339(window.to_ms)),
         "rows": rows.iter().map(crate::store::SummaryRow::to_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /admin/reliability?from=…&to=…`: per provider the requests, errors
+/// and failovers (more than one upstream attempt) in the window, read from
+/// the ledger; p50/p95 time to first token per model (the newest
+/// [`crate::store::TTFT_SAMPLES`] answers); and this process's circuits.
+async fn reliability(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
+    use crate::store::{Since, Window};
+    let mut from = Since::Ago(std::time::Duration::from_secs(86_400));
+    let mut to: Option<Since> = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "from" | "since" => {
+                from = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("{k}: {e}")))?
+            }
+            "to" => to = Some(Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("to: {e}")))?),
+            _ => {}
+        }
+    }
+    let now = crate::policy::period::now_ms();
+    let window = Window {
+        from_ms: from.to_ms(now),
+        to_ms: to.map_or(i64::MAX, |t| t.to_ms(now)),
+        limit: None,
+    };
+    if window.to_ms <= window.from_ms {
+        return Err(GatewayError::InvalidRequest("to: must be after from".into()));
+    }
+    let sinks = shared
+        .sinks
+        .get()
+        .ok_or_else(|| GatewayError::Internal("the usage ledger is not open".into()))?;
+    let crate::store::Reliability {
+        providers,
+        ttft: samples,
+    } = async { sinks.reader().await?.reliability(window).await }
+        .await
+        .map_err(|e| {
+            log::warn!("/admin/reliability: {e}");
+            GatewayError::Unavailable {
+                message: "the usage store cannot be read just now".into(),
+                retry_after: Some(5),
+            }
+        })?;
+    let mut by_model: std::collections::BTreeMap<String, Vec<u64>> = std::collections::BTreeMap::new();
+    for (model, ttft) in samples {
+        by_model.entry(model).or_default().push(ttft);
+    }
+    let ttft: Vec<serde_json::Value> = by_model
+        .into_iter()
+        .map(|(model, mut v)| {
+            v.sort_unstable();
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            serde_json::json!({"model": model, "samples": v.len(), "p50_ms": at(0.5), "p95_ms": at(0.95)})
+        })
+        .collect();
+    let circuits: Vec<serde_json::Value> = shared
+        .health
+        .views(Instant::now())
+        .into_iter()
+        .map(|(provider, account, view)| {
+            serde_json::json!({
+                "provider": provider,
+                "account": account,
+                "state": view.state,
+                "consecutive_failures": view.consecutive_failures,
+                "opened_total": view.opened_total,
+                "cooling_models": view.cooling.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(json(serde_json::json!({
+        "since": crate::policy::period::rfc3339(window.from_ms),
+        "to": (window.to_ms != i64::MAX).then(|| crate::policy::period::rfc3339(window.to_ms)),
+        "providers": providers.iter().map(|p| serde_json::json!({
+            "provider": p.provider,
+            "requests": p.requests,
+            "errors": p.errors,
+            "error_rate": if p.requests == 0 { 0.0 } else { p.errors as f64 / p.requests as f64 },
+            "failovers": p.failovers,
+        })).collect::<Vec<_>>(),
+        "ttft_by_model": ttft,
+        "circuits": circuits,
     })))
 }
 

@@ -161,6 +161,10 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
             M::GET => Endpoint::Admin(Admin::Usage),
             _ => Endpoint::MethodNotAllowed("GET"),
         },
+        (_, "/admin/reliability") => match *method {
+            M::GET => Endpoint::Admin(Admin::Reliability),
+            _ => Endpoint::MethodNotAllowed("GET"),
+        },
         (_, "/admin/budgets") => match *method {
             M::GET => Endpoint::Admin(Admin::Budgets),
             _ => Endpoint::MethodNotAllowed("GET"),

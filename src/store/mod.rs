@@ -176,6 +176,28 @@ pub enum GroupBy {
     Hour,
 }
 
+/// Per provider within a window: requests, those that ended in an error,
+/// and those that took more than one upstream attempt (failed over or
+/// retried).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderHealth {
+    pub provider: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub failovers: u64,
+}
+
+/// What `/admin/reliability` reads from the ledger.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reliability {
+    pub providers: Vec<ProviderHealth>,
+    /// `(model, ttft_ms)` of the newest answers that had a first byte.
+    pub ttft: Vec<(String, u64)>,
+}
+
+/// The most TTFT samples a reliability read takes (the newest).
+pub const TTFT_SAMPLES: i64 = 50_000;
+
 /// The rows a summary reads: `from_ms` (inclusive) to `to_ms` (exclusive),
 /// at most `limit` groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -766,6 +788,15 @@ impl Reader {
         match self {
             Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary_in(by, w)).await,
             Reader::Postgres(r) => Ok(r.summary_in(by, w).await?),
+        }
+    }
+
+    /// Per-provider errors and failovers in `w`, and the newest
+    /// [`TTFT_SAMPLES`] `(model, ttft_ms)` of answers that had a first byte.
+    pub async fn reliability(&self, w: Window) -> Result<Reliability, StoreError> {
+        match self {
+            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.reliability(w)).await,
+            Reader::Postgres(r) => Ok(r.reliability(w).await?),
         }
     }
 

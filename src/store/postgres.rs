@@ -1155,6 +1155,49 @@ impl Reader {
             .await
     }
 
+    pub async fn reliability(&self, w: super::Window) -> Result<super::Reliability, PgError> {
+        self.db
+            .run(STATEMENT_TIMEOUT, move |db| async move {
+                let client = db.client().await?;
+                let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT COALESCE(provider, '{NO_GROUP}') AS grp, COUNT(*)::int8,
+                                SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END)::int8,
+                                SUM(CASE WHEN attempts > 1 THEN 1 ELSE 0 END)::int8
+                             FROM requests WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY grp ORDER BY COUNT(*) DESC, grp"
+                        ),
+                        &[&w.from_ms, &w.to_ms],
+                    )
+                    .await
+                    .map_err(|e| db.query_err(e))?;
+                let providers = rows
+                    .iter()
+                    .map(|row| super::ProviderHealth {
+                        provider: row.get(0),
+                        requests: n(row.get(1)),
+                        errors: n(row.get(2)),
+                        failovers: n(row.get(3)),
+                    })
+                    .collect();
+                let rows = client
+                    .query(
+                        "SELECT model, ttft_ms::int8 FROM requests
+                         WHERE ts_ms >= $1 AND ts_ms < $2 AND ttft_ms IS NOT NULL ORDER BY ts_ms DESC LIMIT $3",
+                        &[&w.from_ms, &w.to_ms, &super::TTFT_SAMPLES],
+                    )
+                    .await
+                    .map_err(|e| db.query_err(e))?;
+                let ttft = rows
+                    .iter()
+                    .map(|row| (row.get::<_, String>(0), n(row.get(1))))
+                    .collect();
+                Ok(super::Reliability { providers, ttft })
+            })
+            .await
+    }
+
     pub async fn others_after(&self, after_id: i64, limit: usize) -> Result<Vec<ForeignRow>, PgError> {
         self.db
             .run(STATEMENT_TIMEOUT, move |db| async move {

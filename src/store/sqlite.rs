@@ -569,6 +569,37 @@ impl Reader {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// See [`super::Reader::reliability`].
+    pub fn reliability(&self, w: super::Window) -> Result<super::Reliability, LedgerError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT COALESCE(provider, '{NO_GROUP}') AS grp, COUNT(*),
+                SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END),
+                SUM(CASE WHEN attempts > 1 THEN 1 ELSE 0 END)
+             FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY grp ORDER BY COUNT(*) DESC, grp"
+        ))?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let providers = stmt
+            .query_map(params![w.from_ms, w.to_ms], |row| {
+                Ok(super::ProviderHealth {
+                    provider: row.get(0)?,
+                    requests: n(row.get(1)?),
+                    errors: n(row.get(2)?),
+                    failovers: n(row.get(3)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT model, ttft_ms FROM requests
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND ttft_ms IS NOT NULL ORDER BY ts_ms DESC LIMIT ?3",
+        )?;
+        let ttft = stmt
+            .query_map(params![w.from_ms, w.to_ms, super::TTFT_SAMPLES], |row| {
+                Ok((row.get::<_, String>(0)?, n(row.get(1)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::Reliability { providers, ttft })
+    }
+
     /// Run `read` on one snapshot of the file (a read transaction), so what
     /// it reads in several queries fits together.
     pub fn consistent<T>(&self, read: impl FnOnce(&Self) -> Result<T, LedgerError>) -> Result<T, LedgerError> {

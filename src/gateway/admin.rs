@@ -115,10 +115,8 @@ pub async fn serve(
 /// or RFC 3339 times; `to` is exclusive and defaults to now. With a
 /// PostgreSQL store every replica answers with the fleet's figures.
 async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
-    use crate::store::{GroupBy, Since, Window};
+    use crate::store::GroupBy;
     let mut by = GroupBy::Key;
-    let mut from = Since::Ago(std::time::Duration::from_secs(30 * 86_400));
-    let mut to: Option<Since> = None;
     let mut limit: Option<u32> = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
@@ -127,10 +125,6 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
                     GatewayError::InvalidRequest(format!("{k}: give key, team, model, provider, session, day or hour"))
                 })?
             }
-            "since" | "from" => {
-                from = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("{k}: {e}")))?
-            }
-            "to" => to = Some(Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("to: {e}")))?),
             "limit" => {
                 limit = Some(
                     v.parse::<u32>()
@@ -142,28 +136,14 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
             _ => {}
         }
     }
-    let sinks = shared
-        .sinks
-        .get()
-        .ok_or_else(|| GatewayError::Internal("the usage ledger is not open".into()))?;
-    let now = crate::policy::period::now_ms();
-    let window = Window {
-        from_ms: from.to_ms(now),
-        to_ms: to.map_or(i64::MAX, |t| t.to_ms(now)),
+    let window = crate::store::Window {
         limit,
+        ..report_window(query, 30 * 86_400)?
     };
-    if window.to_ms <= window.from_ms {
-        return Err(GatewayError::InvalidRequest("to: must be after from".into()));
-    }
+    let sinks = ledger(shared)?;
     let rows = async { sinks.reader().await?.summary_in(by, window).await }
         .await
-        .map_err(|e| {
-            log::warn!("/admin/usage: {e}");
-            GatewayError::Unavailable {
-                message: "the usage store cannot be read just now".into(),
-                retry_after: Some(5),
-            }
-        })?;
+        .map_err(unreadable("/admin/usage"))?;
     Ok(json(serde_json::json!({
         "store": sinks.location.describe(),
         "shared": matches!(sinks.location, crate::store::Location::Postgres { .. }),
@@ -179,43 +159,14 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
 /// the ledger; p50/p95 time to first token per model (the newest
 /// [`crate::store::TTFT_SAMPLES`] answers); and this process's circuits.
 async fn reliability(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
-    use crate::store::{Since, Window};
-    let mut from = Since::Ago(std::time::Duration::from_secs(86_400));
-    let mut to: Option<Since> = None;
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*k {
-            "from" | "since" => {
-                from = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("{k}: {e}")))?
-            }
-            "to" => to = Some(Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("to: {e}")))?),
-            _ => {}
-        }
-    }
-    let now = crate::policy::period::now_ms();
-    let window = Window {
-        from_ms: from.to_ms(now),
-        to_ms: to.map_or(i64::MAX, |t| t.to_ms(now)),
-        limit: None,
-    };
-    if window.to_ms <= window.from_ms {
-        return Err(GatewayError::InvalidRequest("to: must be after from".into()));
-    }
-    let sinks = shared
-        .sinks
-        .get()
-        .ok_or_else(|| GatewayError::Internal("the usage ledger is not open".into()))?;
+    let window = report_window(query, 86_400)?;
+    let sinks = ledger(shared)?;
     let crate::store::Reliability {
         providers,
         ttft: samples,
     } = async { sinks.reader().await?.reliability(window).await }
         .await
-        .map_err(|e| {
-            log::warn!("/admin/reliability: {e}");
-            GatewayError::Unavailable {
-                message: "the usage store cannot be read just now".into(),
-                retry_after: Some(5),
-            }
-        })?;
+        .map_err(unreadable("/admin/reliability"))?;
     let mut by_model: std::collections::BTreeMap<String, Vec<u64>> = std::collections::BTreeMap::new();
     for (model, ttft) in samples {
         by_model.entry(model).or_default().push(ttft);
@@ -303,6 +254,52 @@ async fn budgets(shared: &Shared, snap: &Snapshot) -> Result<Vec<u8>, GatewayErr
     Ok(json(serde_json::json!({
         "budgets": rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     })))
+}
+
+/// A report's window from its query: `from` (or `since`; default
+/// `default_secs` back from now) to `to` (exclusive; default no end).
+fn report_window(query: Option<&str>, default_secs: u64) -> Result<crate::store::Window, GatewayError> {
+    use crate::store::Since;
+    let mut from = Since::Ago(std::time::Duration::from_secs(default_secs));
+    let mut to: Option<Since> = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "since" | "from" => {
+                from = Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("{k}: {e}")))?
+            }
+            "to" => to = Some(Since::parse(&v).map_err(|e| GatewayError::InvalidRequest(format!("to: {e}")))?),
+            _ => {}
+        }
+    }
+    let now = crate::policy::period::now_ms();
+    let window = crate::store::Window {
+        from_ms: from.to_ms(now),
+        to_ms: to.map_or(i64::MAX, |t| t.to_ms(now)),
+        limit: None,
+    };
+    if window.to_ms <= window.from_ms {
+        return Err(GatewayError::InvalidRequest("to: must be after from".into()));
+    }
+    Ok(window)
+}
+
+/// The ledger the reports read.
+fn ledger(shared: &Shared) -> Result<&crate::store::Sinks, GatewayError> {
+    shared
+        .sinks
+        .get()
+        .ok_or_else(|| GatewayError::Internal("the usage ledger is not open".into()))
+}
+
+/// A store read that failed, for the client: try again shortly.
+fn unreadable(endpoint: &'static str) -> impl FnOnce(crate::store::StoreError) -> GatewayError {
+    move |e| {
+        log::warn!("{endpoint}: {e}");
+        GatewayError::Unavailable {
+            message: "the usage store cannot be read just now".into(),
+            retry_after: Some(5),
+        }
+    }
 }
 
 fn json(v: serde_json::Value) -> Vec<u8> {

@@ -99,7 +99,7 @@ pub async fn serve(
             }
         }
         Admin::Errors => shared.recent_errors.to_json(),
-        Admin::Usage => usage(shared, session.req_header().uri.query()).await?,
+        Admin::Usage => usage(shared, snap, session.req_header().uri.query()).await?,
         Admin::Live => return super::live::serve(shared, session, ctx).await,
         Admin::Budgets => budgets(shared, snap).await?,
         Admin::Reliability => reliability(shared, session.req_header().uri.query()).await?,
@@ -111,10 +111,11 @@ pub async fn serve(
 /// `GET /admin/usage?group_by=key|team|model|provider|session|day|hour&from=…&to=…&limit=N`
 /// (`by` and `since` are the older names of `group_by` and `from`): the
 /// ledger's totals per group in the window, as `modelgate usage --json`
-/// prints them. `from` and `to` are durations back from now (`7d`), dates
-/// or RFC 3339 times; `to` is exclusive and defaults to now. With a
+/// prints them (by model also `cache_savings_usd`). `from` and `to` are
+/// durations back from now (`7d`), dates or RFC 3339 times; `to` is
+/// exclusive and defaults to now. With a
 /// PostgreSQL store every replica answers with the fleet's figures.
-async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
+async fn usage(shared: &Shared, snap: &Snapshot, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
     use crate::store::GroupBy;
     let mut by = GroupBy::Key;
     let mut limit: Option<u32> = None;
@@ -150,7 +151,19 @@ async fn usage(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayE
         "by": by.name(),
         "since": crate::policy::period::rfc3339(window.from_ms),
         "to": (window.to_ms != i64::MAX).then(|| crate::policy::period::rfc3339(window.to_ms)),
-        "rows": rows.iter().map(crate::store::SummaryRow::to_json).collect::<Vec<_>>(),
+        "rows": rows.iter().map(|r| {
+            let mut v = r.to_json();
+            // By model, what reading from the prompt cache saved against
+            // paying the input rate for those tokens (the price table's).
+            if by == GroupBy::Model {
+                v["cache_savings_usd"] = snap.pricing.lookup(&r.group).map_or(serde_json::Value::Null, |p| {
+                    serde_json::Value::from(
+                        r.totals.cache_read_tokens as f64 * (p.base.input - p.base.cache_read) / 1_000_000.0,
+                    )
+                });
+            }
+            v
+        }).collect::<Vec<_>>(),
     })))
 }
 

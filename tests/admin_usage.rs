@@ -236,6 +236,40 @@ async fn budgets_closest_to_their_limit_first() {
         "{bob}"
     );
     assert_eq!(bob["requests"], 1);
+    // A developer's own recent requests: theirs only (once the ledger has
+    // written them: it writes in batches).
+    for (key, name) in [
+        ("mg-alice-budget-key-0000000000000000000000001", "alice"),
+        ("mg-bob-budget-key-000000000000000000000000001", "bob"),
+    ] {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let u = loop {
+            let r = client()
+                .get(gw.url("/v1/usage?recent=5"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let u: Value = r.json().await.unwrap();
+            if !u["recent"].as_array().unwrap().is_empty() || std::time::Instant::now() > until {
+                break u;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(u["key"], name);
+        let recent = u["recent"].as_array().unwrap();
+        assert_eq!(recent.len(), 1, "{u}");
+        assert_eq!(recent[0]["model"], "claude-sonnet-4-5");
+        assert!(recent[0]["cost_usd"].as_f64().unwrap() > 0.0);
+    }
+    let r = client()
+        .get(gw.url("/v1/usage?recent=0"))
+        .header("x-api-key", "mg-bob-budget-key-000000000000000000000000001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let platform = &rows[2];
     assert_eq!(platform["period"], "total");
     assert!(platform["period_start"].is_null());

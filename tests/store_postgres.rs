@@ -112,6 +112,8 @@ async fn replicas_write_one_ledger_and_every_replica_reports_the_fleet() {
     for gw in [&a, &b] {
         let u = get_json(gw, "/v1/usage", ALICE).await;
         assert_eq!(u["usage"]["requests"], 5, "{u}");
+        let mine = get_json(gw, "/v1/usage?recent=3", ALICE).await;
+        assert_eq!(mine["recent"].as_array().unwrap().len(), 3, "{mine}");
         assert_eq!(u["team_usage"]["requests"], 5, "{u}");
         let admin = get_json(gw, "/admin/usage?by=team&since=1h", ADMIN).await;
         assert_eq!(admin["shared"], true, "{admin}");

@@ -305,7 +305,7 @@ fn ledger(shared: &Shared) -> Result<&crate::store::Sinks, GatewayError> {
 }
 
 /// A store read that failed, for the client: try again shortly.
-fn unreadable(endpoint: &'static str) -> impl FnOnce(crate::store::StoreError) -> GatewayError {
+pub(super) fn unreadable(endpoint: &'static str) -> impl FnOnce(crate::store::StoreError) -> GatewayError {
     move |e| {
         log::warn!("{endpoint}: {e}");
         GatewayError::Unavailable {

@@ -377,7 +377,8 @@ fn warn_unpriced(model: &str) {
 }
 
 /// `GET /v1/usage`: the caller's own standing in the current period, for
-/// Claude Code's statusline. `?format=text` gives one line.
+/// Claude Code's statusline. `?format=text` gives one line; `?recent=N`
+/// adds the caller's own newest requests (the developer's dashboard view).
 pub async fn report(
     shared: &Shared,
     key: &Arc<KeyEntry>,
@@ -441,6 +442,26 @@ pub async fn report(
     });
     if let (Some(ts), Some(st)) = (&key.team_scope, standings.get(1)) {
         body["team_usage"] = describe(ts, st);
+    }
+    // `?recent=N`: the caller's own newest requests (never anyone else's).
+    let recent = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "recent")
+            .map(|(_, v)| v.into_owned())
+    });
+    if let Some(n) = recent {
+        let n = n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| GatewayError::InvalidRequest("recent: give 1 to 100".into()))?;
+        let rows = match shared.sinks.get() {
+            Some(sinks) => async { sinks.reader().await?.recent(key.name.to_string(), n).await }
+                .await
+                .map_err(super::admin::unreadable("/v1/usage"))?,
+            None => Vec::new(),
+        };
+        body["recent"] = rows.iter().map(crate::store::RecentRow::to_json).collect();
     }
     Ok((serde_json::to_vec(&body).unwrap_or_default(), false))
 }

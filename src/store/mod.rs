@@ -187,6 +187,47 @@ pub struct ProviderHealth {
     pub failovers: u64,
 }
 
+/// One of a key's newest requests (`GET /v1/usage?recent=N`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentRow {
+    pub ts_ms: i64,
+    pub request_id: String,
+    pub model: String,
+    pub provider: Option<String>,
+    pub status: u16,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+}
+
+impl RecentRow {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ts": crate::policy::period::rfc3339(self.ts_ms),
+            "request_id": self.request_id,
+            "model": self.model,
+            "provider": self.provider,
+            "status": self.status,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cost_usd": self.cost_usd,
+            "duration_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+        })
+    }
+}
+
+/// The columns a [`RecentRow`] is read from, in order.
+pub(crate) const RECENT_COLUMNS: &str =
+    "ts_ms, request_id, model, provider, CAST(status AS BIGINT), input_tokens, output_tokens,
+    cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, ttft_ms";
+
 /// What `/admin/reliability` reads from the ledger.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reliability {
@@ -797,6 +838,14 @@ impl Reader {
         match self {
             Reader::Sqlite(r) => Self::sqlite(r, move |r| r.reliability(w)).await,
             Reader::Postgres(r) => Ok(r.reliability(w).await?),
+        }
+    }
+
+    /// The newest `limit` requests of gateway key (or developer) `key`.
+    pub async fn recent(&self, key: String, limit: u32) -> Result<Vec<RecentRow>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.recent(&key, limit)).await,
+            Reader::Postgres(r) => Ok(r.recent(key, limit).await?),
         }
     }
 

@@ -1155,6 +1155,45 @@ impl Reader {
             .await
     }
 
+    pub async fn recent(&self, key: String, limit: u32) -> Result<Vec<super::RecentRow>, PgError> {
+        self.db
+            .run(STATEMENT_TIMEOUT, move |db| {
+                let key = key.clone();
+                async move {
+                    let client = db.client().await?;
+                    let rows = client
+                        .query(
+                            &format!(
+                                "SELECT {} FROM requests WHERE \"key\" = $1 ORDER BY ts_ms DESC, id DESC LIMIT $2",
+                                super::RECENT_COLUMNS
+                            ),
+                            &[&key, &i64::from(limit)],
+                        )
+                        .await
+                        .map_err(|e| db.query_err(e))?;
+                    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                    Ok(rows
+                        .iter()
+                        .map(|r| super::RecentRow {
+                            ts_ms: r.get(0),
+                            request_id: r.get(1),
+                            model: r.get(2),
+                            provider: r.get(3),
+                            status: u16::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                            input_tokens: n(r.get(5)),
+                            output_tokens: n(r.get(6)),
+                            cache_read_tokens: n(r.get(7)),
+                            cache_write_tokens: n(r.get(8)),
+                            cost_usd: r.get(9),
+                            latency_ms: n(r.get(10)),
+                            ttft_ms: r.get::<_, Option<i64>>(11).map(n),
+                        })
+                        .collect())
+                }
+            })
+            .await
+    }
+
     pub async fn reliability(&self, w: super::Window) -> Result<super::Reliability, PgError> {
         self.db
             .run(STATEMENT_TIMEOUT, move |db| async move {

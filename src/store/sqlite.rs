@@ -569,6 +569,32 @@ impl Reader {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// See [`super::Reader::recent`].
+    pub fn recent(&self, key: &str, limit: u32) -> Result<Vec<super::RecentRow>, LedgerError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM requests WHERE \"key\" = ?1 ORDER BY ts_ms DESC, id DESC LIMIT ?2",
+            super::RECENT_COLUMNS
+        ))?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let rows = stmt.query_map(params![key, i64::from(limit)], |r| {
+            Ok(super::RecentRow {
+                ts_ms: r.get(0)?,
+                request_id: r.get(1)?,
+                model: r.get(2)?,
+                provider: r.get(3)?,
+                status: u16::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                input_tokens: n(r.get(5)?),
+                output_tokens: n(r.get(6)?),
+                cache_read_tokens: n(r.get(7)?),
+                cache_write_tokens: n(r.get(8)?),
+                cost_usd: r.get(9)?,
+                latency_ms: n(r.get(10)?),
+                ttft_ms: r.get::<_, Option<i64>>(11)?.map(n),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// See [`super::Reader::reliability`].
     pub fn reliability(&self, w: super::Window) -> Result<super::Reliability, LedgerError> {
         let mut stmt = self.conn.prepare_cached(&format!(

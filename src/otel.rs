@@ -328,7 +328,7 @@ pub struct RequestTrace {
 }
 
 /// One upstream attempt, as a child span.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AttemptRecord {
     pub span_id: [u8; 8],
     pub n: u32,
@@ -398,8 +398,9 @@ impl RequestTrace {
         format!("00-{}-{}-{flags}", hex::encode(self.trace_id), hex::encode(span))
     }
 
-    fn attempts(&self) -> Vec<AttemptRecord> {
-        self.attempts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The attempts recorded, taken (the spans are built once, at the end).
+    fn take_attempts(&self) -> Vec<AttemptRecord> {
+        std::mem::take(&mut *self.attempts.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -543,7 +544,7 @@ fn spans(tracer: &SdkTracer, f: &Finished<'_>, trace: &RequestTrace) {
         false,
         TraceState::default(),
     ));
-    for a in trace.attempts() {
+    for a in trace.take_attempts() {
         let mut attrs = vec![
             kv("gen_ai.operation.name", "chat"),
             kv("modelgate.attempt", i64::from(a.n)),

@@ -41,6 +41,18 @@ write_upstream_conf() {
 NGX
 }
 
+# wait_up LOG CURL-ARGS...: poll (10 s at most) until curl with these
+# arguments succeeds; on timeout print LOG and fail.
+wait_up() {
+  local log=$1
+  shift
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$@" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  curl -fsS -o /dev/null "$@" || { cat "$log"; exit 1; }
+}
+
 # write_post_lua FILE: wrk's script for POSTing the body in $BODY_FILE.
 write_post_lua() {
   cat > "$1" <<'LUA'

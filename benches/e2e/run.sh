@@ -93,19 +93,12 @@ YAML
 "$TARGET"/release/modelgate serve -c "$work/gw.yaml" >"$work/gw.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$GW_PORT/health" >/dev/null || { cat "$work/gw.log"; exit 1; }
+wait_up "$work/gw.log" "http://127.0.0.1:$GW_PORT/health"
 idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
 "$TARGET"/release/examples/bare_pingora "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
-for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}' 2>/dev/null && break
-  sleep 0.1
-done
+wait_up "$work/bare.log" "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}'
 
 small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
@@ -131,10 +124,7 @@ YAML
 "$TARGET"/release/modelgate serve -c "$work/gw-otel.yaml" >"$work/gw-otel.log" 2>&1 &
 otel_pid=$!
 pids+=("$otel_pid")
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$OTEL_PORT/health" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_up "$work/gw-otel.log" "http://127.0.0.1:$OTEL_PORT/health"
 otlp_rows() {
   printf '\nOTLP export (same run): modelgate with telemetry.otlp on, against modelgate without it\n'
   printf '%-26s %-16s %12s %10s %10s %14s %12s\n' scenario target rps p50_ms p99_ms vs_otlp_off cpu_us/req

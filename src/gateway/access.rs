@@ -13,12 +13,8 @@ pub fn record_metrics(ctx: &RequestCtx) {
     m.in_flight.dec();
     let provider = ctx.provider.as_deref().unwrap_or("local");
     let model = ctx.route_label.as_deref().unwrap_or("-");
-    let status = if ctx.status == 0 { 499 } else { ctx.status };
-    let error = if ctx.client_gone {
-        "client_gone"
-    } else {
-        ctx.error.map_or("none", |e| e.as_str())
-    };
+    let status = ctx.reported_status();
+    let error = ctx.failure().unwrap_or("none");
     m.requests
         .with_label_values(&[provider, model, telemetry::status_class(status), error])
         .inc();
@@ -55,14 +51,10 @@ pub fn record_metrics(ctx: &RequestCtx) {
 /// not the key.
 pub fn access_log(session: &Session, ctx: &RequestCtx) {
     let req = session.req_header();
-    let status = if ctx.status == 0 { 499 } else { ctx.status };
+    let status = ctx.reported_status();
     let elapsed = ctx.started.elapsed();
     let key = ctx.principal.as_ref().map(|k| k.name.as_str()).unwrap_or("-");
-    let outcome = if ctx.client_gone {
-        "client_gone"
-    } else {
-        ctx.error.map(|e| e.as_str()).unwrap_or("ok")
-    };
+    let outcome = ctx.failure().unwrap_or("ok");
     log::info!(
         target: "access",
         "{} {} {} status={} model={} provider={} stream={} duration_ms={:.1} bytes_out={} tokens_in={} tokens_out={} key={} outcome={} upstream_id={}{}",
@@ -95,18 +87,14 @@ pub fn export(otel: &crate::otel::Otel, session: &Session, ctx: &mut RequestCtx)
     let req = session.req_header();
     let end = std::time::SystemTime::now();
     let elapsed = ctx.started.elapsed();
-    let cache_hit = ctx.provider.as_deref() == Some("cache");
+    let cache_hit = ctx.cache_hit();
     let system = ctx
         .provider
         .as_deref()
         .filter(|_| !cache_hit)
         .and_then(|p| ctx.snapshot.as_ref()?.providers.get(p))
         .map(|p| p.kind.gen_ai_system);
-    let error = if ctx.client_gone {
-        Some("client_gone")
-    } else {
-        ctx.error.map(|e| e.as_str())
-    };
+    let error = ctx.failure();
     otel.record(&crate::otel::Finished {
         trace: ctx.trace.as_deref(),
         start: end.checked_sub(elapsed).unwrap_or(end),
@@ -115,7 +103,7 @@ pub fn export(otel: &crate::otel::Otel, session: &Session, ctx: &mut RequestCtx)
         request_id: &ctx.request_id,
         method: req.method.as_str(),
         path: req.uri.path(),
-        status: if ctx.status == 0 { 499 } else { ctx.status },
+        status: ctx.reported_status(),
         system,
         provider: ctx.provider.as_deref(),
         account: ctx.account.as_deref(),

@@ -110,6 +110,30 @@ impl Capture {
 }
 
 impl RequestCtx {
+    /// The status the request is reported with: 499 when no response
+    /// header was written.
+    pub fn reported_status(&self) -> u16 {
+        if self.status == 0 {
+            499
+        } else {
+            self.status
+        }
+    }
+
+    /// What went wrong, if anything: `client_gone`, or the error's type.
+    pub fn failure(&self) -> Option<&'static str> {
+        if self.client_gone {
+            Some("client_gone")
+        } else {
+            self.error.map(|e| e.as_str())
+        }
+    }
+
+    /// Answered from a cache.
+    pub fn cache_hit(&self) -> bool {
+        self.provider.as_deref() == Some("cache")
+    }
+
     pub fn new() -> Self {
         RequestCtx {
             request_id: new_request_id(),

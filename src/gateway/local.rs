@@ -326,7 +326,7 @@ impl RecentErrors {
         let event = serde_json::json!({
             "time": crate::policy::period::rfc3339(crate::policy::period::now_ms()),
             "request_id": ctx.request_id,
-            "status": if ctx.status == 0 { 499 } else { ctx.status },
+            "status": ctx.reported_status(),
             "error_type": ctx.error.map(|e| e.as_str()),
             "message": ctx.error_message,
             "provider": ctx.provider,

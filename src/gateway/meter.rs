@@ -259,14 +259,10 @@ fn record_of(snap: &Snapshot, session: &Session, ctx: &RequestCtx) -> Arc<Record
         ttft_ms: ctx
             .first_byte_at
             .map(|t| t.duration_since(ctx.started).as_millis() as u64),
-        status: if ctx.status == 0 { 499 } else { ctx.status },
+        status: ctx.reported_status(),
         attempts: ctx.attempts,
         stream: ctx.stream,
-        error: if ctx.client_gone {
-            Some("client_gone".into())
-        } else {
-            ctx.error.map(|e| e.as_str().to_string())
-        },
+        error: ctx.failure().map(str::to_string),
     })
 }
 

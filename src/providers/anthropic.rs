@@ -228,10 +228,7 @@ fn build_bedrock_messages(b: &mut Build<'_>) -> Result<Built, ConfigError> {
             "Bedrock API key as x-api-key, else SigV4 (bedrock-mantle)",
         ),
     };
-    let caps = match &b.config.betas {
-        Some(list) => Capabilities { betas: list.clone() },
-        None => Capabilities::none(),
-    };
+    let caps = super::capabilities(b.config, Capabilities::none);
     Ok(Built {
         adapter: Arc::new(Anthropic::new(Site {
             signing: Some((signing, service)),
@@ -412,13 +409,7 @@ impl Adapter for Anthropic {
         let mut body = request.upstream_body(Some(&model), speed);
         let mut betas = None;
         if let Some(caps) = &site.caps {
-            let sent: Vec<&str> = out
-                .headers
-                .get_all("anthropic-beta")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let stripped = cloud::strip_unaccepted(&body, &sent, caps, site.platform)
+            let stripped = cloud::strip_unaccepted(&body, &out.betas(), caps, site.platform)
                 .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
             if !stripped.dropped.is_empty() {
                 log::info!(
@@ -588,15 +579,7 @@ impl Call for Passthrough {
             return Refusal::Verbatim;
         }
         let status = head.status.as_u16();
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| {
-                ["message", "Message", "error_description"]
-                    .iter()
-                    .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
-                    .or_else(|| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).trim().to_string());
+        let message = super::error_text(body);
         // AWS's signature refusals go on to quote the canonical request,
         // signed headers (a session token) included: the first paragraph,
         // at most 300 characters.

@@ -48,7 +48,7 @@ fn build(b: &mut Build<'_>) -> Result<Built, ConfigError> {
         adapter: Arc::new(Bedrock {
             site: Arc::new(Site {
                 aws,
-                caps: capabilities(b.config, Platform::Bedrock),
+                caps: capabilities(b.config, Capabilities::bedrock),
             }),
         }),
         derived_base,
@@ -196,15 +196,7 @@ impl Call for BedrockCall {
                 }
                 .to_string()
             });
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .or_else(|| v.get("Message"))
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+        let message = super::error_text(body);
         let (status, kind, message) = bedrock::map_exception(&kind, &message);
         Refusal::Mapped(GatewayError::Upstream {
             status,

@@ -227,6 +227,15 @@ pub struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
+    /// The client's `anthropic-beta` header values, as sent.
+    pub fn betas(&self) -> Vec<&str> {
+        self.headers
+            .get_all("anthropic-beta")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
     /// The request as a Claude upstream may see it: without thinking blocks
     /// other vendors' models produced (a Claude upstream refuses them),
     /// decided on first use by a byte scan; the request itself, unparsed
@@ -488,13 +497,7 @@ pub fn cloud_claude_body(
     caps: &crate::dialects::anthropic::cloud::Capabilities,
     platform: crate::dialects::anthropic::cloud::Platform,
 ) -> Result<crate::dialects::anthropic::cloud::Edited, GatewayError> {
-    let betas: Vec<&str> = out
-        .headers
-        .get_all("anthropic-beta")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let edited = crate::dialects::anthropic::cloud::edit_body(&out.claude_request().body, &betas, caps, platform)
+    let edited = crate::dialects::anthropic::cloud::edit_body(&out.claude_request().body, &out.betas(), caps, platform)
         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
     if !edited.dropped.is_empty() {
         log::info!(
@@ -507,15 +510,31 @@ pub fn cloud_claude_body(
     Ok(edited)
 }
 
-/// A provider's beta table: `betas:` from the config, else the platform's.
+/// A provider's beta table: `betas:` from the config, else `built_in`
+/// (the platform's own, `Capabilities::for_platform`).
 pub fn capabilities(
     config: &ProviderConfig,
-    platform: crate::dialects::anthropic::cloud::Platform,
+    built_in: impl FnOnce() -> crate::dialects::anthropic::cloud::Capabilities,
 ) -> crate::dialects::anthropic::cloud::Capabilities {
     match &config.betas {
         Some(list) => crate::dialects::anthropic::cloud::Capabilities { betas: list.clone() },
-        None => crate::dialects::anthropic::cloud::Capabilities::for_platform(platform),
+        None => built_in(),
     }
+}
+
+/// The human text of a non-Anthropic error body: its `message` (or
+/// `Message`, `error_description`, `error.message`), else the body itself
+/// as text.
+pub fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            ["message", "Message", "error_description"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_string))
+                .or_else(|| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
 
 /// A token count the gateway makes itself: the prompt in a candidate's Chat

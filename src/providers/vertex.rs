@@ -47,7 +47,7 @@ fn build(b: &mut Build<'_>) -> Result<Built, ConfigError> {
     Ok(Built {
         adapter: Arc::new(Vertex {
             site: Arc::new(site),
-            caps: Arc::new(capabilities(b.config, Platform::Vertex)),
+            caps: Arc::new(capabilities(b.config, Capabilities::vertex)),
         }),
         derived_base,
         bearer: None,

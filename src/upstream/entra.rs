@@ -134,16 +134,7 @@ impl TokenSource {
             return Err(bad("`client_secret` is empty (is its ${VAR} set?)"));
         }
         let authority = config.authority.trim_end_matches('/');
-        let parsed: http::Uri = authority.parse().map_err(|_| bad("`authority` is not a URL"))?;
-        match (parsed.scheme_str(), parsed.host()) {
-            (Some("https"), Some(_)) => {}
-            (Some("http"), Some(h)) if super::google_auth::is_loopback(h) => {}
-            _ => {
-                return Err(bad(
-                    "`authority` must be an https URL (plain http only to a loopback address)",
-                ))
-            }
-        }
+        super::https_or_loopback("authority", authority).map_err(EntraError::Config)?;
         let token_url = TokenUrl::new(format!("{authority}/{}/oauth2/v2.0/token", config.tenant_id))
             .map_err(|_| bad("`authority` does not make a token URL"))?;
         let client = BasicClient::new(ClientId::new(config.client_id.clone()))

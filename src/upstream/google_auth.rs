@@ -245,25 +245,7 @@ impl KeyFile {
 /// `https`, or plain `http` to a loopback host only: the signed assertion
 /// is a grant for an hour of tokens and must not cross a network in clear.
 fn check_token_uri(uri: &str) -> Result<(), String> {
-    let parsed: http::Uri = uri
-        .parse()
-        .map_err(|e| format!("`token_uri` `{uri}` is not a URL: {e}"))?;
-    let host = parsed
-        .host()
-        .ok_or_else(|| format!("`token_uri` `{uri}` has no host"))?;
-    match parsed.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if is_loopback(host) => Ok(()),
-        Some("http") => Err(format!(
-            "`token_uri` `{uri}` must use https (plain http only to a loopback address)"
-        )),
-        _ => Err(format!("`token_uri` `{uri}` must be an https URL")),
-    }
-}
-
-pub(crate) fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    super::https_or_loopback("token_uri", uri)
 }
 
 /// A `gcp_auth` error and its causes, in one line. A response that is not

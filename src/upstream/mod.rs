@@ -61,6 +61,29 @@ impl Bearer {
     }
 }
 
+/// A credential endpoint's URL (`field` names the setting): `https`, or
+/// plain `http` to a loopback host only, so a grant never crosses a
+/// network in clear.
+pub(crate) fn https_or_loopback(field: &str, url: &str) -> Result<(), String> {
+    let parsed: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{field}` `{url}` is not a URL: {e}"))?;
+    let host = parsed.host().ok_or_else(|| format!("`{field}` `{url}` has no host"))?;
+    match parsed.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if is_loopback(host) => Ok(()),
+        Some("http") => Err(format!(
+            "`{field}` `{url}` must use https (plain http only to a loopback address)"
+        )),
+        _ => Err(format!("`{field}` `{url}` must be an https URL")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The runtime token fetches (Google, Entra) run on, started on first use
 /// (so after the daemon fork): a token endpoint's pooled connection is then
 /// driven by one thread, not by whichever Pingora worker happened to

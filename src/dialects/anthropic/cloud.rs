@@ -132,40 +132,13 @@ pub fn edit_body(
     platform: Platform,
 ) -> Result<Edited, EditError> {
     let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
-    let mut dropped = Vec::new();
     obj.remove("model");
     if platform == Platform::Bedrock {
         obj.remove("stream");
     }
-    let sent: Vec<&str> = beta_headers
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .collect();
-    let kept: Vec<&str> = sent.iter().copied().filter(|b| caps.accepts(b)).collect();
-    for b in sent.iter().filter(|b| !caps.accepts(b)) {
-        dropped.push(format!("beta `{b}` (not accepted by {})", platform.name()));
-    }
-    let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
-    for (field, beta) in PAIRED_FIELDS {
-        if !usable(*beta) && obj.shift_remove(*field).is_some() {
-            dropped.push(format!("`{field}`"));
-        }
-    }
-    if let Some(Value::Array(tools)) = obj.get_mut("tools") {
-        for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
-            if tool.get("type").and_then(Value::as_str) == Some("custom") {
-                tool.remove("type");
-            }
-            for (field, beta) in PAIRED_TOOL_FIELDS {
-                if !usable(*beta) && tool.shift_remove(*field).is_some() {
-                    dropped.push(format!("tool field `{field}`"));
-                }
-            }
-        }
-    }
-    dropped.dedup();
+    let (kept, mut dropped) = sort_betas(beta_headers, caps, platform.name());
+    strip_paired(&mut obj, &kept, true, &mut dropped);
+    unique(&mut dropped);
     let mut out = Map::with_capacity(obj.len() + 2);
     out.insert("anthropic_version".into(), Value::from(platform.anthropic_version()));
     if platform == Platform::Bedrock && !kept.is_empty() {
@@ -178,6 +151,52 @@ pub fn edit_body(
         betas: kept.into_iter().map(str::to_string).collect(),
         dropped,
     })
+}
+
+/// The betas sent (over one or more `anthropic-beta` headers), split into
+/// those `caps` takes and a note for each of the others.
+fn sort_betas<'a>(beta_headers: &[&'a str], caps: &Capabilities, platform: &str) -> (Vec<&'a str>, Vec<String>) {
+    let sent = beta_headers
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty());
+    let (kept, refused): (Vec<&str>, Vec<&str>) = sent.partition(|b| caps.accepts(b));
+    let notes = refused
+        .into_iter()
+        .map(|b| format!("beta `{b}` (not accepted by {platform})"))
+        .collect();
+    (kept, notes)
+}
+
+/// Remove the top-level and tool fields whose beta is not among `kept`
+/// (keeping the field order), noting each; with `unwrap_custom`, also the
+/// `custom` tool-type wrapper the clouds' legacy endpoints refuse.
+fn strip_paired(obj: &mut Map<String, Value>, kept: &[&str], unwrap_custom: bool, dropped: &mut Vec<String>) {
+    let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
+    for (field, beta) in PAIRED_FIELDS {
+        if !usable(*beta) && obj.shift_remove(*field).is_some() {
+            dropped.push(format!("`{field}`"));
+        }
+    }
+    if let Some(Value::Array(tools)) = obj.get_mut("tools") {
+        for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
+            if unwrap_custom && tool.get("type").and_then(Value::as_str) == Some("custom") {
+                tool.remove("type");
+            }
+            for (field, beta) in PAIRED_TOOL_FIELDS {
+                if !usable(*beta) && tool.shift_remove(*field).is_some() {
+                    dropped.push(format!("tool field `{field}`"));
+                }
+            }
+        }
+    }
+}
+
+/// Each note once, in first-seen order.
+fn unique(notes: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert(n.clone()));
 }
 
 /// A Messages body for a platform that serves the Messages API itself but
@@ -198,18 +217,7 @@ pub fn strip_unaccepted(
     caps: &Capabilities,
     platform: &str,
 ) -> Result<Stripped, EditError> {
-    let sent: Vec<&str> = beta_headers
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .collect();
-    let kept: Vec<&str> = sent.iter().copied().filter(|b| caps.accepts(b)).collect();
-    let mut dropped: Vec<String> = sent
-        .iter()
-        .filter(|b| !caps.accepts(b))
-        .map(|b| format!("beta `{b}` (not accepted by {platform})"))
-        .collect();
+    let (kept, mut dropped) = sort_betas(beta_headers, caps, platform);
     let usable = |beta: Option<&str>| beta.is_some_and(|b| kept.contains(&b));
     let candidates = PAIRED_FIELDS
         .iter()
@@ -220,26 +228,12 @@ pub fn strip_unaccepted(
     if candidates {
         let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(|e| EditError(e.to_string()))?;
         let before = dropped.len();
-        for (field, beta) in PAIRED_FIELDS {
-            if !usable(*beta) && obj.shift_remove(*field).is_some() {
-                dropped.push(format!("`{field}`"));
-            }
-        }
-        if let Some(Value::Array(tools)) = obj.get_mut("tools") {
-            for tool in tools.iter_mut().filter_map(Value::as_object_mut) {
-                for (field, beta) in PAIRED_TOOL_FIELDS {
-                    if !usable(*beta) && tool.shift_remove(*field).is_some() {
-                        dropped.push(format!("tool field `{field}`"));
-                    }
-                }
-            }
-        }
+        strip_paired(&mut obj, &kept, false, &mut dropped);
         if dropped.len() > before {
             edited = Some(serde_json::to_vec(&Value::Object(obj)).map_err(|e| EditError(e.to_string()))?);
         }
     }
-    let mut seen = std::collections::HashSet::new();
-    dropped.retain(|d| seen.insert(d.clone()));
+    unique(&mut dropped);
     Ok(Stripped {
         body: edited,
         betas: kept.into_iter().map(str::to_string).collect(),

@@ -141,7 +141,17 @@ async fn totals_per_group_in_a_window() {
     let gw = Gateway::start_async(&yaml, &[]).await;
     let window = "from=2026-11-02&to=2026-11-03";
     let mut golden = serde_json::Map::new();
-    for by in ["key", "team", "model", "provider", "session", "day", "hour"] {
+    for by in [
+        "key",
+        "team",
+        "model",
+        "provider",
+        "session",
+        "day",
+        "hour",
+        "hour&split=model",
+        "day&split=team",
+    ] {
         let (status, mut v) = get(&gw, admin, &format!("group_by={by}&{window}")).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["since"], "2026-11-02T00:00:00Z");
@@ -176,6 +186,8 @@ async fn totals_per_group_in_a_window() {
         "to=2026-10-01&from=2026-11-01",
         "limit=0",
         "limit=x",
+        "split=colour",
+        "group_by=model&split=model",
     ] {
         let (status, v) = get(&gw, admin, bad).await;
         assert_eq!(status, 400, "{bad}: {v}");

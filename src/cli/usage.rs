@@ -142,6 +142,7 @@ fn print_table(by: By, rows: &[SummaryRow], since_ms: i64, at: &str) {
         totals: total,
         errors,
         avg_latency_ms: latency_sum / total.requests.max(1) as f64,
+        split: None,
     };
 
     let header = [

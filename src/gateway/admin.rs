@@ -108,16 +108,19 @@ pub async fn serve(
     Ok(())
 }
 
-/// `GET /admin/usage?group_by=key|team|model|provider|session|day|hour&from=…&to=…&limit=N`
+/// `GET /admin/usage?group_by=key|team|model|provider|session|day|hour&split=…&from=…&to=…&limit=N`
 /// (`by` and `since` are the older names of `group_by` and `from`): the
 /// ledger's totals per group in the window, as `modelgate usage --json`
-/// prints them (by model also `cache_savings_usd`). `from` and `to` are
+/// prints them (by model also `cache_savings_usd`). With `split` each group
+/// is cut again by a second grouping (`group_by=hour&split=model`: the
+/// dashboard's series), one row per pair, each with its `split`. `from` and `to` are
 /// durations back from now (`7d`), dates or RFC 3339 times; `to` is
 /// exclusive and defaults to now. With a
 /// PostgreSQL store every replica answers with the fleet's figures.
 async fn usage(shared: &Shared, snap: &Snapshot, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
     use crate::store::GroupBy;
     let mut by = GroupBy::Key;
+    let mut split = None;
     let mut limit: Option<u32> = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
@@ -125,6 +128,11 @@ async fn usage(shared: &Shared, snap: &Snapshot, query: Option<&str>) -> Result<
                 by = GroupBy::parse(&v).ok_or_else(|| {
                     GatewayError::InvalidRequest(format!("{k}: give key, team, model, provider, session, day or hour"))
                 })?
+            }
+            "split" => {
+                split = Some(GroupBy::parse(&v).ok_or_else(|| {
+                    GatewayError::InvalidRequest("split: give key, team, model, provider, session, day or hour".into())
+                })?)
             }
             "limit" => {
                 limit = Some(
@@ -142,13 +150,17 @@ async fn usage(shared: &Shared, snap: &Snapshot, query: Option<&str>) -> Result<
         ..report_window(query, 30 * 86_400)?
     };
     let sinks = ledger(shared)?;
-    let rows = async { sinks.reader().await?.summary_in(by, window).await }
+    if split == Some(by) {
+        return Err(GatewayError::InvalidRequest("split: give a grouping other than group_by's".into()));
+    }
+    let rows = async { sinks.reader().await?.summary_in(by, split, window).await }
         .await
         .map_err(unreadable("/admin/usage"))?;
     Ok(json(serde_json::json!({
         "store": sinks.location.describe(),
         "shared": matches!(sinks.location, crate::store::Location::Postgres { .. }),
         "by": by.name(),
+        "split": split.map(GroupBy::name),
         "since": crate::policy::period::rfc3339(window.from_ms),
         "to": (window.to_ms != i64::MAX).then(|| crate::policy::period::rfc3339(window.to_ms)),
         "rows": rows.iter().map(|r| {

@@ -273,12 +273,14 @@ pub struct SummaryRow {
     /// Requests that ended in an error (status ≥ 400 or an error type).
     pub errors: u64,
     pub avg_latency_ms: f64,
+    /// The second grouping's value, when the summary was split.
+    pub split: Option<String>,
 }
 
 impl SummaryRow {
     /// One row as `modelgate usage --json` and `/admin/usage` print it.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "group": self.group,
             "requests": self.totals.requests,
             "input_tokens": self.totals.input_tokens,
@@ -288,7 +290,11 @@ impl SummaryRow {
             "cost_usd": self.totals.cost_usd,
             "errors": self.errors,
             "avg_latency_ms": self.avg_latency_ms,
-        })
+        });
+        if let Some(split) = &self.split {
+            v["split"] = split.as_str().into();
+        }
+        v
     }
 }
 
@@ -821,14 +827,15 @@ impl Reader {
     /// Totals per group from `since_ms` on: by day in date order, otherwise
     /// the biggest spender first.
     pub async fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, StoreError> {
-        self.summary_in(by, Window::since(since_ms)).await
+        self.summary_in(by, None, Window::since(since_ms)).await
     }
 
-    /// Totals per group within a window (`/admin/usage`).
-    pub async fn summary_in(&self, by: GroupBy, w: Window) -> Result<Vec<SummaryRow>, StoreError> {
+    /// Totals per group, and per `split` within each group, within a window
+    /// (`/admin/usage`).
+    pub async fn summary_in(&self, by: GroupBy, split: Option<GroupBy>, w: Window) -> Result<Vec<SummaryRow>, StoreError> {
         match self {
-            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary_in(by, w)).await,
-            Reader::Postgres(r) => Ok(r.summary_in(by, w).await?),
+            Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary_in(by, split, w)).await,
+            Reader::Postgres(r) => Ok(r.summary_in(by, split, w).await?),
         }
     }
 

@@ -1123,19 +1123,25 @@ impl Reader {
     }
 
     pub async fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, PgError> {
-        self.summary_in(by, super::Window::since(since_ms)).await
+        self.summary_in(by, None, super::Window::since(since_ms)).await
     }
 
-    pub async fn summary_in(&self, by: GroupBy, w: super::Window) -> Result<Vec<SummaryRow>, PgError> {
+    pub async fn summary_in(
+        &self,
+        by: GroupBy,
+        split: Option<GroupBy>,
+        w: super::Window,
+    ) -> Result<Vec<SummaryRow>, PgError> {
         self.db
             .run(STATEMENT_TIMEOUT, move |db| async move {
                 let client = db.client().await?;
                 let sql = format!(
                     "SELECT {} AS grp, {TOTALS_COLUMNS},
                         SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END)::int8,
-                        COALESCE(AVG(latency_ms), 0)::float8
-                     FROM requests WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY grp ORDER BY {} LIMIT $3",
+                        COALESCE(AVG(latency_ms), 0)::float8, {} AS split
+                     FROM requests WHERE ts_ms >= $1 AND ts_ms < $2 GROUP BY grp, split ORDER BY {}, split LIMIT $3",
                     group_expr(by),
+                    split.map_or_else(|| "NULL::text".into(), group_expr),
                     by.order()
                 );
                 let rows = client
@@ -1149,6 +1155,7 @@ impl Reader {
                         totals: totals(row, 1),
                         errors: u64::try_from(row.get::<_, i64>(7)).unwrap_or(0),
                         avg_latency_ms: row.get(8),
+                        split: row.get(9),
                     })
                     .collect())
             })

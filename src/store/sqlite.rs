@@ -543,18 +543,25 @@ impl Reader {
     /// Totals per group from `since_ms` on: by day in date order, otherwise
     /// the biggest spender first.
     pub fn summary(&self, by: GroupBy, since_ms: i64) -> Result<Vec<SummaryRow>, LedgerError> {
-        self.summary_in(by, super::Window::since(since_ms))
+        self.summary_in(by, None, super::Window::since(since_ms))
     }
 
-    /// Totals per group within `w`: by day or hour in time order, otherwise
-    /// the biggest spender first, at most `w.limit` rows.
-    pub fn summary_in(&self, by: GroupBy, w: super::Window) -> Result<Vec<SummaryRow>, LedgerError> {
+    /// Totals per group (and per `split` within each group) within `w`: by
+    /// day or hour in time order, otherwise the biggest spender first, at
+    /// most `w.limit` rows.
+    pub fn summary_in(
+        &self,
+        by: GroupBy,
+        split: Option<GroupBy>,
+        w: super::Window,
+    ) -> Result<Vec<SummaryRow>, LedgerError> {
         let sql = format!(
             "SELECT {} AS grp, {TOTALS_COLUMNS},
                 SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END),
-                COALESCE(AVG(latency_ms), 0.0)
-             FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY grp ORDER BY {} LIMIT ?3",
+                COALESCE(AVG(latency_ms), 0.0), {} AS split
+             FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY grp, split ORDER BY {}, split LIMIT ?3",
             group_expr(by),
+            split.map_or_else(|| "NULL".into(), group_expr),
             by.order()
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -564,6 +571,7 @@ impl Reader {
                 totals: totals_from_row(row, 1)?,
                 errors: row.get::<_, i64>(7).map(|v| u64::try_from(v).unwrap_or(0))?,
                 avg_latency_ms: row.get(8)?,
+                split: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -132,7 +132,11 @@ async fn replicas_write_one_ledger_and_every_replica_reports_the_fleet() {
         let series = get_json(gw, "/admin/usage?group_by=hour&split=key&from=2h&to=0s", ADMIN).await;
         let rows = series["rows"].as_array().unwrap();
         assert!(rows.iter().all(|r| r["split"] == "alice"), "{series}");
-        assert_eq!(rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>(), 5, "{series}");
+        assert_eq!(
+            rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>(),
+            5,
+            "{series}"
+        );
         let providers = get_json(gw, "/admin/usage?group_by=provider&from=1h&limit=1", ADMIN).await;
         assert_eq!(providers["rows"].as_array().unwrap().len(), 1, "{providers}");
         let rel = get_json(gw, "/admin/reliability?from=1h", ADMIN).await;

@@ -62,24 +62,32 @@ ensure_promtool() {
 
 # The Node.js packages the tests run (pinned in tests/clients/package.json
 # and its lock file), in git-ignored tests/clients/node_modules: the real
-# Claude Code CLI for the conformance suite, and oidc-provider, the OpenID
-# provider of the sign-in tests. Needs Node.js 18 or newer.
-ensure_claude_code() {
-  local dir=tests/clients want have="" oidc_want oidc_have=""
-  want=$(sed -n 's/.*"@anthropic-ai\/claude-code": *"\([^"]*\)".*/\1/p' "$dir/package.json")
-  oidc_want=$(sed -n 's/.*"oidc-provider": *"\([^"]*\)".*/\1/p' "$dir/package.json")
-  if [ -x "$dir/node_modules/.bin/claude" ]; then
-    have=$("$dir/node_modules/.bin/claude" --version 2>/dev/null | cut -d' ' -f1)
-  fi
-  if [ -f "$dir/node_modules/oidc-provider/package.json" ]; then
-    oidc_have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$dir/node_modules/oidc-provider/package.json" | head -1)
-  fi
-  [ "$have" = "$want" ] && [ "$oidc_have" = "$oidc_want" ] && return 0
-  local major=0
+# Claude Code CLI for the conformance suite, oidc-provider (the OpenID
+# provider of the sign-in tests) and playwright-core (drives Chromium in the
+# dashboard tests). Needs Node.js 18 or newer; reinstalls when any installed
+# version differs from its pin.
+ensure_node_clients() {
+  local dir=tests/clients major=0
   if command -v node >/dev/null 2>&1; then major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0); fi
+  if [ "$major" -ge 18 ] && node -e '
+    const fs = require("fs"), dir = process.argv[1];
+    const want = require(dir + "/package.json").dependencies;
+    for (const [name, version] of Object.entries(want)) {
+      let have = null;
+      try { have = JSON.parse(fs.readFileSync(dir + "/node_modules/" + name + "/package.json")).version; } catch (_) {}
+      if (have !== version) process.exit(1);
+    }' "$PWD/$dir" 2>/dev/null; then
+    return 0
+  fi
   if [ "$major" -lt 18 ] || ! command -v npm >/dev/null 2>&1; then _apt_install nodejs npm; fi
   (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || {
-    echo "error: could not install Claude Code $want and oidc-provider $oidc_want into $dir (npm ci failed)" >&2
+    echo "error: could not install the pinned Node.js test clients into $dir (npm ci failed)" >&2
     return 1
   }
+}
+
+# Debian's Chromium (and its ChromeDriver) for the dashboard's browser
+# tests; playwright-core starts /usr/bin/chromium headless.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 || _apt_install chromium chromium-driver
 }

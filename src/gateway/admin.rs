@@ -151,7 +151,9 @@ async fn usage(shared: &Shared, snap: &Snapshot, query: Option<&str>) -> Result<
     };
     let sinks = ledger(shared)?;
     if split == Some(by) {
-        return Err(GatewayError::InvalidRequest("split: give a grouping other than group_by's".into()));
+        return Err(GatewayError::InvalidRequest(
+            "split: give a grouping other than group_by's".into(),
+        ));
     }
     let rows = async { sinks.reader().await?.summary_in(by, split, window).await }
         .await

@@ -38,6 +38,20 @@ fn presented(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     api_key.into_iter().chain(bearer).filter(|k| !k.is_empty())
 }
 
+/// The password of `Authorization: Basic`: how a browser presents the
+/// admin key to the dashboard (it cannot add a header to a navigation).
+/// Admin endpoints only; the user name is ignored.
+fn basic_password(headers: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let v = headers.get(AUTHORIZATION)?.as_bytes();
+    if v.len() <= 6 || !v[..6].eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(trim(&v[6..])).ok()?;
+    let colon = decoded.iter().position(|&c| c == b':')?;
+    Some(decoded[colon + 1..].to_vec()).filter(|p| !p.is_empty())
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b
@@ -154,7 +168,8 @@ pub fn authorize_admin(snap: &Snapshot, headers: &HeaderMap) -> Result<(), Gatew
         return Ok(());
     }
     let mut any = false;
-    for key in presented(headers) {
+    let basic = basic_password(headers);
+    for key in presented(headers).chain(basic.as_deref()) {
         any = true;
         if snap.is_admin_key(&sha256(key)) {
             return Ok(());
@@ -243,5 +258,21 @@ mod tests {
             authorize_admin(&s, &h(&[("x-api-key", "x")])),
             Err(GatewayError::Permission(_))
         ));
+        // A browser's Basic credentials: the password is the admin key.
+        use base64::Engine as _;
+        let basic = |user_pass: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(user_pass));
+        assert!(authorize_admin(&s, &h(&[("authorization", &basic("admin:mg-admin"))])).is_ok());
+        assert!(authorize_admin(&s, &h(&[("authorization", &basic(":mg-admin"))])).is_ok());
+        for refused in [
+            basic("mg-admin"),
+            basic("admin:"),
+            basic("admin:mg-x"),
+            "Basic !!".into(),
+        ] {
+            assert!(
+                authorize_admin(&s, &h(&[("authorization", &refused)])).is_err(),
+                "{refused}"
+            );
+        }
     }
 }

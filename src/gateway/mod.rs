@@ -35,6 +35,7 @@ pub mod body;
 pub mod cache;
 pub mod connection;
 pub mod ctx;
+pub mod dashboard;
 pub mod failure;
 pub mod guard;
 pub mod health_check;
@@ -116,6 +117,8 @@ enum Endpoint<'a> {
     Health,
     Probe,
     Admin(Admin),
+    /// `/dashboard`, `/dashboard/me` and their assets.
+    Page(dashboard::Page),
     Models,
     Model(&'a str),
     Usage,
@@ -180,6 +183,11 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
         (_, "/metrics") => match *method {
             M::GET => Endpoint::Admin(Admin::Metrics),
             _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (_, p) if p.starts_with("/dashboard") => match dashboard::route(role, p) {
+            Some(page) if *method == M::GET => Endpoint::Page(page),
+            Some(_) => Endpoint::MethodNotAllowed("GET"),
+            None => Endpoint::NotFound,
         },
         (Role::Admin, _) => Endpoint::NotFound,
         (Role::Main, p) if signin::route(method, p).is_some() => match signin::route(method, p) {
@@ -345,6 +353,7 @@ impl Gateway {
             Endpoint::Health => respond::json(session, ctx, 200, local::health(), &[]).await,
             Endpoint::Probe => respond::json(session, ctx, 200, Vec::new(), &[]).await,
             Endpoint::Admin(which) => admin::serve(&self.shared, self.role, which, session, ctx, snap).await?,
+            Endpoint::Page(page) => dashboard::serve(self.role, page, session, ctx, snap).await?,
             Endpoint::Models => {
                 let caller = self.caller(session, ctx, snap).await?;
                 let allowed = |id: &str| match &caller {

@@ -85,6 +85,17 @@ pub async fn complete(
 }
 
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayError) {
+    error_with(session, ctx, err, &[]).await
+}
+
+/// [`error`] with headers of the caller's beside the error's own (the
+/// dashboard's `WWW-Authenticate` challenge).
+pub async fn error_with(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &GatewayError,
+    extra: &[(&'static str, String)],
+) {
     ctx.error = Some(err.kind());
     ctx.error_message = Some(err.to_string());
     if matches!(
@@ -99,5 +110,7 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
         return;
     }
     let body = err.body(&ctx.request_id);
-    json(session, ctx, err.status(), body, &err.headers()).await;
+    let mut headers = err.headers();
+    headers.extend(extra.iter().cloned());
+    json(session, ctx, err.status(), body, &headers).await;
 }

@@ -832,7 +832,12 @@ impl Reader {
 
     /// Totals per group, and per `split` within each group, within a window
     /// (`/admin/usage`).
-    pub async fn summary_in(&self, by: GroupBy, split: Option<GroupBy>, w: Window) -> Result<Vec<SummaryRow>, StoreError> {
+    pub async fn summary_in(
+        &self,
+        by: GroupBy,
+        split: Option<GroupBy>,
+        w: Window,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
         match self {
             Reader::Sqlite(r) => Self::sqlite(r, move |r| r.summary_in(by, split, w)).await,
             Reader::Postgres(r) => Ok(r.summary_in(by, split, w).await?),

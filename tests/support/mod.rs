@@ -10,6 +10,7 @@
 //! Each test binary uses only part of this API, hence the blanket allows.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod claude;
 pub mod clouds;
 pub mod gateway;

@@ -8,6 +8,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# The dashboard's pages and vendored uPlot, embedded by the build.
+COPY web/dashboard/*.html web/dashboard/*.js web/dashboard/*.css ./web/dashboard/
+COPY web/dashboard/vendor ./web/dashboard/vendor
 RUN cargo build --release --locked --bin modelgate
 
 # Runtime: slim Debian with CA roots for upstream TLS, as a non-root user.

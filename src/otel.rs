@@ -181,7 +181,12 @@ impl Otel {
             }
             .map_err(|e| format!("OTLP trace exporter: {e}"))?;
             // Spans leave within 5 s, or `interval` when that is shorter.
+            // Large batches: one export (one HTTP request or gRPC call)
+            // carries up to 2,048 spans, so a busy gateway sends a few a
+            // second, not dozens.
             let batches = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_max_queue_size(8192)
+                .with_max_export_batch_size(2048)
                 .with_scheduled_delay(
                     config
                         .interval
@@ -360,9 +365,13 @@ impl RequestTrace {
         }
     }
 
-    /// Record an attempt's start; its span id.
+    /// Record an attempt's start; its span id. An unsampled trace only
+    /// names the span (for `traceparent`): nothing is kept for it.
     pub fn begin_attempt(&self, n: u32, provider: &str, account: &str, server: &str, model: Option<&str>) -> [u8; 8] {
         let span_id = random_nonzero();
+        if !self.sampled {
+            return span_id;
+        }
         let mut a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         // Bounded by the attempt loop (max_retries), and again here.
         if a.len() < 64 {
@@ -384,6 +393,9 @@ impl RequestTrace {
 
     /// Record how an attempt ended (its answer's head, or a failure).
     pub fn end_attempt(&self, span_id: [u8; 8], status: Option<u16>, outcome: &'static str) {
+        if !self.sampled {
+            return;
+        }
         let mut a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = a.iter_mut().rev().find(|r| r.span_id == span_id) {
             r.end = Some(SystemTime::now());
@@ -589,36 +601,45 @@ fn push_common(attrs: &mut Vec<KeyValue>, f: &Finished<'_>) {
     }
 }
 
+/// A finished request's measurements: at most six records, on attribute
+/// lists built once and edited in place (no clone per record).
 fn measure(m: &Instruments, f: &Finished<'_>) {
-    let mut attrs = vec![kv("gen_ai.operation.name", "chat")];
+    let mut attrs = Vec::with_capacity(8);
+    attrs.push(kv("gen_ai.operation.name", "chat"));
     push_common(&mut attrs, f);
-    if let Some(u) = f.usage {
-        for (kind, n) in [
-            ("input", u.input_tokens),
-            ("output", u.output_tokens),
-            ("cache_read", u.cache_read_input_tokens),
-            ("cache_write", u.cache_creation_input_tokens),
-        ] {
-            let mut a = attrs.clone();
-            a.push(kv("gen_ai.token.type", kind));
-            m.tokens.record(n, &a);
-        }
-    }
     if let Some(t) = f.ttft {
         m.ttft.record(t.as_secs_f64(), &attrs);
     }
-    let mut with_outcome = attrs;
+    if let Some(u) = f.usage {
+        // Input and output always; the cache kinds when the answer used the
+        // prompt cache (a zero there is not a sample of cache use).
+        attrs.push(kv("gen_ai.token.type", "input"));
+        for (kind, n, always) in [
+            ("input", u.input_tokens, true),
+            ("output", u.output_tokens, true),
+            ("cache_read", u.cache_read_input_tokens, false),
+            ("cache_write", u.cache_creation_input_tokens, false),
+        ] {
+            if always || n > 0 {
+                if let Some(last) = attrs.last_mut() {
+                    last.value = kind.into();
+                }
+                m.tokens.record(n, &attrs);
+            }
+        }
+        attrs.pop();
+    }
     if let Some(e) = f.error {
-        with_outcome.push(kv("error.type", e.to_string()));
+        attrs.push(kv("error.type", e.to_string()));
     }
     let elapsed = f.end.duration_since(f.start).unwrap_or_default();
-    m.duration.record(elapsed.as_secs_f64(), &with_outcome);
-    with_outcome.push(kv("http.response.status_code", i64::from(f.status)));
-    with_outcome.push(kv("modelgate.cache_hit", f.cache_hit));
+    m.duration.record(elapsed.as_secs_f64(), &attrs);
+    attrs.push(kv("http.response.status_code", i64::from(f.status)));
+    attrs.push(kv("modelgate.cache_hit", f.cache_hit));
     if let Some(p) = f.provider {
-        with_outcome.push(kv("modelgate.provider", p.to_string()));
+        attrs.push(kv("modelgate.provider", p.to_string()));
     }
-    m.requests.add(1, &with_outcome);
+    m.requests.add(1, &attrs);
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 #   benches/e2e/run.sh                 # 10 s per scenario
 #   DURATION=5s CONNS=32 benches/e2e/run.sh
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
+#   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced
 #
 # The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
 # process listens on 127.0.0.1 only and every load run is bounded by
@@ -119,7 +120,7 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 sed -e "s/^listen: .*/listen: 127.0.0.1:$OTEL_PORT/" "$work/gw.yaml" > "$work/gw-otel.yaml"
 cat >> "$work/gw-otel.yaml" <<YAML
 telemetry:
-  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: true}
+  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: true, sample_ratio: ${OTLP_SAMPLE:-1.0}}
 YAML
 "$TARGET"/release/modelgate serve -c "$work/gw-otel.yaml" >"$work/gw-otel.log" 2>&1 &
 otel_pid=$!

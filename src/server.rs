@@ -45,6 +45,7 @@ pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
         daemon_wait_for_ready: daemon,
         grace_period_seconds: Some(c.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        upstream_keepalive_pool_size: c.pool_size.max(1),
         ..ServerConf::default()
     };
     // Defaults are per listening port, so several gateways on one host

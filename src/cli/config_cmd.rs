@@ -351,7 +351,7 @@ fn env_check(path: &Path) -> i32 {
             return 1;
         }
     };
-    let mut vars: Vec<(String, &str)> = Vec::new();
+    let mut vars: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
         // Comments mention `${VAR}` as documentation; only values count.
         let code = match line.find(" #") {
@@ -369,7 +369,7 @@ fn env_check(path: &Path) -> i32 {
                     None => (expr, "required"),
                 };
                 if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    vars.push((name.to_string(), role));
+                    vars.push((name.to_string(), role.to_string()));
                 }
             }
             rest = tail;
@@ -378,19 +378,22 @@ fn env_check(path: &Path) -> i32 {
     if let Ok(c) = crate::config::load::load_file(path) {
         for p in c.providers.values() {
             if let Some(v) = &p.api_key_env_var {
-                vars.push((v.clone(), "provider credential"));
+                vars.push((v.clone(), "provider credential".into()));
             }
             for k in &p.keys {
                 if let Some(v) = &k.env {
-                    vars.push((v.clone(), "provider account credential"));
+                    vars.push((v.clone(), "provider account credential".into()));
                 }
             }
         }
         for k in c.keys.iter().flatten() {
             if let Some(v) = &k.key_env {
-                vars.push((v.clone(), "gateway key (required)"));
+                vars.push((v.clone(), "gateway key (required)".into()));
             }
         }
+    }
+    for (name, key) in crate::config::load::ENV_OVERRIDES {
+        vars.push((name.to_string(), format!("optional, overrides {key}")));
     }
     vars.sort();
     vars.dedup();

@@ -21,14 +21,18 @@ pub fn default_config_path() -> PathBuf {
     }
 }
 
-/// Read, expand and schema-check a config file. Cross-field validation happens
+/// Read, expand and schema-check a config file, then apply the `GATEWAY_*`
+/// environment overrides. Cross-field validation happens
 /// when the result is compiled into a snapshot (`Snapshot::build`).
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
         path: path.display().to_string(),
         source: e,
     })?;
-    parse_str(&text, &|name| std::env::var(name).ok())
+    let env = |name: &str| std::env::var(name).ok();
+    let mut config = parse_str(&text, &env)?;
+    apply_env_overrides(&mut config, &env)?;
+    Ok(config)
 }
 
 /// Parse config text, expanding `${VAR}` / `${VAR:-default}` in string values
@@ -55,6 +59,34 @@ pub fn parse_str(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Con
             Err(ConfigError::Schema(msg))
         }
     }
+}
+
+/// The environment overrides claude-code-model-gateway's users set: they
+/// win over the file (and lose to command-line flags).
+pub const ENV_OVERRIDES: [(&str, &str); 3] = [
+    ("GATEWAY_DEFAULT_PROVIDER", "default_provider"),
+    ("GATEWAY_LOG_LEVEL", "log_level"),
+    ("GATEWAY_TIMEOUT", "timeout"),
+];
+
+/// Apply [`ENV_OVERRIDES`] that are set (and not empty). Only a file
+/// loaded from the process's environment takes them ([`load_file`]).
+pub fn apply_env_overrides(c: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let get = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let bad = ConfigError::invalid;
+    if let Some(p) = get("GATEWAY_DEFAULT_PROVIDER") {
+        c.default_provider = Some(p);
+    }
+    if let Some(l) = get("GATEWAY_LOG_LEVEL") {
+        c.log_level = serde_yaml::from_value(Value::String(l.to_ascii_lowercase()))
+            .map_err(|_| bad("GATEWAY_LOG_LEVEL", "give error, warn, info, debug or trace"))?;
+    }
+    if let Some(t) = get("GATEWAY_TIMEOUT") {
+        let v = t.parse::<f64>().map_or(Value::String(t.clone()), Value::from);
+        c.timeout = serde_yaml::from_value(v)
+            .map_err(|_| bad("GATEWAY_TIMEOUT", "give seconds (`300`, `0.5`) or a duration (`5m`)"))?;
+    }
+    Ok(())
 }
 
 /// `b` (from the raw text) may add a key path and a position to `a`.

@@ -125,9 +125,18 @@ pub struct Config {
     /// Log verbosity.
     #[serde(default)]
     pub log_level: LogLevel,
-    /// Log line format.
+    /// Log line format: standard, detailed, json, colored or minimal.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Append log lines to this file instead of writing them to stderr (restart to apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
+    /// Idle upstream connections kept open for reuse (the keep-alive pool; restart to apply).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// The `anthropic-version` sent upstream when a client sends none.
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
     /// How long an old process keeps serving open streams after a graceful upgrade or SIGTERM.
     #[serde(default = "default_grace_period")]
     pub grace_period: Dur,
@@ -208,6 +217,14 @@ fn default_connect_timeout() -> Dur {
 fn default_max_retries() -> u32 {
     2
 }
+fn default_pool_size() -> usize {
+    128
+}
+
+fn default_anthropic_version() -> String {
+    "2023-06-01".into()
+}
+
 fn default_retry_delay() -> Dur {
     Dur(Duration::from_millis(500))
 }
@@ -251,9 +268,37 @@ impl LogLevel {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// `[time LEVEL target] message`
     #[default]
     Standard,
+    /// Milliseconds, thread, target and source line.
+    Detailed,
+    /// One JSON object per line.
     Json,
+    /// `standard` with the level in colour (ANSI).
+    Colored,
+    /// `LEVEL message`
+    Minimal,
+}
+
+impl LogFormat {
+    pub const ALL: [LogFormat; 5] = [
+        LogFormat::Standard,
+        LogFormat::Detailed,
+        LogFormat::Json,
+        LogFormat::Colored,
+        LogFormat::Minimal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Standard => "standard",
+            LogFormat::Detailed => "detailed",
+            LogFormat::Json => "json",
+            LogFormat::Colored => "colored",
+            LogFormat::Minimal => "minimal",
+        }
+    }
 }
 
 /// `client_timeouts`: slow or stalled clients never pin a connection, an

@@ -49,6 +49,7 @@ impl Gateway {
         count_tokens: bool,
     ) -> Result<(), GatewayError> {
         let caller = self.caller(session, ctx, snap).await?;
+        default_version(session, snap);
         let request = read_request(session, ctx, snap, &caller).await?;
         let routed = route(session, ctx, snap, &request)?;
         if !count_tokens {
@@ -277,6 +278,7 @@ impl Gateway {
         snap: &Arc<Snapshot>,
     ) -> Result<(), GatewayError> {
         let caller = self.caller(session, ctx, snap).await?;
+        default_version(session, snap);
         let provider = snap
             .default_provider
             .as_ref()
@@ -412,6 +414,16 @@ fn drop_beta(session: &mut Session, beta: &str) {
     let _ = head.remove_header("anthropic-beta");
     if !kept.is_empty() {
         let _ = head.insert_header("anthropic-beta", kept);
+    }
+}
+
+/// A client that names no API version gets the configured one
+/// (`anthropic_version`, `gateway --anthropic-version`) on its way upstream.
+fn default_version(session: &mut Session, snap: &Snapshot) {
+    if !session.req_header().headers.contains_key("anthropic-version") {
+        let _ = session
+            .req_header_mut()
+            .insert_header("anthropic-version", snap.config.anthropic_version.as_str());
     }
 }
 

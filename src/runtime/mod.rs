@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{schema, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 pub use snapshot::{Provider, Snapshot};
 
 /// Validate `config` as `serve` would load it (the process environment,
@@ -52,7 +52,8 @@ pub struct Fixed {
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
     pub grace_period: std::time::Duration,
-    pub log_format: schema::LogFormat,
+    pub log_file: Option<String>,
+    pub pool_size: usize,
     /// The state backend and where it lives (`state.*`): counters and the
     /// ledger writer are bound to the process.
     pub state: String,
@@ -71,7 +72,8 @@ impl Fixed {
             upgrade_sock: s.config.upgrade_sock.clone(),
             pid_file: s.config.pid_file.clone(),
             grace_period: s.config.grace_period.0,
-            log_format: s.config.log_format,
+            log_file: s.config.log_file.clone(),
+            pool_size: s.config.pool_size,
             state: serde_json::to_string(&s.config.state).unwrap_or_default(),
             otlp: serde_json::to_string(&s.config.telemetry.otlp).unwrap_or_default(),
             audit_path: s.config.audit.path.as_ref().map(|p| {

@@ -82,6 +82,7 @@ impl ConfigStore {
                 if std::env::var_os("RUST_LOG").is_none() {
                     crate::logging::set_level(new.config.log_level.as_filter());
                 }
+                crate::logging::set_format(new.config.log_format);
                 // Store keys and teams follow the new teams and keys from
                 // the snapshot's first request on.
                 self.store_keys.recompile(&new);
@@ -116,8 +117,11 @@ fn restart_required(boot: &Fixed, new: &Fixed) -> Vec<String> {
     if boot.grace_period != new.grace_period {
         out.push("grace_period".to_string());
     }
-    if boot.log_format != new.log_format {
-        out.push("log_format".to_string());
+    if boot.log_file != new.log_file {
+        out.push("log_file".to_string());
+    }
+    if boot.pool_size != new.pool_size {
+        out.push("pool_size".to_string());
     }
     if boot.state != new.state {
         out.push("state".to_string());

@@ -320,6 +320,12 @@ impl Snapshot {
         if admin_listen == Some(listen) {
             return Err(ConfigError::invalid("admin_listen", "must differ from `listen`"));
         }
+        if config.anthropic_version.is_empty() || http::HeaderValue::from_str(&config.anthropic_version).is_err() {
+            return Err(ConfigError::invalid(
+                "anthropic_version",
+                "must be a version date such as 2023-06-01",
+            ));
+        }
         if config.max_request_size == 0 {
             return Err(ConfigError::invalid("max_request_size", "must be greater than 0"));
         }

@@ -445,6 +445,7 @@ fn every_edit_command_has_a_manual() {
         &["route", "add", "--help"][..],
         &["route", "remove", "--help"][..],
         &["config", "schema", "--help"][..],
+        &["config", "set", "--help"][..],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_modelgate"))
             .args(args)
@@ -463,4 +464,45 @@ fn every_edit_command_has_a_manual() {
         help.contains("first match wins") && help.contains("catch-all") && help.contains("--at-end"),
         "{help}"
     );
+}
+
+/// `config set`: a top-level value changes in place with its comment, a
+/// new key is appended, setting it back gives the original bytes, and a
+/// value that would not load, a section or a nested key is refused with
+/// the file untouched.
+#[test]
+fn config_set_round_trips_and_refuses() {
+    let (_dir, config) = scratch();
+    let before = original();
+    let set = |key: &str, value: &str| modelgate(&config, &["config", "set", key, value]);
+    let r = set("timeout", "300s");
+    assert_eq!(r.code, 0, "{r:?}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("timeout: 300s"), "{text}");
+    assert_eq!(comments(&text), comments(&before));
+    // Back to what the fixture says: the original bytes.
+    assert_eq!(set("timeout", "120").code, 0);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+    // A key the file does not have yet is added.
+    let r = set("max_retries", "5");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(std::fs::read_to_string(&config).unwrap().ends_with("max_retries: 5\n"));
+    // The value reads back as given and the gateway takes it.
+    let r = modelgate(&config, &["config", "set", "log_format", "detailed"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let shown = modelgate(&config, &["config", "show"]);
+    assert!(shown.stdout.contains("log_format: detailed"), "{}", shown.stdout);
+    let now = std::fs::read_to_string(&config).unwrap();
+    for (key, value, needle) in [
+        ("max_retries", "many", "would not load"),
+        ("default_provider", "nope", "no provider named `nope`"),
+        ("cache", "on", "is a section"),
+        ("cache.response.ttl", "5m", "top-level key"),
+        ("colour", "blue", "has no key `colour`"),
+    ] {
+        let r = set(key, value);
+        assert_eq!(r.code, 1, "{key}: {r:?}");
+        assert!(r.stderr.contains(needle), "{key}: `{needle}` in {}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), now, "{key}");
+    }
 }

@@ -123,6 +123,35 @@ fn config_diff() {
     let b = changed.display().to_string();
     insta::assert_snapshot!("config_diff", g.run(&["config", "diff", &a, &b], false));
     insta::assert_snapshot!("config_diff_same", g.run(&["config", "diff", &a, &a], false));
+    // claude-code-model-gateway's top-level name: the same answer.
+    let top = g.run(&["config-diff", &a, &b], false);
+    let nested = g.run(&["config", "diff", &a, &b], false);
+    assert_eq!(top.split_once('\n').unwrap().1, nested.split_once('\n').unwrap().1);
+}
+
+#[test]
+fn validate_config_is_config_validate() {
+    let g = Golden::new();
+    let top = g.run(&["validate-config"], true);
+    let nested = g.run(&["config", "validate"], true);
+    assert_eq!(top.split_once('\n').unwrap().1, nested.split_once('\n').unwrap().1);
+}
+
+#[test]
+fn config_schema_field() {
+    let g = Golden::new();
+    let mut golden = String::new();
+    for field in [
+        "timeout",
+        "providers.*.type",
+        "cache.response",
+        "routes.*.match",
+        "cache.nope",
+    ] {
+        golden.push_str(&g.run(&["config", "schema", "--field", field], false));
+        golden.push('\n');
+    }
+    insta::assert_snapshot!("config_schema_field", golden);
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! `modelgate config init|show|validate|lint|doctor|env-check|schema|diff|export`.
+//! `modelgate config init|show|validate|lint|doctor|env-check|schema|diff|export|set`,
+//! and the top-level `validate-config`, `test-config` and `config-diff` of
+//! claude-code-model-gateway.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,27 @@ With the YAML language server (VS Code, Neovim, ...), make this the first line o
         /// Write the schema to FILE (replaced atomically) instead of stdout.
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Only this key's schema, by its dotted path (`timeout`,
+        /// `cache.response.ttl`, `providers.*.type`: a map's entries or a
+        /// list's items are `*`).
+        #[arg(long, value_name = "NAME")]
+        field: Option<String>,
+    },
+    /// Set a top-level key to a value in the config file, keeping its
+    /// comments and layout; refused (and the file left as it was) when the
+    /// result would not load.
+    #[command(after_long_help = "\
+Examples:
+  modelgate config set timeout 120s
+  modelgate config set default_provider openai
+  modelgate config set max_retries 3
+
+Nested settings are edited in the file, or with `provider update` and `route add`.")]
+    Set {
+        /// A top-level key, as `config schema` lists them.
+        key: String,
+        /// Its new value (a number, `true`/`false`, a duration or a string).
+        value: String,
     },
     /// Check everything a deployment needs: the config, its environment
     /// variables, each upstream's DNS and TCP reachability, and the gateway's
@@ -86,7 +109,9 @@ pub fn run(config: Option<PathBuf>, cmd: ConfigCommand) -> i32 {
         ConfigCommand::EnvCheck => env_check(&super::config_path(config)),
         ConfigCommand::Diff { a, b } => diff(&a, &b),
         ConfigCommand::Doctor => doctor(&super::config_path(config)),
-        ConfigCommand::Schema { output } => schema(output.as_deref()),
+        ConfigCommand::Schema { output, field: None } => schema(output.as_deref()),
+        ConfigCommand::Schema { field: Some(f), .. } => schema_field(&f),
+        ConfigCommand::Set { key, value } => super::failure::finish(set(&super::config_path(config), &key, &value)),
     }
 }
 
@@ -99,6 +124,135 @@ pub fn schema_json() -> String {
         kind["enum"] = crate::providers::names().into();
     }
     serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
+}
+
+/// One key's schema, found by its dotted path through `properties`, a
+/// map's `additionalProperties` or a list's `items` (`*`), following
+/// `$ref`s and optional (`anyOf` with `null`) wrappers.
+pub fn field_schema(name: &str) -> Result<serde_json::Value, String> {
+    let root: serde_json::Value = serde_json::from_str(&schema_json()).map_err(|e| e.to_string())?;
+    fn resolve<'a>(root: &'a serde_json::Value, mut v: &'a serde_json::Value) -> &'a serde_json::Value {
+        for _ in 0..8 {
+            if let Some(r) = v.get("$ref").and_then(|r| r.as_str()) {
+                match r.strip_prefix("#/").and_then(|p| root.pointer(&format!("/{p}"))) {
+                    Some(t) => v = t,
+                    None => break,
+                }
+            } else if let Some(one) = v.get("anyOf").and_then(|a| a.as_array()).and_then(|a| {
+                let mut real = a
+                    .iter()
+                    .filter(|x| x.get("type").and_then(|t| t.as_str()) != Some("null"));
+                match (real.next(), real.next()) {
+                    (Some(x), None) => Some(x),
+                    _ => None,
+                }
+            }) {
+                v = one;
+            } else {
+                break;
+            }
+        }
+        v
+    }
+    let mut at = &root;
+    let mut walked = Vec::new();
+    for seg in name.split('.').filter(|s| !s.is_empty()) {
+        let here = resolve(&root, at);
+        let next = here
+            .get("properties")
+            .and_then(|p| p.get(seg))
+            .or_else(|| (seg == "*").then(|| here.get("items")).flatten())
+            .or_else(|| here.get("additionalProperties").filter(|a| a.is_object()));
+        match next {
+            Some(n) => at = n,
+            None => {
+                let known: Vec<&str> = here
+                    .get("properties")
+                    .and_then(|p| p.as_object())
+                    .map(|p| p.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let under = if walked.is_empty() {
+                    "the config".to_string()
+                } else {
+                    format!("`{}`", walked.join("."))
+                };
+                return Err(if known.is_empty() {
+                    format!("{under} has no key `{seg}`")
+                } else {
+                    format!("{under} has no key `{seg}`; it has: {}", known.join(", "))
+                });
+            }
+        }
+        walked.push(seg);
+    }
+    let mut out = resolve(&root, at).clone();
+    // The description lives on the property, the shape on its type.
+    if let (Some(d), Some(o)) = (at.get("description"), out.as_object_mut()) {
+        o.insert("description".into(), d.clone());
+    }
+    if let (Some(d), Some(o)) = (at.get("default"), out.as_object_mut()) {
+        o.insert("default".into(), d.clone());
+    }
+    Ok(out)
+}
+
+fn schema_field(name: &str) -> i32 {
+    match field_schema(name) {
+        Ok(v) => {
+            out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Err(e) => {
+            eprintln!("modelgate: {e}");
+            1
+        }
+    }
+}
+
+/// `config set KEY VALUE`: one top-level scalar, validated like every edit.
+fn set(path: &Path, key: &str, value: &str) -> Result<(), super::failure::Failure> {
+    use super::failure::Failure;
+    use crate::config::edit;
+    if key.contains('.') {
+        return Err(Failure::user(format!(
+            "`{key}`: config set takes a top-level key; edit nested settings in the file \
+             (or with `provider update`, `route add`)"
+        )));
+    }
+    let field = field_schema(key).map_err(Failure::user)?;
+    let kind = field.get("type");
+    let scalar = |t: &str| kind.is_some_and(|k| k == t || k.as_array().is_some_and(|a| a.iter().any(|x| x == t)));
+    if field.get("properties").is_some() || scalar("object") || scalar("array") {
+        return Err(Failure::user(format!(
+            "`{key}` is a section, not a single value: edit it in the file"
+        )));
+    }
+    // Numbers and booleans go in plain when the key takes them; anything
+    // else as a string that reads back as itself.
+    let plain = (scalar("integer") && value.parse::<i64>().is_ok())
+        || (scalar("number") && value.parse::<f64>().is_ok())
+        || (scalar("boolean") && matches!(value, "true" | "false"));
+    let rendered = if plain {
+        value.to_string()
+    } else {
+        edit::yaml_scalar(value)
+    };
+    let edited = edit::edit_file(path, &crate::runtime::check, |text| {
+        edit::set_top_level_scalar(text, key, &rendered)
+    })
+    .map_err(|e| Failure::edit(path, e))?;
+    if edited.before == edited.after {
+        eprintln!("`{key}` is already {value} in {}; nothing changed.", path.display());
+        return Ok(());
+    }
+    eprintln!(
+        "Set `{key}` to {rendered} in {}. A running gateway applies it on its next reload (SIGHUP, or by itself when it watches the file).",
+        path.display()
+    );
+    for w in &edited.new_warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
 }
 
 fn schema(output: Option<&Path>) -> i32 {
@@ -165,7 +319,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     Err(std::io::Error::other("could not create a temporary file"))
 }
 
-fn validate(path: &Path) -> i32 {
+pub(super) fn validate(path: &Path) -> i32 {
     match super::load_snapshot(path, |_| {}) {
         Ok(s) => {
             for w in &s.warnings {
@@ -411,7 +565,7 @@ fn env_check(path: &Path) -> i32 {
     i32::from(missing_required > 0)
 }
 
-fn doctor(path: &Path) -> i32 {
+pub(super) fn doctor(path: &Path) -> i32 {
     let mut failed = 0;
     let mut verdict = |ok: bool, what: &str, detail: &str| {
         if !ok {
@@ -499,7 +653,7 @@ fn doctor(path: &Path) -> i32 {
     i32::from(failed > 0)
 }
 
-fn diff(a: &Path, b: &Path) -> i32 {
+pub(super) fn diff(a: &Path, b: &Path) -> i32 {
     let (Ok(ca), Ok(cb)) = (redacted(a), redacted(b)) else {
         return 1;
     };

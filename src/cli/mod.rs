@@ -105,6 +105,12 @@ pub enum Command {
     },
     /// Replace the running gateway with a new process, with zero downtime.
     Upgrade(upgrade::UpgradeArgs),
+    /// Check the config file (the same as `config validate`).
+    ValidateConfig,
+    /// Check the config and reach every upstream (the same as `config doctor`).
+    TestConfig,
+    /// Compare two config files (the same as `config diff A B`).
+    ConfigDiff { a: PathBuf, b: PathBuf },
 }
 
 pub fn run() -> i32 {
@@ -123,6 +129,9 @@ pub fn run() -> i32 {
         Command::Usage(args) => usage::run(cli.config, args),
         Command::Cache { command } => cache::run(cli.config, command),
         Command::Upgrade(args) => upgrade::run(cli.config, args),
+        Command::ValidateConfig => config_cmd::validate(&config_path(cli.config)),
+        Command::TestConfig => config_cmd::doctor(&config_path(cli.config)),
+        Command::ConfigDiff { a, b } => config_cmd::diff(&a, &b),
     }
 }
 

@@ -301,6 +301,13 @@ async fn the_dashboard_in_a_browser() {
     );
     assert_eq!(page["ttft"].as_array().unwrap().len(), 3);
     assert_eq!(page["circuits"][0][0], "anthropic");
+    // Per account, this node's attempts since start: the real traffic.
+    let account = &reliability["circuits"][0];
+    assert_eq!(account["attempts"], sent, "{account}");
+    assert_eq!(account["failures"], 0);
+    assert_eq!(account["error_rate"], 0.0);
+    assert_eq!(page["circuits"][0][2], sent.to_string());
+    assert_eq!(page["circuits"][0][3], "0.0%");
     assert_eq!(page["savings"].as_array().unwrap().len(), 3);
 
     // Two charts drawn; the main one's series are the developers.

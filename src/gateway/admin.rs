@@ -184,7 +184,8 @@ async fn usage(shared: &Shared, snap: &Snapshot, query: Option<&str>) -> Result<
 /// `GET /admin/reliability?from=…&to=…`: per provider the requests, errors
 /// and failovers (more than one upstream attempt) in the window, read from
 /// the ledger; p50/p95 time to first token per model (the newest
-/// [`crate::store::TTFT_SAMPLES`] answers); and this process's circuits.
+/// [`crate::store::TTFT_SAMPLES`] answers); and this process's circuits,
+/// one per account, with its attempts, failures and 429s since start.
 async fn reliability(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, GatewayError> {
     let window = report_window(query, 86_400)?;
     let sinks = ledger(shared)?;
@@ -218,6 +219,10 @@ async fn reliability(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, Ga
                 "consecutive_failures": view.consecutive_failures,
                 "opened_total": view.opened_total,
                 "cooling_models": view.cooling.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+                "attempts": view.answered + view.failed + view.throttled,
+                "failures": view.failed,
+                "throttled": view.throttled,
+                "error_rate": rate(view.failed, view.answered + view.failed + view.throttled),
             })
         })
         .collect();
@@ -228,12 +233,21 @@ async fn reliability(shared: &Shared, query: Option<&str>) -> Result<Vec<u8>, Ga
             "provider": p.provider,
             "requests": p.requests,
             "errors": p.errors,
-            "error_rate": if p.requests == 0 { 0.0 } else { p.errors as f64 / p.requests as f64 },
+            "error_rate": rate(p.errors, p.requests),
             "failovers": p.failovers,
         })).collect::<Vec<_>>(),
         "ttft_by_model": ttft,
         "circuits": circuits,
     })))
+}
+
+/// `part` of `whole`, 0 for none.
+fn rate(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
 }
 
 /// `GET /admin/budgets`: every key and team with a budget (the file's and

@@ -62,6 +62,10 @@ struct Inner {
     recent: u32,
     samples: u32,
     opened_total: u64,
+    /// Answers, failures and 429s since the process started (a reset keeps them).
+    answered: u64,
+    failed: u64,
+    throttled: u64,
     /// 429 cool-downs: (upstream model, until).
     cooling: Vec<(Box<str>, Instant)>,
 }
@@ -89,6 +93,9 @@ impl Default for Circuit {
                 recent: 0,
                 samples: 0,
                 opened_total: 0,
+                answered: 0,
+                failed: 0,
+                throttled: 0,
                 cooling: Vec::new(),
             }),
         }
@@ -136,6 +143,7 @@ impl Circuit {
     /// cool-down (if any) is over.
     pub fn success(&self, model: &str) {
         let mut c = self.lock();
+        c.answered += 1;
         c.consecutive_failures = 0;
         c.recent <<= 1;
         c.samples = (c.samples + 1).min(WINDOW);
@@ -145,6 +153,7 @@ impl Circuit {
 
     pub fn failure(&self, now: Instant) {
         let mut c = self.lock();
+        c.failed += 1;
         c.consecutive_failures += 1;
         c.recent = (c.recent << 1) | 1;
         c.samples = (c.samples + 1).min(WINDOW);
@@ -185,6 +194,7 @@ impl Circuit {
     /// slot back: the account answered, so it is reachable.
     pub fn throttled(&self, model: &str, until: Instant) {
         let mut c = self.lock();
+        c.throttled += 1;
         if c.state == State::HalfOpen {
             c.state = State::Closed;
         }
@@ -233,6 +243,9 @@ impl Circuit {
             remaining,
             consecutive_failures: c.consecutive_failures,
             opened_total: c.opened_total,
+            answered: c.answered,
+            failed: c.failed,
+            throttled: c.throttled,
             cooling,
         }
     }
@@ -255,6 +268,11 @@ pub struct CircuitView {
     pub remaining: Option<Duration>,
     pub consecutive_failures: u32,
     pub opened_total: u64,
+    /// Since the process started: attempts the account answered, attempts
+    /// that failed (5xx, connection errors, timeouts), and 429s.
+    pub answered: u64,
+    pub failed: u64,
+    pub throttled: u64,
     /// Models cooling down after a 429, and for how long yet.
     pub cooling: Vec<(String, Duration)>,
 }
@@ -318,6 +336,19 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_answers_failures_and_429s_since_start() {
+        let c = Circuit::default();
+        let t = Instant::now();
+        c.success("m");
+        c.success("m");
+        c.failure(t);
+        c.throttled("m", t + Duration::from_secs(1));
+        c.reset();
+        let v = c.snapshot(t);
+        assert_eq!((v.answered, v.failed, v.throttled), (2, 1, 1));
+    }
 
     #[test]
     fn opens_after_consecutive_failures_and_probes_once() {

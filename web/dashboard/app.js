@@ -204,7 +204,9 @@
       rel.circuits.map((c) => [
         td(where(c.provider, c.account)),
         td(el("span", { class: "badge state-" + c.state }, c.state.replace(/_/g, " "))),
-        td(count(c.consecutive_failures), true),
+        td(count(c.attempts), true),
+        td(pct(c.error_rate), true),
+        td(count(c.throttled), true),
         td(count(c.opened_total), true),
       ]),
       "No circuits yet."

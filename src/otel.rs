@@ -404,10 +404,17 @@ impl RequestTrace {
         }
     }
 
-    /// The W3C `traceparent` naming `span` as the parent.
-    pub fn traceparent(&self, span: [u8; 8]) -> String {
-        let flags = if self.sampled { "01" } else { "00" };
-        format!("00-{}-{}-{flags}", hex::encode(self.trace_id), hex::encode(span))
+    /// The W3C `traceparent` naming `span` as the parent
+    /// (`00-{trace}-{span}-{flags}`, 55 bytes, written in place).
+    pub fn traceparent(&self, span: [u8; 8]) -> http::HeaderValue {
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        let _ = hex::encode_to_slice(span, &mut out[36..52]);
+        out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        // Hex digits and dashes: always a valid header value.
+        http::HeaderValue::from_bytes(&out).unwrap_or_else(|_| http::HeaderValue::from_static("00-0-0-00"))
     }
 
     /// The attempts recorded, taken (the spans are built once, at the end).
@@ -669,9 +676,15 @@ mod tests {
         assert!(trace.sampled, "the client's decision wins");
         let span = trace.begin_attempt(1, "a", "a", "h", None);
         let sent = trace.traceparent(span);
+        let sent = sent.to_str().unwrap();
+        assert_eq!(sent.len(), 55);
+        assert_eq!(
+            parse_traceparent(sent.as_bytes()).map(|(t, s, _)| (t, s)),
+            Some((trace.trace_id, span))
+        );
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
         let unsampled = RequestTrace::new(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"), 1.0);
-        assert!(!unsampled.sampled && unsampled.traceparent(span).ends_with("-00"));
+        assert!(!unsampled.sampled && unsampled.traceparent(span).to_str().unwrap().ends_with("-00"));
         assert!(!RequestTrace::new(None, 0.0).sampled && RequestTrace::new(None, 1.0).sampled);
     }
 }

@@ -24,6 +24,14 @@ use crate::config::schema::{LogFormat, LogLevel};
 /// The format in use, as its index in [`LogFormat::ALL`].
 static FORMAT: AtomicU8 = AtomicU8::new(0);
 
+/// The file lines go to, when not stderr (`log_file` at start).
+static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The log file this process writes, if any.
+pub fn file() -> Option<&'static std::path::Path> {
+    FILE.get().map(|p| p.as_path())
+}
+
 /// Lines written since start, per level (error, warn, info, debug, trace):
 /// `modelgate logging metrics`.
 static LINES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
@@ -47,6 +55,7 @@ pub fn init(level: LogLevel, format: LogFormat, sink: &Sink) -> std::io::Result<
     if let Sink::File(path) = sink {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         builder.target(env_logger::Target::Pipe(Box::new(file)));
+        let _ = FILE.set(path.clone());
     }
     set_format(format);
     builder.format(|buf, record| {

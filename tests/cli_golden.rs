@@ -267,3 +267,21 @@ fn usage_without_a_ledger() {
         golden(&["usage", "--db", "./modelgate.db", "--by", "team"])
     );
 }
+
+/// `logging formats|levels|test-redaction`: answered locally, text and JSON.
+#[test]
+fn logging_local_commands() {
+    let g = Golden::new();
+    let mut golden = String::new();
+    for args in [
+        &["logging", "formats"][..],
+        &["logging", "formats", "--format", "json"][..],
+        &["logging", "levels"][..],
+        &["logging", "test-redaction"][..],
+        &["logging", "test-redaction", "--format", "json", "no secret here"][..],
+    ] {
+        golden.push_str(&g.run(args, false));
+        golden.push('\n');
+    }
+    insta::assert_snapshot!("logging_local_commands", golden);
+}

@@ -111,6 +111,56 @@ async fn the_seeds_gateway_flags_override_the_file() {
         .await
         .unwrap();
     assert!(!status.contains(FLAG_KEY));
+
+    // The seed's logging commands against this gateway.
+    let config = gw.config_path();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json = |args: &[&str]| {
+        let (code, out, err) = cli(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let status = json(&["logging", "status", "--format", "json"]);
+    assert_eq!(status["level"], "debug", "{status}");
+    assert_eq!(status["format"], "minimal");
+    assert_eq!(status["output"], "file");
+    let files = json(&["logging", "files", "--format", "json"]);
+    assert_eq!(files[0]["kind"], "log");
+    assert_eq!(files[0]["path"], log_arg.as_str());
+    assert!(files[0]["bytes"].as_u64().unwrap() > 0);
+    let before = json(&["logging", "metrics", "--format", "json"]);
+    assert!(before["debug"].as_u64().unwrap() > 0, "{before}");
+    let (code, out, _) = cli(&["logging", "test"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("error, warn, info, debug"), "{out}");
+    let after = json(&["logging", "metrics", "--format", "json"]);
+    assert!(after["warn"].as_u64().unwrap() > before["warn"].as_u64().unwrap());
+    let health = json(&["logging", "health", "--format", "json"]);
+    assert_eq!(health["ok"], true, "{health}");
+    // Live: the format and level change at once, and the next lines show it.
+    let (code, out, err) = cli(&["logging", "configure", "--format", "json", "--level", "info"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "log level: info, format: json");
+    let (code, _, _) = cli(&["logging", "test"]);
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    let line: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert_eq!(line["level"], "INFO", "{line}");
+    let (code, _, err) = cli(&["logging", "configure", "--level", "loud"]);
+    assert_eq!(code, Some(1), "{err}");
 }
 
 #[test]

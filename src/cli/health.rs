@@ -28,20 +28,6 @@ pub enum HealthCommand {
     },
 }
 
-/// `modelgate logging status|set-level LEVEL`.
-#[derive(Subcommand, Debug)]
-pub enum LoggingCommand {
-    /// The running gateway's log level.
-    Status(Target),
-    /// Change the running gateway's log level (until restart or reload).
-    SetLevel {
-        /// off, error, warn, info, debug or trace.
-        level: String,
-        #[command(flatten)]
-        target: Target,
-    },
-}
-
 #[derive(clap::Args, Debug)]
 pub struct Target {
     /// Admin base URL. Default: `admin_listen` from the config, else `listen`.
@@ -62,27 +48,6 @@ pub(crate) fn base_url(config: Option<PathBuf>, target: &Target) -> Result<Strin
             eprintln!("modelgate: {e}");
             2
         })
-}
-
-pub fn run_logging(config: Option<PathBuf>, cmd: LoggingCommand) -> i32 {
-    let (target, method, path) = match &cmd {
-        LoggingCommand::Status(t) => (t, "GET", "/admin/logging".to_string()),
-        LoggingCommand::SetLevel { level, target } => (target, "PUT", format!("/admin/logging?level={level}")),
-    };
-    let base = match base_url(config, target) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    match admin_request(&base, target.admin_key.as_deref(), method, &path) {
-        Ok(v) => {
-            out!("log level: {}", v["level"].as_str().unwrap_or("?"));
-            0
-        }
-        Err(e) => {
-            eprintln!("modelgate: {base}{path}: {e}");
-            1
-        }
-    }
 }
 
 pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {

@@ -20,6 +20,7 @@ mod failure;
 mod health;
 mod keys;
 mod keys_store;
+mod logging;
 mod provider;
 mod route;
 mod serve;
@@ -61,10 +62,10 @@ pub enum Command {
         #[command(subcommand)]
         command: health::HealthCommand,
     },
-    /// See or change a running gateway's log level.
+    /// See or change a running gateway's logging (level, format, files), and try the redactor.
     Logging {
         #[command(subcommand)]
-        command: health::LoggingCommand,
+        command: logging::LoggingCommand,
     },
     /// Inspect providers.
     Provider {
@@ -121,7 +122,7 @@ pub fn run() -> i32 {
         Command::Route { command } => route::run(cli.config, command),
         Command::Provider { command } => provider::run(cli.config, command),
         Command::Health { command } => health::run(cli.config, command),
-        Command::Logging { command } => health::run_logging(cli.config, command),
+        Command::Logging { command } => logging::run(cli.config, command),
         Command::Keys { command } => keys::run(cli.config, command),
         Command::Teams { command } => teams::run(cli.config, command),
         Command::Signin { command } => signin::run_signin(cli.config, command),

@@ -1,7 +1,7 @@
 //! The admin endpoints: `/status`, `/metrics`, `/admin/logging`,
 //! `/admin/circuits/reset`, `/admin/cache`, `/admin/errors`, `/admin/usage`,
 //! `/admin/live` (the feed itself is `live.rs`), `/admin/budgets`,
-//! `/admin/reliability`.
+//! `/admin/reliability`, `/admin/logging/test`.
 //!
 //! On `admin_listen` they need no key; on the main listener each first
 //! passes [`auth::authorize_admin`] (an admin key, and never served on a
@@ -24,6 +24,8 @@ pub enum Admin {
     Status,
     Metrics,
     Logging,
+    /// `POST /admin/logging/test`: one line at each enabled level.
+    LoggingTest,
     CircuitReset,
     Cache,
     Errors,
@@ -66,19 +68,32 @@ pub async fn serve(
             return Ok(());
         }
         Admin::Logging => {
-            // PUT /admin/logging?level=debug
+            // PUT /admin/logging?level=debug&format=json: either or both, live.
             if session.req_header().method == http::Method::PUT {
-                let query = session.req_header().uri.query().unwrap_or("");
-                let level = url::form_urlencoded::parse(query.as_bytes())
-                    .find(|(k, _)| k == "level")
-                    .and_then(|(_, v)| v.parse::<log::LevelFilter>().ok())
-                    .ok_or_else(|| {
-                        GatewayError::InvalidRequest("level: give ?level=off|error|warn|info|debug|trace".into())
-                    })?;
-                crate::logging::set_level(level);
-                log::warn!("log level set to {level} through the admin API");
+                configure_logging(session.req_header().uri.query().unwrap_or(""))?;
             }
-            json(serde_json::json!({"level": crate::logging::level().as_str().to_lowercase()}))
+            logging_state(snap).await
+        }
+        Admin::LoggingTest => {
+            let written: Vec<&str> = [
+                log::Level::Error,
+                log::Level::Warn,
+                log::Level::Info,
+                log::Level::Debug,
+                log::Level::Trace,
+            ]
+            .into_iter()
+            .filter(|l| *l <= log::max_level())
+            .map(|l| {
+                log::log!(target: "modelgate::logging_test", l, "modelgate logging test: a line at {}", l.as_str().to_lowercase());
+                l.as_str()
+            })
+            .collect();
+            json(serde_json::json!({
+                "level": crate::logging::level().as_str().to_lowercase(),
+                "format": crate::logging::format_now().name(),
+                "written": written.iter().map(|l| l.to_lowercase()).collect::<Vec<_>>(),
+            }))
         }
         Admin::CircuitReset => {
             let n = shared.health.reset_all();
@@ -295,6 +310,89 @@ async fn budgets(shared: &Shared, snap: &Snapshot) -> Result<Vec<u8>, GatewayErr
     Ok(json(serde_json::json!({
         "budgets": rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     })))
+}
+
+/// `PUT /admin/logging?level=…&format=…`: change either or both now.
+fn configure_logging(query: &str) -> Result<(), GatewayError> {
+    let mut level = None;
+    let mut format = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "level" => {
+                level = Some(v.parse::<log::LevelFilter>().map_err(|_| {
+                    GatewayError::InvalidRequest("level: give off, error, warn, info, debug or trace".into())
+                })?)
+            }
+            "format" => {
+                format = Some(
+                    crate::config::schema::LogFormat::ALL
+                        .into_iter()
+                        .find(|f| f.name() == v)
+                        .ok_or_else(|| {
+                            GatewayError::InvalidRequest(
+                                "format: give standard, detailed, json, colored or minimal".into(),
+                            )
+                        })?,
+                )
+            }
+            _ => {}
+        }
+    }
+    if level.is_none() && format.is_none() {
+        return Err(GatewayError::InvalidRequest(
+            "give ?level=off|error|warn|info|debug|trace and/or ?format=standard|detailed|json|colored|minimal".into(),
+        ));
+    }
+    if let Some(level) = level {
+        crate::logging::set_level(level);
+        log::warn!("log level set to {level} through the admin API");
+    }
+    if let Some(format) = format {
+        crate::logging::set_format(format);
+        log::warn!("log format set to {} through the admin API", format.name());
+    }
+    Ok(())
+}
+
+/// The logging's state: level, format, lines written per level since
+/// start, and the files this process writes (its log file, the audit log)
+/// with their sizes and whether they can be written (looked at on a
+/// blocking thread).
+async fn logging_state(snap: &Snapshot) -> Vec<u8> {
+    let mut paths: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
+    if let Some(p) = crate::logging::file() {
+        paths.push(("log", p.to_path_buf()));
+    }
+    if let Some(p) = snap.config.audit.path.as_deref() {
+        paths.push(("audit", p.into()));
+    }
+    let files = tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .map(|(kind, path)| {
+                let meta = std::fs::metadata(&path).ok();
+                let writable = std::fs::OpenOptions::new().append(true).open(&path).is_ok();
+                serde_json::json!({
+                    "kind": kind,
+                    "path": path.display().to_string(),
+                    "bytes": meta.map(|m| m.len()),
+                    "writable": writable,
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    json(serde_json::json!({
+        "level": crate::logging::level().as_str().to_lowercase(),
+        "format": crate::logging::format_now().name(),
+        "output": if crate::logging::file().is_some() { "file" } else { "stderr" },
+        "lines": crate::logging::lines_written()
+            .into_iter()
+            .map(|(l, n)| (l.to_string(), serde_json::Value::from(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "files": files,
+    }))
 }
 
 /// A report's window from its query: `from` (or `since`; default

@@ -152,6 +152,10 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
             M::GET | M::PUT => Endpoint::Admin(Admin::Logging),
             _ => Endpoint::MethodNotAllowed("GET, PUT"),
         },
+        (_, "/admin/logging/test") => match *method {
+            M::POST => Endpoint::Admin(Admin::LoggingTest),
+            _ => Endpoint::MethodNotAllowed("POST"),
+        },
         (_, "/admin/circuits/reset") => match *method {
             M::POST => Endpoint::Admin(Admin::CircuitReset),
             _ => Endpoint::MethodNotAllowed("POST"),

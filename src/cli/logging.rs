@@ -163,9 +163,9 @@ pub fn run(config: Option<PathBuf>, cmd: LoggingCommand) -> i32 {
         }
         LoggingCommand::Status { shown, target } => ask(config, &target, "GET", "/admin/logging".into(), |v| {
             print(shown.output, v, |v| {
-                out!("level:  {}", v["level"].as_str().unwrap_or("?"));
-                out!("format: {}", v["format"].as_str().unwrap_or("?"));
-                out!("output: {}", v["output"].as_str().unwrap_or("?"));
+                out!("log level: {}", v["level"].as_str().unwrap_or("?"));
+                out!("log format: {}", v["format"].as_str().unwrap_or("?"));
+                out!("log output: {}", v["output"].as_str().unwrap_or("?"));
             });
             0
         }),

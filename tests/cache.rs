@@ -25,18 +25,20 @@ async fn post(gw: &Gateway, path: &str, body: &'static str, beta: Option<&str>) 
 }
 
 /// Answers are stored once the response is complete (in the logging
-/// phase), which can trail the client's receipt by a moment.
+/// phase), which can trail the client's receipt by a moment. Polled, at
+/// most 2 s.
 async fn wait_entries(admin: u16, cache: &str, n: u64) {
     for _ in 0..200 {
-        let v: Value = client()
+        // The admin listener may still be starting: that is "not yet" too.
+        let v: Option<Value> = match client()
             .get(format!("http://127.0.0.1:{admin}/admin/cache"))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v[cache]["entries"].as_u64() == Some(n) {
+        {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        if v.is_some_and(|v| v[cache]["entries"].as_u64() == Some(n)) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -108,6 +110,22 @@ async fn identical_requests_are_answered_from_the_cache() {
         table.lines().any(|l| l.starts_with("response") && l.contains("true")),
         "{table}"
     );
+    // The seed's names: one cache's figures, the file's settings, and a
+    // purge that keeps what is still fresh.
+    let (code, one) = cli(&gw, &["cache", "response-stats", "--format", "json"]);
+    assert_eq!(code, 0, "{one}");
+    assert_eq!(serde_json::from_str::<Value>(&one).unwrap()["entries"], 2);
+    let (code, one) = cli(&gw, &["cache", "token-count-stats"]);
+    assert_eq!(code, 0);
+    assert!(one.lines().nth(1).unwrap().starts_with("token_count"), "{one}");
+    assert!(!one.contains("\nresponse"), "{one}");
+    let (code, info) = cli(&gw, &["cache", "info", "--format", "json"]);
+    assert_eq!(code, 0, "{info}");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["response"]["enabled"], true);
+    assert_eq!(info["response"]["ttl_seconds"], v["response"]["ttl_seconds"]);
+    let (code, purged) = cli(&gw, &["cache", "purge"]);
+    assert_eq!((code, purged.trim()), (0, "purged 0 expired cache entries"));
     let (code, cleared) = cli(&gw, &["cache", "clear"]);
     assert_eq!((code, cleared.trim()), (0, "cleared 3 cache entries"));
     up.set_default(Reply::sse_message("claude-sonnet-4-5", &["fresh"]));

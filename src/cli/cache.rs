@@ -1,11 +1,14 @@
-//! `modelgate cache stats|clear`: a running gateway's response and
-//! token-count caches, through its admin API (`/admin/cache`).
+//! `modelgate cache stats|clear|purge|info|response-stats|token-count-stats`:
+//! a running gateway's response and token-count caches, through its admin
+//! API (`/admin/cache`); `info` reads the settings from the config file.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use serde_json::{json, Value};
 
 use super::health::{admin_request, base_url, Target};
+use super::logging::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -14,60 +17,154 @@ pub enum CacheCommand {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// `text` (default) or `json` (the same as --json).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
         #[command(flatten)]
         target: Target,
     },
     /// Drop every cached answer now (e.g. after a provider returned bad
     /// answers that were cached).
     Clear(Target),
+    /// Drop only the entries past their `ttl` (they would not be served again).
+    Purge(Target),
+    /// The caches' settings in the config file: enabled, ttl, max entries.
+    Info {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
+    },
+    /// The response cache's figures alone.
+    ResponseStats {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The token-count cache's figures alone.
+    TokenCountStats {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub fn run(config: Option<PathBuf>, command: CacheCommand) -> i32 {
-    let (target, method) = match &command {
-        CacheCommand::Stats { target, .. } => (target, "GET"),
-        CacheCommand::Clear(target) => (target, "DELETE"),
+    if let CacheCommand::Info { format } = command {
+        return info(config, format);
+    }
+    let (target, method, path) = match &command {
+        CacheCommand::Stats { target, .. }
+        | CacheCommand::ResponseStats { target, .. }
+        | CacheCommand::TokenCountStats { target, .. } => (target, "GET", "/admin/cache"),
+        CacheCommand::Clear(target) => (target, "DELETE", "/admin/cache"),
+        CacheCommand::Purge(target) => (target, "DELETE", "/admin/cache?expired=true"),
+        CacheCommand::Info { .. } => unreachable!("answered above"),
     };
     let base = match base_url(config, target) {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let v = match admin_request(&base, target.admin_key.as_deref(), method, "/admin/cache") {
+    let v = match admin_request(&base, target.admin_key.as_deref(), method, path) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("modelgate: {base}/admin/cache: {e}");
+            eprintln!("modelgate: {base}{path}: {e}");
             return 1;
         }
     };
     match command {
         CacheCommand::Clear(_) => out!("cleared {} cache entries", v["cleared"]),
-        CacheCommand::Stats { json: true, .. } => out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
-        CacheCommand::Stats { json: false, .. } => {
+        CacheCommand::Purge(_) => out!("purged {} expired cache entries", v["purged"]),
+        CacheCommand::Stats { json, format, .. } if json || format == Output::Json => {
+            out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+        }
+        CacheCommand::Stats { .. } => table(&v, &["response", "token_count"]),
+        CacheCommand::ResponseStats {
+            format: Output::Json, ..
+        } => {
+            out!("{}", serde_json::to_string_pretty(&v["response"]).unwrap_or_default())
+        }
+        CacheCommand::TokenCountStats {
+            format: Output::Json, ..
+        } => {
             out!(
-                "{:<12} {:>8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>12}",
-                "CACHE",
-                "ENABLED",
-                "ENTRIES",
-                "BYTES",
-                "HITS",
-                "MISSES",
-                "TTL",
-                "MAX_ENTRIES"
+                "{}",
+                serde_json::to_string_pretty(&v["token_count"]).unwrap_or_default()
+            )
+        }
+        CacheCommand::ResponseStats { .. } => table(&v, &["response"]),
+        CacheCommand::TokenCountStats { .. } => table(&v, &["token_count"]),
+        CacheCommand::Info { .. } => {}
+    }
+    0
+}
+
+/// One line per cache of `/admin/cache`'s answer.
+fn table(v: &Value, names: &[&str]) {
+    out!(
+        "{:<12} {:>8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>12}",
+        "CACHE",
+        "ENABLED",
+        "ENTRIES",
+        "BYTES",
+        "HITS",
+        "MISSES",
+        "TTL",
+        "MAX_ENTRIES"
+    );
+    for name in names {
+        // JSON values print without padding: format them as strings first.
+        let c = |field: &str| v[*name][field].to_string();
+        out!(
+            "{:<12} {:>8} {:>8} {:>10} {:>10} {:>10} {:>7}s {:>12}",
+            name,
+            c("enabled"),
+            c("entries"),
+            c("bytes"),
+            c("hits"),
+            c("misses"),
+            c("ttl_seconds"),
+            c("max_entries")
+        );
+    }
+}
+
+/// `cache info`: the file's settings (a running gateway's `serve` flags
+/// may turn a cache on beyond them: `cache stats` shows what runs).
+fn info(config: Option<PathBuf>, format: Output) -> i32 {
+    let path = super::config_path(config);
+    let c = match crate::config::load::load_file(&path) {
+        Ok(c) => c.cache,
+        Err(e) => {
+            eprintln!("modelgate: {}: {e}", path.display());
+            return 2;
+        }
+    };
+    let v = json!({
+        "response": {
+            "enabled": c.response.enabled,
+            "ttl_seconds": c.response.ttl.0.as_secs(),
+            "max_entries": c.response.max_entries,
+        },
+        "token_count": {
+            "enabled": c.token_count.enabled,
+            "ttl_seconds": c.token_count.ttl.0.as_secs(),
+        },
+    });
+    match format {
+        Output::Json => out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Output::Text => {
+            out!(
+                "response     enabled: {}, ttl: {}s, max entries: {}",
+                c.response.enabled,
+                c.response.ttl.0.as_secs(),
+                c.response.max_entries
             );
-            for name in ["response", "token_count"] {
-                // JSON values print without padding: format them as strings first.
-                let c = |field: &str| v[name][field].to_string();
-                out!(
-                    "{:<12} {:>8} {:>8} {:>10} {:>10} {:>10} {:>7}s {:>12}",
-                    name,
-                    c("enabled"),
-                    c("entries"),
-                    c("bytes"),
-                    c("hits"),
-                    c("misses"),
-                    c("ttl_seconds"),
-                    c("max_entries")
-                );
-            }
+            out!(
+                "token_count  enabled: {}, ttl: {}s",
+                c.token_count.enabled,
+                c.token_count.ttl.0.as_secs()
+            );
         }
     }
     0

@@ -102,7 +102,14 @@ pub async fn serve(
         }
         Admin::Cache => {
             let caches = &shared.caches;
-            if session.req_header().method == http::Method::DELETE {
+            let expired_only = session.req_header().uri.query().is_some_and(|q| {
+                url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "expired" && v != "false")
+            });
+            if session.req_header().method == http::Method::DELETE && expired_only {
+                let n = caches.purge_expired(snap);
+                log::info!("{n} expired cache entries purged through the admin API");
+                json(serde_json::json!({ "purged": n }))
+            } else if session.req_header().method == http::Method::DELETE {
                 let n = caches.clear();
                 log::warn!("{n} cache entries cleared through the admin API");
                 json(serde_json::json!({ "cleared": n }))

@@ -265,6 +265,30 @@ impl Caches {
         }
     }
 
+    /// Drop the entries older than their store's `ttl` (they would never
+    /// be served again); the number dropped.
+    pub fn purge_expired(&self, snap: &Snapshot) -> usize {
+        [Kind::Response, Kind::TokenCount]
+            .into_iter()
+            .map(|kind| {
+                let (_, ttl, _) = settings(snap, kind);
+                let mut guard = self.store(kind).lock();
+                let (map, bytes) = &mut *guard;
+                let stale: Vec<[u8; 32]> = map
+                    .iter()
+                    .filter(|(_, e)| e.stored.elapsed() > ttl)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in &stale {
+                    if let Some(old) = map.remove(k) {
+                        *bytes -= old.body.len();
+                    }
+                }
+                stale.len()
+            })
+            .sum()
+    }
+
     /// Drop every entry of both stores; the number dropped.
     pub fn clear(&self) -> usize {
         [&self.response, &self.token_count]
@@ -319,7 +343,8 @@ mod tests {
         assert_eq!(c.clear(), 2);
         let expired = snap("cache:\n  response: {enabled: true, ttl: 0s}\n");
         c.insert(&expired, Kind::Response, k1, "x", Bytes::from_static(b"one"));
-        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(c.purge_expired(&expired), 1);
+        c.insert(&expired, Kind::Response, k1, "x", Bytes::from_static(b"one"));
         assert!(c.lookup(&expired, Kind::Response, &k1).is_none());
     }
 

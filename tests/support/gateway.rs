@@ -139,7 +139,7 @@ impl Gateway {
             .replace("{port}", &port.to_string())
             .replace("{dir}", &dir.path().display().to_string());
         let config_path = dir.path().join(CONFIG_FILE);
-        std::fs::write(&config_path, config).expect("write modelgate.yaml");
+        std::fs::write(&config_path, &config).expect("write modelgate.yaml");
         let stdout = File::create(dir.path().join(STDOUT_LOG)).expect("create stdout.log");
         let stderr = File::create(dir.path().join(STDERR_LOG)).expect("create stderr.log");
 
@@ -164,9 +164,20 @@ impl Gateway {
         }
         cmd.envs(envs.iter().copied());
         let child = cmd.spawn().expect("spawn modelgate binary");
+        // A loopback `admin_listen` is waited for too: it starts beside the
+        // main listener, not before it.
+        let admin = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("admin_listen:"))
+            .map(|v| v.trim().trim_matches('"'))
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+            .filter(|a| a.ip().is_loopback());
         let mut gw = Gateway { child, addr, dir };
 
-        match gw.wait_ready() {
+        match gw
+            .wait_ready()
+            .and_then(|()| admin.map_or(Ok(()), |a| gw.wait_ready_on(a)))
+        {
             Ok(()) => Ok(gw),
             Err(why) => {
                 // Stop it (if still running) so the logs are complete.
@@ -186,13 +197,18 @@ impl Gateway {
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
+        self.wait_ready_on(self.addr)
+    }
+
+    /// Poll `GET /health` on `addr` (the main or the admin listener) until 200.
+    fn wait_ready_on(&mut self, addr: SocketAddr) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = None;
         for attempt in 0..READY_MAX_TRIES {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("modelgate exited before becoming ready: {status}"));
             }
-            last = http_status(self.addr, "/health");
+            last = http_status(addr, "/health");
             if last == Some(200) {
                 return Ok(());
             }
@@ -204,8 +220,7 @@ impl Gateway {
             std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
         }
         Err(format!(
-            "modelgate not ready on {} within {READY_TIMEOUT:?} (last /health status: {last:?})",
-            self.addr
+            "modelgate not ready on {addr} within {READY_TIMEOUT:?} (last /health status: {last:?})"
         ))
     }
 

@@ -169,4 +169,17 @@ async fn failures_are_not_cached_and_show_in_health_errors() {
     let v: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["error_type"], "not_found_error");
+    // Grouped by category (the seed's `health categories`).
+    let r = client().get(gw.url("/v1/nothing-else")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let (code, json) = cli(&gw, &["health", "categories", "--format", "json"]);
+    assert_eq!(code, 0, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["category"], "not_found_error", "{v}");
+    assert_eq!(v[0]["count"], 2);
+    assert_eq!(v[0]["statuses"], serde_json::json!([404]));
+    assert_eq!(v[1]["category"], "upstream_400", "the provider's own 400, relayed");
+    assert_eq!(v[1]["providers"], serde_json::json!(["a"]));
+    let (_, table) = cli(&gw, &["health", "categories"]);
+    assert!(table.starts_with("CATEGORY") && table.lines().count() == 3, "{table}");
 }

@@ -285,3 +285,12 @@ fn logging_local_commands() {
     }
     insta::assert_snapshot!("logging_local_commands", golden);
 }
+
+/// `health retry-policies`: the config's failure handling, text and JSON.
+#[test]
+fn health_retry_policies() {
+    let g = Golden::new();
+    let text = g.run(&["health", "retry-policies"], true);
+    let json = g.run(&["health", "retry-policies", "--format", "json"], true);
+    insta::assert_snapshot!("health_retry_policies", format!("{text}\n{json}"));
+}

@@ -233,3 +233,44 @@ fn gateway_environment_overrides_win_over_the_file() {
         "{out}"
     );
 }
+
+/// `route serve`, the seed's name for serving: the same gateway.
+#[test]
+fn route_serve_runs_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("modelgate.yaml");
+    std::fs::write(&path, "providers:\n  a: {type: anthropic}\ndefault_provider: a\n").unwrap();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["route", "serve", "-c"])
+        .arg(&path)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .arg("--upgrade-sock-is-not-a-flag")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An unknown flag is refused like `serve` refuses it.
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["route", "serve", "-c"])
+        .arg(&path)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut up = false;
+    while std::time::Instant::now() < until {
+        if http_status(addr, "/health") == Some(200) {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "route serve never answered /health on {addr}");
+}

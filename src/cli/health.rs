@@ -1,5 +1,6 @@
-//! `modelgate health status|circuit-breakers`: ask a running gateway's
-//! admin API (`/status`) and print what it says.
+//! `modelgate health status|circuit-breakers|reset|errors|categories`: ask
+//! a running gateway's admin API (`/status`, `/admin/errors`) and print
+//! what it says; `health retry-policies` reads the config file.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,22 @@ pub enum HealthCommand {
         json: bool,
         #[command(flatten)]
         target: Target,
+    },
+    /// The recent failures grouped by error type: how many, the statuses,
+    /// providers and models they came from, and the newest.
+    Categories {
+        /// `text` (default) or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::logging::Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// What each provider's requests get on failure: attempts, backoff,
+    /// timeouts, circuit breaking, 429 cool-downs and health checks (from the config).
+    RetryPolicies {
+        /// `text` (default) or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::logging::Output,
     },
 }
 
@@ -53,6 +70,8 @@ pub(crate) fn base_url(config: Option<PathBuf>, target: &Target) -> Result<Strin
 pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
     let (target, circuits) = match cmd {
         HealthCommand::Errors { limit, json, target } => return errors(config, &target, limit, json),
+        HealthCommand::Categories { format, target } => return categories(config, &target, format),
+        HealthCommand::RetryPolicies { format } => return retry_policies(config, format),
         HealthCommand::Status(t) => (t, false),
         HealthCommand::CircuitBreakers(t) => (t, true),
         HealthCommand::Reset(t) => {
@@ -142,6 +161,168 @@ fn errors(config: Option<PathBuf>, target: &Target, limit: usize, json: bool) ->
             s(&e["key"]),
             e["attempts"],
             s(&e["message"]),
+        );
+    }
+    0
+}
+
+/// `health categories`: `/admin/errors` grouped by `error_type`, most first.
+fn categories(config: Option<PathBuf>, target: &Target, format: super::logging::Output) -> i32 {
+    let base = match base_url(config, target) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let v = match admin_request(&base, target.admin_key.as_deref(), "GET", "/admin/errors") {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("modelgate: {base}/admin/errors: {e}");
+            return 1;
+        }
+    };
+    let mut groups: std::collections::BTreeMap<String, Vec<&Value>> = std::collections::BTreeMap::new();
+    for e in v["errors"].as_array().into_iter().flatten() {
+        // A provider's own error, relayed as it came, has no gateway type:
+        // it is grouped by its status.
+        let kind = e["error_type"]
+            .as_str()
+            .map_or_else(|| format!("upstream_{}", e["status"]), str::to_string);
+        groups.entry(kind).or_default().push(e);
+    }
+    let distinct = |list: &[&Value], field: &str| {
+        let mut seen: Vec<Value> = Vec::new();
+        for e in list {
+            if !e[field].is_null() && !seen.contains(&e[field]) {
+                seen.push(e[field].clone());
+            }
+        }
+        seen
+    };
+    let mut rows: Vec<Value> = groups
+        .iter()
+        .map(|(kind, list)| {
+            serde_json::json!({
+                "category": kind,
+                "count": list.len(),
+                "statuses": distinct(list, "status"),
+                "providers": distinct(list, "provider"),
+                "models": distinct(list, "model"),
+                "latest": list.last().map(|e| e["time"].clone()),
+                "latest_message": list.last().map(|e| e["message"].clone()),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+    if format == super::logging::Output::Json {
+        out!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        return 0;
+    }
+    if rows.is_empty() {
+        out!("no errors since the gateway started");
+        return 0;
+    }
+    let join = |v: &Value| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    out!(
+        "{:<24} {:>6}  {:<12} {:<20} LATEST",
+        "CATEGORY",
+        "COUNT",
+        "STATUSES",
+        "PROVIDERS"
+    );
+    for r in &rows {
+        out!(
+            "{:<24} {:>6}  {:<12} {:<20} {}",
+            r["category"].as_str().unwrap_or(""),
+            r["count"],
+            join(&r["statuses"]),
+            join(&r["providers"]),
+            r["latest"].as_str().unwrap_or("-")
+        );
+    }
+    0
+}
+
+/// `health retry-policies`: the failure handling each provider's requests
+/// get, from the config file (and the gateway's fixed circuit rules).
+fn retry_policies(config: Option<PathBuf>, format: super::logging::Output) -> i32 {
+    use crate::upstream::health::{FAILURES_TO_OPEN, MIN_SAMPLES, OPEN_FOR, WINDOW};
+    let path = super::config_path(config);
+    let snap = match super::load_snapshot(&path, |_| {}) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("modelgate: {}: {e}", path.display());
+            return 2;
+        }
+    };
+    let c = &snap.config;
+    let secs = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let providers: Vec<Value> = c
+        .providers
+        .iter()
+        .map(|(name, p)| {
+            serde_json::json!({
+                "provider": name,
+                "enabled": p.enabled,
+                "accounts": p.keys.len().max(1),
+                "health_check": p.health_check.as_ref().map(|h| serde_json::json!({
+                    "kind": serde_json::to_value(h.kind).unwrap_or_default(),
+                    "interval": h.interval.map(|d| secs(d.0)),
+                })),
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "max_retries": c.max_retries,
+        "retry_delay": secs(c.retry_delay.0),
+        "timeout": secs(c.timeout.0),
+        "connect_timeout": secs(c.connect_timeout.0),
+        "max_wait": "60s",
+        "circuit": {
+            "opens_after_consecutive_failures": FAILURES_TO_OPEN,
+            "opens_at_failure_share": format!("half of the last {WINDOW} attempts (at least {MIN_SAMPLES})"),
+            "open_for": secs(OPEN_FOR),
+        },
+        "providers": providers,
+    });
+    if format == super::logging::Output::Json {
+        out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return 0;
+    }
+    out!(
+        "attempts: 1 + max_retries ({}) across the route's providers and accounts; a 4xx of the client's own is final",
+        c.max_retries
+    );
+    out!(
+        "backoff: full-jitter exponential from retry_delay ({}) when the same account is tried again; waits capped at 60s a request",
+        secs(c.retry_delay.0)
+    );
+    out!(
+        "timeouts: connect {}, first byte and mid-stream silence {} per attempt",
+        secs(c.connect_timeout.0),
+        secs(c.timeout.0)
+    );
+    out!(
+        "circuit: opens after {FAILURES_TO_OPEN} failures in a row or half of the last {WINDOW} attempts (at least {MIN_SAMPLES}), for {}, then one probe",
+        secs(OPEN_FOR)
+    );
+    out!("429: the model cools down on that account for retry-after; other accounts and models go on");
+    for p in &providers {
+        out!(
+            "provider {:<16} {:<8} accounts: {}  health check: {}",
+            p["provider"].as_str().unwrap_or(""),
+            if p["enabled"] == true { "enabled" } else { "disabled" },
+            p["accounts"],
+            p["health_check"].get("kind").map_or("none".to_string(), |k| format!(
+                "{} every {}",
+                k.as_str().unwrap_or("?"),
+                p["health_check"]["interval"].as_str().unwrap_or("default")
+            ))
         );
     }
     0

@@ -29,6 +29,9 @@ const RELOAD_NOTE: &str =
 pub enum RouteCommand {
     /// Print the routing rules in order, then where unmatched requests go.
     List,
+    /// Run the gateway with its routes (claude-code-model-gateway's name for
+    /// `modelgate serve`; the same flags).
+    Serve(super::serve::ServeArgs),
     /// Print the candidate plan for a model, and why each rule matched or not.
     Resolve(Query),
     /// Like `resolve`, and also check every candidate is usable (credentials
@@ -122,6 +125,9 @@ pub struct RemoveArgs {
 }
 
 pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
+    if let RouteCommand::Serve(args) = cmd {
+        return super::serve::run(config, args);
+    }
     let path = super::config_path(config);
     match cmd {
         RouteCommand::Add(args) => return finish(add(&path, args)),
@@ -154,7 +160,7 @@ pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
         }
         RouteCommand::Resolve(q) => resolve(&snap, &q, false),
         RouteCommand::Test(q) => resolve(&snap, &q, true),
-        RouteCommand::Add(_) | RouteCommand::Remove(_) => unreachable!("handled above"),
+        RouteCommand::Add(_) | RouteCommand::Remove(_) | RouteCommand::Serve(_) => unreachable!("handled above"),
     }
 }
 

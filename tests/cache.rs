@@ -180,6 +180,15 @@ async fn failures_are_not_cached_and_show_in_health_errors() {
     assert_eq!(v[0]["statuses"], serde_json::json!([404]));
     assert_eq!(v[1]["category"], "upstream_400", "the provider's own 400, relayed");
     assert_eq!(v[1]["providers"], serde_json::json!(["a"]));
+    // `health status`: the /status JSON, or a summary.
+    let (code, json) = cli(&gw, &["health", "status", "--format", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&json).unwrap()["status"], "ok");
+    let (_, summary) = cli(&gw, &["health", "status", "--format", "text"]);
+    assert!(
+        summary.contains("provider: a (enabled)") && summary.contains("requests: "),
+        "{summary}"
+    );
     let (_, table) = cli(&gw, &["health", "categories"]);
     assert!(table.starts_with("CATEGORY") && table.lines().count() == 3, "{table}");
 }

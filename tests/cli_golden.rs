@@ -294,3 +294,9 @@ fn health_retry_policies() {
     let json = g.run(&["health", "retry-policies", "--format", "json"], true);
     insta::assert_snapshot!("health_retry_policies", format!("{text}\n{json}"));
 }
+
+/// `route list --format json`: the rules as the file has them.
+#[test]
+fn route_list_json() {
+    insta::assert_snapshot!("route_list_json", golden(&["route", "list", "--format", "json"]));
+}

@@ -274,3 +274,22 @@ fn route_serve_runs_the_gateway() {
     let _ = child.wait();
     assert!(up, "route serve never answered /health on {addr}");
 }
+
+/// Without `-c`, a directory with the seed's `gateway.yaml` (and no
+/// `modelgate.yaml`) uses it.
+#[test]
+fn the_seeds_gateway_yaml_is_found_without_c() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        "providers:\n  seedprov: {type: anthropic}\ndefault_provider: seedprov\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["provider", "list"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("seedprov"));
+}

@@ -9,8 +9,13 @@ use serde_json::Value;
 
 #[derive(Subcommand, Debug)]
 pub enum HealthCommand {
-    /// Overall status: uptime, config version, providers.
-    Status(Target),
+    /// Overall status: uptime, config version, providers (the `/status` JSON; `--format text` for a summary).
+    Status {
+        #[arg(long, value_enum, default_value = "json")]
+        format: super::logging::Output,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Circuit breaker state per provider account.
     CircuitBreakers(Target),
     /// Close every circuit breaker now (after an incident is over).
@@ -68,12 +73,26 @@ pub(crate) fn base_url(config: Option<PathBuf>, target: &Target) -> Result<Strin
 }
 
 pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
-    let (target, circuits) = match cmd {
+    // What to print of `/status`: the JSON, a summary, or the circuits.
+    #[derive(PartialEq)]
+    enum View {
+        Json,
+        Summary,
+        Circuits,
+    }
+    let (target, view) = match cmd {
         HealthCommand::Errors { limit, json, target } => return errors(config, &target, limit, json),
         HealthCommand::Categories { format, target } => return categories(config, &target, format),
         HealthCommand::RetryPolicies { format } => return retry_policies(config, format),
-        HealthCommand::Status(t) => (t, false),
-        HealthCommand::CircuitBreakers(t) => (t, true),
+        HealthCommand::Status { target, format } => (
+            target,
+            if format == super::logging::Output::Text {
+                View::Summary
+            } else {
+                View::Json
+            },
+        ),
+        HealthCommand::CircuitBreakers(t) => (t, View::Circuits),
         HealthCommand::Reset(t) => {
             let base = match base_url(config, &t) {
                 Ok(b) => b,
@@ -102,7 +121,28 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
             return 1;
         }
     };
-    if circuits {
+    if view == View::Summary {
+        let n = |v: &Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
+        out!("version:  {}", status["version"].as_str().unwrap_or("?"));
+        out!("uptime:   {}s", n(&status["uptime_seconds"]));
+        out!(
+            "config:   version {}",
+            status["config"]["version"].as_str().unwrap_or("?")
+        );
+        out!(
+            "requests: {} ({} in flight, {} errors)",
+            n(&status["counters"]["requests_total"]),
+            n(&status["counters"]["in_flight"]),
+            n(&status["counters"]["errors_total"])
+        );
+        for p in status["providers"].as_array().into_iter().flatten() {
+            out!(
+                "provider: {} ({})",
+                p["name"].as_str().unwrap_or("?"),
+                if p["enabled"] == false { "disabled" } else { "enabled" }
+            );
+        }
+    } else if view == View::Circuits {
         let list = status["circuits"].as_array().cloned().unwrap_or_default();
         if list.is_empty() {
             out!("no circuits yet (no upstream traffic since start)");

@@ -40,7 +40,7 @@ use crate::runtime::Snapshot;
 #[derive(Parser, Debug)]
 #[command(name = "modelgate", version, about = "An LLM gateway for Claude Code and the Anthropic Messages API", long_about = None)]
 pub struct Cli {
-    /// Config file. Default: ./modelgate.yaml, then conf/modelgate.yaml.
+    /// Config file. Default: ./modelgate.yaml, then ./gateway.yaml, then conf/modelgate.yaml.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]

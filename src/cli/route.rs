@@ -28,7 +28,11 @@ const RELOAD_NOTE: &str =
 #[derive(Subcommand, Debug)]
 pub enum RouteCommand {
     /// Print the routing rules in order, then where unmatched requests go.
-    List,
+    List {
+        /// `text` (default) or `json` (`{routes, default_provider}`, the rules as the file has them).
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::logging::Output,
+    },
     /// Run the gateway with its routes (claude-code-model-gateway's name for
     /// `modelgate serve`; the same flags).
     Serve(super::serve::ServeArgs),
@@ -142,7 +146,17 @@ pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
         }
     };
     match cmd {
-        RouteCommand::List => {
+        RouteCommand::List {
+            format: super::logging::Output::Json,
+        } => {
+            let v = serde_json::json!({
+                "routes": snap.config.routes,
+                "default_provider": snap.config.default_provider,
+            });
+            out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        RouteCommand::List { .. } => {
             for (i, r) in snap.config.routes.iter().enumerate() {
                 let matcher = match (&r.model_glob, &r.header) {
                     (Some(g), None) => format!("match `{g}`"),

@@ -11,14 +11,15 @@ use serde_yaml::Value;
 use super::schema::Config;
 use super::ConfigError;
 
-/// Where `-c` points when it is not given: `./modelgate.yaml`, then `conf/modelgate.yaml`.
+/// Where `-c` points when it is not given: `./modelgate.yaml`, then
+/// `./gateway.yaml` (claude-code-model-gateway's name), then
+/// `conf/modelgate.yaml`.
 pub fn default_config_path() -> PathBuf {
-    let local = PathBuf::from("modelgate.yaml");
-    if local.exists() {
-        local
-    } else {
-        PathBuf::from("conf/modelgate.yaml")
-    }
+    ["modelgate.yaml", "gateway.yaml"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("conf/modelgate.yaml"))
 }
 
 /// Read, expand and schema-check a config file, then apply the `GATEWAY_*`

@@ -208,8 +208,11 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("modelgate exited before becoming ready: {status}"));
             }
-            last = http_status(addr, "/health");
-            if last == Some(200) {
+            // The answer must be a modelgate's: a port taken in between by
+            // another test's mock upstream also answers 200.
+            let got = http_get(addr, "/health");
+            last = got.as_ref().map(|(status, _)| *status);
+            if got.is_some_and(|(status, body)| status == 200 && body.contains("\"status\":\"ok\"")) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -351,6 +354,32 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         return None;
     }
     parts.next()?.parse().ok()
+}
+
+/// One blocking `GET path` like [`http_status`], with the whole answer
+/// read (at most 64 KiB): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: modelgate-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 64 * 1024 {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut parts = head.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    Some((parts.next()?.parse().ok()?, body.to_string()))
 }
 
 /// Contents of `tests/fixtures/<name>`.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::health::{admin_request, base_url, Target};
-use super::logging::Output;
+use super::health::{ask, Target};
+use super::Output;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -61,24 +61,20 @@ pub fn run(config: Option<PathBuf>, command: CacheCommand) -> i32 {
         CacheCommand::Purge(target) => (target, "DELETE", "/admin/cache?expired=true"),
         CacheCommand::Info { .. } => unreachable!("answered above"),
     };
-    let base = match base_url(config, target) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let v = match admin_request(&base, target.admin_key.as_deref(), method, path) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("modelgate: {base}{path}: {e}");
-            return 1;
-        }
-    };
+    ask(config, target, method, path.into(), |v| {
+        print(&command, v);
+        0
+    })
+}
+
+fn print(command: &CacheCommand, v: &Value) {
     match command {
         CacheCommand::Clear(_) => out!("cleared {} cache entries", v["cleared"]),
         CacheCommand::Purge(_) => out!("purged {} expired cache entries", v["purged"]),
-        CacheCommand::Stats { json, format, .. } if json || format == Output::Json => {
+        CacheCommand::Stats { json, format, .. } if *json || *format == Output::Json => {
             out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
         }
-        CacheCommand::Stats { .. } => table(&v, &["response", "token_count"]),
+        CacheCommand::Stats { .. } => table(v, &["response", "token_count"]),
         CacheCommand::ResponseStats {
             format: Output::Json, ..
         } => {
@@ -92,11 +88,10 @@ pub fn run(config: Option<PathBuf>, command: CacheCommand) -> i32 {
                 serde_json::to_string_pretty(&v["token_count"]).unwrap_or_default()
             )
         }
-        CacheCommand::ResponseStats { .. } => table(&v, &["response"]),
-        CacheCommand::TokenCountStats { .. } => table(&v, &["token_count"]),
+        CacheCommand::ResponseStats { .. } => table(v, &["response"]),
+        CacheCommand::TokenCountStats { .. } => table(v, &["token_count"]),
         CacheCommand::Info { .. } => {}
     }
-    0
 }
 
 /// One line per cache of `/admin/cache`'s answer.

@@ -12,7 +12,7 @@ pub enum HealthCommand {
     /// Overall status: uptime, config version, providers (the `/status` JSON; `--format text` for a summary).
     Status {
         #[arg(long, value_enum, default_value = "json")]
-        format: super::logging::Output,
+        format: super::Output,
         #[command(flatten)]
         target: Target,
     },
@@ -37,7 +37,7 @@ pub enum HealthCommand {
     Categories {
         /// `text` (default) or `json`.
         #[arg(long, value_enum, default_value = "text")]
-        format: super::logging::Output,
+        format: super::Output,
         #[command(flatten)]
         target: Target,
     },
@@ -46,7 +46,7 @@ pub enum HealthCommand {
     RetryPolicies {
         /// `text` (default) or `json`.
         #[arg(long, value_enum, default_value = "text")]
-        format: super::logging::Output,
+        format: super::Output,
     },
 }
 
@@ -72,21 +72,22 @@ pub(crate) fn base_url(config: Option<PathBuf>, target: &Target) -> Result<Strin
         })
 }
 
+/// What to print of `/status`: the JSON, a summary, or the circuits.
+#[derive(PartialEq)]
+enum View {
+    Json,
+    Summary,
+    Circuits,
+}
+
 pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
-    // What to print of `/status`: the JSON, a summary, or the circuits.
-    #[derive(PartialEq)]
-    enum View {
-        Json,
-        Summary,
-        Circuits,
-    }
     let (target, view) = match cmd {
         HealthCommand::Errors { limit, json, target } => return errors(config, &target, limit, json),
         HealthCommand::Categories { format, target } => return categories(config, &target, format),
         HealthCommand::RetryPolicies { format } => return retry_policies(config, format),
         HealthCommand::Status { target, format } => (
             target,
-            if format == super::logging::Output::Text {
+            if format == super::Output::Text {
                 View::Summary
             } else {
                 View::Json
@@ -94,34 +95,21 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
         ),
         HealthCommand::CircuitBreakers(t) => (t, View::Circuits),
         HealthCommand::Reset(t) => {
-            let base = match base_url(config, &t) {
-                Ok(b) => b,
-                Err(code) => return code,
-            };
-            return match admin_request(&base, t.admin_key.as_deref(), "POST", "/admin/circuits/reset") {
-                Ok(v) => {
-                    out!("reset {} circuit breakers", v["reset"]);
-                    0
-                }
-                Err(e) => {
-                    eprintln!("modelgate: {base}/admin/circuits/reset: {e}");
-                    1
-                }
-            };
+            return ask(config, &t, "POST", "/admin/circuits/reset".into(), |v| {
+                out!("reset {} circuit breakers", v["reset"]);
+                0
+            })
         }
     };
-    let base = match base_url(config, &target) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let status = match admin_request(&base, target.admin_key.as_deref(), "GET", "/status") {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("modelgate: {base}/status: {e}");
-            return 1;
-        }
-    };
-    if view == View::Summary {
+    ask(config, &target, "GET", "/status".into(), |status| {
+        print_status(status, &view);
+        0
+    })
+}
+
+/// `/status` as JSON, as a summary, or its circuits.
+fn print_status(status: &Value, view: &View) {
+    if *view == View::Summary {
         let n = |v: &Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
         out!("version:  {}", status["version"].as_str().unwrap_or("?"));
         out!("uptime:   {}s", n(&status["uptime_seconds"]));
@@ -142,7 +130,7 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
                 if p["enabled"] == false { "disabled" } else { "enabled" }
             );
         }
-    } else if view == View::Circuits {
+    } else if *view == View::Circuits {
         let list = status["circuits"].as_array().cloned().unwrap_or_default();
         if list.is_empty() {
             out!("no circuits yet (no upstream traffic since start)");
@@ -161,23 +149,17 @@ pub fn run(config: Option<PathBuf>, cmd: HealthCommand) -> i32 {
             );
         }
     } else {
-        out!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(status).unwrap_or_default());
     }
-    0
 }
 
 fn errors(config: Option<PathBuf>, target: &Target, limit: usize, json: bool) -> i32 {
-    let base = match base_url(config, target) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let v = match admin_request(&base, target.admin_key.as_deref(), "GET", "/admin/errors") {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("modelgate: {base}/admin/errors: {e}");
-            return 1;
-        }
-    };
+    ask(config, target, "GET", "/admin/errors".into(), |v| {
+        print_errors(v, limit, json)
+    })
+}
+
+fn print_errors(v: &Value, limit: usize, json: bool) -> i32 {
     let list = v["errors"].as_array().cloned().unwrap_or_default();
     let shown = &list[list.len().saturating_sub(limit)..];
     if json {
@@ -207,18 +189,13 @@ fn errors(config: Option<PathBuf>, target: &Target, limit: usize, json: bool) ->
 }
 
 /// `health categories`: `/admin/errors` grouped by `error_type`, most first.
-fn categories(config: Option<PathBuf>, target: &Target, format: super::logging::Output) -> i32 {
-    let base = match base_url(config, target) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let v = match admin_request(&base, target.admin_key.as_deref(), "GET", "/admin/errors") {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("modelgate: {base}/admin/errors: {e}");
-            return 1;
-        }
-    };
+fn categories(config: Option<PathBuf>, target: &Target, format: super::Output) -> i32 {
+    ask(config, target, "GET", "/admin/errors".into(), |v| {
+        print_categories(v, format)
+    })
+}
+
+fn print_categories(v: &Value, format: super::Output) -> i32 {
     let mut groups: std::collections::BTreeMap<String, Vec<&Value>> = std::collections::BTreeMap::new();
     for e in v["errors"].as_array().into_iter().flatten() {
         // A provider's own error, relayed as it came, has no gateway type:
@@ -252,7 +229,7 @@ fn categories(config: Option<PathBuf>, target: &Target, format: super::logging::
         })
         .collect();
     rows.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
-    if format == super::logging::Output::Json {
+    if format == super::Output::Json {
         out!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
         return 0;
     }
@@ -290,7 +267,7 @@ fn categories(config: Option<PathBuf>, target: &Target, format: super::logging::
 
 /// `health retry-policies`: the failure handling each provider's requests
 /// get, from the config file (and the gateway's fixed circuit rules).
-fn retry_policies(config: Option<PathBuf>, format: super::logging::Output) -> i32 {
+fn retry_policies(config: Option<PathBuf>, format: super::Output) -> i32 {
     use crate::upstream::health::{FAILURES_TO_OPEN, MIN_SAMPLES, OPEN_FOR, WINDOW};
     let path = super::config_path(config);
     let snap = match super::load_snapshot(&path, |_| {}) {
@@ -322,7 +299,7 @@ fn retry_policies(config: Option<PathBuf>, format: super::logging::Output) -> i3
         "retry_delay": secs(c.retry_delay.0),
         "timeout": secs(c.timeout.0),
         "connect_timeout": secs(c.connect_timeout.0),
-        "max_wait": "60s",
+        "max_wait": format!("{}s", crate::gateway::attempt::MAX_WAIT.as_secs()),
         "circuit": {
             "opens_after_consecutive_failures": FAILURES_TO_OPEN,
             "opens_at_failure_share": format!("half of the last {WINDOW} attempts (at least {MIN_SAMPLES})"),
@@ -330,7 +307,7 @@ fn retry_policies(config: Option<PathBuf>, format: super::logging::Output) -> i3
         },
         "providers": providers,
     });
-    if format == super::logging::Output::Json {
+    if format == super::Output::Json {
         out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return 0;
     }
@@ -339,8 +316,9 @@ fn retry_policies(config: Option<PathBuf>, format: super::logging::Output) -> i3
         c.max_retries
     );
     out!(
-        "backoff: full-jitter exponential from retry_delay ({}) when the same account is tried again; waits capped at 60s a request",
-        secs(c.retry_delay.0)
+        "backoff: full-jitter exponential from retry_delay ({}) when the same account is tried again; waits capped at {} a request",
+        secs(c.retry_delay.0),
+        format!("{}s", crate::gateway::attempt::MAX_WAIT.as_secs())
     );
     out!(
         "timeouts: connect {}, first byte and mid-stream silence {} per attempt",
@@ -366,6 +344,27 @@ fn retry_policies(config: Option<PathBuf>, format: super::logging::Output) -> i3
         );
     }
     0
+}
+
+/// Ask the running gateway's admin API and hand the answer to `then`.
+pub(crate) fn ask(
+    config: Option<PathBuf>,
+    target: &Target,
+    method: &str,
+    path: String,
+    then: impl FnOnce(&Value) -> i32,
+) -> i32 {
+    let base = match base_url(config, target) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match admin_request(&base, target.admin_key.as_deref(), method, &path) {
+        Ok(v) => then(&v),
+        Err(e) => {
+            eprintln!("modelgate: {base}{path}: {e}");
+            1
+        }
+    }
 }
 
 fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {

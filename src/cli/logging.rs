@@ -8,15 +8,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::health::{admin_request, base_url, Target};
+use super::health::{ask, Target};
+use super::Output;
 use crate::config::schema::LogFormat;
-
-/// Text for people, or JSON with a stable shape for scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct Shown {
@@ -265,21 +259,6 @@ pub fn run(config: Option<PathBuf>, cmd: LoggingCommand) -> i32 {
             );
             0
         }),
-    }
-}
-
-/// Ask the running gateway's admin API and hand the answer to `then`.
-fn ask(config: Option<PathBuf>, target: &Target, method: &str, path: String, then: impl FnOnce(&Value) -> i32) -> i32 {
-    let base = match base_url(config, target) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    match admin_request(&base, target.admin_key.as_deref(), method, &path) {
-        Ok(v) => then(&v),
-        Err(e) => {
-            eprintln!("modelgate: {base}{path}: {e}");
-            1
-        }
     }
 }
 

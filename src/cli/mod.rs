@@ -136,6 +136,13 @@ pub fn run() -> i32 {
     }
 }
 
+/// Text for people, or JSON with a stable shape for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 pub(crate) fn config_path(explicit: Option<PathBuf>) -> PathBuf {
     explicit.unwrap_or_else(default_config_path)
 }

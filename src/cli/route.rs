@@ -31,7 +31,7 @@ pub enum RouteCommand {
     List {
         /// `text` (default) or `json` (`{routes, default_provider}`, the rules as the file has them).
         #[arg(long, value_enum, default_value = "text")]
-        format: super::logging::Output,
+        format: super::Output,
     },
     /// Run the gateway with its routes (claude-code-model-gateway's name for
     /// `modelgate serve`; the same flags).
@@ -147,7 +147,7 @@ pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
     };
     match cmd {
         RouteCommand::List {
-            format: super::logging::Output::Json,
+            format: super::Output::Json,
         } => {
             let v = serde_json::json!({
                 "routes": snap.config.routes,

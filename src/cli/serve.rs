@@ -88,11 +88,7 @@ fn secret(s: &str) -> Result<Secret, String> {
 
 /// Seconds (`300`, `0.5`) or a humantime duration (`5m`).
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
-    }
-    humantime::parse_duration(s).map_err(|e| e.to_string())
+    Dur::parse(s).map(|d| d.0)
 }
 
 /// `host:port` with either part replaced (IPv6 hosts in brackets).

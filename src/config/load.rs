@@ -83,8 +83,7 @@ pub fn apply_env_overrides(c: &mut Config, env: &dyn Fn(&str) -> Option<String>)
             .map_err(|_| bad("GATEWAY_LOG_LEVEL", "give error, warn, info, debug or trace"))?;
     }
     if let Some(t) = get("GATEWAY_TIMEOUT") {
-        let v = t.parse::<f64>().map_or(Value::String(t.clone()), Value::from);
-        c.timeout = serde_yaml::from_value(v)
+        c.timeout = super::schema::Dur::parse(&t)
             .map_err(|_| bad("GATEWAY_TIMEOUT", "give seconds (`300`, `0.5`) or a duration (`5m`)"))?;
     }
     Ok(())

@@ -18,6 +18,22 @@ use serde::{Deserialize, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+impl Dur {
+    /// A duration from text: humantime (`300ms`, `5m`) or seconds, whole or
+    /// fractional (`300`, `0.5`), as flags and environment overrides give it.
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        if let Ok(secs) = s.parse::<f64>() {
+            return Duration::try_from_secs_f64(secs)
+                .map(Dur)
+                .map_err(|_| "a duration must be a finite, non-negative number".to_string());
+        }
+        humantime::parse_duration(s)
+            .map(Dur)
+            .map_err(|e| format!("invalid duration `{s}`: {e}"))
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;

@@ -60,7 +60,7 @@ pub type Prepare<'a> = dyn Fn(&Candidate, &http::HeaderMap) -> Result<Box<dyn Ca
 
 /// The longest the loop waits, in total, for cool-downs (`retry-after`) and
 /// backoff. Claude Code itself gives up on a `retry-after` above 60 s.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 struct Target {
     candidate: usize,

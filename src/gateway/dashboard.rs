@@ -104,7 +104,7 @@ pub async fn serve(
         Page::Activity => {
             if role == Role::Main {
                 if let Err(e) = auth::authorize_admin(snap, &session.req_header().headers) {
-                    return challenge(session, ctx, e).await;
+                    return challenge(session, ctx, snap, e).await;
                 }
             }
             &ACTIVITY
@@ -134,11 +134,16 @@ pub async fn serve(
 }
 
 /// A refused admin page: 401 with a Basic challenge so the browser asks
-/// for the admin key (a wrong key asks again); a 404 (admin pages not
-/// served on this listener) stays as it is.
-async fn challenge(session: &mut Session, ctx: &mut RequestCtx, e: GatewayError) -> Result<(), GatewayError> {
+/// for the admin key (with admin keys configured, a wrong one asks again);
+/// any other refusal (404 here, or no admin key to ask for) stays as it is.
+async fn challenge(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    snap: &Snapshot,
+    e: GatewayError,
+) -> Result<(), GatewayError> {
     let e = match e {
-        GatewayError::Permission(m) if m.contains("not an admin key") => GatewayError::Authentication(m),
+        GatewayError::Permission(m) if snap.has_admin_keys() => GatewayError::Authentication(m),
         e => e,
     };
     if !matches!(e, GatewayError::Authentication(_)) {

@@ -333,31 +333,13 @@ pub fn free_port() -> u16 {
 /// returns the status code, or None on any connection/parse error. Bounded by
 /// 1 s connect and 2 s read/write timeouts.
 pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: modelgate-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    // Read just the status line (bounded to 4 KiB).
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
-        let n = s.read(&mut chunk).ok()?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.parse().ok()
+    http_get(addr, path).map(|(status, _)| status)
 }
 
-/// One blocking `GET path` like [`http_status`], with the whole answer
-/// read (at most 64 KiB): status and body.
+/// One blocking `GET path` over a fresh connection (`Connection: close`),
+/// the whole answer read (at most 64 KiB): status and body, or None on any
+/// connection/parse error. Bounded by 1 s connect and 2 s read/write
+/// timeouts.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

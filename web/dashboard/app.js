@@ -21,7 +21,7 @@
     tokens: { label: "Tokens", fmt: count, axis: compact },
   };
 
-  const state = { budgetStart: null, budgetPeriod: null, charts: {}, loading: false };
+  const state = { budgetStart: null, charts: {}, loading: false };
 
   // "provider/account", or the provider alone when its one account has no
   // name of its own.
@@ -235,11 +235,9 @@
     try {
       // Budgets first: the "budget period" range starts where they do.
       const budgets = await getJSON("/admin/budgets");
-      if (budgets.budgets.length) {
-        state.budgetStart = budgets.budgets.find((b) => b.period_start)?.period_start || null;
-        state.budgetPeriod = budgets.budgets.find((b) => b.period_start)?.period || null;
-        $("#range option[value=budget]").textContent = state.budgetPeriod ? "Budget period (" + state.budgetPeriod + ")" : "Budget period";
-      }
+      const periodic = budgets.budgets.find((b) => b.period_start);
+      state.budgetStart = periodic ? periodic.period_start : null;
+      $("#range option[value=budget]").textContent = periodic ? "Budget period (" + periodic.period + ")" : "Budget period";
       renderBudgets(budgets.budgets);
       const r = currentRange();
       const q = "from=" + encodeURIComponent(new Date(r.from).toISOString());

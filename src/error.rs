@@ -284,6 +284,19 @@ impl GatewayError {
     }
 }
 
+/// `req_` + 24 base62 characters (~143 bits), the shape Anthropic uses.
+pub fn new_request_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    let mut id = String::with_capacity(28);
+    id.push_str("req_");
+    for _ in 0..24 {
+        id.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    id
+}
+
 pub fn error_body(kind: ErrorKind, message: &str, request_id: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "type": "error",

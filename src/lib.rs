@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dialects;
 pub mod error;
+pub mod forward;
 pub mod gateway;
 pub mod logging;
 pub mod otel;

@@ -184,7 +184,7 @@ pub fn run(
         "drain watch",
         DrainWatch {
             phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
-            shared: shared.clone(),
+            drain: Box::new(GatewayDrain(shared.clone())),
         },
     ));
     server.add_service(pingora::services::background::background_service(
@@ -225,6 +225,73 @@ pub fn run(
         otel.shutdown();
     }
     std::process::exit(0);
+}
+
+/// Build and run `modelgate proxy`'s server: the forward proxy as the one
+/// listening service, with the gateway's process settings (`threads`,
+/// `grace_period`) and its own upgrade socket and pid file per port
+/// (`/tmp/modelgate-proxy-<port>.{upgrade.sock,pid}`), so `modelgate proxy
+/// -u` takes the sockets over from a running proxy on the same port and a
+/// proxy never collides with a gateway. Returns only if Pingora does.
+pub fn run_forward_proxy(settings: crate::forward::Settings, config: &Config, opts: ServeOptions) {
+    let listen = settings.listen;
+    let port = listen.port();
+    let conf = ServerConf {
+        threads: config
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        daemon: opts.daemon,
+        daemon_wait_for_ready: opts.daemon,
+        grace_period_seconds: Some(config.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        upgrade_sock: format!("/tmp/modelgate-proxy-{port}.upgrade.sock"),
+        pid_file: format!("/tmp/modelgate-proxy-{port}.pid"),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let bootstrap = server.bootstrap_as_a_service();
+    let proxy = crate::forward::ForwardProxy::new(settings);
+    let open = proxy.open_count();
+    let mut svc = Service::new("modelgate-proxy".to_string(), proxy);
+    svc.add_listener(plain_listener(listen));
+    server.add_service(svc).add_dependency(&bootstrap);
+    server.add_service(pingora::services::background::background_service(
+        "drain watch",
+        DrainWatch {
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            drain: Box::new(ProxyDrain(open)),
+        },
+    ));
+    log::info!(
+        "modelgate {} forward proxy listening on {listen}",
+        env!("CARGO_PKG_VERSION")
+    );
+    server.run(pingora::server::RunArgs::default());
+    std::process::exit(0);
+}
+
+/// The forward proxy drains when no client connection or tunnel is open.
+struct ProxyDrain(Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait::async_trait]
+impl Drain for ProxyDrain {
+    fn begin(&self) {}
+
+    fn still_open(&self) -> Option<String> {
+        let open = self.0.load(std::sync::atomic::Ordering::Acquire);
+        (open != 0).then(|| format!("{open} connections and tunnels open"))
+    }
+
+    async fn finish(&self) {
+        log::info!("drained: no connection open; exiting");
+    }
 }
 
 /// Starts the gateway's own OTLP export (`telemetry.otlp`) in the serving
@@ -597,7 +664,50 @@ fn watch_file(path: &std::path::Path, tx: tokio::sync::mpsc::Sender<()>) -> Opti
 /// takes over.
 struct DrainWatch {
     phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<pingora::server::ExecutionPhase>>>,
-    shared: Arc<Shared>,
+    drain: Box<dyn Drain>,
+}
+
+/// What a server's [`DrainWatch`] waits for, and does before the exit.
+#[async_trait::async_trait]
+trait Drain: Send + Sync {
+    /// The process stops taking work: answers now close their connections.
+    fn begin(&self);
+    /// What is still open (empty: the drain is done).
+    fn still_open(&self) -> Option<String>;
+    /// Write what the queues still hold.
+    async fn finish(&self);
+}
+
+struct GatewayDrain(Arc<Shared>);
+
+#[async_trait::async_trait]
+impl Drain for GatewayDrain {
+    fn begin(&self) {
+        if !self.0.draining.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::info!("draining: responses now close their connections");
+        }
+    }
+
+    fn still_open(&self) -> Option<String> {
+        let open = self.0.counters.in_flight.load(std::sync::atomic::Ordering::Acquire);
+        let services = self.0.services_draining.load(std::sync::atomic::Ordering::Acquire);
+        (open != 0 || services != 0)
+            .then(|| format!("{open} requests in flight, {services} services closing connections"))
+    }
+
+    async fn finish(&self) {
+        log::info!("drained: no request in flight; flushing the ledger and audit log, then exiting");
+        let shared = self.0.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            if let Some(sinks) = shared.sinks.get() {
+                sinks.close(std::time::Duration::from_secs(10));
+            }
+        })
+        .await;
+        if let Err(e) = closed {
+            log::error!("closing the usage sinks failed: {e}");
+        }
+    }
 }
 
 /// How often the drained process checks for its last request.
@@ -612,38 +722,18 @@ impl pingora::services::background::BackgroundService for DrainWatch {
         };
         loop {
             match phases.recv().await {
-                Ok(P::GracefulUpgradeTransferringFds | P::GracefulTerminate | P::ShutdownStarted) => {
-                    if !self.shared.draining.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        log::info!("draining: responses now close their connections");
-                    }
-                }
+                Ok(P::GracefulUpgradeTransferringFds | P::GracefulTerminate | P::ShutdownStarted) => self.drain.begin(),
                 Ok(P::ShutdownGracePeriod) => break,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
-        self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        let counters = &self.shared.counters;
-        loop {
-            let open = counters.in_flight.load(std::sync::atomic::Ordering::Acquire);
-            let services = self.shared.services_draining.load(std::sync::atomic::Ordering::Acquire);
-            if open == 0 && services == 0 {
-                break;
-            }
-            log::debug!("draining: {open} requests in flight, {services} services closing connections");
+        self.drain.begin();
+        while let Some(open) = self.drain.still_open() {
+            log::debug!("draining: {open}");
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        log::info!("drained: no request in flight; flushing the ledger and audit log, then exiting");
-        let shared = self.shared.clone();
-        let closed = tokio::task::spawn_blocking(move || {
-            if let Some(sinks) = shared.sinks.get() {
-                sinks.close(std::time::Duration::from_secs(10));
-            }
-        })
-        .await;
-        if let Err(e) = closed {
-            log::error!("closing the usage sinks failed: {e}");
-        }
+        self.drain.finish().await;
         std::process::exit(0);
     }
 }

@@ -192,3 +192,204 @@ async fn failures_are_not_cached_and_show_in_health_errors() {
     let (_, table) = cli(&gw, &["health", "categories"]);
     assert!(table.starts_with("CATEGORY") && table.lines().count() == 3, "{table}");
 }
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warmup_preloads_answers_that_live_requests_then_hit() {
+    const ALICE: &str = "mg-alice-warmup-key-000000000000000000000000000";
+    let up = MockUpstream::start().await;
+    let admin = free_port();
+    let yaml = format!(
+        "{}keys:\n  - name: alice\n    key_sha256: \"{}\"\n",
+        yaml(&up.base_url(), admin),
+        sha256_hex(ALICE)
+    );
+    let gw = Gateway::start_async(&yaml, &[]).await;
+    let json_req = r#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"warm"}]}"#;
+    let answer = anthropic_message_json("claude-sonnet-4-5", "from the warm-up file");
+    let sse = sse_text(&anthropic_sse_chunks("claude-sonnet-4-5", &["warm ", "stream"]));
+    let lines = [
+        serde_json::json!({"request": serde_json::from_str::<Value>(json_req).unwrap(), "response": serde_json::from_str::<Value>(&answer).unwrap()}).to_string(),
+        serde_json::json!({"request": STREAM, "response": sse, "headers": {"anthropic-version": "2023-06-01"}}).to_string(),
+        serde_json::json!({"request": COUNT, "response": {"input_tokens": 7}, "endpoint": "count_tokens", "key": "alice"}).to_string(),
+        String::new(),
+        r#"{"request": {"model": "claude-sonnet-4-5"}, "response": {"type": "nope"}}"#.to_string(),
+        "not json".to_string(),
+        serde_json::json!({"request": STREAM, "response": "event: message_start\ndata: {}\n\n"}).to_string(),
+    ];
+    let file = gw.dir.path().join("warm.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let (code, json) = cli(
+        &gw,
+        &[
+            "cache",
+            "warmup",
+            file.to_str().unwrap(),
+            "--key",
+            "alice",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["loaded"], 3, "{v}");
+    let skipped: Vec<u64> = v["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(skipped, [5, 6, 7], "{v}");
+    assert!(
+        v["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a Messages answer"),
+        "{v}"
+    );
+    assert!(
+        v["skipped"][2]["reason"].as_str().unwrap().contains("message_stop"),
+        "{v}"
+    );
+    let (code, text) = cli(&gw, &["cache", "warmup", file.to_str().unwrap(), "--key", "alice"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.starts_with("loaded 3 cache entries\nskipped line 5: response: not a Messages answer"),
+        "{text}"
+    );
+
+    // Alice's identical requests are answered from the warm-up, nothing goes upstream.
+    let send = |path: &'static str, body: &'static str| {
+        client()
+            .post(gw.url(path))
+            .header("x-api-key", ALICE)
+            .header("anthropic-version", "2023-06-01")
+            .body(body)
+            .send()
+    };
+    let r = send("/v1/messages", json_req).await.unwrap();
+    assert_eq!(r.headers()["x-modelgate-cache"], "hit");
+    assert_eq!(r.text().await.unwrap(), answer);
+    let r = send("/v1/messages", STREAM).await.unwrap();
+    assert_eq!(r.headers()["x-modelgate-cache"], "hit");
+    assert_eq!(r.text().await.unwrap(), sse);
+    let r = send("/v1/messages/count_tokens", COUNT).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["input_tokens"], 7);
+    assert_eq!(up.request_count(), 0);
+
+    // Without a key the lines are refused, each saying why.
+    let (code, text) = cli(&gw, &["cache", "warmup", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "line 3 names its key");
+    assert!(text.contains("skipped line 1: no gateway key"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_stats_count_requests_errors_and_latency_per_rule() {
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::message("claude-sonnet-4-5", "ok"));
+    let admin = free_port();
+    let yaml = format!(
+        "listen: \"{{listen}}\"\nadmin_listen: \"127.0.0.1:{admin}\"\ndefault_provider: a\nproviders:\n  a: {{type: anthropic, api_base: \"{0}\", api_key: sk-test}}\n  b: {{type: anthropic, api_base: \"{0}\", api_key: sk-test}}\nroutes:\n  - {{match: \"claude-haiku-*\", provider: b}}\n  - {{match: \"*\", header: {{name: x-team, value: red}}, provider: b}}\n",
+        up.base_url()
+    );
+    let mut gw = Gateway::start_async(&yaml, &[]).await;
+    let send = |model: &str, team: Option<&str>| {
+        let mut r = client().post(gw.url("/v1/messages")).body(format!(
+            r#"{{"model":"{model}","max_tokens":5,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        ));
+        if let Some(t) = team {
+            r = r.header("x-team", t);
+        }
+        r.send()
+    };
+    for _ in 0..3 {
+        assert_eq!(send("claude-haiku-4-5", None).await.unwrap().status(), 200);
+    }
+    up.push(Reply::error(529, "overloaded_error", "busy"));
+    up.push(Reply::error(529, "overloaded_error", "busy"));
+    up.push(Reply::error(529, "overloaded_error", "busy"));
+    let failed = send("claude-opus-4-5", Some("red")).await.unwrap();
+    assert!(failed.status().as_u16() >= 500, "{}", failed.status());
+    assert_eq!(send("claude-sonnet-4-5", None).await.unwrap().status(), 200);
+
+    let stats = || async {
+        // Counted in the logging phase, just after the answer.
+        for _ in 0..200 {
+            let (code, json) = cli(&gw, &["route", "stats", "--format", "json"]);
+            assert_eq!(code, 0, "{json}");
+            let v: Value = serde_json::from_str(&json).unwrap();
+            let total: u64 = v["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["requests"].as_u64().unwrap())
+                .sum();
+            if total == 5 {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("route stats never counted 5 requests");
+    };
+    let v = stats().await;
+    let rules = v["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3);
+    assert_eq!(rules[0]["rule"], "routes[0] (match `claude-haiku-*`)");
+    assert_eq!(
+        (rules[0]["requests"].as_u64(), rules[0]["errors"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(rules[1]["rule"], "routes[1] (match `*`, header x-team: red)");
+    assert_eq!(
+        (rules[1]["requests"].as_u64(), rules[1]["errors"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(rules[1]["error_rate"], 1.0);
+    assert_eq!(
+        (rules[2]["rule"].as_str(), rules[2]["provider"].as_str()),
+        (Some("default_provider"), Some("a"))
+    );
+    assert!(rules[0]["avg_latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(rules[0]["max_latency_ms"].as_f64() >= rules[0]["avg_latency_ms"].as_f64());
+
+    let (_, table) = cli(&gw, &["route", "stats"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("rule") && lines[0].contains("requests") && lines[0].contains("avg_ms"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("routes[0] (match `claude-haiku-*`)") && lines[1].contains(" b "),
+        "{table}"
+    );
+    assert!(lines[2].contains("100.0%"), "{table}");
+    assert!(lines[4].starts_with("since the gateway started"), "{table}");
+
+    // A reload keeps the counts of rules it did not change.
+    let edited = std::fs::read_to_string(gw.config_path())
+        .unwrap()
+        .replace("value: red", "value: blue");
+    std::fs::write(gw.config_path(), edited).unwrap();
+    assert!(gw.signal("HUP"));
+    let mut reloaded = None;
+    for _ in 0..200 {
+        let (_, json) = cli(&gw, &["route", "stats", "--format", "json"]);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        if v["rules"][1]["rule"] == "routes[1] (match `*`, header x-team: blue)" {
+            reloaded = Some(v);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let v = reloaded.expect("the reload applied");
+    assert_eq!(v["rules"][0]["requests"], 3);
+    assert_eq!(v["rules"][1]["requests"], 0);
+    assert_eq!(v["rules"][2]["requests"], 1);
+    assert!(gw.is_running());
+}

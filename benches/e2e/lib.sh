@@ -65,12 +65,20 @@ f:close()
 LUA
 }
 
+# write_proxy_lua FILE: like write_post_lua, but the request line carries the
+# absolute URI in $TARGET_URI (a forward proxy's request form).
+write_proxy_lua() {
+  write_post_lua "$1"
+  echo 'wrk.path = os.getenv("TARGET_URI")' >> "$1"
+}
+
 # run NAME URL BODY CONNS THREADS [PID...] -> "rps p50 p99 cpu" (latencies in
-# ms; cpu = the PIDs' user+system CPU time per request in microseconds, or -)
+# ms; cpu = the PIDs' user+system CPU time per request in microseconds, or -).
+# LUA names another wrk script (default: $work/post.lua).
 run() {
   local out t0 t1
   t0=$(cpu_ticks "${@:6}")
-  out=$(BODY_FILE="$3" wrk -t"$5" -c"$4" -d"$DURATION" --latency -s "$work/post.lua" "$2" 2>&1)
+  out=$(BODY_FILE="$3" wrk -t"$5" -c"$4" -d"$DURATION" --latency -s "${LUA:-$work/post.lua}" "$2" 2>&1)
   t1=$(cpu_ticks "${@:6}")
   if ! grep -q "Requests/sec" <<<"$out"; then echo "wrk failed for $1: $out" >&2; exit 1; fi
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers in $1: $out" >&2; exit 1; fi

@@ -6,6 +6,7 @@
 #   DURATION=5s CONNS=32 benches/e2e/run.sh
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
 #   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced
+#   ONLY=proxy benches/e2e/run.sh      # just the forward-proxy rows
 #
 # The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
 # process listens on 127.0.0.1 only and every load run is bounded by
@@ -30,6 +31,7 @@ HOP_PORT=${HOP_PORT:-18902}
 GW_PORT=${GW_PORT:-18903}
 BARE_PORT=${BARE_PORT:-18904}
 OTEL_PORT=${OTEL_PORT:-18905}
+PROXY_PORT=${PROXY_PORT:-18906}
 STREAMS=${STREAMS:-1000}
 GW_THREADS=${GW_THREADS:-$(nproc)}
 # 1,000 open streams need 2,000+ descriptors in wrk and in the gateway.
@@ -138,10 +140,41 @@ otlp_rows() {
   done
   printf 'OTLP exports: %s\n' "$(curl -fsS "http://127.0.0.1:$OTEL_PORT/metrics" | grep '^modelgate_otlp_exports_total' | tr '\n' ' ')"
 }
-if [ "${ONLY:-}" = otlp ]; then
-  otlp_rows
-  exit 0
-fi
+
+# `modelgate proxy` (the forward proxy) relaying absolute-form POSTs to the
+# upstream, against the same POSTs sent to the upstream directly. Its access
+# log is off (log_level: warn), as the nginx hop's is.
+cat > "$work/proxy.yaml" <<YAML
+log_level: warn
+threads: $GW_THREADS
+proxy: {allow: ["127.0.0.1:$UP_PORT"]}
+YAML
+"$TARGET"/release/modelgate proxy -c "$work/proxy.yaml" -p "$PROXY_PORT" >"$work/proxy.log" 2>&1 &
+proxy_pid=$!
+pids+=("$proxy_pid")
+wait_up "$work/proxy.log" "http://127.0.0.1:$PROXY_PORT/health"
+write_proxy_lua "$work/proxy.lua"
+proxy_rows() {
+  printf '
+forward proxy (same run): absolute-form POSTs through modelgate proxy, against the upstream directly
+'
+  printf '%-26s %-16s %12s %10s %10s %12s %12s
+' scenario target rps p50_ms p99_ms vs_direct cpu_us/req
+  for scenario in "proxy-json:/v1/messages:$small" "proxy-sse:/sse/v1/messages:$stream"; do
+    IFS=: read -r name path body <<<"$scenario"
+    read -r d_rps d50 d99 _ < <(run "$name/direct" "http://127.0.0.1:$UP_PORT$path" "$body" "$CONNS" "$THREADS")
+    read -r p_rps p50 p99 p_cpu < <(TARGET_URI="http://127.0.0.1:$UP_PORT$path" LUA="$work/proxy.lua" \
+      run "$name/proxy" "http://127.0.0.1:$PROXY_PORT/" "$body" "$CONNS" "$THREADS" "$proxy_pid")
+    printf '%-26s %-16s %12.0f %10s %10s %12s %12s
+' "$name" direct "$d_rps" "$d50" "$d99" "1.00x" -
+    printf '%-26s %-16s %12.0f %10s %10s %11.2fx %12s
+' "$name" modelgate-proxy "$p_rps" "$p50" "$p99" "$(awk -v a="$p_rps" -v b="$d_rps" 'BEGIN{print a/b}')" "$p_cpu"
+  done
+}
+case "${ONLY:-}" in
+  otlp) otlp_rows; exit 0 ;;
+  proxy) proxy_rows; exit 0 ;;
+esac
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
 # nginx's CPU is its workers'.
@@ -165,6 +198,7 @@ for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/
 done
 printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
 otlp_rows
+proxy_rows
 
 # Memory with $STREAMS streams open at once: the upstream trickles each one
 # out at 64 bytes/s, so they stay open while wrk holds $STREAMS connections.

@@ -1,13 +1,14 @@
-//! `modelgate cache stats|clear|purge|info|response-stats|token-count-stats`:
+//! `modelgate cache stats|clear|purge|info|warmup|response-stats|token-count-stats`:
 //! a running gateway's response and token-count caches, through its admin
-//! API (`/admin/cache`); `info` reads the settings from the config file.
+//! API (`/admin/cache`, `/admin/cache/warmup`); `info` reads the settings
+//! from the config file.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::health::{ask, Target};
+use super::health::{ask, ask_with, Target};
 use super::Output;
 
 #[derive(Subcommand, Debug)]
@@ -33,6 +34,23 @@ pub enum CacheCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Output,
     },
+    /// Pre-load answers from a JSONL file of request/response pairs, one per
+    /// line: `{"request": {...}, "response": {...}}`, optionally with `key`
+    /// (the gateway key the entry answers), `headers` (`anthropic-version`,
+    /// `anthropic-beta`) and `endpoint` (`messages` or `count_tokens`). A
+    /// `stream: true` request takes the whole event stream as a string.
+    Warmup {
+        /// The JSONL file.
+        file: PathBuf,
+        /// The gateway key for lines that name none.
+        #[arg(long, value_name = "NAME")]
+        key: Option<String>,
+        /// `text` (default) or `json` (`{loaded, skipped: [{line, reason}]}`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Output,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The response cache's figures alone.
     ResponseStats {
         #[arg(long, value_enum, default_value = "text")]
@@ -53,13 +71,22 @@ pub fn run(config: Option<PathBuf>, command: CacheCommand) -> i32 {
     if let CacheCommand::Info { format } = command {
         return info(config, format);
     }
+    if let CacheCommand::Warmup {
+        file,
+        key,
+        format,
+        target,
+    } = &command
+    {
+        return warmup(config, file, key.as_deref(), *format, target);
+    }
     let (target, method, path) = match &command {
         CacheCommand::Stats { target, .. }
         | CacheCommand::ResponseStats { target, .. }
         | CacheCommand::TokenCountStats { target, .. } => (target, "GET", "/admin/cache"),
         CacheCommand::Clear(target) => (target, "DELETE", "/admin/cache"),
         CacheCommand::Purge(target) => (target, "DELETE", "/admin/cache?expired=true"),
-        CacheCommand::Info { .. } => unreachable!("answered above"),
+        CacheCommand::Info { .. } | CacheCommand::Warmup { .. } => unreachable!("answered above"),
     };
     ask(config, target, method, path.into(), |v| {
         print(&command, v);
@@ -90,8 +117,38 @@ fn print(command: &CacheCommand, v: &Value) {
         }
         CacheCommand::ResponseStats { .. } => table(v, &["response"]),
         CacheCommand::TokenCountStats { .. } => table(v, &["token_count"]),
-        CacheCommand::Info { .. } => {}
+        CacheCommand::Info { .. } | CacheCommand::Warmup { .. } => {}
     }
+}
+
+/// `cache warmup FILE`: the file goes to the gateway as it is; the gateway
+/// keys each entry as the live request would be keyed.
+fn warmup(config: Option<PathBuf>, file: &std::path::Path, key: Option<&str>, format: Output, target: &Target) -> i32 {
+    let body = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("modelgate: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let path = match key {
+        Some(k) => format!(
+            "/admin/cache/warmup?key={}",
+            url::form_urlencoded::byte_serialize(k.as_bytes()).collect::<String>()
+        ),
+        None => "/admin/cache/warmup".to_string(),
+    };
+    ask_with(config, target, "POST", path, body, |v| {
+        if format == Output::Json {
+            out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            out!("loaded {} cache entries", v["loaded"]);
+            for s in v["skipped"].as_array().into_iter().flatten() {
+                out!("skipped line {}: {}", s["line"], s["reason"].as_str().unwrap_or("?"));
+            }
+        }
+        i32::from(v["loaded"].as_u64() == Some(0) && v["skipped"].as_array().is_some_and(|s| !s.is_empty()))
+    })
 }
 
 /// One line per cache of `/admin/cache`'s answer.

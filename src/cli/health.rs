@@ -354,11 +354,29 @@ pub(crate) fn ask(
     path: String,
     then: impl FnOnce(&Value) -> i32,
 ) -> i32 {
+    ask_with(config, target, method, path, Vec::new(), then)
+}
+
+/// [`ask`], sending `body` with the request.
+pub(crate) fn ask_with(
+    config: Option<PathBuf>,
+    target: &Target,
+    method: &str,
+    path: String,
+    body: Vec<u8>,
+    then: impl FnOnce(&Value) -> i32,
+) -> i32 {
     let base = match base_url(config, target) {
         Ok(b) => b,
         Err(code) => return code,
     };
-    match admin_request(&base, target.admin_key.as_deref(), method, &path) {
+    let answer = admin_call_with(&base, target.admin_key.as_deref(), method, &path, body).and_then(|(status, body)| {
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    });
+    match answer {
         Ok(v) => then(&v),
         Err(e) => {
             eprintln!("modelgate: {base}{path}: {e}");
@@ -374,18 +392,21 @@ fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {
 }
 
 /// One request to the admin API, answered 200 with JSON: that JSON.
-pub(crate) fn admin_request(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<Value, String> {
-    let (status, body) = admin_call(base, key, method, path)?;
-    if status != 200 {
-        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
-    }
-    serde_json::from_slice(&body).map_err(|e| e.to_string())
-}
-
 /// One request to a gateway's HTTP API through Pingora's own client (plain
 /// HTTP, local): status and body, bounded (3 s to connect, 5 s per read,
 /// 16 MiB).
 pub(crate) fn admin_call(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+    admin_call_with(base, key, method, path, Vec::new())
+}
+
+/// [`admin_call`] with a request body.
+pub(crate) fn admin_call_with(
+    base: &str,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    payload: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
     let url = url::Url::parse(base).map_err(|e| e.to_string())?;
     if url.scheme() != "http" {
         return Err("the admin URL must be http://".into());
@@ -408,8 +429,8 @@ pub(crate) fn admin_call(base: &str, key: Option<&str>, method: &str, path: &str
         peer.options.read_timeout = Some(std::time::Duration::from_secs(5));
         let (mut session, _) = connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
         let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
-        if method != "GET" {
-            let _ = req.insert_header("content-length", "0");
+        if method != "GET" || !payload.is_empty() {
+            let _ = req.insert_header("content-length", payload.len().to_string());
         }
         let _ = req.insert_header("host", format!("{host}:{port}"));
         if let Some(k) = key {
@@ -419,6 +440,12 @@ pub(crate) fn admin_call(base: &str, key: Option<&str>, method: &str, path: &str
             .write_request_header(Box::new(req))
             .await
             .map_err(|e| e.to_string())?;
+        if !payload.is_empty() {
+            session
+                .write_request_body(payload.into(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         session.finish_request_body().await.map_err(|e| e.to_string())?;
         session.read_response_header().await.map_err(|e| e.to_string())?;
         let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);

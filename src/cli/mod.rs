@@ -22,6 +22,7 @@ mod keys;
 mod keys_store;
 mod logging;
 mod provider;
+mod proxy;
 mod route;
 mod serve;
 mod signin;
@@ -106,6 +107,8 @@ pub enum Command {
     },
     /// Replace the running gateway with a new process, with zero downtime.
     Upgrade(upgrade::UpgradeArgs),
+    /// Run an HTTP forward proxy (plain and CONNECT) for tools that take HTTPS_PROXY.
+    Proxy(proxy::ProxyArgs),
     /// Check the config file (the same as `config validate`).
     ValidateConfig,
     /// Check the config and reach every upstream (the same as `config doctor`).
@@ -130,6 +133,7 @@ pub fn run() -> i32 {
         Command::Usage(args) => usage::run(cli.config, args),
         Command::Cache { command } => cache::run(cli.config, command),
         Command::Upgrade(args) => upgrade::run(cli.config, args),
+        Command::Proxy(args) => proxy::run(cli.config, args),
         Command::ValidateConfig => config_cmd::validate(&config_path(cli.config)),
         Command::TestConfig => config_cmd::doctor(&config_path(cli.config)),
         Command::ConfigDiff { a, b } => config_cmd::diff(&a, &b),

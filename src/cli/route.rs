@@ -36,6 +36,15 @@ pub enum RouteCommand {
     /// Run the gateway with its routes (claude-code-model-gateway's name for
     /// `modelgate serve`; the same flags).
     Serve(super::serve::ServeArgs),
+    /// What each rule has served on the running gateway since it started:
+    /// requests, errors and latency (from `/admin/routes`).
+    Stats {
+        /// `text` (default) or `json` (the `/admin/routes` object).
+        #[arg(long, value_enum, default_value = "text")]
+        format: super::Output,
+        #[command(flatten)]
+        target: super::health::Target,
+    },
     /// Print the candidate plan for a model, and why each rule matched or not.
     Resolve(Query),
     /// Like `resolve`, and also check every candidate is usable (credentials
@@ -128,10 +137,53 @@ pub struct RemoveArgs {
     index: Option<usize>,
 }
 
-pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
-    if let RouteCommand::Serve(args) = cmd {
-        return super::serve::run(config, args);
+/// `route stats`: the rules with their counters, as a table or as JSON.
+fn print_stats(v: &serde_json::Value, format: super::Output) -> i32 {
+    if format == super::Output::Json {
+        out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return 0;
     }
+    let rules = v["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if rules.is_empty() {
+        out!("no routing rules and no default_provider");
+        return 0;
+    }
+    out!(
+        "{:<44} {:<14} {:>9} {:>7} {:>7} {:>10} {:>10}",
+        "rule",
+        "provider",
+        "requests",
+        "errors",
+        "error%",
+        "avg_ms",
+        "max_ms"
+    );
+    for r in rules {
+        out!(
+            "{:<44} {:<14} {:>9} {:>7} {:>6.1}% {:>10.1} {:>10.1}",
+            r["rule"].as_str().unwrap_or("?"),
+            r["provider"].as_str().unwrap_or("-"),
+            r["requests"].as_u64().unwrap_or(0),
+            r["errors"].as_u64().unwrap_or(0),
+            r["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            r["avg_latency_ms"].as_f64().unwrap_or(0.0),
+            r["max_latency_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    out!("since the gateway started {} s ago", v["uptime_seconds"]);
+    0
+}
+
+pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
+    let cmd = match cmd {
+        RouteCommand::Serve(args) => return super::serve::run(config, args),
+        RouteCommand::Stats { format, target } => {
+            return super::health::ask(config, &target, "GET", "/admin/routes".into(), |v| {
+                print_stats(v, format)
+            })
+        }
+        other => other,
+    };
     let path = super::config_path(config);
     match cmd {
         RouteCommand::Add(args) => return finish(add(&path, args)),
@@ -174,7 +226,9 @@ pub fn run(config: Option<PathBuf>, cmd: RouteCommand) -> i32 {
         }
         RouteCommand::Resolve(q) => resolve(&snap, &q, false),
         RouteCommand::Test(q) => resolve(&snap, &q, true),
-        RouteCommand::Add(_) | RouteCommand::Remove(_) | RouteCommand::Serve(_) => unreachable!("handled above"),
+        RouteCommand::Add(_) | RouteCommand::Remove(_) | RouteCommand::Serve(_) | RouteCommand::Stats { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

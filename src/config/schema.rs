@@ -219,6 +219,25 @@ pub struct Config {
     /// Claude's cloud formats served to clients (Claude Code's cloud modes pointed at the gateway).
     #[serde(default)]
     pub inbound: InboundConfig,
+    /// The forward proxy (`modelgate proxy`).
+    #[serde(default, skip_serializing_if = "ProxyConfig::is_empty")]
+    pub proxy: ProxyConfig,
+}
+
+/// `proxy:` — what `modelgate proxy` (the HTTP forward proxy) may reach
+/// besides public addresses.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Destinations in loopback and private ranges that may be reached anyway, as `HOST:PORT`; `*` matches any port or any one host label (`127.0.0.1:*`, `*.corp.internal:443`). `--allow` adds more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+impl ProxyConfig {
+    fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+    }
 }
 
 fn default_listen() -> String {

@@ -18,6 +18,9 @@ pub fn record_metrics(ctx: &RequestCtx) {
     m.requests
         .with_label_values(&[provider, model, telemetry::status_class(status), error])
         .inc();
+    if let Some(rule) = &ctx.rule {
+        rule.record(status >= 400, ctx.started.elapsed());
+    }
     let elapsed = ctx.started.elapsed().as_secs_f64();
     m.duration.with_label_values(&[provider]).observe(elapsed);
     if let Some(first) = ctx.first_byte_at {

@@ -28,11 +28,15 @@ pub enum Admin {
     LoggingTest,
     CircuitReset,
     Cache,
+    /// `POST /admin/cache/warmup[?key=NAME]`: answers to pre-load (JSONL).
+    CacheWarmup,
     Errors,
     Usage,
     Live,
     Budgets,
     Reliability,
+    /// `GET /admin/routes`: what each routing rule has served (`route stats`).
+    Routes,
 }
 
 /// Answer an admin request.
@@ -120,14 +124,58 @@ pub async fn serve(
                 }))
             }
         }
+        Admin::CacheWarmup => {
+            let key = session.req_header().uri.query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "key")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let jsonl = super::body::read(session, snap.max_request_size, snap.config.client_timeouts.body.0).await?;
+            let warmed = cache::warm(&shared.caches, snap, &jsonl, key.as_deref());
+            log::info!(
+                "cache warm-up through the admin API: {} entries loaded, {} lines skipped",
+                warmed.loaded,
+                warmed.skipped.len()
+            );
+            json(serde_json::to_value(&warmed).unwrap_or_default())
+        }
         Admin::Errors => shared.recent_errors.to_json(),
         Admin::Usage => usage(shared, snap, session.req_header().uri.query()).await?,
         Admin::Live => return super::live::serve(shared, session, ctx).await,
         Admin::Budgets => budgets(shared, snap).await?,
         Admin::Reliability => reliability(shared, session.req_header().uri.query()).await?,
+        Admin::Routes => routes(shared, snap),
     };
     respond::json(session, ctx, 200, body, &[]).await;
     Ok(())
+}
+
+/// `GET /admin/routes`: each routing rule in order, then `default_provider`,
+/// with the requests it took on this node since start (a reload keeps the
+/// counts of unchanged rules), how many were answered with an error
+/// (4xx/5xx), and their latency (request to last byte).
+fn routes(shared: &Shared, snap: &Snapshot) -> Vec<u8> {
+    let rules: Vec<serde_json::Value> = snap
+        .route_stats()
+        .into_iter()
+        .map(|r| {
+            let c = r.counts;
+            let ms = |us: u64| (us as f64 / 1000.0 * 10.0).round() / 10.0;
+            serde_json::json!({
+                "rule": &*r.rule,
+                "provider": r.provider,
+                "requests": c.requests,
+                "errors": c.errors,
+                "error_rate": if c.requests == 0 { 0.0 } else { c.errors as f64 / c.requests as f64 },
+                "avg_latency_ms": c.latency_us.checked_div(c.requests).map_or(0.0, ms),
+                "max_latency_ms": ms(c.max_latency_us),
+            })
+        })
+        .collect();
+    json(serde_json::json!({
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "rules": rules,
+    }))
 }
 
 /// `GET /admin/usage?group_by=key|team|model|provider|session|day|hour&split=…&from=…&to=…&limit=N`

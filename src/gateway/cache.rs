@@ -304,6 +304,132 @@ impl Caches {
     }
 }
 
+/// What a warm-up loaded, and each line it left out (1-based) and why.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Warmed {
+    pub loaded: usize,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Skipped {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// One line of a warm-up file (`modelgate cache warmup FILE`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmLine<'a> {
+    /// The request body: a JSON object, used byte for byte as the line
+    /// writes it, or a string holding the exact bytes.
+    #[serde(borrow)]
+    request: &'a serde_json::value::RawValue,
+    /// The answer: a Messages (or count_tokens) JSON object, or for a
+    /// `stream: true` request the whole event stream as a string.
+    #[serde(borrow)]
+    response: &'a serde_json::value::RawValue,
+    /// The gateway key whose requests the entry answers.
+    #[serde(default)]
+    key: Option<String>,
+    /// `anthropic-version` and `anthropic-beta` as the client sends them.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// `messages` (default) or `count_tokens`.
+    #[serde(default)]
+    endpoint: Option<String>,
+}
+
+/// `POST /admin/cache/warmup`: pre-load answers from JSONL, one
+/// `{request, response}` pair per line (see [`WarmLine`]), keyed exactly as
+/// the live request would be ([`key`], with the plan `messages` routes it
+/// by). `default_key` is the gateway key for lines that name none. Lines
+/// that cannot be used are reported, not fatal.
+pub fn warm(caches: &Caches, snap: &Snapshot, jsonl: &[u8], default_key: Option<&str>) -> Warmed {
+    let mut out = Warmed::default();
+    for (i, line) in jsonl.split(|b| *b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        match warm_one(caches, snap, line, default_key) {
+            Ok(()) => out.loaded += 1,
+            Err(reason) => out.skipped.push(Skipped { line: i + 1, reason }),
+        }
+    }
+    out
+}
+
+fn warm_one(caches: &Caches, snap: &Snapshot, line: &[u8], default_key: Option<&str>) -> Result<(), String> {
+    let l: WarmLine = serde_json::from_slice(line).map_err(|e| format!("not a warm-up line: {e}"))?;
+    let kind = match l.endpoint.as_deref() {
+        None | Some("messages" | "/v1/messages") => Kind::Response,
+        Some("count_tokens" | "/v1/messages/count_tokens") => Kind::TokenCount,
+        Some(other) => return Err(format!("endpoint `{other}`: give messages or count_tokens")),
+    };
+    if !Caches::enabled(snap, kind) {
+        return Err(format!("cache.{} is off", kind.as_str()));
+    }
+    let caller = l
+        .key
+        .as_deref()
+        .or(default_key)
+        .ok_or("no gateway key: give `key` in the line or --key")?;
+    let body: Bytes = match serde_json::from_str::<String>(l.request.get()) {
+        Ok(text) => text.into(),
+        Err(_) => Bytes::copy_from_slice(l.request.get().as_bytes()),
+    };
+    let view: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("request: {e}"))?;
+    let model = view["model"].as_str().ok_or("request: no `model`")?;
+    let stream = kind == Kind::Response && view["stream"].as_bool() == Some(true);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &l.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header `{name}`: not a name"))?;
+        let value = http::HeaderValue::from_str(value).map_err(|_| format!("header {name}: not a value"))?;
+        headers.append(name, value);
+    }
+    if !headers.contains_key("anthropic-version") {
+        let v = http::HeaderValue::from_str(&snap.config.anthropic_version).map_err(|e| e.to_string())?;
+        headers.insert("anthropic-version", v);
+    }
+    let (answer, content_type): (Bytes, &'static str) = if stream {
+        let text: String = serde_json::from_str(l.response.get())
+            .map_err(|_| "response: a stream: true request needs the event stream as a string")?;
+        if !is_complete_answer(true, text.as_bytes()) {
+            return Err("response: the event stream does not end with message_stop (or holds an error event)".into());
+        }
+        (text.into(), "text/event-stream; charset=utf-8")
+    } else {
+        let v: serde_json::Value = serde_json::from_str(l.response.get()).map_err(|e| format!("response: {e}"))?;
+        let fits = match kind {
+            Kind::Response => v["type"] == "message",
+            Kind::TokenCount => v["input_tokens"].is_u64(),
+        };
+        if !fits {
+            return Err(match kind {
+                Kind::Response => "response: not a Messages answer (`type: message`)".into(),
+                Kind::TokenCount => "response: not a count_tokens answer (`input_tokens`)".into(),
+            });
+        }
+        (Bytes::copy_from_slice(l.response.get().as_bytes()), "application/json")
+    };
+    if answer.len() > MAX_ENTRY_BYTES {
+        return Err(format!(
+            "response: larger than an entry may be ({MAX_ENTRY_BYTES} bytes)"
+        ));
+    }
+    let (_, _, plan) =
+        super::messages::plan_for(snap, model, &headers).ok_or_else(|| format!("no route serves `{model}`"))?;
+    caches.insert(
+        snap,
+        kind,
+        key(Some(caller), &plan, &body, &headers),
+        content_type,
+        answer,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dialects::Usage;
-use crate::error::ErrorKind;
+use crate::error::{new_request_id, ErrorKind};
 use crate::runtime::snapshot::KeyEntry;
 use crate::runtime::Snapshot;
 
@@ -54,6 +54,8 @@ pub struct RequestCtx {
     pub first_byte_at: Option<Instant>,
     /// Bounded metric label for the route: a configured model id, or the rule.
     pub route_label: Option<std::sync::Arc<str>>,
+    /// The counters of the routing rule that matched (`route stats`).
+    pub rule: Option<Arc<crate::runtime::snapshot::RuleStats>>,
     /// The model id the committed upstream was sent (prices are looked up by it).
     pub upstream_model: Option<String>,
     /// Fast mode was asked for (priced at the model's multiplier).
@@ -160,6 +162,7 @@ impl RequestCtx {
             usage: None,
             first_byte_at: None,
             route_label: None,
+            rule: None,
             upstream_model: None,
             fast: false,
             metered: false,
@@ -178,19 +181,6 @@ impl Default for RequestCtx {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// `req_` + 24 base62 characters (~143 bits), the shape Anthropic uses.
-pub fn new_request_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::thread_rng();
-    let mut id = String::with_capacity(28);
-    id.push_str("req_");
-    for _ in 0..24 {
-        id.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
-    }
-    id
 }
 
 /// What a cloud-format request's path said, for its body.

@@ -307,6 +307,7 @@ impl Gateway {
                 rename: None,
             }],
             reason: "passthrough_mode".into(),
+            stats: None,
         };
         let prepare = move |c: &Candidate, _: &http::HeaderMap| {
             c.provider
@@ -427,6 +428,22 @@ fn default_version(session: &mut Session, snap: &Snapshot) {
     }
 }
 
+/// The plan for a requested model id: the model routed (without a fast
+/// `-fast` suffix), whether it had one, and the candidates. Also what the
+/// cache warm-up keys its entries by, so they match live requests.
+pub(super) fn plan_for(snap: &Snapshot, requested: &str, headers: &http::HeaderMap) -> Option<(String, bool, Plan)> {
+    // `claude-opus-4-6-fast` means the base model in fast mode, unless that
+    // id is configured verbatim.
+    let (model, fast_suffix) = match requested.strip_suffix("-fast") {
+        Some(base) if !snap.is_literal_model(requested) => (base.to_string(), true),
+        _ => (requested.to_string(), false),
+    };
+    let plan = snap.resolve(&model, &|name| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    })?;
+    Some((model, fast_suffix, plan))
+}
+
 /// Stage: route. The snapshot's rules give the ordered candidates.
 fn route(
     session: &Session,
@@ -434,18 +451,9 @@ fn route(
     snap: &Snapshot,
     request: &MessagesRequest,
 ) -> Result<Routed, GatewayError> {
-    // `claude-opus-4-6-fast` means the base model in fast mode, unless that
-    // id is configured verbatim.
-    let (model, fast_suffix) = match request.model.strip_suffix("-fast") {
-        Some(base) if !snap.is_literal_model(&request.model) => (base.to_string(), true),
-        _ => (request.model.clone(), false),
-    };
-    let headers = &session.req_header().headers;
-    let plan = snap
-        .resolve(&model, &|name| {
-            headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-        })
+    let (model, fast_suffix, plan) = plan_for(snap, &request.model, &session.req_header().headers)
         .ok_or_else(|| GatewayError::NotFound(format!("model: no route serves `{}`", request.model)))?;
+    ctx.rule = plan.stats.clone();
     ctx.route_label = Some(if snap.is_literal_model(&model) {
         Arc::from(model.as_str())
     } else {

@@ -164,12 +164,20 @@ fn endpoint<'a>(method: &http::Method, path: &'a str, role: Role) -> Endpoint<'a
             M::GET | M::DELETE => Endpoint::Admin(Admin::Cache),
             _ => Endpoint::MethodNotAllowed("GET, DELETE"),
         },
+        (_, "/admin/cache/warmup") => match *method {
+            M::POST => Endpoint::Admin(Admin::CacheWarmup),
+            _ => Endpoint::MethodNotAllowed("POST"),
+        },
         (_, "/admin/usage") => match *method {
             M::GET => Endpoint::Admin(Admin::Usage),
             _ => Endpoint::MethodNotAllowed("GET"),
         },
         (_, "/admin/reliability") => match *method {
             M::GET => Endpoint::Admin(Admin::Reliability),
+            _ => Endpoint::MethodNotAllowed("GET"),
+        },
+        (_, "/admin/routes") => match *method {
+            M::GET => Endpoint::Admin(Admin::Routes),
             _ => Endpoint::MethodNotAllowed("GET"),
         },
         (_, "/admin/budgets") => match *method {

@@ -59,7 +59,7 @@ impl ConfigStore {
                 crate::telemetry::METRICS.reloads.with_label_values(&["rejected"]).inc();
                 Outcome::Rejected(msg)
             }
-            Ok(new) => {
+            Ok(mut new) => {
                 status.last_error = None;
                 if new.version == self.snapshot().version {
                     crate::telemetry::METRICS
@@ -86,6 +86,7 @@ impl ConfigStore {
                 // Store keys and teams follow the new teams and keys from
                 // the snapshot's first request on.
                 self.store_keys.recompile(&new);
+                new.adopt_route_stats(&self.snapshot());
                 self.current.store(Arc::new(new));
                 status.succeeded += 1;
                 crate::telemetry::METRICS.reloads.with_label_values(&["applied"]).inc();

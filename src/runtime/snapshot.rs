@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -95,10 +96,61 @@ pub struct Account {
     pub weight: u32,
 }
 
+/// What one routing rule (or `default_provider`) has served since the
+/// gateway started, for `route stats` (`/admin/routes`). A reload keeps
+/// the counters of every rule whose description is unchanged
+/// ([`Snapshot::adopt_route_stats`]).
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency_us: AtomicU64,
+    max_latency_us: AtomicU64,
+}
+
+/// A reading of [`RuleStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleCounts {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_us: u64,
+    pub max_latency_us: u64,
+}
+
+impl RuleStats {
+    /// One finished request: `failed` when its answer was an error (4xx/5xx).
+    pub fn record(&self, failed: bool, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_us.fetch_add(us, Ordering::Relaxed);
+        self.max_latency_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> RuleCounts {
+        RuleCounts {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency_us: self.latency_us.load(Ordering::Relaxed),
+            max_latency_us: self.max_latency_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One rule as `route stats` lists it.
+pub struct RuleReport {
+    pub rule: Arc<str>,
+    pub provider: Option<String>,
+    pub counts: RuleCounts,
+}
+
 #[derive(Debug)]
 struct Route {
     /// `routes[i] (match ...)`, for logs, `/status` and `route resolve`.
     description: Arc<str>,
+    stats: Arc<RuleStats>,
     glob: Option<GlobMatcher>,
     /// This rule's index in `Snapshot::route_globs`.
     glob_slot: Option<usize>,
@@ -123,6 +175,8 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
     /// The rule that matched (its description, shared, not rebuilt per request).
     pub reason: Arc<str>,
+    /// That rule's counters (none for `passthrough_mode`, which has no rule).
+    pub stats: Option<Arc<RuleStats>>,
 }
 
 /// `Ok(())` when rule `r` matches, else why not.
@@ -259,6 +313,8 @@ pub struct Snapshot {
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub default_provider: Option<Arc<Provider>>,
     routes: Vec<Route>,
+    /// What requests no rule matched have served (`default_provider`).
+    default_stats: Arc<RuleStats>,
     /// Every route glob compiled into one matcher.
     route_globs: GlobSet,
     /// Enabled providers by the model ids they list in `models`, lowest
@@ -325,6 +381,9 @@ impl Snapshot {
                 "anthropic_version",
                 "must be a version date such as 2023-06-01",
             ));
+        }
+        if let Err(e) = crate::forward::AllowList::new(&config.proxy.allow) {
+            return Err(ConfigError::invalid("proxy.allow", &e));
         }
         if config.max_request_size == 0 {
             return Err(ConfigError::invalid("max_request_size", "must be greater than 0"));
@@ -430,6 +489,7 @@ impl Snapshot {
             };
             routes.push(Route {
                 description,
+                stats: Default::default(),
                 glob_slot,
                 glob,
                 glob_text: r.model_glob.clone(),
@@ -555,6 +615,7 @@ impl Snapshot {
             providers,
             default_provider,
             routes,
+            default_stats: Default::default(),
             route_globs,
             serving,
             keys,
@@ -585,7 +646,7 @@ impl Snapshot {
                     .as_ref()
                     .is_none_or(|(name, want)| header(name).as_deref() == Some(want.as_str()))
         });
-        let (mut candidates, reason) = match rule {
+        let (mut candidates, reason, stats) = match rule {
             Some(i) => {
                 let r = &self.routes[i];
                 let mut c = Vec::with_capacity(1 + r.fallbacks.len());
@@ -598,7 +659,7 @@ impl Snapshot {
                         });
                     }
                 }
-                (c, r.description.clone())
+                (c, r.description.clone(), r.stats.clone())
             }
             None => {
                 let p = self.default_provider.as_ref()?;
@@ -610,7 +671,7 @@ impl Snapshot {
                 } else {
                     Vec::new()
                 };
-                (c, Arc::from("default_provider"))
+                (c, Arc::from("default_provider"), self.default_stats.clone())
             }
         };
         // Providers that declare the model in `models` can serve it too:
@@ -623,7 +684,39 @@ impl Snapshot {
                 });
             }
         }
-        Some(Plan { candidates, reason })
+        Some(Plan {
+            candidates,
+            reason,
+            stats: Some(stats),
+        })
+    }
+
+    /// Each rule in order, then `default_provider` (when there is one), with
+    /// what it has served.
+    pub fn route_stats(&self) -> Vec<RuleReport> {
+        let rules = self.routes.iter().map(|r| RuleReport {
+            rule: r.description.clone(),
+            provider: Some(r.provider.name.clone()),
+            counts: r.stats.read(),
+        });
+        let default = self.default_provider.as_ref().map(|p| RuleReport {
+            rule: Arc::from("default_provider"),
+            provider: Some(p.name.clone()),
+            counts: self.default_stats.read(),
+        });
+        rules.chain(default).collect()
+    }
+
+    /// Take over the counters of `old`'s rules that this config still has
+    /// (same description: same position, match and header), so a reload
+    /// does not reset `route stats`.
+    pub fn adopt_route_stats(&mut self, old: &Snapshot) {
+        for r in &mut self.routes {
+            if let Some(o) = old.routes.iter().find(|o| o.description == r.description) {
+                r.stats = o.stats.clone();
+            }
+        }
+        self.default_stats = old.default_stats.clone();
     }
 
     /// True when `model` is configured verbatim: a route's literal `match`,

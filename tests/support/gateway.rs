@@ -50,9 +50,34 @@ impl Gateway {
     /// exits early or is not ready within [`READY_TIMEOUT`]. Retries with a new
     /// port (up to 3 times) if the port was taken in between.
     pub fn start_with_args(yaml: &str, envs: &[(&str, &str)], extra_args: &[&str]) -> Gateway {
+        Gateway::start_command("serve", yaml, envs, extra_args)
+    }
+
+    /// `modelgate proxy -c <path> -p FREEPORT <extra_args…>` (the forward
+    /// proxy), started and polled like [`Gateway::start_with_args`]; the
+    /// proxy answers `GET /health` itself.
+    pub async fn start_proxy_async(yaml: &str, extra_args: &[&str]) -> Gateway {
+        let yaml = yaml.to_string();
+        let mut args: Vec<String> = vec!["-p".into(), "{port}".into()];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let joined = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Gateway::start_command("proxy", &yaml, &[], &args)
+        })
+        .await;
+        match joined {
+            Ok(gw) => gw,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("proxy start task failed: {e}"),
+        }
+    }
+
+    /// `modelgate <sub> -c <path> <extra_args…>` (`{port}` in an argument →
+    /// the listener's port), with the port retries of [`Gateway::start_with_args`].
+    fn start_command(sub: &str, yaml: &str, envs: &[(&str, &str)], extra_args: &[&str]) -> Gateway {
         let mut last = String::new();
         for attempt in 1..=PORT_RETRIES {
-            match Gateway::try_start(yaml, envs, extra_args) {
+            match Gateway::try_start_on(free_port(), sub, yaml, envs, extra_args) {
                 Ok(gw) => return gw,
                 Err(StartError::PortInUse(logs)) if attempt < PORT_RETRIES => last = logs,
                 Err(StartError::PortInUse(logs)) | Err(StartError::Failed(logs)) => {
@@ -94,7 +119,7 @@ impl Gateway {
     pub fn start_on(port: u16, yaml: &str, envs: &[(&str, &str)]) -> Gateway {
         let mut last = String::new();
         for attempt in 1..=PORT_RETRIES {
-            match Gateway::try_start_on(port, yaml, envs, &[]) {
+            match Gateway::try_start_on(port, "serve", yaml, envs, &[]) {
                 Ok(gw) => return gw,
                 Err(StartError::PortInUse(logs)) if attempt < PORT_RETRIES => {
                     last = logs;
@@ -124,11 +149,13 @@ impl Gateway {
         }
     }
 
-    fn try_start(yaml: &str, envs: &[(&str, &str)], extra_args: &[&str]) -> Result<Gateway, StartError> {
-        Gateway::try_start_on(free_port(), yaml, envs, extra_args)
-    }
-
-    fn try_start_on(port: u16, yaml: &str, envs: &[(&str, &str)], extra_args: &[&str]) -> Result<Gateway, StartError> {
+    fn try_start_on(
+        port: u16,
+        sub: &str,
+        yaml: &str,
+        envs: &[(&str, &str)],
+        extra_args: &[&str],
+    ) -> Result<Gateway, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("modelgate-test-")
             .tempdir()
@@ -144,10 +171,10 @@ impl Gateway {
         let stderr = File::create(dir.path().join(STDERR_LOG)).expect("create stderr.log");
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelgate"));
-        cmd.arg("serve")
+        cmd.arg(sub)
             .arg("-c")
             .arg(&config_path)
-            .args(extra_args)
+            .args(extra_args.iter().map(|a| a.replace("{port}", &port.to_string())))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))

@@ -447,3 +447,66 @@ async fn a_client_leaving_mid_tunnel_closes_it_and_a_drain_waits_for_tunnels() {
     assert!(status.success(), "{status:?}\n{}", proxy.logs());
     assert!(proxy.logs().contains("drained"), "{}", proxy.logs());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_proxy_takes_the_socket_over_and_the_old_one_drains() {
+    use std::os::unix::fs::FileTypeExt;
+    let (echo, _) = echo_server().await;
+    let mut old = Gateway::start_proxy_async("{}\n", &["--allow", "127.0.0.1:*"]).await;
+    let port = old.port().to_string();
+    let sock = std::path::PathBuf::from(format!("/tmp/modelgate-proxy-{port}.upgrade.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let (mut tunnel, head) = connect_via(&old, &echo.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // The new process waits on the upgrade socket for the listening socket.
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .args(["proxy", "-p", &port, "-u", "--allow", "127.0.0.1:*"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut new = Gateway {
+        child,
+        addr: old.addr,
+        dir,
+    };
+    let is_socket = || std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket());
+    for _ in 0..400 {
+        if is_socket() {
+            break;
+        }
+        assert!(new.is_running(), "{}", new.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(is_socket(), "the new proxy never listened on {}", sock.display());
+    assert!(old.signal("QUIT"));
+
+    // The old process's tunnel keeps working after the hand-over. (Pingora
+    // keeps accepting on the shared socket in the old process for 5 s, so
+    // a new connection may still land there meanwhile.)
+    tunnel.write_all(b"after").await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(IO_TIMEOUT, tunnel.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"after");
+    drop(tunnel);
+    let status = old
+        .wait_exit(Duration::from_secs(20))
+        .expect("the old proxy exits once drained");
+    assert!(status.success(), "{status:?}");
+
+    // Now every connection is the new process's.
+    assert!(new.is_running(), "{}", new.logs());
+    let (mut s, head) = connect_via(&new, &echo.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.shutdown().await.unwrap();
+    drop(s);
+    let line = format!("CONNECT {echo} 200");
+    eventually("the new process's access line", || new.logs().contains(&line)).await;
+}

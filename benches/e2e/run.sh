@@ -155,30 +155,28 @@ pids+=("$proxy_pid")
 wait_up "$work/proxy.log" "http://127.0.0.1:$PROXY_PORT/health"
 write_proxy_lua "$work/proxy.lua"
 proxy_rows() {
-  printf '
-forward proxy (same run): absolute-form POSTs through modelgate proxy, against the upstream directly
-'
-  printf '%-26s %-16s %12s %10s %10s %12s %12s
-' scenario target rps p50_ms p99_ms vs_direct cpu_us/req
+  printf '\nforward proxy (same run): absolute-form POSTs through modelgate proxy, against the upstream directly\n'
+  printf '%-26s %-16s %12s %10s %10s %12s %12s\n' scenario target rps p50_ms p99_ms vs_direct cpu_us/req
   for scenario in "proxy-json:/v1/messages:$small" "proxy-sse:/sse/v1/messages:$stream"; do
     IFS=: read -r name path body <<<"$scenario"
     read -r d_rps d50 d99 _ < <(run "$name/direct" "http://127.0.0.1:$UP_PORT$path" "$body" "$CONNS" "$THREADS")
+    # shellcheck disable=SC2086 # one pid per word
+    read -r h_rps h50 h99 h_cpu < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$body" "$CONNS" "$THREADS" $hop_pids)
     read -r p_rps p50 p99 p_cpu < <(TARGET_URI="http://127.0.0.1:$UP_PORT$path" LUA="$work/proxy.lua" \
       run "$name/proxy" "http://127.0.0.1:$PROXY_PORT/" "$body" "$CONNS" "$THREADS" "$proxy_pid")
-    printf '%-26s %-16s %12.0f %10s %10s %12s %12s
-' "$name" direct "$d_rps" "$d50" "$d99" "1.00x" -
-    printf '%-26s %-16s %12.0f %10s %10s %11.2fx %12s
-' "$name" modelgate-proxy "$p_rps" "$p50" "$p99" "$(awk -v a="$p_rps" -v b="$d_rps" 'BEGIN{print a/b}')" "$p_cpu"
+    printf '%-26s %-16s %12.0f %10s %10s %12s %12s\n' "$name" direct "$d_rps" "$d50" "$d99" "1.00x" -
+    printf '%-26s %-16s %12.0f %10s %10s %11.2fx %12s\n' "$name" "nginx-hop (ref)" "$h_rps" "$h50" "$h99" "$(awk -v a="$h_rps" -v b="$d_rps" 'BEGIN{print a/b}')" "$h_cpu"
+    printf '%-26s %-16s %12.0f %10s %10s %11.2fx %12s\n' "$name" modelgate-proxy "$p_rps" "$p50" "$p99" "$(awk -v a="$p_rps" -v b="$d_rps" 'BEGIN{print a/b}')" "$p_cpu"
   done
 }
+# nginx's CPU is its workers'.
+hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
 case "${ONLY:-}" in
   otlp) otlp_rows; exit 0 ;;
   proxy) proxy_rows; exit 0 ;;
 esac
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
-# nginx's CPU is its workers'.
-hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
 printf '%-26s %-12s %12s %10s %10s %12s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop cpu_us/req
 # name:nginx-hop path:nginx body:modelgate body (the hop is always plain pass-through)
 for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/sse/v1/messages:$stream:$stream" \

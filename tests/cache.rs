@@ -257,12 +257,10 @@ async fn warmup_preloads_answers_that_live_requests_then_hit() {
         v["skipped"][2]["reason"].as_str().unwrap().contains("message_stop"),
         "{v}"
     );
+    insta::assert_snapshot!("cache_warmup_json", json);
     let (code, text) = cli(&gw, &["cache", "warmup", file.to_str().unwrap(), "--key", "alice"]);
     assert_eq!(code, 0);
-    assert!(
-        text.starts_with("loaded 3 cache entries\nskipped line 5: response: not a Messages answer"),
-        "{text}"
-    );
+    insta::assert_snapshot!("cache_warmup_text", text);
 
     // Alice's identical requests are answered from the warm-up, nothing goes upstream.
     let send = |path: &'static str, body: &'static str| {
@@ -358,7 +356,20 @@ async fn route_stats_count_requests_errors_and_latency_per_rule() {
     assert!(rules[0]["avg_latency_ms"].as_f64().unwrap() > 0.0);
     assert!(rules[0]["max_latency_ms"].as_f64() >= rules[0]["avg_latency_ms"].as_f64());
 
+    // Goldens, the latencies and the uptime masked.
+    let mut masked = v.clone();
+    for r in masked["rules"].as_array_mut().unwrap() {
+        r["avg_latency_ms"] = "<ms>".into();
+        r["max_latency_ms"] = "<ms>".into();
+    }
+    masked["uptime_seconds"] = "<s>".into();
+    insta::assert_snapshot!("route_stats_json", serde_json::to_string_pretty(&masked).unwrap());
     let (_, table) = cli(&gw, &["route", "stats"]);
+    let latencies = regex::Regex::new(r"(?m) +\d+\.\d +\d+\.\d$").unwrap();
+    let uptime = regex::Regex::new(r"started \d+ s ago").unwrap();
+    let golden = latencies.replace_all(&table, "  <avg_ms>  <max_ms>").into_owned();
+    let golden = uptime.replace(&golden, "started <n> s ago").into_owned();
+    insta::assert_snapshot!("route_stats_text", golden);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
         lines[0].starts_with("rule") && lines[0].contains("requests") && lines[0].contains("avg_ms"),

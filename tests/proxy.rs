@@ -176,6 +176,7 @@ async fn plain_requests_are_relayed_without_hop_by_hop_fields() {
         .header("connection", "x-hop")
         .header("x-hop", "must not pass")
         .header("x-end-to-end", "kept")
+        .header("host", "somewhere-else.example")
         .body("a body of bytes")
         .send()
         .await

@@ -15,7 +15,7 @@
 //! `Connection` field names, and `Connection`, `Keep-Alive`,
 //! `Proxy-Connection`, `Proxy-Authorization`, `TE`, `Trailer`,
 //! `Transfer-Encoding` and `Upgrade`; hyper frames each leg itself. Both
-//! ways gain `Via: 1.1 modelgate`.
+//! ways gain `Via: 1.1 modelgate`, and `Host` is the URI's authority.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,6 +89,15 @@ impl Relay {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.append(header::VIA, HeaderValue::from_static("1.1 modelgate"));
+        // The origin is told the authority of the URI (RFC 9112 §3.2.2),
+        // whatever Host the client sent beside it.
+        if let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, authority);
+        }
         self.attempts(line, parts.method, parts.uri, headers, body, &host, port)
             .await
     }

@@ -201,12 +201,14 @@ fn sha256_hex(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn warmup_preloads_answers_that_live_requests_then_hit() {
     const ALICE: &str = "mg-alice-warmup-key-000000000000000000000000000";
+    const BOB: &str = "mg-bob-warmup-key-00000000000000000000000000000";
     let up = MockUpstream::start().await;
     let admin = free_port();
     let yaml = format!(
-        "{}keys:\n  - name: alice\n    key_sha256: \"{}\"\n",
+        "{}keys:\n  - name: alice\n    key_sha256: \"{}\"\n  - name: bob\n    key_sha256: \"{}\"\n",
         yaml(&up.base_url(), admin),
-        sha256_hex(ALICE)
+        sha256_hex(ALICE),
+        sha256_hex(BOB)
     );
     let gw = Gateway::start_async(&yaml, &[]).await;
     let json_req = r#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[{"role":"user","content":"warm"}]}"#;
@@ -220,6 +222,7 @@ async fn warmup_preloads_answers_that_live_requests_then_hit() {
         r#"{"request": {"model": "claude-sonnet-4-5"}, "response": {"type": "nope"}}"#.to_string(),
         "not json".to_string(),
         serde_json::json!({"request": STREAM, "response": "event: message_start\ndata: {}\n\n"}).to_string(),
+        serde_json::json!({"request": json_req, "response": {"type": "message"}, "key": "carol"}).to_string(),
     ];
     let file = gw.dir.path().join("warm.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
@@ -245,7 +248,7 @@ async fn warmup_preloads_answers_that_live_requests_then_hit() {
         .iter()
         .map(|s| s["line"].as_u64().unwrap())
         .collect();
-    assert_eq!(skipped, [5, 6, 7], "{v}");
+    assert_eq!(skipped, [5, 6, 7, 8], "{v}");
     assert!(
         v["skipped"][0]["reason"]
             .as_str()
@@ -280,11 +283,39 @@ async fn warmup_preloads_answers_that_live_requests_then_hit() {
     let r = send("/v1/messages/count_tokens", COUNT).await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["input_tokens"], 7);
     assert_eq!(up.request_count(), 0);
+    // Entries are per key: Bob's identical request is not Alice's answer.
+    up.set_default(Reply::message("claude-sonnet-4-5", "for bob"));
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", BOB)
+        .header("anthropic-version", "2023-06-01")
+        .body(json_req)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("x-modelgate-cache").is_none());
+    assert!(r.text().await.unwrap().contains("for bob"));
+    assert_eq!(up.request_count(), 1);
 
     // Without a key the lines are refused, each saying why.
     let (code, text) = cli(&gw, &["cache", "warmup", file.to_str().unwrap()]);
     assert_eq!(code, 0, "line 3 names its key");
     assert!(text.contains("skipped line 1: no gateway key"), "{text}");
+    assert!(text.contains("skipped line 2: no gateway key"), "{text}");
+
+    // In passthrough-auth mode answers belong to client credentials: refused.
+    let open = Gateway::start_async(&self::yaml(&up.base_url(), free_port()), &[]).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .arg("-c")
+        .arg(open.config_path())
+        .args(["cache", "warmup", file.to_str().unwrap(), "--key", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs gateway keys"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

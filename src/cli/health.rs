@@ -393,8 +393,8 @@ fn admin_from_config(config: Option<PathBuf>) -> Result<String, String> {
 
 /// One request to the admin API, answered 200 with JSON: that JSON.
 /// One request to a gateway's HTTP API through Pingora's own client (plain
-/// HTTP, local): status and body, bounded (3 s to connect, 5 s per read,
-/// 16 MiB).
+/// HTTP, local): status and body, bounded (3 s to connect, 5 s per read, or
+/// 120 s when a body is sent; 16 MiB).
 pub(crate) fn admin_call(base: &str, key: Option<&str>, method: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     admin_call_with(base, key, method, path, Vec::new())
 }
@@ -426,7 +426,10 @@ pub(crate) fn admin_call_with(
         let connector = pingora::connectors::http::Connector::new(None);
         let mut peer = pingora::upstreams::peer::HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(std::time::Duration::from_secs(3));
-        peer.options.read_timeout = Some(std::time::Duration::from_secs(5));
+        // A request with a body (a cache warm-up) may take the gateway a
+        // while to work through.
+        let read = if payload.is_empty() { 5 } else { 120 };
+        peer.options.read_timeout = Some(std::time::Duration::from_secs(read));
         let (mut session, _) = connector.get_http_session(&peer).await.map_err(|e| e.to_string())?;
         let mut req = pingora::http::RequestHeader::build(method, path.as_bytes(), None).map_err(|e| e.to_string())?;
         if method != "GET" || !payload.is_empty() {

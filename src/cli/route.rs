@@ -148,8 +148,14 @@ fn print_stats(v: &serde_json::Value, format: super::Output) -> i32 {
         out!("no routing rules and no default_provider");
         return 0;
     }
+    let w = rules
+        .iter()
+        .map(|r| r["rule"].as_str().map_or(1, |s| s.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(16);
     out!(
-        "{:<44} {:<14} {:>9} {:>7} {:>7} {:>10} {:>10}",
+        "{:<w$} {:<14} {:>9} {:>7} {:>7} {:>10} {:>10}",
         "rule",
         "provider",
         "requests",
@@ -160,7 +166,7 @@ fn print_stats(v: &serde_json::Value, format: super::Output) -> i32 {
     );
     for r in rules {
         out!(
-            "{:<44} {:<14} {:>9} {:>7} {:>6.1}% {:>10.1} {:>10.1}",
+            "{:<w$} {:<14} {:>9} {:>7} {:>6.1}% {:>10.1} {:>10.1}",
             r["rule"].as_str().unwrap_or("?"),
             r["provider"].as_str().unwrap_or("-"),
             r["requests"].as_u64().unwrap_or(0),

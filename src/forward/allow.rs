@@ -17,14 +17,27 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// One `HOST:PORT` allow rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// Lower-case labels; `["*"]` alone matches any host.
-    host: Vec<String>,
+    host: HostPattern,
     /// `None` matches any port.
     port: Option<u16>,
 }
 
+/// What a rule's host matches. A name pattern matches names only and an
+/// address pattern addresses only, so `10.*.*.*` can never be satisfied by
+/// a name like `10.evil.example` that resolves to whatever its owner likes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// `*`: every host, named or not.
+    Any,
+    /// Lower-case labels, `*` matching any one label.
+    Name(Vec<String>),
+    /// Four octets, `None` for a `*` octet.
+    V4([Option<u8>; 4]),
+    V6(Ipv6Addr),
+}
+
 impl Rule {
-    /// Parse `host:port`, `*.example.com:*`, `[::1]:8080`, `10.0.0.0:*`.
+    /// Parse `host:port`, `*.example.com:*`, `[::1]:8080`, `10.*.*.*:*`.
     pub fn parse(text: &str) -> Result<Rule, String> {
         let bad = |why: &str| {
             format!("proxy allow rule `{text}`: {why} (expected HOST:PORT, `*` for any port or host label)")
@@ -33,10 +46,14 @@ impl Rule {
             let (h, p) = rest
                 .split_once("]:")
                 .ok_or_else(|| bad("an IPv6 host needs `[addr]:port`"))?;
-            h.parse::<Ipv6Addr>().map_err(|_| bad("not an IPv6 address"))?;
-            (h, p)
+            let v6 = h.parse::<Ipv6Addr>().map_err(|_| bad("not an IPv6 address"))?;
+            (HostPattern::V6(v6), p)
         } else {
-            text.rsplit_once(':').ok_or_else(|| bad("no port"))?
+            let (h, p) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+            if h.contains(':') {
+                return Err(bad("write an IPv6 host as `[addr]:port`"));
+            }
+            (Self::parse_host(h).map_err(&bad)?, p)
         };
         let port = match port {
             "*" => None,
@@ -47,38 +64,52 @@ impl Rule {
                     .ok_or_else(|| bad("the port is not 1-65535 or `*`"))?,
             ),
         };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        let host: Vec<String> = if host.contains(':') {
-            vec![host.to_ascii_lowercase()]
-        } else {
-            host.split('.').map(str::to_ascii_lowercase).collect()
-        };
-        if host.iter().any(|l| l.is_empty() || (l.contains('*') && l != "*")) {
-            return Err(bad("`*` must be a whole label"));
-        }
         Ok(Rule { host, port })
+    }
+
+    fn parse_host(host: &str) -> Result<HostPattern, &'static str> {
+        if host.is_empty() {
+            return Err("no host");
+        }
+        if host == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let labels: Vec<String> = host.split('.').map(str::to_ascii_lowercase).collect();
+        if labels.iter().any(|l| l.is_empty() || (l.contains('*') && l != "*")) {
+            return Err("`*` must be a whole label");
+        }
+        if !labels.iter().all(|l| l == "*" || l.bytes().all(|b| b.is_ascii_digit())) {
+            return Ok(HostPattern::Name(labels));
+        }
+        // Digits and `*` only: an IPv4 address pattern.
+        let octets: Vec<Option<u8>> = labels
+            .iter()
+            .map(|l| if l == "*" { Ok(None) } else { l.parse::<u8>().map(Some) })
+            .collect::<Result<_, _>>()
+            .map_err(|_| "not an IPv4 address (octets are 0-255)")?;
+        <[Option<u8>; 4]>::try_from(octets)
+            .map(HostPattern::V4)
+            .map_err(|_| "not an IPv4 address (four octets)")
     }
 
     fn matches(&self, host: &str, port: u16) -> bool {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
-        if self.host.len() == 1 && self.host[0] == "*" {
-            return true;
-        }
         let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
-        if host.contains(':') {
-            // IPv6: compare as addresses, so `::1` and `0:0::1` agree.
-            return self.host.len() == 1
-                && matches!((self.host[0].parse::<Ipv6Addr>(), host.parse::<Ipv6Addr>()), (Ok(a), Ok(b)) if a == b);
+        match (&self.host, host.parse::<std::net::IpAddr>()) {
+            (HostPattern::Any, _) => true,
+            (HostPattern::V4(want), Ok(IpAddr::V4(ip))) => {
+                want.iter().zip(ip.octets()).all(|(w, o)| w.is_none_or(|w| w == o))
+            }
+            (HostPattern::V6(want), Ok(IpAddr::V6(ip))) => *want == ip,
+            (HostPattern::Name(want), Err(_)) => {
+                let labels = host.split('.');
+                labels.clone().count() == want.len()
+                    && labels.zip(want).all(|(l, r)| r == "*" || l.eq_ignore_ascii_case(r))
+            }
+            _ => false,
         }
-        let labels = host.split('.');
-        labels.clone().count() == self.host.len()
-            && labels
-                .zip(&self.host)
-                .all(|(l, r)| r == "*" || l.eq_ignore_ascii_case(r))
     }
 }
 
@@ -147,14 +178,14 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(v4);
             }
             let s = v6.segments();
-            // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
+            let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32
+            // bits; 6to4 (2002::/16) in the 32 after the prefix.
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return is_public_v4(Ipv4Addr::new(
-                    (s[6] >> 8) as u8,
-                    s[6] as u8,
-                    (s[7] >> 8) as u8,
-                    s[7] as u8,
-                ));
+                return is_public_v4(v4(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public_v4(v4(s[1], s[2]));
             }
             !(v6.is_unspecified()
                 || v6.is_loopback()
@@ -163,6 +194,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32 (an IPv4 tunnel)
+                || s[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
+                || s[..5] == [0, 0, 0, 0, 0xffff] // IPv4-translated ::ffff:0:0:0/96
                 || s[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible ::a.b.c.d
         }
     }
@@ -218,6 +252,11 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "::127.0.0.1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2001:0:4136:e378::1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} counted as public");
         }
@@ -229,6 +268,7 @@ mod tests {
             "2606:4700::1111",
             "::ffff:1.1.1.1",
             "64:ff9b::101:101",
+            "2002:101:101::1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip} counted as private");
         }
@@ -247,6 +287,21 @@ mod tests {
         assert!(Rule::parse("*:8080").unwrap().matches("anything.example", 8080));
         let v6 = Rule::parse("[::1]:9000").unwrap();
         assert!(v6.matches("[0:0::1]", 9000) && v6.matches("::1", 9000) && !v6.matches("::2", 9000));
+        let range = Rule::parse("10.*.*.*:*").unwrap();
+        assert!(range.matches("10.2.3.4", 80) && !range.matches("11.2.3.4", 80));
+    }
+
+    #[test]
+    fn address_patterns_never_match_names() {
+        // A name that looks like the pattern resolves to whatever its owner likes.
+        let range = Rule::parse("192.168.*.*:*").unwrap();
+        assert!(!range.matches("192.168.evil.example", 80));
+        let allow = AllowList::new(["10.*.*.*:*"]).unwrap();
+        assert!(allow.check("10.evil.example", 80, &[addr("127.0.0.1:80")]).is_err());
+        assert_eq!(allow.check("10.evil.example", 80, &[addr("10.0.0.9:80")]), Ok(()));
+        // And a name pattern never matches an address.
+        let name = Rule::parse("*.*.*.internal:*").unwrap();
+        assert!(!name.matches("10.0.0.1", 80));
     }
 
     #[test]
@@ -262,6 +317,9 @@ mod tests {
             "a..b:80",
             "[::1:80",
             "[zz]:80",
+            "::1:80",
+            "10.0.0:80",
+            "10.0.0.256:80",
         ] {
             let e = Rule::parse(bad).unwrap_err();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");

@@ -108,7 +108,9 @@ impl Settings {
 
 /// The answer body every path produces: a relayed upstream body or the
 /// proxy's own (an error, the health answer, a tunnel's empty 200).
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, BoxError>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
@@ -179,6 +181,14 @@ impl ForwardProxy {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, client: Option<SocketAddr>) -> Response<Body> {
         let client = client.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        if req.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+            // RFC 9110 §4.2.4: user information is not sent on; it would
+            // also land in the access log.
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the URI carries user information (user@host): not relayed",
+            );
+        }
         if req.method() == Method::CONNECT {
             return tunnel::open(&self, req, client).await;
         }

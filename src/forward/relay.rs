@@ -8,8 +8,11 @@
 //! up to `max_retries` times when
 //! - the connection could not be made (nothing was sent: any method), or
 //! - for an idempotent method (RFC 9110 §9.2.2), the origin answered 502,
-//!   503 or 504, the connection failed mid-exchange, or no answer head came
-//!   within `timeout`.
+//!   503 or 504, or the connection failed mid-exchange.
+//!
+//! An origin that sends no answer head within `timeout` gets 504 at once
+//! (no retry: it already took that long), and one that goes silent for
+//! `timeout` mid-answer has its answer cut off.
 //!
 //! Hop-by-hop fields (RFC 9110 §7.6.1) are removed both ways: those the
 //! `Connection` field names, and `Connection`, `Keep-Alive`,
@@ -31,7 +34,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{connect, loggable, refuse, target, vetted, Body, Refusal, Settings};
+use super::{connect, loggable, refuse, target, vetted, Body, BoxError, Refusal, Settings};
 use crate::upstream::dns::Dns;
 
 /// The largest request or answer head the proxy reads, in bytes.
@@ -88,6 +91,8 @@ impl Relay {
         };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
+        // The body is already here: nothing for the origin to wait for.
+        headers.remove(header::EXPECT);
         headers.append(header::VIA, HeaderValue::from_static("1.1 modelgate"));
         // The origin is told the authority of the URI (RFC 9112 §3.2.2),
         // whatever Host the client sent beside it.
@@ -160,7 +165,8 @@ impl Relay {
             let retry = match &outcome {
                 Ok(Ok(resp)) => idempotent && matches!(resp.status().as_u16(), 502..=504),
                 Ok(Err(e)) => refusal_in(e).is_none() && (e.is_connect() || idempotent),
-                Err(_) => idempotent,
+                // A silent origin already took `timeout`: not again.
+                Err(_) => false,
             };
             if !retry || line.attempts > self.settings.max_retries {
                 break outcome;
@@ -176,15 +182,16 @@ impl Relay {
                     .headers
                     .append(header::VIA, HeaderValue::from_static("1.1 modelgate"));
                 line.status = parts.status.as_u16();
-                Response::from_parts(
-                    parts,
-                    Logged {
-                        inner: body,
-                        line,
-                        received: 0,
-                    }
-                    .boxed(),
-                )
+                let idle = self.settings.timeout;
+                let logged = Logged {
+                    inner: body,
+                    line,
+                    received: 0,
+                    idle,
+                    last: tokio::time::Instant::now(),
+                    silence: Box::pin(tokio::time::sleep(idle)),
+                };
+                Response::from_parts(parts, logged.boxed())
             }
             Ok(Err(e)) => {
                 let answer = match refusal_in(&e) {
@@ -264,8 +271,6 @@ struct Connector {
     dns: Arc<Dns>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<tokio::net::TcpStream>;
     type Error = BoxError;
@@ -320,26 +325,46 @@ impl AccessLine {
     }
 }
 
-/// A relayed answer body that writes its access line once it is done.
+/// A relayed answer body that writes its access line once it is done, and
+/// ends with an error when the origin is silent for `idle`.
 struct Logged {
     inner: Incoming,
     line: AccessLine,
     received: u64,
+    idle: std::time::Duration,
+    /// When the origin last sent a frame.
+    last: tokio::time::Instant,
+    silence: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl hyper::body::Body for Logged {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &frame {
-            if let Some(d) = f.data_ref() {
-                this.received += d.len() as u64;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(Ok(d)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref())) {
+                    this.received += d.map_or(0, |d| d.len() as u64);
+                }
+                this.last = tokio::time::Instant::now();
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
+            // The timer is moved only when it fires (not per frame): if
+            // something arrived since it was set, it is set again from then.
+            Poll::Pending => loop {
+                if this.silence.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let due = this.last + this.idle;
+                if due <= tokio::time::Instant::now() {
+                    let why = format!("the origin sent nothing for {:?}", this.idle);
+                    return Poll::Ready(Some(Err(why.into())));
+                }
+                this.silence.as_mut().reset(due);
+            },
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {

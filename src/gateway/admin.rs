@@ -131,7 +131,8 @@ pub async fn serve(
                     .map(|(_, v)| v.into_owned())
             });
             let jsonl = super::body::read(session, snap.max_request_size, snap.config.client_timeouts.body.0).await?;
-            let warmed = cache::warm(&shared.caches, snap, &jsonl, key.as_deref());
+            let known = |name: &str| shared.config.store_keys.knows(snap, name);
+            let warmed = cache::warm(&shared.caches, snap, &jsonl, key.as_deref(), &known).await?;
             log::info!(
                 "cache warm-up through the admin API: {} entries loaded, {} lines skipped",
                 warmed.loaded,
@@ -166,7 +167,7 @@ fn routes(shared: &Shared, snap: &Snapshot) -> Vec<u8> {
                 "provider": r.provider,
                 "requests": c.requests,
                 "errors": c.errors,
-                "error_rate": if c.requests == 0 { 0.0 } else { c.errors as f64 / c.requests as f64 },
+                "error_rate": if c.requests == 0 { 0.0 } else { (c.errors as f64 / c.requests as f64).min(1.0) },
                 "avg_latency_ms": c.latency_us.checked_div(c.requests).map_or(0.0, ms),
                 "max_latency_ms": ms(c.max_latency_us),
             })

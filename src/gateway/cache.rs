@@ -340,27 +340,53 @@ struct WarmLine<'a> {
     endpoint: Option<String>,
 }
 
+/// Lines warmed between yields to the runtime, so a large file never
+/// holds a worker for long.
+const WARM_LINES_PER_TURN: usize = 64;
+
 /// `POST /admin/cache/warmup`: pre-load answers from JSONL, one
 /// `{request, response}` pair per line (see [`WarmLine`]), keyed exactly as
 /// the live request would be ([`key`], with the plan `messages` routes it
-/// by). `default_key` is the gateway key for lines that name none. Lines
-/// that cannot be used are reported, not fatal.
-pub fn warm(caches: &Caches, snap: &Snapshot, jsonl: &[u8], default_key: Option<&str>) -> Warmed {
+/// by). `default_key` is the gateway key for lines that name none; `known`
+/// says whether a key of that name exists. Lines that cannot be used are
+/// reported, not fatal. Needs gateway keys: in passthrough-auth mode
+/// entries belong to client credentials, which a file must not hold.
+pub async fn warm(
+    caches: &Caches,
+    snap: &Snapshot,
+    jsonl: &[u8],
+    default_key: Option<&str>,
+    known: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Warmed, crate::error::GatewayError> {
+    if !snap.keys_enabled() {
+        return Err(crate::error::GatewayError::InvalidRequest(
+            "cache warm-up needs gateway keys: in passthrough-auth mode cached answers belong to each client's own credential".into(),
+        ));
+    }
     let mut out = Warmed::default();
     for (i, line) in jsonl.split(|b| *b == b'\n').enumerate() {
+        if i % WARM_LINES_PER_TURN == WARM_LINES_PER_TURN - 1 {
+            tokio::task::yield_now().await;
+        }
         let line = line.trim_ascii();
         if line.is_empty() {
             continue;
         }
-        match warm_one(caches, snap, line, default_key) {
+        match warm_one(caches, snap, line, default_key, known) {
             Ok(()) => out.loaded += 1,
             Err(reason) => out.skipped.push(Skipped { line: i + 1, reason }),
         }
     }
-    out
+    Ok(out)
 }
 
-fn warm_one(caches: &Caches, snap: &Snapshot, line: &[u8], default_key: Option<&str>) -> Result<(), String> {
+fn warm_one(
+    caches: &Caches,
+    snap: &Snapshot,
+    line: &[u8],
+    default_key: Option<&str>,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
     let l: WarmLine = serde_json::from_slice(line).map_err(|e| format!("not a warm-up line: {e}"))?;
     let kind = match l.endpoint.as_deref() {
         None | Some("messages" | "/v1/messages") => Kind::Response,
@@ -375,6 +401,9 @@ fn warm_one(caches: &Caches, snap: &Snapshot, line: &[u8], default_key: Option<&
         .as_deref()
         .or(default_key)
         .ok_or("no gateway key: give `key` in the line or --key")?;
+    if !known(caller) {
+        return Err(format!("no gateway key is called `{caller}`"));
+    }
     let body: Bytes = match serde_json::from_str::<String>(l.request.get()) {
         Ok(text) => text.into(),
         Err(_) => Bytes::copy_from_slice(l.request.get().as_bytes()),

@@ -91,6 +91,11 @@ impl KeyRing {
         bool::from(entry.hash().ct_eq(presented_hash)).then(|| Arc::clone(entry))
     }
 
+    /// Whether a key of `snap`'s file or of the store is called `name`.
+    pub fn knows(&self, snap: &Snapshot, name: &str) -> bool {
+        snap.has_key_named(name) || self.view.load().compiled.keys.values().any(|k| k.name == name)
+    }
+
     /// Store keys in the ring.
     pub fn len(&self) -> usize {
         self.view.load().compiled.keys.len()

@@ -708,15 +708,26 @@ impl Snapshot {
     }
 
     /// Take over the counters of `old`'s rules that this config still has
-    /// (same description: same position, match and header), so a reload
-    /// does not reset `route stats`.
+    /// (the same position, match and header, sending to the same provider,
+    /// model and fallbacks), so a reload does not reset `route stats`; a
+    /// changed rule starts from zero. Likewise `default_provider`'s, when it
+    /// names the same provider.
     pub fn adopt_route_stats(&mut self, old: &Snapshot) {
+        let names = |r: &Route| -> Vec<(String, Option<String>)> {
+            std::iter::once((r.provider.name.clone(), r.model.clone()))
+                .chain(r.fallbacks.iter().map(|(p, m)| (p.name.clone(), m.clone())))
+                .collect()
+        };
         for r in &mut self.routes {
-            if let Some(o) = old.routes.iter().find(|o| o.description == r.description) {
+            let same = |o: &&Route| o.description == r.description && names(o) == names(r);
+            if let Some(o) = old.routes.iter().find(same) {
                 r.stats = o.stats.clone();
             }
         }
-        self.default_stats = old.default_stats.clone();
+        let provider = |s: &Snapshot| s.default_provider.as_ref().map(|p| p.name.clone());
+        if provider(self) == provider(old) {
+            self.default_stats = old.default_stats.clone();
+        }
     }
 
     /// True when `model` is configured verbatim: a route's literal `match`,
@@ -753,6 +764,11 @@ impl Snapshot {
 
     pub fn keys_enabled(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether a gateway key in the file is called `name`.
+    pub fn has_key_named(&self, name: &str) -> bool {
+        self.keys.iter().flat_map(|m| m.values()).any(|k| k.name == name)
     }
 
     /// Find the key whose sha256 equals `presented_hash`. The lookup is keyed by
@@ -1208,6 +1224,31 @@ mod tests {
     }
 
     const BASE: &str = "default_provider: a\nproviders:\n  a: {type: anthropic, api_key_env_var: ANTHROPIC_API_KEY}\n  b: {type: anthropic, api_base: 'http://127.0.0.1:9/v1'}\n";
+
+    #[test]
+    fn a_reload_keeps_the_counts_of_unchanged_rules_only() {
+        let rules = "routes:\n  - {match: 'claude-*', provider: a}\n  - {match: 'gpt-*', provider: a}\n";
+        let old = snap(&format!("{BASE}{rules}")).unwrap();
+        let none = |_: &HeaderName| None;
+        for model in ["claude-x", "gpt-x", "other"] {
+            let plan = old.resolve(model, &none).unwrap();
+            plan.stats.unwrap().record(false, Duration::from_millis(2));
+        }
+        // The second rule now sends elsewhere; the default provider changes too.
+        let changed = rules.replace("{match: 'gpt-*', provider: a}", "{match: 'gpt-*', provider: b}");
+        let mut new = snap(&format!(
+            "{}{changed}",
+            BASE.replace("default_provider: a", "default_provider: b")
+        ))
+        .unwrap();
+        new.adopt_route_stats(&old);
+        let counts: Vec<u64> = new.route_stats().iter().map(|r| r.counts.requests).collect();
+        assert_eq!(counts, [1, 0, 0]);
+        let mut same = snap(&format!("{BASE}{rules}")).unwrap();
+        same.adopt_route_stats(&old);
+        let counts: Vec<u64> = same.route_stats().iter().map(|r| r.counts.requests).collect();
+        assert_eq!(counts, [1, 1, 1]);
+    }
 
     #[test]
     fn first_matching_route_wins_then_default() {

@@ -7,6 +7,8 @@
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
 #   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced
 #   ONLY=proxy benches/e2e/run.sh      # just the forward-proxy rows
+#   PEERS=1 benches/e2e/run.sh         # also LiteLLM and Portkey side by side (installs them; never in CI)
+#   ONLY=peers benches/e2e/run.sh      # just that table
 #
 # The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
 # process listens on 127.0.0.1 only and every load run is bounded by
@@ -171,9 +173,13 @@ proxy_rows() {
 }
 # nginx's CPU is its workers'.
 hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
+if [ "${PEERS:-0}" = 1 ] || [ "${ONLY:-}" = peers ]; then
+  . benches/e2e/peers.sh
+fi
 case "${ONLY:-}" in
   otlp) otlp_rows; exit 0 ;;
   proxy) proxy_rows; exit 0 ;;
+  peers) peer_rows; exit 0 ;;
 esac
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
@@ -197,6 +203,7 @@ done
 printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
 otlp_rows
 proxy_rows
+if [ "${PEERS:-0}" = 1 ]; then peer_rows; fi
 
 # Memory with $STREAMS streams open at once: the upstream trickles each one
 # out at 64 bytes/s, so they stay open while wrk holds $STREAMS connections.

@@ -20,7 +20,8 @@ write_upstream_conf() {
   worker_processes 1;
   error_log logs/error.log warn;
   pid logs/nginx.pid;
-  events { worker_connections 4096; }
+  worker_rlimit_nofile 20000;
+  events { worker_connections 16384; }
   http {
     access_log off;
     client_max_body_size 64m;

@@ -7,6 +7,7 @@
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
 #   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced
 #   ONLY=proxy benches/e2e/run.sh      # just the forward-proxy rows
+#   ONLY=streams benches/e2e/run.sh    # just the open-streams rows (1,000 and 10,000)
 #   PEERS=1 benches/e2e/run.sh         # also LiteLLM and Portkey side by side (installs them; never in CI)
 #   ONLY=peers benches/e2e/run.sh      # just that table
 #
@@ -36,7 +37,8 @@ OTEL_PORT=${OTEL_PORT:-18905}
 PROXY_PORT=${PROXY_PORT:-18906}
 STREAMS=${STREAMS:-1000}
 GW_THREADS=${GW_THREADS:-$(nproc)}
-# 1,000 open streams need 2,000+ descriptors in wrk and in the gateway.
+# Open streams need two descriptors each in the proxy (10,000 streams:
+# 20,000 and a few), one in wrk and one in the upstream.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -104,6 +106,7 @@ idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
 bare_pid=$!
 pids+=("$bare_pid")
 wait_up "$work/bare.log" "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}'
+bare_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$bare_pid/status")
 
 small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
@@ -171,6 +174,46 @@ proxy_rows() {
     printf '%-26s %-16s %12.0f %10s %10s %11.2fx %12s\n' "$name" modelgate-proxy "$p_rps" "$p50" "$p99" "$(awk -v a="$p_rps" -v b="$d_rps" 'BEGIN{print a/b}')" "$p_cpu"
   done
 }
+# Memory with streams open at once: the upstream trickles each one out at
+# 64 bytes/s (~14 s per answer), so they stay open while wrk holds the
+# connections. First $STREAMS, then $BIG_STREAMS: by default 10,000, or as
+# many as the descriptor limit lets a proxy hold (two per stream, a client
+# and an upstream connection, and a few of its own).
+slow="$work/slow.json"
+echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
+fd_limit=$(ulimit -n)
+BIG_STREAMS=${BIG_STREAMS:-$(( (fd_limit - 128) / 2 < 10000 ? (fd_limit - 128) / 2 : 10000 ))}
+gw_streams() { curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk '/^modelgate_streams_in_flight / {print int($2)}'; }
+bare_streams() { ss -Htn state established "( sport = :$BARE_PORT )" | wc -l; }
+gw_5xx() { curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk '/^modelgate_requests_total/ && /status_class="5xx"/ {n += $2} END {print n + 0}'; }
+# hold_streams N URL PID COUNT-FN: wrk holds N connections on URL; poll (30 s
+# at most) until COUNT-FN reports N open; print "open rss_mib errors", then
+# let wrk run to the end of its 25 s, answers completing while new ones open.
+# errors: wrk's socket errors and non-2xx answers.
+hold_streams() {
+  local n=$1 url=$2 pid=$3 count=$4 open=0 rss
+  BODY_FILE="$slow" wrk -t"$THREADS" -c"$n" -d25s --timeout 60s -s "$work/post.lua" "$url" >"$work/hold.out" 2>&1 &
+  local wrk_pid=$!
+  for _ in $(seq 1 300); do
+    open=$($count)
+    [ "${open:-0}" -ge "$n" ] && break
+    sleep 0.1
+  done
+  rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
+  wait "$wrk_pid" 2>/dev/null || true
+  echo "${open:-0} $rss $(awk '/Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} /Non-2xx/ {n += $NF} END {print n + 0}' "$work/hold.out")"
+}
+stream_rows() {
+  printf '\nopen streams (slow upstream; modelgate idle RSS %s MiB)\n' "$idle_rss"
+  printf '%-10s %-12s %8s %10s %14s %8s\n' streams target open rss_mib kb_per_stream errors
+  for n in "$STREAMS" "$BIG_STREAMS"; do
+    five0=$(gw_5xx)
+    read -r open rss errs < <(hold_streams "$n" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_pid" gw_streams)
+    printf '%-10s %-12s %8s %10s %14.1f %8s\n' "$n" modelgate "$open" "$rss" "$(awk -v r="$rss" -v i="$idle_rss" -v n="$open" 'BEGIN{print n ? (r - i) * 1024 / n : 0}')" "$((errs + $(gw_5xx) - five0))"
+    read -r open rss errs < <(hold_streams "$n" "http://127.0.0.1:$BARE_PORT/slow/v1/messages" "$bare_pid" bare_streams)
+    printf '%-10s %-12s %8s %10s %14.1f %8s\n' "$n" bare-pingora "$open" "$rss" "$(awk -v r="$rss" -v i="$bare_idle_rss" -v n="$open" 'BEGIN{print n ? (r - i) * 1024 / n : 0}')" "$errs"
+  done
+}
 # nginx's CPU is its workers'.
 hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
 if [ "${PEERS:-0}" = 1 ] || [ "${ONLY:-}" = peers ]; then
@@ -179,11 +222,16 @@ fi
 case "${ONLY:-}" in
   otlp) otlp_rows; exit 0 ;;
   proxy) proxy_rows; exit 0 ;;
+  streams) stream_rows; exit 0 ;;
   peers) peer_rows; exit 0 ;;
 esac
 
 printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
-printf '%-26s %-12s %12s %10s %10s %12s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop cpu_us/req
+printf '%-26s %-12s %12s %10s %10s %12s %12s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop cpu_us/req cpu_vs_bare
+# Bare Pingora's CPU per request by shape (json, sse): the floor each
+# modelgate row is measured against (translated rows against the passthrough
+# of the same shape).
+declare -A bare_cpu
 # name:nginx-hop path:nginx body:modelgate body (the hop is always plain pass-through)
 for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/sse/v1/messages:$stream:$stream" \
                 "claude-code-100KB:/v1/messages:$big:$big" "translated-json:/v1/messages:$small:$oai_small" \
@@ -196,43 +244,18 @@ for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/
   # Bare Pingora is a pass-through: it has no translated rows.
   if [ "$hop_body" = "$gw_body" ]; then
     read -r b_rps b50 b99 b_cpu < <(run "$name/bare-pingora" "http://127.0.0.1:$BARE_PORT$path" "$hop_body" "$CONNS" "$THREADS" "$bare_pid")
-    printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s\n' "$name" bare-pingora "$b_rps" "$b50" "$b99" "$(awk -v a="$b_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$b_cpu"
+    printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s %12s\n' "$name" bare-pingora "$b_rps" "$b50" "$b99" "$(awk -v a="$b_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$b_cpu" "1.00x"
+    case $name in *-sse) bare_cpu[sse]=$b_cpu ;; passthrough-json) bare_cpu[json]=$b_cpu ;; *) bare_cpu[$name]=$b_cpu ;; esac
   fi
-  printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$gw_cpu"
+  case $name in *-sse) floor=${bare_cpu[sse]} ;; *-json) floor=${bare_cpu[json]} ;; *) floor=${bare_cpu[$name]} ;; esac
+  printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$gw_cpu" "$(awk -v a="$gw_cpu" -v b="$floor" 'BEGIN{print a/b}')"
 done
 printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
 otlp_rows
 proxy_rows
 if [ "${PEERS:-0}" = 1 ]; then peer_rows; fi
 
-# Memory with $STREAMS streams open at once: the upstream trickles each one
-# out at 64 bytes/s, so they stay open while wrk holds $STREAMS connections.
-slow="$work/slow.json"
-echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
-BODY_FILE="$slow" wrk -t"$THREADS" -c"$STREAMS" -d20s --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >/dev/null 2>&1 &
-wrk_pid=$!
-open=0
-for _ in $(seq 1 150); do
-  open=$(curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk '/^modelgate_streams_in_flight / {print int($2)}')
-  [ "${open:-0}" -ge "$STREAMS" ] && break
-  sleep 0.1
-done
-printf 'modelgate RSS with %s streams open: %s MiB\n' "${open:-0}" "$(rss_mb)"
-kill "$wrk_pid" 2>/dev/null || true
-wait "$wrk_pid" 2>/dev/null || true
-
-# The same for bare Pingora (it has no metrics: count its client connections).
-BODY_FILE="$slow" wrk -t"$THREADS" -c"$STREAMS" -d20s --timeout 60s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT/slow/v1/messages" >/dev/null 2>&1 &
-wrk_pid=$!
-open=0
-for _ in $(seq 1 150); do
-  open=$(ss -Htn state established "( sport = :$BARE_PORT )" | wc -l)
-  [ "$open" -ge "$STREAMS" ] && break
-  sleep 0.1
-done
-printf 'bare Pingora RSS with %s streams open: %s MiB\n' "$open" "$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$bare_pid/status")"
-kill "$wrk_pid" 2>/dev/null || true
-wait "$wrk_pid" 2>/dev/null || true
+stream_rows
 
 printf '\nadded latency at c=1 (sequential requests), small JSON body\n'
 read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)

@@ -184,7 +184,10 @@ echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"
 fd_limit=$(ulimit -n)
 BIG_STREAMS=${BIG_STREAMS:-$(( (fd_limit - 128) / 2 < 10000 ? (fd_limit - 128) / 2 : 10000 ))}
 gw_streams() { curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk '/^modelgate_streams_in_flight / {print int($2)}'; }
-bare_streams() { ss -Htn state established "( sport = :$BARE_PORT )" | wc -l; }
+# Bare Pingora has no metrics: its connections to the upstream are the
+# streams it is relaying (client connections still in its accept queue are
+# established too, but not yet served).
+bare_streams() { ss -Htnp state established "( dport = :$UP_PORT )" | grep -c "pid=$bare_pid," || true; }
 gw_5xx() { curl -fsS "http://127.0.0.1:$GW_PORT/metrics" | awk '/^modelgate_requests_total/ && /status_class="5xx"/ {n += $2} END {print n + 0}'; }
 # hold_streams N URL PID COUNT-FN: wrk holds N connections on URL; poll (30 s
 # at most) until COUNT-FN reports N open; print "open rss_mib errors", then

@@ -79,8 +79,14 @@
 //! All Redis I/O runs on one small runtime of its own: the multiplexed
 //! connection's driver (and the cluster client's) then never depends on
 //! which Pingora worker thread happens to be polling.
+//!
+//! A Redis that stops answering costs one wait, not one per request: after
+//! an operation times out or its connection fails, operations fail at once
+//! for [`HOLD_OFF`] (the fail modes decide as they would after the wait),
+//! then one at a time probes Redis until it answers ([`Outage`]).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
@@ -99,6 +105,11 @@ const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Connecting to one node, and waiting for one reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After an operation finds Redis away (no answer within [`OP_TIMEOUT`], or
+/// the connection refused or broken), operations fail at once for this long
+/// instead of each waiting out its own timeout; then one operation at a time
+/// tries Redis again ([`Outage`]).
+const HOLD_OFF: Duration = Duration::from_secs(2);
 /// Spend keys outlive their period this long, for late reports.
 const KEEP_AFTER_PERIOD_MS: i64 = 35 * 24 * 3600 * 1000;
 /// How long a budget reservation holds without a settlement: longer than
@@ -480,8 +491,74 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
+/// Whether Redis is known to be away. While it is, every keyed request
+/// would otherwise wait up to [`OP_TIMEOUT`] before its fail mode decides;
+/// with this, only the one request that probes waits, every [`HOLD_OFF`],
+/// and the rest are decided at once (admitted unchecked with `fail_open`,
+/// refused with `fail_closed`), as they would have been after the wait.
+#[derive(Default)]
+struct Outage {
+    /// When the hold-off ends, in ms since `origin`; 0: Redis is not known
+    /// to be away.
+    until_ms: AtomicU64,
+    /// One probe at a time once the hold-off has ended.
+    probing: AtomicBool,
+    origin: std::sync::OnceLock<Instant>,
+}
+
+/// What an operation may do now.
+#[derive(Debug, PartialEq)]
+enum Gate {
+    /// Go ahead.
+    Open,
+    /// Go ahead as the one probe of a Redis that was away.
+    Probe,
+    /// Fail at once: Redis is away (ms until the next probe).
+    Shut(u64),
+}
+
+impl Outage {
+    fn now_ms(&self) -> u64 {
+        // Never 0, so that 0 keeps meaning "not away".
+        self.origin.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    }
+
+    fn gate(&self) -> Gate {
+        let until = self.until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return Gate::Open;
+        }
+        let now = self.now_ms();
+        if now < until {
+            return Gate::Shut(until - now);
+        }
+        match self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Gate::Probe,
+            Err(_) => Gate::Shut(0),
+        }
+    }
+
+    /// How an operation went: `away` when Redis did not answer or the
+    /// connection failed (not for an error Redis itself replied with).
+    fn record(&self, gate: &Gate, away: bool) {
+        if away {
+            self.until_ms
+                .store(self.now_ms() + HOLD_OFF.as_millis() as u64, Ordering::Release);
+        } else {
+            self.until_ms.store(0, Ordering::Release);
+        }
+        if *gate == Gate::Probe {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
 pub struct RedisState {
     target: Target,
+    outage: Outage,
     /// Started on first use, in the serving process: a runtime's threads do
     /// not survive the daemon fork.
     io: std::sync::OnceLock<Result<(tokio::runtime::Handle, Conn), String>>,
@@ -497,6 +574,7 @@ impl RedisState {
         let cluster = matches!(target, Target::Cluster(_));
         Ok(RedisState {
             target,
+            outage: Outage::default(),
             io: std::sync::OnceLock::new(),
             keys: KeyNames::new(&state.redis_prefix, cluster),
             admit: Script::new(ADMIT),
@@ -550,19 +628,34 @@ impl RedisState {
             .map_err(Clone::clone)
     }
 
-    /// Run `op` on the state runtime, bounded by [`OP_TIMEOUT`].
+    /// Run `op` on the state runtime, bounded by [`OP_TIMEOUT`]; at once
+    /// an error while Redis is known to be away ([`Outage`]).
     async fn run<T: Send + 'static>(
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T, String> {
         let (runtime, _) = self.io()?;
-        let task = runtime.spawn(async move { tokio::time::timeout(OP_TIMEOUT, op).await });
-        match task.await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
-            Ok(Err(_)) => Err(format!("Redis did not answer within {} ms", OP_TIMEOUT.as_millis())),
-            Err(e) => Err(format!("Redis task failed: {e}")),
+        let gate = self.outage.gate();
+        if let Gate::Shut(ms) = gate {
+            return Err(format!(
+                "Redis did not answer a moment ago; not waiting for it (next try in {ms} ms)"
+            ));
         }
+        let task = runtime.spawn(async move { tokio::time::timeout(OP_TIMEOUT, op).await });
+        let (result, away) = match task.await {
+            Ok(Ok(Ok(v))) => (Ok(v), false),
+            Ok(Ok(Err(e))) => {
+                let away = e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal();
+                (Err(e.to_string()), away)
+            }
+            Ok(Err(_)) => (
+                Err(format!("Redis did not answer within {} ms", OP_TIMEOUT.as_millis())),
+                true,
+            ),
+            Err(e) => (Err(format!("Redis task failed: {e}")), false),
+        };
+        self.outage.record(&gate, away);
+        result
     }
 
     /// Invoke `script` with `keys` and `args` on the state runtime (EVALSHA,
@@ -779,6 +872,59 @@ fn decode_admit(ask: &Ask<'_>, reply: &[i64]) -> Result<(), Refusal> {
 mod tests {
     use super::*;
     use crate::config::schema::{BudgetPeriod, StateBackend};
+
+    #[test]
+    fn an_outage_shuts_the_gate_then_lets_one_probe_through() {
+        let o = Outage::default();
+        assert_eq!(o.gate(), Gate::Open);
+        o.record(&Gate::Open, true);
+        assert!(matches!(o.gate(), Gate::Shut(ms) if ms > 0 && ms <= HOLD_OFF.as_millis() as u64));
+        // The hold-off over: one probe, the others still shut while it runs.
+        o.until_ms.store(o.now_ms(), Ordering::Release);
+        let probe = o.gate();
+        assert_eq!(probe, Gate::Probe);
+        assert_eq!(o.gate(), Gate::Shut(0));
+        // The probe failed: another hold-off, and a new probe after it.
+        o.record(&probe, true);
+        assert!(matches!(o.gate(), Gate::Shut(ms) if ms > 0));
+        o.until_ms.store(o.now_ms(), Ordering::Release);
+        let probe = o.gate();
+        assert_eq!(probe, Gate::Probe);
+        // Redis answered: open for everyone.
+        o.record(&probe, false);
+        assert_eq!(o.gate(), Gate::Open);
+        assert_eq!(o.gate(), Gate::Open);
+    }
+
+    /// A Redis that accepts connections and never answers: the first
+    /// operation waits out its timeout, the ones after it do not wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_stalled_redis_costs_one_wait_not_one_per_request() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Held open, never read: connections are accepted by the kernel.
+        let _held = listener;
+        let state = StateConfig {
+            backend: StateBackend::Redis,
+            redis_url: Some(format!("redis://127.0.0.1:{port}/0")),
+            ..StateConfig::default()
+        };
+        let redis = RedisState::new(&state).unwrap();
+        let s = scope("key", "alice");
+        let w = Window::of(BudgetPeriod::Monthly, 1_700_000_000_000);
+        let scopes = [(&s, w)];
+        let ask = Ask {
+            now_ms: 1_700_000_000_000,
+            scopes: &scopes,
+            demand: Default::default(),
+        };
+        let first = redis.admit(&ask, 1).await.unwrap_err();
+        assert!(!first.contains("not waiting"), "{first}");
+        for hold in 2..50 {
+            let e = redis.admit(&ask, hold).await.unwrap_err();
+            assert!(e.contains("not waiting"), "{e}");
+        }
+    }
     use redis::cluster_routing::Slot;
 
     fn scope(kind: &str, name: &str) -> ScopeLimits {

@@ -44,9 +44,9 @@ impl Dns {
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let lookup = self
-            .resolver()?
-            .lookup_ip(host)
+        // Boxed: the resolver's lookup is a large future, held only while
+        // it runs rather than in every attempt's.
+        let lookup = Box::pin(self.resolver()?.lookup_ip(host))
             .await
             .map_err(|e| format!("DNS lookup of `{host}` failed: {e}"))?;
         let mut addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();

@@ -300,13 +300,21 @@ impl Upstreams {
         let mut header = Some(header);
         let mut last = None;
         for _ in 0..2 {
+            // Connecting is the largest state of this future by far
+            // (Pingora's connectors keep the TLS handshake's): boxed, it
+            // costs its memory only while a connection is being made, and
+            // the future of an attempt on a pooled plaintext connection,
+            // which only looks the pool up, stays small.
             let (mut stream_or_session, reused) = match pool {
-                Pool::Http => self
-                    .connector
-                    .get_http_session(&peer)
+                Pool::Http => Box::pin(self.connector.get_http_session(&peer))
                     .await
                     .map(|(s, r)| (Opened::Session(Box::new(s)), r)),
-                Pool::Plain => self.plain.get_stream(&peer).await.map(|(s, r)| (Opened::Stream(s), r)),
+                Pool::Plain => match self.plain.reused_stream(&peer).await {
+                    Some(s) => Ok((Opened::Stream(s), true)),
+                    None => Box::pin(self.plain.new_stream(&peer))
+                        .await
+                        .map(|s| (Opened::Stream(s), false)),
+                },
             }
             .map_err(|e| UpstreamError::from_pingora(&e, true))?;
             // Only a reused connection can be retried, so only then keep a copy.

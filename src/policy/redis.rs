@@ -82,8 +82,8 @@
 //!
 //! A Redis that stops answering costs one wait, not one per request: after
 //! an operation times out or its connection fails, operations fail at once
-//! for [`HOLD_OFF`] (the fail modes decide as they would after the wait),
-//! then one at a time probes Redis until it answers ([`Outage`]).
+//! (the fail modes decide as they would after the wait) until a `PING` in
+//! the background, every [`HOLD_OFF`], is answered ([`Outage`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -106,9 +106,9 @@ const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After an operation finds Redis away (no answer within [`OP_TIMEOUT`], or
-/// the connection refused or broken), operations fail at once for this long
-/// instead of each waiting out its own timeout; then one operation at a time
-/// tries Redis again ([`Outage`]).
+/// the connection refused or broken), operations fail at once instead of
+/// each waiting out its own timeout, until a `PING` in the background finds
+/// it back; one is sent this long after the last failure ([`Outage`]).
 const HOLD_OFF: Duration = Duration::from_secs(2);
 /// Spend keys outlive their period this long, for late reports.
 const KEEP_AFTER_PERIOD_MS: i64 = 35 * 24 * 3600 * 1000;
@@ -493,15 +493,17 @@ impl redis::aio::ConnectionLike for Conn {
 
 /// Whether Redis is known to be away. While it is, every keyed request
 /// would otherwise wait up to [`OP_TIMEOUT`] before its fail mode decides;
-/// with this, only the one request that probes waits, every [`HOLD_OFF`],
+/// with this, only the requests already waiting when Redis went away wait,
 /// and the rest are decided at once (admitted unchecked with `fail_open`,
-/// refused with `fail_closed`), as they would have been after the wait.
+/// refused with `fail_closed`), as they would have been after the wait. No
+/// request is used to find out whether Redis is back: a `PING` in the
+/// background does, every [`HOLD_OFF`].
 #[derive(Default)]
 struct Outage {
     /// When the hold-off ends, in ms since `origin`; 0: Redis is not known
     /// to be away.
     until_ms: AtomicU64,
-    /// One probe at a time once the hold-off has ended.
+    /// One background probe at a time once the hold-off has ended.
     probing: AtomicBool,
     origin: std::sync::OnceLock<Instant>,
 }
@@ -511,7 +513,7 @@ struct Outage {
 enum Gate {
     /// Go ahead.
     Open,
-    /// Go ahead as the one probe of a Redis that was away.
+    /// Fail at once, and send the one probe of a Redis that was away.
     Probe,
     /// Fail at once: Redis is away (ms until the next probe).
     Shut(u64),
@@ -543,22 +545,25 @@ impl Outage {
 
     /// How an operation went: `away` when Redis did not answer or the
     /// connection failed (not for an error Redis itself replied with).
-    fn record(&self, gate: &Gate, away: bool) {
+    fn record(&self, away: bool) {
         if away {
             self.until_ms
                 .store(self.now_ms() + HOLD_OFF.as_millis() as u64, Ordering::Release);
         } else {
             self.until_ms.store(0, Ordering::Release);
         }
-        if *gate == Gate::Probe {
-            self.probing.store(false, Ordering::Release);
-        }
+    }
+
+    /// How the probe went; the next may follow.
+    fn probed(&self, away: bool) {
+        self.record(away);
+        self.probing.store(false, Ordering::Release);
     }
 }
 
 pub struct RedisState {
     target: Target,
-    outage: Outage,
+    outage: std::sync::Arc<Outage>,
     /// Started on first use, in the serving process: a runtime's threads do
     /// not survive the daemon fork.
     io: std::sync::OnceLock<Result<(tokio::runtime::Handle, Conn), String>>,
@@ -574,7 +579,7 @@ impl RedisState {
         let cluster = matches!(target, Target::Cluster(_));
         Ok(RedisState {
             target,
-            outage: Outage::default(),
+            outage: Default::default(),
             io: std::sync::OnceLock::new(),
             keys: KeyNames::new(&state.redis_prefix, cluster),
             admit: Script::new(ADMIT),
@@ -634,12 +639,18 @@ impl RedisState {
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T, String> {
-        let (runtime, _) = self.io()?;
-        let gate = self.outage.gate();
-        if let Gate::Shut(ms) = gate {
-            return Err(format!(
-                "Redis did not answer a moment ago; not waiting for it (next try in {ms} ms)"
-            ));
+        let (runtime, conn) = self.io()?;
+        match self.outage.gate() {
+            Gate::Open => {}
+            Gate::Probe => {
+                self.probe(runtime, conn);
+                return Err("Redis did not answer a moment ago; not waiting for it (trying it again now)".into());
+            }
+            Gate::Shut(ms) => {
+                return Err(format!(
+                    "Redis did not answer a moment ago; not waiting for it (next try in {ms} ms)"
+                ))
+            }
         }
         let task = runtime.spawn(async move { tokio::time::timeout(OP_TIMEOUT, op).await });
         let (result, away) = match task.await {
@@ -654,8 +665,23 @@ impl RedisState {
             ),
             Err(e) => (Err(format!("Redis task failed: {e}")), false),
         };
-        self.outage.record(&gate, away);
+        self.outage.record(away);
         result
+    }
+
+    /// `PING` Redis in the background; its answer ends the outage.
+    fn probe(&self, runtime: &tokio::runtime::Handle, conn: &Conn) {
+        let outage = std::sync::Arc::clone(&self.outage);
+        let mut conn = conn.clone();
+        runtime.spawn(async move {
+            let ping = redis::cmd("PING");
+            let answer = tokio::time::timeout(OP_TIMEOUT, ping.query_async::<redis::Value>(&mut conn)).await;
+            let away = !matches!(answer, Ok(Ok(_)));
+            if !away {
+                log::info!("shared state: Redis answers again");
+            }
+            outage.probed(away);
+        });
     }
 
     /// Invoke `script` with `keys` and `args` on the state runtime (EVALSHA,
@@ -877,7 +903,7 @@ mod tests {
     fn an_outage_shuts_the_gate_then_lets_one_probe_through() {
         let o = Outage::default();
         assert_eq!(o.gate(), Gate::Open);
-        o.record(&Gate::Open, true);
+        o.record(true);
         assert!(matches!(o.gate(), Gate::Shut(ms) if ms > 0 && ms <= HOLD_OFF.as_millis() as u64));
         // The hold-off over: one probe, the others still shut while it runs.
         o.until_ms.store(o.now_ms(), Ordering::Release);
@@ -885,19 +911,20 @@ mod tests {
         assert_eq!(probe, Gate::Probe);
         assert_eq!(o.gate(), Gate::Shut(0));
         // The probe failed: another hold-off, and a new probe after it.
-        o.record(&probe, true);
+        o.probed(true);
         assert!(matches!(o.gate(), Gate::Shut(ms) if ms > 0));
         o.until_ms.store(o.now_ms(), Ordering::Release);
         let probe = o.gate();
         assert_eq!(probe, Gate::Probe);
         // Redis answered: open for everyone.
-        o.record(&probe, false);
+        o.probed(false);
         assert_eq!(o.gate(), Gate::Open);
         assert_eq!(o.gate(), Gate::Open);
     }
 
     /// A Redis that accepts connections and never answers: the first
-    /// operation waits out its timeout, the ones after it do not wait.
+    /// operation waits out its timeout, the ones after it do not wait, and
+    /// none is the probe.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_stalled_redis_costs_one_wait_not_one_per_request() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -924,6 +951,13 @@ mod tests {
             let e = redis.admit(&ask, hold).await.unwrap_err();
             assert!(e.contains("not waiting"), "{e}");
         }
+        // The hold-off over: the call that finds it over starts the
+        // background probe and does not wait for it either.
+        redis.outage.until_ms.store(redis.outage.now_ms(), Ordering::Release);
+        let e = redis.admit(&ask, 50).await.unwrap_err();
+        assert!(e.contains("trying it again now"), "{e}");
+        let e = redis.admit(&ask, 51).await.unwrap_err();
+        assert!(e.contains("not waiting"), "{e}");
     }
     use redis::cluster_routing::Slot;
 

@@ -83,9 +83,9 @@
 //! A Redis that stops answering costs one wait, not one per request: after
 //! an operation times out or its connection fails, operations fail at once
 //! (the fail modes decide as they would after the wait) until a `PING` in
-//! the background, every [`HOLD_OFF`], is answered ([`Outage`]).
+//! the background, sent every [`PROBE_EVERY`], is answered ([`Outage`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -108,8 +108,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After an operation finds Redis away (no answer within [`OP_TIMEOUT`], or
 /// the connection refused or broken), operations fail at once instead of
 /// each waiting out its own timeout, until a `PING` in the background finds
-/// it back; one is sent this long after the last failure ([`Outage`]).
-const HOLD_OFF: Duration = Duration::from_secs(2);
+/// it back; one is sent this often ([`Outage`]).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Spend keys outlive their period this long, for late reports.
 const KEEP_AFTER_PERIOD_MS: i64 = 35 * 24 * 3600 * 1000;
 /// How long a budget reservation holds without a settlement: longer than
@@ -496,68 +496,30 @@ impl redis::aio::ConnectionLike for Conn {
 /// with this, only the requests already waiting when Redis went away wait,
 /// and the rest are decided at once (admitted unchecked with `fail_open`,
 /// refused with `fail_closed`), as they would have been after the wait. No
-/// request is used to find out whether Redis is back: a `PING` in the
-/// background does, every [`HOLD_OFF`].
+/// request is used to find out whether Redis is back: one prober in the
+/// background `PING`s it every [`PROBE_EVERY`] and ends the outage.
 #[derive(Default)]
 struct Outage {
-    /// When the hold-off ends, in ms since `origin`; 0: Redis is not known
-    /// to be away.
-    until_ms: AtomicU64,
-    /// One background probe at a time once the hold-off has ended.
-    probing: AtomicBool,
-    origin: std::sync::OnceLock<Instant>,
-}
-
-/// What an operation may do now.
-#[derive(Debug, PartialEq)]
-enum Gate {
-    /// Go ahead.
-    Open,
-    /// Fail at once, and send the one probe of a Redis that was away.
-    Probe,
-    /// Fail at once: Redis is away (ms until the next probe).
-    Shut(u64),
+    away: AtomicBool,
 }
 
 impl Outage {
-    fn now_ms(&self) -> u64 {
-        // Never 0, so that 0 keeps meaning "not away".
-        self.origin.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    fn is_away(&self) -> bool {
+        self.away.load(Ordering::Acquire)
     }
 
-    fn gate(&self) -> Gate {
-        let until = self.until_ms.load(Ordering::Acquire);
-        if until == 0 {
-            return Gate::Open;
-        }
-        let now = self.now_ms();
-        if now < until {
-            return Gate::Shut(until - now);
-        }
-        match self
-            .probing
+    /// Redis did not answer or the connection failed (not an error Redis
+    /// itself replied with). True for the call that began the outage: it
+    /// starts the prober.
+    fn began(&self) -> bool {
+        self.away
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Gate::Probe,
-            Err(_) => Gate::Shut(0),
-        }
+            .is_ok()
     }
 
-    /// How an operation went: `away` when Redis did not answer or the
-    /// connection failed (not for an error Redis itself replied with).
-    fn record(&self, away: bool) {
-        if away {
-            self.until_ms
-                .store(self.now_ms() + HOLD_OFF.as_millis() as u64, Ordering::Release);
-        } else {
-            self.until_ms.store(0, Ordering::Release);
-        }
-    }
-
-    /// How the probe went; the next may follow.
-    fn probed(&self, away: bool) {
-        self.record(away);
-        self.probing.store(false, Ordering::Release);
+    /// Redis answered.
+    fn ended(&self) {
+        self.away.store(false, Ordering::Release);
     }
 }
 
@@ -640,17 +602,8 @@ impl RedisState {
         op: impl std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T, String> {
         let (runtime, conn) = self.io()?;
-        match self.outage.gate() {
-            Gate::Open => {}
-            Gate::Probe => {
-                self.probe(runtime, conn);
-                return Err("Redis did not answer a moment ago; not waiting for it (trying it again now)".into());
-            }
-            Gate::Shut(ms) => {
-                return Err(format!(
-                    "Redis did not answer a moment ago; not waiting for it (next try in {ms} ms)"
-                ))
-            }
+        if self.outage.is_away() {
+            return Err("Redis stopped answering; not waiting for it until it answers a PING again".into());
         }
         let task = runtime.spawn(async move { tokio::time::timeout(OP_TIMEOUT, op).await });
         let (result, away) = match task.await {
@@ -665,22 +618,33 @@ impl RedisState {
             ),
             Err(e) => (Err(format!("Redis task failed: {e}")), false),
         };
-        self.outage.record(away);
+        if away && self.outage.began() {
+            self.probe(runtime, conn);
+        }
         result
     }
 
-    /// `PING` Redis in the background; its answer ends the outage.
+    /// `PING` Redis every [`PROBE_EVERY`] until it answers, then end the
+    /// outage. One prober runs at a time (the one the outage began with).
     fn probe(&self, runtime: &tokio::runtime::Handle, conn: &Conn) {
         let outage = std::sync::Arc::clone(&self.outage);
-        let mut conn = conn.clone();
+        let conn = conn.clone();
         runtime.spawn(async move {
-            let ping = redis::cmd("PING");
-            let answer = tokio::time::timeout(OP_TIMEOUT, ping.query_async::<redis::Value>(&mut conn)).await;
-            let away = !matches!(answer, Ok(Ok(_)));
-            if !away {
-                log::info!("shared state: Redis answers again");
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let mut conn = conn.clone();
+                let ping = redis::cmd("PING");
+                let answer = tokio::time::timeout(OP_TIMEOUT, ping.query_async::<redis::Value>(&mut conn)).await;
+                if matches!(answer, Ok(Ok(_))) {
+                    log::info!(
+                        "shared state: Redis answers again after {} s",
+                        started.elapsed().as_secs()
+                    );
+                    outage.ended();
+                    return;
+                }
             }
-            outage.probed(away);
         });
     }
 
@@ -900,26 +864,15 @@ mod tests {
     use crate::config::schema::{BudgetPeriod, StateBackend};
 
     #[test]
-    fn an_outage_shuts_the_gate_then_lets_one_probe_through() {
+    fn an_outage_begins_once_and_ends_when_redis_answers() {
         let o = Outage::default();
-        assert_eq!(o.gate(), Gate::Open);
-        o.record(true);
-        assert!(matches!(o.gate(), Gate::Shut(ms) if ms > 0 && ms <= HOLD_OFF.as_millis() as u64));
-        // The hold-off over: one probe, the others still shut while it runs.
-        o.until_ms.store(o.now_ms(), Ordering::Release);
-        let probe = o.gate();
-        assert_eq!(probe, Gate::Probe);
-        assert_eq!(o.gate(), Gate::Shut(0));
-        // The probe failed: another hold-off, and a new probe after it.
-        o.probed(true);
-        assert!(matches!(o.gate(), Gate::Shut(ms) if ms > 0));
-        o.until_ms.store(o.now_ms(), Ordering::Release);
-        let probe = o.gate();
-        assert_eq!(probe, Gate::Probe);
-        // Redis answered: open for everyone.
-        o.probed(false);
-        assert_eq!(o.gate(), Gate::Open);
-        assert_eq!(o.gate(), Gate::Open);
+        assert!(!o.is_away());
+        assert!(o.began(), "the first failure begins the outage");
+        assert!(!o.began(), "later ones do not start another prober");
+        assert!(o.is_away());
+        o.ended();
+        assert!(!o.is_away());
+        assert!(o.began(), "a new outage after it");
     }
 
     /// A Redis that accepts connections and never answers: the first
@@ -951,13 +904,8 @@ mod tests {
             let e = redis.admit(&ask, hold).await.unwrap_err();
             assert!(e.contains("not waiting"), "{e}");
         }
-        // The hold-off over: the call that finds it over starts the
-        // background probe and does not wait for it either.
-        redis.outage.until_ms.store(redis.outage.now_ms(), Ordering::Release);
-        let e = redis.admit(&ask, 50).await.unwrap_err();
-        assert!(e.contains("trying it again now"), "{e}");
-        let e = redis.admit(&ask, 51).await.unwrap_err();
-        assert!(e.contains("not waiting"), "{e}");
+        // The prober never hears back from this Redis: still away.
+        assert!(redis.outage.is_away());
     }
     use redis::cluster_routing::Slot;
 

@@ -53,6 +53,8 @@ cleanup() {
   for p in "${stalled[@]}"; do kill -CONT "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   [ -f "$work/pgdata/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pgdata" -m fast stop >/dev/null 2>&1 || true
+  # runuser, once stopped and continued, can be left stopped itself.
+  [ -n "${pg_pid:-}" ] && { kill -CONT "$pg_pid"; kill -KILL "$pg_pid"; } 2>/dev/null || true
   "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
   "$NGINX" -p "$work/collector" -c "$work/collector/nginx.conf" -s stop 2>/dev/null || true
   rm -rf "$work"

@@ -32,21 +32,40 @@ pub struct ServeOptions {
 /// How long shutdown waits for runtimes after the grace period ends.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
-pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
-    let c = &snap.config;
-    let threads = c
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let mut conf = ServerConf {
-        threads,
+/// The process settings the gateway and `modelgate proxy` share:
+/// `threads`, daemon mode, `grace_period`.
+fn process_conf(c: &Config, daemon: bool) -> ServerConf {
+    ServerConf {
+        threads: c
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         daemon,
         // With -d, the launching process returns only once the daemon is
         // serving, so init scripts and `serve -u -d` see real failures.
         daemon_wait_for_ready: daemon,
         grace_period_seconds: Some(c.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
-        upstream_keepalive_pool_size: c.pool_size.max(1),
         ..ServerConf::default()
+    }
+}
+
+/// A Pingora server with `conf`, taking the sockets over with `-u`.
+fn pingora_server(conf: ServerConf, opts: &ServeOptions) -> Server {
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    Server::new_with_opt_and_conf(opt, conf)
+}
+
+pub fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
+    let c = &snap.config;
+    let mut conf = ServerConf {
+        upstream_keepalive_pool_size: c.pool_size.max(1),
+        ..process_conf(c, daemon)
     };
     // Defaults are per listening port, so several gateways on one host
     // never hand their sockets to each other by accident.
@@ -104,14 +123,7 @@ pub fn run(
         log::warn!("config: {w}");
     }
     let connector_opts = ConnectorOptions::from_server_conf(&conf);
-    let opt = Opt {
-        upgrade: opts.upgrade,
-        daemon: opts.daemon,
-        nocapture: false,
-        test: false,
-        conf: None,
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let mut server = pingora_server(conf, &opts);
     // Bootstrap (taking the listening sockets over from a running process
     // with -u) runs as a service: in daemon mode it then happens after the
     // fork, which is when Pingora tells the launching process (waiting with
@@ -237,25 +249,11 @@ pub fn run_forward_proxy(settings: crate::forward::Settings, config: &Config, op
     let listen = settings.listen;
     let port = listen.port();
     let conf = ServerConf {
-        threads: config
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        daemon: opts.daemon,
-        daemon_wait_for_ready: opts.daemon,
-        grace_period_seconds: Some(config.grace_period.0.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
         upgrade_sock: format!("/tmp/modelgate-proxy-{port}.upgrade.sock"),
         pid_file: format!("/tmp/modelgate-proxy-{port}.pid"),
-        ..ServerConf::default()
+        ..process_conf(config, opts.daemon)
     };
-    let opt = Opt {
-        upgrade: opts.upgrade,
-        daemon: opts.daemon,
-        nocapture: false,
-        test: false,
-        conf: None,
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let mut server = pingora_server(conf, &opts);
     let bootstrap = server.bootstrap_as_a_service();
     let proxy = crate::forward::ForwardProxy::new(settings);
     let open = proxy.open_count();

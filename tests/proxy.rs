@@ -13,11 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,6 +66,17 @@ async fn connect_via(proxy: &Gateway, target: &str) -> (TcpStream, String) {
         .unwrap();
     let head = read_head(&mut s).await;
     (s, head)
+}
+
+/// Send `bytes` through a tunnel to the echo origin and read as many back.
+async fn echoed(s: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+    s.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    back
 }
 
 /// A TCP server that echoes each connection, counting connections closed.
@@ -228,26 +237,8 @@ struct TlsOrigin {
 
 /// An HTTPS origin for `localhost` with a private CA.
 async fn tls_origin() -> TlsOrigin {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let pki = support::pki::Pki::new(&["localhost"]);
+    let acceptor = pki.acceptor(&[]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -268,7 +259,10 @@ async fn tls_origin() -> TlsOrigin {
             });
         }
     });
-    TlsOrigin { addr, ca_pem: ca.pem() }
+    TlsOrigin {
+        addr,
+        ca_pem: pki.ca_pem,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -425,13 +419,7 @@ async fn a_client_leaving_mid_tunnel_closes_it_and_a_drain_waits_for_tunnels() {
 
     let (mut s, head) = connect_via(&proxy, &echo.to_string()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    s.write_all(b"ping!").await.unwrap();
-    let mut back = [0u8; 5];
-    tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&back, b"ping!");
+    assert_eq!(echoed(&mut s, b"ping!").await, b"ping!");
     drop(s);
     eventually("the origin's side of the tunnel closing", || {
         closed.load(Ordering::SeqCst) == 1
@@ -446,13 +434,7 @@ async fn a_client_leaving_mid_tunnel_closes_it_and_a_drain_waits_for_tunnels() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(proxy.signal("TERM"));
     eventually("the drain to begin", || proxy.logs().contains("SIGTERM")).await;
-    s.write_all(b"still").await.unwrap();
-    let mut back = [0u8; 5];
-    tokio::time::timeout(IO_TIMEOUT, s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&back, b"still");
+    assert_eq!(echoed(&mut s, b"still").await, b"still");
     assert!(proxy.is_running());
     drop(s);
     let status = proxy
@@ -502,13 +484,7 @@ async fn a_new_proxy_takes_the_socket_over_and_the_old_one_drains() {
     // The old process's tunnel keeps working after the hand-over. (Pingora
     // keeps accepting on the shared socket in the old process for 5 s, so
     // a new connection may still land there meanwhile.)
-    tunnel.write_all(b"after").await.unwrap();
-    let mut back = [0u8; 5];
-    tokio::time::timeout(IO_TIMEOUT, tunnel.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&back, b"after");
+    assert_eq!(echoed(&mut tunnel, b"after").await, b"after");
     drop(tunnel);
     let status = old
         .wait_exit(Duration::from_secs(20))

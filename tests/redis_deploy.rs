@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::redis::{RedisCluster, RedisServer};
 use support::*;
-use tokio_rustls::rustls;
 
 const ALICE: &str = "mg-aliceTestKey000000000000000000000000000001";
 const CAROL: &str = "mg-carolTestKey000000000000000000000000000003";
@@ -110,31 +108,21 @@ async fn log_with(gw: &Gateway, needle: &str) -> String {
 /// no IP address) that it signed, as PEM files.
 struct Pki {
     dir: tempfile::TempDir,
+    certs: support::pki::Pki,
     ca_pem: String,
-    leaf: rcgen::Certificate,
-    leaf_key: KeyPair,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
+        let certs = support::pki::Pki::new(&["localhost"]);
         let pki = Pki {
             dir: tempfile::tempdir().unwrap(),
-            ca_pem: ca.pem(),
-            leaf,
-            leaf_key,
+            ca_pem: certs.ca_pem.clone(),
+            certs,
         };
         std::fs::write(pki.ca(), &pki.ca_pem).unwrap();
-        std::fs::write(pki.path("server.crt"), pki.leaf.pem()).unwrap();
-        std::fs::write(pki.path("server.key"), pki.leaf_key.serialize_pem()).unwrap();
+        std::fs::write(pki.path("server.crt"), pki.certs.leaf.pem()).unwrap();
+        std::fs::write(pki.path("server.key"), pki.certs.leaf_key.serialize_pem()).unwrap();
         pki
     }
 
@@ -219,17 +207,7 @@ async fn the_tls_client_sends_the_url_host_as_sni() {
     // A TLS server for `localhost` that records the name each client
     // asks for, then hangs up (it is no Redis).
     let pki = Pki::new();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server_config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![pki.leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(pki.leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let acceptor = pki.certs.acceptor(&[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let names: Arc<Mutex<Vec<Option<String>>>> = Arc::default();

@@ -98,3 +98,39 @@ cpu_ticks() {
   echo "$t"
 }
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n+=0; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
+
+# tree PID -> PID and every descendant (worker processes, backends).
+tree() {
+  local p=$1 c
+  echo "$p"
+  for c in $(pgrep -P "$p"); do tree "$c"; done
+}
+
+# PostgreSQL refuses to run as root: as the `postgres` user then.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# start_postgres DATA SOCK PORT [SERVER-ARGS...]: initdb DATA (its parent
+# directory and SOCK are handed to `postgres`) with a random password for
+# user postgres (in $pg_pw), start the server ($PGBIN's) on 127.0.0.1:PORT
+# with its socket and log in SOCK, wait (10 s at most) until it is ready,
+# and create database `bench`. PG_WRAP prefixes the server's command (say
+# `nice -n 19`). Sets pg_pid.
+start_postgres() {
+  local data=$1 sock=$2 port=$3
+  shift 3
+  mkdir -p "$sock" "$(dirname "$data")"
+  pg_pw=bench-$RANDOM$RANDOM
+  echo "$pg_pw" > "$sock/pw"
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$sock" "$(dirname "$data")"; fi
+  as_pg "$PGBIN/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    -E UTF8 --pwfile="$sock/pw" >/dev/null
+  # shellcheck disable=SC2086 # PG_WRAP is a command prefix, one word each
+  as_pg ${PG_WRAP:-} "$PGBIN/postgres" -D "$data" -p "$port" -c listen_addresses=127.0.0.1 \
+    -c unix_socket_directories="$sock" "$@" >"$sock/pg.log" 2>&1 &
+  pg_pid=$!
+  for _ in $(seq 1 100); do
+    "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.1
+  done
+  as_pg "$PGBIN/psql" -X -q -h "$sock" -p "$port" -U postgres -c "CREATE DATABASE bench" >/dev/null
+}

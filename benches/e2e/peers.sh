@@ -39,12 +39,6 @@ ensure_peers() {
   fi
 }
 
-# tree PID -> PID and every descendant (LiteLLM's workers are processes).
-tree() {
-  local p=$1 c
-  echo "$p"
-  for c in $(pgrep -P "$p"); do tree "$c"; done
-}
 
 tree_rss_mb() {
   local t=0 p

@@ -207,23 +207,23 @@ hold_streams() {
   echo "${open:-0} $rss $(awk '/Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} /Non-2xx/ {n += $NF} END {print n + 0}' "$work/hold.out")"
 }
 # The streams are held by a gateway and a bare Pingora of their own, started
-# here and idle until then: memory that the load runs leave with the
+# by stream_rows and idle until then: memory that the load runs leave with the
 # allocator is not counted as the streams', and the load runs do not meet
 # what ten thousand connections leave behind.
 STREAM_GW_PORT=${STREAM_GW_PORT:-18907}
 STREAM_BARE_PORT=${STREAM_BARE_PORT:-18908}
-sed -e "s/^listen: .*/listen: 127.0.0.1:$STREAM_GW_PORT/" "$work/gw.yaml" > "$work/gw-streams.yaml"
-"$TARGET"/release/modelgate serve -c "$work/gw-streams.yaml" >"$work/gw-streams.log" 2>&1 &
-sgw_pid=$!
-pids+=("$sgw_pid")
-"$TARGET"/release/examples/bare_pingora "127.0.0.1:$STREAM_BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare-streams.log" 2>&1 &
-sbare_pid=$!
-pids+=("$sbare_pid")
-wait_up "$work/gw-streams.log" "http://127.0.0.1:$STREAM_GW_PORT/health"
-wait_up "$work/bare-streams.log" "http://127.0.0.1:$STREAM_BARE_PORT/v1/messages" -d '{}'
-sgw_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$sgw_pid/status")
-sbare_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$sbare_pid/status")
 stream_rows() {
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$STREAM_GW_PORT/" "$work/gw.yaml" > "$work/gw-streams.yaml"
+  "$TARGET"/release/modelgate serve -c "$work/gw-streams.yaml" >"$work/gw-streams.log" 2>&1 &
+  sgw_pid=$!
+  pids+=("$sgw_pid")
+  "$TARGET"/release/examples/bare_pingora "127.0.0.1:$STREAM_BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare-streams.log" 2>&1 &
+  sbare_pid=$!
+  pids+=("$sbare_pid")
+  wait_up "$work/gw-streams.log" "http://127.0.0.1:$STREAM_GW_PORT/health"
+  wait_up "$work/bare-streams.log" "http://127.0.0.1:$STREAM_BARE_PORT/v1/messages" -d '{}'
+  sgw_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$sgw_pid/status")
+  sbare_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$sbare_pid/status")
   printf '\nopen streams (slow upstream; a gateway and a bare Pingora that served nothing before; idle RSS %s and %s MiB)\n' \
     "$sgw_idle_rss" "$sbare_idle_rss"
   printf '%-10s %-12s %8s %10s %14s %8s\n' streams target open rss_mib kb_per_stream errors

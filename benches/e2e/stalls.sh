@@ -48,11 +48,10 @@ work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
 stalled=()
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${stalled[@]}"; do kill -CONT "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  [ -f "$work/pgdata/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pgdata" -m fast stop >/dev/null 2>&1 || true
+  [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pg/data" -m fast stop >/dev/null 2>&1 || true
   # runuser, once stopped and continued, can be left stopped itself.
   [ -n "${pg_pid:-}" ] && { kill -CONT "$pg_pid"; kill -KILL "$pg_pid"; } 2>/dev/null || true
   "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
@@ -72,21 +71,9 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >"$
 redis_pid=$!
 pids+=("$redis_pid")
 
-mkdir -p "$work/pg"
-pw=bench-$RANDOM$RANDOM
-echo "$pw" > "$work/pg/pw"
-[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/pg" && chown postgres "$work"
-as_pg "$PGBIN/initdb" -D "$work/pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-  -E UTF8 --pwfile="$work/pg/pw" >/dev/null
-as_pg "$PGBIN/postgres" -D "$work/pgdata" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
-  -c unix_socket_directories="$work/pg" >"$work/pg.log" 2>&1 &
-pg_pid=$!
+start_postgres "$work/pg/data" "$work/pg" "$PG_PORT"
 pids+=("$pg_pid")
-for _ in $(seq 1 100); do
-  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
-  sleep 0.1
-done
-as_pg "$PGBIN/psql" -X -q -h "$work/pg" -p "$PG_PORT" -U postgres -c "CREATE DATABASE bench" >/dev/null
+pw=$pg_pw
 
 key=mg-stall-$RANDOM$RANDOM$RANDOM
 mkdir -p "$work/gw"
@@ -132,12 +119,6 @@ cat > "$work/get.lua" <<LUA
 wrk.headers["x-api-key"] = "$key"
 LUA
 
-# tree PID -> PID and every descendant (PostgreSQL's backends, nginx's workers).
-tree() {
-  local p=$1 c
-  echo "$p"
-  for c in $(pgrep -P "$p"); do tree "$c"; done
-}
 stall() { stalled=($(tree "$1")); kill -STOP "${stalled[@]}"; }
 resume() {
   kill -CONT "${stalled[@]}" 2>/dev/null || true

@@ -45,8 +45,6 @@ chmod 755 "$work"
 # database on its own host never does (PG_DIR=$work/pgdata to see it).
 PG_DIR=${PG_DIR:-$(mktemp -d -p /dev/shm modelgate-bench-pg.XXXXXX)}
 pids=()
-# PostgreSQL refuses to run as root: as the `postgres` user then.
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   [ -f "$PG_DIR/data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
@@ -59,24 +57,14 @@ write_upstream_conf "$work/up" "$UP_PORT"
 "$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
 write_post_lua "$work/post.lua"
 
-mkdir -p "$work/pg" "$PG_DIR"
-pw=bench-$RANDOM$RANDOM
-echo "$pw" > "$work/pg/pw"
-[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/pg" "$PG_DIR"
-as_pg "$PGBIN/initdb" -D "$PG_DIR/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-  -E UTF8 --pwfile="$work/pg/pw" >/dev/null
 # The database shares this machine's cores with the gateway and the load
 # generator; at the lowest CPU priority it takes their idle time, as a
 # database on a host of its own would (PG_NICE=0 to compare).
-as_pg nice -n "${PG_NICE:-19}" "$PGBIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
-  -c unix_socket_directories="$work/pg" ${PG_OPTS:-} >"$work/pg.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 100); do
-  "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
-  sleep 0.1
-done
+# shellcheck disable=SC2086 # PG_OPTS: server options, one word each
+PG_WRAP="nice -n ${PG_NICE:-19}" start_postgres "$PG_DIR/data" "$work/pg" "$PG_PORT" ${PG_OPTS:-}
+pids+=("$pg_pid")
+pw=$pg_pw
 psql_() { as_pg "$PGBIN/psql" -X -q -A -t -h "$work/pg" -p "$PG_PORT" -U postgres "$@"; }
-psql_ -c "CREATE DATABASE bench" >/dev/null
 
 # gateway NAME PORT STORE_YAML: start one and wait for /health.
 gateway() {

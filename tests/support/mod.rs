@@ -20,6 +20,7 @@ pub mod mock;
 pub mod model;
 pub mod oidc;
 pub mod otlp;
+pub mod pki;
 pub mod postgres;
 pub mod redis;
 

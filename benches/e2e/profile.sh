@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The profiles behind the README's "Where it stands, and why", each against
+# the same nginx upstream as run.sh, on loopback, every run bounded:
+#
+#   benches/e2e/profile.sh cpu      # modelgate under passthrough JSON (32 connections):
+#                                   # perf stat (CPU, context switches) and the share of
+#                                   # each thread and the top functions (perf record, 5 s)
+#   benches/e2e/profile.sh faults   # where memory is first touched while 1,000 streams
+#                                   # open (perf page faults), modelgate and bare Pingora
+#   benches/e2e/profile.sh steal    # bare Pingora with and without work stealing,
+#                                   # alternating 5 s runs: rps, p50/p99, CPU per request
+#
+# Needs perf (Debian's linux-perf; installed when missing) and a machine
+# whose kernel lets it sample (root, or perf_event_paranoid <= 1).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/lib/deps.sh
+. benches/e2e/lib.sh
+ensure_build_deps
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
+command -v wrk >/dev/null 2>&1 || _apt_install wrk
+command -v perf >/dev/null 2>&1 || _apt_install linux-perf
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+MODE=${1:?usage: benches/e2e/profile.sh cpu|faults|steal}
+UP_PORT=${UP_PORT:-18961}
+GW_PORT=${GW_PORT:-18962}
+BARE_PORT=${BARE_PORT:-18963}
+BARE2_PORT=${BARE2_PORT:-18964}
+STREAMS=${STREAMS:-1000}
+DURATION=5s
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+TARGET=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin modelgate --example bare_pingora
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+write_upstream_conf "$work/up" "$UP_PORT"
+"$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
+write_post_lua "$work/post.lua"
+small="$work/small.json"
+echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
+slow="$work/slow.json"
+echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
+
+# The gateway as run.sh configures it. Its ledger is not in the config's
+# directory, whose watcher would otherwise wake on every ledger write.
+gateway() {
+  mkdir -p "$work/conf"
+  cat > "$work/conf/gw.yaml" <<YAML
+listen: 127.0.0.1:$GW_PORT
+log_level: warn
+default_provider: up
+providers:
+  up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
+  up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
+threads: $(nproc)
+routes:
+  - {match: claude-slow, provider: up-slow}
+state: {path: "$work/usage.db"}
+YAML
+  "$TARGET"/release/modelgate serve -c "$work/conf/gw.yaml" >"$work/gw.log" 2>&1 &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  wait_up "$work/gw.log" "http://127.0.0.1:$GW_PORT/health"
+}
+
+# bare PORT [ENV...]: a bare Pingora on PORT; sets bare_pid.
+bare() {
+  local port=$1
+  shift
+  env "$@" "$TARGET"/release/examples/bare_pingora "127.0.0.1:$port" "127.0.0.1:$UP_PORT" "$(nproc)" \
+    >"$work/bare-$port.log" 2>&1 &
+  bare_pid=$!
+  pids+=("$bare_pid")
+  wait_up "$work/bare-$port.log" "http://127.0.0.1:$port/v1/messages" -d '{}'
+}
+
+# Reports are symbol names demangled by rustfilt when it is installed.
+demangle() { if command -v rustfilt >/dev/null 2>&1; then rustfilt; else cat; fi; }
+
+case $MODE in
+  cpu)
+    gateway
+    BODY_FILE="$small" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >"$work/wrk.out" 2>&1 &
+    wrk_pid=$!
+    # Past wrk's connection set-up, then 5 s of samples and counts.
+    sleep 2
+    perf stat -e task-clock,context-switches -p "$gw_pid" -o "$work/stat.txt" -- sleep 5 &
+    stat_pid=$!
+    perf record -q -F 1999 --call-graph dwarf,16384 -p "$gw_pid" -o "$work/perf.data" -- sleep 5 >/dev/null 2>&1
+    wait "$stat_pid" "$wrk_pid"
+    grep -E "requests in|Requests/sec" "$work/wrk.out"
+    grep -E "task-clock|context-switches" "$work/stat.txt"
+    echo "(perf stat covers 5 s of the 10 s run: divide by half the requests for per-request figures)"
+    printf '\nshare of samples by thread\n'
+    perf report -i "$work/perf.data" --no-children --stdio --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -10 || true
+    printf '\ntop functions\n'
+    perf report -i "$work/perf.data" --no-children --stdio --sort comm,sym -g none 2>/dev/null | demangle | grep -v '^#' | grep -v '^$' | head -40 || true
+    ;;
+  faults)
+    gateway
+    bare "$BARE_PORT"
+    for name in modelgate bare-pingora; do
+      case $name in
+        modelgate) pid=$gw_pid url="http://127.0.0.1:$GW_PORT/v1/messages" ;;
+        *) pid=$bare_pid url="http://127.0.0.1:$BARE_PORT/slow/v1/messages" ;;
+      esac
+      r0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+      perf record -q -e page-faults -c 1 --call-graph dwarf,16384 -p "$pid" -o "$work/$name.data" -- sleep 8 >/dev/null 2>&1 &
+      perf_pid=$!
+      # wrk opens the streams while perf records; each stays open ~14 s.
+      BODY_FILE="$slow" wrk -t2 -c"$STREAMS" -d6s --timeout 60s -s "$work/post.lua" "$url" >/dev/null 2>&1
+      wait "$perf_pid"
+      r1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+      printf '\n%s: RSS %s -> %s kB, %s kB per stream\n' "$name" "$r0" "$r1" "$(( (r1 - r0) / STREAMS ))"
+      perf report -i "$work/$name.data" --no-children --stdio --sort sym -g caller,0.5,callee,function,percent \
+        2>/dev/null | demangle | grep -v '^#' | grep -v '^$' | head -60 | cut -c1-200 || true
+    done
+    ;;
+  steal)
+    bare "$BARE_PORT"
+    steal_pid=$bare_pid
+    bare "$BARE2_PORT" STEAL=0
+    printf '%-22s %10s %9s %9s %11s\n' target rps p50_ms p99_ms cpu_us/req
+    for round in 1 2; do
+      read -r rps p50 p99 cpu < <(run "steal/$round" "http://127.0.0.1:$BARE_PORT/v1/messages" "$small" 32 2 "$steal_pid")
+      printf '%-22s %10.0f %9s %9s %11s\n' "work stealing" "$rps" "$p50" "$p99" "$cpu"
+      read -r rps p50 p99 cpu < <(run "nosteal/$round" "http://127.0.0.1:$BARE2_PORT/v1/messages" "$small" 32 2 "$bare_pid")
+      printf '%-22s %10.0f %9s %9s %11s\n' "a runtime per thread" "$rps" "$p50" "$p99" "$cpu"
+    done
+    ;;
+  *)
+    echo "usage: benches/e2e/profile.sh cpu|faults|steal" >&2
+    exit 2
+    ;;
+esac

@@ -700,6 +700,9 @@ impl Drain for GatewayDrain {
             if let Some(sinks) = shared.sinks.get() {
                 sinks.close(std::time::Duration::from_secs(10));
             }
+            if let Some(otel) = shared.otel.get() {
+                otel.shutdown();
+            }
         })
         .await;
         if let Err(e) = closed {

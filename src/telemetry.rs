@@ -45,6 +45,7 @@ pub struct Metrics {
     pub cache: IntCounterVec,
     pub otlp_forwards: IntCounterVec,
     pub otlp_exports: IntCounterVec,
+    pub otlp_spans_dropped: IntCounter,
 }
 
 /// Register a freshly built metric and hand back a handle to it.
@@ -211,8 +212,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         otlp_exports: counter(
             &r,
             "modelgate_otlp_exports_total",
-            "The gateway's own OTLP export batches, by signal (traces, metrics) and outcome (ok, failed). Spans that do not fit the export queue are dropped and counted by the SDK.",
+            "The gateway's own OTLP export batches, by signal (traces, metrics) and outcome (ok, failed).",
             &["signal", "outcome"],
+        ),
+        otlp_spans_dropped: plain_counter(
+            &r,
+            "modelgate_otlp_spans_dropped_total",
+            "Requests whose spans were dropped because the OTLP export queue was full (8,192 requests wait at most).",
         ),
         panics: plain_counter(
             &r,

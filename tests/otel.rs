@@ -233,3 +233,31 @@ async fn unsampled_requests_export_metrics_and_propagate_but_no_spans() {
     let sent = up.requests().pop().unwrap().header("traceparent").unwrap_or_default();
     assert!(sent.starts_with("00-") && sent.ends_with("-00"), "{sent}");
 }
+
+// Multi-threaded: the collector answers while this thread waits for the exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_exports_what_it_still_holds() {
+    let collector = Collector::start().await;
+    let up = MockUpstream::start().await;
+    up.set_default(Reply::message("claude-sonnet-4-5-20250929", "hello"));
+    // Spans would wait 5 s and metrics a minute: only the stop sends them.
+    let yaml = format!(
+        "{}grace_period: 1s\n",
+        config(&up.base_url(), &collector.endpoint()).replace("interval: 200ms", "interval: 60s")
+    );
+    let mut gw = Gateway::start_async(&yaml, &[]).await;
+    assert_eq!(ask(&gw).await.status(), 200);
+    assert!(gw.signal("TERM"));
+    let status = gw.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", gw.logs());
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.name == "chat claude-sonnet-4-5" && s.kind == 2),
+        "{:?}\n{}",
+        collector.spans(),
+        gw.logs()
+    );
+    assert!(collector.metric_names().iter().any(|n| n == "modelgate.requests"));
+}

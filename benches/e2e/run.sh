@@ -5,7 +5,7 @@
 #   benches/e2e/run.sh                 # 10 s per scenario
 #   DURATION=5s CONNS=32 benches/e2e/run.sh
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
-#   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced
+#   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced (OTLP_ROUNDS=3)
 #   ONLY=proxy benches/e2e/run.sh      # just the forward-proxy rows
 #   ONLY=streams benches/e2e/run.sh    # just the open-streams rows (1,000 and 10,000)
 #   PEERS=1 benches/e2e/run.sh         # also LiteLLM and Portkey side by side (installs them; never in CI)
@@ -133,17 +133,31 @@ YAML
 otel_pid=$!
 pids+=("$otel_pid")
 wait_up "$work/gw-otel.log" "http://127.0.0.1:$OTEL_PORT/health"
+# OTLP_ROUNDS rounds (default 3) of each scenario, off and on back to back,
+# the order swapped every round so that drift on a shared machine falls on
+# both alike; the median of the rounds' on/off ratios is the row's answer.
 otlp_rows() {
-  printf '\nOTLP export (same run): modelgate with telemetry.otlp on, against modelgate without it\n'
-  printf '%-26s %-16s %12s %10s %10s %14s %12s\n' scenario target rps p50_ms p99_ms vs_otlp_off cpu_us/req
+  local rounds=${OTLP_ROUNDS:-3}
+  printf '\nOTLP export (same run, %s rounds, sample_ratio %s): modelgate with telemetry.otlp on, against modelgate without it\n' "$rounds" "${OTLP_SAMPLE:-1.0}"
+  printf '%-22s %6s %10s %10s %9s %9s %10s %10s %9s\n' scenario round off_rps on_rps on/off off_p99 on_p99 off_cpu on_cpu
   for scenario in "passthrough-json:$small" "passthrough-sse:$stream" "translated-sse:$oai_stream"; do
     IFS=: read -r name body <<<"$scenario"
-    read -r off_rps off50 off99 off_cpu < <(run "$name/otlp-off" "http://127.0.0.1:$GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$gw_pid")
-    read -r on_rps on50 on99 on_cpu < <(run "$name/otlp-on" "http://127.0.0.1:$OTEL_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$otel_pid")
-    printf '%-26s %-16s %12.0f %10s %10s %14s %12s\n' "$name" modelgate "$off_rps" "$off50" "$off99" "1.00x" "$off_cpu"
-    printf '%-26s %-16s %12.0f %10s %10s %13.2fx %12s\n' "$name" modelgate+otlp "$on_rps" "$on50" "$on99" "$(awk -v a="$on_rps" -v b="$off_rps" 'BEGIN{print a/b}')" "$on_cpu"
+    local ratios=() r
+    for ((r = 1; r <= rounds; r++)); do
+      local off_rps off50 off99 off_cpu on_rps on50 on99 on_cpu
+      if ((r % 2)); then
+        read -r off_rps off50 off99 off_cpu < <(run "$name/otlp-off" "http://127.0.0.1:$GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$gw_pid")
+        read -r on_rps on50 on99 on_cpu < <(run "$name/otlp-on" "http://127.0.0.1:$OTEL_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$otel_pid")
+      else
+        read -r on_rps on50 on99 on_cpu < <(run "$name/otlp-on" "http://127.0.0.1:$OTEL_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$otel_pid")
+        read -r off_rps off50 off99 off_cpu < <(run "$name/otlp-off" "http://127.0.0.1:$GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$gw_pid")
+      fi
+      ratios+=("$(awk -v a="$on_rps" -v b="$off_rps" 'BEGIN{printf "%.3f", a/b}')")
+      printf '%-22s %6s %10.0f %10.0f %8sx %9s %10s %10s %9s\n' "$name" "$r" "$off_rps" "$on_rps" "${ratios[-1]}" "$off99" "$on99" "$off_cpu" "$on_cpu"
+    done
+    printf '%-22s %6s %10s %10s %8sx\n' "$name" median "" "" "$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}')"
   done
-  printf 'OTLP exports: %s\n' "$(curl -fsS "http://127.0.0.1:$OTEL_PORT/metrics" | grep '^modelgate_otlp_exports_total' | tr '\n' ' ')"
+  printf 'OTLP exports: %s\n' "$(curl -fsS "http://127.0.0.1:$OTEL_PORT/metrics" | grep -E '^modelgate_otlp_(exports|spans_dropped)_total' | tr '\n' ' ')"
 }
 
 # `modelgate proxy` (the forward proxy) relaying absolute-form POSTs to the

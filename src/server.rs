@@ -293,9 +293,10 @@ impl Drain for ProxyDrain {
 }
 
 /// Starts the gateway's own OTLP export (`telemetry.otlp`) in the serving
-/// process. The SDK's export threads start here, after the daemon fork, on
-/// a thread outside every runtime (the HTTP exporter's blocking client
-/// needs one). Changing `telemetry.otlp` takes a restart.
+/// process. The export thread (with a runtime of its own) starts here,
+/// after the daemon fork; it is opened from a thread outside every runtime,
+/// so that building its runtime never happens on an async worker. Changing
+/// `telemetry.otlp` takes a restart.
 struct OtelService {
     shared: Arc<Shared>,
 }

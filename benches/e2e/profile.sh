@@ -4,11 +4,17 @@
 #
 #   benches/e2e/profile.sh cpu      # modelgate under passthrough JSON (32 connections):
 #                                   # perf stat (CPU, context switches) and the share of
-#                                   # each thread and the top functions (perf record, 5 s)
+#                                   # each thread and the top functions (perf record, 5 s);
+#                                   # OTLP_SAMPLE=1.0 turns telemetry.otlp on (every request
+#                                   # traced, metrics each second, to nginx's /otlp/);
+#                                   # FOCUS=REGEX adds the inclusive share of the functions
+#                                   # whose names match (callers included: perf --children)
 #   benches/e2e/profile.sh faults   # where memory is first touched while 1,000 streams
 #                                   # open (perf page faults), modelgate and bare Pingora
 #   benches/e2e/profile.sh steal    # bare Pingora with and without work stealing,
 #                                   # alternating 5 s runs: rps, p50/p99, CPU per request
+#
+# KEEP=1 keeps the work directory (perf.data included) and prints its path.
 #
 # Needs perf (Debian's linux-perf; installed when missing) and a machine
 # whose kernel lets it sample (root, or perf_event_paranoid <= 1).
@@ -37,7 +43,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   "$NGINX" -p "$work/up" -c "$work/up/nginx.conf" -s stop 2>/dev/null || true
-  rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 write_upstream_conf "$work/up" "$UP_PORT"
@@ -64,6 +70,12 @@ routes:
   - {match: claude-slow, provider: up-slow}
 state: {path: "$work/usage.db"}
 YAML
+  if [ -n "${OTLP_SAMPLE:-}" ]; then
+    cat >> "$work/conf/gw.yaml" <<YAML
+telemetry:
+  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: true, sample_ratio: $OTLP_SAMPLE}
+YAML
+  fi
   "$TARGET"/release/modelgate serve -c "$work/conf/gw.yaml" >"$work/gw.log" 2>&1 &
   gw_pid=$!
   pids+=("$gw_pid")
@@ -102,6 +114,10 @@ case $MODE in
     perf report -i "$work/perf.data" --no-children --stdio --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -10 || true
     printf '\ntop functions\n'
     perf report -i "$work/perf.data" --no-children --stdio --sort comm,sym -g none 2>/dev/null | demangle | grep -v '^#' | grep -v '^$' | head -40 || true
+    if [ -n "${FOCUS:-}" ]; then
+      printf '\ninclusive share of functions matching %s\n' "$FOCUS"
+      perf report -i "$work/perf.data" --children --stdio --sort sym -g none 2>/dev/null | demangle | grep -E -- "$FOCUS" | head -30 || true
+    fi
     ;;
   faults)
     gateway

@@ -5,7 +5,8 @@
 #   benches/e2e/run.sh                 # 10 s per scenario
 #   DURATION=5s CONNS=32 benches/e2e/run.sh
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
-#   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced (OTLP_ROUNDS=3)
+#   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced (OTLP_ROUNDS=3;
+#                                                   # OTLP_PROPAGATE=true adds traceparent upstream)
 #   ONLY=proxy benches/e2e/run.sh      # just the forward-proxy rows
 #   ONLY=streams benches/e2e/run.sh    # just the open-streams rows (1,000 and 10,000)
 #   PEERS=1 benches/e2e/run.sh         # also LiteLLM and Portkey side by side (installs them; never in CI)
@@ -127,7 +128,7 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 sed -e "s/^listen: .*/listen: 127.0.0.1:$OTEL_PORT/" "$work/gw.yaml" > "$work/gw-otel.yaml"
 cat >> "$work/gw-otel.yaml" <<YAML
 telemetry:
-  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: true, sample_ratio: ${OTLP_SAMPLE:-1.0}}
+  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: ${OTLP_PROPAGATE:-false}, sample_ratio: ${OTLP_SAMPLE:-1.0}}
 YAML
 "$TARGET"/release/modelgate serve -c "$work/gw-otel.yaml" >"$work/gw-otel.log" 2>&1 &
 otel_pid=$!
@@ -138,7 +139,7 @@ wait_up "$work/gw-otel.log" "http://127.0.0.1:$OTEL_PORT/health"
 # both alike; the median of the rounds' on/off ratios is the row's answer.
 otlp_rows() {
   local rounds=${OTLP_ROUNDS:-3}
-  printf '\nOTLP export (same run, %s rounds, sample_ratio %s): modelgate with telemetry.otlp on, against modelgate without it\n' "$rounds" "${OTLP_SAMPLE:-1.0}"
+  printf '\nOTLP export (same run, %s rounds, sample_ratio %s, propagate %s): modelgate with telemetry.otlp on, against modelgate without it\n' "$rounds" "${OTLP_SAMPLE:-1.0}" "${OTLP_PROPAGATE:-false}"
   printf '%-22s %6s %10s %10s %9s %9s %10s %10s %9s\n' scenario round off_rps on_rps on/off off_p99 on_p99 off_cpu on_cpu
   for scenario in "passthrough-json:$small" "passthrough-sse:$stream" "translated-sse:$oai_stream"; do
     IFS=: read -r name body <<<"$scenario"

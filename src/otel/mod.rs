@@ -39,6 +39,11 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use crate::config::schema::OtlpConfig;
 
+thread_local! {
+    /// A span's body and a request's spans, while they are encoded.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// The export pipeline, opened once the server runs.
 pub struct Otel {
     spans: Option<Arc<export::SpanQueue>>,
@@ -132,9 +137,14 @@ impl Otel {
     pub fn record(&self, f: &Finished<'_>) {
         if let (Some(q), Some(trace)) = (&self.spans, f.trace.filter(|t| t.sampled)) {
             let attempts = trace.take_attempts();
-            let mut scratch = Vec::with_capacity(1024);
-            let mut item = Vec::with_capacity(512 * (1 + attempts.len()));
-            spans::encode(f, trace, &attempts, &mut scratch, &mut item);
+            // Encoded in this thread's buffers (kept between requests, as
+            // large as the largest request's spans), then copied out once
+            // at its exact size.
+            let item = BUFFERS.with_borrow_mut(|(scratch, out)| {
+                out.clear();
+                spans::encode(f, trace, &attempts, scratch, out);
+                out.as_slice().to_vec()
+            });
             q.push(item);
         }
         if let Some(series) = &self.series {

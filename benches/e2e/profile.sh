@@ -3,7 +3,8 @@
 # the same nginx upstream as run.sh, on loopback, every run bounded:
 #
 #   benches/e2e/profile.sh cpu      # modelgate under passthrough JSON (32 connections):
-#                                   # perf stat (CPU, context switches) and the share of
+#                                   # perf stat (CPU, context switches; bare Pingora's too,
+#                                   # under the same load) and the share of
 #                                   # each thread and the top functions (perf record, 5 s);
 #                                   # OTLP_SAMPLE=1.0 turns telemetry.otlp on (every request
 #                                   # traced, metrics each second, to nginx's /otlp/);
@@ -114,6 +115,15 @@ case $MODE in
     perf report -i "$work/perf.data" --no-children --stdio --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -10 || true
     printf '\ntop functions\n'
     perf report -i "$work/perf.data" --no-children --stdio --sort comm,sym -g none 2>/dev/null | demangle | grep -v '^#' | grep -v '^$' | head -40 || true
+    printf '\nbare Pingora under the same load, for comparison\n'
+    bare "$BARE_PORT"
+    BODY_FILE="$small" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT/v1/messages" >"$work/wrk-bare.out" 2>&1 &
+    wrk_pid=$!
+    sleep 2
+    perf stat -e task-clock,context-switches -p "$bare_pid" -o "$work/stat-bare.txt" -- sleep 5
+    wait "$wrk_pid"
+    grep -E "requests in|Requests/sec" "$work/wrk-bare.out"
+    grep -E "task-clock|context-switches" "$work/stat-bare.txt"
     if [ -n "${FOCUS:-}" ]; then
       printf '\ninclusive share of functions matching %s\n' "$FOCUS"
       perf report -i "$work/perf.data" --children --stdio --sort sym -g none 2>/dev/null | demangle | grep -E -- "$FOCUS" | head -30 || true

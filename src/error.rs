@@ -285,6 +285,23 @@ impl GatewayError {
 }
 
 /// `req_` + 24 base62 characters (~143 bits), the shape Anthropic uses.
+/// An error and its causes, `outer: cause: root cause` (for messages that
+/// must say why, not only what: a connection refused under a transport error).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // Some errors repeat their cause in their own text.
+        if !out.ends_with(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 pub fn new_request_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

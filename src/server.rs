@@ -230,13 +230,22 @@ pub fn run(
     server.run(pingora::server::RunArgs::default());
     // Every request has finished (or the grace period ran out): write what
     // the ledger and audit queues still hold before the process ends.
-    if let Some(sinks) = shared.sinks.get() {
-        sinks.close(std::time::Duration::from_secs(10));
-    }
-    if let Some(otel) = shared.otel.get() {
-        otel.shutdown();
-    }
+    close_outputs(&shared);
     std::process::exit(0);
+}
+
+/// Write what the ledger and audit queues still hold, and send the last
+/// OTLP exports, side by side (each bounded by 10 s). Blocking: at the
+/// process's end, off the async workers.
+fn close_outputs(shared: &Shared) {
+    std::thread::scope(|scope| {
+        if let Some(otel) = shared.otel.get() {
+            scope.spawn(|| otel.shutdown());
+        }
+        if let Some(sinks) = shared.sinks.get() {
+            sinks.close(std::time::Duration::from_secs(10));
+        }
+    });
 }
 
 /// Build and run `modelgate proxy`'s server: the forward proxy as the one
@@ -697,15 +706,7 @@ impl Drain for GatewayDrain {
     async fn finish(&self) {
         log::info!("drained: no request in flight; flushing the ledger and audit log, then exiting");
         let shared = self.0.clone();
-        let closed = tokio::task::spawn_blocking(move || {
-            if let Some(sinks) = shared.sinks.get() {
-                sinks.close(std::time::Duration::from_secs(10));
-            }
-            if let Some(otel) = shared.otel.get() {
-                otel.shutdown();
-            }
-        })
-        .await;
+        let closed = tokio::task::spawn_blocking(move || close_outputs(&shared)).await;
         if let Err(e) = closed {
             log::error!("closing the usage sinks failed: {e}");
         }

@@ -198,7 +198,7 @@ impl Relay {
                     Some(r) => r.response(),
                     None => refuse(
                         StatusCode::BAD_GATEWAY,
-                        &format!("{host}:{port} could not be reached: {}", chain(&e)),
+                        &format!("{host}:{port} could not be reached: {}", crate::error::with_causes(&e)),
                     ),
                 };
                 line.answered(answer)
@@ -224,18 +224,6 @@ fn refusal_in(e: &hyper_util::client::legacy::Error) -> Option<&Refusal> {
         source = s.source();
     }
     None
-}
-
-/// An error and its causes, for a 502's message.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Remove the hop-by-hop fields (module docs).

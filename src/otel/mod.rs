@@ -76,9 +76,16 @@ impl Otel {
             ));
         }
         let version = env!("CARGO_PKG_VERSION");
-        let resource_attrs = [("service.name", "modelgate"), ("service.version", version)];
+        let owned = resource_attributes(
+            std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+            std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+            &instance_id(),
+        );
+        let resource_attrs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let spans = config.traces.then(|| Arc::new(export::SpanQueue::default()));
-        let series = config.metrics.then(|| Arc::new(series::Table::new(series::MAX_SERIES)));
+        let series = config
+            .metrics
+            .then(|| Arc::new(series::Table::new(series::MAX_SERIES, SystemTime::now())));
         let exporter = if spans.is_some() || series.is_some() {
             let kv = |(k, v): &(&str, &str)| KeyValue {
                 key: (*k).into(),
@@ -128,8 +135,13 @@ impl Otel {
     /// A new request's trace: under the client's `traceparent` (and its
     /// sampling decision) when it sent a valid one, else sampled at
     /// `sample_ratio`.
+    ///
+    /// Without span export (`traces: false`, `propagate: true`) a trace the
+    /// gateway starts is unsampled, so upstreams do not record children of
+    /// spans no collector will see; a client's decision passes through.
     pub fn begin(&self, traceparent: Option<&[u8]>) -> RequestTrace {
-        RequestTrace::new(traceparent, self.sample_ratio)
+        let export = self.spans.is_some();
+        RequestTrace::new(traceparent, if export { self.sample_ratio } else { 0.0 }, export)
     }
 
     /// A finished request: its spans onto the export queue, its
@@ -137,6 +149,9 @@ impl Otel {
     pub fn record(&self, f: &Finished<'_>) {
         if let (Some(q), Some(trace)) = (&self.spans, f.trace.filter(|t| t.sampled)) {
             let attempts = trace.take_attempts();
+            if !q.has_room() {
+                return self.measure(f);
+            }
             // Encoded in this thread's buffers (kept between requests, as
             // large as the largest request's spans), then copied out once
             // at its exact size.
@@ -147,6 +162,10 @@ impl Otel {
             });
             q.push(item);
         }
+        self.measure(f);
+    }
+
+    fn measure(&self, f: &Finished<'_>) {
         if let Some(series) = &self.series {
             series.record(f);
         }
@@ -162,6 +181,59 @@ impl Otel {
     }
 }
 
+/// The resource every export names: `service.name` (`OTEL_SERVICE_NAME`,
+/// else `OTEL_RESOURCE_ATTRIBUTES`' own, else `modelgate`),
+/// `service.version`, `service.instance.id` (this process: replicas, and
+/// the old and new process of an upgrade, send apart cumulative streams)
+/// and the rest of `OTEL_RESOURCE_ATTRIBUTES` (`key=value,…`, values
+/// percent-encoded; malformed entries are skipped with a warning).
+fn resource_attributes(service_name: Option<&str>, env: Option<&str>, instance: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in env
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let parsed = entry.split_once('=').and_then(|(k, v)| {
+            let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8().ok()?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), v.into_owned()))
+        });
+        match parsed {
+            Some((k, v)) => {
+                out.retain(|(o, _)| *o != k);
+                out.push((k, v));
+            }
+            None => log::warn!("OTEL_RESOURCE_ATTRIBUTES: {entry:?} is not key=value; skipped"),
+        }
+    }
+    let from_env = out.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
+    let mut set = |k: &str, v: &str| {
+        out.retain(|(o, _)| o != k);
+        out.insert(0, (k.to_string(), v.to_string()));
+    };
+    set("service.instance.id", instance);
+    set("service.version", env!("CARGO_PKG_VERSION"));
+    set(
+        "service.name",
+        service_name
+            .filter(|s| !s.is_empty())
+            .or(from_env.as_deref())
+            .unwrap_or("modelgate"),
+    );
+    out
+}
+
+/// A random UUID (version 4) naming this process.
+fn instance_id() -> String {
+    let mut b: [u8; 16] = random_nonzero();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
 /// One request's trace: its ids (continuing the client's `traceparent`
 /// when it sent one) and its upstream attempts as they happen.
 #[derive(Debug)]
@@ -170,8 +242,11 @@ pub struct RequestTrace {
     pub span_id: [u8; 8],
     /// The client's span, when it sent a `traceparent`.
     pub parent: Option<[u8; 8]>,
-    /// Whether this request's spans are exported (and `traceparent` says so).
+    /// The sampled flag `traceparent` carries.
     pub sampled: bool,
+    /// Whether this request's spans are exported (sampled, and span export
+    /// on): only then are its attempts recorded.
+    keep: bool,
     attempts: Mutex<Vec<AttemptRecord>>,
 }
 
@@ -193,26 +268,32 @@ pub struct AttemptRecord {
 
 impl RequestTrace {
     /// New ids, under the client's `traceparent` when it is valid (its
-    /// sampled flag decides), else sampled at `ratio`.
-    pub fn new(traceparent: Option<&[u8]>, ratio: f64) -> RequestTrace {
+    /// sampled flag decides), else sampled at `ratio`; attempts are kept
+    /// when sampled and `export`ed.
+    pub fn new(traceparent: Option<&[u8]>, ratio: f64, export: bool) -> RequestTrace {
         let (trace_id, parent, sampled) = match traceparent.and_then(parse_traceparent) {
             Some((t, p, sampled)) => (t, Some(p), sampled),
-            None => (random_nonzero(), None, ratio >= 1.0 || rand::random::<f64>() < ratio),
+            None => (
+                random_nonzero(),
+                None,
+                ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio),
+            ),
         };
         RequestTrace {
             trace_id,
             span_id: random_nonzero(),
             parent,
             sampled,
+            keep: sampled && export,
             attempts: Mutex::new(Vec::new()),
         }
     }
 
-    /// Record an attempt's start; its span id. An unsampled trace only
-    /// names the span (for `traceparent`): nothing is kept for it.
+    /// Record an attempt's start; its span id. A trace whose spans are not
+    /// exported only names the span (for `traceparent`): nothing is kept.
     pub fn begin_attempt(&self, n: u32, provider: &str, account: &str, server: &str, model: Option<&str>) -> [u8; 8] {
         let span_id = random_nonzero();
-        if !self.sampled {
+        if !self.keep {
             return span_id;
         }
         let mut a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -236,7 +317,7 @@ impl RequestTrace {
 
     /// Record how an attempt ended (its answer's head, or a failure).
     pub fn end_attempt(&self, span_id: [u8; 8], status: Option<u16>, outcome: &'static str) {
-        if !self.sampled {
+        if !self.keep {
             return;
         }
         let mut a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -327,6 +408,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_resource_names_this_process_and_takes_the_environment_s_attributes() {
+        let get = |attrs: &[(String, String)], k: &str| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+        let plain = resource_attributes(None, None, "i-1");
+        assert_eq!(
+            plain.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["service.name", "service.version", "service.instance.id"]
+        );
+        assert_eq!(get(&plain, "service.name").as_deref(), Some("modelgate"));
+        let env = resource_attributes(
+            None,
+            Some("deployment.environment=prod, service.name=gw-eu ,team=a%2Cb,broken,=x,service.instance.id=mine"),
+            "i-2",
+        );
+        assert_eq!(get(&env, "service.name").as_deref(), Some("gw-eu"));
+        assert_eq!(get(&env, "deployment.environment").as_deref(), Some("prod"));
+        assert_eq!(get(&env, "team").as_deref(), Some("a,b"), "percent-decoded");
+        assert_eq!(
+            get(&env, "service.instance.id").as_deref(),
+            Some("i-2"),
+            "the process's own id wins"
+        );
+        assert_eq!(env.iter().filter(|(k, _)| k == "service.name").count(), 1);
+        let named = resource_attributes(Some("from-var"), Some("service.name=gw-eu"), "i-3");
+        assert_eq!(get(&named, "service.name").as_deref(), Some("from-var"));
+        let id = instance_id();
+        assert_eq!((id.len(), &id[14..15]), (36, "4"));
+        assert_ne!(id, instance_id());
+    }
+
+    #[test]
     fn traceparent_is_parsed_as_w3c_says() {
         let ok = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let (t, p, sampled) = parse_traceparent(ok).unwrap();
@@ -344,7 +455,7 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }
-        let trace = RequestTrace::new(Some(ok), 0.0);
+        let trace = RequestTrace::new(Some(ok), 0.0, true);
         assert_eq!(trace.parent, Some(p));
         assert!(trace.sampled, "the client's decision wins");
         let span = trace.begin_attempt(1, "a", "a", "h", None);
@@ -356,8 +467,17 @@ mod tests {
             Some((trace.trace_id, span))
         );
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
-        let unsampled = RequestTrace::new(Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"), 1.0);
+        let unsampled = RequestTrace::new(
+            Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+            1.0,
+            true,
+        );
         assert!(!unsampled.sampled && unsampled.traceparent(span).to_str().unwrap().ends_with("-00"));
-        assert!(!RequestTrace::new(None, 0.0).sampled && RequestTrace::new(None, 1.0).sampled);
+        assert!(!RequestTrace::new(None, 0.0, true).sampled && RequestTrace::new(None, 1.0, true).sampled);
+        // Without span export, a client's sampled trace is passed on but its attempts are not kept.
+        let passed = RequestTrace::new(Some(ok), 1.0, false);
+        assert!(passed.sampled && !passed.keep);
+        passed.begin_attempt(1, "a", "a", "h", None);
+        assert!(passed.take_attempts().is_empty());
     }
 }

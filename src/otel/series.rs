@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -87,22 +87,22 @@ impl<'a> Key<'a> {
     };
 }
 
-/// A series' labels, owned.
+/// A series' labels, owned (shared: a snapshot's copy costs no allocation).
 #[derive(Clone, Debug)]
 struct Labels {
-    system: Option<Box<str>>,
-    request_model: Option<Box<str>>,
-    response_model: Option<Box<str>>,
-    error: Option<Box<str>>,
+    system: Option<Arc<str>>,
+    request_model: Option<Arc<str>>,
+    response_model: Option<Arc<str>>,
+    error: Option<Arc<str>>,
     status: u16,
     cache_hit: bool,
-    provider: Option<Box<str>>,
+    provider: Option<Arc<str>>,
     overflow: bool,
 }
 
 impl Labels {
     fn of(k: &Key<'_>) -> Labels {
-        let own = |s: Option<&str>| s.map(Box::from);
+        let own = |s: Option<&str>| s.map(Arc::from);
         Labels {
             system: own(k.system),
             request_model: own(k.request_model),
@@ -129,11 +129,14 @@ impl Labels {
     }
 }
 
-/// An explicit-bucket histogram.
-#[derive(Clone, Debug)]
+/// The most buckets a histogram here has (the longest bounds, plus one).
+const MAX_BUCKETS: usize = 17;
+
+/// An explicit-bucket histogram, plain data (a copy is a `memcpy`).
+#[derive(Clone, Copy, Debug)]
 struct Hist {
     bounds: &'static [f64],
-    counts: Vec<u64>,
+    counts: [u64; MAX_BUCKETS],
     count: u64,
     sum: f64,
     min: f64,
@@ -144,7 +147,7 @@ impl Hist {
     fn new(bounds: &'static [f64]) -> Hist {
         Hist {
             bounds,
-            counts: vec![0; bounds.len() + 1],
+            counts: [0; MAX_BUCKETS],
             count: 0,
             sum: 0.0,
             min: f64::INFINITY,
@@ -173,13 +176,14 @@ impl Hist {
     }
 
     fn point(&self, attributes: Vec<KeyValue>, start: u64, now: u64) -> HistogramDataPoint {
+        let buckets = self.bounds.len() + 1;
         HistogramDataPoint {
             attributes,
             start_time_unix_nano: start,
             time_unix_nano: now,
             count: self.count,
             sum: Some(self.sum),
-            bucket_counts: self.counts.clone(),
+            bucket_counts: self.counts[..buckets].to_vec(),
             explicit_bounds: self.bounds.to_vec(),
             exemplars: Vec::new(),
             flags: 0,
@@ -189,11 +193,10 @@ impl Hist {
     }
 }
 
-/// One label set's measurements since it was first seen.
+/// One label set's measurements since the table was made.
 #[derive(Clone, Debug)]
 struct Series {
     labels: Labels,
-    start: u64,
     ttft: Hist,
     duration: Hist,
     tokens: [Hist; 4],
@@ -201,10 +204,9 @@ struct Series {
 }
 
 impl Series {
-    fn new(labels: Labels, now: u64) -> Series {
+    fn new(labels: Labels) -> Series {
         Series {
             labels,
-            start: now,
             ttft: Hist::new(TTFT_BOUNDS),
             duration: Hist::new(DURATION_BOUNDS),
             tokens: std::array::from_fn(|_| Hist::new(TOKEN_BOUNDS)),
@@ -243,6 +245,10 @@ pub(super) struct Table {
     inner: Mutex<Inner>,
     hasher: DefaultHashBuilder,
     limit: usize,
+    /// Every point's `start_time_unix_nano`: the cumulative streams all
+    /// count from the table's making (as the OpenTelemetry SDKs do), so a
+    /// stream's start never moves when a series is first seen later.
+    start: u64,
 }
 
 #[derive(Debug, Default)]
@@ -257,11 +263,12 @@ fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 impl Table {
-    pub(super) fn new(limit: usize) -> Table {
+    pub(super) fn new(limit: usize, start: SystemTime) -> Table {
         Table {
             inner: Mutex::new(Inner::default()),
             hasher: DefaultHashBuilder::default(),
             limit,
+            start: unix_nanos(start),
         }
     }
 
@@ -275,16 +282,13 @@ impl Table {
             s.add(f);
             return;
         }
-        let now = unix_nanos(f.end);
         if series.len() < self.limit {
             let hasher = &self.hasher;
-            let entry = series.insert_unique(hash, Series::new(Labels::of(&key), now), |s| {
-                hasher.hash_one(s.labels.key())
-            });
+            let entry = series.insert_unique(hash, Series::new(Labels::of(&key)), |s| hasher.hash_one(s.labels.key()));
             entry.into_mut().add(f);
         } else {
             overflow
-                .get_or_insert_with(|| Box::new(Series::new(Labels::of(&Key::OVERFLOW), now)))
+                .get_or_insert_with(|| Box::new(Series::new(Labels::of(&Key::OVERFLOW))))
                 .add(f);
         }
     }
@@ -310,13 +314,13 @@ impl Table {
         if series.is_empty() {
             return None;
         }
-        let now = unix_nanos(now);
+        let (start, now) = (self.start, unix_nanos(now).max(self.start));
         let metrics = vec![
             histogram(
                 "gen_ai.client.token.usage",
                 "{token}",
                 "Tokens used per request, by type (input, output, cache_read, cache_write)",
-                fold(&series, now, |s, out| {
+                fold(&series, start, now, |s, out| {
                     for (h, kind) in s.tokens.iter().zip(TOKEN_TYPES) {
                         out(
                             Projection {
@@ -332,7 +336,7 @@ impl Table {
                 "gen_ai.client.operation.duration",
                 "s",
                 "Request duration, through the end of the answer",
-                fold(&series, now, |s, out| {
+                fold(&series, start, now, |s, out| {
                     out(
                         Projection {
                             error: s.labels.error.as_deref(),
@@ -346,7 +350,7 @@ impl Table {
                 "gen_ai.server.time_to_first_token",
                 "s",
                 "Time to the first byte of the answer",
-                fold(&series, now, |s, out| out(Projection::base(&s.labels), &s.ttft)),
+                fold(&series, start, now, |s, out| out(Projection::base(&s.labels), &s.ttft)),
             ),
             Metric {
                 name: "modelgate.requests".into(),
@@ -358,7 +362,7 @@ impl Table {
                         .iter()
                         .map(|s| NumberDataPoint {
                             attributes: attributes(&Projection::full(&s.labels)),
-                            start_time_unix_nano: s.start,
+                            start_time_unix_nano: start,
                             time_unix_nano: now,
                             exemplars: Vec::new(),
                             flags: 0,
@@ -472,29 +476,27 @@ fn attributes(p: &Projection<'_>) -> Vec<KeyValue> {
 /// projection, merged where projections meet; empty histograms left out.
 fn fold<'a>(
     series: &'a [Series],
+    start: u64,
     now: u64,
     each: impl Fn(&'a Series, &mut dyn FnMut(Projection<'a>, &'a Hist)),
 ) -> Vec<HistogramDataPoint> {
-    let mut merged: BTreeMap<Projection<'a>, (u64, Hist)> = BTreeMap::new();
+    let mut merged: BTreeMap<Projection<'a>, Hist> = BTreeMap::new();
     for s in series {
         each(s, &mut |p, h| {
             if h.count == 0 {
                 return;
             }
             match merged.get_mut(&p) {
-                Some((start, m)) => {
-                    *start = (*start).min(s.start);
-                    m.merge(h);
-                }
+                Some(m) => m.merge(h),
                 None => {
-                    merged.insert(p, (s.start, h.clone()));
+                    merged.insert(p, *h);
                 }
             }
         });
     }
     merged
         .into_iter()
-        .map(|(p, (start, h))| h.point(attributes(&p), start, now))
+        .map(|(p, h)| h.point(attributes(&p), start, now))
         .collect()
 }
 
@@ -564,6 +566,13 @@ mod tests {
             .metrics
     }
 
+    fn sum_start(m: &Metric) -> u64 {
+        match &m.data {
+            Some(metric::Data::Sum(s)) => s.data_points[0].start_time_unix_nano,
+            _ => panic!("{m:?}"),
+        }
+    }
+
     fn hist(m: &Metric) -> &[HistogramDataPoint] {
         match &m.data {
             Some(metric::Data::Histogram(h)) => &h.data_points,
@@ -573,7 +582,7 @@ mod tests {
 
     #[test]
     fn requests_fold_into_each_instrument_s_attributes() {
-        let t = Table::new(MAX_SERIES);
+        let t = Table::new(MAX_SERIES, SystemTime::UNIX_EPOCH + Duration::from_secs(1_699_999_000));
         assert!(t
             .export(
                 &Resource::default(),
@@ -607,6 +616,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!((m1_out.count, m1_out.sum), (2, Some(200.0)));
+        assert_eq!(m1_out.bucket_counts.len(), TOKEN_BOUNDS.len() + 1);
+        assert_eq!(m1_out.explicit_bounds, TOKEN_BOUNDS);
         // 100 is in (64, 256].
         assert_eq!(m1_out.bucket_counts[TOKEN_BOUNDS.partition_point(|b| *b < 100.0)], 2);
         assert!(attr(&m1_out.attributes, "http.response.status_code").is_none());
@@ -621,8 +632,9 @@ mod tests {
         // TTFT merges m1's three requests.
         let ttft = hist(&metrics[2]);
         assert_eq!(ttft.iter().map(|p| p.count).collect::<Vec<_>>(), [3, 1]);
-        // The earliest of the merged series (the 429, 20 ms after the epoch second).
-        assert_eq!(ttft[0].start_time_unix_nano, 1_700_000_000_020_000_000);
+        // Every stream counts from the table's making.
+        assert_eq!(ttft[0].start_time_unix_nano, 1_699_999_000_000_000_000);
+        assert_eq!(sum_start(&metrics[3]), 1_699_999_000_000_000_000);
         assert_eq!(ttft[0].time_unix_nano, 1_700_000_100_000_000_000);
         // The counter: one point per label set.
         let Some(metric::Data::Sum(sum)) = &metrics[3].data else {
@@ -648,7 +660,7 @@ mod tests {
 
     #[test]
     fn series_past_the_bound_fold_into_one_overflow_series() {
-        let t = Table::new(3);
+        let t = Table::new(3, SystemTime::UNIX_EPOCH);
         let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
         for name in &names {
             let name: &str = name;

@@ -438,6 +438,7 @@ mod tests {
             span_id: [9; 8],
             parent: Some([5; 8]),
             sampled: true,
+            keep: true,
             attempts: Default::default(),
         };
         let attempts = [
@@ -545,6 +546,7 @@ mod tests {
             span_id: [2; 8],
             parent: None,
             sampled: true,
+            keep: true,
             attempts: Default::default(),
         };
         let envelope = Envelope::new(&[], "modelgate", "0");

@@ -284,24 +284,26 @@ impl GatewayError {
     }
 }
 
-/// `req_` + 24 base62 characters (~143 bits), the shape Anthropic uses.
-/// An error and its causes, `outer: cause: root cause` (for messages that
-/// must say why, not only what: a connection refused under a transport error).
+/// An error and its causes in one line, `outer: cause: root cause`, for
+/// messages that must say why and not only what (a connection refused
+/// under a transport error). A cause whose text the line already holds is
+/// left out; the walk is bounded against a cyclic `source`.
 pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        // Some errors repeat their cause in their own text.
-        if !out.ends_with(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
         }
-        source = s.source();
+        cause = c.source();
     }
-    out
+    text
 }
 
+/// `req_` + 24 base62 characters (~143 bits), the shape Anthropic uses.
 pub fn new_request_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

@@ -704,11 +704,13 @@ impl Drain for GatewayDrain {
     }
 
     async fn finish(&self) {
-        log::info!("drained: no request in flight; flushing the ledger and audit log, then exiting");
+        log::info!(
+            "drained: no request in flight; flushing the ledger, the audit log and the OTLP export, then exiting"
+        );
         let shared = self.0.clone();
         let closed = tokio::task::spawn_blocking(move || close_outputs(&shared)).await;
         if let Err(e) = closed {
-            log::error!("closing the usage sinks failed: {e}");
+            log::error!("closing the usage sinks and the OTLP export failed: {e}");
         }
     }
 }

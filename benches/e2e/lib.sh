@@ -1,5 +1,18 @@
-# Shared by the e2e benchmarks (run.sh, store.sh): the load runner and
-# its units. Sourced; expects $work (a temp dir) and $DURATION.
+# Shared by the e2e benchmarks (run.sh, store.sh, stalls.sh, profile.sh):
+# their tools, the upstream, starting a gateway, the load runner and its
+# units. Sourced after scripts/lib/deps.sh; expects $work (a temp dir),
+# $DURATION, $TARGET and a `pids` array the script's cleanup kills.
+
+# ensure_load_tools: nginx (upstream, hop, collector) and wrk, installed
+# with apt when missing; sets NGINX.
+ensure_load_tools() {
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
+  command -v wrk >/dev/null 2>&1 || _apt_install wrk
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+}
+
+# pg_bindir: the newest installed PostgreSQL's bin directory.
+pg_bindir() { dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)"; }
 
 # The upstream's answers: fixed Anthropic and OpenAI JSON and SSE bodies.
 json='{"id":"msg_bench","type":"message","role":"assistant","model":"claude-opus-4-8","content":[{"type":"text","text":"Hello from the benchmark upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}'
@@ -40,6 +53,43 @@ write_upstream_conf() {
     }
   }
 NGX
+}
+
+# start_modelgate LOG URL ARGS...: the release binary with ARGS (`serve -c
+# FILE`, `proxy ...`; variables assigned before the call reach it), its
+# output in LOG, added to pids; returns once URL answers. Sets started_pid.
+start_modelgate() {
+  local log=$1 url=$2
+  shift 2
+  "$TARGET"/release/modelgate "$@" >"$log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  wait_up "$log" "$url"
+}
+
+# start_bare PORT LOG [VAR=VALUE...]: examples/bare_pingora on PORT in
+# front of the upstream, with $GW_THREADS threads and the given
+# environment, added to pids; returns once it answers. Sets started_pid.
+start_bare() {
+  local port=$1 log=$2
+  shift 2
+  env "$@" "$TARGET"/release/examples/bare_pingora "127.0.0.1:$port" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  wait_up "$log" "http://127.0.0.1:$port/v1/messages" -d '{}'
+}
+
+# rss_mib PID: its resident set in MiB, one decimal.
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# otlp_yaml SAMPLE: the `telemetry:` section sending the gateway's own
+# traces (SAMPLE of them) and metrics each second to the upstream nginx's
+# collector; traceparent goes upstream only with OTLP_PROPAGATE=true.
+otlp_yaml() {
+  cat <<YAML
+telemetry:
+  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: ${OTLP_PROPAGATE:-false}, sample_ratio: $1}
+YAML
 }
 
 # wait_up LOG CURL-ARGS...: poll (10 s at most) until curl with these

@@ -24,16 +24,15 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/deps.sh
 . benches/e2e/lib.sh
 ensure_build_deps
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
-command -v wrk >/dev/null 2>&1 || _apt_install wrk
+ensure_load_tools
 command -v perf >/dev/null 2>&1 || _apt_install linux-perf
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 MODE=${1:?usage: benches/e2e/profile.sh cpu|faults|steal}
 UP_PORT=${UP_PORT:-18961}
 GW_PORT=${GW_PORT:-18962}
 BARE_PORT=${BARE_PORT:-18963}
 BARE2_PORT=${BARE2_PORT:-18964}
 STREAMS=${STREAMS:-1000}
+GW_THREADS=$(nproc)
 DURATION=5s
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -66,32 +65,22 @@ default_provider: up
 providers:
   up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
   up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
-threads: $(nproc)
+threads: $GW_THREADS
 routes:
   - {match: claude-slow, provider: up-slow}
 state: {path: "$work/usage.db"}
 YAML
-  if [ -n "${OTLP_SAMPLE:-}" ]; then
-    cat >> "$work/conf/gw.yaml" <<YAML
-telemetry:
-  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: true, sample_ratio: $OTLP_SAMPLE}
-YAML
-  fi
-  "$TARGET"/release/modelgate serve -c "$work/conf/gw.yaml" >"$work/gw.log" 2>&1 &
-  gw_pid=$!
-  pids+=("$gw_pid")
-  wait_up "$work/gw.log" "http://127.0.0.1:$GW_PORT/health"
+  if [ -n "${OTLP_SAMPLE:-}" ]; then otlp_yaml "$OTLP_SAMPLE" >> "$work/conf/gw.yaml"; fi
+  start_modelgate "$work/gw.log" "http://127.0.0.1:$GW_PORT/health" serve -c "$work/conf/gw.yaml"
+  gw_pid=$started_pid
 }
 
 # bare PORT [ENV...]: a bare Pingora on PORT; sets bare_pid.
 bare() {
   local port=$1
   shift
-  env "$@" "$TARGET"/release/examples/bare_pingora "127.0.0.1:$port" "127.0.0.1:$UP_PORT" "$(nproc)" \
-    >"$work/bare-$port.log" 2>&1 &
-  bare_pid=$!
-  pids+=("$bare_pid")
-  wait_up "$work/bare-$port.log" "http://127.0.0.1:$port/v1/messages" -d '{}'
+  start_bare "$port" "$work/bare-$port.log" "$@"
+  bare_pid=$started_pid
 }
 
 # Reports are symbol names demangled by rustfilt when it is installed.

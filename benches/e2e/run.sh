@@ -23,9 +23,7 @@ cd "$(dirname "$0")/../.."
 . scripts/lib/deps.sh
 . benches/e2e/lib.sh
 ensure_build_deps
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
-command -v wrk >/dev/null 2>&1 || _apt_install wrk
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+ensure_load_tools
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
@@ -98,16 +96,12 @@ routes:
   - {match: claude-gpt-json, provider: oai, model: gpt-4o}
   - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
 YAML
-"$TARGET"/release/modelgate serve -c "$work/gw.yaml" >"$work/gw.log" 2>&1 &
-gw_pid=$!
-pids+=("$gw_pid")
-wait_up "$work/gw.log" "http://127.0.0.1:$GW_PORT/health"
-idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
-"$TARGET"/release/examples/bare_pingora "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare.log" 2>&1 &
-bare_pid=$!
-pids+=("$bare_pid")
-wait_up "$work/bare.log" "http://127.0.0.1:$BARE_PORT/v1/messages" -d '{}'
-bare_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$bare_pid/status")
+start_modelgate "$work/gw.log" "http://127.0.0.1:$GW_PORT/health" serve -c "$work/gw.yaml"
+gw_pid=$started_pid
+idle_rss=$(rss_mib "$gw_pid")
+start_bare "$BARE_PORT" "$work/bare.log"
+bare_pid=$started_pid
+bare_idle_rss=$(rss_mib "$bare_pid")
 
 small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
@@ -120,20 +114,14 @@ echo '{"model":"claude-gpt-stream","max_tokens":64,"stream":true,"messages":[{"r
 big=tests/fixtures/claude_code_request.json
 write_post_lua "$work/post.lua"
 
-rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status"; }
 
 # The same gateway with its own OTLP export on (traces of every request,
 # metrics every second) to a collector that takes everything (the upstream
 # nginx's /otlp/): what exporting costs.
 sed -e "s/^listen: .*/listen: 127.0.0.1:$OTEL_PORT/" "$work/gw.yaml" > "$work/gw-otel.yaml"
-cat >> "$work/gw-otel.yaml" <<YAML
-telemetry:
-  otlp: {endpoint: "http://127.0.0.1:$UP_PORT/otlp", interval: 1s, propagate: ${OTLP_PROPAGATE:-false}, sample_ratio: ${OTLP_SAMPLE:-1.0}}
-YAML
-"$TARGET"/release/modelgate serve -c "$work/gw-otel.yaml" >"$work/gw-otel.log" 2>&1 &
-otel_pid=$!
-pids+=("$otel_pid")
-wait_up "$work/gw-otel.log" "http://127.0.0.1:$OTEL_PORT/health"
+otlp_yaml "${OTLP_SAMPLE:-1.0}" >> "$work/gw-otel.yaml"
+start_modelgate "$work/gw-otel.log" "http://127.0.0.1:$OTEL_PORT/health" serve -c "$work/gw-otel.yaml"
+otel_pid=$started_pid
 # OTLP_ROUNDS rounds (default 3) of each scenario, off and on back to back,
 # the order swapped every round so that drift on a shared machine falls on
 # both alike; the median of the rounds' on/off ratios is the row's answer.
@@ -169,10 +157,8 @@ log_level: warn
 threads: $GW_THREADS
 proxy: {allow: ["127.0.0.1:$UP_PORT"]}
 YAML
-"$TARGET"/release/modelgate proxy -c "$work/proxy.yaml" -p "$PROXY_PORT" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-pids+=("$proxy_pid")
-wait_up "$work/proxy.log" "http://127.0.0.1:$PROXY_PORT/health"
+start_modelgate "$work/proxy.log" "http://127.0.0.1:$PROXY_PORT/health" proxy -c "$work/proxy.yaml" -p "$PROXY_PORT"
+proxy_pid=$started_pid
 write_proxy_lua "$work/proxy.lua"
 proxy_rows() {
   printf '\nforward proxy (same run): absolute-form POSTs through modelgate proxy, against the upstream directly\n'
@@ -217,7 +203,7 @@ hold_streams() {
     [ "${open:-0}" -ge "$n" ] && break
     sleep 0.1
   done
-  rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
+  rss=$(rss_mib "$pid")
   wait "$wrk_pid" 2>/dev/null || true
   echo "${open:-0} $rss $(awk '/Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} /Non-2xx/ {n += $NF} END {print n + 0}' "$work/hold.out")"
 }
@@ -229,16 +215,12 @@ STREAM_GW_PORT=${STREAM_GW_PORT:-18907}
 STREAM_BARE_PORT=${STREAM_BARE_PORT:-18908}
 stream_rows() {
   sed -e "s/^listen: .*/listen: 127.0.0.1:$STREAM_GW_PORT/" "$work/gw.yaml" > "$work/gw-streams.yaml"
-  "$TARGET"/release/modelgate serve -c "$work/gw-streams.yaml" >"$work/gw-streams.log" 2>&1 &
-  sgw_pid=$!
-  pids+=("$sgw_pid")
-  "$TARGET"/release/examples/bare_pingora "127.0.0.1:$STREAM_BARE_PORT" "127.0.0.1:$UP_PORT" "$GW_THREADS" >"$work/bare-streams.log" 2>&1 &
-  sbare_pid=$!
-  pids+=("$sbare_pid")
-  wait_up "$work/gw-streams.log" "http://127.0.0.1:$STREAM_GW_PORT/health"
-  wait_up "$work/bare-streams.log" "http://127.0.0.1:$STREAM_BARE_PORT/v1/messages" -d '{}'
-  sgw_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$sgw_pid/status")
-  sbare_idle_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$sbare_pid/status")
+  start_modelgate "$work/gw-streams.log" "http://127.0.0.1:$STREAM_GW_PORT/health" serve -c "$work/gw-streams.yaml"
+  sgw_pid=$started_pid
+  start_bare "$STREAM_BARE_PORT" "$work/bare-streams.log"
+  sbare_pid=$started_pid
+  sgw_idle_rss=$(rss_mib "$sgw_pid")
+  sbare_idle_rss=$(rss_mib "$sbare_pid")
   printf '\nopen streams (slow upstream; a gateway and a bare Pingora that served nothing before; idle RSS %s and %s MiB)\n' \
     "$sgw_idle_rss" "$sbare_idle_rss"
   printf '%-10s %-12s %8s %10s %14s %8s\n' streams target open rss_mib kb_per_stream errors
@@ -286,7 +268,7 @@ for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/
   case $name in *-sse) floor=${bare_cpu[sse]} ;; *-json) floor=${bare_cpu[json]} ;; *) floor=${bare_cpu[$name]} ;; esac
   printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s %11.2fx\n' "$name" modelgate "$gw_rps" "$gw50" "$gw99" "$(awk -v a="$gw_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$gw_cpu" "$(awk -v a="$gw_cpu" -v b="$floor" 'BEGIN{print a/b}')"
 done
-printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mb)"
+printf '\nmodelgate RSS: idle %s MiB, after load %s MiB\n' "$idle_rss" "$(rss_mib "$gw_pid")"
 otlp_rows
 proxy_rows
 if [ "${PEERS:-0}" = 1 ]; then peer_rows; fi

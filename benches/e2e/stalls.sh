@@ -26,10 +26,8 @@ cd "$(dirname "$0")/../.."
 ensure_build_deps
 ensure_test_deps
 ensure_postgres
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
-command -v wrk >/dev/null 2>&1 || _apt_install wrk
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)")
+ensure_load_tools
+PGBIN=$(pg_bindir)
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-16}
@@ -97,10 +95,8 @@ store:
 telemetry:
   otlp: {endpoint: "http://127.0.0.1:$COLLECTOR_PORT/otlp", interval: 1s, sample_ratio: 1.0}
 YAML
-BENCH_KEY=$key PGPASSWORD=$pw "$TARGET"/release/modelgate serve -c "$work/gw/gw.yaml" >"$work/gw/gw.log" 2>&1 &
-gw_pid=$!
-pids+=("$gw_pid")
-wait_up "$work/gw/gw.log" "http://127.0.0.1:$ADMIN_PORT/health"
+BENCH_KEY=$key PGPASSWORD=$pw start_modelgate "$work/gw/gw.log" "http://127.0.0.1:$ADMIN_PORT/health" serve -c "$work/gw/gw.yaml"
+gw_pid=$started_pid
 
 small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"

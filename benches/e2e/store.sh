@@ -19,10 +19,8 @@ cd "$(dirname "$0")/../.."
 . benches/e2e/lib.sh
 ensure_build_deps
 ensure_postgres
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || _apt_install nginx
-command -v wrk >/dev/null 2>&1 || _apt_install wrk
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1)")
+ensure_load_tools
+PGBIN=$(pg_bindir)
 
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-2}
@@ -82,14 +80,7 @@ routes:
 state: {path: "$work/$1/usage.db"}
 $3
 YAML
-  PGPASSWORD=$pw "$TARGET"/release/modelgate serve -c "$work/$1/gw.yaml" >"$work/$1/gw.log" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  cat "$work/$1/gw.log" >&2
-  exit 1
+  PGPASSWORD=$pw start_modelgate "$work/$1/gw.log" "http://127.0.0.1:$2/health" serve -c "$work/$1/gw.yaml"
 }
 gateway sqlite "$SQLITE_PORT" ""
 gateway postgres "$PG_GW_PORT" "store: {url: \"postgres://postgres:\${PGPASSWORD}@127.0.0.1:$PG_PORT/bench?sslmode=disable\", spool: \"$work/postgres/spool\"}"

@@ -6,11 +6,11 @@
 //! The request path's part is [`SpanQueue::push`]: a short lock (shared by
 //! the workers, held for a `Vec` push) that wakes the export thread only
 //! when a batch is full, so a busy gateway wakes it a few times a second,
-//! not per request. A full queue drops the request's spans (counted), and
-//! a request checks for room before it encodes them. Exports run one at a
-//! time, each bounded by [`EXPORT_TIMEOUT`]; a collector that is down costs
-//! a failed export per batch, counted in `modelgate_otlp_exports_total`,
-//! and one warning when exports start failing (one line when they recover).
+//! not per request. A full queue drops the request's spans (counted).
+//! Exports run one at a time, each bounded by [`EXPORT_TIMEOUT`]; a
+//! collector that is down costs a failed export per batch, counted in
+//! `modelgate_otlp_exports_total`, and one warning when exports start
+//! failing (one line when they recover).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -59,16 +59,6 @@ impl SpanQueue {
         if len == MAX_BATCH {
             self.full.notify_one();
         }
-    }
-
-    /// Whether a request's spans would be kept (checked before encoding
-    /// them; a race with other workers only means an encoding wasted).
-    pub(super) fn has_room(&self) -> bool {
-        let room = self.items.lock().unwrap_or_else(PoisonError::into_inner).len() < MAX_QUEUE;
-        if !room {
-            crate::telemetry::METRICS.otlp_spans_dropped.inc();
-        }
-        room
     }
 
     fn take(&self) -> Vec<Vec<u8>> {

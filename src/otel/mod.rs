@@ -75,38 +75,32 @@ impl Otel {
                 config.sample_ratio
             ));
         }
-        let version = env!("CARGO_PKG_VERSION");
-        let owned = resource_attributes(
-            std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
-            std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
-            &instance_id(),
-        );
-        let resource_attrs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let spans = config.traces.then(|| Arc::new(export::SpanQueue::default()));
         let series = config
             .metrics
             .then(|| Arc::new(series::Table::new(series::MAX_SERIES, SystemTime::now())));
         let exporter = if spans.is_some() || series.is_some() {
-            let kv = |(k, v): &(&str, &str)| KeyValue {
-                key: (*k).into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue((*v).into())),
-                }),
+            let resource = Resource {
+                attributes: resource_attributes(
+                    std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+                    std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+                    &instance_id(),
+                )
+                .into_iter()
+                .map(|(k, v)| kv(&k, any_value::Value::StringValue(v)))
+                .collect(),
+                ..Resource::default()
+            };
+            let scope = InstrumentationScope {
+                name: "modelgate".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..InstrumentationScope::default()
             };
             let pipeline = export::Pipeline {
-                spans: spans
-                    .clone()
-                    .map(|q| (q, spans::Envelope::new(&resource_attrs, "modelgate", version))),
+                spans: spans.clone().map(|q| (q, spans::Envelope::new(&resource, &scope))),
                 series: series.clone(),
-                resource: Resource {
-                    attributes: resource_attrs.iter().map(kv).collect(),
-                    ..Resource::default()
-                },
-                scope: InstrumentationScope {
-                    name: "modelgate".into(),
-                    version: version.into(),
-                    ..InstrumentationScope::default()
-                },
+                resource,
+                scope,
                 // Spans leave within 5 s, or `interval` when that is shorter.
                 span_delay: config
                     .interval
@@ -149,9 +143,6 @@ impl Otel {
     pub fn record(&self, f: &Finished<'_>) {
         if let (Some(q), Some(trace)) = (&self.spans, f.trace.filter(|t| t.sampled)) {
             let attempts = trace.take_attempts();
-            if !q.has_room() {
-                return self.measure(f);
-            }
             // Encoded in this thread's buffers (kept between requests, as
             // large as the largest request's spans), then copied out once
             // at its exact size.
@@ -162,10 +153,6 @@ impl Otel {
             });
             q.push(item);
         }
-        self.measure(f);
-    }
-
-    fn measure(&self, f: &Finished<'_>) {
         if let Some(series) = &self.series {
             series.record(f);
         }
@@ -188,7 +175,7 @@ impl Otel {
 /// and the rest of `OTEL_RESOURCE_ATTRIBUTES` (`key=value,…`, values
 /// percent-encoded; malformed entries are skipped with a warning).
 fn resource_attributes(service_name: Option<&str>, env: Option<&str>, instance: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
+    let mut extra: Vec<(String, String)> = Vec::new();
     for entry in env
         .unwrap_or_default()
         .split(',')
@@ -202,36 +189,42 @@ fn resource_attributes(service_name: Option<&str>, env: Option<&str>, instance: 
         });
         match parsed {
             Some((k, v)) => {
-                out.retain(|(o, _)| *o != k);
-                out.push((k, v));
+                extra.retain(|(o, _)| *o != k);
+                extra.push((k, v));
             }
             None => log::warn!("OTEL_RESOURCE_ATTRIBUTES: {entry:?} is not key=value; skipped"),
         }
     }
-    let from_env = out.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
-    let mut set = |k: &str, v: &str| {
-        out.retain(|(o, _)| o != k);
-        out.insert(0, (k.to_string(), v.to_string()));
-    };
-    set("service.instance.id", instance);
-    set("service.version", env!("CARGO_PKG_VERSION"));
-    set(
-        "service.name",
-        service_name
-            .filter(|s| !s.is_empty())
-            .or(from_env.as_deref())
-            .unwrap_or("modelgate"),
-    );
-    out
+    let name = service_name
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| extra.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
+        .unwrap_or_else(|| "modelgate".into());
+    let own = ["service.name", "service.version", "service.instance.id"];
+    extra.retain(|(k, _)| !own.contains(&k.as_str()));
+    let values = [name, env!("CARGO_PKG_VERSION").into(), instance.into()];
+    own.iter().map(|k| k.to_string()).zip(values).chain(extra).collect()
 }
 
 /// A random UUID (version 4) naming this process.
 fn instance_id() -> String {
-    let mut b: [u8; 16] = random_nonzero();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    uuid::Builder::from_random_bytes(random_nonzero())
+        .into_uuid()
+        .to_string()
+}
+
+/// An OTLP attribute.
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+    }
+}
+
+/// Nanoseconds since the Unix epoch, as OTLP times are (0 before it).
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// One request's trace: its ids (continuing the client's `traceparent`

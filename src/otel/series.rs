@@ -21,14 +21,14 @@ use std::time::{Duration, SystemTime};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::Finished;
+use super::{kv, unix_nanos, Finished};
 
 /// The most label sets kept apart; past it, one overflow series.
 pub(super) const MAX_SERIES: usize = 2000;
@@ -48,22 +48,24 @@ const TTFT_BOUNDS: &[f64] = &[
 /// `gen_ai.token.type`, in the order of [`Series::tokens`].
 const TOKEN_TYPES: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
 
-/// A request's labels, borrowed: the lookup key.
-#[derive(Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord, Debug)]
-struct Key<'a> {
-    system: Option<&'a str>,
-    request_model: Option<&'a str>,
-    response_model: Option<&'a str>,
-    error: Option<&'a str>,
+/// A series' labels: borrowed from a request (`Labels<&str>`, the lookup
+/// key, hashed), or owned by the series (`Labels<Arc<str>>`, shared: a
+/// snapshot's copy costs no allocation).
+#[derive(Clone, Copy, Hash, PartialEq, Eq, Debug)]
+struct Labels<S> {
+    system: Option<S>,
+    request_model: Option<S>,
+    response_model: Option<S>,
+    error: Option<S>,
     status: u16,
     cache_hit: bool,
-    provider: Option<&'a str>,
+    provider: Option<S>,
     overflow: bool,
 }
 
-impl<'a> Key<'a> {
-    fn of(f: &Finished<'a>) -> Key<'a> {
-        Key {
+impl<'a> Labels<&'a str> {
+    fn of(f: &Finished<'a>) -> Labels<&'a str> {
+        Labels {
             system: f.system,
             request_model: f.request_model,
             response_model: f.response_model,
@@ -75,7 +77,7 @@ impl<'a> Key<'a> {
         }
     }
 
-    const OVERFLOW: Key<'static> = Key {
+    const OVERFLOW: Labels<&'static str> = Labels {
         system: None,
         request_model: None,
         response_model: None,
@@ -85,38 +87,25 @@ impl<'a> Key<'a> {
         provider: None,
         overflow: true,
     };
-}
 
-/// A series' labels, owned (shared: a snapshot's copy costs no allocation).
-#[derive(Clone, Debug)]
-struct Labels {
-    system: Option<Arc<str>>,
-    request_model: Option<Arc<str>>,
-    response_model: Option<Arc<str>>,
-    error: Option<Arc<str>>,
-    status: u16,
-    cache_hit: bool,
-    provider: Option<Arc<str>>,
-    overflow: bool,
-}
-
-impl Labels {
-    fn of(k: &Key<'_>) -> Labels {
+    fn owned(&self) -> Labels<Arc<str>> {
         let own = |s: Option<&str>| s.map(Arc::from);
         Labels {
-            system: own(k.system),
-            request_model: own(k.request_model),
-            response_model: own(k.response_model),
-            error: own(k.error),
-            status: k.status,
-            cache_hit: k.cache_hit,
-            provider: own(k.provider),
-            overflow: k.overflow,
+            system: own(self.system),
+            request_model: own(self.request_model),
+            response_model: own(self.response_model),
+            error: own(self.error),
+            status: self.status,
+            cache_hit: self.cache_hit,
+            provider: own(self.provider),
+            overflow: self.overflow,
         }
     }
+}
 
-    fn key(&self) -> Key<'_> {
-        Key {
+impl Labels<Arc<str>> {
+    fn borrowed(&self) -> Labels<&str> {
+        Labels {
             system: self.system.as_deref(),
             request_model: self.request_model.as_deref(),
             response_model: self.response_model.as_deref(),
@@ -130,7 +119,15 @@ impl Labels {
 }
 
 /// The most buckets a histogram here has (the longest bounds, plus one).
-const MAX_BUCKETS: usize = 17;
+const MAX_BUCKETS: usize = 1 + max(TTFT_BOUNDS.len(), max(DURATION_BOUNDS.len(), TOKEN_BOUNDS.len()));
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 
 /// An explicit-bucket histogram, plain data (a copy is a `memcpy`).
 #[derive(Clone, Copy, Debug)]
@@ -196,7 +193,7 @@ impl Hist {
 /// One label set's measurements since the table was made.
 #[derive(Clone, Debug)]
 struct Series {
-    labels: Labels,
+    labels: Labels<Arc<str>>,
     ttft: Hist,
     duration: Hist,
     tokens: [Hist; 4],
@@ -204,7 +201,7 @@ struct Series {
 }
 
 impl Series {
-    fn new(labels: Labels) -> Series {
+    fn new(labels: Labels<Arc<str>>) -> Series {
         Series {
             labels,
             ttft: Hist::new(TTFT_BOUNDS),
@@ -257,11 +254,6 @@ struct Inner {
     overflow: Option<Box<Series>>,
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 impl Table {
     pub(super) fn new(limit: usize, start: SystemTime) -> Table {
         Table {
@@ -274,21 +266,21 @@ impl Table {
 
     /// Add a finished request to its series.
     pub(super) fn record(&self, f: &Finished<'_>) {
-        let key = Key::of(f);
+        let key = Labels::of(f);
         let hash = self.hasher.hash_one(key);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Inner { series, overflow } = &mut *inner;
-        if let Some(s) = series.find_mut(hash, |s| s.labels.key() == key) {
+        if let Some(s) = series.find_mut(hash, |s| s.labels.borrowed() == key) {
             s.add(f);
             return;
         }
         if series.len() < self.limit {
             let hasher = &self.hasher;
-            let entry = series.insert_unique(hash, Series::new(Labels::of(&key)), |s| hasher.hash_one(s.labels.key()));
+            let entry = series.insert_unique(hash, Series::new(key.owned()), |s| hasher.hash_one(s.labels.borrowed()));
             entry.into_mut().add(f);
         } else {
             overflow
-                .get_or_insert_with(|| Box::new(Series::new(Labels::of(&Key::OVERFLOW))))
+                .get_or_insert_with(|| Box::new(Series::new(Labels::OVERFLOW.owned())))
                 .add(f);
         }
     }
@@ -412,7 +404,7 @@ struct Projection<'a> {
 
 impl<'a> Projection<'a> {
     /// `gen_ai.operation.name`, `gen_ai.system` and the models.
-    fn base(l: &'a Labels) -> Projection<'a> {
+    fn base(l: &'a Labels<Arc<str>>) -> Projection<'a> {
         Projection {
             system: l.system.as_deref(),
             request_model: l.request_model.as_deref(),
@@ -423,7 +415,7 @@ impl<'a> Projection<'a> {
     }
 
     /// Everything (the request counter's attributes).
-    fn full(l: &'a Labels) -> Projection<'a> {
+    fn full(l: &'a Labels<Arc<str>>) -> Projection<'a> {
         Projection {
             error: l.error.as_deref(),
             status: (!l.overflow).then_some(l.status),
@@ -435,12 +427,6 @@ impl<'a> Projection<'a> {
 }
 
 fn attributes(p: &Projection<'_>) -> Vec<KeyValue> {
-    fn kv(key: &str, value: any_value::Value) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue { value: Some(value) }),
-        }
-    }
     let s = |v: &str| any_value::Value::StringValue(v.into());
     if p.overflow {
         return vec![kv("otel.metric.overflow", any_value::Value::BoolValue(true))];
@@ -486,12 +472,7 @@ fn fold<'a>(
             if h.count == 0 {
                 return;
             }
-            match merged.get_mut(&p) {
-                Some(m) => m.merge(h),
-                None => {
-                    merged.insert(p, *h);
-                }
-            }
+            merged.entry(p).and_modify(|m| m.merge(h)).or_insert(*h);
         });
     }
     merged

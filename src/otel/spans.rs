@@ -18,7 +18,11 @@ use std::time::SystemTime;
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-use super::{AttemptRecord, Finished, RequestTrace};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+use super::{unix_nanos, AttemptRecord, Finished, RequestTrace};
 
 /// `Span.kind`: `SPAN_KIND_SERVER`, `SPAN_KIND_CLIENT`.
 const KIND_SERVER: u64 = 2;
@@ -33,7 +37,7 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 
 /// An attribute's value (`AnyValue`).
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Val<'a> {
+enum Val<'a> {
     Str(&'a str),
     Bool(bool),
     Int(i64),
@@ -87,7 +91,7 @@ fn joined_field(tag: u32, parts: &[&str], buf: &mut Vec<u8>) {
 }
 
 /// A `KeyValue` message as field `tag` of the message being written.
-pub(super) fn attr(tag: u32, key: &str, value: Val<'_>, buf: &mut Vec<u8>) {
+fn attr(tag: u32, key: &str, value: Val<'_>, buf: &mut Vec<u8>) {
     let value_len = value.len();
     let body = key_len(1)
         + encoded_len_varint(key.len() as u64)
@@ -106,11 +110,6 @@ pub(super) fn attr(tag: u32, key: &str, value: Val<'_>, buf: &mut Vec<u8>) {
 fn fixed64(tag: u32, v: u64, buf: &mut Vec<u8>) {
     encode_key(tag, WireType::SixtyFourBit, buf);
     buf.extend_from_slice(&v.to_le_bytes());
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// `Span.attributes` is field 9.
@@ -165,8 +164,8 @@ fn tail(error: Option<&[&str]>, flags: u32, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&flags.to_le_bytes());
 }
 
-/// `gen_ai.system`, the models: on spans and metrics alike.
-pub(super) fn common<'a>(f: &Finished<'a>) -> [(&'static str, Option<&'a str>); 3] {
+/// `gen_ai.system` and the models.
+fn common<'a>(f: &Finished<'a>) -> [(&'static str, Option<&'a str>); 3] {
     [
         ("gen_ai.system", f.system),
         ("gen_ai.request.model", f.request_model),
@@ -243,11 +242,11 @@ pub(super) fn encode(
     if let Some(e) = f.error {
         span_attr("error.type", Val::Str(e), buf);
     }
-    let mut status_code = [0u8; 3];
-    let error: Option<[&str; 2]> = match f.error {
-        Some(e) => Some([e, ""]),
-        None if f.status >= 500 => Some(["HTTP ", three_digits(f.status, &mut status_code)]),
-        None => None,
+    let code = http::StatusCode::from_u16(f.status).ok();
+    let error: Option<[&str; 2]> = match (f.error, &code) {
+        (Some(e), _) => Some([e, ""]),
+        (None, Some(c)) if f.status >= 500 => Some(["HTTP ", c.as_str()]),
+        (None, _) => None,
     };
     let remote = if trace.parent.is_some() { FLAG_IS_REMOTE } else { 0 };
     tail(
@@ -294,17 +293,6 @@ pub(super) fn encode(
     }
 }
 
-/// A status code's three digits (100–999), written into `buf`.
-fn three_digits(n: u16, buf: &mut [u8; 3]) -> &str {
-    let n = n.min(999);
-    *buf = [
-        b'0' + (n / 100) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ];
-    std::str::from_utf8(buf).unwrap_or("500")
-}
-
 /// The pieces of an export every batch repeats, encoded once: the
 /// `Resource` and `InstrumentationScope` messages' bodies.
 #[derive(Debug)]
@@ -314,15 +302,11 @@ pub(super) struct Envelope {
 }
 
 impl Envelope {
-    pub(super) fn new(resource: &[(&str, &str)], scope: &str, version: &str) -> Envelope {
-        let mut r = Vec::new();
-        for (k, v) in resource {
-            attr(1, k, Val::Str(v), &mut r);
+    pub(super) fn new(resource: &Resource, scope: &InstrumentationScope) -> Envelope {
+        Envelope {
+            resource: resource.encode_to_vec(),
+            scope: scope.encode_to_vec(),
         }
-        let mut s = Vec::new();
-        bytes_field(1, scope.as_bytes(), &mut s);
-        bytes_field(2, version.as_bytes(), &mut s);
-        Envelope { resource: r, scope: s }
     }
 
     /// An `ExportTraceServiceRequest` holding the requests' spans (each
@@ -447,11 +431,16 @@ mod tests {
         ];
         let (mut scratch, mut item) = (Vec::new(), Vec::new());
         encode(&finished(&trace), &trace, &attempts, &mut scratch, &mut item);
-        let envelope = Envelope::new(
-            &[("service.name", "modelgate"), ("service.version", "1.2.3")],
-            "modelgate",
-            "1.2.3",
-        );
+        let resource = Resource {
+            attributes: vec![kv("service.name", s("modelgate")), kv("service.version", s("1.2.3"))],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "modelgate".into(),
+            version: "1.2.3".into(),
+            ..Default::default()
+        };
+        let envelope = Envelope::new(&resource, &scope);
         let got = decode(&envelope, &[item]);
         let root = Span {
             trace_id: vec![7; 16],
@@ -549,7 +538,7 @@ mod tests {
             keep: true,
             attempts: Default::default(),
         };
-        let envelope = Envelope::new(&[], "modelgate", "0");
+        let envelope = Envelope::new(&Resource::default(), &InstrumentationScope::default());
         let mut items = Vec::new();
         let mut scratch = Vec::new();
         for (status, error, model) in [

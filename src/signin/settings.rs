@@ -28,11 +28,8 @@ pub fn uuid(policy: &str, checksum: &str) -> String {
     h.update(policy.as_bytes());
     h.update([0]);
     h.update(checksum.as_bytes());
-    let mut b: [u8; 16] = h.finalize()[..16].try_into().unwrap_or_default();
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let x = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..])
+    let b: [u8; 16] = h.finalize()[..16].try_into().unwrap_or_default();
+    uuid::Builder::from_custom_bytes(b).into_uuid().to_string()
 }
 
 /// JavaScript's array-index keys: canonical decimal integers below 2^32 - 1.
@@ -168,5 +165,7 @@ mod tests {
         assert_ne!(a, uuid("eng", "sha256:01"));
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "8");
+        // The id a policy's document has always had (clients keep it).
+        assert_eq!(a, "0a6af254-139a-8a43-a3a7-831b547f7671");
     }
 }

@@ -44,7 +44,6 @@
 //! - A fetch is bounded by [`FETCH_TIMEOUT`] (the crate has none, and
 //!   retries failures itself, about 0.75 s of backoff in all).
 
-use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -268,19 +267,7 @@ fn describe(e: &gcp_auth::Error) -> String {
         }
         _ => {}
     }
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    // The chain is finite; the bound only guards against a cyclic `source`.
-    for _ in 0..8 {
-        let Some(c) = cause else { break };
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
+    crate::error::with_causes(e)
 }
 
 /// A source handed out by [`source_for`], and the file contents it was made from.

@@ -94,7 +94,7 @@ fn intake_and_flush(c: &mut Criterion) {
     let ledger = modelgate::store::Ledger::open(&at, N).expect("open");
     rounds(c, "intake_and_flush_10k", |records| {
         for r in records {
-            ledger.submit(r, None);
+            ledger.submit(r);
         }
         ledger.flush(Duration::from_secs(60)).expect("flush");
     });

@@ -27,6 +27,7 @@ use crate::error::GatewayError;
 use crate::policy::{self, period, Actual, Demand, RESERVE_OUTPUT_CAP};
 use crate::runtime::snapshot::KeyEntry;
 use crate::runtime::Snapshot;
+use crate::store::intake::Submitted;
 use crate::usage::audit::AuditEntry;
 use crate::usage::pricing::Price;
 use crate::usage::Record;
@@ -203,19 +204,20 @@ pub async fn before_end(session: &Session, ctx: &mut RequestCtx) {
     ctx.first_byte_at.get_or_insert_with(std::time::Instant::now);
     let record = record_of(&snap, session, ctx);
     ctx.sealed = Some(record.clone());
-    let (ack, acked) = tokio::sync::oneshot::channel();
-    if !sinks.ledger.submit(record, Some(ack)) {
-        crate::telemetry::METRICS.ledger_dropped.inc();
-        return;
-    }
-    if pingora::prelude::fast_timeout::fast_timeout(JOURNAL_WAIT, acked)
-        .await
-        .is_err()
-    {
-        log::debug!(
-            "{}: its ledger record was not journaled within {JOURNAL_WAIT:?}",
-            ctx.request_id
-        );
+    match sinks.ledger.submit(record) {
+        Submitted::Journaled => {}
+        Submitted::Dropped => crate::telemetry::METRICS.ledger_dropped.inc(),
+        Submitted::Queued(acked) => {
+            if pingora::prelude::fast_timeout::fast_timeout(JOURNAL_WAIT, acked)
+                .await
+                .is_err()
+            {
+                log::debug!(
+                    "{}: its ledger record was not journaled within {JOURNAL_WAIT:?}",
+                    ctx.request_id
+                );
+            }
+        }
     }
 }
 
@@ -302,7 +304,7 @@ pub async fn finish(shared: &Shared, session: &Session, ctx: &mut RequestCtx) {
         None => {
             let record = record_of(&snap, session, ctx);
             if let (true, Some(sinks)) = (ctx.metered, shared.sinks.get()) {
-                if !sinks.ledger.submit(record.clone(), None) {
+                if let Submitted::Dropped = sinks.ledger.submit(record.clone()) {
                     crate::telemetry::METRICS.ledger_dropped.inc();
                 }
             }

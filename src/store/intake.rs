@@ -1,56 +1,96 @@
 //! The intake: where a ledger record becomes durable before the answer it
 //! describes ends.
 //!
-//! A request hands its record to [`super::Ledger::submit`] with an
-//! acknowledgement and waits for it before its last bytes go out (see
-//! `gateway::meter::before_end`). The intake thread appends everything
-//! queued to this process's journal in one `write` (no fsync), answers the
-//! acknowledgements, and passes the records on to the store's writer, which
-//! batches them into SQLite or PostgreSQL as before. From that `write` on a
-//! record is in the kernel's page cache: a process killed afterwards
-//! (SIGKILL, the OOM killer, an abort) loses no record of an answer a client
-//! received. A host that loses power can lose the last records, as SQLite's
-//! `synchronous=NORMAL` can; the spool, written while a PostgreSQL store is
-//! away, is fsynced.
+//! A request hands its record to [`super::Ledger::submit`] before its last
+//! bytes go out (see `gateway::meter::before_end`). The request's own
+//! thread appends the record, as one JSON line, to the process's journal:
+//! a file mapped into memory (`MAP_SHARED`), whose pages the intake thread
+//! touched before handing it out, so the append is a copy into memory that
+//! is already there: no system call, no page fault, no wait for another
+//! thread. From that copy on the record is in the kernel's page cache: a
+//! process killed afterwards (SIGKILL, the OOM killer, an abort) loses no
+//! record of an answer a client received. A host that loses power can lose
+//! the last records, as SQLite's `synchronous=NORMAL` can; the spool,
+//! written while a PostgreSQL store is away, is fsynced.
+//!
+//! Threads append into [`LANES`] lanes (a thread keeps its lane; a lane's
+//! lock is shared only by threads beyond the first [`LANES`]). A lane holds
+//! one mapped segment of [`SEGMENT_BYTES`] and the records in it that the
+//! store's writer has not been given yet. A full lane takes a spare segment
+//! the intake thread made ready; when there is none (the first record after
+//! a quiet spell, or a journal that cannot keep up), the record goes to the
+//! intake thread instead, which journals it and answers: that request waits
+//! for it, as every request once did.
+//!
+//! The intake thread is woken by the first record after it last looked,
+//! lets records gather for [`GATHER`], then hands every lane's records to
+//! the store's writer (which batches them into SQLite or PostgreSQL), makes
+//! spares, and lets go of segments that are full or older than
+//! [`ROTATE_AFTER`] (their mapping is dropped at once: only the lanes' and
+//! the spares' pages are in the process's memory). A segment's file is
+//! deleted when the writer has committed (or spooled) its last record: each
+//! record travels to the writer with a [`Hold`] on its file, and the file
+//! goes with the last hold. A process that stops cleanly leaves no file
+//! behind.
 //!
 //! The journal is a directory of files `<random>-<seq>.intake`, each locked
-//! by its process while it is open. The current file is rotated every
-//! [`ROTATE_AFTER`] or [`ROTATE_BYTES`]; a file is deleted when the writer
-//! has committed (or spooled) its last record: each record travels to the
-//! writer with a [`Hold`] on its file, and the file goes with the last hold.
-//! A process that stops cleanly leaves no file behind.
+//! by its process while it is open. At start and every [`ADOPT_EVERY`],
+//! files whose lock is free (their process died) are adopted: their records
+//! go to the writer again, marked [`JournalFile::adopted`] so that a record
+//! the store already has (the process died between the commit and the
+//! delete) is not written twice. A segment's unused tail is zeros; a line
+//! torn by a kill mid-copy was never acknowledged: it is skipped and
+//! counted.
 //!
-//! At start and every [`ADOPT_EVERY`], files whose lock is free (their
-//! process died) are adopted: their records go to the writer again, marked
-//! [`JournalFile::adopted`] so that a record the store already has (the
-//! process died between the commit and the delete) is not written twice.
-//! Lines torn by a kill mid-`write` were never acknowledged; they are
-//! skipped and counted.
-//!
-//! Everything here is blocking file I/O on the intake's own thread; a
-//! request only ever `try_send`s and awaits its acknowledgement.
+//! What the kernel can still make a request wait for: a journal page it is
+//! writing back when the request writes to it (a fault that waits for that
+//! page). Segments live at most [`ROTATE_AFTER`], well under the 30 s after
+//! which the kernel writes dirty pages back of its own accord; only memory
+//! pressure writes them back sooner. Everything else here (creating,
+//! mapping, unmapping, deleting, reading dead processes' files) is the
+//! intake thread's.
 
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use memmap2::MmapMut;
 
 use super::{Counters, Msg, NotSent, Sent, Worker, MAX_BATCH};
 use crate::usage::Record;
 
-/// A journal file is rotated once it is this old (and has records)...
+/// The size of a journal segment (about 600 records). Small, because the
+/// lanes' and the spares' segments are mapped (in the process's RSS) for as
+/// long as they are in use.
+pub const SEGMENT_BYTES: usize = 256 << 10;
+/// Lanes threads append into. A thread keeps the lane it first took.
+pub const LANES: usize = 16;
+/// Spare segments the intake thread keeps ready while records come in.
+const SPARES: usize = 2;
+/// A segment is let go once it is this old, so its file is deleted soon
+/// after its records are written and its pages are never old enough for
+/// the kernel to write them back while a request writes to them.
 pub const ROTATE_AFTER: Duration = Duration::from_secs(2);
-/// ...or this big, so a file is deleted soon after its records are written.
-pub const ROTATE_BYTES: u64 = 4 << 20;
 /// How often dead processes' journals are looked for (besides at start).
 pub const ADOPT_EVERY: Duration = Duration::from_secs(10);
+/// How long the intake thread lets records gather after the first one
+/// wakes it: one wake-up per interval under load, not one per record.
+pub const GATHER: Duration = Duration::from_millis(5);
+/// Spares are let go after this long without a record (an idle gateway
+/// maps no journal).
+const IDLE: Duration = Duration::from_secs(10);
 /// How long the intake thread waits for a message before it looks at the
 /// clock (rotation, adoption).
 const TICK: Duration = Duration::from_millis(500);
 const EXTENSION: &str = "intake";
+/// The page size the intake touches segments by (a larger page is touched
+/// more than once).
+const PAGE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -71,6 +111,7 @@ pub enum IntakeError {
 #[derive(Debug)]
 pub struct JournalFile {
     path: PathBuf,
+    /// Open for its lock.
     file: File,
     /// A dead process's file: its records may already be in the store.
     pub adopted: bool,
@@ -97,13 +138,173 @@ impl Drop for JournalFile {
 pub type Hold = Arc<JournalFile>;
 
 /// How the intake hands a message to the store's writer: a blocking send
-/// (the writer's queue is bounded; a full one holds the intake back, and
-/// then requests' records wait in the intake's queue). False: the writer is
-/// gone.
+/// (the writer's queue is bounded; a full one holds the intake thread back,
+/// and then the lanes run out of spares and requests wait for it). False:
+/// the writer is gone.
 pub(crate) type Forward = Box<dyn Fn(Msg) -> bool + Send>;
+
+/// A journal file mapped for appending, its pages already touched.
+struct Segment {
+    hold: Hold,
+    map: MmapMut,
+    used: usize,
+    opened: Instant,
+}
+
+impl Segment {
+    /// Copy `line` in after the last one; false when it does not fit.
+    fn append(&mut self, line: &[u8]) -> bool {
+        let end = self.used + line.len();
+        if end > self.map.len() {
+            return false;
+        }
+        self.map[self.used..end].copy_from_slice(line);
+        self.used = end;
+        true
+    }
+}
+
+/// Where some threads' records go.
+#[derive(Default)]
+struct Lane {
+    segment: Option<Segment>,
+    /// Records in `segment` the writer has not been given yet.
+    pending: Vec<Arc<Record>>,
+    /// Segments this lane filled, with their records not yet given on.
+    full: Vec<(Segment, Vec<Arc<Record>>)>,
+}
+
+impl Lane {
+    /// Append `line`, moving to a spare when the segment is full. False
+    /// when there is no segment with room (no spare, or a line larger than
+    /// a segment).
+    fn append(&mut self, line: &[u8], spares: &Mutex<Vec<Segment>>) -> bool {
+        if self.segment.as_mut().is_some_and(|s| s.append(line)) {
+            return true;
+        }
+        let Some(mut next) = lock(spares).pop() else {
+            return false;
+        };
+        if !next.append(line) {
+            lock(spares).push(next);
+            return false;
+        }
+        self.install(next);
+        true
+    }
+
+    /// Make `segment` the lane's; the one before keeps its records.
+    fn install(&mut self, segment: Segment) {
+        if let Some(old) = self.segment.replace(segment) {
+            self.full.push((old, std::mem::take(&mut self.pending)));
+        }
+    }
+
+    /// Hand the lane's records to `out`; segments that are full, older than
+    /// [`ROTATE_AFTER`] or (`all`) every one go to `retired`.
+    fn take(&mut self, all: bool, out: &mut Vec<Msg>, retired: &mut Vec<Segment>) -> usize {
+        let mut n = 0;
+        for (segment, records) in self.full.drain(..) {
+            n += records.len();
+            push_records(out, records, &segment.hold);
+            retired.push(segment);
+        }
+        if let Some(segment) = &self.segment {
+            let records = std::mem::take(&mut self.pending);
+            n += records.len();
+            push_records(out, records, &segment.hold);
+            if all || segment.opened.elapsed() >= ROTATE_AFTER {
+                retired.extend(self.segment.take());
+            }
+        }
+        n
+    }
+}
+
+/// `records` as writer messages of at most [`MAX_BATCH`], each holding
+/// their file.
+fn push_records(out: &mut Vec<Msg>, mut records: Vec<Arc<Record>>, hold: &Hold) {
+    while !records.is_empty() {
+        let rest = if records.len() > MAX_BATCH {
+            records.split_off(MAX_BATCH)
+        } else {
+            Vec::new()
+        };
+        out.push(Msg::Records(records, Some(hold.clone())));
+        records = rest;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a lane was held leaves it consistent: every field is
+    // updated in one step.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    /// This thread's lane, taken on its first record.
+    static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's record being encoded (reused).
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+
+fn my_lane() -> usize {
+    LANE.with(|l| {
+        if l.get() == usize::MAX {
+            l.set(NEXT_LANE.fetch_add(1, Ordering::Relaxed) % LANES);
+        }
+        l.get()
+    })
+}
+
+/// `r` as one JSON line in `line`.
+fn encode(r: &Record, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    let ok = serde_json::to_writer(&mut *line, r).is_ok();
+    line.push(b'\n');
+    ok
+}
+
+/// What the request side and the intake thread share.
+struct Shared {
+    lanes: Box<[Mutex<Lane>]>,
+    /// The intake thread's own lane (records the lanes had no room for).
+    own: Mutex<Lane>,
+    spares: Mutex<Vec<Segment>>,
+    /// Records were appended since the intake thread last looked, and it
+    /// has been woken for them.
+    armed: AtomicBool,
+    /// `close` has begun: lanes take no more records.
+    closed: AtomicBool,
+}
+
+/// What became of a record given to [`Intake::submit`].
+#[derive(Debug)]
+pub enum Submitted {
+    /// In the journal: a crash of this process from now on does not lose
+    /// it.
+    Journaled,
+    /// Queued for the intake thread, which answers this once the record is
+    /// in the journal (or the journal failed: the record still goes to the
+    /// writer).
+    Queued(tokio::sync::oneshot::Receiver<()>),
+    /// Not taken (a full queue, a closed ledger): counted as dropped.
+    Dropped,
+}
+
+enum Appended {
+    Yes,
+    Closed,
+    /// No segment with room (or the record did not encode).
+    NoRoom(Arc<Record>),
+}
 
 /// What requests send the intake thread.
 enum In {
+    /// Records were appended to the lanes.
+    Wake,
+    /// A record the lanes had no room for.
     Record(Arc<Record>, Option<tokio::sync::oneshot::Sender<()>>),
     Flush(SyncSender<()>),
     Stop,
@@ -112,6 +313,7 @@ enum In {
 /// The request side of the intake. Every method takes `&self`.
 pub struct Intake {
     tx: SyncSender<In>,
+    shared: Arc<Shared>,
     counters: Arc<Counters>,
     /// Records accepted and not yet written, at most.
     limit: usize,
@@ -133,25 +335,38 @@ impl Intake {
             path: dir.to_path_buf(),
             source,
         })?;
+        let shared = Arc::new(Shared {
+            lanes: (0..LANES).map(|_| Mutex::default()).collect(),
+            own: Mutex::default(),
+            spares: Mutex::default(),
+            armed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        });
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             // Random per intake (not the process's WRITER): two ledgers in
             // one process never share a file name.
             name: rand::random(),
             seq: 0,
-            current: None,
             last_error: None,
         };
-        // A journal that cannot be written is found now, not per request.
-        journal.probe()?;
+        // A journal that cannot be written (or mapped) is found now, not
+        // per request.
+        drop(journal.create(SEGMENT_BYTES)?);
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let (done_tx, done) = mpsc::channel::<()>();
         let thread_counters = counters.clone();
+        let keeper = Keeper {
+            journal,
+            shared: shared.clone(),
+            forward,
+            last_record: Instant::now(),
+        };
         let handle = std::thread::Builder::new()
             .name("ledger-intake".into())
             .spawn(move || {
                 let _done = done_tx;
-                run(journal, rx, forward, &thread_counters);
+                keeper.run(rx, &thread_counters);
             })
             .map_err(|source| IntakeError::Io {
                 path: dir.to_path_buf(),
@@ -159,6 +374,7 @@ impl Intake {
             })?;
         Ok(Intake {
             tx,
+            shared,
             counters,
             limit: queue.max(1),
             dir: dir.to_path_buf(),
@@ -170,32 +386,59 @@ impl Intake {
         &self.dir
     }
 
-    /// Queue a record; `ack` is answered once it is in the journal (or the
-    /// journal failed: the record still goes to the writer). Never blocks:
-    /// a full queue or a closed ledger drops the record (counted, warned
-    /// about at most every 10 s), drops `ack` and returns false.
-    pub fn submit(&self, r: Arc<Record>, ack: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
-        // Counted before the send so the writer's decrement never comes
-        // first. The count covers the writer's queue too: records wait there
-        // in batches, so this is what bounds them.
+    /// Journal a record (see [`Submitted`]). Never blocks: a full queue or
+    /// a closed ledger drops the record (counted, warned about at most
+    /// every 10 s).
+    pub fn submit(&self, r: Arc<Record>) -> Submitted {
+        // Counted before anything else so the writer's decrement never
+        // comes first. The count covers the lanes and the writer's queue:
+        // this is what bounds them.
         if self.counters.queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
-            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            self.counters
-                .drop_records(1, false, || "queue full (state.ledger_queue), record dropped".into());
-            return false;
+            return self.drop_one("queue full (state.ledger_queue), record dropped");
         }
-        match self.tx.try_send(In::Record(r, ack)) {
-            Ok(()) => true,
-            Err(e) => {
-                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                let why = match e {
-                    TrySendError::Full(_) => "queue full (state.ledger_queue), record dropped",
-                    TrySendError::Disconnected(_) => "ledger closed, record dropped",
-                };
-                self.counters.drop_records(1, false, || why.to_string());
-                false
+        match LINE.with_borrow_mut(|line| self.append(r, line)) {
+            Appended::Yes => {
+                if !self.shared.armed.load(Ordering::Relaxed) && !self.shared.armed.swap(true, Ordering::AcqRel) {
+                    // A full queue already holds a message that wakes it.
+                    let _ = self.tx.try_send(In::Wake);
+                }
+                Submitted::Journaled
+            }
+            Appended::Closed => self.drop_one("ledger closed, record dropped"),
+            Appended::NoRoom(r) => {
+                let (ack, acked) = tokio::sync::oneshot::channel();
+                match self.tx.try_send(In::Record(r, Some(ack))) {
+                    Ok(()) => Submitted::Queued(acked),
+                    Err(TrySendError::Full(_)) => self.drop_one("queue full (state.ledger_queue), record dropped"),
+                    Err(TrySendError::Disconnected(_)) => self.drop_one("ledger closed, record dropped"),
+                }
             }
         }
+    }
+
+    /// Append `r` to this thread's lane.
+    fn append(&self, r: Arc<Record>, line: &mut Vec<u8>) -> Appended {
+        if !encode(&r, line) {
+            return Appended::NoRoom(r);
+        }
+        let mut lane = lock(&self.shared.lanes[my_lane()]);
+        // Read under the lane's lock: `close` sets it before the intake
+        // thread takes every lane for the last time, so a record is either
+        // in a lane that is taken or refused here.
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Appended::Closed;
+        }
+        if !lane.append(line, &self.shared.spares) {
+            return Appended::NoRoom(r);
+        }
+        lane.pending.push(r);
+        Appended::Yes
+    }
+
+    fn drop_one(&self, why: &'static str) -> Submitted {
+        self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        self.counters.drop_records(1, false, || why.to_string());
+        Submitted::Dropped
     }
 
     fn timeout(&self, timeout: Duration) -> IntakeError {
@@ -227,12 +470,13 @@ impl Intake {
         }
     }
 
-    /// Journal and hand on what is queued, then stop the thread, waiting at
-    /// most `timeout`. The writer is stopped by its own `close` after this.
-    /// Idempotent.
+    /// Take no more records, hand on what the lanes and the queue hold,
+    /// then stop the thread, waiting at most `timeout`. The writer is
+    /// stopped by its own `close` after this. Idempotent.
     pub fn close(&self, timeout: Duration) -> Result<(), IntakeError> {
         let deadline = Instant::now() + timeout;
-        let mut t = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.closed.store(true, Ordering::Relaxed);
+        let mut t = lock(&self.thread);
         if t.stop(deadline, || self.send_until(In::Stop, deadline)) {
             Ok(())
         } else {
@@ -241,19 +485,12 @@ impl Intake {
     }
 }
 
-struct Current {
-    hold: Hold,
-    bytes: u64,
-    opened: Instant,
-}
-
-/// The intake thread's journal.
+/// Where the intake thread makes journal files.
 struct Journal {
     dir: PathBuf,
     name: u64,
     seq: u64,
-    current: Option<Current>,
-    /// When the last write error was logged (one line per minute at most).
+    /// When the last error was logged (one line per minute at most).
     last_error: Option<Instant>,
 }
 
@@ -263,63 +500,52 @@ impl Journal {
         move |source| IntakeError::Io { path, source }
     }
 
-    /// Create and remove a file: the directory is writable.
-    fn probe(&mut self) -> Result<(), IntakeError> {
-        let hold = self.create()?;
-        drop(hold);
-        Ok(())
-    }
-
-    fn create(&mut self) -> Result<Hold, IntakeError> {
+    /// A new locked file of `bytes`, mapped, every page touched.
+    fn create(&mut self, bytes: usize) -> Result<Segment, IntakeError> {
         self.seq += 1;
         let path = self.dir.join(format!("{:016x}-{:08}.{EXTENSION}", self.name, self.seq));
         let file = OpenOptions::new()
+            .read(true)
+            .write(true)
             .create_new(true)
-            .append(true)
             .open(&path)
             .map_err(self.io(&path))?;
-        file.try_lock()
-            .map_err(|e| self.io(&path)(std::io::Error::other(e.to_string())))?;
-        Ok(Arc::new(JournalFile {
+        // Owned from here: an error below deletes it.
+        let hold = Arc::new(JournalFile {
             path,
             file,
             adopted: false,
             keep: false,
-        }))
-    }
-
-    /// Let the current file go when it is old or big enough: it is deleted
-    /// once its records are written.
-    fn rotate_if_due(&mut self) {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.bytes >= ROTATE_BYTES || c.opened.elapsed() >= ROTATE_AFTER)
-        {
-            self.current = None;
-        }
-    }
-
-    /// Append `lines` (whole JSON lines) in one `write`; the file they went
-    /// to, for the records to hold.
-    fn append(&mut self, lines: &[u8]) -> Result<Hold, IntakeError> {
-        self.rotate_if_due();
-        let current = match &mut self.current {
-            Some(c) => c,
-            None => {
-                let hold = self.create()?;
-                self.current.insert(Current {
-                    hold,
-                    bytes: 0,
-                    opened: Instant::now(),
-                })
-            }
+        });
+        let fail = |e: std::io::Error| IntakeError::Io {
+            path: hold.path.clone(),
+            source: e,
         };
-        let wrote = (&current.hold.file).write_all(lines);
-        current.bytes += lines.len() as u64;
-        let hold = current.hold.clone();
-        wrote.map_err(self.io(&hold.path))?;
-        Ok(hold)
+        hold.file
+            .try_lock()
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+        hold.file.set_len(bytes as u64).map_err(fail)?;
+        // SAFETY: the file is this process's alone: created here
+        // (`create_new`) and locked, so no other process adopts (reads) it
+        // while it is mapped, and nothing else writes it. The mapping is
+        // used as plain bytes.
+        let mut map = unsafe { MmapMut::map_mut(&hold.file) }.map_err(fail)?;
+        // Fault every page in, writable, now and on this thread, so a
+        // request's append neither faults nor allocates the file's blocks.
+        // Kernels before 5.14 lack the advice: a write to each page does
+        // the same.
+        if map.advise(memmap2::Advice::PopulateWrite).is_err() {
+            for offset in (0..map.len()).step_by(PAGE) {
+                map[offset] = 0;
+            }
+            std::hint::black_box(&mut map[..]);
+        }
+        Ok(Segment {
+            hold,
+            map,
+            used: 0,
+            opened: Instant::now(),
+        })
     }
 
     fn log_error(&mut self, e: &IntakeError) {
@@ -360,15 +586,18 @@ impl Journal {
     }
 }
 
-/// A journal file's records; lines that do not parse (torn by a kill
-/// mid-write, never acknowledged) are counted.
+/// A journal file's records. A segment's unused tail (zeros) ends it; lines
+/// that do not parse (torn by a kill mid-copy or mid-write, never
+/// acknowledged) are counted.
 fn read_journal(file: &JournalFile) -> std::io::Result<(Vec<Record>, u64)> {
     let mut records = Vec::new();
     let mut torn = 0;
     for line in BufReader::new(File::open(&file.path)?).split(b'\n') {
         let line = line?;
-        if line.is_empty() {
-            continue;
+        match line.first() {
+            None => continue,
+            Some(0) => break,
+            Some(_) => {}
         }
         match serde_json::from_slice::<Record>(&line) {
             Ok(r) => records.push(r),
@@ -417,101 +646,169 @@ fn adopt(journal: &Journal, forward: &Forward, counters: &Counters) {
     }
 }
 
-/// The intake thread: take what is queued (up to [`MAX_BATCH`] records),
-/// journal the records in one write, acknowledge them, hand everything on
-/// in order; rotate and adopt on the clock. After `Stop`, drain the queue
-/// without blocking and end.
-fn run(mut journal: Journal, rx: Receiver<In>, forward: Forward, counters: &Counters) {
-    let mut next_adopt = Instant::now();
-    let mut stopping = false;
-    let mut lines = Vec::new();
-    let mut batch = Vec::with_capacity(64);
-    let mut out = Vec::with_capacity(4);
-    loop {
-        if !stopping && Instant::now() >= next_adopt {
-            adopt(&journal, &forward, counters);
-            next_adopt = Instant::now() + ADOPT_EVERY;
-        }
-        let first = if stopping {
-            match rx.try_recv() {
-                Ok(m) => m,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+/// The intake thread.
+struct Keeper {
+    journal: Journal,
+    shared: Arc<Shared>,
+    forward: Forward,
+    /// When a record last came in (spares go after [`IDLE`]).
+    last_record: Instant,
+}
+
+impl Keeper {
+    /// Wait for a wake-up (or a record, a flush, a stop), let records
+    /// gather, then: journal and acknowledge the records sent here, hand
+    /// every lane's records to the writer (flushes after them), make
+    /// spares, let old segments go; on the clock, adopt and rotate. After
+    /// `Stop`, drain the queue without blocking, hand on everything and
+    /// end.
+    fn run(mut self, rx: Receiver<In>, counters: &Counters) {
+        let mut next_adopt = Instant::now();
+        let mut stopping = false;
+        let mut batch = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(LANES + 4);
+        let mut flushes = Vec::new();
+        let mut retired = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            if !stopping && Instant::now() >= next_adopt {
+                adopt(&self.journal, &self.forward, counters);
+                next_adopt = Instant::now() + ADOPT_EVERY;
             }
-        } else {
-            match rx.recv_timeout(TICK) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    journal.rotate_if_due();
-                    continue;
+            let first = if stopping {
+                match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        };
-        batch.push(first);
-        let mut records = 1;
-        while records < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => {
-                    records += matches!(m, In::Record(..)) as usize;
-                    batch.push(m);
-                }
-                Err(_) => break,
-            }
-        }
-        lines.clear();
-        for m in &batch {
-            if let In::Record(r, _) = m {
-                if serde_json::to_writer(&mut lines, r.as_ref()).is_ok() {
-                    lines.push(b'\n');
-                }
-            }
-        }
-        let hold = if lines.is_empty() {
-            None
-        } else {
-            match journal.append(&lines) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    journal.log_error(&e);
-                    None
-                }
-            }
-        };
-        // Acknowledge every record first (they are in the journal), then
-        // hand them on, in order around any flush, as few messages.
-        let mut records = Vec::with_capacity(batch.len());
-        for m in batch.drain(..) {
-            match m {
-                In::Record(r, ack) => {
-                    if let Some(ack) = ack {
-                        let _ = ack.send(());
+            } else {
+                match rx.recv_timeout(TICK) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sweep(false, &mut out, &mut retired);
+                        self.hand_on(&mut out, counters);
+                        retired.clear();
+                        if self.last_record.elapsed() >= IDLE {
+                            lock(&self.shared.spares).clear();
+                        }
+                        continue;
                     }
-                    records.push(r);
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-                In::Flush(ack) => {
-                    if !records.is_empty() {
-                        out.push(Msg::Records(std::mem::take(&mut records), hold.clone()));
+            };
+            if matches!(first, In::Wake) && !stopping {
+                std::thread::sleep(GATHER);
+            }
+            // Cleared before the lanes are looked at: a record appended
+            // from here on wakes the thread again.
+            self.shared.armed.store(false, Ordering::SeqCst);
+            batch.push(first);
+            let mut records = 1;
+            while records < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        records += matches!(m, In::Record(..)) as usize;
+                        batch.push(m);
                     }
-                    out.push(Msg::Flush(ack));
+                    Err(_) => break,
                 }
-                In::Stop => stopping = true,
+            }
+            for m in batch.drain(..) {
+                match m {
+                    In::Wake => {}
+                    In::Record(r, ack) => {
+                        self.journal_own(r, &mut line, &mut out);
+                        if let Some(ack) = ack {
+                            let _ = ack.send(());
+                        }
+                    }
+                    In::Flush(ack) => flushes.push(Msg::Flush(ack)),
+                    In::Stop => stopping = true,
+                }
+            }
+            if self.sweep(false, &mut out, &mut retired) > 0 {
+                self.last_record = Instant::now();
+            }
+            out.append(&mut flushes);
+            self.hand_on(&mut out, counters);
+            // Unmapped here, not on a request's thread.
+            retired.clear();
+            if !stopping {
+                self.make_spares();
             }
         }
-        if !records.is_empty() {
-            out.push(Msg::Records(records, hold));
+        // Everything the lanes hold goes on; every segment is let go (each
+        // file is deleted once its records are written).
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.sweep(true, &mut out, &mut retired);
+        self.hand_on(&mut out, counters);
+        retired.clear();
+        lock(&self.shared.spares).clear();
+        log::debug!("usage ledger intake stopped");
+    }
+
+    /// Journal a record the lanes had no room for in the thread's own lane,
+    /// making a segment when no spare is left. On an error it still goes to
+    /// the writer (through `out`), unjournaled.
+    fn journal_own(&mut self, r: Arc<Record>, line: &mut Vec<u8>, out: &mut Vec<Msg>) {
+        let mut own = lock(&self.shared.own);
+        let journaled = encode(&r, line) && {
+            own.append(line, &self.shared.spares)
+                || match self.journal.create(SEGMENT_BYTES.max(line.len())) {
+                    Ok(mut segment) => {
+                        let fits = segment.append(line);
+                        own.install(segment);
+                        fits
+                    }
+                    Err(e) => {
+                        self.journal.log_error(&e);
+                        false
+                    }
+                }
+        };
+        if journaled {
+            own.pending.push(r);
+        } else {
+            out.push(Msg::Records(vec![r], None));
         }
+    }
+
+    /// Take every lane's records into `out` (see [`Lane::take`]); how many.
+    fn sweep(&self, all: bool, out: &mut Vec<Msg>, retired: &mut Vec<Segment>) -> usize {
+        let mut n = lock(&self.shared.own).take(all, out, retired);
+        for lane in self.shared.lanes.iter() {
+            n += lock(lane).take(all, out, retired);
+        }
+        n
+    }
+
+    /// Send `out` to the writer, in order.
+    fn hand_on(&self, out: &mut Vec<Msg>, counters: &Counters) {
         for msg in out.drain(..) {
             let n = match &msg {
                 Msg::Records(r, _) => r.len(),
                 _ => 0,
             };
-            if !forward(msg) && n > 0 {
+            if !(self.forward)(msg) && n > 0 {
                 counters.queued.fetch_sub(n, Ordering::Relaxed);
                 counters.drop_records(n as u64, false, || "ledger writer gone, records dropped".into());
             }
         }
     }
-    log::debug!("usage ledger intake stopped");
+
+    /// Fill the spares up to [`SPARES`] (an error is logged; the lanes then
+    /// send their records here).
+    fn make_spares(&mut self) {
+        let missing = SPARES.saturating_sub(lock(&self.shared.spares).len());
+        for _ in 0..missing {
+            match self.journal.create(SEGMENT_BYTES) {
+                Ok(segment) => lock(&self.shared.spares).push(segment),
+                Err(e) => {
+                    self.journal.log_error(&e);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -538,14 +835,26 @@ mod tests {
         v
     }
 
-    /// An intake whose writer is a channel the test reads.
-    fn intake(dir: &Path) -> (Intake, Receiver<Msg>) {
+    /// Every journal line in `dir` (a segment's zero tail left out).
+    fn journaled(dir: &Path) -> String {
+        files(dir)
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap().trim_end_matches('\0').to_string())
+            .collect()
+    }
+
+    /// An intake of `queue` records whose writer is a channel the test reads.
+    fn intake_of(dir: &Path, queue: usize) -> (Intake, Receiver<Msg>) {
         let (tx, rx) = mpsc::channel();
         let forward: Forward = Box::new(move |m| tx.send(m).is_ok());
         (
-            Intake::open(dir, 64, Arc::new(Counters::default()), forward).unwrap(),
+            Intake::open(dir, queue, Arc::new(Counters::default()), forward).unwrap(),
             rx,
         )
+    }
+
+    fn intake(dir: &Path) -> (Intake, Receiver<Msg>) {
+        intake_of(dir, 64)
     }
 
     /// The next forwarded batch's records, and its journal file.
@@ -562,25 +871,99 @@ mod tests {
         (records.remove(0), hold)
     }
 
-    #[tokio::test]
-    async fn a_record_is_in_the_journal_when_acknowledged_and_gone_once_written() {
+    /// Wait (bounded) until the intake thread has made its spares.
+    fn spares_ready(intake: &Intake) {
+        for _ in 0..500 {
+            if lock(&intake.shared.spares).len() == SPARES {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("no spares after 1 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_record_is_in_the_journal_when_submitted_and_gone_once_written() {
         let dir = tempfile::tempdir().unwrap();
         let (intake, rx) = intake(dir.path());
-        let (ack, acked) = tokio::sync::oneshot::channel();
-        assert!(intake.submit(rec(1), Some(ack)));
-        acked.await.unwrap();
-        let journal = files(dir.path());
-        assert_eq!(journal.len(), 1);
-        let text = std::fs::read_to_string(&journal[0]).unwrap();
-        assert!(text.contains("\"req_1\"") && text.ends_with('\n'), "{text}");
+        // The first record finds no spare: the intake thread journals it
+        // and answers.
+        match intake.submit(rec(1)) {
+            Submitted::Queued(acked) => acked.await.unwrap(),
+            other => panic!("expected the intake thread to journal the first record, got {other:?}"),
+        }
+        assert!(journaled(dir.path()).contains("\"req_1\""));
         let (r, hold) = next_record(&rx);
         assert_eq!(r.request_id, "req_1");
-        let hold = hold.expect("a journaled record holds its file");
-        assert!(!hold.adopted);
+        let first = hold.expect("a journaled record holds its file");
+        assert!(!first.adopted);
+        // Then a lane has a spare: the record is in the journal when
+        // `submit` returns, before the intake thread has looked.
+        spares_ready(&intake);
+        assert!(matches!(intake.submit(rec(2)), Submitted::Journaled));
+        let text = journaled(dir.path());
+        assert!(text.contains("\"req_2\"") && text.ends_with('\n'), "{text}");
+        let (r, second) = next_record(&rx);
+        assert_eq!(r.request_id, "req_2");
+        let second = second.unwrap();
         intake.close(Duration::from_secs(5)).unwrap();
-        assert_eq!(files(dir.path()).len(), 1, "the writer has not written it yet");
-        drop(hold);
+        assert_eq!(
+            files(dir.path()).len(),
+            2,
+            "the writer has not written them yet; the spares are gone"
+        );
+        drop((first, second));
         assert!(files(dir.path()).is_empty(), "written: its journal is deleted");
+    }
+
+    #[test]
+    fn records_from_many_threads_arrive_once_each_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        const THREADS: u32 = 4;
+        const EACH: u32 = 2_000;
+        let (intake, rx) = intake_of(dir.path(), 100_000);
+        let intake = Arc::new(intake);
+        let (mut journaled, mut queued) = (0, 0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let intake = intake.clone();
+                    s.spawn(move || {
+                        let mut counts = (0, 0);
+                        for i in 0..EACH {
+                            match intake.submit(rec(t * EACH + i)) {
+                                Submitted::Journaled => counts.0 += 1,
+                                Submitted::Queued(_) => counts.1 += 1,
+                                Submitted::Dropped => panic!("dropped"),
+                            }
+                        }
+                        counts
+                    })
+                })
+                .collect();
+            for w in workers {
+                let (j, q) = w.join().unwrap();
+                journaled += j;
+                queued += q;
+            }
+        });
+        assert!(journaled > 0, "no record took the lanes' path");
+        let mut seen = std::collections::HashSet::new();
+        let mut holds = Vec::new();
+        while seen.len() < (THREADS * EACH) as usize {
+            let (records, hold) = next_records(&rx);
+            for r in records {
+                assert!(seen.insert(r.request_id.clone()), "{} twice", r.request_id);
+            }
+            holds.push(hold.expect("every record was journaled"));
+        }
+        assert!(
+            holds.iter().any(|h| !Arc::ptr_eq(h, &holds[0])),
+            "{journaled} journaled, {queued} queued: all in one segment"
+        );
+        intake.close(Duration::from_secs(5)).unwrap();
+        drop(holds);
+        assert!(files(dir.path()).is_empty());
     }
 
     #[test]
@@ -590,8 +973,11 @@ mod tests {
         let mut body = serde_json::to_string(rec(1).as_ref()).unwrap();
         body.push('\n');
         body.push_str(&serde_json::to_string(rec(2).as_ref()).unwrap());
+        // Torn mid-copy: the rest of the segment is zeros.
         body.push_str("\n{\"ts_ms\":3,\"requ");
-        std::fs::write(&dead, body).unwrap();
+        let mut bytes = body.into_bytes();
+        bytes.resize(SEGMENT_BYTES, 0);
+        std::fs::write(&dead, bytes).unwrap();
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let intake = Intake::open(dir.path(), 64, counters.clone(), Box::new(move |m| tx.send(m).is_ok())).unwrap();
@@ -610,15 +996,14 @@ mod tests {
     fn a_live_processs_journal_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let (live, live_rx) = intake(dir.path());
-        live.submit(rec(1), None);
+        live.submit(rec(1));
         let (_, hold) = next_record(&live_rx);
         let (other, other_rx) = intake(dir.path());
         // The other intake looks for orphans before it takes any record, so
         // an adopted one would come first.
-        other.submit(rec(2), None);
+        other.submit(rec(2));
         let (first, other_hold) = next_record(&other_rx);
         assert_eq!(first.request_id, "req_2", "adopted a live process's journal");
-        assert_eq!(files(dir.path()).len(), 2);
         drop((hold, other_hold));
         live.close(Duration::from_secs(5)).unwrap();
         other.close(Duration::from_secs(5)).unwrap();
@@ -629,7 +1014,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (intake, rx) = intake(dir.path());
         for i in 0..3 {
-            intake.submit(rec(i), None);
+            intake.submit(rec(i));
         }
         let flusher = std::thread::spawn(move || {
             let r = intake.flush(Duration::from_secs(5));
@@ -646,9 +1031,19 @@ mod tests {
                 Msg::Stop => panic!("no stop was sent"),
             }
         }
+        seen.sort();
         assert_eq!(seen, ["req_0", "req_1", "req_2"]);
         let (intake, r) = flusher.join().unwrap();
         r.unwrap();
         intake.close(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_closed_intake_takes_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, _rx) = intake(dir.path());
+        intake.close(Duration::from_secs(5)).unwrap();
+        assert!(matches!(intake.submit(rec(1)), Submitted::Dropped));
+        assert_eq!(intake.counters.dropped.load(Ordering::Relaxed), 1);
     }
 }

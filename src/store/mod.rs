@@ -14,9 +14,9 @@
 //! With PostgreSQL the store also keeps gateway keys and teams created at
 //! run time ([`keys`], [`teams`]).
 //!
-//! [`Ledger`] is the write side: a request `try_send`s its record to the
-//! [`intake`], which journals it before the answer ends and hands it to the
-//! store's writer. [`Reader`] is the read side, [`Sinks`] the ledger and
+//! [`Ledger`] is the write side: a request appends its record to the
+//! [`intake`]'s journal before the answer ends, and the intake hands it to
+//! the store's writer. [`Reader`] is the read side, [`Sinks`] the ledger and
 //! the audit log a serving process writes to. The types the readers answer with
 //! ([`Totals`], [`SummaryRow`], …) are the same for both places.
 
@@ -680,13 +680,13 @@ impl Ledger {
         }
     }
 
-    /// Queue a record for the store. Never blocks: when the queue is full
-    /// (or the ledger is closed) the record is counted as dropped, a warning
-    /// is logged at most every 10 s, and this returns false. With `ack`, the
-    /// ack is answered once the record is in the journal: from then on a
-    /// crash of this process does not lose it.
-    pub fn submit(&self, r: Arc<Record>, ack: Option<tokio::sync::oneshot::Sender<()>>) -> bool {
-        self.intake.submit(r, ack)
+    /// Journal a record and queue it for the store. Never blocks: when the
+    /// queue is full (or the ledger is closed) the record is counted as
+    /// dropped and a warning is logged at most every 10 s. See
+    /// [`intake::Submitted`] for when a crash of this process can no longer
+    /// lose it.
+    pub fn submit(&self, r: Arc<Record>) -> intake::Submitted {
+        self.intake.submit(r)
     }
 
     /// Records lost: refused by a full queue, a closed ledger or a full

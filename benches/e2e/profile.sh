@@ -14,6 +14,11 @@
 #                                   # open (perf page faults), modelgate and bare Pingora
 #   benches/e2e/profile.sh steal    # bare Pingora with and without work stealing,
 #                                   # alternating 5 s runs: rps, p50/p99, CPU per request
+#   benches/e2e/profile.sh allocs   # heap allocations per request (passthrough JSON, 8
+#                                   # connections), modelgate and bare Pingora: uprobes
+#                                   # on jemalloc's entry points counted by perf stat; then
+#                                   # the functions that allocate most in modelgate
+#                                   # (inclusive share of its allocations)
 #
 # KEEP=1 keeps the work directory (perf.data included) and prints its path.
 #
@@ -26,7 +31,7 @@ cd "$(dirname "$0")/../.."
 ensure_build_deps
 ensure_load_tools
 command -v perf >/dev/null 2>&1 || _apt_install linux-perf
-MODE=${1:?usage: benches/e2e/profile.sh cpu|faults|steal}
+MODE=${1:?usage: benches/e2e/profile.sh cpu|faults|steal|allocs}
 UP_PORT=${UP_PORT:-18961}
 GW_PORT=${GW_PORT:-18962}
 BARE_PORT=${BARE_PORT:-18963}
@@ -150,8 +155,46 @@ case $MODE in
       printf '%-22s %10.0f %9s %9s %11s\n' "a runtime per thread" "$rps" "$p50" "$p99" "$cpu"
     done
     ;;
+  allocs)
+    gateway
+    bare "$BARE_PORT"
+    # One uprobe per jemalloc entry point a Rust allocation goes through
+    # (realloc counted apart: it may move in place), in each binary.
+    allocators=(malloc mallocx calloc rallocx)
+    for g in mga bpa; do perf probe -d "$g:*" >/dev/null 2>&1 || true; done
+    trap 'for g in mga bpa; do perf probe -d "$g:*" >/dev/null 2>&1 || true; done; cleanup' EXIT
+    for f in "${allocators[@]}"; do
+      perf probe -x "$TARGET/release/modelgate" -a "mga:mga_$f=_rjem_$f" >/dev/null 2>&1
+      perf probe -x "$TARGET/release/examples/bare_pingora" -a "bpa:bpa_$f=_rjem_$f" >/dev/null 2>&1
+    done
+    printf '%-14s %10s %12s %12s %12s %12s\n' target requests malloc/req mallocx/req calloc/req rallocx/req
+    for name in modelgate bare-pingora; do
+      case $name in
+        modelgate) pid=$gw_pid url="http://127.0.0.1:$GW_PORT/v1/messages" g=mga ;;
+        *) pid=$bare_pid url="http://127.0.0.1:$BARE_PORT/v1/messages" g=bpa ;;
+      esac
+      # Warm (connections, pools, first-use allocations), then count 5 s.
+      BODY_FILE="$small" wrk -t1 -c8 -d1s -s "$work/post.lua" "$url" >/dev/null 2>&1
+      perf stat -x, -e "$g:*" -p "$pid" -o "$work/allocs-$name.txt" -- sleep 6 &
+      stat_pid=$!
+      sleep 0.5
+      BODY_FILE="$small" wrk -t1 -c8 -d5s -s "$work/post.lua" "$url" >"$work/wrk-$name.out" 2>&1
+      wait "$stat_pid"
+      n=$(awk '/requests in/ {print $1}' "$work/wrk-$name.out")
+      awk -F, -v n="$n" -v name="$name" '$3 ~ /:/ {split($3, e, ":"); sub(/^[a-z]+_/, "", e[2]); c[e[2]] = $1}
+        END {printf "%-14s %10d %12.1f %12.1f %12.1f %12.1f\n", name, n, c["malloc"]/n, c["mallocx"]/n, c["calloc"]/n, c["rallocx"]/n}' "$work/allocs-$name.txt"
+    done
+    printf '\nmodelgate: inclusive share of its allocations (malloc, mallocx, calloc) by function\n'
+    BODY_FILE="$small" wrk -t1 -c8 -d5s -s "$work/post.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >/dev/null 2>&1 &
+    wrk_pid=$!
+    sleep 1
+    perf record -q -e mga:mga_malloc -e mga:mga_mallocx -e mga:mga_calloc --call-graph dwarf,16384 -p "$gw_pid" -o "$work/allocs.data" -- sleep 3 >/dev/null 2>&1
+    wait "$wrk_pid"
+    perf report -i "$work/allocs.data" --children --stdio --sort sym -g none 2>/dev/null | demangle \
+      | grep -E 'modelgate::|pingora_[a-z_]+::' | head -${TOP:-40} | cut -c1-200 || true
+    ;;
   *)
-    echo "usage: benches/e2e/profile.sh cpu|faults|steal" >&2
+    echo "usage: benches/e2e/profile.sh cpu|faults|steal|allocs" >&2
     exit 2
     ;;
 esac

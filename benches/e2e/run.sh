@@ -278,7 +278,9 @@ stream_rows
 printf '\nadded latency at c=1 (sequential requests), small JSON body\n'
 read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
 read -r _ h50 h99 _ < <(run nginx-hop "http://127.0.0.1:$HOP_PORT/v1/messages" "$small" 1 1)
+read -r _ b50 b99 _ < <(run bare-pingora "http://127.0.0.1:$BARE_PORT/v1/messages" "$small" 1 1)
 read -r _ g50 g99 _ < <(run modelgate "http://127.0.0.1:$GW_PORT/v1/messages" "$small" 1 1)
 printf '%-12s p50 %8.3f ms  p99 %8.3f ms\n' direct "$d50" "$d99"
 printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' nginx-hop "$(awk -v a="$h50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$h99" -v b="$d99" 'BEGIN{print a-b}')"
+printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' bare-pingora "$(awk -v a="$b50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$b99" -v b="$d99" 'BEGIN{print a-b}')"
 printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' modelgate "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"

@@ -368,8 +368,10 @@ fn warn_unpriced(model: &str) {
     static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     let seen = seen.get_or_insert_with(HashSet::new);
-    // Bounded: after 256 distinct models, stay quiet (the counter still counts).
-    if seen.len() < 256 && seen.insert(model.to_string()) {
+    // Bounded: after 256 distinct models, stay quiet (the counter still
+    // counts). Looked up first: a model already warned about costs no copy.
+    if seen.len() < 256 && !seen.contains(model) {
+        seen.insert(model.to_string());
         log::warn!("no price for model `{model}`: its requests count as $0 (add it to the price table)");
     }
 }

@@ -236,7 +236,11 @@ async fn relay_body(
 
 fn downstream_header(upstream: &ResponseHeader, ctx: &RequestCtx, h2: bool) -> Result<ResponseHeader, GatewayError> {
     let internal = |e: pingora::BError| GatewayError::Internal(format!("cannot build the response header: {e}"));
-    let mut head = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 2)).map_err(internal)?;
+    // Without a case map: the names below are `http::HeaderName`s or
+    // lower-case non-standard names, which Pingora writes as the map would
+    // have kept them, and the map would cost an allocation per header.
+    let mut head =
+        ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 2)).map_err(internal)?;
     let connection = upstream.headers.get(http::header::CONNECTION);
     for (name, value) in upstream.headers.iter() {
         if is_hop_by_hop(name, connection) {

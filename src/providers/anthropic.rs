@@ -543,8 +543,12 @@ impl Call for Passthrough {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        let mut req =
-            RequestHeader::build(out.method.clone(), target.as_bytes(), Some(headers.len() + 4)).map_err(internal)?;
+        // Without a case map: every name below is an `http::HeaderName`,
+        // which Pingora writes exactly as the map would have kept it (its
+        // title-cased standard names, the rest lower-case), and the map would
+        // cost an allocation per header.
+        let mut req = RequestHeader::build_no_case(out.method.clone(), target.as_bytes(), Some(headers.len() + 4))
+            .map_err(internal)?;
         req.insert_header(http::header::HOST, &to.base.authority)
             .map_err(internal)?;
         for (name, value) in headers {

@@ -922,6 +922,12 @@ mod tests {
         const THREADS: u32 = 4;
         const EACH: u32 = 2_000;
         let (intake, rx) = intake_of(dir.path(), 100_000);
+        // Spares first (the very first record makes them), so the lanes
+        // have somewhere to append from the start.
+        intake.submit(rec(u32::MAX));
+        spares_ready(&intake);
+        let mut seen = std::collections::HashSet::new();
+        let mut holds = Vec::new();
         let intake = Arc::new(intake);
         let (mut journaled, mut queued) = (0, 0);
         std::thread::scope(|s| {
@@ -948,9 +954,7 @@ mod tests {
             }
         });
         assert!(journaled > 0, "no record took the lanes' path");
-        let mut seen = std::collections::HashSet::new();
-        let mut holds = Vec::new();
-        while seen.len() < (THREADS * EACH) as usize {
+        while seen.len() < (THREADS * EACH) as usize + 1 {
             let (records, hold) = next_records(&rx);
             for r in records {
                 assert!(seen.insert(r.request_id.clone()), "{} twice", r.request_id);

@@ -317,21 +317,25 @@ impl Upstreams {
                 },
             }
             .map_err(|e| UpstreamError::from_pingora(&e, true))?;
-            // Only a reused connection can be retried, so only then keep a copy.
-            let head = match header.take() {
-                Some(h) if reused => {
-                    header = Some(h.clone());
-                    h
-                }
-                Some(h) => h,
-                None => break,
-            };
             let sent = match &mut stream_or_session {
                 Opened::Session(session) => {
+                    // Pingora's session takes the header; only a reused
+                    // connection can be retried, so only then keep a copy.
+                    let head = match header.take() {
+                        Some(h) if reused => {
+                            header = Some(h.clone());
+                            h
+                        }
+                        Some(h) => h,
+                        None => break,
+                    };
                     session.set_write_timeout(Some(limits.idle));
                     write_request(session, head, body.clone()).await
                 }
-                Opened::Stream(stream) => write_request_at_once(stream, &head, &body, limits.idle).await,
+                Opened::Stream(stream) => {
+                    let Some(head) = header.as_ref() else { break };
+                    write_request_at_once(stream, head, &body, limits.idle).await
+                }
             };
             let mut session = match stream_or_session {
                 Opened::Session(s) => s,

@@ -4,8 +4,9 @@
 #
 #   benches/e2e/profile.sh cpu      # modelgate under passthrough JSON (32 connections):
 #                                   # perf stat (CPU, context switches; bare Pingora's too,
-#                                   # under the same load) and the share of
-#                                   # each thread and the top functions (perf record, 5 s);
+#                                   # under the same load), the share of user space and
+#                                   # kernel (both), of each thread and the top functions
+#                                   # (perf record, 5 s);
 #                                   # OTLP_SAMPLE=1.0 turns telemetry.otlp on (every request
 #                                   # traced, metrics each second, to nginx's /otlp/);
 #                                   # FOCUS=REGEX adds the inclusive share of the functions
@@ -105,6 +106,8 @@ case $MODE in
     grep -E "requests in|Requests/sec" "$work/wrk.out"
     grep -E "task-clock|context-switches" "$work/stat.txt"
     echo "(perf stat covers 5 s of the 10 s run: divide by half the requests for per-request figures)"
+    printf '\nshare of samples by binary (user space) and kernel\n'
+    perf report -i "$work/perf.data" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true
     printf '\nshare of samples by thread\n'
     perf report -i "$work/perf.data" --no-children --stdio --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -10 || true
     printf '\ntop functions\n'
@@ -114,10 +117,14 @@ case $MODE in
     BODY_FILE="$small" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT/v1/messages" >"$work/wrk-bare.out" 2>&1 &
     wrk_pid=$!
     sleep 2
-    perf stat -e task-clock,context-switches -p "$bare_pid" -o "$work/stat-bare.txt" -- sleep 5
-    wait "$wrk_pid"
+    perf stat -e task-clock,context-switches -p "$bare_pid" -o "$work/stat-bare.txt" -- sleep 5 &
+    stat_pid=$!
+    perf record -q -F 1999 -p "$bare_pid" -o "$work/perf-bare.data" -- sleep 5 >/dev/null 2>&1
+    wait "$stat_pid" "$wrk_pid"
     grep -E "requests in|Requests/sec" "$work/wrk-bare.out"
     grep -E "task-clock|context-switches" "$work/stat-bare.txt"
+    printf '\nbare Pingora: share of samples by binary (user space) and kernel\n'
+    perf report -i "$work/perf-bare.data" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true
     if [ -n "${FOCUS:-}" ]; then
       printf '\ninclusive share of functions matching %s\n' "$FOCUS"
       perf report -i "$work/perf.data" --children --stdio --sort sym -g none 2>/dev/null | demangle | grep -E -- "$FOCUS" | head -30 || true

@@ -79,9 +79,14 @@ NGX
 "$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
 "$NGINX" -p "$work/hop" -c "$work/hop/nginx.conf"
 
+# Each gateway's ledger is its own, in the run's directory (not the
+# config's: its watcher would wake on every ledger write), so that runs do
+# not add to one file that grows from run to run.
+mkdir -p "$work/state"
 cat > "$work/gw.yaml" <<YAML
 listen: 127.0.0.1:$GW_PORT
 log_level: warn
+state: {path: "$work/state/gw.db"}
 default_provider: up
 providers:
   up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
@@ -118,7 +123,7 @@ write_post_lua "$work/post.lua"
 # The same gateway with its own OTLP export on (traces of every request,
 # metrics every second) to a collector that takes everything (the upstream
 # nginx's /otlp/): what exporting costs.
-sed -e "s/^listen: .*/listen: 127.0.0.1:$OTEL_PORT/" "$work/gw.yaml" > "$work/gw-otel.yaml"
+sed -e "s/^listen: .*/listen: 127.0.0.1:$OTEL_PORT/" -e "s#/state/gw.db#/state/otel.db#" "$work/gw.yaml" > "$work/gw-otel.yaml"
 otlp_yaml "${OTLP_SAMPLE:-1.0}" >> "$work/gw-otel.yaml"
 start_modelgate "$work/gw-otel.log" "http://127.0.0.1:$OTEL_PORT/health" serve -c "$work/gw-otel.yaml"
 otel_pid=$started_pid
@@ -154,6 +159,7 @@ otlp_rows() {
 # log is off (log_level: warn), as the nginx hop's is.
 cat > "$work/proxy.yaml" <<YAML
 log_level: warn
+state: {path: "$work/state/proxy.db"}
 threads: $GW_THREADS
 proxy: {allow: ["127.0.0.1:$UP_PORT"]}
 YAML
@@ -214,7 +220,7 @@ hold_streams() {
 STREAM_GW_PORT=${STREAM_GW_PORT:-18907}
 STREAM_BARE_PORT=${STREAM_BARE_PORT:-18908}
 stream_rows() {
-  sed -e "s/^listen: .*/listen: 127.0.0.1:$STREAM_GW_PORT/" "$work/gw.yaml" > "$work/gw-streams.yaml"
+  sed -e "s/^listen: .*/listen: 127.0.0.1:$STREAM_GW_PORT/" -e "s#/state/gw.db#/state/streams.db#" "$work/gw.yaml" > "$work/gw-streams.yaml"
   start_modelgate "$work/gw-streams.log" "http://127.0.0.1:$STREAM_GW_PORT/health" serve -c "$work/gw-streams.yaml"
   sgw_pid=$started_pid
   start_bare "$STREAM_BARE_PORT" "$work/bare-streams.log"

@@ -42,17 +42,22 @@
 //! torn by a kill mid-copy was never acknowledged: it is skipped and
 //! counted.
 //!
-//! What the kernel can still make a request wait for: a journal page it is
-//! writing back when the request writes to it (a fault that waits for that
-//! page). Segments live at most [`ROTATE_AFTER`], well under the 30 s after
-//! which the kernel writes dirty pages back of its own accord; only memory
-//! pressure writes them back sooner. Everything else here (creating,
-//! mapping, unmapping, deleting, reading dead processes' files) is the
-//! intake thread's.
+//! A segment's blocks are allocated before it is mapped, so a full disk is
+//! an error for the intake thread (logged; records then go to the store
+//! unjournaled, as they did when a journal `write` failed) and never a fault
+//! in a request. What the kernel can still make a request wait for: a
+//! journal page it is writing back when the request writes to it (a fault
+//! that waits for that page). Segments live at most [`ROTATE_AFTER`], well
+//! under the 30 s after which the kernel writes dirty pages back of its own
+//! accord; memory pressure, or more dirty pages in the system than its
+//! background threshold, can start that sooner. Everything else here
+//! (creating, mapping, unmapping, deleting, reading dead processes' files)
+//! is the intake thread's.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
@@ -193,8 +198,10 @@ impl Lane {
         true
     }
 
-    /// Make `segment` the lane's; the one before keeps its records.
-    fn install(&mut self, segment: Segment) {
+    /// Make `segment` the lane's (its age counts from now); the one before
+    /// keeps its records.
+    fn install(&mut self, mut segment: Segment) {
+        segment.opened = Instant::now();
         if let Some(old) = self.segment.replace(segment) {
             self.full.push((old, std::mem::take(&mut self.pending)));
         }
@@ -293,13 +300,6 @@ pub enum Submitted {
     Dropped,
 }
 
-enum Appended {
-    Yes,
-    Closed,
-    /// No segment with room (or the record did not encode).
-    NoRoom(Arc<Record>),
-}
-
 /// What requests send the intake thread.
 enum In {
     /// Records were appended to the lanes.
@@ -350,9 +350,10 @@ impl Intake {
             seq: 0,
             last_error: None,
         };
-        // A journal that cannot be written (or mapped) is found now, not
-        // per request.
-        drop(journal.create(SEGMENT_BYTES)?);
+        // A directory where no journal file can be made is found now, not
+        // per request. (Space is not: a full disk is logged by the intake
+        // thread, and records then go to the store unjournaled.)
+        drop(journal.open_new()?);
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let (done_tx, done) = mpsc::channel::<()>();
         let thread_counters = counters.clone();
@@ -396,43 +397,40 @@ impl Intake {
         if self.counters.queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
             return self.drop_one("queue full (state.ledger_queue), record dropped");
         }
-        match LINE.with_borrow_mut(|line| self.append(r, line)) {
-            Appended::Yes => {
-                if !self.shared.armed.load(Ordering::Relaxed) && !self.shared.armed.swap(true, Ordering::AcqRel) {
-                    // A full queue already holds a message that wakes it.
-                    let _ = self.tx.try_send(In::Wake);
-                }
-                Submitted::Journaled
-            }
-            Appended::Closed => self.drop_one("ledger closed, record dropped"),
-            Appended::NoRoom(r) => {
-                let (ack, acked) = tokio::sync::oneshot::channel();
-                match self.tx.try_send(In::Record(r, Some(ack))) {
-                    Ok(()) => Submitted::Queued(acked),
-                    Err(TrySendError::Full(_)) => self.drop_one("queue full (state.ledger_queue), record dropped"),
-                    Err(TrySendError::Disconnected(_)) => self.drop_one("ledger closed, record dropped"),
-                }
+        let submitted = LINE.with_borrow_mut(|line| self.append(r, line));
+        if let Submitted::Journaled = submitted {
+            if !self.shared.armed.load(Ordering::Relaxed) && !self.shared.armed.swap(true, Ordering::AcqRel) {
+                // A full queue already holds a message that wakes it.
+                let _ = self.tx.try_send(In::Wake);
             }
         }
+        submitted
     }
 
-    /// Append `r` to this thread's lane.
-    fn append(&self, r: Arc<Record>, line: &mut Vec<u8>) -> Appended {
-        if !encode(&r, line) {
-            return Appended::NoRoom(r);
-        }
+    /// Append `r` to this thread's lane or, with no room there, queue it
+    /// for the intake thread; both under the lane's lock. `close` sets
+    /// `closed` before the intake thread takes every lane for the last time
+    /// and then empties its queue once more, so a record is in a lane it
+    /// takes, in the queue it empties, or refused here.
+    fn append(&self, r: Arc<Record>, line: &mut Vec<u8>) -> Submitted {
+        let encoded = encode(&r, line);
         let mut lane = lock(&self.shared.lanes[my_lane()]);
-        // Read under the lane's lock: `close` sets it before the intake
-        // thread takes every lane for the last time, so a record is either
-        // in a lane that is taken or refused here.
         if self.shared.closed.load(Ordering::Relaxed) {
-            return Appended::Closed;
+            drop(lane);
+            return self.drop_one("ledger closed, record dropped");
         }
-        if !lane.append(line, &self.shared.spares) {
-            return Appended::NoRoom(r);
+        if encoded && lane.append(line, &self.shared.spares) {
+            lane.pending.push(r);
+            return Submitted::Journaled;
         }
-        lane.pending.push(r);
-        Appended::Yes
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        let sent = self.tx.try_send(In::Record(r, Some(ack)));
+        drop(lane);
+        match sent {
+            Ok(()) => Submitted::Queued(acked),
+            Err(TrySendError::Full(_)) => self.drop_one("queue full (state.ledger_queue), record dropped"),
+            Err(TrySendError::Disconnected(_)) => self.drop_one("ledger closed, record dropped"),
+        }
     }
 
     fn drop_one(&self, why: &'static str) -> Submitted {
@@ -500,51 +498,49 @@ impl Journal {
         move |source| IntakeError::Io { path, source }
     }
 
-    /// A new locked file of `bytes`, mapped, every page touched.
+    /// A new locked file of `bytes`, its blocks allocated, mapped, every
+    /// page faulted in.
     fn create(&mut self, bytes: usize) -> Result<Segment, IntakeError> {
-        self.seq += 1;
-        let path = self.dir.join(format!("{:016x}-{:08}.{EXTENSION}", self.name, self.seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(self.io(&path))?;
-        // Owned from here: an error below deletes it.
-        let hold = Arc::new(JournalFile {
-            path,
-            file,
-            adopted: false,
-            keep: false,
-        });
-        let fail = |e: std::io::Error| IntakeError::Io {
+        let hold = Arc::new(self.open_new()?);
+        let map = map_segment(&hold.file, bytes).map_err(|source| IntakeError::Io {
             path: hold.path.clone(),
-            source: e,
-        };
-        hold.file
-            .try_lock()
-            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
-        hold.file.set_len(bytes as u64).map_err(fail)?;
-        // SAFETY: the file is this process's alone: created here
-        // (`create_new`) and locked, so no other process adopts (reads) it
-        // while it is mapped, and nothing else writes it. The mapping is
-        // used as plain bytes.
-        let mut map = unsafe { MmapMut::map_mut(&hold.file) }.map_err(fail)?;
-        // Fault every page in, writable, now and on this thread, so a
-        // request's append neither faults nor allocates the file's blocks.
-        // Kernels before 5.14 lack the advice: a write to each page does
-        // the same.
-        if map.advise(memmap2::Advice::PopulateWrite).is_err() {
-            for offset in (0..map.len()).step_by(PAGE) {
-                map[offset] = 0;
-            }
-            std::hint::black_box(&mut map[..]);
-        }
+            source,
+        })?;
         Ok(Segment {
             hold,
             map,
             used: 0,
             opened: Instant::now(),
+        })
+    }
+
+    /// A new, empty, locked journal file (deleted when dropped).
+    fn open_new(&mut self) -> Result<JournalFile, IntakeError> {
+        // Another process adopting the directory can take a file between
+        // its creation and its lock (and delete it, finding no records):
+        // then the next name is tried.
+        for _ in 0..3 {
+            self.seq += 1;
+            let path = self.dir.join(format!("{:016x}-{:08}.{EXTENSION}", self.name, self.seq));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(self.io(&path))?;
+            if file.try_lock().is_err() || file.metadata().map_err(self.io(&path))?.nlink() == 0 {
+                continue;
+            }
+            return Ok(JournalFile {
+                path,
+                file,
+                adopted: false,
+                keep: false,
+            });
+        }
+        Err(IntakeError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other("new journal files kept being taken by another process"),
         })
     }
 
@@ -586,20 +582,49 @@ impl Journal {
     }
 }
 
-/// A journal file's records. A segment's unused tail (zeros) ends it; lines
-/// that do not parse (torn by a kill mid-copy or mid-write, never
+/// `file` (new, locked) grown to `bytes` with its blocks allocated, mapped
+/// and every page faulted in, writable: a request's append neither faults
+/// nor allocates. Allocating first is what makes a full disk an error here
+/// rather than a SIGBUS on a page the file has no block for.
+fn map_segment(file: &File, bytes: usize) -> std::io::Result<MmapMut> {
+    #[cfg(target_os = "linux")]
+    nix::fcntl::posix_fallocate(file, 0, bytes as i64).map_err(std::io::Error::from)?;
+    #[cfg(not(target_os = "linux"))]
+    file.set_len(bytes as u64)?;
+    // SAFETY: the file is this process's alone: created here
+    // (`create_new`) and locked, so no other process adopts (reads) it
+    // while it is mapped, and nothing else writes it. The mapping is used
+    // as plain bytes.
+    let mut map = unsafe { MmapMut::map_mut(file) }?;
+    #[cfg(target_os = "linux")]
+    match map.advise(memmap2::Advice::PopulateWrite) {
+        Ok(()) => return Ok(map),
+        // Kernels before 5.14 lack the advice: a write to each page does
+        // the same (the blocks are allocated, so it cannot fault).
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {}
+        Err(e) => return Err(e),
+    }
+    for offset in (0..map.len()).step_by(PAGE) {
+        map[offset] = 0;
+    }
+    std::hint::black_box(&mut map[..]);
+    Ok(map)
+}
+
+/// A journal file's records, zero bytes between lines skipped; lines that
+/// do not parse (torn by a kill mid-copy or mid-write, never
 /// acknowledged) are counted.
 fn read_journal(file: &JournalFile) -> std::io::Result<(Vec<Record>, u64)> {
     let mut records = Vec::new();
     let mut torn = 0;
     for line in BufReader::new(File::open(&file.path)?).split(b'\n') {
         let line = line?;
-        match line.first() {
-            None => continue,
-            Some(0) => break,
-            Some(_) => {}
-        }
-        match serde_json::from_slice::<Record>(&line) {
+        // Zeros before a line are a segment's unused tail, or (after a
+        // power loss) a page that never reached the disk: skipped.
+        let Some(start) = line.iter().position(|&b| b != 0) else {
+            continue;
+        };
+        match serde_json::from_slice::<Record>(&line[start..]) {
             Ok(r) => records.push(r),
             Err(_) => torn += 1,
         }
@@ -688,7 +713,8 @@ impl Keeper {
                         self.hand_on(&mut out, counters);
                         retired.clear();
                         if self.last_record.elapsed() >= IDLE {
-                            lock(&self.shared.spares).clear();
+                            // Unmapped and deleted outside the lock requests take.
+                            drop(std::mem::take(&mut *lock(&self.shared.spares)));
                         }
                         continue;
                     }
@@ -740,9 +766,25 @@ impl Keeper {
         // file is deleted once its records are written).
         self.shared.closed.store(true, Ordering::Relaxed);
         self.sweep(true, &mut out, &mut retired);
+        // A request that queued a record here did so holding its lane, so
+        // before that lane was taken above: the queue has it now.
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                In::Record(r, ack) => {
+                    self.journal_own(r, &mut line, &mut out);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                In::Flush(ack) => flushes.push(Msg::Flush(ack)),
+                In::Wake | In::Stop => {}
+            }
+        }
+        self.sweep(true, &mut out, &mut retired);
+        out.append(&mut flushes);
         self.hand_on(&mut out, counters);
         retired.clear();
-        lock(&self.shared.spares).clear();
+        drop(std::mem::take(&mut *lock(&self.shared.spares)));
         log::debug!("usage ledger intake stopped");
     }
 
@@ -974,12 +1016,13 @@ mod tests {
     fn a_dead_processs_journal_is_adopted_and_a_torn_line_counted() {
         let dir = tempfile::tempdir().unwrap();
         let dead = dir.path().join(format!("{:016x}-{:08}.{EXTENSION}", 7, 1));
-        let mut body = serde_json::to_string(rec(1).as_ref()).unwrap();
-        body.push('\n');
-        body.push_str(&serde_json::to_string(rec(2).as_ref()).unwrap());
+        let mut bytes = serde_json::to_vec(rec(1).as_ref()).unwrap();
+        bytes.push(b'\n');
+        // A page that never reached the disk (a power loss) is skipped.
+        bytes.resize(bytes.len() + PAGE, 0);
+        bytes.extend(serde_json::to_vec(rec(2).as_ref()).unwrap());
         // Torn mid-copy: the rest of the segment is zeros.
-        body.push_str("\n{\"ts_ms\":3,\"requ");
-        let mut bytes = body.into_bytes();
+        bytes.extend(b"\n{\"ts_ms\":3,\"requ");
         bytes.resize(SEGMENT_BYTES, 0);
         std::fs::write(&dead, bytes).unwrap();
         let (tx, rx) = mpsc::channel();

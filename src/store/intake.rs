@@ -75,7 +75,9 @@ use crate::usage::Record;
 pub const SEGMENT_BYTES: usize = 256 << 10;
 /// Lanes threads append into. A thread keeps the lane it first took.
 pub const LANES: usize = 16;
-/// Spare segments the intake thread keeps ready while records come in.
+/// Spare segments the intake thread keeps ready while records come in, at
+/// least (more when more lanes let their segments go in one pass: each of
+/// them takes one next).
 const SPARES: usize = 2;
 /// A segment is let go once it is this old, so its file is deleted soon
 /// after its records are written and its pages are never old enough for
@@ -751,15 +753,17 @@ impl Keeper {
                     In::Stop => stopping = true,
                 }
             }
-            if self.sweep(false, &mut out, &mut retired) > 0 {
-                self.last_record = Instant::now();
-            }
+            let took = self.sweep(false, &mut out, &mut retired);
             out.append(&mut flushes);
             self.hand_on(&mut out, counters);
+            let wanted = retired.len().clamp(SPARES, LANES);
             // Unmapped here, not on a request's thread.
             retired.clear();
-            if !stopping {
-                self.make_spares();
+            // Spares only while records come in: a flush alone (budgets
+            // seeded at start) leaves an idle gateway without a mapping.
+            if took > 0 && !stopping {
+                self.last_record = Instant::now();
+                self.make_spares(wanted);
             }
         }
         // Everything the lanes hold goes on; every segment is let go (each
@@ -837,10 +841,10 @@ impl Keeper {
         }
     }
 
-    /// Fill the spares up to [`SPARES`] (an error is logged; the lanes then
+    /// Fill the spares up to `wanted` (an error is logged; the lanes then
     /// send their records here).
-    fn make_spares(&mut self) {
-        let missing = SPARES.saturating_sub(lock(&self.shared.spares).len());
+    fn make_spares(&mut self, wanted: usize) {
+        let missing = wanted.saturating_sub(lock(&self.shared.spares).len());
         for _ in 0..missing {
             match self.journal.create(SEGMENT_BYTES) {
                 Ok(segment) => lock(&self.shared.spares).push(segment),
@@ -916,7 +920,7 @@ mod tests {
     /// Wait (bounded) until the intake thread has made its spares.
     fn spares_ready(intake: &Intake) {
         for _ in 0..500 {
-            if lock(&intake.shared.spares).len() == SPARES {
+            if lock(&intake.shared.spares).len() >= SPARES {
                 return;
             }
             std::thread::sleep(Duration::from_millis(2));

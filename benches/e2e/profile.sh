@@ -89,6 +89,9 @@ bare() {
   bare_pid=$started_pid
 }
 
+# by_dso PERF_DATA: the share of samples by binary (user space) and kernel.
+by_dso() { perf report -i "$1" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true; }
+
 # Reports are symbol names demangled by rustfilt when it is installed.
 demangle() { if command -v rustfilt >/dev/null 2>&1; then rustfilt; else cat; fi; }
 
@@ -107,7 +110,7 @@ case $MODE in
     grep -E "task-clock|context-switches" "$work/stat.txt"
     echo "(perf stat covers 5 s of the 10 s run: divide by half the requests for per-request figures)"
     printf '\nshare of samples by binary (user space) and kernel\n'
-    perf report -i "$work/perf.data" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true
+    by_dso "$work/perf.data"
     printf '\nshare of samples by thread\n'
     perf report -i "$work/perf.data" --no-children --stdio --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -10 || true
     printf '\ntop functions\n'
@@ -124,7 +127,7 @@ case $MODE in
     grep -E "requests in|Requests/sec" "$work/wrk-bare.out"
     grep -E "task-clock|context-switches" "$work/stat-bare.txt"
     printf '\nbare Pingora: share of samples by binary (user space) and kernel\n'
-    perf report -i "$work/perf-bare.data" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true
+    by_dso "$work/perf-bare.data"
     if [ -n "${FOCUS:-}" ]; then
       printf '\ninclusive share of functions matching %s\n' "$FOCUS"
       perf report -i "$work/perf.data" --children --stdio --sort sym -g none 2>/dev/null | demangle | grep -E -- "$FOCUS" | head -30 || true

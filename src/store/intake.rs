@@ -307,7 +307,7 @@ enum In {
     /// Records were appended to the lanes.
     Wake,
     /// A record the lanes had no room for.
-    Record(Arc<Record>, Option<tokio::sync::oneshot::Sender<()>>),
+    Record(Arc<Record>, tokio::sync::oneshot::Sender<()>),
     Flush(SyncSender<()>),
     Stop,
 }
@@ -358,18 +358,12 @@ impl Intake {
         drop(journal.open_new()?);
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let (done_tx, done) = mpsc::channel::<()>();
-        let thread_counters = counters.clone();
-        let keeper = Keeper {
-            journal,
-            shared: shared.clone(),
-            forward,
-            last_record: Instant::now(),
-        };
+        let keeper = Keeper::new(journal, shared.clone(), forward, counters.clone());
         let handle = std::thread::Builder::new()
             .name("ledger-intake".into())
             .spawn(move || {
                 let _done = done_tx;
-                keeper.run(rx, &thread_counters);
+                keeper.run(rx);
             })
             .map_err(|source| IntakeError::Io {
                 path: dir.to_path_buf(),
@@ -426,7 +420,7 @@ impl Intake {
             return Submitted::Journaled;
         }
         let (ack, acked) = tokio::sync::oneshot::channel();
-        let sent = self.tx.try_send(In::Record(r, Some(ack)));
+        let sent = self.tx.try_send(In::Record(r, ack));
         drop(lane);
         match sent {
             Ok(()) => Submitted::Queued(acked),
@@ -678,28 +672,43 @@ struct Keeper {
     journal: Journal,
     shared: Arc<Shared>,
     forward: Forward,
+    counters: Arc<Counters>,
     /// When a record last came in (spares go after [`IDLE`]).
     last_record: Instant,
+    /// What the current pass hands the writer, in order; flushes go after
+    /// every record taken in the same pass.
+    out: Vec<Msg>,
+    flushes: Vec<Msg>,
+    /// A record being encoded (reused).
+    line: Vec<u8>,
 }
 
 impl Keeper {
+    fn new(journal: Journal, shared: Arc<Shared>, forward: Forward, counters: Arc<Counters>) -> Keeper {
+        Keeper {
+            journal,
+            shared,
+            forward,
+            counters,
+            last_record: Instant::now(),
+            out: Vec::with_capacity(LANES + 4),
+            flushes: Vec::new(),
+            line: Vec::new(),
+        }
+    }
+
     /// Wait for a wake-up (or a record, a flush, a stop), let records
     /// gather, then: journal and acknowledge the records sent here, hand
     /// every lane's records to the writer (flushes after them), make
     /// spares, let old segments go; on the clock, adopt and rotate. After
     /// `Stop`, drain the queue without blocking, hand on everything and
     /// end.
-    fn run(mut self, rx: Receiver<In>, counters: &Counters) {
+    fn run(mut self, rx: Receiver<In>) {
         let mut next_adopt = Instant::now();
         let mut stopping = false;
-        let mut batch = Vec::with_capacity(64);
-        let mut out = Vec::with_capacity(LANES + 4);
-        let mut flushes = Vec::new();
-        let mut retired = Vec::new();
-        let mut line = Vec::new();
         loop {
             if !stopping && Instant::now() >= next_adopt {
-                adopt(&self.journal, &self.forward, counters);
+                adopt(&self.journal, &self.forward, &self.counters);
                 next_adopt = Instant::now() + ADOPT_EVERY;
             }
             let first = if stopping {
@@ -711,9 +720,7 @@ impl Keeper {
                 match rx.recv_timeout(TICK) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.sweep(false, &mut out, &mut retired);
-                        self.hand_on(&mut out, counters);
-                        retired.clear();
+                        self.hand_over(false);
                         if self.last_record.elapsed() >= IDLE {
                             // Unmapped and deleted outside the lock requests take.
                             drop(std::mem::take(&mut *lock(&self.shared.spares)));
@@ -729,76 +736,58 @@ impl Keeper {
             // Cleared before the lanes are looked at: a record appended
             // from here on wakes the thread again.
             self.shared.armed.store(false, Ordering::SeqCst);
-            batch.push(first);
-            let mut records = 1;
-            while records < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        records += matches!(m, In::Record(..)) as usize;
-                        batch.push(m);
-                    }
-                    Err(_) => break,
-                }
+            let mut records = 0;
+            let mut next = Some(first);
+            while let Some(m) = next {
+                records += matches!(m, In::Record(..)) as usize;
+                stopping |= self.take(m);
+                next = if records < MAX_BATCH { rx.try_recv().ok() } else { None };
             }
-            for m in batch.drain(..) {
-                match m {
-                    In::Wake => {}
-                    In::Record(r, ack) => {
-                        self.journal_own(r, &mut line, &mut out);
-                        if let Some(ack) = ack {
-                            let _ = ack.send(());
-                        }
-                    }
-                    In::Flush(ack) => flushes.push(Msg::Flush(ack)),
-                    In::Stop => stopping = true,
-                }
-            }
-            let took = self.sweep(false, &mut out, &mut retired);
-            out.append(&mut flushes);
-            self.hand_on(&mut out, counters);
-            let wanted = retired.len().clamp(SPARES, LANES);
-            // Unmapped here, not on a request's thread.
-            retired.clear();
+            let (took, retired) = self.hand_over(false);
             // Spares only while records come in: a flush alone (budgets
             // seeded at start) leaves an idle gateway without a mapping.
             if took > 0 && !stopping {
                 self.last_record = Instant::now();
-                self.make_spares(wanted);
+                self.make_spares(retired.clamp(SPARES, LANES));
             }
         }
         // Everything the lanes hold goes on; every segment is let go (each
         // file is deleted once its records are written).
         self.shared.closed.store(true, Ordering::Relaxed);
-        self.sweep(true, &mut out, &mut retired);
+        self.hand_over(true);
         // A request that queued a record here did so holding its lane, so
         // before that lane was taken above: the queue has it now.
         while let Ok(m) = rx.try_recv() {
-            match m {
-                In::Record(r, ack) => {
-                    self.journal_own(r, &mut line, &mut out);
-                    if let Some(ack) = ack {
-                        let _ = ack.send(());
-                    }
-                }
-                In::Flush(ack) => flushes.push(Msg::Flush(ack)),
-                In::Wake | In::Stop => {}
-            }
+            self.take(m);
         }
-        self.sweep(true, &mut out, &mut retired);
-        out.append(&mut flushes);
-        self.hand_on(&mut out, counters);
-        retired.clear();
+        self.hand_over(true);
         drop(std::mem::take(&mut *lock(&self.shared.spares)));
         log::debug!("usage ledger intake stopped");
     }
 
+    /// Take one message: journal and acknowledge a record, keep a flush for
+    /// the end of the pass. True for `Stop`.
+    fn take(&mut self, m: In) -> bool {
+        match m {
+            In::Wake => {}
+            In::Record(r, ack) => {
+                self.journal_own(r);
+                let _ = ack.send(());
+            }
+            In::Flush(ack) => self.flushes.push(Msg::Flush(ack)),
+            In::Stop => return true,
+        }
+        false
+    }
+
     /// Journal a record the lanes had no room for in the thread's own lane,
     /// making a segment when no spare is left. On an error it still goes to
-    /// the writer (through `out`), unjournaled.
-    fn journal_own(&mut self, r: Arc<Record>, line: &mut Vec<u8>, out: &mut Vec<Msg>) {
+    /// the writer, unjournaled.
+    fn journal_own(&mut self, r: Arc<Record>) {
         let mut own = lock(&self.shared.own);
-        let journaled = encode(&r, line) && {
-            own.append(line, &self.shared.spares)
+        let line = &mut self.line;
+        let journaled = encode(&r, line)
+            && (own.append(line, &self.shared.spares)
                 || match self.journal.create(SEGMENT_BYTES.max(line.len())) {
                     Ok(mut segment) => {
                         let fits = segment.append(line);
@@ -809,36 +798,37 @@ impl Keeper {
                         self.journal.log_error(&e);
                         false
                     }
-                }
-        };
+                });
         if journaled {
             own.pending.push(r);
         } else {
-            out.push(Msg::Records(vec![r], None));
+            self.out.push(Msg::Records(vec![r], None));
         }
     }
 
-    /// Take every lane's records into `out` (see [`Lane::take`]); how many.
-    fn sweep(&self, all: bool, out: &mut Vec<Msg>, retired: &mut Vec<Segment>) -> usize {
-        let mut n = lock(&self.shared.own).take(all, out, retired);
+    /// One pass: take every lane's records (see [`Lane::take`]), hand them
+    /// to the writer in order with this pass's flushes after them, and
+    /// unmap the segments let go (here, not on a request's thread). How
+    /// many records the lanes held, and how many segments were let go.
+    fn hand_over(&mut self, all: bool) -> (usize, usize) {
+        let mut retired = Vec::new();
+        let mut took = lock(&self.shared.own).take(all, &mut self.out, &mut retired);
         for lane in self.shared.lanes.iter() {
-            n += lock(lane).take(all, out, retired);
+            took += lock(lane).take(all, &mut self.out, &mut retired);
         }
-        n
-    }
-
-    /// Send `out` to the writer, in order.
-    fn hand_on(&self, out: &mut Vec<Msg>, counters: &Counters) {
-        for msg in out.drain(..) {
+        self.out.append(&mut self.flushes);
+        for msg in self.out.drain(..) {
             let n = match &msg {
                 Msg::Records(r, _) => r.len(),
                 _ => 0,
             };
             if !(self.forward)(msg) && n > 0 {
-                counters.queued.fetch_sub(n, Ordering::Relaxed);
-                counters.drop_records(n as u64, false, || "ledger writer gone, records dropped".into());
+                self.counters.queued.fetch_sub(n, Ordering::Relaxed);
+                self.counters
+                    .drop_records(n as u64, false, || "ledger writer gone, records dropped".into());
             }
         }
+        (took, retired.len())
     }
 
     /// Fill the spares up to `wanted` (an error is logged; the lanes then
@@ -973,7 +963,7 @@ mod tests {
         intake.submit(rec(u32::MAX));
         spares_ready(&intake);
         let mut seen = std::collections::HashSet::new();
-        let mut holds = Vec::new();
+        let mut batches = Vec::new();
         let intake = Arc::new(intake);
         let (mut journaled, mut queued) = (0, 0);
         std::thread::scope(|s| {
@@ -1002,17 +992,35 @@ mod tests {
         assert!(journaled > 0, "no record took the lanes' path");
         while seen.len() < (THREADS * EACH) as usize + 1 {
             let (records, hold) = next_records(&rx);
-            for r in records {
+            for r in &records {
                 assert!(seen.insert(r.request_id.clone()), "{} twice", r.request_id);
             }
-            holds.push(hold.expect("every record was journaled"));
+            batches.push((hold.expect("every record was journaled"), records));
+        }
+        // Every record holds the file its line is in (the lanes rotated
+        // through several: over 1 MB of records, 256 KiB a segment).
+        let mut in_file = std::collections::HashMap::new();
+        for (hold, records) in &batches {
+            let ids: &std::collections::HashSet<String> = in_file.entry(hold.path.clone()).or_insert_with(|| {
+                let (lines, torn) = read_journal(hold).unwrap();
+                assert_eq!(torn, 0);
+                lines.into_iter().map(|r| r.request_id).collect()
+            });
+            for r in records {
+                assert!(
+                    ids.contains(&r.request_id),
+                    "{} is not in the file it holds",
+                    r.request_id
+                );
+            }
         }
         assert!(
-            holds.iter().any(|h| !Arc::ptr_eq(h, &holds[0])),
-            "{journaled} journaled, {queued} queued: all in one segment"
+            in_file.len() > THREADS as usize,
+            "{journaled} journaled, {queued} queued, in only {} files",
+            in_file.len()
         );
         intake.close(Duration::from_secs(5)).unwrap();
-        drop(holds);
+        drop(batches);
         assert!(files(dir.path()).is_empty());
     }
 

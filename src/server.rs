@@ -192,28 +192,20 @@ pub fn run(
         ));
         catch_up.add_dependency(&sinks);
     }
+    // Pingora gives every background service a runtime and a thread of its
+    // own; these five wait on timers and signals side by side on one.
     server.add_service(pingora::services::background::background_service(
-        "drain watch",
-        DrainWatch {
-            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
-            drain: Box::new(GatewayDrain(shared.clone())),
-        },
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "config reload",
-        ReloadTriggers { shared: shared.clone() },
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "sign-in sessions",
-        crate::gateway::signin::SessionSync { shared: shared.clone() },
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "health checks",
-        ActiveHealth { shared: shared.clone() },
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "otlp export",
-        OtelService { shared: shared.clone() },
+        "upkeep",
+        Upkeep(vec![
+            Box::new(DrainWatch {
+                phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+                drain: Box::new(GatewayDrain(shared.clone())),
+            }),
+            Box::new(ReloadTriggers { shared: shared.clone() }),
+            Box::new(crate::gateway::signin::SessionSync { shared: shared.clone() }),
+            Box::new(ActiveHealth { shared: shared.clone() }),
+            Box::new(OtelService { shared: shared.clone() }),
+        ]),
     ));
     if let Some(admin) = admin_listen {
         let mut svc = http_service(&conf, &shared, Role::Admin, "modelgate-admin");
@@ -298,6 +290,18 @@ impl Drain for ProxyDrain {
 
     async fn finish(&self) {
         log::info!("drained: no connection open; exiting");
+    }
+}
+
+/// Background services run side by side in one service: each one's `start`
+/// (none signals readiness: nothing waits for them), all of them on the
+/// service's single runtime thread, each given the shutdown watch.
+struct Upkeep(Vec<Box<dyn pingora::services::background::BackgroundService + Send + Sync>>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Upkeep {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        futures_util::future::join_all(self.0.iter().map(|s| s.start(shutdown.clone()))).await;
     }
 }
 

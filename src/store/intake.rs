@@ -60,13 +60,13 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
 
-use super::{Counters, Msg, NotSent, Sent, Worker, MAX_BATCH};
+use super::{Counters, Msg, Sent, Worker, MAX_BATCH};
 use crate::usage::Record;
 
 /// The size of a journal segment (about 600 records). Small, because the
@@ -314,7 +314,10 @@ enum In {
 
 /// The request side of the intake. Every method takes `&self`.
 pub struct Intake {
-    tx: SyncSender<In>,
+    /// Unbounded as a channel (a bounded one allocates and touches all its
+    /// slots at start): the `queued` count, checked by `submit` before
+    /// anything is sent, is what bounds the records in it.
+    tx: Sender<In>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
     /// Records accepted and not yet written, at most.
@@ -356,7 +359,7 @@ impl Intake {
         // per request. (Space is not: a full disk is logged by the intake
         // thread, and records then go to the store unjournaled.)
         drop(journal.open_new()?);
-        let (tx, rx) = mpsc::sync_channel(queue.max(1));
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel::<()>();
         let keeper = Keeper::new(journal, shared.clone(), forward, counters.clone());
         let handle = std::thread::Builder::new()
@@ -396,8 +399,7 @@ impl Intake {
         let submitted = LINE.with_borrow_mut(|line| self.append(r, line));
         if let Submitted::Journaled = submitted {
             if !self.shared.armed.load(Ordering::Relaxed) && !self.shared.armed.swap(true, Ordering::AcqRel) {
-                // A full queue already holds a message that wakes it.
-                let _ = self.tx.try_send(In::Wake);
+                let _ = self.tx.send(In::Wake);
             }
         }
         submitted
@@ -420,12 +422,11 @@ impl Intake {
             return Submitted::Journaled;
         }
         let (ack, acked) = tokio::sync::oneshot::channel();
-        let sent = self.tx.try_send(In::Record(r, ack));
+        let sent = self.tx.send(In::Record(r, ack));
         drop(lane);
         match sent {
             Ok(()) => Submitted::Queued(acked),
-            Err(TrySendError::Full(_)) => self.drop_one("queue full (state.ledger_queue), record dropped"),
-            Err(TrySendError::Disconnected(_)) => self.drop_one("ledger closed, record dropped"),
+            Err(_) => self.drop_one("ledger closed, record dropped"),
         }
     }
 
@@ -442,14 +443,12 @@ impl Intake {
         }
     }
 
-    /// A blocking send bounded by `deadline` (flush and close only).
-    fn send_until(&self, msg: In, deadline: Instant) -> Sent {
-        super::send_until(msg, deadline, |m| {
-            self.tx.try_send(m).map_err(|e| match e {
-                TrySendError::Full(m) => NotSent::Full(m),
-                TrySendError::Disconnected(_) => NotSent::Closed,
-            })
-        })
+    /// Flush and close: never refused for room, only by a gone thread.
+    fn send(&self, msg: In) -> Sent {
+        match self.tx.send(msg) {
+            Ok(()) => Sent::Yes,
+            Err(_) => Sent::Closed,
+        }
     }
 
     /// Wait until every record submitted before this call is written,
@@ -457,7 +456,7 @@ impl Intake {
     /// `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), IntakeError> {
         let deadline = Instant::now() + timeout;
-        match super::flush_until(deadline, |ack| self.send_until(In::Flush(ack), deadline)) {
+        match super::flush_until(deadline, |ack| self.send(In::Flush(ack))) {
             Sent::Yes => Ok(()),
             Sent::TimedOut => Err(self.timeout(timeout)),
             Sent::Closed => Err(IntakeError::Closed),
@@ -471,7 +470,7 @@ impl Intake {
         let deadline = Instant::now() + timeout;
         self.shared.closed.store(true, Ordering::Relaxed);
         let mut t = lock(&self.thread);
-        if t.stop(deadline, || self.send_until(In::Stop, deadline)) {
+        if t.stop(deadline, || self.send(In::Stop)) {
             Ok(())
         } else {
             Err(self.timeout(timeout))

@@ -478,8 +478,10 @@ pub(crate) enum NotSent<M> {
 }
 
 /// Send `msg` with `try_send`, retrying every millisecond while the queue is
-/// full, until `deadline`: the writers' queues are bounded and a flush or a
-/// stop must queue behind the records already in them.
+/// full, until `deadline`: the PostgreSQL writer's queue is bounded and a
+/// flush or a stop must queue behind the records already in them. (The
+/// intake's and the SQLite writer's channels are bounded by the `queued`
+/// count instead, and never refuse one for room.)
 pub(crate) fn send_until<M>(mut msg: M, deadline: Instant, try_send: impl Fn(M) -> Result<(), NotSent<M>>) -> Sent {
     loop {
         match try_send(msg) {

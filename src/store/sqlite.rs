@@ -19,15 +19,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use super::{
-    Batcher, Counters, ForeignRow, GroupBy, Msg, NotSent, Scope, Sent, SummaryRow, Totals, Worker, LINGER, NO_GROUP,
-    WRITER,
+    Batcher, Counters, ForeignRow, GroupBy, Msg, Scope, Sent, SummaryRow, Totals, Worker, LINGER, NO_GROUP, WRITER,
 };
 use crate::usage::Record;
 
@@ -132,7 +131,11 @@ pub enum LedgerError {
 /// The write side of the ledger. Cheap to share behind an `Arc`; every method
 /// takes `&self`.
 pub struct Ledger {
-    tx: SyncSender<Msg>,
+    /// Unbounded as a channel (it allocates as it fills, where a bounded
+    /// one would allocate and touch all its slots at start); `limit` bounds
+    /// the records it holds.
+    tx: Sender<Msg>,
+    limit: usize,
     counters: Arc<Counters>,
     writer: Mutex<Worker>,
 }
@@ -178,9 +181,7 @@ impl Ledger {
         conn.pragma_update(None, "cache_size", CACHE_KIB).map_err(open_err)?;
         migrate(&mut conn, path)?;
 
-        // sync_channel(0) would be a rendezvous channel: every record would
-        // wait for the writer, which is what this module exists to avoid.
-        let (tx, rx) = mpsc::sync_channel(queue.max(1));
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel::<()>();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
@@ -194,6 +195,7 @@ impl Ledger {
         log::debug!("usage ledger {} open, queue {}", path.display(), queue.max(1));
         Ok(Ledger {
             tx,
+            limit: queue.max(1),
             counters,
             writer: Mutex::new(Worker::new("ledger writer thread", done, Some(thread))),
         })
@@ -205,19 +207,16 @@ impl Ledger {
     pub fn record(&self, r: Arc<Record>) -> bool {
         // Counted before the send so the writer's decrement can never come
         // first and wrap the counter.
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Msg::Records(vec![r], None)) {
-            Ok(()) => true,
-            Err(e) => {
-                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                let why = match e {
-                    TrySendError::Full(_) => "queue full (state.ledger_queue), record dropped",
-                    TrySendError::Disconnected(_) => "ledger closed, record dropped",
-                };
-                self.counters.drop_records(1, false, || why.to_string());
-                false
-            }
-        }
+        let why = if self.counters.queued.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            "queue full (state.ledger_queue), record dropped"
+        } else if self.tx.send(Msg::Records(vec![r], None)).is_ok() {
+            return true;
+        } else {
+            "ledger closed, record dropped"
+        };
+        self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        self.counters.drop_records(1, false, || why.to_string());
+        false
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -228,8 +227,8 @@ impl Ledger {
         self.counters.clone()
     }
 
-    /// How the intake hands records on: a blocking send into the writer's
-    /// bounded queue (the intake counted them as queued already).
+    /// How the intake hands records on (it counted them as queued already,
+    /// against the same limit).
     pub(crate) fn forward(&self) -> super::intake::Forward {
         let tx = self.tx.clone();
         Box::new(move |m| tx.send(m).is_ok())
@@ -255,7 +254,7 @@ impl Ledger {
     /// counted dropped), for at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), LedgerError> {
         let deadline = Instant::now() + timeout;
-        match super::flush_until(deadline, |ack| self.send_until(Msg::Flush(ack), deadline)) {
+        match super::flush_until(deadline, |ack| self.send(Msg::Flush(ack))) {
             Sent::Yes => Ok(()),
             Sent::TimedOut => Err(self.timeout(timeout)),
             Sent::Closed => Err(LedgerError::Closed),
@@ -268,7 +267,7 @@ impl Ledger {
     pub fn close(&self, timeout: Duration) -> Result<(), LedgerError> {
         let deadline = Instant::now() + timeout;
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if writer.stop(deadline, || self.send_until(Msg::Stop, deadline)) {
+        if writer.stop(deadline, || self.send(Msg::Stop)) {
             Ok(())
         } else {
             Err(self.timeout(timeout))
@@ -282,15 +281,13 @@ impl Ledger {
         }
     }
 
-    /// A send bounded by `deadline`: std's `SyncSender` has no
-    /// `send_timeout`, and only `flush`/`close` (never a request) come here.
-    fn send_until(&self, msg: Msg, deadline: Instant) -> Sent {
-        super::send_until(msg, deadline, |m| {
-            self.tx.try_send(m).map_err(|e| match e {
-                TrySendError::Full(m) => NotSent::Full(m),
-                TrySendError::Disconnected(_) => NotSent::Closed,
-            })
-        })
+    /// The queue is bounded by its count, not its capacity: a flush or a
+    /// stop is never refused for room, only by a closed writer.
+    fn send(&self, msg: Msg) -> Sent {
+        match self.tx.send(msg) {
+            Ok(()) => Sent::Yes,
+            Err(_) => Sent::Closed,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,11 +119,17 @@ struct Shared {
     last_drop_warn: AtomicU64,
     /// Body bytes in the queue (see [`MAX_QUEUED_BODY_BYTES`]).
     queued_bytes: std::sync::atomic::AtomicUsize,
+    /// Entries sent and not yet taken by the writer, and their bound.
+    queued: std::sync::atomic::AtomicUsize,
+    limit: usize,
 }
 
 /// The audit log's handle. Cheap to call from any thread; share it in an `Arc`.
 pub struct AuditLog {
-    tx: SyncSender<Msg>,
+    /// Unbounded as a channel (a bounded one allocates and touches all its
+    /// slots at start: ~200 bytes an entry); `Shared::queued`, checked
+    /// before anything is sent, bounds the entries in it.
+    tx: Sender<Msg>,
     shared: Arc<Shared>,
     /// The writer reports here when it has drained and exited.
     done: Mutex<Option<Receiver<()>>>,
@@ -159,10 +165,11 @@ impl AuditLog {
             epoch: Instant::now(),
             last_drop_warn: AtomicU64::new(0),
             queued_bytes: std::sync::atomic::AtomicUsize::new(0),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            limit: queue.max(1),
         });
-        // A zero-capacity sync_channel is a rendezvous: every try_send would fail.
         let queue = queue.max(1);
-        let (tx, rx) = mpsc::sync_channel(queue);
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
@@ -219,21 +226,20 @@ impl AuditLog {
             }
         }
         let bytes = entry.body_bytes();
-        match self.tx.try_send(Msg::Entry(entry)) {
-            Ok(()) => true,
-            Err(e) => {
-                self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                let n = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if warn_due(&self.shared.last_drop_warn, self.shared.epoch) {
-                    let why = match e {
-                        TrySendError::Full(_) => "queue full",
-                        TrySendError::Disconnected(_) => "writer stopped",
-                    };
-                    log::warn!("audit: {why}, entry dropped ({n} dropped so far)");
-                }
-                false
-            }
+        let why = if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.limit {
+            "queue full"
+        } else if self.tx.send(Msg::Entry(entry)).is_ok() {
+            return true;
+        } else {
+            "writer stopped"
+        };
+        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let n = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if warn_due(&self.shared.last_drop_warn, self.shared.epoch) {
+            log::warn!("audit: {why}, entry dropped ({n} dropped so far)");
         }
+        false
     }
 
     /// Reopen the file (after logrotate moved it): the writer closes and reopens `path` before its next write. Cheap
@@ -241,8 +247,8 @@ impl AuditLog {
     pub fn reopen(&self) {
         self.shared.reopen.store(true, Ordering::Release);
         // Let an idle writer act now, so the moved file is released and the
-        // new one exists right away; if the queue is full it is busy anyway.
-        let _ = self.tx.try_send(Msg::Wake);
+        // new one exists right away.
+        let _ = self.tx.send(Msg::Wake);
     }
 
     /// Whether request/response bodies are kept (`audit.log_prompts`), for a
@@ -264,7 +270,7 @@ impl AuditLog {
     /// Flush queued entries and stop the writer, bounded by `timeout`. Idempotent; Drop does it best-effort.
     pub fn close(&self, timeout: Duration) {
         self.shared.closed.store(true, Ordering::Release);
-        let _ = self.tx.try_send(Msg::Wake);
+        let _ = self.tx.send(Msg::Wake);
         let Some(done) = lock(&self.done).take() else {
             return;
         };
@@ -408,6 +414,7 @@ impl Writer {
         let bytes = entry.body_bytes();
         drop(entry);
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
         if !rendered {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -1267,7 +1274,7 @@ mod tests {
 
     /// A handle whose writer never drains (the caller holds the receiver).
     fn stalled(queue: usize, log_prompts: bool) -> (AuditLog, Receiver<Msg>, mpsc::Sender<()>) {
-        let (tx, rx) = mpsc::sync_channel(queue);
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let log = AuditLog {
             tx,
@@ -1280,6 +1287,8 @@ mod tests {
                 epoch: Instant::now(),
                 last_drop_warn: AtomicU64::new(0),
                 queued_bytes: std::sync::atomic::AtomicUsize::new(0),
+                queued: std::sync::atomic::AtomicUsize::new(0),
+                limit: queue,
             }),
             done: Mutex::new(Some(done_rx)),
             thread: Mutex::new(None),

@@ -193,19 +193,24 @@ pub fn run(
         catch_up.add_dependency(&sinks);
     }
     // Pingora gives every background service a runtime and a thread of its
-    // own; these five wait on timers and signals side by side on one.
+    // own; these four only await (timers, sockets, `spawn_blocking`) and
+    // share one. The reload's budget seed waits for a ledger flush on its
+    // thread, so the reload triggers keep theirs.
     server.add_service(pingora::services::background::background_service(
         "upkeep",
         Upkeep(vec![
-            Box::new(DrainWatch {
+            Arc::new(DrainWatch {
                 phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
                 drain: Box::new(GatewayDrain(shared.clone())),
             }),
-            Box::new(ReloadTriggers { shared: shared.clone() }),
-            Box::new(crate::gateway::signin::SessionSync { shared: shared.clone() }),
-            Box::new(ActiveHealth { shared: shared.clone() }),
-            Box::new(OtelService { shared: shared.clone() }),
+            Arc::new(crate::gateway::signin::SessionSync { shared: shared.clone() }),
+            Arc::new(ActiveHealth { shared: shared.clone() }),
+            Arc::new(OtelService { shared: shared.clone() }),
         ]),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "config reload",
+        ReloadTriggers { shared: shared.clone() },
     ));
     if let Some(admin) = admin_listen {
         let mut svc = http_service(&conf, &shared, Role::Admin, "modelgate-admin");
@@ -294,14 +299,28 @@ impl Drain for ProxyDrain {
 }
 
 /// Background services run side by side in one service: each one's `start`
-/// (none signals readiness: nothing waits for them), all of them on the
-/// service's single runtime thread, each given the shutdown watch.
-struct Upkeep(Vec<Box<dyn pingora::services::background::BackgroundService + Send + Sync>>);
+/// (none signals readiness: nothing waits for them) as a task of its own on
+/// the service's single runtime thread, each given the shutdown watch. A
+/// panic ends only its own task (and is logged), as it would have ended only
+/// its own service.
+struct Upkeep(Vec<Arc<dyn pingora::services::background::BackgroundService + Send + Sync>>);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Upkeep {
     async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
-        futures_util::future::join_all(self.0.iter().map(|s| s.start(shutdown.clone()))).await;
+        let tasks: Vec<_> = self
+            .0
+            .iter()
+            .map(|s| {
+                let (s, shutdown) = (s.clone(), shutdown.clone());
+                tokio::spawn(async move { s.start(shutdown).await })
+            })
+            .collect();
+        for task in tasks {
+            if let Err(e) = task.await {
+                log::error!("a background task ended: {e}");
+            }
+        }
     }
 }
 
@@ -744,5 +763,48 @@ impl pingora::services::background::BackgroundService for DrainWatch {
         }
         self.drain.finish().await;
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::server::ShutdownWatch;
+    use pingora::services::background::BackgroundService;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Panics;
+
+    #[async_trait::async_trait]
+    impl BackgroundService for Panics {
+        async fn start(&self, _shutdown: ShutdownWatch) {
+            panic!("a background task's bug");
+        }
+    }
+
+    struct UntilShutdown(Arc<AtomicBool>);
+
+    #[async_trait::async_trait]
+    impl BackgroundService for UntilShutdown {
+        async fn start(&self, mut shutdown: ShutdownWatch) {
+            let _ = shutdown.changed().await;
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test]
+    async fn upkeep_keeps_its_tasks_apart() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let upkeep = Upkeep(vec![Arc::new(Panics), Arc::new(UntilShutdown(stopped.clone()))]);
+        let run = tokio::spawn(async move { upkeep.start(rx).await });
+        tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), run)
+            .await
+            .expect("upkeep ends once its tasks do")
+            .unwrap();
+        // The panicking task did not take its sibling with it: the sibling
+        // waited for the shutdown and saw it.
+        assert!(stopped.load(Ordering::Acquire));
     }
 }

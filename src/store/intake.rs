@@ -144,10 +144,12 @@ impl Drop for JournalFile {
 /// record is written.
 pub type Hold = Arc<JournalFile>;
 
-/// How the intake hands a message to the store's writer: a blocking send
-/// (the writer's queue is bounded; a full one holds the intake thread back,
-/// and then the lanes run out of spares and requests wait for it). False:
-/// the writer is gone.
+/// How the intake hands a message to the store's writer. SQLite's queue is
+/// bounded by the count of records accepted and not yet written (which the
+/// intake checks before it takes a record), so this never waits there;
+/// PostgreSQL's is a bounded channel, and a full one holds the intake thread
+/// back (then the lanes run out of spares and requests queue for it).
+/// False: the writer is gone.
 pub(crate) type Forward = Box<dyn Fn(Msg) -> bool + Send>;
 
 /// A journal file mapped for appending, its pages already touched.

@@ -1,12 +1,12 @@
 //! The usage ledger in an SQLite file (WAL): one [`Record`] per request,
 //! the default store of a single gateway.
 //!
-//! [`Ledger`] owns the write side. A request hands its record to a bounded
-//! channel ([`Ledger::record`] is a `try_send`); one thread, `ledger-writer`,
-//! drains the channel and inserts up to [`super::MAX_BATCH`] records per
-//! transaction. No request waits on disk: when the channel is full the record
-//! is counted in [`Ledger::dropped`] and a warning says so (at most every
-//! 10 s). [`Ledger::close`] writes everything queued before it stops the
+//! [`Ledger`] owns the write side. Records reach it through a channel (from
+//! the intake, or [`Ledger::record`]), bounded by the count of records
+//! accepted and not yet written; one thread, `ledger-writer`, drains the
+//! channel and inserts up to [`super::MAX_BATCH`] records per transaction.
+//! No request waits on disk: past the bound a record is counted in
+//! [`Ledger::dropped`] and a warning says so (at most every 10 s). [`Ledger::close`] writes everything queued before it stops the
 //! writer, so a graceful restart loses nothing.
 //!
 //! [`Reader`] owns the read side: spend per key or team since a time (what the

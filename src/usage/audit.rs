@@ -196,8 +196,8 @@ impl AuditLog {
         })
     }
 
-    /// Non-blocking try_send; full queue → counted in dropped() and warned at most once per 10 s. Returns false when
-    /// dropped.
+    /// Never blocks: with `queue` entries already waiting (or the writer gone) the entry is counted in dropped() and
+    /// warned about at most once per 10 s. Returns false when dropped.
     pub fn log(&self, mut entry: AuditEntry) -> bool {
         if self.shared.closed.load(Ordering::Acquire) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);

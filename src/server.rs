@@ -193,9 +193,8 @@ pub fn run(
         catch_up.add_dependency(&sinks);
     }
     // Pingora gives every background service a runtime and a thread of its
-    // own; these four only await (timers, sockets, `spawn_blocking`) and
-    // share one. The reload's budget seed waits for a ledger flush on its
-    // thread, so the reload triggers keep theirs.
+    // own; these five only await (timers, signals, sockets; their blocking
+    // work goes to `spawn_blocking`) and share one.
     server.add_service(pingora::services::background::background_service(
         "upkeep",
         Upkeep(vec![
@@ -203,14 +202,11 @@ pub fn run(
                 phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
                 drain: Box::new(GatewayDrain(shared.clone())),
             }),
+            Arc::new(ReloadTriggers { shared: shared.clone() }),
             Arc::new(crate::gateway::signin::SessionSync { shared: shared.clone() }),
             Arc::new(ActiveHealth { shared: shared.clone() }),
             Arc::new(OtelService { shared: shared.clone() }),
         ]),
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "config reload",
-        ReloadTriggers { shared: shared.clone() },
     ));
     if let Some(admin) = admin_listen {
         let mut svc = http_service(&conf, &shared, Role::Admin, "modelgate-admin");
@@ -535,7 +531,7 @@ struct KeyLoad {
 }
 
 impl KeyLoad {
-    async fn refresh(&mut self, shared: &Shared, store: &crate::store::keys::KeyStore) {
+    async fn refresh(&mut self, shared: &Arc<Shared>, store: &crate::store::keys::KeyStore) {
         let loaded =
             async { Ok::<_, crate::store::postgres::PgError>((store.active().await?, store.teams().active().await?)) };
         let rows = match loaded.await {

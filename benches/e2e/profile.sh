@@ -89,6 +89,9 @@ bare() {
   bare_pid=$started_pid
 }
 
+# minflt PID: the process's minor page faults so far (all its threads).
+minflt() { awk '{print $10}' "/proc/$1/stat"; }
+
 # by_dso PERF_DATA: the share of samples by binary (user space) and kernel.
 by_dso() { perf report -i "$1" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true; }
 
@@ -142,6 +145,7 @@ case $MODE in
         *) pid=$bare_pid url="http://127.0.0.1:$BARE_PORT/slow/v1/messages" ;;
       esac
       r0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+      f0=$(minflt "$pid")
       perf record -q -e page-faults -c 1 --call-graph dwarf,16384 -p "$pid" -o "$work/$name.data" -- sleep 8 >/dev/null 2>&1 &
       perf_pid=$!
       # wrk opens the streams while perf records; each stays open ~14 s.
@@ -149,6 +153,10 @@ case $MODE in
       wait "$perf_pid"
       r1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
       printf '\n%s: RSS %s -> %s kB, %s kB per stream\n' "$name" "$r0" "$r1" "$(( (r1 - r0) / STREAMS ))"
+      # perf's samples cover only part of the faults: its shares below are
+      # indicative, not a census.
+      printf 'minor faults (/proc/<pid>/stat): %s; perf samples: %s\n' "$(( $(minflt "$pid") - f0 ))" \
+        "$(perf report -i "$work/$name.data" --stats 2>/dev/null | awk '/SAMPLE events/ {print $3; exit}')"
       perf report -i "$work/$name.data" --no-children --stdio --sort sym -g caller,0.5,callee,function,percent \
         2>/dev/null | demangle | grep -v '^#' | grep -v '^$' | head -60 | cut -c1-200 || true
     done

@@ -537,21 +537,30 @@ pub async fn ledger_reader(shared: &Shared, snap: &Snapshot) -> Result<crate::st
 /// across the fleet's history): the scopes of `snap` and of the store's
 /// keys and teams. Scopes this process already counts are left alone.
 /// Returns the last ledger row the seed saw, read in the same snapshot.
-pub async fn seed_budgets(shared: &Shared, snap: &Snapshot) -> Option<i64> {
+pub async fn seed_budgets(shared: &Arc<Shared>, snap: &Snapshot) -> Option<i64> {
     seed_scopes(shared, snap, shared.config.store_keys.scopes(snap)).await
 }
 
 /// [`seed_budgets`] for `scopes`.
 pub async fn seed_scopes(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snap: &Snapshot,
     scopes: Vec<Arc<crate::policy::ScopeLimits>>,
 ) -> Option<i64> {
     let memory = shared.policy.memory()?;
     // Records still queued belong to this process's live counts already.
-    if let Some(s) = shared.sinks.get() {
-        if let Err(e) = s.ledger.flush(std::time::Duration::from_secs(5)) {
-            log::warn!("usage ledger: {e}");
+    // The flush waits for the writer (up to 5 s): on a blocking thread, not
+    // on the caller's runtime.
+    if shared.sinks.get().is_some() {
+        let s = shared.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            s.sinks.get().map(|s| s.ledger.flush(std::time::Duration::from_secs(5)))
+        })
+        .await;
+        match flushed {
+            Ok(Some(Err(e))) => log::warn!("usage ledger: {e}"),
+            Err(e) => log::warn!("usage ledger: the flush before seeding budgets failed: {e}"),
+            Ok(_) => {}
         }
     }
     read_history(shared, snap, memory, scopes).await

@@ -140,6 +140,7 @@ impl AuditLog {
     /// Start the writer thread ("audit-writer"); `path == "-"` writes to stdout. Opens the file (append, create, 0600
     /// permissions on Unix) up front so a bad path fails at startup with a clear error.
     pub fn open(config: &AuditConfig, queue: usize) -> Result<AuditLog, AuditError> {
+        let queue = queue.max(1);
         let path = config.path.as_deref().ok_or(AuditError::NoPath)?;
         let (sink, out, size) = if path == "-" {
             (Sink::Stdout, Out::Stdout(io::stdout()), 0)
@@ -166,9 +167,8 @@ impl AuditLog {
             last_drop_warn: AtomicU64::new(0),
             queued_bytes: std::sync::atomic::AtomicUsize::new(0),
             queued: std::sync::atomic::AtomicUsize::new(0),
-            limit: queue.max(1),
+            limit: queue,
         });
-        let queue = queue.max(1);
         let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let writer = Writer {

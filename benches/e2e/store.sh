@@ -8,11 +8,19 @@
 #   DURATION=5s ROUNDS=3 benches/e2e/store.sh
 #   PG_OPTS="-c synchronous_commit=off" benches/e2e/store.sh   # server options
 #   PROFILE=1 benches/e2e/store.sh     # also each gateway's CPU per request (perf)
+#   RATE=4000 benches/e2e/store.sh     # the offered load of the paced runs (requests/s)
 #
-# Output: RPS and p99 per scenario and store, the PostgreSQL/SQLite ratio,
-# the p99 each adds at c=1 over hitting the upstream directly, and whether
-# every answered request has its row in PostgreSQL. Every process listens
-# on 127.0.0.1 only and every load run is bounded by DURATION.
+# Output: RPS and p99 per scenario and store at full load (as fast as wrk
+# can send), and the PostgreSQL/SQLite ratio; then the same at a paced load
+# below what either gateway can serve (RATE in all, spread over the
+# connections), with a control run: the SQLite gateway while pgbench gives
+# the PostgreSQL server the insert load the PostgreSQL gateway gave it. On
+# a machine where the database shares the cores, full-load throughput is
+# decided by the database's CPU; against the control, what remains is what
+# the store costs the request path. Then the p50/p99 each adds at c=1 over
+# hitting the upstream directly (control included), and whether every
+# answered request has its row in PostgreSQL. Every process listens on
+# 127.0.0.1 only and every load run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/deps.sh
@@ -109,13 +117,81 @@ for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
     "$(awk -v a="$p_rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p_p99" -v b="$s_p99" 'BEGIN{print a/b}')"
 done
 
-printf 'added latency at c=1 (sequential requests), small JSON body, over direct\n'
-read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
-for target in "sqlite:$SQLITE_PORT" "postgres:$PG_GW_PORT"; do
-  IFS=: read -r name port <<<"$target"
-  read -r _ g50 g99 _ < <(run "$name" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
-  printf '%-9s p50 %+8.3f ms  p99 %+8.3f ms\n' "$name" "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
+# Paced: each connection sends a request, waits for its answer, then waits
+# CONNS * 1000 / RATE ms (wrk's delay(), whole milliseconds) before the
+# next: every gateway is offered the same load, below its throughput. A
+# third run per round is the control: the SQLite gateway again, while
+# pgbench inserts into the same PostgreSQL server as many rows a second as
+# the PostgreSQL gateway's writer just did, in a batch every 25 ms (its
+# `LINGER` under load): the database's CPU shares the cores as before, and the gateway
+# does not depend on it. What is left between the PostgreSQL gateway and
+# the control is what the store costs the request path.
+RATE=${RATE:-4000}
+delay_ms=$(( CONNS * 1000 / RATE ))
+cp "$work/post.lua" "$work/paced.lua"
+echo "function delay() return $delay_ms end" >> "$work/paced.lua"
+psql_ -d bench -c "CREATE TABLE bg (LIKE requests INCLUDING ALL)"
+# db_load ROWS_PER_S: pgbench inserting that many rows a second into `bg`
+# for DURATION, in the background: copies of the newest ledger rows under
+# new request ids, as the writer's statement does it (`ON CONFLICT` on the
+# unique request id, the same indexes); sets bg_pid.
+db_load() {
+  cat > "$work/bg.sql" <<SQL
+INSERT INTO bg (ts_ms, request_id, "key", team, session_id, agent_id, model, provider, upstream_model, input_tokens,
+  output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, ttft_ms, status, attempts, stream, error, writer)
+SELECT ts_ms, md5(random()::text || id), "key", team, session_id, agent_id, model, provider, upstream_model, input_tokens,
+  output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, latency_ms, ttft_ms, status, attempts, stream, error, writer
+FROM requests ORDER BY id DESC LIMIT $(awk -v r="$1" 'BEGIN { n = int(r / 40 + 0.5); print (n < 1 ? 1 : n) }')
+ON CONFLICT (request_id) DO NOTHING;
+SQL
+  chmod 644 "$work/bg.sql"
+  as_pg env PGPASSWORD="$pw" "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -R 40 -T "${DURATION%s}" \
+    -f "$work/bg.sql" bench >"$work/pgbench.log" 2>&1 &
+  bg_pid=$!
+}
+printf '\npaced: %s connections, each waiting %s ms between an answer and its next request (~%s requests/s offered);\n' "$CONNS" "$delay_ms" "$RATE"
+printf 'sqlite+db: the SQLite gateway while pgbench inserts as many rows a second into the PostgreSQL server as the\n'
+printf 'PostgreSQL gateway just wrote\n\n'
+printf '%-18s %-6s %-9s %10s %9s %9s %11s\n' scenario round store rps p50_ms p99_ms cpu_us/req
+declare -A sum
+for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
+  IFS=: read -r name body <<<"$scenario"
+  sum=()
+  for round in $(seq 1 "$ROUNDS"); do
+    for store in sqlite postgres sqlite+db; do
+      port=$SQLITE_PORT pid=$sqlite_pid bg_pid=
+      [ "$store" = postgres ] && port=$PG_GW_PORT pid=$pg_pid
+      [ "$store" = sqlite+db ] && db_load "$pg_rps"
+      read -r r50 r99 rcpu rps < <(LUA="$work/paced.lua" run "$name/$store/paced" "http://127.0.0.1:$port/v1/messages" "$body" "$CONNS" "$THREADS" "$pid" | awk '{print $2, $3, $4, $1}')
+      [ -n "$bg_pid" ] && wait "$bg_pid"
+      [ "$store" = postgres ] && pg_rps=$rps
+      printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" "$store" "$rps" "$r50" "$r99" "$rcpu"
+      sum[$store.rps]=$(awk -v a="${sum[$store.rps]:-0}" -v b="$rps" 'BEGIN{print a+b}')
+      sum[$store.p50]=$(awk -v a="${sum[$store.p50]:-0}" -v b="$r50" 'BEGIN{print a+b}')
+      sum[$store.p99]=$(awk -v a="${sum[$store.p99]:-0}" -v b="$r99" 'BEGIN{print a+b}')
+    done
+  done
+  for ref in sqlite sqlite+db; do
+    printf '%-18s postgres/%s, paced: rps %.3fx, p50 %.3fx, p99 %.3fx\n' "$name" "$ref" \
+      "$(awk -v a="${sum[postgres.rps]}" -v b="${sum[$ref.rps]}" 'BEGIN{print a/b}')" \
+      "$(awk -v a="${sum[postgres.p50]}" -v b="${sum[$ref.p50]}" 'BEGIN{print a/b}')" \
+      "$(awk -v a="${sum[postgres.p99]}" -v b="${sum[$ref.p99]}" 'BEGIN{print a/b}')"
+  done
+  echo
 done
+
+printf 'added latency at c=1 (sequential requests), small JSON body, over direct (sqlite+db: as above)\n'
+read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
+for store in sqlite postgres sqlite+db; do
+  port=$SQLITE_PORT bg_pid=
+  [ "$store" = postgres ] && port=$PG_GW_PORT
+  [ "$store" = sqlite+db ] && db_load "$pg_rps"
+  read -r rps g50 g99 _ < <(run "$store" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
+  [ -n "$bg_pid" ] && wait "$bg_pid"
+  [ "$store" = postgres ] && pg_rps=$rps
+  printf '%-9s p50 %+8.3f ms  p99 %+8.3f ms\n' "$store" "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
+done
+printf 'pgbench inserted %s rows beside the SQLite gateway in all\n' "$(psql_ -d bench -c "SELECT COUNT(*) FROM bg")"
 
 # PROFILE=1: each gateway's own CPU per request, sampled by perf over 8 s
 # of a 14 s run (samples at 999 Hz, over the requests of that run).

@@ -7,8 +7,10 @@
 //! mode, long-context tiers). A table is immutable once built and does no
 //! I/O except in [`PriceTable::load`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -96,6 +98,8 @@ pub enum PricingError {
 /// match wins, and an optional default.
 #[derive(Debug)]
 pub struct PriceTable {
+    /// This table among those the process has built ([`Memo`]'s key).
+    id: u64,
     origin: String,
     prices: Vec<Price>,
     globs: GlobSet,
@@ -178,6 +182,7 @@ impl PriceTable {
         };
 
         Ok(PriceTable {
+            id: next_table_id(),
             origin: origin.to_string(),
             prices,
             globs,
@@ -198,12 +203,15 @@ impl PriceTable {
     /// The price of `model`: the first entry whose glob matches, else the
     /// default, else `None` (unpriced).
     ///
-    /// One GlobSet match over all entries: 0.1–0.3 µs for real model ids
-    /// against the built-in table in a release build (the `lookup_speed`
-    /// test), linear in the id's length. A memo of model id → entry was
-    /// measured too and saved only a few tens of nanoseconds a hit, while
-    /// adding a shared lock to the request path and needing a size bound
-    /// against clients that send endless distinct names, so there is none.
+    /// One GlobSet match over all entries costs 0.1–0.3 µs for real model ids
+    /// on one thread (the `lookup_speed` test, release build), linear in the
+    /// id's length. Under load it cost more: the glob set's regex takes a
+    /// search cache from a pool that only its first thread reaches without
+    /// a lock, and allocates the list of matches. In `benches/e2e/profile.sh
+    /// cpu` it was about 1% of the gateway's samples for a single lookup per
+    /// request (a keyed request makes three: admission, settlement, record).
+    /// So each thread remembers what the ids it saw last matched ([`Memo`]):
+    /// no lock, a bounded size, forgotten when the table changes.
     pub fn lookup(&self, model: &str) -> Option<&Price> {
         match self.first_match(model) {
             Some(i) => self.prices.get(i),
@@ -227,6 +235,7 @@ impl PriceTable {
 
     fn empty(origin: &str) -> PriceTable {
         PriceTable {
+            id: next_table_id(),
             origin: origin.to_string(),
             prices: Vec::new(),
             globs: GlobSet::empty(),
@@ -235,9 +244,55 @@ impl PriceTable {
     }
 
     fn first_match(&self, model: &str) -> Option<usize> {
+        MEMO.try_with(|memo| memo.borrow_mut().first_match(self, model))
+            .unwrap_or_else(|_| self.match_globs(model))
+    }
+
+    fn match_globs(&self, model: &str) -> Option<usize> {
         // `matches` returns indices in ascending order: the first is the
         // earliest entry, which is the one that wins.
         self.globs.matches(model).first().copied()
+    }
+}
+
+fn next_table_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Ids a thread remembers at most: a gateway sees a handful of models;
+/// clients that send endless distinct names only make the memo start over.
+const MEMO_ENTRIES: usize = 64;
+/// Longer ids are matched every time and not remembered.
+const MEMO_ID_BYTES: usize = 128;
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo { table: 0, seen: HashMap::new() });
+}
+
+/// One thread's model id → matching entry, for the table [`Memo::table`].
+struct Memo {
+    table: u64,
+    seen: HashMap<Box<str>, Option<usize>>,
+}
+
+impl Memo {
+    fn first_match(&mut self, table: &PriceTable, model: &str) -> Option<usize> {
+        if self.table != table.id {
+            self.table = table.id;
+            self.seen.clear();
+        }
+        if let Some(&hit) = self.seen.get(model) {
+            return hit;
+        }
+        let found = table.match_globs(model);
+        if model.len() <= MEMO_ID_BYTES {
+            if self.seen.len() >= MEMO_ENTRIES {
+                self.seen.clear();
+            }
+            self.seen.insert(model.into(), found);
+        }
+        found
     }
 }
 
@@ -578,6 +633,27 @@ mod tests {
         let t = PriceTable::parse(yaml, "t").unwrap();
         assert_eq!(base_of(&t, "a-b-c").input, 2.0);
         assert_eq!(base_of(&t, "a-c").input, 1.0);
+    }
+
+    #[test]
+    fn the_memo_answers_for_the_table_asked_and_stays_bounded() {
+        let first = PriceTable::parse(ONE, "first").unwrap();
+        let other = PriceTable::parse(&ONE.replace("input: 1", "input: 7"), "other").unwrap();
+        // Alternate tables on one thread: each answer is its own table's.
+        for _ in 0..3 {
+            assert_eq!(base_of(&first, "model-a").input, 1.0);
+            assert_eq!(base_of(&other, "model-a").input, 7.0);
+        }
+        assert!(first.lookup("unpriced-model").is_none());
+        assert!(first.lookup("unpriced-model").is_none());
+        // Endless distinct ids: the memo starts over instead of growing.
+        for i in 0..(MEMO_ENTRIES * 3) {
+            assert!(first.lookup(&format!("unpriced-{i}")).is_none());
+        }
+        assert!(MEMO.with(|m| m.borrow().seen.len()) <= MEMO_ENTRIES);
+        let long = format!("model-{}", "a".repeat(MEMO_ID_BYTES));
+        assert!(first.lookup(&long).is_some());
+        assert!(MEMO.with(|m| !m.borrow().seen.contains_key(long.as_str())));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 #                                   # perf stat (CPU, context switches; bare Pingora's too,
 #                                   # under the same load), the share of user space and
 #                                   # kernel (both), of each thread and the top functions
-#                                   # (perf record, 5 s);
+#                                   # (perf record, 5 s); where each one's kernel time
+#                                   # goes (system calls, being preempted: inclusive
+#                                   # shares, in µs per request) and its threads'
+#                                   # voluntary and involuntary context switches;
 #                                   # OTLP_SAMPLE=1.0 turns telemetry.otlp on (every request
 #                                   # traced, metrics each second, to nginx's /otlp/);
 #                                   # FOCUS=REGEX adds the inclusive share of the functions
@@ -95,6 +98,21 @@ minflt() { awk '{print $10}' "/proc/$1/stat"; }
 # by_dso PERF_DATA: the share of samples by binary (user space) and kernel.
 by_dso() { perf report -i "$1" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true; }
 
+# switches PID -> "voluntary involuntary": context switches of all its threads so far.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
+
+# kernel_entries PERF_DATA REQUESTS: the kernel's entry points (system calls,
+# the interrupt that preempts a thread for a task woken on its core, the
+# return to user space that switches to another task first, page faults):
+# inclusive share of samples and CPU per request (samples at 1999 Hz).
+kernel_entries() {
+  local samples
+  samples=$(perf report -i "$1" --stats 2>/dev/null | awk '/SAMPLE events/ {print $3; exit}')
+  perf report -i "$1" --children --stdio --sort sym -g none 2>/dev/null | grep -v '^#' |
+    grep -E '\] (__x64_sys_(sendto|recvfrom|epoll_wait|futex|pwrite64|madvise)|asm_sysvec_reschedule_ipi|exit_to_user_mode_loop|asm_exc_page_fault)$' |
+    awk -v s="$samples" -v n="$2" '{ sub("%", "", $1); printf "    %6.2f%%  %6.2f us/request  %s\n", $1, $1 / 100 * s / 1999 * 1e6 / n, $NF }'
+}
+
 # Reports are symbol names demangled by rustfilt when it is installed.
 demangle() { if command -v rustfilt >/dev/null 2>&1; then rustfilt; else cat; fi; }
 
@@ -105,13 +123,16 @@ case $MODE in
     wrk_pid=$!
     # Past wrk's connection set-up, then 5 s of samples and counts.
     sleep 2
+    sw0=$(switches "$gw_pid")
     perf stat -e task-clock,context-switches -p "$gw_pid" -o "$work/stat.txt" -- sleep 5 &
     stat_pid=$!
     perf record -q -F 1999 --call-graph dwarf,16384 -p "$gw_pid" -o "$work/perf.data" -- sleep 5 >/dev/null 2>&1
+    sw1=$(switches "$gw_pid")
     wait "$stat_pid" "$wrk_pid"
     grep -E "requests in|Requests/sec" "$work/wrk.out"
     grep -E "task-clock|context-switches" "$work/stat.txt"
     echo "(perf stat covers 5 s of the 10 s run: divide by half the requests for per-request figures)"
+    gw_req=$(awk '/Requests\/sec/ {print $2 * 5}' "$work/wrk.out")
     printf '\nshare of samples by binary (user space) and kernel\n'
     by_dso "$work/perf.data"
     printf '\nshare of samples by thread\n'
@@ -123,14 +144,27 @@ case $MODE in
     BODY_FILE="$small" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT/v1/messages" >"$work/wrk-bare.out" 2>&1 &
     wrk_pid=$!
     sleep 2
+    bsw0=$(switches "$bare_pid")
     perf stat -e task-clock,context-switches -p "$bare_pid" -o "$work/stat-bare.txt" -- sleep 5 &
     stat_pid=$!
-    perf record -q -F 1999 -p "$bare_pid" -o "$work/perf-bare.data" -- sleep 5 >/dev/null 2>&1
+    perf record -q -F 1999 -g -p "$bare_pid" -o "$work/perf-bare.data" -- sleep 5 >/dev/null 2>&1
+    bsw1=$(switches "$bare_pid")
     wait "$stat_pid" "$wrk_pid"
     grep -E "requests in|Requests/sec" "$work/wrk-bare.out"
     grep -E "task-clock|context-switches" "$work/stat-bare.txt"
+    bare_req=$(awk '/Requests\/sec/ {print $2 * 5}' "$work/wrk-bare.out")
     printf '\nbare Pingora: share of samples by binary (user space) and kernel\n'
     by_dso "$work/perf-bare.data"
+    printf '\nwhere the kernel time goes (inclusive; requests in the 5 s window: modelgate ~%.0f, bare Pingora ~%.0f)\n' "$gw_req" "$bare_req"
+    echo "  modelgate"
+    kernel_entries "$work/perf.data" "$gw_req"
+    echo "  bare Pingora"
+    kernel_entries "$work/perf-bare.data" "$bare_req"
+    printf '\nthreads'"'"' context switches per request in the window (voluntary, involuntary)\n'
+    read -r v0 n0 <<<"$sw0"; read -r v1 n1 <<<"$sw1"
+    printf '  modelgate     %.3f  %.3f\n' "$(awk -v a="$v0" -v b="$v1" -v r="$gw_req" 'BEGIN{print (b-a)/r}')" "$(awk -v a="$n0" -v b="$n1" -v r="$gw_req" 'BEGIN{print (b-a)/r}')"
+    read -r v0 n0 <<<"$bsw0"; read -r v1 n1 <<<"$bsw1"
+    printf '  bare Pingora  %.3f  %.3f\n' "$(awk -v a="$v0" -v b="$v1" -v r="$bare_req" 'BEGIN{print (b-a)/r}')" "$(awk -v a="$n0" -v b="$n1" -v r="$bare_req" 'BEGIN{print (b-a)/r}')"
     if [ -n "${FOCUS:-}" ]; then
       printf '\ninclusive share of functions matching %s\n' "$FOCUS"
       perf report -i "$work/perf.data" --children --stdio --sort sym -g none 2>/dev/null | demangle | grep -E -- "$FOCUS" | head -30 || true

@@ -99,7 +99,7 @@ minflt() { awk '{print $10}' "/proc/$1/stat"; }
 by_dso() { perf report -i "$1" --no-children --stdio --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5 || true; }
 
 # switches PID -> "voluntary involuntary": context switches of all its threads so far.
-switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
+switches() { { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
 
 # kernel_entries PERF_DATA REQUESTS: the kernel's entry points (system calls,
 # the interrupt that preempts a thread for a task woken on its core, the
@@ -110,7 +110,7 @@ kernel_entries() {
   samples=$(perf report -i "$1" --stats 2>/dev/null | awk '/SAMPLE events/ {print $3; exit}')
   perf report -i "$1" --children --stdio --sort sym -g none 2>/dev/null | grep -v '^#' |
     grep -E '\] (__x64_sys_(sendto|recvfrom|epoll_wait|futex|pwrite64|madvise)|asm_sysvec_reschedule_ipi|exit_to_user_mode_loop|asm_exc_page_fault)$' |
-    awk -v s="$samples" -v n="$2" '{ sub("%", "", $1); printf "    %6.2f%%  %6.2f us/request  %s\n", $1, $1 / 100 * s / 1999 * 1e6 / n, $NF }'
+    awk -v s="$samples" -v n="$2" '{ sub("%", "", $1); printf "    %6.2f%%  %6.2f us/request  %s\n", $1, $1 / 100 * s / 1999 * 1e6 / n, $NF }' || true
 }
 
 # Reports are symbol names demangled by rustfilt when it is installed.
@@ -147,7 +147,7 @@ case $MODE in
     bsw0=$(switches "$bare_pid")
     perf stat -e task-clock,context-switches -p "$bare_pid" -o "$work/stat-bare.txt" -- sleep 5 &
     stat_pid=$!
-    perf record -q -F 1999 -g -p "$bare_pid" -o "$work/perf-bare.data" -- sleep 5 >/dev/null 2>&1
+    perf record -q -F 1999 --call-graph dwarf,16384 -p "$bare_pid" -o "$work/perf-bare.data" -- sleep 5 >/dev/null 2>&1
     bsw1=$(switches "$bare_pid")
     wait "$stat_pid" "$wrk_pid"
     grep -E "requests in|Requests/sec" "$work/wrk-bare.out"

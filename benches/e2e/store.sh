@@ -127,7 +127,13 @@ done
 # does not depend on it. What is left between the PostgreSQL gateway and
 # the control is what the store costs the request path.
 RATE=${RATE:-4000}
-delay_ms=$(( CONNS * 1000 / RATE ))
+delay_ms=$(( CONNS * 1000 / (RATE > 0 ? RATE : 1) ))
+if [ "$delay_ms" -lt 1 ]; then
+  echo "RATE=$RATE is more than $CONNS connections can be paced at (a whole millisecond each at least)" >&2
+  exit 2
+fi
+# pgbench's run length in whole seconds (DURATION is wrk's: 10s, 1m).
+duration_s=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; else if (d ~ /h$/) n *= 3600; print int(n) }')
 cp "$work/post.lua" "$work/paced.lua"
 echo "function delay() return $delay_ms end" >> "$work/paced.lua"
 psql_ -d bench -c "CREATE TABLE bg (LIKE requests INCLUDING ALL)"
@@ -145,11 +151,11 @@ FROM requests ORDER BY id DESC LIMIT $(awk -v r="$1" 'BEGIN { n = int(r / 40 + 0
 ON CONFLICT (request_id) DO NOTHING;
 SQL
   chmod 644 "$work/bg.sql"
-  as_pg env PGPASSWORD="$pw" "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -R 40 -T "${DURATION%s}" \
+  as_pg env PGPASSWORD="$pw" "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -R 40 -T "$duration_s" \
     -f "$work/bg.sql" bench >"$work/pgbench.log" 2>&1 &
   bg_pid=$!
 }
-printf '\npaced: %s connections, each waiting %s ms between an answer and its next request (~%s requests/s offered);\n' "$CONNS" "$delay_ms" "$RATE"
+printf '\npaced: %s connections, each waiting %s ms between an answer and its next request (at most %s requests/s);\n' "$CONNS" "$delay_ms" "$RATE"
 printf 'sqlite+db: the SQLite gateway while pgbench inserts as many rows a second into the PostgreSQL server as the\n'
 printf 'PostgreSQL gateway just wrote\n\n'
 printf '%-18s %-6s %-9s %10s %9s %9s %11s\n' scenario round store rps p50_ms p99_ms cpu_us/req
@@ -163,7 +169,7 @@ for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
       [ "$store" = postgres ] && port=$PG_GW_PORT pid=$pg_pid
       [ "$store" = sqlite+db ] && db_load "$pg_rps"
       read -r r50 r99 rcpu rps < <(LUA="$work/paced.lua" run "$name/$store/paced" "http://127.0.0.1:$port/v1/messages" "$body" "$CONNS" "$THREADS" "$pid" | awk '{print $2, $3, $4, $1}')
-      [ -n "$bg_pid" ] && wait "$bg_pid"
+      if [ -n "$bg_pid" ]; then wait "$bg_pid" || { cat "$work/pgbench.log" >&2; exit 1; }; fi
       [ "$store" = postgres ] && pg_rps=$rps
       printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" "$store" "$rps" "$r50" "$r99" "$rcpu"
       sum[$store.rps]=$(awk -v a="${sum[$store.rps]:-0}" -v b="$rps" 'BEGIN{print a+b}')
@@ -187,7 +193,7 @@ for store in sqlite postgres sqlite+db; do
   [ "$store" = postgres ] && port=$PG_GW_PORT
   [ "$store" = sqlite+db ] && db_load "$pg_rps"
   read -r rps g50 g99 _ < <(run "$store" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
-  [ -n "$bg_pid" ] && wait "$bg_pid"
+  if [ -n "$bg_pid" ]; then wait "$bg_pid" || { cat "$work/pgbench.log" >&2; exit 1; }; fi
   [ "$store" = postgres ] && pg_rps=$rps
   printf '%-9s p50 %+8.3f ms  p99 %+8.3f ms\n' "$store" "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
 done

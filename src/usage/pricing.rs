@@ -204,8 +204,8 @@ impl PriceTable {
     /// default, else `None` (unpriced).
     ///
     /// One GlobSet match over all entries costs 0.1–0.3 µs for real model ids
-    /// on one thread (the `lookup_speed` test, release build), linear in the
-    /// id's length. Under load it cost more: the glob set's regex takes a
+    /// on one thread (the `lookup_speed` test, release build, prints it beside
+    /// a remembered lookup), linear in the id's length. Under load it cost more: the glob set's regex takes a
     /// search cache from a pool that only its first thread reaches without
     /// a lock, and allocates the list of matches. In `benches/e2e/profile.sh
     /// cpu` it was about 1% of the gateway's samples for a single lookup per
@@ -638,11 +638,22 @@ mod tests {
     #[test]
     fn the_memo_answers_for_the_table_asked_and_stays_bounded() {
         let first = PriceTable::parse(ONE, "first").unwrap();
-        let other = PriceTable::parse(&ONE.replace("input: 1", "input: 7"), "other").unwrap();
+        // `model-a` matches entry 0 of `first` and entry 1 of `other`: a
+        // memo that answered for the wrong table would give `other` the
+        // price of its entry 0.
+        let x_first =
+            "models:\n  - match: \"x*\"\n    input: 9\n    output: 2\n    cache_read: 0.1\n    cache_write: 1.25\n";
+        let other = PriceTable::parse(
+            &format!("{x_first}{}", &ONE["models:\n".len()..]).replace("input: 1\n", "input: 7\n"),
+            "other",
+        )
+        .unwrap();
         // Alternate tables on one thread: each answer is its own table's.
         for _ in 0..3 {
             assert_eq!(base_of(&first, "model-a").input, 1.0);
             assert_eq!(base_of(&other, "model-a").input, 7.0);
+            assert_eq!(base_of(&other, "x-model").input, 9.0);
+            assert!(first.lookup("x-model").is_none());
         }
         assert!(first.lookup("unpriced-model").is_none());
         assert!(first.lookup("unpriced-model").is_none());
@@ -761,9 +772,14 @@ mod tests {
             let n = 100_000u32;
             let start = std::time::Instant::now();
             for _ in 0..n {
+                std::hint::black_box(t.match_globs(std::hint::black_box(id)));
+            }
+            let globs = start.elapsed() / n;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
                 std::hint::black_box(t.lookup(std::hint::black_box(id)));
             }
-            println!("{:>40.40}: {:?}", id, start.elapsed() / n);
+            println!("{:>40.40}: glob set {:?}, lookup {:?}", id, globs, start.elapsed() / n);
         }
     }
 }

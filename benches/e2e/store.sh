@@ -100,43 +100,6 @@ echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","con
 stream="$work/stream.json"
 echo '{"model":"claude-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$stream"
 
-printf '\nledger store cost: %s per run, %s rounds, %s connections, %s cores\n\n' "$DURATION" "$ROUNDS" "$CONNS" "$(nproc)"
-printf '%-18s %-6s %-9s %10s %9s %9s %11s\n' scenario round store rps p50_ms p99_ms cpu_us/req
-for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
-  IFS=: read -r name body <<<"$scenario"
-  s_rps=0; p_rps=0; s_p99=0; p_p99=0
-  for round in $(seq 1 "$ROUNDS"); do
-    read -r r50 r99 rcpu rps < <(run "$name/sqlite" "http://127.0.0.1:$SQLITE_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$sqlite_pid" | awk '{print $2, $3, $4, $1}')
-    printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" sqlite "$rps" "$r50" "$r99" "$rcpu"
-    s_rps=$(awk -v a="$s_rps" -v b="$rps" 'BEGIN{print a+b}'); s_p99=$(awk -v a="$s_p99" -v b="$r99" 'BEGIN{print a+b}')
-    read -r r50 r99 rcpu rps < <(run "$name/postgres" "http://127.0.0.1:$PG_GW_PORT/v1/messages" "$body" "$CONNS" "$THREADS" "$pg_pid" | awk '{print $2, $3, $4, $1}')
-    printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" postgres "$rps" "$r50" "$r99" "$rcpu"
-    p_rps=$(awk -v a="$p_rps" -v b="$rps" 'BEGIN{print a+b}'); p_p99=$(awk -v a="$p_p99" -v b="$r99" 'BEGIN{print a+b}')
-  done
-  printf '%-18s postgres/sqlite: rps %.3fx, p99 %.3fx\n\n' "$name" \
-    "$(awk -v a="$p_rps" -v b="$s_rps" 'BEGIN{print a/b}')" "$(awk -v a="$p_p99" -v b="$s_p99" 'BEGIN{print a/b}')"
-done
-
-# Paced: each connection sends a request, waits for its answer, then waits
-# CONNS * 1000 / RATE ms (wrk's delay(), whole milliseconds) before the
-# next: every gateway is offered the same load, below its throughput. A
-# third run per round is the control: the SQLite gateway again, while
-# pgbench inserts into the same PostgreSQL server as many rows a second as
-# the PostgreSQL gateway's writer just did, in a batch every 25 ms (its
-# `LINGER` under load): the database's CPU shares the cores as before, and the gateway
-# does not depend on it. What is left between the PostgreSQL gateway and
-# the control is what the store costs the request path.
-RATE=${RATE:-4000}
-delay_ms=$(( CONNS * 1000 / (RATE > 0 ? RATE : 1) ))
-if [ "$delay_ms" -lt 1 ]; then
-  echo "RATE=$RATE is more than $CONNS connections can be paced at (a whole millisecond each at least)" >&2
-  exit 2
-fi
-# pgbench's run length in whole seconds (DURATION is wrk's: 10s, 1m).
-duration_s=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; else if (d ~ /h$/) n *= 3600; print int(n) }')
-cp "$work/post.lua" "$work/paced.lua"
-echo "function delay() return $delay_ms end" >> "$work/paced.lua"
-psql_ -d bench -c "CREATE TABLE bg (LIKE requests INCLUDING ALL)"
 # db_load ROWS_PER_S: pgbench inserting that many rows a second into `bg`
 # for DURATION, in the background: copies of the newest ledger rows under
 # new request ids, as the writer's statement does it (`ON CONFLICT` on the
@@ -155,46 +118,87 @@ SQL
     -f "$work/bg.sql" bench >"$work/pgbench.log" 2>&1 &
   bg_pid=$!
 }
-printf '\npaced: %s connections, each waiting %s ms between an answer and its next request (at most %s requests/s);\n' "$CONNS" "$delay_ms" "$RATE"
+
+# at STORE NAME BODY CONNS THREADS: one wrk run against STORE's gateway
+# (LUA passes through to `run`); sets `last` to "rps p50 p99 cpu" and adds
+# them to `sum[STORE.rps|p50|p99]`. sqlite+db is the SQLite gateway while
+# db_load gives the database the rows a second the PostgreSQL gateway's
+# last run wrote.
+declare -A sum
+at() {
+  local store=$1 port=$SQLITE_PORT pid=$sqlite_pid rps p50 p99 cpu
+  bg_pid=
+  if [ "$store" = postgres ]; then port=$PG_GW_PORT pid=$pg_pid; fi
+  if [ "$store" = sqlite+db ]; then db_load "$pg_rps"; fi
+  last=$(run "$2/$store" "http://127.0.0.1:$port/v1/messages" "$3" "$4" "$5" "$pid")
+  if [ -n "$bg_pid" ]; then wait "$bg_pid" || { cat "$work/pgbench.log" >&2; exit 1; }; fi
+  read -r rps p50 p99 cpu <<<"$last"
+  if [ "$store" = postgres ]; then pg_rps=$rps; fi
+  sum[$store.rps]=$(awk -v a="${sum[$store.rps]:-0}" -v b="$rps" 'BEGIN{print a+b}')
+  sum[$store.p50]=$(awk -v a="${sum[$store.p50]:-0}" -v b="$p50" 'BEGIN{print a+b}')
+  sum[$store.p99]=$(awk -v a="${sum[$store.p99]:-0}" -v b="$p99" 'BEGIN{print a+b}')
+}
+
+# rounds LABEL STORE...: every scenario, ROUNDS times over STORE..., a row
+# per run and PostgreSQL's ratio to each other store (of the rounds' sums).
+rounds() {
+  local label=$1 scenario name body round store ref rps p50 p99 cpu
+  shift
+  printf '%-18s %-6s %-9s %10s %9s %9s %11s\n' scenario round store rps p50_ms p99_ms cpu_us/req
+  for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
+    IFS=: read -r name body <<<"$scenario"
+    sum=()
+    for round in $(seq 1 "$ROUNDS"); do
+      for store in "$@"; do
+        at "$store" "$name" "$body" "$CONNS" "$THREADS"
+        read -r rps p50 p99 cpu <<<"$last"
+        printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" "$store" "$rps" "$p50" "$p99" "$cpu"
+      done
+    done
+    for ref in "$@"; do
+      [ "$ref" = postgres ] && continue
+      printf '%-18s postgres/%s%s: rps %.3fx, p50 %.3fx, p99 %.3fx\n' "$name" "$ref" "$label" \
+        "$(awk -v a="${sum[postgres.rps]}" -v b="${sum[$ref.rps]}" 'BEGIN{print a/b}')" \
+        "$(awk -v a="${sum[postgres.p50]}" -v b="${sum[$ref.p50]}" 'BEGIN{print a/b}')" \
+        "$(awk -v a="${sum[postgres.p99]}" -v b="${sum[$ref.p99]}" 'BEGIN{print a/b}')"
+    done
+    echo
+  done
+}
+
+printf '\nledger store cost: %s per run, %s rounds, %s connections, %s cores\n\n' "$DURATION" "$ROUNDS" "$CONNS" "$(nproc)"
+rounds "" sqlite postgres
+
+# Paced: each connection sends a request, waits for its answer, then waits
+# CONNS * 1000 / RATE ms (wrk's delay(), whole milliseconds) before the
+# next: every gateway is offered the same load, below its throughput. A
+# third run per round is the control: the SQLite gateway again, while
+# pgbench inserts into the same PostgreSQL server as many rows a second as
+# the PostgreSQL gateway's writer just did, in a batch every 25 ms (its
+# `LINGER` under load): the database's CPU shares the cores as before, and
+# the gateway does not depend on it. What is left between the PostgreSQL
+# gateway and the control is what the store costs the request path.
+RATE=${RATE:-4000}
+delay_ms=$(( CONNS * 1000 / (RATE > 0 ? RATE : 1) ))
+if [ "$delay_ms" -lt 1 ]; then
+  echo "RATE=$RATE is more than $CONNS connections can be paced at (a whole millisecond each at least)" >&2
+  exit 2
+fi
+# pgbench's run length in whole seconds (DURATION is wrk's: 10s, 1m).
+duration_s=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; else if (d ~ /h$/) n *= 3600; print int(n) }')
+cp "$work/post.lua" "$work/paced.lua"
+echo "function delay() return $delay_ms end" >> "$work/paced.lua"
+psql_ -d bench -c "CREATE TABLE bg (LIKE requests INCLUDING ALL)"
+printf 'paced: %s connections, each waiting %s ms between an answer and its next request (at most %s requests/s);\n' "$CONNS" "$delay_ms" "$RATE"
 printf 'sqlite+db: the SQLite gateway while pgbench inserts as many rows a second into the PostgreSQL server as the\n'
 printf 'PostgreSQL gateway just wrote\n\n'
-printf '%-18s %-6s %-9s %10s %9s %9s %11s\n' scenario round store rps p50_ms p99_ms cpu_us/req
-declare -A sum
-for scenario in "passthrough-json:$small" "passthrough-sse:$stream"; do
-  IFS=: read -r name body <<<"$scenario"
-  sum=()
-  for round in $(seq 1 "$ROUNDS"); do
-    for store in sqlite postgres sqlite+db; do
-      port=$SQLITE_PORT pid=$sqlite_pid bg_pid=
-      [ "$store" = postgres ] && port=$PG_GW_PORT pid=$pg_pid
-      [ "$store" = sqlite+db ] && db_load "$pg_rps"
-      read -r r50 r99 rcpu rps < <(LUA="$work/paced.lua" run "$name/$store/paced" "http://127.0.0.1:$port/v1/messages" "$body" "$CONNS" "$THREADS" "$pid" | awk '{print $2, $3, $4, $1}')
-      if [ -n "$bg_pid" ]; then wait "$bg_pid" || { cat "$work/pgbench.log" >&2; exit 1; }; fi
-      [ "$store" = postgres ] && pg_rps=$rps
-      printf '%-18s %-6s %-9s %10.0f %9s %9s %11s\n' "$name" "$round" "$store" "$rps" "$r50" "$r99" "$rcpu"
-      sum[$store.rps]=$(awk -v a="${sum[$store.rps]:-0}" -v b="$rps" 'BEGIN{print a+b}')
-      sum[$store.p50]=$(awk -v a="${sum[$store.p50]:-0}" -v b="$r50" 'BEGIN{print a+b}')
-      sum[$store.p99]=$(awk -v a="${sum[$store.p99]:-0}" -v b="$r99" 'BEGIN{print a+b}')
-    done
-  done
-  for ref in sqlite sqlite+db; do
-    printf '%-18s postgres/%s, paced: rps %.3fx, p50 %.3fx, p99 %.3fx\n' "$name" "$ref" \
-      "$(awk -v a="${sum[postgres.rps]}" -v b="${sum[$ref.rps]}" 'BEGIN{print a/b}')" \
-      "$(awk -v a="${sum[postgres.p50]}" -v b="${sum[$ref.p50]}" 'BEGIN{print a/b}')" \
-      "$(awk -v a="${sum[postgres.p99]}" -v b="${sum[$ref.p99]}" 'BEGIN{print a/b}')"
-  done
-  echo
-done
+LUA="$work/paced.lua" rounds ", paced" sqlite postgres sqlite+db
 
 printf 'added latency at c=1 (sequential requests), small JSON body, over direct (sqlite+db: as above)\n'
 read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
 for store in sqlite postgres sqlite+db; do
-  port=$SQLITE_PORT bg_pid=
-  [ "$store" = postgres ] && port=$PG_GW_PORT
-  [ "$store" = sqlite+db ] && db_load "$pg_rps"
-  read -r rps g50 g99 _ < <(run "$store" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
-  if [ -n "$bg_pid" ]; then wait "$bg_pid" || { cat "$work/pgbench.log" >&2; exit 1; }; fi
-  [ "$store" = postgres ] && pg_rps=$rps
+  at "$store" c1 "$small" 1 1
+  read -r _ g50 g99 _ <<<"$last"
   printf '%-9s p50 %+8.3f ms  p99 %+8.3f ms\n' "$store" "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
 done
 printf 'pgbench inserted %s rows beside the SQLite gateway in all\n' "$(psql_ -d bench -c "SELECT COUNT(*) FROM bg")"

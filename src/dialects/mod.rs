@@ -11,7 +11,7 @@ pub mod gemini;
 pub mod openai;
 pub mod sse;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// `s` as one percent-encoded URL path segment: RFC 3986 unreserved
 /// characters, and those in `keep`, stay as they are; every other byte is
@@ -40,14 +40,24 @@ pub struct Usage {
     pub cache_creation_input_tokens: u64,
 }
 
+/// Anthropic's usage object, in its field order.
+impl serde::Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut u = s.serialize_struct("Usage", 4)?;
+        u.serialize_field("input_tokens", &self.input_tokens)?;
+        u.serialize_field("cache_creation_input_tokens", &self.cache_creation_input_tokens)?;
+        u.serialize_field("cache_read_input_tokens", &self.cache_read_input_tokens)?;
+        u.serialize_field("output_tokens", &self.output_tokens)?;
+        u.end()
+    }
+}
+
 impl Usage {
+    /// As a `Value`, for answers built as trees (Gemini, Bedrock Converse).
     pub fn to_json(self) -> Value {
-        json!({
-            "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-            "output_tokens": self.output_tokens,
-        })
+        // Four integers under string keys: serialising cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// Every token the request consumed, the figure `tpm` limits count.

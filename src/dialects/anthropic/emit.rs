@@ -5,7 +5,7 @@
 //! (it must buffer interleaved tool-call fragments) but writes through the
 //! same functions.
 //!
-//! Per-delta events are written by hand into `out`: no `Value` tree, no
+//! Every event is written by hand into `out`: no `Value` tree, no
 //! intermediate `String`. Field order follows Anthropic's
 //! (`docs/protocol-notes.md` §2.3).
 //!
@@ -13,8 +13,6 @@
 //! first; block indices sequential from 0; a block stopped before the next
 //! starts; no empty deltas; `message_delta` + `message_stop`, or a single
 //! `event: error`, last and nothing after either.
-
-use serde_json::{json, Value};
 
 use crate::dialects::Usage;
 
@@ -24,46 +22,49 @@ pub fn write_head(out: &mut Vec<u8>, name: &str) {
     out.extend_from_slice(b"\ndata: ");
 }
 
-pub fn write_value_event(out: &mut Vec<u8>, name: &str, body: &Value) {
-    write_head(out, name);
-    // Writing a Value into a Vec cannot fail (all keys are strings).
-    if let Err(e) = serde_json::to_writer(&mut *out, body) {
-        log::error!("cannot serialise a {name} event: {e}");
-    }
-    out.extend_from_slice(b"\n\n");
-}
-
+/// `message_start`: the message's id and model, no content yet, and the
+/// input estimate as its usage (the upstream's own figure comes with
+/// `message_delta`).
 pub fn write_message_start(out: &mut Vec<u8>, id: &str, model: &str, estimated_input_tokens: u64) {
-    let body = json!({
-        "type": "message_start",
-        "message": {
-            "id": id,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": null,
-            "stop_sequence": null,
-            "usage": {
-                "input_tokens": estimated_input_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": 1,
-            },
+    write_head(out, "message_start");
+    out.extend_from_slice(b"{\"type\":\"message_start\",\"message\":{\"id\":");
+    push_json_str(out, id);
+    out.extend_from_slice(b",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+    push_json_str(out, model);
+    out.extend_from_slice(b",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
+    push_usage(
+        out,
+        Usage {
+            input_tokens: estimated_input_tokens,
+            output_tokens: 1,
+            ..Usage::default()
         },
-    });
-    write_value_event(out, "message_start", &body);
+    );
+    out.extend_from_slice(b"}}\n\n");
 }
 
 /// `message_delta` with the final stop reason and usage, then `message_stop`.
 pub fn write_message_end(out: &mut Vec<u8>, stop_reason: &str, usage: Usage) {
-    let body = json!({
-        "type": "message_delta",
-        "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-        "usage": usage.to_json(),
-    });
-    write_value_event(out, "message_delta", &body);
+    write_head(out, "message_delta");
+    out.extend_from_slice(b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":");
+    push_json_str(out, stop_reason);
+    out.extend_from_slice(b",\"stop_sequence\":null},\"usage\":");
+    push_usage(out, usage);
+    out.extend_from_slice(b"}\n\n");
     out.extend_from_slice(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+}
+
+/// A usage object, fields in [`Usage::to_json`]'s order.
+fn push_usage(out: &mut Vec<u8>, u: Usage) {
+    out.extend_from_slice(b"{\"input_tokens\":");
+    push_u64(out, u.input_tokens);
+    out.extend_from_slice(b",\"cache_creation_input_tokens\":");
+    push_u64(out, u.cache_creation_input_tokens);
+    out.extend_from_slice(b",\"cache_read_input_tokens\":");
+    push_u64(out, u.cache_read_input_tokens);
+    out.extend_from_slice(b",\"output_tokens\":");
+    push_u64(out, u.output_tokens);
+    out.push(b'}');
 }
 
 pub fn write_text_start(out: &mut Vec<u8>, index: u32, thinking: bool) {
@@ -117,8 +118,12 @@ pub fn write_error(out: &mut Vec<u8>, kind: &str, message: &str) {
     out.extend_from_slice(b"}}\n\n");
 }
 
-pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
-    let mut digits = [0u8; 10];
+pub fn push_u32(out: &mut Vec<u8>, n: u32) {
+    push_u64(out, u64::from(n));
+}
+
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -414,6 +419,33 @@ mod tests {
             push_u32(&mut out, n);
             assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
         }
+        for n in [0, 9, 10, u64::from(u32::MAX) + 1, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+    }
+
+    /// The events as a `Value` tree would serialise them (`preserve_order`:
+    /// the fields in the order written).
+    fn as_values(id: &str, model: &str, estimate: u64, stop: &str, u: Usage) -> String {
+        let start = serde_json::json!({
+            "type": "message_start",
+            "message": {
+                "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": estimate, "cache_creation_input_tokens": 0,
+                          "cache_read_input_tokens": 0, "output_tokens": 1},
+            },
+        });
+        let delta = serde_json::json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": null},
+            "usage": u.to_json(),
+        });
+        format!(
+            "event: message_start\ndata: {start}\n\nevent: message_delta\ndata: {delta}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        )
     }
 
     proptest::proptest! {
@@ -422,6 +454,25 @@ mod tests {
             let mut out = Vec::new();
             push_json_str(&mut out, &s);
             proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+        }
+
+        #[test]
+        fn start_and_end_match_their_value_trees(
+            id in proptest::prelude::any::<String>(),
+            model in proptest::prelude::any::<String>(),
+            stop in proptest::prelude::any::<String>(),
+            n in proptest::prelude::any::<[u64; 5]>(),
+        ) {
+            let u = Usage {
+                input_tokens: n[1],
+                output_tokens: n[2],
+                cache_read_input_tokens: n[3],
+                cache_creation_input_tokens: n[4],
+            };
+            let mut out = Vec::new();
+            write_message_start(&mut out, &id, &model, n[0]);
+            write_message_end(&mut out, &stop, u);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), as_values(&id, &model, n[0], &stop, u));
         }
     }
 

@@ -8,8 +8,8 @@
 //! (repairing truncated JSON where that is unambiguous) because Anthropic
 //! carries `input` as an object, not a string.
 
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{anthropic_tool_id, message_id, stop_reason, ToolNames, Usage};
 
@@ -79,6 +79,29 @@ pub struct Translated {
     pub stop_reason: &'static str,
 }
 
+/// The Anthropic Message written, fields in Anthropic's order (serialised
+/// straight from these, no `Value` tree).
+#[derive(Serialize)]
+struct Message<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<Block>,
+    stop_reason: &'static str,
+    stop_sequence: Option<&'static str>,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Thinking { thinking: String, signature: &'static str },
+    Text { text: String },
+    ToolUse { id: String, name: String, input: Value },
+}
+
 pub fn translate_response(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Translated, ResponseError> {
     let c: Completion = serde_json::from_slice(body).map_err(|e| ResponseError(e.to_string()))?;
     let choice = c
@@ -92,7 +115,10 @@ pub fn translate_response(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Tran
     if let Some(thinking) = msg.reasoning_content.or(msg.reasoning).filter(|t| !t.is_empty()) {
         // No signature exists for another vendor's reasoning; an empty one
         // marks it as unsigned, and the request side never sends it back.
-        content.push(json!({"type": "thinking", "thinking": thinking, "signature": ""}));
+        content.push(Block::Thinking {
+            thinking,
+            signature: "",
+        });
     }
     let text = match msg.content {
         Some(Value::String(s)) => s,
@@ -105,10 +131,10 @@ pub fn translate_response(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Tran
         _ => String::new(),
     };
     if !text.is_empty() {
-        content.push(json!({"type": "text", "text": text}));
+        content.push(Block::Text { text });
     }
     if let Some(refusal) = msg.refusal.filter(|r| !r.is_empty()) {
-        content.push(json!({"type": "text", "text": refusal}));
+        content.push(Block::Text { text: refusal });
     }
     let saw_tool = !msg.tool_calls.is_empty();
     for (i, call) in msg.tool_calls.into_iter().enumerate() {
@@ -117,26 +143,25 @@ pub fn translate_response(body: &[u8], ctx: &ResponseContext<'_>) -> Result<Tran
             Some(Value::Object(o)) => Value::Object(o),
             _ => Value::Object(Map::new()),
         };
-        content.push(json!({
-            "type": "tool_use",
-            "id": anthropic_tool_id(call.id.as_deref(), &format!("{}:{i}", ctx.seed)),
-            "name": ctx.tool_names.to_original(&call.function.name),
-            "input": input,
-        }));
+        content.push(Block::ToolUse {
+            id: anthropic_tool_id(call.id.as_deref(), &format!("{}:{i}", ctx.seed)),
+            name: ctx.tool_names.to_original(&call.function.name).to_string(),
+            input,
+        });
     }
 
     let usage = c.usage.as_ref().and_then(Usage::from_openai).unwrap_or_default();
     let stop = stop_reason(choice.finish_reason.as_deref(), saw_tool);
-    let message = json!({
-        "id": message_id(c.id.as_deref(), ctx.seed),
-        "type": "message",
-        "role": "assistant",
-        "model": ctx.model,
-        "content": content,
-        "stop_reason": stop,
-        "stop_sequence": null,
-        "usage": usage.to_json(),
-    });
+    let message = Message {
+        id: message_id(c.id.as_deref(), ctx.seed),
+        kind: "message",
+        role: "assistant",
+        model: ctx.model,
+        content,
+        stop_reason: stop,
+        stop_sequence: None,
+        usage,
+    };
     Ok(Translated {
         body: serde_json::to_vec(&message).map_err(|e| ResponseError(e.to_string()))?,
         usage,
@@ -206,6 +231,7 @@ fn repair_json(s: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn repairs_truncated_arguments() {

@@ -141,6 +141,14 @@ run() {
   [ $# -gt 5 ] && cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
 }
+# median: the median of the numbers on standard input, one per line.
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+# medians ROW...: each column's median over rows of run's "rps p50 p99 cpu".
+medians() {
+  local i out=()
+  for i in 1 2 3 4; do out+=("$(printf '%s\n' "$@" | awk -v i="$i" '{print $i}' | median)"); done
+  echo "${out[*]}"
+}
 # cpu_ticks PID... -> their summed user+system time, in clock ticks.
 cpu_ticks() {
   local p t=0

@@ -13,7 +13,13 @@
 #                                   # OTLP_SAMPLE=1.0 turns telemetry.otlp on (every request
 #                                   # traced, metrics each second, to nginx's /otlp/);
 #                                   # FOCUS=REGEX adds the inclusive share of the functions
-#                                   # whose names match (callers included: perf --children)
+#                                   # whose names match (callers included: perf --children);
+#                                   # then both proxies' CPU by part, µs per request
+#                                   # (benches/e2e/attribute.py: every sample to one part);
+#                                   # SCENARIO= one of run.sh's rows: passthrough-json (the
+#                                   # default), passthrough-sse, claude-code-100KB,
+#                                   # translated-json, translated-sse (bare Pingora then
+#                                   # serves the passthrough of the same shape, as in run.sh)
 #   benches/e2e/profile.sh faults   # where memory is first touched while 1,000 streams
 #                                   # open (perf page faults), modelgate and bare Pingora
 #   benches/e2e/profile.sh steal    # bare Pingora with and without work stealing,
@@ -62,6 +68,17 @@ small="$work/small.json"
 echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
 slow="$work/slow.json"
 echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
+# SCENARIO -> the gateway's body, and bare Pingora's path and body.
+say() { echo "{\"model\":\"$1\",\"max_tokens\":64,$2\"messages\":[{\"role\":\"user\",\"content\":\"Say hello.\"}]}" > "$work/$1.json"; echo "$work/$1.json"; }
+SCENARIO=${SCENARIO:-passthrough-json}
+case $SCENARIO in
+  passthrough-json) body=$small bare_path=/v1/messages bare_body=$small ;;
+  passthrough-sse) body=$(say claude-stream '"stream":true,') bare_path=/sse/v1/messages bare_body=$body ;;
+  claude-code-100KB) body=tests/fixtures/claude_code_request.json bare_path=/v1/messages bare_body=$body ;;
+  translated-json) body=$(say claude-gpt-json '') bare_path=/v1/messages bare_body=$small ;;
+  translated-sse) body=$(say claude-gpt-stream '"stream":true,') bare_path=/sse/v1/messages bare_body=$(say claude-stream '"stream":true,') ;;
+  *) echo "unknown SCENARIO $SCENARIO" >&2; exit 2 ;;
+esac
 
 # The gateway as run.sh configures it. Its ledger is not in the config's
 # directory, whose watcher would otherwise wake on every ledger write.
@@ -73,10 +90,16 @@ log_level: warn
 default_provider: up
 providers:
   up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
+  up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
   up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
+  oai: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai/v1", api_key: bench-provider-key}
+  oai-sse: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai-sse/v1", api_key: bench-provider-key}
 threads: $GW_THREADS
 routes:
+  - {match: claude-stream, provider: up-sse}
   - {match: claude-slow, provider: up-slow}
+  - {match: claude-gpt-json, provider: oai, model: gpt-4o}
+  - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
 state: {path: "$work/usage.db"}
 YAML
   if [ -n "${OTLP_SAMPLE:-}" ]; then otlp_yaml "$OTLP_SAMPLE" >> "$work/conf/gw.yaml"; fi
@@ -119,7 +142,7 @@ demangle() { if command -v rustfilt >/dev/null 2>&1; then rustfilt; else cat; fi
 case $MODE in
   cpu)
     gateway
-    BODY_FILE="$small" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >"$work/wrk.out" 2>&1 &
+    BODY_FILE="$body" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$GW_PORT/v1/messages" >"$work/wrk.out" 2>&1 &
     wrk_pid=$!
     # Past wrk's connection set-up, then 5 s of samples and counts.
     sleep 2
@@ -141,7 +164,7 @@ case $MODE in
     perf report -i "$work/perf.data" --no-children --stdio --sort comm,sym -g none 2>/dev/null | demangle | grep -v '^#' | grep -v '^$' | head -40 || true
     printf '\nbare Pingora under the same load, for comparison\n'
     bare "$BARE_PORT"
-    BODY_FILE="$small" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT/v1/messages" >"$work/wrk-bare.out" 2>&1 &
+    BODY_FILE="$bare_body" wrk -t2 -c32 -d10s -s "$work/post.lua" "http://127.0.0.1:$BARE_PORT$bare_path" >"$work/wrk-bare.out" 2>&1 &
     wrk_pid=$!
     sleep 2
     bsw0=$(switches "$bare_pid")
@@ -165,6 +188,8 @@ case $MODE in
     printf '  modelgate     %.3f  %.3f\n' "$(awk -v a="$v0" -v b="$v1" -v r="$gw_req" 'BEGIN{print (b-a)/r}')" "$(awk -v a="$n0" -v b="$n1" -v r="$gw_req" 'BEGIN{print (b-a)/r}')"
     read -r v0 n0 <<<"$bsw0"; read -r v1 n1 <<<"$bsw1"
     printf '  bare Pingora  %.3f  %.3f\n' "$(awk -v a="$v0" -v b="$v1" -v r="$bare_req" 'BEGIN{print (b-a)/r}')" "$(awk -v a="$n0" -v b="$n1" -v r="$bare_req" 'BEGIN{print (b-a)/r}')"
+    printf '\nCPU by part, us per request (under perf; every sample given to one part: benches/e2e/attribute.py)\n'
+    python3 benches/e2e/attribute.py "modelgate=$work/perf.data:$gw_req" "bare=$work/perf-bare.data:$bare_req" || true
     if [ -n "${FOCUS:-}" ]; then
       printf '\ninclusive share of functions matching %s\n' "$FOCUS"
       perf report -i "$work/perf.data" --children --stdio --sort sym -g none 2>/dev/null | demangle | grep -E -- "$FOCUS" | head -30 || true

@@ -3,7 +3,8 @@
 # hitting the upstream directly, all measured in the same run.
 #
 #   benches/e2e/run.sh                 # 10 s per scenario
-#   DURATION=5s CONNS=32 benches/e2e/run.sh
+#   DURATION=5s CONNS=32 ROUNDS=3 benches/e2e/run.sh   # ROUNDS: of the main table (3 by default), whose
+#                                                     # rows are each column's median over the rounds
 #   ONLY=otlp benches/e2e/run.sh       # just the OTLP-export rows
 #   ONLY=otlp OTLP_SAMPLE=0.05 benches/e2e/run.sh   # the same, 5% of requests traced (OTLP_ROUNDS=3;
 #                                                   # OTLP_PROPAGATE=true adds traceparent upstream)
@@ -149,7 +150,7 @@ otlp_rows() {
       ratios+=("$(awk -v a="$on_rps" -v b="$off_rps" 'BEGIN{printf "%.3f", a/b}')")
       printf '%-22s %6s %10.0f %10.0f %8sx %9s %10s %10s %9s\n' "$name" "$r" "$off_rps" "$on_rps" "${ratios[-1]}" "$off99" "$on99" "$off_cpu" "$on_cpu"
     done
-    printf '%-22s %6s %10s %10s %8sx\n' "$name" median "" "" "$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}')"
+    printf '%-22s %6s %10s %10s %8sx\n' "$name" median "" "" "$(printf '%s\n' "${ratios[@]}" | median)"
   done
   printf 'OTLP exports: %s\n' "$(curl -fsS "http://127.0.0.1:$OTEL_PORT/metrics" | grep -E '^modelgate_otlp_(exports|spans_dropped)_total' | tr '\n' ' ')"
 }
@@ -250,7 +251,11 @@ case "${ONLY:-}" in
   peers) peer_rows; exit 0 ;;
 esac
 
-printf '\nmodelgate e2e benchmark: %s per scenario, %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
+# Each scenario runs ROUNDS times, the nginx hop, modelgate and bare Pingora
+# in turn, so that drift on a shared machine falls on all of them; a row is
+# each column's median over the rounds.
+ROUNDS=${ROUNDS:-3}
+printf '\nmodelgate e2e benchmark: %s per scenario, %s rounds (medians), %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$ROUNDS" "$CONNS" "$THREADS" "$(nproc)"
 printf '%-26s %-12s %12s %10s %10s %12s %12s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop cpu_us/req cpu_vs_bare
 # Bare Pingora's CPU per request by shape (json, sse): the floor each
 # modelgate row is measured against (translated rows against the passthrough
@@ -261,13 +266,21 @@ for scenario in "passthrough-json:/v1/messages:$small:$small" "passthrough-sse:/
                 "claude-code-100KB:/v1/messages:$big:$big" "translated-json:/v1/messages:$small:$oai_small" \
                 "translated-sse:/sse/v1/messages:$stream:$oai_stream"; do
   IFS=: read -r name path hop_body gw_body <<<"$scenario"
-  # shellcheck disable=SC2086 # one pid per word
-  read -r hop_rps hop50 hop99 hop_cpu < <(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$hop_body" "$CONNS" "$THREADS" $hop_pids)
-  read -r gw_rps gw50 gw99 gw_cpu < <(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_body" "$CONNS" "$THREADS" "$gw_pid")
+  hop_rows=() gw_rows=() b_rows=()
+  for ((r = 1; r <= ROUNDS; r++)); do
+    # shellcheck disable=SC2086 # one pid per word
+    hop_rows+=("$(run "$name/nginx" "http://127.0.0.1:$HOP_PORT$path" "$hop_body" "$CONNS" "$THREADS" $hop_pids)")
+    gw_rows+=("$(run "$name/modelgate" "http://127.0.0.1:$GW_PORT/v1/messages" "$gw_body" "$CONNS" "$THREADS" "$gw_pid")")
+    # Bare Pingora is a pass-through: it has no translated rows.
+    if [ "$hop_body" = "$gw_body" ]; then
+      b_rows+=("$(run "$name/bare-pingora" "http://127.0.0.1:$BARE_PORT$path" "$hop_body" "$CONNS" "$THREADS" "$bare_pid")")
+    fi
+  done
+  read -r hop_rps hop50 hop99 hop_cpu <<<"$(medians "${hop_rows[@]}")"
+  read -r gw_rps gw50 gw99 gw_cpu <<<"$(medians "${gw_rows[@]}")"
   printf '%-26s %-12s %12.0f %10s %10s %12s %12s\n' "$name" nginx-hop "$hop_rps" "$hop50" "$hop99" "1.00x" "$hop_cpu"
-  # Bare Pingora is a pass-through: it has no translated rows.
   if [ "$hop_body" = "$gw_body" ]; then
-    read -r b_rps b50 b99 b_cpu < <(run "$name/bare-pingora" "http://127.0.0.1:$BARE_PORT$path" "$hop_body" "$CONNS" "$THREADS" "$bare_pid")
+    read -r b_rps b50 b99 b_cpu <<<"$(medians "${b_rows[@]}")"
     printf '%-26s %-12s %12.0f %10s %10s %11.2fx %12s %12s\n' "$name" bare-pingora "$b_rps" "$b50" "$b99" "$(awk -v a="$b_rps" -v b="$hop_rps" 'BEGIN{print a/b}')" "$b_cpu" "1.00x"
     case $name in *-sse) bare_cpu[sse]=$b_cpu ;; passthrough-json) bare_cpu[json]=$b_cpu ;; *) bare_cpu[$name]=$b_cpu ;; esac
   fi

@@ -141,6 +141,46 @@ run() {
   [ $# -gt 5 ] && cpu=$(awk -v a="$t0" -v b="$t1" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $cpu"
 }
+# bench_bodies DIR: the benchmark's request bodies, written into DIR, in
+# small (passthrough JSON), stream (passthrough SSE), oai_small and
+# oai_stream (translated to Chat Completions) and slow (a stream the
+# upstream trickles out); big is the 100 KB Claude Code fixture.
+bench_body() { echo "{\"model\":\"$2\",\"max_tokens\":64,$3\"messages\":[{\"role\":\"user\",\"content\":\"Say hello.\"}]}" > "$1"; }
+bench_bodies() {
+  small=$1/small.json stream=$1/stream.json oai_small=$1/oai_small.json oai_stream=$1/oai_stream.json slow=$1/slow.json
+  big=tests/fixtures/claude_code_request.json
+  bench_body "$small" claude-opus-4-8 ''
+  bench_body "$stream" claude-stream '"stream":true,'
+  bench_body "$oai_small" claude-gpt-json ''
+  bench_body "$oai_stream" claude-gpt-stream '"stream":true,'
+  bench_body "$slow" claude-slow '"stream":true,'
+}
+
+# bench_gateway_yaml PORT LEDGER: the gateway run.sh and profile.sh measure,
+# on its default settings, with a provider for each body above (the nginx
+# upstream on UP_PORT) and GW_THREADS threads. Its ledger (LEDGER) should
+# not be in the config's directory, whose watcher would wake on every write.
+bench_gateway_yaml() {
+  cat <<YAML
+listen: 127.0.0.1:$1
+log_level: warn
+state: {path: "$2"}
+default_provider: up
+providers:
+  up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
+  up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
+  up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
+  oai: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai/v1", api_key: bench-provider-key}
+  oai-sse: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai-sse/v1", api_key: bench-provider-key}
+threads: $GW_THREADS
+routes:
+  - {match: claude-stream, provider: up-sse}
+  - {match: claude-slow, provider: up-slow}
+  - {match: claude-gpt-json, provider: oai, model: gpt-4o}
+  - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
+YAML
+}
+
 # median: the median of the numbers on standard input, one per line.
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 # medians ROW...: each column's median over rows of run's "rps p50 p99 cpu".

@@ -64,19 +64,15 @@ trap cleanup EXIT
 write_upstream_conf "$work/up" "$UP_PORT"
 "$NGINX" -p "$work/up" -c "$work/up/nginx.conf"
 write_post_lua "$work/post.lua"
-small="$work/small.json"
-echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
-slow="$work/slow.json"
-echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
+bench_bodies "$work"
 # SCENARIO -> the gateway's body, and bare Pingora's path and body.
-say() { echo "{\"model\":\"$1\",\"max_tokens\":64,$2\"messages\":[{\"role\":\"user\",\"content\":\"Say hello.\"}]}" > "$work/$1.json"; echo "$work/$1.json"; }
 SCENARIO=${SCENARIO:-passthrough-json}
 case $SCENARIO in
   passthrough-json) body=$small bare_path=/v1/messages bare_body=$small ;;
-  passthrough-sse) body=$(say claude-stream '"stream":true,') bare_path=/sse/v1/messages bare_body=$body ;;
-  claude-code-100KB) body=tests/fixtures/claude_code_request.json bare_path=/v1/messages bare_body=$body ;;
-  translated-json) body=$(say claude-gpt-json '') bare_path=/v1/messages bare_body=$small ;;
-  translated-sse) body=$(say claude-gpt-stream '"stream":true,') bare_path=/sse/v1/messages bare_body=$(say claude-stream '"stream":true,') ;;
+  passthrough-sse) body=$stream bare_path=/sse/v1/messages bare_body=$stream ;;
+  claude-code-100KB) body=$big bare_path=/v1/messages bare_body=$big ;;
+  translated-json) body=$oai_small bare_path=/v1/messages bare_body=$small ;;
+  translated-sse) body=$oai_stream bare_path=/sse/v1/messages bare_body=$stream ;;
   *) echo "unknown SCENARIO $SCENARIO" >&2; exit 2 ;;
 esac
 
@@ -84,24 +80,7 @@ esac
 # directory, whose watcher would otherwise wake on every ledger write.
 gateway() {
   mkdir -p "$work/conf"
-  cat > "$work/conf/gw.yaml" <<YAML
-listen: 127.0.0.1:$GW_PORT
-log_level: warn
-default_provider: up
-providers:
-  up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
-  up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
-  up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
-  oai: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai/v1", api_key: bench-provider-key}
-  oai-sse: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai-sse/v1", api_key: bench-provider-key}
-threads: $GW_THREADS
-routes:
-  - {match: claude-stream, provider: up-sse}
-  - {match: claude-slow, provider: up-slow}
-  - {match: claude-gpt-json, provider: oai, model: gpt-4o}
-  - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
-state: {path: "$work/usage.db"}
-YAML
+  bench_gateway_yaml "$GW_PORT" "$work/usage.db" > "$work/conf/gw.yaml"
   if [ -n "${OTLP_SAMPLE:-}" ]; then otlp_yaml "$OTLP_SAMPLE" >> "$work/conf/gw.yaml"; fi
   start_modelgate "$work/gw.log" "http://127.0.0.1:$GW_PORT/health" serve -c "$work/conf/gw.yaml"
   gw_pid=$started_pid

@@ -12,6 +12,7 @@
 #   ONLY=streams benches/e2e/run.sh    # just the open-streams rows (1,000 and 10,000)
 #   PEERS=1 benches/e2e/run.sh         # also LiteLLM and Portkey side by side (installs them; never in CI)
 #   ONLY=peers benches/e2e/run.sh      # just that table
+#   ONLY=c1 benches/e2e/run.sh         # just the added latency at c=1 (ROUNDS rounds)
 #
 # The upstream is nginx answering fixed Anthropic JSON and SSE bodies. Every
 # process listens on 127.0.0.1 only and every load run is bounded by
@@ -36,6 +37,7 @@ BARE_PORT=${BARE_PORT:-18904}
 OTEL_PORT=${OTEL_PORT:-18905}
 PROXY_PORT=${PROXY_PORT:-18906}
 STREAMS=${STREAMS:-1000}
+ROUNDS=${ROUNDS:-3}
 GW_THREADS=${GW_THREADS:-$(nproc)}
 # Open streams need two descriptors each in the proxy (10,000 streams:
 # 20,000 and a few), one in wrk and one in the upstream.
@@ -84,24 +86,7 @@ NGX
 # config's: its watcher would wake on every ledger write), so that runs do
 # not add to one file that grows from run to run.
 mkdir -p "$work/state"
-cat > "$work/gw.yaml" <<YAML
-listen: 127.0.0.1:$GW_PORT
-log_level: warn
-state: {path: "$work/state/gw.db"}
-default_provider: up
-providers:
-  up: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT", api_key: bench-provider-key}
-  up-sse: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/sse", api_key: bench-provider-key}
-  up-slow: {type: anthropic, api_base: "http://127.0.0.1:$UP_PORT/slow", api_key: bench-provider-key}
-  oai: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai/v1", api_key: bench-provider-key}
-  oai-sse: {type: openai, api_base: "http://127.0.0.1:$UP_PORT/oai-sse/v1", api_key: bench-provider-key}
-threads: $GW_THREADS
-routes:
-  - {match: claude-stream, provider: up-sse}
-  - {match: claude-slow, provider: up-slow}
-  - {match: claude-gpt-json, provider: oai, model: gpt-4o}
-  - {match: claude-gpt-stream, provider: oai-sse, model: gpt-4o}
-YAML
+bench_gateway_yaml "$GW_PORT" "$work/state/gw.db" > "$work/gw.yaml"
 start_modelgate "$work/gw.log" "http://127.0.0.1:$GW_PORT/health" serve -c "$work/gw.yaml"
 gw_pid=$started_pid
 idle_rss=$(rss_mib "$gw_pid")
@@ -109,15 +94,7 @@ start_bare "$BARE_PORT" "$work/bare.log"
 bare_pid=$started_pid
 bare_idle_rss=$(rss_mib "$bare_pid")
 
-small="$work/small.json"
-echo '{"model":"claude-opus-4-8","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$small"
-stream="$work/stream.json"
-echo '{"model":"claude-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$stream"
-oai_small="$work/oai_small.json"
-echo '{"model":"claude-gpt-json","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' > "$oai_small"
-oai_stream="$work/oai_stream.json"
-echo '{"model":"claude-gpt-stream","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$oai_stream"
-big=tests/fixtures/claude_code_request.json
+bench_bodies "$work"
 write_post_lua "$work/post.lua"
 
 
@@ -187,8 +164,6 @@ proxy_rows() {
 # connections. First $STREAMS, then $BIG_STREAMS: by default 10,000, or as
 # many as the descriptor limit lets a proxy hold (two per stream, a client
 # and an upstream connection, and a few of its own).
-slow="$work/slow.json"
-echo '{"model":"claude-slow","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}' > "$slow"
 fd_limit=$(ulimit -n)
 BIG_STREAMS=${BIG_STREAMS:-$(( (fd_limit - 128) / 2 < 10000 ? (fd_limit - 128) / 2 : 10000 ))}
 gw_streams() { curl -fsS "http://127.0.0.1:$STREAM_GW_PORT/metrics" | awk '/^modelgate_streams_in_flight / {print int($2)}'; }
@@ -239,12 +214,42 @@ stream_rows() {
     printf '%-10s %-12s %8s %10s %14.1f %8s\n' "$n" bare-pingora "$open" "$rss" "$(awk -v r="$rss" -v i="$sbare_idle_rss" -v n="$open" 'BEGIN{print n ? (r - i) * 1024 / n : 0}')" "$errs"
   done
 }
+# Added latency at c=1 (one connection, sequential requests, the small JSON
+# body): ROUNDS rounds of direct, the nginx hop, bare Pingora and modelgate
+# in turn; each proxy's p50 and p99 over direct's in the same round, then
+# the median of each proxy's p50 over the rounds.
+c1_rows() {
+  local r t name port d50 d99 p50 p99 line
+  local -A added
+  printf '\nadded latency at c=1 (sequential requests), small JSON body: ms over direct, p50 (p99)\n'
+  printf '%-7s %10s %20s %20s %20s\n' round direct_p50 nginx-hop bare-pingora modelgate
+  for ((r = 1; r <= ROUNDS; r++)); do
+    read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
+    line=$(printf '%-7s %10.3f' "$r" "$d50")
+    for t in "nginx-hop:$HOP_PORT" "bare-pingora:$BARE_PORT" "modelgate:$GW_PORT"; do
+      name=${t%%:*} port=${t##*:}
+      read -r _ p50 p99 _ < <(run "$name" "http://127.0.0.1:$port/v1/messages" "$small" 1 1)
+      p50=$(awk -v a="$p50" -v b="$d50" 'BEGIN{printf "%+.3f", a - b}')
+      added[$name]+="$p50 "
+      line+=$(printf ' %9s (%+8.3f)' "$p50" "$(awk -v a="$p99" -v b="$d99" 'BEGIN{print a - b}')")
+    done
+    echo "$line"
+  done
+  printf '%-7s %10s' median ""
+  for name in nginx-hop bare-pingora modelgate; do
+    # shellcheck disable=SC2086 # one figure per word
+    printf ' %9s %10s' "$(printf '%s\n' ${added[$name]} | median | awk '{printf "%+.3f", $1}')" ""
+  done
+  echo
+}
+
 # nginx's CPU is its workers'.
 hop_pids=$(pgrep -P "$(cat "$work/hop/logs/nginx.pid")" | tr '\n' ' ')
 if [ "${PEERS:-0}" = 1 ] || [ "${ONLY:-}" = peers ]; then
   . benches/e2e/peers.sh
 fi
 case "${ONLY:-}" in
+  c1) c1_rows; exit 0 ;;
   otlp) otlp_rows; exit 0 ;;
   proxy) proxy_rows; exit 0 ;;
   streams) stream_rows; exit 0 ;;
@@ -254,7 +259,6 @@ esac
 # Each scenario runs ROUNDS times, the nginx hop, modelgate and bare Pingora
 # in turn, so that drift on a shared machine falls on all of them; a row is
 # each column's median over the rounds.
-ROUNDS=${ROUNDS:-3}
 printf '\nmodelgate e2e benchmark: %s per scenario, %s rounds (medians), %s connections, %s wrk threads, %s cores\n\n' "$DURATION" "$ROUNDS" "$CONNS" "$THREADS" "$(nproc)"
 printf '%-26s %-12s %12s %10s %10s %12s %12s %12s\n' scenario target rps p50_ms p99_ms vs_nginx_hop cpu_us/req cpu_vs_bare
 # Bare Pingora's CPU per request by shape (json, sse): the floor each
@@ -294,12 +298,4 @@ if [ "${PEERS:-0}" = 1 ]; then peer_rows; fi
 
 stream_rows
 
-printf '\nadded latency at c=1 (sequential requests), small JSON body\n'
-read -r _ d50 d99 _ < <(run direct "http://127.0.0.1:$UP_PORT/v1/messages" "$small" 1 1)
-read -r _ h50 h99 _ < <(run nginx-hop "http://127.0.0.1:$HOP_PORT/v1/messages" "$small" 1 1)
-read -r _ b50 b99 _ < <(run bare-pingora "http://127.0.0.1:$BARE_PORT/v1/messages" "$small" 1 1)
-read -r _ g50 g99 _ < <(run modelgate "http://127.0.0.1:$GW_PORT/v1/messages" "$small" 1 1)
-printf '%-12s p50 %8.3f ms  p99 %8.3f ms\n' direct "$d50" "$d99"
-printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' nginx-hop "$(awk -v a="$h50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$h99" -v b="$d99" 'BEGIN{print a-b}')"
-printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' bare-pingora "$(awk -v a="$b50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$b99" -v b="$d99" 'BEGIN{print a-b}')"
-printf '%-12s p50 %+8.3f ms  p99 %+8.3f ms  (added over direct)\n' modelgate "$(awk -v a="$g50" -v b="$d50" 'BEGIN{print a-b}')" "$(awk -v a="$g99" -v b="$d99" 'BEGIN{print a-b}')"
+c1_rows

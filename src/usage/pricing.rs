@@ -205,9 +205,10 @@ impl PriceTable {
     ///
     /// One GlobSet match over all entries costs 0.1–0.3 µs for real model ids
     /// on one thread (the `lookup_speed` test, release build, prints it beside
-    /// a remembered lookup), linear in the id's length. Under load it cost more: the glob set's regex takes a
-    /// search cache from a pool that only its first thread reaches without
-    /// a lock, and allocates the list of matches. In `benches/e2e/profile.sh
+    /// a remembered lookup), linear in the id's length. Under load it cost
+    /// more: the glob set's regex takes a search cache from a pool that only
+    /// its first thread reaches without a lock, and allocates the list of
+    /// matches. In `benches/e2e/profile.sh
     /// cpu` it was about 1% of the gateway's samples for a single lookup per
     /// request (a keyed request makes three: admission, settlement, record).
     /// So each thread remembers what the ids it saw last matched ([`Memo`]):
